@@ -1,0 +1,508 @@
+"""cffi (API mode) build of ``aiozcrx._abi``: the io_uring kernel ABI, nothing else.
+
+Our own definitions of the UAPI structs and constants (the machines ship 6.1 kernel
+headers, which predate zcrx), raw ``io_uring_setup/enter/register`` syscalls, ring
+mapping and SQE preparation. Only ``aiozcrx/_ring.py`` imports the result; everything
+above it works with Python objects, never with pointers.
+
+Values follow the 7.2 UAPI (include/uapi/linux/io_uring.h and io_uring/zcrx.h).
+"""
+
+from cffi import FFI
+
+CDEF = r"""
+/* ---- setup / enter / register constants ---- */
+#define AZX_SETUP_CQSIZE ...
+#define AZX_SETUP_CLAMP ...
+#define AZX_SETUP_SUBMIT_ALL ...
+#define AZX_SETUP_COOP_TASKRUN ...
+#define AZX_SETUP_CQE32 ...
+#define AZX_SETUP_SINGLE_ISSUER ...
+#define AZX_SETUP_DEFER_TASKRUN ...
+#define AZX_ENTER_GETEVENTS ...
+#define AZX_FEAT_NODROP ...
+
+#define AZX_OP_NOP ...
+#define AZX_OP_ASYNC_CANCEL ...
+#define AZX_OP_RECV ...
+#define AZX_OP_RECV_ZC ...
+
+#define AZX_REGISTER_EVENTFD ...
+#define AZX_REGISTER_PROBE ...
+#define AZX_REGISTER_PBUF_RING ...
+#define AZX_UNREGISTER_PBUF_RING ...
+#define AZX_REGISTER_ZCRX_IFQ ...
+#define AZX_REGISTER_QUERY ...
+#define AZX_REGISTER_ZCRX_CTRL ...
+
+#define AZX_QUERY_ZCRX ...
+#define AZX_ZCRX_REG_IMPORT ...
+#define AZX_ZCRX_REG_NODEV ...
+#define AZX_ZCRX_CTRL_FLUSH_RQ ...
+#define AZX_ZCRX_CTRL_EXPORT ...
+#define AZX_ZCRX_CTRL_ARM_NOTIFICATION ...
+#define AZX_ZCRX_NOTIF_NO_BUFFERS ...
+#define AZX_ZCRX_NOTIF_COPY ...
+#define AZX_ZCRX_FEATURE_NOTIFICATION ...
+#define AZX_MEM_REGION_TYPE_USER ...
+#define AZX_CQE_F_MORE ...
+#define AZX_CQE_F_BUFFER ...
+
+/* What a ring looks like to Python: addresses as integers, for the C fast path
+ * in aiozcrx._leases, and sizes for the record. */
+struct azx_ring {
+    int fd;
+    unsigned sq_entries, cq_entries, features, flags, cqe_size;
+    uintptr_t cq_khead, cq_ktail, cq_mask, cq_cqes, cq_overflow, sq_flags;
+    ...;
+};
+
+struct azx_zcrx_info {
+    uint32_t zcrx_id;
+    uint32_t rq_entries;
+    uint32_t rx_buf_len;
+    uint64_t rq_area_token;
+    uintptr_t rq_head, rq_tail, rq_rqes;   /* addresses inside the refill region */
+    uintptr_t region_addr;                 /* start of the refill region mapping */
+    size_t region_len;
+    int region_kernel;                     /* 1: kernel-allocated, mmap()ed from the ring fd */
+};
+
+struct azx_query_zcrx {
+    uint64_t register_flags;
+    uint64_t area_flags;
+    uint32_t nr_ctrl_opcodes;
+    uint32_t features;
+    uint32_t rq_hdr_size;
+    uint32_t rq_hdr_alignment;
+};
+
+int azx_ring_setup(unsigned entries, unsigned cq_entries, unsigned flags, struct azx_ring *ring);
+void azx_ring_close(struct azx_ring *ring);
+int azx_enter(struct azx_ring *ring, unsigned min_complete, unsigned flags);
+int azx_register_eventfd(struct azx_ring *ring, int efd);
+int azx_probe_op(struct azx_ring *ring, unsigned op);
+unsigned azx_sq_space(struct azx_ring *ring);
+int azx_prep_recv_zc(struct azx_ring *ring, int fd, uint32_t zcrx_id, uint64_t user_data);
+int azx_prep_recv_pbuf(struct azx_ring *ring, int fd, uint16_t bgid, uint64_t user_data);
+int azx_prep_cancel(struct azx_ring *ring, uint64_t target, uint64_t user_data);
+int azx_prep_nop(struct azx_ring *ring, uint64_t user_data);
+
+void *azx_mmap_anon(size_t len, int huge, int *err);
+int azx_munmap(uintptr_t addr, size_t len);
+
+int azx_zcrx_register(struct azx_ring *ring, uint32_t if_idx, uint32_t if_rxq,
+                      uint32_t rq_entries, uint32_t flags, uintptr_t area, size_t area_len,
+                      int kernel_region, uint32_t rx_buf_len, uint64_t notif_user_data,
+                      uint32_t notif_mask, struct azx_zcrx_info *out);
+int azx_zcrx_import(struct azx_ring *ring, int zcrx_fd, struct azx_zcrx_info *out);
+int azx_zcrx_ctrl(struct azx_ring *ring, uint32_t zcrx_id, uint32_t op);
+int azx_zcrx_export(struct azx_ring *ring, uint32_t zcrx_id);
+int azx_query_zcrx(struct azx_query_zcrx *out);
+
+int azx_pbuf_register(struct azx_ring *ring, uintptr_t ring_mem, uint32_t entries, uint16_t bgid);
+int azx_pbuf_unregister(struct azx_ring *ring, uint16_t bgid);
+"""
+
+SOURCE = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#define __NR_io_uring_enter 426
+#define __NR_io_uring_register 427
+#endif
+
+#define AZX_SETUP_CQSIZE         (1U << 3)
+#define AZX_SETUP_CLAMP          (1U << 4)
+#define AZX_SETUP_SUBMIT_ALL     (1U << 7)
+#define AZX_SETUP_COOP_TASKRUN   (1U << 8)
+#define AZX_SETUP_CQE32          (1U << 11)
+#define AZX_SETUP_SINGLE_ISSUER  (1U << 12)
+#define AZX_SETUP_DEFER_TASKRUN  (1U << 13)
+#define AZX_ENTER_GETEVENTS      (1U << 0)
+#define AZX_FEAT_NODROP          (1U << 1)
+
+#define AZX_OP_NOP               0
+#define AZX_OP_ASYNC_CANCEL      14
+#define AZX_OP_RECV              27
+#define AZX_OP_RECV_ZC           58
+
+#define AZX_REGISTER_EVENTFD      4
+#define AZX_REGISTER_PROBE        8
+#define AZX_REGISTER_PBUF_RING    22
+#define AZX_UNREGISTER_PBUF_RING  23
+#define AZX_REGISTER_ZCRX_IFQ     32
+#define AZX_REGISTER_QUERY        35
+#define AZX_REGISTER_ZCRX_CTRL    36
+
+#define AZX_QUERY_ZCRX            1
+#define AZX_ZCRX_REG_IMPORT       1
+#define AZX_ZCRX_REG_NODEV        2
+#define AZX_ZCRX_CTRL_FLUSH_RQ    0
+#define AZX_ZCRX_CTRL_EXPORT      1
+#define AZX_ZCRX_CTRL_ARM_NOTIFICATION 2
+#define AZX_ZCRX_NOTIF_NO_BUFFERS (1U << 0)
+#define AZX_ZCRX_NOTIF_COPY       (1U << 1)
+#define AZX_ZCRX_FEATURE_NOTIFICATION (1U << 1)
+#define AZX_MEM_REGION_TYPE_USER  1
+#define AZX_CQE_F_BUFFER          (1U << 0)
+#define AZX_CQE_F_MORE            (1U << 1)
+
+#define AZX_OFF_SQ_RING  0ULL
+#define AZX_OFF_CQ_RING  0x8000000ULL
+#define AZX_OFF_SQES     0x10000000ULL
+#define AZX_SQE_BUFFER_SELECT (1U << 5)
+#define AZX_RECV_MULTISHOT    (1U << 1)
+
+/* ---- UAPI structs, own definitions (sizes asserted below) ---- */
+struct azx_sqring_offsets { uint32_t head, tail, ring_mask, ring_entries, flags, dropped, array, resv1; uint64_t user_addr; };
+struct azx_cqring_offsets { uint32_t head, tail, ring_mask, ring_entries, overflow, cqes, flags, resv1; uint64_t user_addr; };
+struct azx_params {
+    uint32_t sq_entries, cq_entries, flags, sq_thread_cpu, sq_thread_idle, features, wq_fd, resv[3];
+    struct azx_sqring_offsets sq_off;
+    struct azx_cqring_offsets cq_off;
+};
+struct azx_sqe {
+    uint8_t opcode, flags; uint16_t ioprio; int32_t fd;
+    uint64_t off, addr; uint32_t len, op_flags; uint64_t user_data;
+    uint16_t buf_index, personality; uint32_t zcrx_ifq_idx;
+    uint64_t addr3, pad2;
+};
+struct azx_region_desc { uint64_t user_addr, size; uint32_t flags, id; uint64_t mmap_offset, resv[4]; };
+struct azx_zcrx_area_reg { uint64_t addr, len, rq_area_token; uint32_t flags, dmabuf_fd; uint64_t resv2[2]; };
+struct azx_zcrx_offsets { uint32_t head, tail, rqes, resv2; uint64_t resv[2]; };
+struct azx_zcrx_ifq_reg {
+    uint32_t if_idx, if_rxq, rq_entries, flags;
+    uint64_t area_ptr, region_ptr;
+    struct azx_zcrx_offsets offsets;
+    uint32_t zcrx_id, rx_buf_len;
+    uint64_t notif_desc;          /* 7.2: struct zcrx_notification_desc * */
+    uint64_t resv[2];
+};
+struct azx_zcrx_notif_desc { uint64_t user_data; uint32_t type_mask, flags; uint64_t stats_offset, resv2[9]; };
+struct azx_zcrx_ctrl { uint32_t zcrx_id, op; uint64_t resv[2]; uint64_t u[6]; };
+struct azx_zcrx_rqe { uint64_t off; uint32_t len, pad; };
+struct azx_buf_reg { uint64_t ring_addr; uint32_t ring_entries; uint16_t bgid, flags; uint64_t resv[3]; };
+struct azx_probe_op { uint8_t op, resv; uint16_t flags; uint32_t resv2; };
+struct azx_probe { uint8_t last_op, ops_len; uint16_t resv; uint32_t resv2[3]; struct azx_probe_op ops[256]; };
+struct azx_query_hdr { uint64_t next_entry, query_data; uint32_t query_op, size; int32_t result; uint32_t resv[3]; };
+struct azx_query_zcrx_raw { uint64_t register_flags, area_flags; uint32_t nr_ctrl_opcodes, features, rq_hdr_size, rq_hdr_alignment; uint64_t resv2; };
+
+_Static_assert(sizeof(struct azx_sqe) == 64, "sqe");
+_Static_assert(sizeof(struct azx_params) == 120, "params");
+_Static_assert(sizeof(struct azx_zcrx_ifq_reg) == 96, "ifq_reg");
+_Static_assert(sizeof(struct azx_zcrx_area_reg) == 48, "area_reg");
+_Static_assert(sizeof(struct azx_region_desc) == 64, "region");
+_Static_assert(sizeof(struct azx_zcrx_ctrl) == 72, "ctrl");
+_Static_assert(sizeof(struct azx_buf_reg) == 40, "buf_reg");
+_Static_assert(sizeof(struct azx_query_hdr) == 40, "query_hdr");
+
+struct azx_ring {
+    int fd;
+    unsigned sq_entries, cq_entries, features, flags, cqe_size;
+    uintptr_t cq_khead, cq_ktail, cq_mask, cq_cqes, cq_overflow, sq_flags;
+    /* private */
+    void *sq_map; size_t sq_map_len;
+    void *cq_map; size_t cq_map_len;
+    struct azx_sqe *sqes; size_t sqes_len;
+    uint32_t *sq_ktail, *sq_khead, sq_mask, sq_local_tail;
+};
+
+struct azx_zcrx_info {
+    uint32_t zcrx_id, rq_entries, rx_buf_len;
+    uint64_t rq_area_token;
+    uintptr_t rq_head, rq_tail, rq_rqes;
+    uintptr_t region_addr;
+    size_t region_len;
+    int region_kernel;
+};
+
+struct azx_query_zcrx {
+    uint64_t register_flags, area_flags;
+    uint32_t nr_ctrl_opcodes, features, rq_hdr_size, rq_hdr_alignment;
+};
+
+static long azx_sys_register(int fd, unsigned op, void *arg, unsigned nr)
+{
+    long r = syscall(__NR_io_uring_register, fd, op, arg, nr);
+    return r < 0 ? -errno : r;
+}
+
+void azx_ring_close(struct azx_ring *r)
+{
+    if (r->sqes) munmap(r->sqes, r->sqes_len);
+    if (r->cq_map && r->cq_map != r->sq_map) munmap(r->cq_map, r->cq_map_len);
+    if (r->sq_map) munmap(r->sq_map, r->sq_map_len);
+    if (r->fd >= 0) close(r->fd);
+    r->sqes = NULL; r->cq_map = r->sq_map = NULL; r->fd = -1;
+}
+
+int azx_ring_setup(unsigned entries, unsigned cq_entries, unsigned flags, struct azx_ring *r)
+{
+    struct azx_params p;
+    memset(&p, 0, sizeof p);
+    memset(r, 0, sizeof *r);
+    r->fd = -1;
+    p.flags = flags;
+    if (cq_entries) { p.flags |= AZX_SETUP_CQSIZE; p.cq_entries = cq_entries; }
+    int fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (fd < 0) return -errno;
+    r->fd = fd;
+    r->flags = p.flags;
+    r->features = p.features;
+    r->sq_entries = p.sq_entries;
+    r->cq_entries = p.cq_entries;
+    r->cqe_size = (p.flags & AZX_SETUP_CQE32) ? 32 : 16;
+    r->sq_map_len = p.sq_off.array + p.sq_entries * sizeof(uint32_t);
+    r->cq_map_len = p.cq_off.cqes + (size_t)p.cq_entries * r->cqe_size;
+    r->sq_map = mmap(NULL, r->sq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, AZX_OFF_SQ_RING);
+    if (r->sq_map == MAP_FAILED) { int e = -errno; r->sq_map = NULL; azx_ring_close(r); return e; }
+    r->cq_map = mmap(NULL, r->cq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, AZX_OFF_CQ_RING);
+    if (r->cq_map == MAP_FAILED) { int e = -errno; r->cq_map = NULL; azx_ring_close(r); return e; }
+    r->sqes_len = p.sq_entries * sizeof(struct azx_sqe);
+    r->sqes = mmap(NULL, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, AZX_OFF_SQES);
+    if (r->sqes == MAP_FAILED) { int e = -errno; r->sqes = NULL; azx_ring_close(r); return e; }
+    char *sq = r->sq_map, *cq = r->cq_map;
+    r->sq_khead = (uint32_t *)(sq + p.sq_off.head);
+    r->sq_ktail = (uint32_t *)(sq + p.sq_off.tail);
+    r->sq_mask = *(uint32_t *)(sq + p.sq_off.ring_mask);
+    r->sq_flags = (uintptr_t)(sq + p.sq_off.flags);
+    /* identity SQ index array, set once: slot i always holds SQE i */
+    uint32_t *array = (uint32_t *)(sq + p.sq_off.array);
+    for (unsigned i = 0; i < p.sq_entries; i++) array[i] = i;
+    r->sq_local_tail = *r->sq_ktail;
+    r->cq_khead = (uintptr_t)(cq + p.cq_off.head);
+    r->cq_ktail = (uintptr_t)(cq + p.cq_off.tail);
+    r->cq_mask = *(uint32_t *)(cq + p.cq_off.ring_mask);
+    r->cq_cqes = (uintptr_t)(cq + p.cq_off.cqes);
+    r->cq_overflow = (uintptr_t)(cq + p.cq_off.overflow);
+    return 0;
+}
+
+unsigned azx_sq_space(struct azx_ring *r)
+{
+    return r->sq_entries - (r->sq_local_tail - __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE));
+}
+
+static struct azx_sqe *azx_next_sqe(struct azx_ring *r)
+{
+    if (azx_sq_space(r) == 0) return NULL;
+    struct azx_sqe *s = &r->sqes[r->sq_local_tail & r->sq_mask];
+    memset(s, 0, sizeof *s);
+    return s;
+}
+
+static void azx_publish_sqe(struct azx_ring *r)
+{
+    r->sq_local_tail++;
+    __atomic_store_n(r->sq_ktail, r->sq_local_tail, __ATOMIC_RELEASE);
+}
+
+/* Submits everything queued and runs deferred task work (DEFER_TASKRUN posts
+ * completions only from io_uring_enter with GETEVENTS). Returns >= 0 or -errno. */
+int azx_enter(struct azx_ring *r, unsigned min_complete, unsigned flags)
+{
+    unsigned to_submit = r->sq_local_tail - __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
+    long ret = syscall(__NR_io_uring_enter, r->fd, to_submit, min_complete, flags, NULL, 0);
+    return ret < 0 ? -errno : (int)ret;
+}
+
+int azx_register_eventfd(struct azx_ring *r, int efd)
+{
+    return (int)azx_sys_register(r->fd, AZX_REGISTER_EVENTFD, &efd, 1);
+}
+
+/* 1 if the opcode is supported, 0 if not, -errno if the probe itself failed */
+int azx_probe_op(struct azx_ring *r, unsigned op)
+{
+    static struct azx_probe p;
+    memset(&p, 0, sizeof p);
+    long ret = azx_sys_register(r->fd, AZX_REGISTER_PROBE, &p, 256);
+    if (ret < 0) return (int)ret;
+    if (op > p.last_op || op >= p.ops_len) return 0;
+    return (p.ops[op].flags & 1) ? 1 : 0;
+}
+
+int azx_prep_recv_zc(struct azx_ring *r, int fd, uint32_t zcrx_id, uint64_t user_data)
+{
+    struct azx_sqe *s = azx_next_sqe(r);
+    if (!s) return -EBUSY;
+    s->opcode = AZX_OP_RECV_ZC; s->fd = fd; s->ioprio = AZX_RECV_MULTISHOT;
+    s->zcrx_ifq_idx = zcrx_id; s->user_data = user_data;
+    azx_publish_sqe(r);
+    return 0;
+}
+
+int azx_prep_recv_pbuf(struct azx_ring *r, int fd, uint16_t bgid, uint64_t user_data)
+{
+    struct azx_sqe *s = azx_next_sqe(r);
+    if (!s) return -EBUSY;
+    s->opcode = AZX_OP_RECV; s->fd = fd; s->ioprio = AZX_RECV_MULTISHOT;
+    s->flags = AZX_SQE_BUFFER_SELECT; s->buf_index = bgid; s->user_data = user_data;
+    azx_publish_sqe(r);
+    return 0;
+}
+
+int azx_prep_cancel(struct azx_ring *r, uint64_t target, uint64_t user_data)
+{
+    struct azx_sqe *s = azx_next_sqe(r);
+    if (!s) return -EBUSY;
+    s->opcode = AZX_OP_ASYNC_CANCEL; s->fd = -1; s->addr = target; s->user_data = user_data;
+    azx_publish_sqe(r);
+    return 0;
+}
+
+int azx_prep_nop(struct azx_ring *r, uint64_t user_data)
+{
+    struct azx_sqe *s = azx_next_sqe(r);
+    if (!s) return -EBUSY;
+    s->opcode = AZX_OP_NOP; s->fd = -1; s->user_data = user_data;
+    azx_publish_sqe(r);
+    return 0;
+}
+
+void *azx_mmap_anon(size_t len, int huge, int *err)
+{
+    int fl = MAP_PRIVATE | MAP_ANONYMOUS | (huge ? MAP_HUGETLB : 0);
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, fl, -1, 0);
+    if (p == MAP_FAILED) { *err = errno; return NULL; }
+    *err = 0;
+    return p;
+}
+
+int azx_munmap(uintptr_t addr, size_t len)
+{
+    return munmap((void *)addr, len) < 0 ? -errno : 0;
+}
+
+static size_t azx_page_round(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    return (n + pg - 1) & ~(pg - 1);
+}
+
+/* Registers a zcrx instance. The refill region is user memory we map here, or
+ * (kernel_region) memory the kernel allocates and we map from the ring fd. On
+ * failure nothing stays mapped. */
+int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
+                      uint32_t rq_entries, uint32_t flags, uintptr_t area, size_t area_len,
+                      int kernel_region, uint32_t rx_buf_len, uint64_t notif_user_data,
+                      uint32_t notif_mask, struct azx_zcrx_info *out)
+{
+    /* header page (head/tail) + the rqe array */
+    size_t region_len = azx_page_round(rq_entries * sizeof(struct azx_zcrx_rqe) + (size_t)sysconf(_SC_PAGESIZE));
+    void *region = NULL;
+    struct azx_region_desc rd; memset(&rd, 0, sizeof rd);
+    struct azx_zcrx_area_reg ar; memset(&ar, 0, sizeof ar);
+    struct azx_zcrx_ifq_reg reg; memset(&reg, 0, sizeof reg);
+    struct azx_zcrx_notif_desc nd; memset(&nd, 0, sizeof nd);
+    rd.size = region_len;
+    if (!kernel_region) {
+        region = mmap(NULL, region_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (region == MAP_FAILED) return -errno;
+        rd.user_addr = (uintptr_t)region;
+        rd.flags = AZX_MEM_REGION_TYPE_USER;
+    }
+    ar.addr = area; ar.len = area_len;
+    reg.if_idx = if_idx; reg.if_rxq = if_rxq; reg.rq_entries = rq_entries; reg.flags = flags;
+    reg.area_ptr = (uintptr_t)&ar; reg.region_ptr = (uintptr_t)&rd;
+    reg.rx_buf_len = rx_buf_len;
+    if (notif_mask) {
+        nd.user_data = notif_user_data; nd.type_mask = notif_mask;
+        reg.notif_desc = (uintptr_t)&nd;
+    }
+    long ret = azx_sys_register(r->fd, AZX_REGISTER_ZCRX_IFQ, &reg, 1);
+    if (ret < 0) {
+        if (region) munmap(region, region_len);
+        return (int)ret;
+    }
+    if (kernel_region) {
+        region = mmap(NULL, region_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, rd.mmap_offset);
+        if (region == MAP_FAILED) return -errno;   /* registration lives on until the ring closes */
+    }
+    out->zcrx_id = reg.zcrx_id;
+    out->rq_entries = reg.rq_entries;
+    out->rx_buf_len = reg.rx_buf_len;
+    out->rq_area_token = ar.rq_area_token;
+    out->rq_head = (uintptr_t)region + reg.offsets.head;
+    out->rq_tail = (uintptr_t)region + reg.offsets.tail;
+    out->rq_rqes = (uintptr_t)region + reg.offsets.rqes;
+    out->region_addr = (uintptr_t)region;
+    out->region_len = region_len;
+    out->region_kernel = kernel_region;
+    return 0;
+}
+
+int azx_zcrx_ctrl(struct azx_ring *r, uint32_t zcrx_id, uint32_t op)
+{
+    struct azx_zcrx_ctrl c; memset(&c, 0, sizeof c);
+    c.zcrx_id = zcrx_id; c.op = op;
+    return (int)azx_sys_register(r->fd, AZX_REGISTER_ZCRX_CTRL, &c, 0);
+}
+
+/* Exports an instance as a file descriptor another ring can import. */
+int azx_zcrx_export(struct azx_ring *r, uint32_t zcrx_id)
+{
+    struct azx_zcrx_ctrl c; memset(&c, 0, sizeof c);
+    c.zcrx_id = zcrx_id; c.op = AZX_ZCRX_CTRL_EXPORT;
+    long ret = azx_sys_register(r->fd, AZX_REGISTER_ZCRX_CTRL, &c, 0);
+    if (ret < 0) return (int)ret;
+    return (int)(uint32_t)c.u[0];   /* zcrx_fd comes back in the first union word */
+}
+
+/* Imports an exported instance: the area and refill ring stay the exporter's. */
+int azx_zcrx_import(struct azx_ring *r, int zcrx_fd, struct azx_zcrx_info *out)
+{
+    struct azx_zcrx_ifq_reg reg; memset(&reg, 0, sizeof reg);
+    reg.flags = AZX_ZCRX_REG_IMPORT;
+    reg.if_idx = (uint32_t)zcrx_fd;
+    long ret = azx_sys_register(r->fd, AZX_REGISTER_ZCRX_IFQ, &reg, 1);
+    if (ret < 0) return (int)ret;
+    memset(out, 0, sizeof *out);
+    out->zcrx_id = reg.zcrx_id;
+    return 0;
+}
+
+/* IO_URING_QUERY_ZCRX (6.19+). Needs no ring: fd -1. */
+int azx_query_zcrx(struct azx_query_zcrx *out)
+{
+    struct azx_query_zcrx_raw q; memset(&q, 0, sizeof q);
+    struct azx_query_hdr h; memset(&h, 0, sizeof h);
+    h.query_op = AZX_QUERY_ZCRX; h.query_data = (uintptr_t)&q; h.size = sizeof q;
+    long ret = azx_sys_register(-1, AZX_REGISTER_QUERY, &h, 0);
+    if (ret < 0) return (int)ret;
+    if (h.result < 0) return h.result;
+    out->register_flags = q.register_flags; out->area_flags = q.area_flags;
+    out->nr_ctrl_opcodes = q.nr_ctrl_opcodes; out->features = q.features;
+    out->rq_hdr_size = q.rq_hdr_size; out->rq_hdr_alignment = q.rq_hdr_alignment;
+    return 0;
+}
+
+int azx_pbuf_register(struct azx_ring *r, uintptr_t ring_mem, uint32_t entries, uint16_t bgid)
+{
+    struct azx_buf_reg b; memset(&b, 0, sizeof b);
+    b.ring_addr = ring_mem; b.ring_entries = entries; b.bgid = bgid;
+    return (int)azx_sys_register(r->fd, AZX_REGISTER_PBUF_RING, &b, 1);
+}
+
+int azx_pbuf_unregister(struct azx_ring *r, uint16_t bgid)
+{
+    struct azx_buf_reg b; memset(&b, 0, sizeof b);
+    b.bgid = bgid;
+    return (int)azx_sys_register(r->fd, AZX_UNREGISTER_PBUF_RING, &b, 1);
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("aiozcrx._abi", SOURCE, extra_compile_args=["-O2", "-Wall"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,844 @@
+/*
+ * aiozcrx._leases: buffers handed to Python as read-only memoryviews, and given
+ * back to the kernel when the last view over them is released.
+ *
+ * Three types:
+ *   Area       - a memory area receive buffers live in, plus the ring that takes
+ *                released buffers back: a zcrx refill ring, a provided-buffer ring,
+ *                or a plain free list (socket engine). It owns the mappings and
+ *                unmaps them only when it is closed AND no lease refers to it any
+ *                more, so an old view never reads unmapped memory.
+ *   Lease      - one received buffer (pointer, length, identity). It exports the
+ *                buffer protocol (read-only); CPython keeps it alive as long as any
+ *                memoryview, slice or derived view over it exists. Its dealloc is
+ *                the "buffer released" hook: it queues the buffer for the kernel.
+ *   Dispatcher - drains a completion queue in C: one memoryview and one callback
+ *                call per data completion, everything else collected for Python.
+ *
+ * Refill publishing is batched: a released buffer is written into the ring's
+ * entry array right away, but the tail the kernel reads is stored (store-release)
+ * only by Area.publish(), once per dispatch round.
+ *
+ * Threads: all state is guarded by the GIL. A view dropped in another thread
+ * runs the dealloc there, under the GIL, which only appends to user-space state;
+ * the kernel sees it at the next publish from the loop thread.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define LOAD_ACQ32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE_REL32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+#define ZCRX_AREA_SHIFT 48
+#define ZCRX_OFF_MASK   ((1ULL << ZCRX_AREA_SHIFT) - 1)
+#define CQE_F_BUFFER    (1U << 0)
+#define CQE_F_MORE      (1U << 1)
+#define CQE_BUFFER_SHIFT 16
+#define REGISTER_ZCRX_CTRL 36
+#define ZCRX_CTRL_FLUSH_RQ 0
+
+/* user_data layout shared with aiozcrx/_ring.py: low 32 bits slot, bits 32..39 kind */
+#define UD_KIND(ud)  (((ud) >> 32) & 0xff)
+#define UD_SLOT(ud)  ((uint32_t)(ud))
+#define UD_KIND_RECV 1
+
+enum { KIND_ZCRX = 0, KIND_PBUF = 1, KIND_POOL = 2 };
+
+#define MAX_MAPPINGS 4
+
+typedef struct {
+    PyObject_HEAD
+    int kind;
+    char *base;
+    size_t len;
+    uint32_t buf_size;          /* pbuf/pool: size of each buffer; zcrx: page size */
+    uint32_t nbufs;
+    struct { void *addr; size_t len; } maps[MAX_MAPPINGS];  /* unmapped at dealloc */
+    int nmaps;
+    /* zcrx refill ring */
+    uint32_t *rq_khead, *rq_ktail;
+    char *rqes;
+    uint32_t rq_mask, rq_entries, rq_local_tail;
+    uint64_t token;
+    int ring_fd;
+    uint32_t zcrx_id;
+    int nodev;                  /* the kernel consumes refill entries only on FLUSH_RQ */
+    /* provided buffer ring */
+    char *pbufs;
+    uint16_t *pbuf_ktail;
+    uint16_t pbuf_local_tail;
+    uint32_t pbuf_mask;
+    /* returns that did not fit in the refill ring (zcrx): packed (off << 20 | len) */
+    uint64_t *pending;
+    uint32_t npending, pending_cap;
+    /* pool free list */
+    uint32_t *freelist;
+    uint32_t nfree;
+    /* wake-up when buffers return while starved */
+    int wake_fd;
+    int starved;
+    int closed;
+    /* stats */
+    unsigned long long outstanding, returned, publishes, flushes, flush_errors;
+} Area;
+
+typedef struct {
+    PyObject_HEAD
+    Area *area;
+    char *ptr;
+    Py_ssize_t len;
+    uint64_t ident;             /* zcrx: offset in the area; pbuf/pool: buffer id */
+} Lease;
+
+static PyTypeObject AreaType;
+static PyTypeObject LeaseType;
+
+/* ------------------------------------------------------------------ Area */
+
+static int
+pending_push(Area *a, uint64_t v)
+{
+    if (a->npending == a->pending_cap) {
+        uint32_t cap = a->pending_cap ? a->pending_cap * 2 : 1024;
+        uint64_t *p = PyMem_Realloc(a->pending, cap * sizeof(uint64_t));
+        if (!p)
+            return -1;
+        a->pending = p;
+        a->pending_cap = cap;
+    }
+    a->pending[a->npending++] = v;
+    return 0;
+}
+
+static inline int
+rq_try_put(Area *a, uint64_t off, uint32_t len)
+{
+    if (a->rq_local_tail - LOAD_ACQ32(a->rq_khead) >= a->rq_entries)
+        return 0;
+    char *e = a->rqes + (size_t)(a->rq_local_tail & a->rq_mask) * 16;
+    *(uint64_t *)e = off | a->token;
+    *(uint32_t *)(e + 8) = len;
+    *(uint32_t *)(e + 12) = 0;
+    a->rq_local_tail++;
+    return 1;
+}
+
+static inline void
+pbuf_put(Area *a, uint32_t bid)
+{
+    char *e = a->pbufs + (size_t)(a->pbuf_local_tail & a->pbuf_mask) * 16;
+    *(uint64_t *)e = (uint64_t)(uintptr_t)(a->base + (size_t)bid * a->buf_size);
+    *(uint32_t *)(e + 8) = a->buf_size;
+    *(uint16_t *)(e + 12) = (uint16_t)bid;
+    a->pbuf_local_tail++;
+}
+
+/* A buffer comes back from user space. Never fails: a zcrx return that cannot be
+ * queued (out of memory for the pending list) is dropped and counted, which costs
+ * the area one buffer, never correctness. */
+static void
+area_return(Area *a, uint64_t ident, uint32_t len)
+{
+    a->outstanding--;
+    a->returned++;
+    if (a->closed)
+        return;
+    switch (a->kind) {
+    case KIND_ZCRX:
+        if (a->npending || !rq_try_put(a, ident, len))
+            if (pending_push(a, (ident << 20) | (len & 0xfffff)) < 0)
+                a->flush_errors++;
+        break;
+    case KIND_PBUF:
+        pbuf_put(a, (uint32_t)ident);
+        break;
+    case KIND_POOL:
+        a->freelist[a->nfree++] = (uint32_t)ident;
+        break;
+    }
+    if (a->starved && a->wake_fd >= 0) {
+        uint64_t one = 1;
+        a->starved = 0;
+        if (write(a->wake_fd, &one, sizeof one) < 0) {
+            /* eventfd counter saturated or fd closed: the loop is awake anyway */
+        }
+    }
+}
+
+static int
+zcrx_flush(Area *a)
+{
+    struct { uint32_t zcrx_id, op; uint64_t resv[2]; uint64_t u[6]; } c;
+    memset(&c, 0, sizeof c);
+    c.zcrx_id = a->zcrx_id;
+    c.op = ZCRX_CTRL_FLUSH_RQ;
+    long r = syscall(__NR_io_uring_register, a->ring_fd, REGISTER_ZCRX_CTRL, &c, 0);
+    a->flushes++;
+    if (r < 0) {
+        a->flush_errors++;
+        return -errno;
+    }
+    return 0;
+}
+
+/* Makes queued returns visible to the kernel: one tail store per call. */
+static PyObject *
+Area_publish(Area *a, PyObject *args)
+{
+    int force = 0;
+    if (!PyArg_ParseTuple(args, "|p", &force))
+        return NULL;
+    if (a->closed)
+        Py_RETURN_NONE;
+    if (a->kind == KIND_ZCRX) {
+        for (int round = 0; round < 64; round++) {
+            /* move what waited for room into the ring */
+            uint32_t i = 0;
+            while (i < a->npending) {
+                uint64_t v = a->pending[i];
+                if (!rq_try_put(a, v >> 20, (uint32_t)(v & 0xfffff)))
+                    break;
+                i++;
+            }
+            if (i) {
+                memmove(a->pending, a->pending + i, (a->npending - i) * sizeof(uint64_t));
+                a->npending -= i;
+            }
+            uint32_t queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
+            if (queued && *a->rq_ktail != a->rq_local_tail) {
+                STORE_REL32(a->rq_ktail, a->rq_local_tail);
+                a->publishes++;
+            }
+            /* A NODEV instance never drains the refill ring on its own: flush when a
+             * quarter of the ring (or of the area) waits, when asked, or when the
+             * ring is full and returns are piling up. */
+            uint32_t threshold = a->rq_entries / 4;
+            if (a->nbufs / 4 < threshold)
+                threshold = a->nbufs / 4;
+            if (threshold == 0)
+                threshold = 1;
+            int want = a->nodev && queued && (force || queued >= threshold || a->npending);
+            if (!want || zcrx_flush(a) < 0)
+                break;
+            if (!a->npending)
+                break;
+        }
+    } else if (a->kind == KIND_PBUF) {
+        if (*a->pbuf_ktail != a->pbuf_local_tail) {
+            __atomic_store_n(a->pbuf_ktail, a->pbuf_local_tail, __ATOMIC_RELEASE);
+            a->publishes++;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+Area_init(Area *a, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"base", "length", "buf_size", NULL};
+    unsigned long long base;
+    Py_ssize_t length;
+    unsigned int buf_size;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KnI", kwlist, &base, &length, &buf_size))
+        return -1;
+    if (!base || length <= 0 || !buf_size || (size_t)length % buf_size) {
+        PyErr_SetString(PyExc_ValueError, "Area: length must be a positive multiple of buf_size");
+        return -1;
+    }
+    a->base = (char *)(uintptr_t)base;
+    a->len = (size_t)length;
+    a->buf_size = buf_size;
+    a->nbufs = (uint32_t)((size_t)length / buf_size);
+    a->kind = -1;
+    a->wake_fd = -1;
+    a->ring_fd = -1;
+    return 0;
+}
+
+static PyObject *
+Area_own_mapping(Area *a, PyObject *args)
+{
+    unsigned long long addr;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "Kn", &addr, &len))
+        return NULL;
+    if (a->nmaps == MAX_MAPPINGS) {
+        PyErr_SetString(PyExc_RuntimeError, "too many mappings");
+        return NULL;
+    }
+    a->maps[a->nmaps].addr = (void *)(uintptr_t)addr;
+    a->maps[a->nmaps].len = (size_t)len;
+    a->nmaps++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Area_setup_zcrx(Area *a, PyObject *args)
+{
+    unsigned long long head, tail, rqes, token;
+    unsigned int entries, zcrx_id;
+    int ring_fd, nodev;
+    if (!PyArg_ParseTuple(args, "KKKIKIip", &head, &tail, &rqes, &entries, &token,
+                          &zcrx_id, &ring_fd, &nodev))
+        return NULL;
+    if (!entries || (entries & (entries - 1))) {
+        PyErr_SetString(PyExc_ValueError, "rq_entries must be a power of two");
+        return NULL;
+    }
+    a->kind = KIND_ZCRX;
+    a->rq_khead = (uint32_t *)(uintptr_t)head;
+    a->rq_ktail = (uint32_t *)(uintptr_t)tail;
+    a->rqes = (char *)(uintptr_t)rqes;
+    a->rq_entries = entries;
+    a->rq_mask = entries - 1;
+    a->rq_local_tail = *a->rq_ktail;
+    a->token = token;
+    a->zcrx_id = zcrx_id;
+    a->ring_fd = ring_fd;
+    a->nodev = nodev;
+    Py_RETURN_NONE;
+}
+
+/* The provided buffer ring: `entries` slots of 16 bytes; the kernel reads the tail
+ * from the reserved u16 of slot 0. All buffers go in at once. */
+static PyObject *
+Area_setup_pbuf(Area *a, PyObject *args)
+{
+    unsigned long long ring;
+    unsigned int entries;
+    if (!PyArg_ParseTuple(args, "KI", &ring, &entries))
+        return NULL;
+    if (!entries || (entries & (entries - 1)) || entries < a->nbufs || a->nbufs > 65536) {
+        PyErr_SetString(PyExc_ValueError, "pbuf ring entries must be a power of two >= buffers");
+        return NULL;
+    }
+    a->kind = KIND_PBUF;
+    a->pbufs = (char *)(uintptr_t)ring;
+    a->pbuf_mask = entries - 1;
+    a->pbuf_ktail = (uint16_t *)(a->pbufs + 14);
+    a->pbuf_local_tail = 0;
+    for (uint32_t i = 0; i < a->nbufs; i++)
+        pbuf_put(a, i);
+    __atomic_store_n(a->pbuf_ktail, a->pbuf_local_tail, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Area_setup_pool(Area *a, PyObject *Py_UNUSED(ignored))
+{
+    a->kind = KIND_POOL;
+    a->freelist = PyMem_Malloc(a->nbufs * sizeof(uint32_t));
+    if (!a->freelist)
+        return PyErr_NoMemory();
+    /* hand out low ids first: fewer pages touched for small workloads */
+    for (uint32_t i = 0; i < a->nbufs; i++)
+        a->freelist[i] = a->nbufs - 1 - i;
+    a->nfree = a->nbufs;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Area_close(Area *a, PyObject *Py_UNUSED(ignored))
+{
+    /* After close, returned buffers are only counted: the ring they would go to
+     * is gone. The mappings stay until the last lease is released. */
+    a->closed = 1;
+    a->wake_fd = -1;
+    Py_RETURN_NONE;
+}
+
+static inline PyObject *
+make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident)
+{
+    Lease *l = PyObject_New(Lease, &LeaseType);
+    if (!l)
+        return NULL;
+    Py_INCREF(a);
+    l->area = a;
+    l->ptr = ptr;
+    l->len = len;
+    l->ident = ident;
+    a->outstanding++;
+    PyObject *v = PyMemoryView_FromObject((PyObject *)l);
+    Py_DECREF(l);   /* the view holds the lease now; on failure this returns the buffer */
+    return v;
+}
+
+/* socket engine: recv() into a free pool buffer.
+ * Returns a memoryview, None (would block), b"" (EOF), or False (no free buffer:
+ * the area is marked starved and wakes wake_fd when one comes back). */
+static PyObject *
+Area_recv(Area *a, PyObject *arg)
+{
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (a->kind != KIND_POOL || a->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "recv on a closed or non-pool area");
+        return NULL;
+    }
+    if (!a->nfree) {
+        a->starved = 1;
+        Py_RETURN_FALSE;
+    }
+    uint32_t bid = a->freelist[a->nfree - 1];
+    char *ptr = a->base + (size_t)bid * a->buf_size;
+    ssize_t n;
+    do {
+        n = recv((int)fd, ptr, a->buf_size, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        a->nfree--;
+        return make_view(a, ptr, n, bid);
+    }
+    if (n == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        Py_RETURN_NONE;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* Marks the area starved: the next returned buffer writes the wake fd. */
+static PyObject *
+Area_set_wake(Area *a, PyObject *args)
+{
+    int fd, starved;
+    if (!PyArg_ParseTuple(args, "ip", &fd, &starved))
+        return NULL;
+    a->wake_fd = fd;
+    a->starved = starved;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
+{
+    uint32_t queued = 0;
+    if (a->kind == KIND_ZCRX && !a->closed)
+        queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i}",
+                         "buffers_outstanding", a->outstanding,
+                         "buffers_returned", a->returned,
+                         "refill_publishes", a->publishes,
+                         "refill_flushes", a->flushes,
+                         "refill_errors", a->flush_errors,
+                         "refill_queued", queued + a->npending,
+                         "buffers_total", a->nbufs,
+                         "area_size", (Py_ssize_t)a->len,
+                         "buffer_size", a->buf_size,
+                         "buffers_free", a->kind == KIND_POOL ? a->nfree : 0,
+                         "closed", a->closed,
+                         "starved", a->starved);
+}
+
+static PyObject *
+Area_get_outstanding(Area *a, void *c)
+{
+    return PyLong_FromUnsignedLongLong(a->outstanding);
+}
+
+static PyObject *
+Area_get_nbufs(Area *a, void *c)
+{
+    return PyLong_FromUnsignedLong(a->nbufs);
+}
+
+static void
+Area_dealloc(Area *a)
+{
+    for (int i = 0; i < a->nmaps; i++)
+        munmap(a->maps[i].addr, a->maps[i].len);
+    PyMem_Free(a->pending);
+    PyMem_Free(a->freelist);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+static PyMethodDef Area_methods[] = {
+    {"own_mapping", (PyCFunction)Area_own_mapping, METH_VARARGS, "own_mapping(addr, len): munmap at dealloc"},
+    {"setup_zcrx", (PyCFunction)Area_setup_zcrx, METH_VARARGS, "attach a zcrx refill ring"},
+    {"setup_pbuf", (PyCFunction)Area_setup_pbuf, METH_VARARGS, "attach a provided buffer ring"},
+    {"setup_pool", (PyCFunction)Area_setup_pool, METH_NOARGS, "use a user-space free list"},
+    {"publish", (PyCFunction)Area_publish, METH_VARARGS, "publish queued returns (one tail store)"},
+    {"recv", (PyCFunction)Area_recv, METH_O, "recv(fd) into a pool buffer"},
+    {"set_wake", (PyCFunction)Area_set_wake, METH_VARARGS, "set_wake(fd, starved)"},
+    {"close", (PyCFunction)Area_close, METH_NOARGS, "stop returning buffers to the ring"},
+    {"stats", (PyCFunction)Area_stats, METH_NOARGS, "counters"},
+    {NULL},
+};
+
+static PyGetSetDef Area_getset[] = {
+    {"outstanding", (getter)Area_get_outstanding, NULL, "buffers held by user space", NULL},
+    {"nbufs", (getter)Area_get_nbufs, NULL, "buffers in the area", NULL},
+    {NULL},
+};
+
+static PyTypeObject AreaType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiozcrx._leases.Area",
+    .tp_basicsize = sizeof(Area),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Area_init,
+    .tp_dealloc = (destructor)Area_dealloc,
+    .tp_methods = Area_methods,
+    .tp_getset = Area_getset,
+    .tp_doc = "Receive buffer area and the ring that takes released buffers back.",
+};
+
+/* ----------------------------------------------------------------- Lease */
+
+static int
+Lease_getbuffer(Lease *l, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)l, l->ptr, l->len, 1, flags);
+}
+
+static void
+Lease_dealloc(Lease *l)
+{
+    Area *a = l->area;
+    area_return(a, l->ident, (uint32_t)l->len);
+    PyObject_Free(l);
+    Py_DECREF(a);
+}
+
+static PyBufferProcs Lease_as_buffer = {
+    .bf_getbuffer = (getbufferproc)Lease_getbuffer,
+};
+
+static PyTypeObject LeaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiozcrx._leases.Lease",
+    .tp_basicsize = sizeof(Lease),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Lease_dealloc,
+    .tp_as_buffer = &Lease_as_buffer,
+    .tp_doc = "One received buffer; released back to the kernel when the last view goes.",
+};
+
+/* ------------------------------------------------------------ Dispatcher */
+
+typedef struct {
+    PyObject_HEAD
+    Area *area;
+    PyObject *slots;            /* list: slot -> callable(view) or None */
+    uint32_t *khead, *ktail;
+    char *cqes;
+    uint32_t mask;
+    unsigned cqe_shift;
+    int copy;
+    unsigned long long completions, bytes, dropped;
+    unsigned long long *slot_counts;   /* per slot: completions, bytes */
+    uint32_t slot_cap;
+} Dispatcher;
+
+typedef struct {
+    uint64_t ud;
+    int32_t res;
+    uint32_t flags;
+    uint64_t zc_off;
+} cqe_rec;
+
+#define BATCH 256
+
+static int
+Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"area", "slots", "khead", "ktail", "mask", "cqes", "cqe_size", "copy", NULL};
+    Area *area;
+    PyObject *slots;
+    unsigned long long khead, ktail, mask, cqes;
+    unsigned int cqe_size;
+    int copy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!KKKKI|p", kwlist, &AreaType, &area,
+                                     &PyList_Type, &slots, &khead, &ktail, &mask, &cqes,
+                                     &cqe_size, &copy))
+        return -1;
+    if (cqe_size != 16 && cqe_size != 32) {
+        PyErr_SetString(PyExc_ValueError, "cqe_size must be 16 or 32");
+        return -1;
+    }
+    Py_INCREF(area);
+    Py_XSETREF(d->area, area);
+    Py_INCREF(slots);
+    Py_XSETREF(d->slots, slots);
+    d->khead = (uint32_t *)(uintptr_t)khead;
+    d->ktail = (uint32_t *)(uintptr_t)ktail;
+    d->mask = (uint32_t)mask;
+    d->cqes = (char *)(uintptr_t)cqes;
+    d->cqe_shift = cqe_size == 32 ? 5 : 4;
+    d->copy = copy;
+    return 0;
+}
+
+static int
+grow_slots(Dispatcher *d, uint32_t slot)
+{
+    uint32_t cap = d->slot_cap ? d->slot_cap : 64;
+    while (cap <= slot)
+        cap *= 2;
+    unsigned long long *p = PyMem_Realloc(d->slot_counts, (size_t)cap * 2 * sizeof(*p));
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(p + 2 * (size_t)d->slot_cap, 0, (size_t)(cap - d->slot_cap) * 2 * sizeof(*p));
+    d->slot_counts = p;
+    d->slot_cap = cap;
+    return 0;
+}
+
+static PyObject *
+Dispatcher_slot_stats(Dispatcher *d, PyObject *arg)
+{
+    unsigned long slot = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (slot >= d->slot_cap)
+        return Py_BuildValue("(KK)", 0ULL, 0ULL);
+    return Py_BuildValue("(KK)", d->slot_counts[2 * slot], d->slot_counts[2 * slot + 1]);
+}
+
+static PyObject *
+Dispatcher_reset_slot(Dispatcher *d, PyObject *arg)
+{
+    unsigned long slot = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (slot < d->slot_cap)
+        d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
+    Py_RETURN_NONE;
+}
+
+/* Locates the buffer a data completion refers to; 0 if the completion is bogus. */
+static inline int
+cqe_buffer(Area *a, const cqe_rec *c, char **ptr, uint64_t *ident)
+{
+    if (a->kind == KIND_ZCRX) {
+        uint64_t off = c->zc_off & ZCRX_OFF_MASK;
+        if (off + (uint64_t)c->res > a->len)
+            return 0;
+        *ptr = a->base + off;
+        *ident = off;
+        return 1;
+    }
+    if (!(c->flags & CQE_F_BUFFER))
+        return 0;
+    uint32_t bid = c->flags >> CQE_BUFFER_SHIFT;
+    if (bid >= a->nbufs || (uint32_t)c->res > a->buf_size)
+        return 0;
+    *ptr = a->base + (size_t)bid * a->buf_size;
+    *ident = bid;
+    return 1;
+}
+
+/* the raised exception as one object (PyErr_GetRaisedException is 3.12+) */
+static PyObject *
+fetch_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value && tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static int
+append_control(PyObject **control, uint64_t ud, int32_t res, uint32_t flags, PyObject *exc)
+{
+    if (!*control && !(*control = PyList_New(0)))
+        return -1;
+    PyObject *t = Py_BuildValue("(KiIO)", (unsigned long long)ud, res, flags, exc ? exc : Py_None);
+    if (!t)
+        return -1;
+    int r = PyList_Append(*control, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* run() -> (completions, control list or None)
+ * Data completions for a live slot become slot_callback(view); everything else
+ * (errors, EOF, ends of multishot requests, other ops, callback exceptions) comes
+ * back as (user_data, res, flags, exception) tuples, in completion order. */
+static PyObject *
+Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    Area *a = d->area;
+    PyObject *control = NULL;
+    unsigned long long n = 0;
+    cqe_rec batch[BATCH];
+
+    for (;;) {
+        uint32_t head = *d->khead;
+        uint32_t tail = LOAD_ACQ32(d->ktail);
+        uint32_t cnt = tail - head;
+        if (!cnt)
+            break;
+        if (cnt > BATCH)
+            cnt = BATCH;
+        for (uint32_t i = 0; i < cnt; i++) {
+            const char *c = d->cqes + ((size_t)((head + i) & d->mask) << d->cqe_shift);
+            batch[i].ud = *(const uint64_t *)c;
+            batch[i].res = *(const int32_t *)(c + 8);
+            batch[i].flags = *(const uint32_t *)(c + 12);
+            batch[i].zc_off = d->cqe_shift == 5 ? *(const uint64_t *)(c + 16) : 0;
+        }
+        /* the CQ slots are free for the kernel before any Python code runs */
+        STORE_REL32(d->khead, head + cnt);
+        n += cnt;
+
+        for (uint32_t i = 0; i < cnt; i++) {
+            const cqe_rec *c = &batch[i];
+            int is_recv = UD_KIND(c->ud) == UD_KIND_RECV;
+            char *ptr;
+            uint64_t ident;
+            if (is_recv && c->res > 0 && cqe_buffer(a, c, &ptr, &ident)) {
+                uint32_t slot = UD_SLOT(c->ud);
+                PyObject *cb = NULL;
+                if (slot < (uint32_t)PyList_GET_SIZE(d->slots))
+                    cb = PyList_GET_ITEM(d->slots, slot);
+                d->completions++;
+                d->bytes += (unsigned long long)c->res;
+                if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
+                    goto error;
+                d->slot_counts[2 * slot]++;
+                d->slot_counts[2 * slot + 1] += (unsigned long long)c->res;
+                if (cb == NULL || cb == Py_None) {
+                    /* connection already gone: straight back to the kernel */
+                    a->outstanding++;
+                    area_return(a, ident, (uint32_t)c->res);
+                    d->dropped++;
+                } else {
+                    PyObject *view;
+                    if (d->copy) {
+                        view = PyBytes_FromStringAndSize(ptr, c->res);
+                        a->outstanding++;
+                        area_return(a, ident, (uint32_t)c->res);
+                    } else {
+                        view = make_view(a, ptr, c->res, ident);
+                    }
+                    if (!view)
+                        goto error;
+                    Py_INCREF(cb);
+                    PyObject *r = PyObject_CallOneArg(cb, view);
+                    Py_DECREF(cb);
+                    Py_DECREF(view);
+                    if (r) {
+                        Py_DECREF(r);
+                    } else {
+                        PyObject *exc = fetch_exception();
+                        int bad = append_control(&control, c->ud, c->res, c->flags, exc);
+                        Py_XDECREF(exc);
+                        if (bad)
+                            goto error;
+                    }
+                }
+                if (!(c->flags & CQE_F_MORE) && append_control(&control, c->ud, c->res, c->flags, NULL))
+                    goto error;
+                continue;
+            }
+            if (is_recv && a->kind == KIND_PBUF && (c->flags & CQE_F_BUFFER) &&
+                cqe_buffer(a, c, &ptr, &ident)) {
+                /* a buffer picked for a completion that carries no data */
+                a->outstanding++;
+                area_return(a, ident, 0);
+            }
+            if (append_control(&control, c->ud, c->res, c->flags, NULL))
+                goto error;
+        }
+    }
+    PyObject *ret = Py_BuildValue("(KO)", n, control ? control : Py_None);
+    Py_XDECREF(control);
+    return ret;
+error:
+    Py_XDECREF(control);
+    return NULL;
+}
+
+static PyObject *
+Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("{s:K,s:K,s:K}", "completions", d->completions, "bytes", d->bytes,
+                         "dropped_completions", d->dropped);
+}
+
+static int
+Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
+{
+    Py_VISIT(d->slots);
+    return 0;
+}
+
+static int
+Dispatcher_clear(Dispatcher *d)
+{
+    Py_CLEAR(d->slots);
+    return 0;
+}
+
+static void
+Dispatcher_dealloc(Dispatcher *d)
+{
+    PyObject_GC_UnTrack(d);
+    Py_CLEAR(d->slots);
+    Py_CLEAR(d->area);
+    PyMem_Free(d->slot_counts);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+static PyMethodDef Dispatcher_methods[] = {
+    {"run", (PyCFunction)Dispatcher_run, METH_NOARGS, "drain the CQ and dispatch"},
+    {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},
+    {"slot_stats", (PyCFunction)Dispatcher_slot_stats, METH_O, "(completions, bytes) of a slot"},
+    {"reset_slot", (PyCFunction)Dispatcher_reset_slot, METH_O, "zero a slot's counters"},
+    {NULL},
+};
+
+static PyTypeObject DispatcherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiozcrx._leases.Dispatcher",
+    .tp_basicsize = sizeof(Dispatcher),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Dispatcher_init,
+    .tp_dealloc = (destructor)Dispatcher_dealloc,
+    .tp_traverse = (traverseproc)Dispatcher_traverse,
+    .tp_clear = (inquiry)Dispatcher_clear,
+    .tp_methods = Dispatcher_methods,
+    .tp_doc = "Drains a completion queue in C and hands data to per-slot callbacks.",
+};
+
+/* ---------------------------------------------------------------- module */
+
+static struct PyModuleDef leases_module = {
+    PyModuleDef_HEAD_INIT, "aiozcrx._leases",
+    "Buffer exporter, area and completion dispatcher (see _leases.c).", -1, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__leases(void)
+{
+    if (PyType_Ready(&AreaType) < 0 || PyType_Ready(&LeaseType) < 0 ||
+        PyType_Ready(&DispatcherType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&leases_module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&AreaType);
+    PyModule_AddObject(m, "Area", (PyObject *)&AreaType);
+    Py_INCREF(&LeaseType);
+    PyModule_AddObject(m, "Lease", (PyObject *)&LeaseType);
+    Py_INCREF(&DispatcherType);
+    PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType);
+    return m;
+}

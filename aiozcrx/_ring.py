@@ -1,0 +1,255 @@
+"""The kernel ABI layer: io_uring rings, zcrx registration, provided buffer rings.
+
+This module and the two compiled modules under it (``_abi``: cffi, syscalls and
+structs; ``_leases``: the buffer exporter and the C completion dispatcher) are the
+only code that sees addresses. Everything above works with the objects defined
+here. Functions return Python values or raise ``OSError`` with the kernel's errno;
+turning an errno into advice is the engines' job (they know the context).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from dataclasses import dataclass
+
+from ._abi import ffi, lib
+from ._leases import Area, Dispatcher
+
+PAGE_SIZE = mmap.PAGESIZE
+
+# user_data layout, shared with _leases.c: low 32 bits a slot, bits 32..39 the kind.
+UD_RECV = 1
+UD_CANCEL = 2
+UD_NOTIF = 3
+UD_NOP = 4
+
+
+def user_data(kind: int, slot: int) -> int:
+    return (kind << 32) | slot
+
+
+def ud_kind(ud: int) -> int:
+    return (ud >> 32) & 0xFF
+
+
+def ud_slot(ud: int) -> int:
+    return ud & 0xFFFFFFFF
+
+
+CQE_F_MORE = lib.AZX_CQE_F_MORE
+ZCRX_REG_NODEV = lib.AZX_ZCRX_REG_NODEV
+ZCRX_CTRL_FLUSH_RQ = lib.AZX_ZCRX_CTRL_FLUSH_RQ
+ZCRX_CTRL_ARM_NOTIFICATION = lib.AZX_ZCRX_CTRL_ARM_NOTIFICATION
+ZCRX_NOTIF_NO_BUFFERS = lib.AZX_ZCRX_NOTIF_NO_BUFFERS
+ZCRX_NOTIF_COPY = lib.AZX_ZCRX_NOTIF_COPY
+OP_RECV_ZC = lib.AZX_OP_RECV_ZC
+OP_RECV = lib.AZX_OP_RECV
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+    return ret
+
+
+class Ring:
+    """An io_uring instance set up for a single-threaded event loop.
+
+    SINGLE_ISSUER | DEFER_TASKRUN: completions are posted only when we call
+    ``enter()``, from the loop thread, so the loop decides when work happens. The
+    registered eventfd becomes readable when completions are pending as task work,
+    which is what ``loop.add_reader`` waits on.
+    """
+
+    def __init__(self, *, sq_entries: int = 256, cq_entries: int = 8192, cqe32: bool = False):
+        base = lib.AZX_SETUP_SINGLE_ISSUER | lib.AZX_SETUP_DEFER_TASKRUN
+        if cqe32:
+            base |= lib.AZX_SETUP_CQE32
+        self._r = ffi.new("struct azx_ring *")
+        self._r.fd = -1
+        ret = -errno.EINVAL
+        # optional flags first; older kernels reject them with EINVAL
+        for extra in (lib.AZX_SETUP_SUBMIT_ALL | lib.AZX_SETUP_COOP_TASKRUN, lib.AZX_SETUP_SUBMIT_ALL, 0):
+            ret = lib.azx_ring_setup(sq_entries, cq_entries, base | extra, self._r)
+            if ret != -errno.EINVAL:
+                break
+        _check(ret, "io_uring_setup")
+        self.fd: int = self._r.fd
+        self.flags: int = self._r.flags
+        self.features: int = self._r.features
+        self.sq_entries: int = self._r.sq_entries
+        self.cq_entries: int = self._r.cq_entries
+        self.cqe_size: int = self._r.cqe_size
+        self.eventfd = -1
+        try:
+            self.eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            _check(lib.azx_register_eventfd(self._r, self.eventfd), "IORING_REGISTER_EVENTFD")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def enter(self, min_complete: int = 0) -> int:
+        """Submits queued SQEs and runs deferred task work (posting completions)."""
+        while True:
+            ret = lib.azx_enter(self._r, min_complete, lib.AZX_ENTER_GETEVENTS)
+            if ret != -errno.EINTR:
+                break
+        if ret in (-errno.EAGAIN, -errno.EBUSY):
+            return 0  # CQ overflow backlog: retried on the next round
+        return _check(ret, "io_uring_enter")
+
+    def sq_pending(self) -> bool:
+        return lib.azx_sq_space(self._r) < self.sq_entries
+
+    def _prep(self, fn, *args) -> None:
+        ret = fn(self._r, *args)
+        if ret == -errno.EBUSY:  # SQ full: submit what is queued, then retry once
+            self.enter(0)
+            ret = fn(self._r, *args)
+        _check(ret, "io_uring SQE")
+
+    def prep_recv_zc(self, fd: int, zcrx_id: int, ud: int) -> None:
+        self._prep(lib.azx_prep_recv_zc, fd, zcrx_id, ud)
+
+    def prep_recv_pbuf(self, fd: int, bgid: int, ud: int) -> None:
+        self._prep(lib.azx_prep_recv_pbuf, fd, bgid, ud)
+
+    def prep_cancel(self, target_ud: int, ud: int) -> None:
+        self._prep(lib.azx_prep_cancel, target_ud, ud)
+
+    def prep_nop(self, ud: int) -> None:
+        self._prep(lib.azx_prep_nop, ud)
+
+    def supports_op(self, op: int) -> bool:
+        return lib.azx_probe_op(self._r, op) == 1
+
+    def dispatcher(self, area: Area, slots: list, *, copy: bool) -> Dispatcher:
+        r = self._r
+        return Dispatcher(
+            area, slots,
+            khead=int(r.cq_khead), ktail=int(r.cq_ktail),
+            mask=int(r.cq_mask),
+            cqes=int(r.cq_cqes), cqe_size=self.cqe_size, copy=copy,
+        )
+
+    def close(self) -> None:
+        """Closes the ring. The kernel tears down registrations (zcrx, buffer rings);
+        the memory they used is ours and stays mapped until its Area goes away."""
+        if self._r.fd >= 0:
+            lib.azx_ring_close(self._r)
+        self.fd = -1
+        if self.eventfd >= 0:
+            os.close(self.eventfd)
+            self.eventfd = -1
+
+
+@dataclass
+class AreaMapping:
+    addr: int
+    length: int
+
+
+def map_area(length: int, *, hugepages: bool = False) -> AreaMapping:
+    """Anonymous private memory for receive buffers."""
+    err = ffi.new("int *")
+    p = lib.azx_mmap_anon(length, 1 if hugepages else 0, err)
+    if p == ffi.NULL:
+        what = "mmap(MAP_HUGETLB)" if hugepages else "mmap"
+        hint = " (reserve huge pages: sysctl vm.nr_hugepages)" if hugepages else ""
+        raise OSError(err[0], f"{what} of {length} bytes: {os.strerror(err[0])}{hint}")
+    return AreaMapping(int(ffi.cast("uintptr_t", p)), length)
+
+
+def unmap(m: AreaMapping) -> None:
+    lib.azx_munmap(m.addr, m.length)
+
+
+def new_area(m: AreaMapping, buf_size: int) -> Area:
+    """An Area over a mapping it takes ownership of (unmapped when the Area dies)."""
+    area = Area(m.addr, m.length, buf_size)
+    area.own_mapping(m.addr, m.length)
+    return area
+
+
+@dataclass
+class ZcrxInfo:
+    zcrx_id: int
+    rq_entries: int
+    rx_buf_len: int
+    rq_area_token: int
+    nodev: bool
+
+
+def register_zcrx(ring: Ring, area: Area, mapping: AreaMapping, *, if_idx: int, rxq: int,
+                  rq_entries: int, nodev: bool, kernel_region: bool = False,
+                  rx_buf_len: int = 0, notif_ud: int = 0, notif_mask: int = 0) -> ZcrxInfo:
+    """IORING_REGISTER_ZCRX_IFQ; attaches the refill ring to ``area``.
+
+    The refill region (user memory by default, kernel memory mapped from the ring
+    when ``kernel_region``) becomes owned by ``area``: it is unmapped with it.
+    """
+    out = ffi.new("struct azx_zcrx_info *")
+    flags = ZCRX_REG_NODEV if nodev else 0
+    ret = lib.azx_zcrx_register(ring._r, if_idx, rxq, rq_entries, flags, mapping.addr,
+                                mapping.length, 1 if kernel_region else 0, rx_buf_len,
+                                notif_ud, notif_mask, out)
+    _check(ret, "IORING_REGISTER_ZCRX_IFQ")
+    area.own_mapping(int(out.region_addr), int(out.region_len))
+    area.setup_zcrx(int(out.rq_head), int(out.rq_tail), int(out.rq_rqes), int(out.rq_entries),
+                    int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev)
+    return ZcrxInfo(int(out.zcrx_id), int(out.rq_entries), int(out.rx_buf_len),
+                    int(out.rq_area_token), nodev)
+
+
+def zcrx_ctrl(ring: Ring, zcrx_id: int, op: int) -> None:
+    _check(lib.azx_zcrx_ctrl(ring._r, zcrx_id, op), "IORING_REGISTER_ZCRX_CTRL")
+
+
+def zcrx_export(ring: Ring, zcrx_id: int) -> int:
+    """Exports a zcrx instance as a file descriptor (ZCRX_CTRL_EXPORT, 6.19+)."""
+    return _check(lib.azx_zcrx_export(ring._r, zcrx_id), "ZCRX_CTRL_EXPORT")
+
+
+def zcrx_import(ring: Ring, zcrx_fd: int) -> int:
+    """Imports an exported instance into ``ring``; returns its id there."""
+    out = ffi.new("struct azx_zcrx_info *")
+    _check(lib.azx_zcrx_import(ring._r, zcrx_fd, out), "IORING_REGISTER_ZCRX_IFQ(IMPORT)")
+    return int(out.zcrx_id)
+
+
+def query_zcrx() -> dict | None:
+    """IO_URING_QUERY_ZCRX (6.19+): None where the kernel cannot answer."""
+    out = ffi.new("struct azx_query_zcrx *")
+    if lib.azx_query_zcrx(out) < 0:
+        return None
+    return {
+        "register_flags": int(out.register_flags),
+        "area_flags": int(out.area_flags),
+        "nr_ctrl_opcodes": int(out.nr_ctrl_opcodes),
+        "features": int(out.features),
+        "rq_hdr_size": int(out.rq_hdr_size),
+        "rq_hdr_alignment": int(out.rq_hdr_alignment),
+        "nodev": bool(out.register_flags & ZCRX_REG_NODEV),
+        "notifications": bool(out.features & lib.AZX_ZCRX_FEATURE_NOTIFICATION),
+    }
+
+
+def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int) -> None:
+    """A provided buffer ring over every buffer of ``area`` (IORING_REGISTER_PBUF_RING)."""
+    entries = 1
+    while entries < area.nbufs:
+        entries <<= 1
+    ring_len = max(PAGE_SIZE, entries * 16)
+    m = map_area(ring_len)
+    ret = lib.azx_pbuf_register(ring._r, m.addr, entries, bgid)
+    if ret < 0:
+        unmap(m)
+        _check(ret, "IORING_REGISTER_PBUF_RING")
+    area.own_mapping(m.addr, m.length)
+    area.setup_pbuf(m.addr, entries)

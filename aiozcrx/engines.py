@@ -1,0 +1,638 @@
+"""Engines: the ways a Receiver can get bytes from the kernel, behind one seam.
+
+Best first:
+  "zcrx"      RECV_ZC multishot on a NIC hardware queue: true zero copy.
+  "zcrx-copy" RECV_ZC on a ZCRX_REG_NODEV instance (7.1+): the kernel copies into
+              our area; the same user-space path as "zcrx".
+  "uring"     multishot RECV into a provided buffer ring.
+  "socket"    non-blocking recv() into pooled buffers, driven by loop.add_reader.
+
+An engine owns the kernel objects (ring, area, registration) for one Receiver and
+knows how to arm and cancel receiving for a transport. Transports call only
+``arm``, ``cancel``, ``attach`` and ``detach``; they never see the ring.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+import termios
+from typing import TYPE_CHECKING, Callable
+
+from . import _ring
+from ._ring import UD_CANCEL, UD_NOTIF, UD_RECV, user_data, ud_kind, ud_slot
+from .errors import EngineUnavailable, UringUnavailable, ZcrxUnavailable
+
+if TYPE_CHECKING:
+    from .transport import ZcrxTransport
+
+ENGINES = ("zcrx", "zcrx-copy", "uring", "socket")
+KNOWN_ZCRX_DRIVERS = ("bnxt_en", "mlx5_core", "gve", "fbnic")
+
+
+class Config:
+    """Validated Receiver settings (see Receiver for their meaning)."""
+
+    def __init__(self, *, engine, interface, queue, area_size, rq_entries, copy, buf_size,
+                 hugepages, kernel_region, cq_entries, notifications):
+        self.engine = engine
+        self.interface = interface
+        self.queue = queue
+        self.area_size = area_size
+        self.rq_entries = rq_entries
+        self.copy = copy
+        self.buf_size = buf_size
+        self.hugepages = hugepages
+        self.kernel_region = kernel_region
+        self.cq_entries = cq_entries
+        self.notifications = notifications
+
+
+def interface_driver(name: str) -> str:
+    try:
+        return os.path.basename(os.readlink(f"/sys/class/net/{name}/device/driver"))
+    except OSError:
+        return "virtual" if name != "lo" else "loopback"
+
+
+def _ioctl_inq(fd: int) -> int:
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+class Engine:
+    name = "?"
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.loop = None
+        self.transports: dict[int, "ZcrxTransport"] = {}
+        self.stats = {"rearms": 0, "starved": 0, "notifications_no_buffers": 0,
+                      "notifications_copy": 0, "wakeups": 0}
+
+    # -- lifecycle (Receiver) --
+    def open(self, loop) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- per transport --
+    def attach(self, transport: "ZcrxTransport") -> int:
+        raise NotImplementedError
+
+    def detach(self, transport: "ZcrxTransport") -> None:
+        raise NotImplementedError
+
+    def arm(self, transport: "ZcrxTransport") -> None:
+        raise NotImplementedError
+
+    def cancel(self, transport: "ZcrxTransport") -> None:
+        raise NotImplementedError
+
+    def set_sink(self, transport: "ZcrxTransport", sink: Callable | None) -> None:
+        """Where this transport's data goes: a callable(view), or None to drop."""
+        raise NotImplementedError
+
+    def area_stats(self) -> dict:
+        raise NotImplementedError
+
+    def slot_stats(self, transport) -> tuple[int, int]:
+        """(completions, bytes) received by one transport."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {}
+
+
+class _RingEngine(Engine):
+    """Shared mechanics of the io_uring engines: ring, eventfd reader, C dispatcher."""
+
+    cqe32 = False
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.ring: _ring.Ring | None = None
+        self.area = None
+        self.slots: list = []
+        self.free_slots: list[int] = []
+        self.dispatcher = None
+        self.starved: set[int] = set()
+        self._scheduled = False
+        self._reader_added = False
+
+    def _open_ring(self) -> None:
+        try:
+            self.ring = _ring.Ring(cq_entries=self.config.cq_entries, cqe32=self.cqe32)
+        except OSError as e:
+            raise _uring_error(self.name, e) from None
+
+    def _start(self, loop) -> None:
+        self.loop = loop
+        self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)
+        loop.add_reader(self.ring.eventfd, self._on_wake)
+        self._reader_added = True
+
+    def close(self) -> None:
+        if self.ring is None:
+            return
+        if self._reader_added:
+            self.loop.remove_reader(self.ring.eventfd)
+            self._reader_added = False
+        # Completions still queued carry buffers: drain them (they go straight back,
+        # no slot takes them) so outstanding counts stay exact, then close.
+        for i in range(len(self.slots)):
+            self.slots[i] = None
+        try:
+            self.ring.enter(0)
+            self.dispatcher.run()
+        except OSError:
+            pass
+        self.area.close()
+        self.ring.close()
+        self.ring = None
+
+    # -- slots --
+    def attach(self, transport) -> int:
+        slot = self.free_slots.pop() if self.free_slots else len(self.slots)
+        if slot == len(self.slots):
+            self.slots.append(None)
+        self.transports[slot] = transport
+        self.dispatcher.reset_slot(slot)
+        return slot
+
+    def slot_stats(self, transport) -> tuple[int, int]:
+        if self.dispatcher is None or transport._slot < 0:
+            return (0, 0)
+        return self.dispatcher.slot_stats(transport._slot)
+
+    def detach(self, transport) -> None:
+        slot = transport._slot
+        self.slots[slot] = None
+        self.starved.discard(slot)
+        if not transport._armed and not transport._cancelling:
+            self._free_slot(slot)
+
+    def _free_slot(self, slot: int) -> None:
+        if self.transports.pop(slot, None) is not None:
+            self.free_slots.append(slot)
+
+    def set_sink(self, transport, sink) -> None:
+        self.slots[transport._slot] = sink
+
+    # -- requests --
+    def _prep_recv(self, fd: int, ud: int) -> None:
+        raise NotImplementedError
+
+    def _buffers_available(self) -> bool:
+        return self.area.outstanding < self.area.nbufs
+
+    def arm(self, transport) -> None:
+        if self.ring is None:
+            return
+        if not self._buffers_available():
+            self._starve(transport._slot)
+            return
+        self._prep_recv(transport._fileno, user_data(UD_RECV, transport._slot))
+        transport._armed = True
+        self._kick()
+
+    def cancel(self, transport) -> None:
+        if self.ring is None or not transport._armed or transport._cancelling:
+            self.starved.discard(transport._slot)
+            return
+        transport._cancelling = True
+        self.ring.prep_cancel(user_data(UD_RECV, transport._slot), user_data(UD_CANCEL, transport._slot))
+        self._kick()
+
+    def _starve(self, slot: int) -> None:
+        self.starved.add(slot)
+        self.stats["starved"] += 1
+        self.area.set_wake(self.ring.eventfd, True)
+        self.area.publish(True)
+
+    def _kick(self) -> None:
+        """Submit soon, once, however many requests were queued meanwhile."""
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._process)
+
+    # -- the loop side --
+    def _on_wake(self) -> None:
+        try:
+            os.eventfd_read(self.ring.eventfd)
+        except BlockingIOError:
+            pass
+        self.stats["wakeups"] += 1
+        self._process()
+
+    def _process(self) -> None:
+        self._scheduled = False
+        ring = self.ring
+        if ring is None:
+            return
+        for _ in range(64):
+            ring.enter(0)
+            n, control = self.dispatcher.run()
+            self.area.publish(False)
+            if control:
+                self._handle(control)
+            if self.starved and self._buffers_available():
+                self._revive()
+            if not n and not ring.sq_pending():
+                break
+
+    def _revive(self) -> None:
+        """Buffers came back: re-arm transports that stopped for lack of them."""
+        self.area.publish(True)
+        starved, self.starved = self.starved, set()
+        for slot in starved:
+            t = self.transports.get(slot)
+            if t is not None and t._wants_data() and not t._armed:
+                self.stats["rearms"] += 1
+                self.arm(t)
+
+    def _handle(self, control) -> None:
+        for ud, res, flags, exc in control:
+            kind = ud_kind(ud)
+            if kind == UD_RECV:
+                t = self.transports.get(ud_slot(ud))
+                if t is None:
+                    continue
+                if exc is not None:
+                    t._callback_failed(exc)
+                if flags & _ring.CQE_F_MORE:
+                    continue
+                # the multishot request is over
+                t._armed = False
+                was_cancelling, t._cancelling = t._cancelling, False
+                if t._detached:
+                    self._free_slot(t._slot)
+                    continue
+                if res == 0:
+                    t._eof()
+                elif res > 0 or res == -errno.ECANCELED or (res == -errno.ENOSPC and not was_cancelling):
+                    # ended after data, cancelled (pause), or CQ overflow: go on if wanted
+                    if t._wants_data():
+                        self.stats["rearms"] += 1
+                        self.arm(t)
+                elif res in (-errno.ENOMEM, -errno.ENOBUFS):
+                    # area / buffer ring exhausted: re-arm once buffers come back
+                    if t._wants_data():
+                        self._starve(t._slot)
+                        if self._buffers_available():
+                            self._revive()
+                else:
+                    t._recv_error(OSError(-res, os.strerror(-res)))
+            elif kind == UD_NOTIF:
+                self._notification(res)
+
+    def _notification(self, res: int) -> None:
+        pass
+
+    def area_stats(self) -> dict:
+        s = self.area.stats()
+        s.update(self.dispatcher.stats())
+        s.update(self.stats)
+        return s
+
+
+class ZcrxEngine(_RingEngine):
+    """RECV_ZC into a registered area; "zcrx" on a NIC queue, "zcrx-copy" with NODEV."""
+
+    cqe32 = True
+
+    def __init__(self, config: Config, *, nodev: bool):
+        super().__init__(config)
+        self.nodev = nodev
+        self.name = "zcrx-copy" if nodev else "zcrx"
+        self.info: _ring.ZcrxInfo | None = None
+        self.zcrx_id = 0
+
+    def open(self, loop) -> None:
+        cfg = self.config
+        if not self.nodev and (cfg.interface is None or cfg.queue is None):
+            raise ZcrxUnavailable(self.name, errno.EINVAL, "no interface= and queue= given",
+                                  "pass interface='eth0', queue=N (a queue set up with `aiozcrx nic setup`)")
+        self._open_ring()
+        try:
+            mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
+        except OSError as e:
+            self.ring.close()
+            self.ring = None
+            raise ZcrxUnavailable(self.name, e.errno, f"cannot map a {cfg.area_size}-byte area: {e.strerror}") from None
+        self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
+        if_idx = 0 if self.nodev else socket.if_nametoindex(cfg.interface)
+        rxq = 0 if self.nodev else cfg.queue
+        notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
+        try:
+            self.info = _ring.register_zcrx(
+                self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.rq_entries,
+                nodev=self.nodev, kernel_region=cfg.kernel_region,
+                notif_ud=user_data(UD_NOTIF, 0), notif_mask=notif_mask)
+        except OSError as e:
+            if notif_mask and e.errno == errno.EINVAL:
+                # kernels before 7.2 reject the notification descriptor: go without
+                try:
+                    self.info = _ring.register_zcrx(
+                        self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq,
+                        rq_entries=cfg.rq_entries, nodev=self.nodev,
+                        kernel_region=cfg.kernel_region)
+                    self.stats["notifications"] = "unsupported"
+                except OSError as e2:
+                    e = e2
+                else:
+                    e = None
+            if e is not None:
+                self.area.close()
+                self.area = None  # last ref: area memory unmapped
+                self.ring.close()
+                self.ring = None
+                raise self._explain(e) from None
+        else:
+            if notif_mask:
+                self.stats["notifications"] = "on"
+        self.zcrx_id = self.info.zcrx_id
+        self._start(loop)
+
+    def _explain(self, e: OSError) -> ZcrxUnavailable:
+        cfg = self.config
+        err = e.errno
+        if self.nodev:
+            where = "ZCRX_REG_NODEV"
+            causes = {
+                errno.EINVAL: ("this kernel has no ZCRX_REG_NODEV (needs Linux 7.1+)", "use engine='uring' or a 7.1+ kernel"),
+                errno.EOPNOTSUPP: ("this kernel has no io_uring zcrx (CONFIG_IO_URING_ZCRX)", "use engine='uring'"),
+            }
+        else:
+            drv = interface_driver(cfg.interface)
+            where = f"{cfg.interface} queue {cfg.queue}"
+            causes = {
+                errno.EOPNOTSUPP: (f"{cfg.interface} ({drv}) has no queue API" if drv not in KNOWN_ZCRX_DRIVERS
+                                   else f"{cfg.interface} ({drv}) refused: header/data split off or driver too old",
+                                   f"use a NIC whose driver supports zcrx ({', '.join(KNOWN_ZCRX_DRIVERS)}); run `aiozcrx doctor --interface {cfg.interface}`"),
+                errno.EINVAL: (f"{where}: bad queue or header/data split not enabled",
+                               f"`aiozcrx nic setup --interface {cfg.interface} --queue {cfg.queue}`"),
+                errno.EEXIST: (f"{where} is already bound to a memory provider",
+                               "close the other zcrx user of this queue or pick another queue"),
+                errno.ERANGE: (f"{where}: queue out of range", "pick a queue below the channel count (`ethtool -l`)"),
+            }
+        causes[errno.EPERM] = ("registering zcrx needs CAP_NET_ADMIN", "run as root or grant CAP_NET_ADMIN (setcap cap_net_admin+ep)")
+        causes[errno.ENOMEM] = (f"cannot pin a {cfg.area_size}-byte area: RLIMIT_MEMLOCK is too low (or out of memory)",
+                                "raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) or pass a smaller area_size")
+        cause, fix = causes.get(err, (f"{where}: {e.strerror}", ""))
+        if err == errno.ENOMEM:
+            import resource
+            soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+            lim = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+            cause = f"cannot pin a {cfg.area_size}-byte area: RLIMIT_MEMLOCK is {lim}"
+        return ZcrxUnavailable(self.name, err, cause, fix)
+
+    def _prep_recv(self, fd: int, ud: int) -> None:
+        self.ring.prep_recv_zc(fd, self.zcrx_id, ud)
+
+    def _buffers_available(self) -> bool:
+        # the kernel gets buffers back only through the refill ring (and, NODEV,
+        # a flush): count those still held by user space
+        return self.area.outstanding < self.area.nbufs
+
+    def _notification(self, res: int) -> None:
+        if res & _ring.ZCRX_NOTIF_NO_BUFFERS:
+            self.stats["notifications_no_buffers"] += 1
+        if res & _ring.ZCRX_NOTIF_COPY:
+            self.stats["notifications_copy"] += 1
+        try:  # fire-once: re-arm for the next one
+            _ring.zcrx_ctrl(self.ring, self.zcrx_id, _ring.ZCRX_CTRL_ARM_NOTIFICATION)
+        except OSError:
+            pass
+
+    def _revive(self) -> None:
+        # A NODEV multishot that ran dry may stay armed and never resume
+        # (KERNEL-NOTES): cancel armed requests of sockets that hold data; the
+        # cancellation's completion re-arms them.
+        super()._revive()
+        for slot, t in list(self.transports.items()):
+            if t._armed and not t._cancelling and t._wants_data() and _ioctl_inq(t._fileno) > 0:
+                self.cancel(t)
+
+    def export(self) -> int:
+        return _ring.zcrx_export(self.ring, self.zcrx_id)
+
+    def describe(self) -> dict:
+        i = self.info
+        return {"zcrx_id": i.zcrx_id, "rq_entries": i.rq_entries, "rx_buf_len": i.rx_buf_len,
+                "nodev": i.nodev}
+
+
+class UringEngine(_RingEngine):
+    """Multishot RECV with buffers picked by the kernel from a provided buffer ring."""
+
+    name = "uring"
+    BGID = 7
+
+    def open(self, loop) -> None:
+        cfg = self.config
+        self._open_ring()
+        try:
+            if not self.ring.supports_op(_ring.OP_RECV):
+                raise OSError(errno.EOPNOTSUPP, "IORING_OP_RECV not supported")
+            mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
+            self.area = _ring.new_area(mapping, cfg.buf_size)
+            _ring.register_pbuf_ring(self.ring, self.area, bgid=self.BGID)
+        except OSError as e:
+            if self.area is not None:
+                self.area.close()
+                self.area = None
+            self.ring.close()
+            self.ring = None
+            raise _uring_error(self.name, e) from None
+        self._start(loop)
+
+    def _prep_recv(self, fd: int, ud: int) -> None:
+        self.ring.prep_recv_pbuf(fd, self.BGID, ud)
+
+
+class SocketEngine(Engine):
+    """Plain non-blocking recv() into pooled buffers; works wherever sockets do."""
+
+    name = "socket"
+    READS_PER_WAKEUP = 16  # fairness between connections on one loop
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.area = None
+        self.eventfd = -1
+        self.sinks: dict[int, Callable | None] = {}
+        self.per_slot: dict[int, list[int]] = {}
+        self.starved: set[int] = set()
+        self._next = 0
+        self.completions = 0
+        self.bytes = 0
+
+    def open(self, loop) -> None:
+        self.loop = loop
+        mapping = _ring.map_area(self.config.area_size, hugepages=self.config.hugepages)
+        self.area = _ring.new_area(mapping, self.config.buf_size)
+        self.area.setup_pool()
+        self.eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        loop.add_reader(self.eventfd, self._on_wake)
+
+    def close(self) -> None:
+        if self.area is None:
+            return
+        self.loop.remove_reader(self.eventfd)
+        os.close(self.eventfd)
+        self.area.close()
+        self.eventfd = -1
+
+    def attach(self, transport) -> int:
+        slot = self._next
+        self._next += 1
+        self.transports[slot] = transport
+        self.per_slot[slot] = [0, 0]
+        return slot
+
+    def slot_stats(self, transport) -> tuple[int, int]:
+        c = self.per_slot.get(transport._slot, (0, 0))
+        return (c[0], c[1])
+
+    def detach(self, transport) -> None:
+        self.cancel(transport)
+        self.transports.pop(transport._slot, None)
+        self.sinks.pop(transport._slot, None)
+
+    def set_sink(self, transport, sink) -> None:
+        self.sinks[transport._slot] = sink
+
+    def arm(self, transport) -> None:
+        if transport._armed or self.eventfd < 0:
+            return
+        transport._armed = True
+        self.loop.add_reader(transport._fileno, self._read_ready, transport)
+
+    def cancel(self, transport) -> None:
+        self.starved.discard(transport._slot)
+        if transport._armed:
+            transport._armed = False
+            self.loop.remove_reader(transport._fileno)
+
+    def _read_ready(self, transport) -> None:
+        area = self.area
+        fd = transport._fileno
+        for _ in range(self.READS_PER_WAKEUP):
+            try:
+                view = area.recv(fd)
+            except OSError as e:
+                self.cancel(transport)
+                transport._recv_error(e)
+                return
+            if view is None:
+                return
+            if view is False:
+                # every pooled buffer is held by user code: wait for one to return
+                self.cancel(transport)
+                self.starved.add(transport._slot)
+                self.stats["starved"] += 1
+                area.set_wake(self.eventfd, True)
+                return
+            if not view:  # b"": EOF
+                self.cancel(transport)
+                transport._eof()
+                return
+            self.completions += 1
+            self.bytes += len(view)
+            counts = self.per_slot[transport._slot]
+            counts[0] += 1
+            counts[1] += len(view)
+            sink = self.sinks.get(transport._slot)
+            if sink is None:
+                del view
+                continue
+            if self.config.copy:
+                data = bytes(view)
+                view.release()
+                view = data
+            try:
+                sink(view)
+            except BaseException as exc:  # noqa: BLE001 - protocol errors become connection_lost
+                del view
+                transport._callback_failed(exc)
+                return
+            del view
+            if not transport._armed:  # paused or closed by the callback
+                return
+
+    def _on_wake(self) -> None:
+        try:
+            os.eventfd_read(self.eventfd)
+        except BlockingIOError:
+            pass
+        self.stats["wakeups"] += 1
+        starved, self.starved = self.starved, set()
+        for slot in starved:
+            t = self.transports.get(slot)
+            if t is not None and t._wants_data():
+                self.stats["rearms"] += 1
+                self.arm(t)
+
+    def area_stats(self) -> dict:
+        s = self.area.stats()
+        s.update({"completions": self.completions, "bytes": self.bytes, "dropped_completions": 0})
+        s.update(self.stats)
+        return s
+
+
+def _uring_error(engine: str, e: OSError) -> UringUnavailable:
+    err = e.errno
+    causes = {
+        errno.ENOSYS: ("this kernel has no io_uring", "use engine='socket'"),
+        errno.EPERM: ("io_uring is disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp",
+                      "set kernel.io_uring_disabled=0, or allow io_uring_* syscalls in the seccomp profile"),
+        errno.EINVAL: ("this kernel lacks IORING_SETUP_DEFER_TASKRUN / provided buffer rings (needs 6.1+)",
+                       "use engine='socket' or a newer kernel"),
+        errno.ENOMEM: ("cannot lock memory for the ring or buffers (RLIMIT_MEMLOCK)", "raise `ulimit -l`"),
+    }
+    cause, fix = causes.get(err, (f"{e.strerror}", ""))
+    return UringUnavailable(engine, err or errno.EIO, cause, fix)
+
+
+def make_engine(name: str, config: Config) -> Engine:
+    if name == "zcrx":
+        return ZcrxEngine(config, nodev=False)
+    if name == "zcrx-copy":
+        return ZcrxEngine(config, nodev=True)
+    if name == "uring":
+        return UringEngine(config)
+    if name == "socket":
+        return SocketEngine(config)
+    raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)} or 'auto'")
+
+
+def open_engine(config: Config, loop) -> tuple[Engine, list[tuple[str, bool, str]]]:
+    """Opens the engine asked for; for "auto", the best that works here.
+
+    Returns the engine and, per engine tried, (name, worked, reason).
+    """
+    if config.engine != "auto":
+        eng = make_engine(config.engine, config)
+        eng.open(loop)
+        return eng, [(eng.name, True, "asked for by name")]
+    tried: list[tuple[str, bool, str]] = []
+    for name in ENGINES:
+        if name == "zcrx" and config.interface is None:
+            tried.append((name, False, "no interface= given"))
+            continue
+        eng = make_engine(name, config)
+        try:
+            eng.open(loop)
+        except EngineUnavailable as e:
+            tried.append((name, False, e.reason))
+            continue
+        tried.append((name, True, "works here"))
+        return eng, tried
+    raise AssertionError("the socket engine cannot fail to open")

@@ -1,0 +1,49 @@
+"""Exceptions raised by aiozcrx. Each names the cause and, where there is one, the fix."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class AiozcrxError(Exception):
+    """Base class of aiozcrx's own exceptions."""
+
+
+class EngineUnavailable(AiozcrxError, OSError):
+    """An engine asked for by name cannot run here.
+
+    ``errno`` and ``strerror`` are set as on any OSError; ``engine`` names the engine
+    and ``cause`` says why in words (the str() of the exception adds the fix).
+    """
+
+    def __init__(self, engine: str, err: int, cause: str, fix: str = ""):
+        self.engine = engine
+        self.cause = cause
+        self.fix = fix
+        name = _errno.errorcode.get(err, str(err))
+        text = f"{name}: {cause}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(err, text)
+
+    @property
+    def reason(self) -> str:
+        """Short form used in fallback reasons: "EOPNOTSUPP: lo has no queue API"."""
+        return f"{_errno.errorcode.get(self.errno, str(self.errno))}: {self.cause}"
+
+    def __str__(self) -> str:  # OSError's default prints "[Errno N] ..."
+        return f"engine {self.engine!r} unavailable: {self.strerror}"
+
+
+class ZcrxUnavailable(EngineUnavailable):
+    """The zcrx engines ("zcrx", "zcrx-copy") cannot register here."""
+
+
+class UringUnavailable(EngineUnavailable):
+    """io_uring itself cannot be used (disabled, blocked by seccomp, too old)."""
+
+
+def os_error(err: int, what: str) -> OSError:
+    """An OSError for a negative errno returned by the ABI layer."""
+    return OSError(err, f"{what}: {os.strerror(err)}")

@@ -1,0 +1,205 @@
+"""Receiver: owns the ring, the area and the registration for one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import socket
+import threading
+
+from . import engines as _engines
+from ._ring import PAGE_SIZE
+from .transport import ZcrxTransport
+
+DEFAULT_AREA_SIZE = 32 * 1024 * 1024
+DEFAULT_RQ_ENTRIES = 4096
+DEFAULT_BUF_SIZE = 64 * 1024
+MAX_RQ_ENTRIES = 32768
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _rx_queue_count(interface: str) -> int | None:
+    n = len(glob.glob(f"/sys/class/net/{interface}/queues/rx-*"))
+    return n or None
+
+
+def validate(*, engine, interface, queue, area_size, rq_entries, buf_size, cq_entries) -> None:
+    """Checks arguments before anything touches the kernel; raises ValueError/TypeError."""
+    if engine != "auto" and engine not in _engines.ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: choose 'auto' or one of {', '.join(_engines.ENGINES)}")
+    if not isinstance(area_size, int) or area_size <= 0 or area_size % PAGE_SIZE:
+        raise ValueError(f"area_size must be a positive multiple of the page size ({PAGE_SIZE}), got {area_size!r}")
+    if not isinstance(rq_entries, int) or not _is_pow2(rq_entries) or rq_entries > MAX_RQ_ENTRIES:
+        raise ValueError(f"rq_entries must be a power of two between 1 and {MAX_RQ_ENTRIES}, got {rq_entries!r}")
+    if not isinstance(buf_size, int) or not _is_pow2(buf_size) or buf_size < PAGE_SIZE or buf_size > area_size:
+        raise ValueError(f"buf_size must be a power of two between {PAGE_SIZE} and area_size, got {buf_size!r}")
+    if area_size // buf_size > 32768:
+        raise ValueError(f"area_size / buf_size must be at most 32768 buffers (buffer ring limit), got {area_size // buf_size}")
+    if not isinstance(cq_entries, int) or not _is_pow2(cq_entries) or cq_entries > 65536:
+        raise ValueError(f"cq_entries must be a power of two up to 65536, got {cq_entries!r}")
+    if interface is not None:
+        if not isinstance(interface, str) or not interface or "/" in interface:
+            raise ValueError(f"interface must be an interface name like 'eth0', got {interface!r}")
+        try:
+            socket.if_nametoindex(interface)
+        except OSError:
+            raise ValueError(f"unknown interface {interface!r}: it is not in `ip link`") from None
+    if queue is not None:
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 0:
+            raise ValueError(f"queue must be a non-negative integer, got {queue!r}")
+        if interface is None:
+            raise ValueError("queue= needs interface= (a queue is a hardware queue of one NIC)")
+        count = _rx_queue_count(interface)
+        if count is not None and queue >= count:
+            raise ValueError(f"queue {queue} out of range: {interface} has {count} rx queue(s) (0..{count - 1}); "
+                             f"see `ethtool -l {interface}`")
+    if engine == "zcrx" and (interface is None or queue is None):
+        raise ValueError("engine='zcrx' needs interface= and queue= (the NIC queue flows are steered to)")
+
+
+class Receiver:
+    """Receive side of aiozcrx for one event loop: ring, area, registration.
+
+    ``engine``: "auto" (best that works: zcrx, zcrx-copy, uring, socket) or one by
+    name; asking by name raises ``EngineUnavailable`` (``ZcrxUnavailable`` for the
+    zcrx engines) naming the errno and cause when it cannot run.
+    ``interface``/``queue``: the NIC queue for engine "zcrx".
+    ``area_size``: bytes of receive memory shared by every connection; a protocol
+    that keeps views can hold at most this much before receiving stops.
+    ``rq_entries``: refill ring size (zcrx), a power of two <= 32768.
+    ``copy``: deliver ``bytes`` instead of views (buffers recycle at once).
+    ``buf_size``: buffer size for the "uring" and "socket" engines.
+    ``hugepages``: back the area with huge pages (MAP_HUGETLB).
+    ``kernel_region``: let the kernel allocate the refill ring (zcrx).
+
+    Use ``async with Receiver(...) as rx`` (or ``open()``/``close()``) in the loop
+    thread, then ``await rx.wrap(sock, protocol_factory)`` per connected socket.
+    """
+
+    def __init__(self, engine: str = "auto", interface: str | None = None, queue: int | None = None,
+                 area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
+                 copy: bool = False, *, buf_size: int = DEFAULT_BUF_SIZE, hugepages: bool = False,
+                 kernel_region: bool = False, cq_entries: int = 8192, notifications: bool = True):
+        validate(engine=engine, interface=interface, queue=queue, area_size=area_size,
+                 rq_entries=rq_entries, buf_size=buf_size, cq_entries=cq_entries)
+        self._config = _engines.Config(
+            engine=engine, interface=interface, queue=queue, area_size=area_size,
+            rq_entries=rq_entries, copy=bool(copy), buf_size=buf_size, hugepages=hugepages,
+            kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications)
+        self._engine: _engines.Engine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id: int | None = None
+        self._transports: set[ZcrxTransport] = set()
+        self.engines_tried: list[tuple[str, bool, str]] = []
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+    def open(self) -> "Receiver":
+        """Sets up the engine for the running loop. Called by ``async with``."""
+        if self._engine is not None:
+            raise RuntimeError("Receiver is already open")
+        if self._closed:
+            raise RuntimeError("Receiver is closed; make a new one")
+        loop = asyncio.get_running_loop()
+        self._engine, self.engines_tried = _engines.open_engine(self._config, loop)
+        self._loop = loop
+        self._thread_id = threading.get_ident()
+        return self
+
+    async def __aenter__(self) -> "Receiver":
+        return self.open()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        """Aborts connections still attached and releases the ring.
+
+        Views already delivered stay valid: the area is unmapped only when the last
+        of them is released.
+        """
+        if self._closed:
+            return
+        self._check_thread()
+        self._closed = True
+        for t in list(self._transports):
+            t.abort()
+        if self._engine is not None:
+            self._engine.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
+    def _check_thread(self) -> None:
+        if self._thread_id is not None and threading.get_ident() != self._thread_id:
+            raise RuntimeError("aiozcrx.Receiver is bound to its event loop's thread; call it from "
+                               "that thread (use loop.call_soon_threadsafe from others)")
+
+    # ----------------------------------------------------------- connections
+    async def wrap(self, sock: socket.socket, protocol_factory):
+        """Attaches a connected stream socket; returns ``(transport, protocol)``.
+
+        The transport owns the socket from now on (it closes it).
+        """
+        self._check_thread()
+        if self._engine is None or self._closed:
+            raise RuntimeError("Receiver is not open (use `async with Receiver(...)`)")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"wrap() needs a connected SOCK_STREAM socket, got {sock!r}")
+        sock.setblocking(False)
+        protocol = protocol_factory()
+        transport = ZcrxTransport(self, sock, protocol)
+        self._transports.add(transport)
+        try:
+            protocol.connection_made(transport)
+        except BaseException:
+            self._transports.discard(transport)
+            raise
+        if not transport._closing:
+            transport._start()
+        return transport, protocol
+
+    def _forget(self, transport: ZcrxTransport) -> None:
+        self._transports.discard(transport)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def engine(self) -> str | None:
+        """Name of the engine in use ("zcrx", "zcrx-copy", "uring" or "socket")."""
+        return self._engine.name if self._engine else None
+
+    @property
+    def fallback_reason(self) -> str:
+        """Why better engines were not used, e.g. "zcrx: no interface= given; zcrx-copy:
+        EINVAL: this kernel has no ZCRX_REG_NODEV (needs Linux 7.1+)". Empty when the
+        first choice worked."""
+        return "; ".join(f"{name}: {why}" for name, ok, why in self.engines_tried if not ok)
+
+    @property
+    def loop(self):
+        return self._loop
+
+    def stats(self) -> dict:
+        """Counters for the whole Receiver: bytes, completions, re-arms, refills,
+        buffers outstanding, area size."""
+        s = {"engine": self.engine, "connections": len(self._transports)}
+        if self._engine is not None:
+            s.update(self._engine.area_stats())
+            s.update(self._engine.describe())
+        return s
+
+    def export(self) -> int:
+        """Exports the zcrx instance as a file descriptor another ring can import
+        (``Receiver(engine="zcrx-copy", import_fd=...)`` is not supported yet; see
+        docs). Raises for other engines."""
+        if not isinstance(self._engine, _engines.ZcrxEngine):
+            raise RuntimeError(f"export needs a zcrx engine, this Receiver uses {self.engine!r}")
+        return self._engine.export()
+
+    def __repr__(self) -> str:
+        return f"<aiozcrx.Receiver engine={self.engine!r} connections={len(self._transports)}>"

@@ -1,0 +1,385 @@
+"""ZcrxTransport: an asyncio.Transport whose read side is an aiozcrx engine.
+
+Deliveries: ``protocol.data_received(view)`` with a read-only ``memoryview`` over
+the receive area (``bytes`` when the Receiver was made with ``copy=True``). The
+buffer behind a view returns to the kernel when the view and every slice of it
+are released. This is the one deviation from asyncio's contract (which passes
+``bytes``): a memoryview is what makes zero copy possible; ``bytes(view)`` gives a
+private copy when one is needed.
+
+Everything else follows asyncio's selector transport: ``eof_received`` returning
+true keeps the transport half open, ``connection_lost(None)`` on a clean close,
+write flow control with high/low water marks, ``pause_reading`` stops deliveries
+without losing a byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from asyncio import trsock
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .receiver import Receiver
+
+_DEFAULT_HIGH = 64 * 1024
+
+
+def _buffered_sink(protocol: asyncio.BufferedProtocol):
+    """Feeds a BufferedProtocol: copies each view into the protocol's own buffer."""
+
+    def sink(view):
+        pos = 0
+        n = len(view)
+        while pos < n:
+            buf = memoryview(protocol.get_buffer(n - pos)).cast("B")
+            k = min(len(buf), n - pos)
+            if not k:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            buf[:k] = view[pos:pos + k]
+            protocol.buffer_updated(k)
+            pos += k
+
+    return sink
+
+
+class ZcrxTransport(asyncio.Transport):
+    """The transport aiozcrx gives a protocol. Made by ``Receiver.wrap``."""
+
+    def __init__(self, receiver: "Receiver", sock: socket.socket, protocol: asyncio.BaseProtocol):
+        super().__init__()
+        self._receiver = receiver
+        self._engine = receiver._engine
+        self._loop = receiver._loop
+        self._sock = sock
+        self._fileno = sock.fileno()
+        self._protocol = protocol
+        self._slot = -1
+        # read side
+        self._armed = False          # a receive request is in flight (or a reader added)
+        self._cancelling = False     # a cancel for it is in flight
+        self._paused = False
+        self._backlog: collections.deque = collections.deque()
+        self._draining = False
+        self._pending_end = None     # ("eof",) or ("error", exc) held behind the backlog
+        self._read_done = False      # EOF or error seen
+        self._detached = False
+        # write side
+        self._write_buffer = bytearray()
+        self._eof_written = False
+        self._closing = False
+        self._conn_lost = 0
+        self._protocol_paused = False
+        self._high_water = _DEFAULT_HIGH
+        self._low_water = _DEFAULT_HIGH // 4
+        self._bytes_written = 0
+        self._extra = {"socket": trsock.TransportSocket(sock)}
+        for key, fn in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
+            try:
+                self._extra[key] = fn()
+            except OSError:
+                self._extra[key] = None
+
+    # ------------------------------------------------------------ start / sink
+    def _sink(self):
+        p = self._protocol
+        if isinstance(p, asyncio.BufferedProtocol):
+            return _buffered_sink(p)
+        return p.data_received
+
+    def _start(self) -> None:
+        self._slot = self._engine.attach(self)
+        self._engine.set_sink(self, self._sink())
+        self._engine.arm(self)
+
+    def _wants_data(self) -> bool:
+        return not (self._closing or self._paused or self._read_done or self._detached
+                    or self._backlog)
+
+    # --------------------------------------------------------------- reading
+    def is_reading(self) -> bool:
+        return not (self._paused or self._closing or self._read_done)
+
+    def pause_reading(self) -> None:
+        """No ``data_received`` calls until ``resume_reading``; nothing is lost:
+        completions already under way are kept and delivered first on resume."""
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._engine.set_sink(self, self._backlog.append)
+        self._engine.cancel(self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._backlog or self._pending_end:
+            if not self._draining:
+                self._draining = True
+                self._loop.call_soon(self._drain_backlog)
+        else:
+            self._reading_on()
+
+    def _reading_on(self) -> None:
+        self._engine.set_sink(self, self._sink())
+        if not self._armed and not self._cancelling and not self._read_done:
+            self._engine.arm(self)
+
+    def _drain_backlog(self) -> None:
+        self._draining = False
+        sink = self._sink()
+        while self._backlog and not self._paused and not self._closing:
+            view = self._backlog.popleft()
+            try:
+                sink(view)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                del view
+                self._callback_failed(exc)
+                return
+            del view
+        if self._paused or self._closing:
+            return
+        if self._pending_end is not None:
+            end, self._pending_end = self._pending_end, None
+            if end[0] == "eof":
+                self._deliver_eof()
+            else:
+                self._force_close(end[1])
+            return
+        self._reading_on()
+
+    # engine callbacks ----------------------------------------------------
+    def _eof(self) -> None:
+        self._read_done = True
+        if self._paused or self._backlog:
+            self._pending_end = ("eof",)
+            return
+        self._deliver_eof()
+
+    def _deliver_eof(self) -> None:
+        if self._closing:
+            return
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    def _recv_error(self, exc: OSError) -> None:
+        self._read_done = True
+        if self._paused or self._backlog:
+            self._pending_end = ("error", exc)
+            return
+        self._force_close(exc)
+
+    def _callback_failed(self, exc: BaseException) -> None:
+        self._fatal_error(exc, "protocol.data_received() call failed.")
+
+    # ------------------------------------------------------------ write side
+    def write(self, data) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._conn_lost:
+            self._conn_lost += 1
+            return
+        if not self._write_buffer:
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            self._bytes_written += n
+            data = memoryview(data).cast("B")[n:]
+            if not data:
+                return
+            self._loop.add_writer(self._fileno, self._write_ready)
+        self._write_buffer.extend(data)
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _write_ready(self) -> None:
+        if self._conn_lost:
+            return
+        try:
+            n = self._sock.send(self._write_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.remove_writer(self._fileno)
+            self._write_buffer.clear()
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            return
+        if n:
+            del self._write_buffer[:n]
+            self._bytes_written += n
+        self._maybe_resume_protocol()
+        if not self._write_buffer:
+            self._loop.remove_writer(self._fileno)
+            if self._closing:
+                self._call_connection_lost_soon(None)
+            elif self._eof_written:
+                self._shutdown_write()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_written:
+            return
+        self._eof_written = True
+        if not self._write_buffer:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._write_buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        if high is None:
+            high = _DEFAULT_HIGH if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if len(self._write_buffer) <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.pause_writing() failed", "exception": exc,
+                "transport": self, "protocol": self._protocol})
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and len(self._write_buffer) <= self._low_water:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._loop.call_exception_handler({
+                    "message": "protocol.resume_writing() failed", "exception": exc,
+                    "transport": self, "protocol": self._protocol})
+
+    # ----------------------------------------------------------------- close
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stops reading (unread data is dropped, as in asyncio), flushes the write
+        buffer, then calls ``connection_lost(None)``. Views already delivered stay
+        readable: their memory lives until the last of them is released."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._write_buffer:
+            self._call_connection_lost_soon(None)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        if not isinstance(exc, OSError):
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self, "protocol": self._protocol})
+        self._force_close(exc)
+
+    def _force_close(self, exc) -> None:
+        if self._conn_lost:
+            return
+        if self._write_buffer:
+            self._write_buffer.clear()
+            self._loop.remove_writer(self._fileno)
+        self._closing = True
+        self._stop_reading()
+        self._call_connection_lost_soon(exc)
+
+    def _stop_reading(self) -> None:
+        self._engine.set_sink(self, None)
+        self._engine.cancel(self)
+        self._backlog.clear()  # unread data goes back to the kernel, as asyncio drops it
+        self._pending_end = None
+
+    def _call_connection_lost_soon(self, exc) -> None:
+        if self._conn_lost:
+            return
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._detached = True
+            self._engine.detach(self)
+            self._receiver._forget(self)
+            self._sock.close()
+            self._protocol = None
+
+    # ------------------------------------------------------------------ info
+    def get_protocol(self):
+        return self._protocol
+
+    def set_protocol(self, protocol) -> None:
+        self._protocol = protocol
+        if not self._closing and not self._paused and not self._backlog:
+            self._engine.set_sink(self, self._sink())
+
+    def stats(self) -> dict:
+        """Per-connection counters: bytes and completions received, bytes written."""
+        completions, nbytes = self._engine.slot_stats(self)
+        return {"bytes_received": nbytes, "completions": completions,
+                "bytes_written": self._bytes_written, "backlog": len(self._backlog)}
+
+    def get_extra_info(self, name, default=None):
+        if name == "aiozcrx_engine":
+            return self._engine.name
+        if name == "aiozcrx_fallback_reason":
+            return self._receiver.fallback_reason
+        if name == "aiozcrx_stats":
+            return self.stats()
+        if name == "aiozcrx_receiver_stats":
+            return self._receiver.stats()
+        return self._extra.get(name, default)
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else ("paused" if self._paused else "open")
+        return f"<ZcrxTransport fd={self._fileno} engine={self._engine.name} {state}>"
