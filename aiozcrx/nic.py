@@ -1,0 +1,807 @@
+"""``aiozcrx nic setup|teardown``: configure a NIC for io_uring zero-copy receive.
+
+Zero copy needs the NIC set up out of band (Documentation/networking/iou-zcrx.rst,
+"Setup NIC"; the kernel selftest drivers/net/hw/iou-zcrx.py does the same):
+
+1. enough RX queues (``ethtool -L IF combined N``),
+2. header/data split on, threshold 0 (``ethtool -G IF tcp-data-split on hds-thresh 0``),
+3. ntuple filters on (``ethtool -K IF ntuple on``),
+4. RSS steering every other flow away from the zcrx queue
+   (``ethtool -X IF equal N-1``, or weights that leave the queue out),
+5. optionally a dedicated RSS context holding only that queue
+   (``ethtool -X IF context new start Q equal 1``),
+6. a flow-steering rule for the wanted flow
+   (``ethtool -N IF flow-type tcp6 dst-port P action Q`` or ``... context C``).
+
+The module is split the sans-IO way:
+
+* :class:`NicState` is a snapshot of what the kernel reports (``read_state``
+  fills it through :mod:`aiozcrx._ethtool`);
+* :func:`plan_setup` is a pure function from a snapshot to a :class:`Plan`:
+  the steps to run, each with its operation, its inverse and the equivalent
+  ``ethtool`` command line, plus problems that stop the plan and notes;
+* :func:`apply_plan` runs a plan through an executor (:class:`KernelExecutor`
+  talks to the kernel; tests pass a fake), records each step in a state file
+  as soon as it is done, and on the first failure rolls back what it did, in
+  reverse, naming the step and the driver's answer;
+* :func:`teardown` replays the recorded inverses, newest first.
+
+State files live in ``$AIOZCRX_STATE_DIR`` (default ``/run/aiozcrx``), one per
+interface: ``nic-IF.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import errno as _errno
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol
+
+from . import _ethtool as et
+
+KNOWN_ZCRX_DRIVERS = {"bnxt_en": "bnxt", "mlx5_core": "mlx5", "gve": "gve", "fbnic": "fbnic"}
+FLOW_TYPES = ("tcp6", "tcp4")
+DEFAULT_STATE_DIR = "/run/aiozcrx"
+
+# exit statuses of `aiozcrx nic`
+EXIT_OK = 0
+EXIT_FAILED = 1      # a step failed (rolled back), or teardown left something behind
+EXIT_REFUSED = 3     # the plan has problems; nothing was changed
+
+
+# --------------------------------------------------------------------------
+# snapshot
+# --------------------------------------------------------------------------
+@dataclass
+class NicState:
+    """What the kernel reports about one interface. ``None`` means "could not
+    be read"; ``errors`` says why (``{"rings": "RINGS_GET: EOPNOTSUPP ..."}``)."""
+
+    ifname: str
+    exists: bool = True
+    ifindex: int | None = None
+    driver: str | None = None
+    driver_source: str = "unknown"
+    channels: dict | None = None          # CHANNELS_GET: rx/tx/combined counts and maxima
+    sysfs_rx_queues: int | None = None    # /sys/class/net/IF/queues/rx-*
+    rings: dict | None = None             # RINGS_GET: tcp_data_split, hds_thresh, ...
+    ntuple_active: bool | None = None     # feature rx-ntuple-filter on
+    ntuple_changeable: bool | None = None
+    rss: dict[int, list[int]] | None = None   # context id -> indirection table (0 = main)
+    rules: list[et.NtupleRule] | None = None
+    rule_table_size: int | None = None
+    queues: list[dict] | None = None      # netdev QUEUE_GET: id, type, io_uring, ...
+    errors: dict[str, str] = field(default_factory=dict)
+
+    # ---- derived facts -------------------------------------------------
+    @property
+    def channel_kind(self) -> str | None:
+        """Which channel count carries the RX queues: "combined" or "rx"."""
+        ch = self.channels or {}
+        if ch.get("combined_max"):
+            return "combined"
+        if ch.get("rx_max"):
+            return "rx"
+        return None
+
+    @property
+    def rx_queues(self) -> int | None:
+        ch = self.channels
+        if ch:
+            n = ch.get("combined_count", 0) + ch.get("rx_count", 0)
+            if n:
+                return n
+        return self.sysfs_rx_queues
+
+    @property
+    def rx_queues_max(self) -> int | None:
+        ch = self.channels
+        if not ch or not self.channel_kind:
+            return None
+        # combined and rx-only channels both carry an RX queue
+        return ch.get("combined_max", 0) + ch.get("rx_max", 0)
+
+    @property
+    def known_zcrx_driver(self) -> bool:
+        return self.driver in KNOWN_ZCRX_DRIVERS
+
+    @property
+    def main_indir(self) -> list[int] | None:
+        if self.rss is None:
+            return None
+        return self.rss.get(0) or None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rules"] = None if self.rules is None else [r.to_dict() for r in self.rules]
+        d["rss"] = None if self.rss is None else {str(k): v for k, v in self.rss.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NicState":
+        d = dict(d)
+        if d.get("rules") is not None:
+            d["rules"] = [et.NtupleRule.from_dict(r) for r in d["rules"]]
+        if d.get("rss") is not None:
+            d["rss"] = {int(k): v for k, v in d["rss"].items()}
+        return cls(**d)
+
+
+def _err(exc: Exception) -> str:
+    return str(exc)
+
+
+def read_state(ifname: str) -> NicState:
+    """Take a snapshot of ``ifname`` (in the caller's network namespace)."""
+    st = NicState(ifname=ifname)
+    try:
+        st.ifindex = et.ifindex(ifname)
+    except et.EthtoolError as exc:
+        st.exists = False
+        st.errors["interface"] = _err(exc)
+        return st
+    st.driver, st.driver_source = et.driver_name(ifname)
+    st.sysfs_rx_queues = et.sysfs_rx_queues(ifname)
+    try:
+        st.channels = et.get_channels(ifname)
+    except et.EthtoolError as exc:
+        st.errors["channels"] = _err(exc)
+    try:
+        st.rings = et.get_rings(ifname)
+    except et.EthtoolError as exc:
+        st.errors["rings"] = _err(exc)
+    try:
+        feats = et.get_features(ifname)
+        st.ntuple_active = et.NTUPLE_FEATURE in feats["active"]
+        st.ntuple_changeable = et.NTUPLE_FEATURE in feats["hw"]
+    except et.EthtoolError as exc:
+        st.errors["features"] = _err(exc)
+    try:
+        rss = et.dump_rss(ifname)
+        if not rss or not rss.get(0, {}).get("indir"):
+            main = et.get_rss(ifname)
+            rss[0] = main
+        st.rss = {ctx: v.get("indir", []) for ctx, v in rss.items()}
+        if not st.rss.get(0):
+            st.errors["rss"] = "RSS_GET: the driver reports no indirection table"
+    except et.EthtoolError as exc:
+        st.errors["rss"] = _err(exc)
+    try:
+        st.rules, st.rule_table_size, _special = et.get_ntuple_rules(ifname)
+    except et.EthtoolError as exc:
+        st.errors["ntuple"] = _err(exc)
+    try:
+        st.queues = et.netdev_queues(ifname)
+    except et.EthtoolError as exc:
+        st.errors["queues"] = _err(exc)
+    return st
+
+
+# --------------------------------------------------------------------------
+# plan
+# --------------------------------------------------------------------------
+@dataclass
+class Op:
+    """One kernel operation, JSON-serialisable. String arguments ``"@"`` and
+    ``"@STEP"`` stand for the result of this step / of step STEP (an RSS
+    context id, a rule location) and are filled in when the plan runs."""
+
+    kind: str
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    id: str
+    title: str
+    command: str            # the equivalent ethtool command line
+    apply: Op
+    inverse: Op | None
+    inverse_command: str = ""
+
+
+@dataclass
+class Plan:
+    ifname: str
+    queue: int
+    port: int
+    mode: str                       # "equal" or "rss-context"
+    flow_type: str = "tcp6"
+    steps: list[Step] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # any: nothing may run
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_indir(size: int, nqueues: int) -> list[int]:
+    """The kernel's default spread (ethtool_rxfh_indir_default)."""
+    return [i % nqueues for i in range(size)] if nqueues > 0 else []
+
+
+def exclude_table(size: int, nqueues: int, queue: int) -> list[int]:
+    """An indirection table of ``size`` entries spreading over every queue in
+    ``0..nqueues-1`` except ``queue``. With ``queue == nqueues-1`` this is
+    exactly ``ethtool -X IF equal nqueues-1``."""
+    others = [q for q in range(nqueues) if q != queue]
+    if not others:
+        raise ValueError("no queue left for the other flows")
+    return [others[i % len(others)] for i in range(size)]
+
+
+def _rss_command(ifname: str, nqueues: int, queue: int) -> str:
+    if queue == nqueues - 1:
+        return f"ethtool -X {ifname} equal {nqueues - 1}"
+    weights = " ".join("0" if q == queue else "1" for q in range(nqueues))
+    return f"ethtool -X {ifname} weight {weights}"
+
+
+def _split_word(v: int | None) -> str:
+    return {et.TCP_DATA_SPLIT_ENABLED: "on", et.TCP_DATA_SPLIT_DISABLED: "off"}.get(v, "auto")
+
+
+def matching_rules(state: NicState, port: int, flow_type: str) -> list[et.NtupleRule]:
+    """Rules that match exactly ``flow_type dst-port port`` and nothing else."""
+    return [r for r in (state.rules or [])
+            if r.flow_type == flow_type and r.dst_port == port
+            and r.src_port is None and not r.other_match]
+
+
+def rule_target_queues(state: NicState, rule: et.NtupleRule) -> list[int] | None:
+    """The queues a rule sends traffic to (None: cannot tell; [] for drop)."""
+    if rule.action != "queue" or rule.queue is None:
+        return []
+    if rule.rss_context is None:
+        return [rule.queue]
+    table = (state.rss or {}).get(rule.rss_context)
+    if not table:
+        return None
+    return sorted({q + rule.queue for q in table})
+
+
+def port_steering(state: NicState, port: int, flow_type: str = "tcp6") -> dict:
+    """Where a ``flow_type`` flow to ``port`` lands: by a rule, or by RSS."""
+    for rule in matching_rules(state, port, flow_type):
+        return {"by": "rule", "location": rule.location, "rss_context": rule.rss_context,
+                "queues": rule_target_queues(state, rule)}
+    main = state.main_indir
+    if main:
+        return {"by": "rss", "queues": sorted(set(main))}
+    if state.rx_queues == 1:
+        return {"by": "single-queue", "queues": [0]}
+    return {"by": "unknown", "queues": None}
+
+
+def plan_setup(state: NicState, queue: int, port: int, *, rss_context: bool = False,
+               flow_type: str = "tcp6") -> Plan:
+    """Pure: the steps that make ``flow_type dst-port port`` land on RX queue
+    ``queue`` of ``state.ifname`` and nothing else land there. An already
+    configured NIC gives an empty plan."""
+    ifn = state.ifname
+    plan = Plan(ifname=ifn, queue=queue, port=port,
+                mode="rss-context" if rss_context else "equal", flow_type=flow_type)
+    P, N = plan.problems, plan.notes
+
+    if not state.exists:
+        P.append(f"no interface {ifn}: {state.errors.get('interface', '')}".rstrip(": "))
+        return plan
+    if flow_type not in FLOW_TYPES:
+        P.append(f"flow type {flow_type!r} not supported (use one of {', '.join(FLOW_TYPES)})")
+    if not 0 < port < 65536:
+        P.append(f"port {port} out of range 1..65535")
+    if queue < 0:
+        P.append(f"queue {queue} is negative")
+    if state.driver and not state.known_zcrx_driver:
+        N.append(f"driver {state.driver} is not a known zcrx driver "
+                 f"({', '.join(sorted(KNOWN_ZCRX_DRIVERS))}): even a configured NIC "
+                 f"will answer EOPNOTSUPP when io_uring registers the queue")
+
+    # -- 1. channels ------------------------------------------------------
+    n_now = state.rx_queues
+    n_max = state.rx_queues_max
+    n_after = n_now
+    need = max(queue + 1, 2)
+    kind = state.channel_kind
+    if n_now is None:
+        P.append(f"cannot tell how many RX queues {ifn} has "
+                 f"({state.errors.get('channels', 'no channel information')})")
+    elif n_now < need:
+        if state.channels is None or kind is None:
+            P.append(f"queue {queue} out of range: {ifn} has {n_now} RX queue(s) and its "
+                     f"driver cannot change that ({state.errors.get('channels', 'no channels')})")
+        elif n_max is not None and need > n_max:
+            P.append(f"queue {queue} out of range: {ifn} supports at most {n_max} RX "
+                     f"queue(s) (0..{n_max - 1}), and zcrx needs one more for other traffic"
+                     if queue < n_max else
+                     f"queue {queue} out of range: {ifn} supports at most {n_max} RX "
+                     f"queue(s) (0..{n_max - 1})")
+        else:
+            n_after = need
+            plan.steps.append(Step(
+                id="channels", title=f"raise {kind} channels {n_now} -> {need}",
+                command=f"ethtool -L {ifn} {kind} {need}",
+                apply=Op("channels", {"kind": kind, "count": need}),
+                inverse=Op("channels", {"kind": kind, "count": n_now}),
+                inverse_command=f"ethtool -L {ifn} {kind} {n_now}"))
+
+    # -- 2. header/data split --------------------------------------------
+    rings = state.rings
+    if rings is None:
+        N.append(f"{ifn} does not report ring parameters "
+                 f"({state.errors.get('rings', 'unknown')}): header/data split "
+                 f"is probably unsupported")
+        prev_split, prev_hds, has_hds = None, None, True
+        need_rings = True
+    else:
+        prev_split = rings.get("tcp_data_split")
+        prev_hds = rings.get("hds_thresh")
+        has_hds = "hds_thresh_max" in rings or "hds_thresh" in rings
+        if prev_split is None:
+            N.append(f"{ifn} does not report tcp-data-split: the driver probably "
+                     f"cannot split headers from payload")
+        if not has_hds:
+            N.append(f"{ifn} reports no hds-thresh (kernel < 6.13 or driver without "
+                     f"a threshold): zcrx needs it to be 0, the default when unsupported")
+        need_rings = prev_split != et.TCP_DATA_SPLIT_ENABLED or bool(prev_hds)
+    if need_rings:
+        args: dict = {"tcp_data_split": et.TCP_DATA_SPLIT_ENABLED}
+        inv: dict = {"tcp_data_split": prev_split or et.TCP_DATA_SPLIT_UNKNOWN}
+        cmd = f"ethtool -G {ifn} tcp-data-split on"
+        inv_cmd = f"ethtool -G {ifn} tcp-data-split {_split_word(prev_split)}"
+        if has_hds:
+            args["hds_thresh"] = 0
+            cmd += " hds-thresh 0"
+            if prev_hds is not None:
+                inv["hds_thresh"] = prev_hds
+                inv_cmd += f" hds-thresh {prev_hds}"
+        plan.steps.append(Step(
+            id="rings", title="turn on header/data split with threshold 0",
+            command=cmd, apply=Op("rings", args), inverse=Op("rings", inv),
+            inverse_command=inv_cmd))
+
+    # -- 3. ntuple feature -------------------------------------------------
+    if state.ntuple_active is not True:
+        if state.ntuple_active is None:
+            N.append(f"could not read {ifn}'s features ({state.errors.get('features', '')})")
+        elif state.ntuple_changeable is False:
+            N.append(f"ntuple filters are fixed off on {ifn}: its driver has no flow steering")
+        plan.steps.append(Step(
+            id="ntuple", title="turn on ntuple flow steering",
+            command=f"ethtool -K {ifn} ntuple on",
+            apply=Op("features", {et.NTUPLE_FEATURE: True}),
+            inverse=Op("features", {et.NTUPLE_FEATURE: False}),
+            inverse_command=f"ethtool -K {ifn} ntuple off"))
+
+    # -- 6 (decided first). the rule, and whether a context is needed ------
+    ctx_existing = None
+    if rss_context and state.rss:
+        for ctx, table in sorted(state.rss.items()):
+            if ctx and table and set(table) == {queue}:
+                ctx_existing = ctx
+                break
+    rule_ok = False
+    if state.rules is None:
+        N.append(f"could not read {ifn}'s ntuple rules ({state.errors.get('ntuple', '')})")
+    for rule in matching_rules(state, port, flow_type):
+        targets = rule_target_queues(state, rule)
+        if targets == [queue]:
+            rule_ok = True
+            if rule.rss_context is not None:
+                ctx_existing = rule.rss_context
+        else:
+            where = ("drops it" if rule.action != "queue" else
+                     f"sends it to queue(s) {targets}" if targets else
+                     f"sends it to RSS context {rule.rss_context}")
+            P.append(f"ntuple rule {rule.location} already matches {flow_type} dst-port "
+                     f"{port} and {where}; remove it first: "
+                     f"ethtool -N {ifn} delete {rule.location}")
+
+    # -- 4. main RSS table -------------------------------------------------
+    main = state.main_indir
+    if n_after is not None and n_after >= 2 and 0 <= queue < n_after:
+        if main is None:
+            N.append(f"{ifn} exposes no RSS indirection table "
+                     f"({state.errors.get('rss', 'unknown')}): other flows may land on "
+                     f"queue {queue}")
+            plan.steps.append(Step(
+                id="rss", title=f"keep RSS off queue {queue}",
+                command=_rss_command(ifn, n_after, queue),
+                apply=Op("rss_exclude", {"queue": queue, "queues": n_after, "size": None}),
+                inverse=Op("rss_indir", {"context": 0, "indir": None}),
+                inverse_command=f"ethtool -X {ifn} default"))
+        else:
+            was_default = n_now is not None and main == default_indir(len(main), n_now)
+            effective = default_indir(len(main), n_after) if (was_default and n_after != n_now) \
+                else main
+            if queue in effective:
+                plan.steps.append(Step(
+                    id="rss", title=f"keep RSS off queue {queue}",
+                    command=_rss_command(ifn, n_after, queue),
+                    apply=Op("rss_exclude", {"queue": queue, "queues": n_after,
+                                             "size": len(main)}),
+                    inverse=Op("rss_indir", {"context": 0,
+                                             "indir": None if was_default else list(main)}),
+                    inverse_command=(f"ethtool -X {ifn} default" if was_default else
+                                     f"ethtool -X {ifn} weight ... (restore the recorded table)")))
+
+    # -- 5. RSS context ----------------------------------------------------
+    ctx_ref: Any = None
+    if rss_context and not rule_ok:
+        if ctx_existing is not None:
+            ctx_ref = ctx_existing
+        else:
+            size = len(main) if main else None
+            plan.steps.append(Step(
+                id="rss-context", title=f"create an RSS context holding only queue {queue}",
+                command=f"ethtool -X {ifn} context new start {queue} equal 1",
+                apply=Op("rss_create", {"queue": queue, "size": size}),
+                inverse=Op("rss_delete", {"context": "@"}),
+                inverse_command=f"ethtool -X {ifn} context {{@rss-context}} delete"))
+            ctx_ref = "@rss-context"
+
+    # -- 6. the rule -------------------------------------------------------
+    if not rule_ok:
+        if rss_context:
+            shown = ctx_ref if isinstance(ctx_ref, int) else "{@rss-context}"
+            cmd = f"ethtool -N {ifn} flow-type {flow_type} dst-port {port} context {shown}"
+            args = {"flow_type": flow_type, "dst_port": port, "queue": 0,
+                    "rss_context": ctx_ref}
+        else:
+            cmd = f"ethtool -N {ifn} flow-type {flow_type} dst-port {port} action {queue}"
+            args = {"flow_type": flow_type, "dst_port": port, "queue": queue,
+                    "rss_context": None}
+        plan.steps.append(Step(
+            id="rule", title=f"steer {flow_type} dst-port {port} to queue {queue}",
+            command=cmd, apply=Op("ntuple_insert", args),
+            inverse=Op("ntuple_delete", {"location": "@"}),
+            inverse_command=f"ethtool -N {ifn} delete {{@rule}}"))
+
+    for q in state.queues or []:
+        if q.get("type") == "rx" and q.get("id") == queue and q.get("io_uring"):
+            N.append(f"queue {queue} of {ifn} is already bound to an io_uring zcrx "
+                     f"instance: registering another gives EEXIST until it is closed")
+    return plan
+
+
+# --------------------------------------------------------------------------
+# execution
+# --------------------------------------------------------------------------
+class Executor(Protocol):
+    def run(self, op: Op) -> Any: ...
+
+
+class KernelExecutor:
+    """Runs :class:`Op`s against the kernel, and checks afterwards that the
+    change took (a driver may accept a request and leave a feature fixed)."""
+
+    def __init__(self, ifname: str):
+        self.ifname = ifname
+
+    def run(self, op: Op) -> Any:
+        fn: Callable = getattr(self, "_op_" + op.kind)
+        return fn(**op.args)
+
+    def _op_channels(self, kind: str, count: int):
+        et.set_channels(self.ifname, **{f"{kind}_count": count})
+        got = et.get_channels(self.ifname).get(f"{kind}_count")
+        if got != count:
+            raise et.EthtoolError(_errno.EIO, f"{kind} channels are {got} after setting {count}",
+                                  "CHANNELS_SET")
+
+    def _op_rings(self, tcp_data_split: int | None = None, hds_thresh: int | None = None):
+        et.set_rings(self.ifname, tcp_data_split=tcp_data_split, hds_thresh=hds_thresh)
+        got = et.get_rings(self.ifname)
+        if tcp_data_split == et.TCP_DATA_SPLIT_ENABLED and \
+                got.get("tcp_data_split") not in (None, et.TCP_DATA_SPLIT_ENABLED):
+            raise et.EthtoolError(_errno.EOPNOTSUPP, "tcp-data-split stayed off", "RINGS_SET")
+        if hds_thresh is not None and got.get("hds_thresh", hds_thresh) != hds_thresh:
+            raise et.EthtoolError(_errno.EINVAL, f"hds-thresh is {got.get('hds_thresh')} "
+                                  f"after setting {hds_thresh}", "RINGS_SET")
+
+    def _op_features(self, **wanted: bool):
+        et.set_features(self.ifname, wanted)
+        active = et.get_features(self.ifname)["active"]
+        for name, on in wanted.items():
+            if (name in active) != on:
+                raise et.EthtoolError(_errno.EOPNOTSUPP,
+                                      f"{name} stayed {'off' if on else 'on'} "
+                                      f"(the driver does not let it change)", "FEATURES_SET")
+
+    def _table_size(self, size: int | None) -> int:
+        if size:
+            return size
+        size = len(et.get_rss(self.ifname).get("indir") or [])
+        if not size:
+            raise et.EthtoolError(_errno.EOPNOTSUPP, "the driver reports no RSS table", "RSS_GET")
+        return size
+
+    def _op_rss_exclude(self, queue: int, queues: int, size: int | None):
+        et.set_rss_indir(self.ifname, exclude_table(self._table_size(size), queues, queue))
+
+    def _op_rss_indir(self, indir: list[int] | None, context: int = 0):
+        et.set_rss_indir(self.ifname, indir, context)
+
+    def _op_rss_create(self, queue: int, size: int | None) -> int:
+        return et.create_rss_context(self.ifname, [queue] * self._table_size(size))
+
+    def _op_rss_delete(self, context: int):
+        et.delete_rss_context(self.ifname, context)
+
+    def _op_ntuple_insert(self, flow_type: str, dst_port: int, queue: int,
+                          rss_context: int | None = None) -> int:
+        return et.insert_ntuple_rule(self.ifname, flow_type, dst_port, queue, rss_context)
+
+    def _op_ntuple_delete(self, location: int):
+        et.delete_ntuple_rule(self.ifname, location)
+
+
+def _resolve(value: Any, results: dict, own: Any) -> Any:
+    if isinstance(value, str) and value.startswith("@"):
+        key = value[1:]
+        return own if key == "" else results[key]
+    if isinstance(value, dict):
+        return {k: _resolve(v, results, own) for k, v in value.items()}
+    return value
+
+
+def _resolve_text(text: str, results: dict) -> str:
+    for key, val in results.items():
+        text = text.replace("{@" + key + "}", str(val))
+    return text
+
+
+def state_dir() -> str:
+    return os.environ.get("AIOZCRX_STATE_DIR") or DEFAULT_STATE_DIR
+
+
+def state_path(ifname: str) -> str:
+    return os.path.join(state_dir(), f"nic-{ifname}.json")
+
+
+def _write_record(path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_record(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    done: list[str] = field(default_factory=list)           # step ids applied (and kept)
+    failed_step: str | None = None
+    failed_command: str | None = None
+    error: str | None = None
+    errno: int | None = None
+    rolled_back: list[str] = field(default_factory=list)    # inverse commands run
+    rollback_errors: list[str] = field(default_factory=list)
+    record_path: str | None = None
+
+
+def _describe(exc: BaseException) -> tuple[str, int | None]:
+    if isinstance(exc, et.EthtoolError):
+        return str(exc), exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{et.errname(exc.errno)} ({exc.strerror})", exc.errno
+    return f"{type(exc).__name__}: {exc}", None
+
+
+def apply_plan(plan: Plan, executor: Executor, record_path: str | None) -> Outcome:
+    """Run ``plan``; record each done step (with its resolved inverse) in
+    ``record_path``; on the first failure undo the done steps newest first."""
+    out = Outcome(ok=True, record_path=record_path)
+    results: dict[str, Any] = {}
+    record = {"version": 1, "interface": plan.ifname, "queue": plan.queue, "port": plan.port,
+              "mode": plan.mode, "flow_type": plan.flow_type, "created": time.time(),
+              "steps": []}
+    for step in plan.steps:
+        try:
+            result = executor.run(Op(step.apply.kind, _resolve(step.apply.args, results, None)))
+        except Exception as exc:  # noqa: BLE001 - every failure must trigger rollback
+            out.ok = False
+            out.failed_step = step.title
+            out.failed_command = _resolve_text(step.command, results)
+            out.error, out.errno = _describe(exc)
+            break
+        results[step.id] = result
+        entry = {"id": step.id, "title": step.title,
+                 "command": _resolve_text(step.command, results),
+                 "inverse": None, "inverse_command": _resolve_text(step.inverse_command, results)}
+        if step.inverse is not None:
+            entry["inverse"] = {"kind": step.inverse.kind,
+                                "args": _resolve(step.inverse.args, results, result)}
+        record["steps"].append(entry)
+        out.done.append(step.id)
+        if record_path:
+            _write_record(record_path, record)
+    if out.ok:
+        return out
+    remaining = _undo(record["steps"], executor, out)
+    out.done = [e["id"] for e in remaining]
+    if record_path:
+        if remaining:
+            record["steps"] = remaining
+            _write_record(record_path, record)
+        elif os.path.exists(record_path):
+            os.unlink(record_path)
+    return out
+
+
+def _undo(entries: list[dict], executor: Executor, out: Outcome) -> list[dict]:
+    """Run the inverses newest first; return the entries that could not be undone."""
+    left = []
+    for entry in reversed(entries):
+        inv = entry.get("inverse")
+        if inv is None:
+            continue
+        try:
+            executor.run(Op(inv["kind"], copy.deepcopy(inv["args"])))
+            out.rolled_back.append(entry["inverse_command"] or entry["title"])
+        except Exception as exc:  # noqa: BLE001
+            text, _ = _describe(exc)
+            out.rollback_errors.append(f"{entry['title']} ({entry['inverse_command']}): {text}")
+            left.insert(0, entry)
+    return left
+
+
+def teardown(record_path: str, executor: Executor) -> Outcome:
+    """Undo a recorded setup. Entries that fail stay in the record."""
+    out = Outcome(ok=True, record_path=record_path)
+    record = load_record(record_path)
+    if record is None:
+        return out
+    left = _undo(record.get("steps", []), executor, out)
+    if left:
+        out.ok = False
+        record["steps"] = left
+        _write_record(record_path, record)
+    else:
+        os.unlink(record_path)
+    return out
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aiozcrx nic",
+                                description="Configure a NIC for io_uring zero-copy receive.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("setup", help="configure IF so that one flow lands on one queue")
+    s.add_argument("--interface", "-i", required=True)
+    s.add_argument("--queue", "-q", type=int, required=True, help="the zcrx RX queue")
+    s.add_argument("--port", "-p", type=int, required=True, help="destination port of the flow")
+    s.add_argument("--rss-context", action="store_true",
+                   help="steer the flow through a dedicated RSS context instead of a queue")
+    s.add_argument("--flow-type", default="tcp6", choices=FLOW_TYPES)
+    s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    t = sub.add_parser("teardown", help="undo what `nic setup` recorded")
+    t.add_argument("--interface", "-i", help="only this interface (default: every record)")
+    t.add_argument("--json", action="store_true")
+    return p
+
+
+def _print_plan(plan: Plan, file=None) -> None:
+    file = file or sys.stdout
+    print(f"plan for {plan.ifname}: {plan.flow_type} dst-port {plan.port} -> queue "
+          f"{plan.queue} ({plan.mode})", file=file)
+    for note in plan.notes:
+        print(f"  note: {note}", file=file)
+    for prob in plan.problems:
+        print(f"  PROBLEM: {prob}", file=file)
+    if not plan.ok:
+        return
+    if not plan.steps:
+        print("  nothing to change: already configured", file=file)
+    for i, step in enumerate(plan.steps, 1):
+        text = f"  {i}. {step.title}\n       {step.command}\n       undo: {step.inverse_command}"
+        print(re.sub(r"\{@([\w-]+)\}", r"<\1>", text), file=file)
+
+
+def _setup(args) -> int:
+    state = read_state(args.interface)
+    plan = plan_setup(state, args.queue, args.port, rss_context=args.rss_context,
+                      flow_type=args.flow_type)
+    path = state_path(args.interface)
+    result: dict = {"plan": plan.to_dict(), "state_file": path}
+    if args.json and (args.dry_run or not plan.ok):
+        result["applied"] = False
+        print(json.dumps(result, indent=2))
+        return EXIT_OK if plan.ok else EXIT_REFUSED
+    if not args.json:
+        _print_plan(plan)
+    if not plan.ok:
+        print("refused: nothing was changed", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.dry_run or not plan.steps:
+        return EXIT_OK
+    if load_record(path) is not None:
+        msg = (f"{path} records an earlier setup of {args.interface}; run "
+               f"`aiozcrx nic teardown --interface {args.interface}` first")
+        if args.json:
+            print(json.dumps({**result, "applied": False, "error": msg}, indent=2))
+        else:
+            print(f"refused: {msg}", file=sys.stderr)
+        return EXIT_REFUSED
+    out = apply_plan(plan, KernelExecutor(args.interface), path)
+    if args.json:
+        print(json.dumps({**result, "applied": out.ok, "outcome": asdict(out)}, indent=2))
+    elif out.ok:
+        print(f"done: {len(out.done)} step(s) applied; recorded in {path}")
+        print(f"undo with: aiozcrx nic teardown --interface {args.interface}")
+    else:
+        print(f"FAILED at step '{out.failed_step}' ({out.failed_command}): {out.error}",
+              file=sys.stderr)
+        for cmd in out.rolled_back:
+            print(f"  rolled back: {cmd}", file=sys.stderr)
+        for err in out.rollback_errors:
+            print(f"  ROLLBACK FAILED: {err}", file=sys.stderr)
+        if out.rollback_errors:
+            print(f"  what is left is recorded in {path}", file=sys.stderr)
+        print("  see docs/troubleshooting.md for this error", file=sys.stderr)
+    return EXIT_OK if out.ok else EXIT_FAILED
+
+
+def _teardown(args) -> int:
+    if args.interface:
+        paths = [state_path(args.interface)]
+    else:
+        try:
+            paths = sorted(os.path.join(state_dir(), n) for n in os.listdir(state_dir())
+                           if n.startswith("nic-") and n.endswith(".json"))
+        except FileNotFoundError:
+            paths = []
+    rc = EXIT_OK
+    report = []
+    for path in paths:
+        record = load_record(path)
+        if record is None:
+            if not args.json:
+                print(f"nothing recorded in {path}")
+            continue
+        out = teardown(path, KernelExecutor(record["interface"]))
+        report.append({"interface": record["interface"], **asdict(out)})
+        if not args.json:
+            for cmd in out.rolled_back:
+                print(f"{record['interface']}: undone: {cmd}")
+            for err in out.rollback_errors:
+                print(f"{record['interface']}: FAILED: {err}", file=sys.stderr)
+        if not out.ok:
+            rc = EXIT_FAILED
+    if not paths and not args.json:
+        print(f"nothing recorded in {state_dir()}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd == "setup":
+        return _setup(args)
+    return _teardown(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,582 @@
+"""`aiozcrx nic`: plan building (pure), execution/rollback/teardown (fake
+executor), the netlink/ioctl codecs, and real runs on veth/dummy/ifb devices
+in a network namespace the test creates."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import aiozcrx
+from aiozcrx import _ethtool as et
+from aiozcrx import nic
+from aiozcrx.nic import NicState, Op, exclude_table, plan_setup
+
+ENABLED, DISABLED = et.TCP_DATA_SPLIT_ENABLED, et.TCP_DATA_SPLIT_DISABLED
+
+
+def rule(loc, port, queue=None, *, ft="tcp6", ctx=None, action="queue", other=False):
+    return et.NtupleRule(location=loc, flow_type=ft, dst_port=port, queue=queue,
+                         rss_context=ctx, action=action, other_match=other)
+
+
+def fresh(**kw) -> NicState:
+    """An mlx5 NIC as it comes up: 8 of 16 combined channels, default RSS over
+    all 8, header/data split off, ntuple off, no rules."""
+    base = dict(
+        ifname="eth1", ifindex=3, driver="mlx5_core", driver_source="sysfs",
+        channels={"combined_count": 8, "combined_max": 16},
+        sysfs_rx_queues=8,
+        rings={"rx": 1024, "rx_max": 8192, "tcp_data_split": DISABLED,
+               "hds_thresh": 256, "hds_thresh_max": 1024},
+        ntuple_active=False, ntuple_changeable=True,
+        rss={0: nic.default_indir(128, 8)}, rules=[], rule_table_size=1024,
+        queues=[{"id": q, "type": "rx", "io_uring": False, "dmabuf": None, "xsk": False}
+                for q in range(8)])
+    base.update(kw)
+    return NicState(**base)
+
+
+def configured(queue=7, port=9999) -> NicState:
+    return fresh(rings={"tcp_data_split": ENABLED, "hds_thresh": 0, "hds_thresh_max": 1024},
+                 ntuple_active=True, rss={0: exclude_table(128, 8, queue)},
+                 rules=[rule(1023, port, queue)])
+
+
+def ids(plan):
+    return [s.id for s in plan.steps]
+
+
+# --------------------------------------------------------------------------
+# pure helpers
+# --------------------------------------------------------------------------
+def test_default_and_exclude_tables():
+    assert nic.default_indir(8, 3) == [0, 1, 2, 0, 1, 2, 0, 1]
+    # queue N-1 excluded == `ethtool -X IF equal N-1`
+    assert exclude_table(8, 4, 3) == nic.default_indir(8, 3)
+    t = exclude_table(128, 8, 2)
+    assert 2 not in t and set(t) == {0, 1, 3, 4, 5, 6, 7}
+    with pytest.raises(ValueError):
+        exclude_table(8, 1, 0)
+
+
+def test_rss_command_equal_or_weight():
+    assert nic._rss_command("eth1", 8, 7) == "ethtool -X eth1 equal 7"
+    assert nic._rss_command("eth1", 4, 1) == "ethtool -X eth1 weight 1 0 1 1"
+
+
+# --------------------------------------------------------------------------
+# plan building
+# --------------------------------------------------------------------------
+def test_already_configured_nic_gives_empty_plan():
+    plan = plan_setup(configured(), 7, 9999)
+    assert plan.ok and plan.steps == []
+
+
+def test_already_configured_with_rss_context_gives_empty_plan():
+    st = configured()
+    st.rss[5] = [7] * 128
+    st.rules = [rule(1023, 9999, 0, ctx=5)]
+    assert plan_setup(st, 7, 9999, rss_context=True).steps == []
+    # a rule through a context that holds only the queue also satisfies "equal" mode
+    assert plan_setup(st, 7, 9999).steps == []
+
+
+def test_fresh_nic_equal_mode_full_plan():
+    plan = plan_setup(fresh(), 7, 9999)
+    assert plan.ok
+    assert ids(plan) == ["rings", "ntuple", "rss", "rule"]
+    rings, ntuple, rss, rl = plan.steps
+    assert rings.command == "ethtool -G eth1 tcp-data-split on hds-thresh 0"
+    assert rings.apply == Op("rings", {"tcp_data_split": ENABLED, "hds_thresh": 0})
+    assert rings.inverse == Op("rings", {"tcp_data_split": DISABLED, "hds_thresh": 256})
+    assert ntuple.command == "ethtool -K eth1 ntuple on"
+    assert ntuple.inverse == Op("features", {"rx-ntuple-filter": False})
+    assert rss.command == "ethtool -X eth1 equal 7"
+    assert rss.apply == Op("rss_exclude", {"queue": 7, "queues": 8, "size": 128})
+    # the table was the driver default: undo resets to default, not a frozen copy
+    assert rss.inverse == Op("rss_indir", {"context": 0, "indir": None})
+    assert rss.inverse_command == "ethtool -X eth1 default"
+    assert rl.command == "ethtool -N eth1 flow-type tcp6 dst-port 9999 action 7"
+    assert rl.apply.args == {"flow_type": "tcp6", "dst_port": 9999, "queue": 7,
+                             "rss_context": None}
+    assert rl.inverse == Op("ntuple_delete", {"location": "@"})
+    # a driver-bound NIC from the known list gets no "not a zcrx driver" note
+    assert not any("not a known zcrx driver" in n for n in plan.notes)
+
+
+def test_queue_in_the_middle_uses_weights_and_keeps_other_queues():
+    plan = plan_setup(fresh(), 3, 443)
+    rss = next(s for s in plan.steps if s.id == "rss")
+    assert rss.command == "ethtool -X eth1 weight 1 1 1 0 1 1 1 1"
+    assert rss.apply.args["queue"] == 3
+
+
+def test_user_configured_rss_table_is_restored_verbatim():
+    custom = [0, 1, 2, 7] * 32
+    plan = plan_setup(fresh(rss={0: custom}), 7, 9999)
+    rss = next(s for s in plan.steps if s.id == "rss")
+    assert rss.inverse == Op("rss_indir", {"context": 0, "indir": custom})
+
+
+def test_rss_table_already_excluding_queue_needs_no_rss_step():
+    plan = plan_setup(fresh(rss={0: [0, 1, 2] * 10}), 7, 9999)
+    assert "rss" not in ids(plan)
+
+
+def test_queue_beyond_current_channels_raises_channel_count_first():
+    plan = plan_setup(fresh(), 11, 9999)
+    assert ids(plan)[0] == "channels"
+    ch = plan.steps[0]
+    assert ch.command == "ethtool -L eth1 combined 12"
+    assert ch.apply == Op("channels", {"kind": "combined", "count": 12})
+    assert ch.inverse == Op("channels", {"kind": "combined", "count": 8})
+    # the default table would follow the new channel count and include queue 11
+    rss = next(s for s in plan.steps if s.id == "rss")
+    assert rss.apply.args == {"queue": 11, "queues": 12, "size": 128}
+
+
+def test_queue_out_of_range_is_refused():
+    plan = plan_setup(fresh(), 16, 9999)
+    assert not plan.ok
+    assert any("queue 16 out of range" in p and "at most 16" in p for p in plan.problems)
+
+
+def test_single_queue_nic_is_refused_even_for_queue_0():
+    st = fresh(channels={"combined_count": 1, "combined_max": 1}, sysfs_rx_queues=1,
+               rss={0: [0] * 64})
+    plan = plan_setup(st, 0, 9999)
+    assert not plan.ok
+    assert any("one more for other traffic" in p for p in plan.problems)
+
+
+def test_negative_queue_and_bad_port_are_refused():
+    assert not plan_setup(fresh(), -1, 9999).ok
+    assert not plan_setup(fresh(), 7, 0).ok
+    assert not plan_setup(fresh(), 7, 70000).ok
+
+
+def test_missing_interface_is_refused():
+    st = NicState(ifname="nope", exists=False, errors={"interface": "ENODEV: no interface"})
+    plan = plan_setup(st, 1, 9999)
+    assert not plan.ok and plan.steps == []
+    assert "ENODEV" in plan.problems[0]
+
+
+def test_rss_context_mode_creates_context_and_points_rule_at_it():
+    plan = plan_setup(fresh(), 7, 9999, rss_context=True)
+    assert plan.mode == "rss-context"
+    assert ids(plan) == ["rings", "ntuple", "rss", "rss-context", "rule"]
+    ctx = plan.steps[3]
+    assert ctx.command == "ethtool -X eth1 context new start 7 equal 1"
+    assert ctx.apply == Op("rss_create", {"queue": 7, "size": 128})
+    assert ctx.inverse == Op("rss_delete", {"context": "@"})
+    rl = plan.steps[4]
+    assert rl.apply.args == {"flow_type": "tcp6", "dst_port": 9999, "queue": 0,
+                             "rss_context": "@rss-context"}
+    assert "context {@rss-context}" in rl.command
+
+
+def test_rss_context_mode_reuses_an_existing_context_for_the_queue():
+    st = fresh(rss={0: exclude_table(128, 8, 7), 3: [7] * 128})
+    plan = plan_setup(st, 7, 9999, rss_context=True)
+    assert "rss-context" not in ids(plan)
+    rl = next(s for s in plan.steps if s.id == "rule")
+    assert rl.apply.args["rss_context"] == 3
+    assert rl.command.endswith("context 3")
+
+
+def test_conflicting_rule_is_refused_with_the_delete_command():
+    st = configured()
+    st.rules = [rule(5, 9999, 2)]
+    plan = plan_setup(st, 7, 9999)
+    assert not plan.ok
+    assert any("ethtool -N eth1 delete 5" in p for p in plan.problems)
+
+
+def test_rules_for_other_ports_or_wider_matches_do_not_count():
+    st = configured()
+    st.rules = [rule(1, 80, 7), rule(2, 9999, 7, other=True), rule(3, 9999, 7, ft="tcp4")]
+    plan = plan_setup(st, 7, 9999)
+    assert plan.ok and ids(plan) == ["rule"]
+
+
+def test_tcp4_flow_type():
+    plan = plan_setup(fresh(), 7, 8080, flow_type="tcp4")
+    rl = plan.steps[-1]
+    assert rl.command == "ethtool -N eth1 flow-type tcp4 dst-port 8080 action 7"
+    assert not plan_setup(fresh(), 7, 8080, flow_type="udp6").ok
+
+
+def test_hds_thresh_nonzero_with_split_on_still_needs_rings_step():
+    st = configured()
+    st.rings = {"tcp_data_split": ENABLED, "hds_thresh": 128, "hds_thresh_max": 1024}
+    plan = plan_setup(st, 7, 9999)
+    assert ids(plan) == ["rings"]
+    assert plan.steps[0].inverse.args == {"tcp_data_split": ENABLED, "hds_thresh": 128}
+
+
+def test_missing_features_become_notes_and_steps_the_kernel_will_answer():
+    """A device without rings/ntuple/RSS (veth-like): the plan still tries, so
+    the driver's own answer is reported and what was done is rolled back."""
+    st = NicState(ifname="va", ifindex=4, driver="veth", driver_source="ETHTOOL_GDRVINFO",
+                  channels={"rx_count": 1, "rx_max": 2, "tx_count": 1, "tx_max": 2},
+                  sysfs_rx_queues=1, rings=None, ntuple_active=False,
+                  ntuple_changeable=False, rss=None, rules=None,
+                  errors={"rings": "RINGS_GET: EOPNOTSUPP", "rss": "RSS_GET: EOPNOTSUPP",
+                          "ntuple": "ETHTOOL_GRXCLSRLCNT: EOPNOTSUPP"})
+    plan = plan_setup(st, 1, 9999)
+    assert plan.ok
+    assert ids(plan) == ["channels", "rings", "ntuple", "rss", "rule"]
+    assert plan.steps[0].command == "ethtool -L va rx 2"
+    notes = " | ".join(plan.notes)
+    for text in ("not a known zcrx driver", "does not report ring parameters",
+                 "fixed off", "no RSS indirection table", "ntuple rules"):
+        assert text in notes
+    rss = plan.steps[3]
+    assert rss.apply == Op("rss_exclude", {"queue": 1, "queues": 2, "size": None})
+
+
+def test_driver_without_tcp_data_split_or_hds_reporting():
+    st = configured()
+    st.rings = {"rx": 256}                       # neither reported
+    plan = plan_setup(st, 7, 9999)
+    assert ids(plan) == ["rings"]
+    assert plan.steps[0].apply.args == {"tcp_data_split": ENABLED}  # no hds-thresh
+    assert any("does not report tcp-data-split" in n for n in plan.notes)
+    assert any("reports no hds-thresh" in n for n in plan.notes)
+
+
+def test_channels_unreadable_and_queue_beyond_sysfs_count_is_refused():
+    st = fresh(channels=None, sysfs_rx_queues=1, errors={"channels": "CHANNELS_GET: EOPNOTSUPP"})
+    plan = plan_setup(st, 1, 9999)
+    assert not plan.ok and "cannot change" in plan.problems[0]
+
+
+def test_already_bound_queue_is_noted():
+    st = configured()
+    st.queues[7]["io_uring"] = True
+    plan = plan_setup(st, 7, 9999)
+    assert any("EEXIST" in n for n in plan.notes)
+
+
+def test_port_steering():
+    st = configured()
+    assert nic.port_steering(st, 9999) == {"by": "rule", "location": 1023,
+                                           "rss_context": None, "queues": [7]}
+    assert nic.port_steering(st, 80) == {"by": "rss", "queues": [0, 1, 2, 3, 4, 5, 6]}
+    st.rss[2] = [6, 7] * 64
+    st.rules = [rule(9, 9999, 0, ctx=2)]
+    assert nic.port_steering(st, 9999)["queues"] == [6, 7]
+
+
+def test_state_roundtrips_through_json():
+    st = configured()
+    st.rss[4] = [7] * 128
+    again = NicState.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert again == st
+
+
+# --------------------------------------------------------------------------
+# execution, rollback, teardown (fake executor)
+# --------------------------------------------------------------------------
+class FakeNic:
+    """Executes Ops against an in-memory NIC and logs them; fails on demand."""
+
+    def __init__(self, fail_on: str | None = None, fail_inverse: str | None = None):
+        self.log: list[tuple[str, dict]] = []
+        self.fail_on = fail_on
+        self.fail_inverse = fail_inverse
+        self.next_ctx = 1
+        self.next_loc = 1000
+
+    def run(self, op: Op):
+        self.log.append((op.kind, dict(op.args)))
+        if op.kind == self.fail_on:
+            raise et.EthtoolError(errno.EOPNOTSUPP, "setting TCP data split is not supported",
+                                  "RINGS_SET")
+        if op.kind == self.fail_inverse:
+            raise et.EthtoolError(errno.EBUSY, "", "CHANNELS_SET")
+        if op.kind == "rss_create":
+            self.next_ctx += 1
+            return self.next_ctx
+        if op.kind == "ntuple_insert":
+            self.next_loc += 1
+            return self.next_loc
+        return None
+
+
+def test_apply_records_resolved_inverses_and_teardown_replays_them(tmp_path):
+    plan = plan_setup(fresh(), 11, 9999, rss_context=True)
+    path = str(tmp_path / "nic-eth1.json")
+    fake = FakeNic()
+    out = nic.apply_plan(plan, fake, path)
+    assert out.ok and out.done == ids(plan)
+    kinds = [k for k, _ in fake.log]
+    assert kinds == ["channels", "rings", "features", "rss_exclude", "rss_create", "ntuple_insert"]
+    # the rule was pointed at the context the kernel returned
+    assert fake.log[-1][1]["rss_context"] == 2
+    rec = json.load(open(path))
+    assert rec["interface"] == "eth1" and rec["queue"] == 11 and rec["port"] == 9999
+    by_id = {e["id"]: e for e in rec["steps"]}
+    assert by_id["rss-context"]["inverse"] == {"kind": "rss_delete", "args": {"context": 2}}
+    assert by_id["rule"]["inverse"] == {"kind": "ntuple_delete", "args": {"location": 1001}}
+    assert by_id["rule"]["inverse_command"] == "ethtool -N eth1 delete 1001"
+    assert by_id["rule"]["command"].endswith("context 2")
+
+    fake2 = FakeNic()
+    out2 = nic.teardown(path, fake2)
+    assert out2.ok and not os.path.exists(path)
+    assert [k for k, _ in fake2.log] == ["ntuple_delete", "rss_delete", "rss_indir",
+                                         "features", "rings", "channels"]
+    assert fake2.log[-1][1] == {"kind": "combined", "count": 8}
+
+
+def test_failure_rolls_back_in_reverse_and_names_step_and_errno(tmp_path):
+    plan = plan_setup(fresh(), 11, 9999)
+    path = str(tmp_path / "nic-eth1.json")
+    fake = FakeNic(fail_on="rings")
+    out = nic.apply_plan(plan, fake, path)
+    assert not out.ok
+    assert out.failed_step == "turn on header/data split with threshold 0"
+    assert out.failed_command == "ethtool -G eth1 tcp-data-split on hds-thresh 0"
+    assert out.errno == errno.EOPNOTSUPP
+    assert "EOPNOTSUPP: setting TCP data split is not supported" in out.error
+    assert out.rolled_back == ["ethtool -L eth1 combined 8"]
+    assert [k for k, _ in fake.log] == ["channels", "rings", "channels"]
+    assert not os.path.exists(path) and out.done == []
+
+
+def test_failed_rollback_keeps_what_is_left_in_the_record(tmp_path):
+    plan = plan_setup(fresh(), 11, 9999)
+    path = str(tmp_path / "nic-eth1.json")
+
+    class Fake(FakeNic):
+        def run(self, op):
+            if op.kind == "channels" and op.args["count"] == 8:
+                raise et.EthtoolError(errno.EINVAL, "requested channel counts are too low", "CHANNELS_SET")
+            return super().run(op)
+
+    out = nic.apply_plan(plan, Fake(fail_on="ntuple_insert"), path)
+    assert not out.ok
+    assert len(out.rollback_errors) == 1 and "EINVAL" in out.rollback_errors[0]
+    rec = json.load(open(path))
+    assert [e["id"] for e in rec["steps"]] == ["channels"]
+    assert out.done == ["channels"]
+
+
+def test_teardown_failure_keeps_entry_and_reports(tmp_path):
+    plan = plan_setup(fresh(), 11, 9999)
+    path = str(tmp_path / "nic-eth1.json")
+    assert nic.apply_plan(plan, FakeNic(), path).ok
+    out = nic.teardown(path, FakeNic(fail_inverse="features"))
+    assert not out.ok
+    rec = json.load(open(path))
+    assert [e["id"] for e in rec["steps"]] == ["ntuple"]
+    assert nic.teardown(path, FakeNic()).ok and not os.path.exists(path)
+
+
+def test_teardown_without_record_is_a_noop(tmp_path):
+    assert nic.teardown(str(tmp_path / "nic-x.json"), FakeNic()).ok
+
+
+# --------------------------------------------------------------------------
+# CLI (snapshot and executor replaced)
+# --------------------------------------------------------------------------
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIOZCRX_STATE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_cli_dry_run_prints_plan_and_changes_nothing(state_dir, monkeypatch, capsys):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    monkeypatch.setattr(nic, "KernelExecutor", lambda ifn: pytest.fail("must not execute"))
+    rc = nic.main(["setup", "--interface", "eth1", "--queue", "7", "--port", "9999", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "ethtool -X eth1 equal 7" in out and "undo: ethtool -N eth1 delete <rule>" in out
+    assert list(state_dir.iterdir()) == []
+
+
+def test_cli_refused_plan_exits_3(state_dir, monkeypatch, capsys):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    rc = nic.main(["setup", "-i", "eth1", "-q", "40", "-p", "9999"])
+    assert rc == nic.EXIT_REFUSED
+    assert "out of range" in capsys.readouterr().out
+
+
+def test_cli_json_setup_and_teardown(state_dir, monkeypatch, capsys):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    monkeypatch.setattr(nic, "KernelExecutor", lambda ifn: FakeNic())
+    rc = nic.main(["setup", "-i", "eth1", "-q", "7", "-p", "9999", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["applied"] and (state_dir / "nic-eth1.json").exists()
+    # a second setup with work to do is refused while the record exists
+    assert nic.main(["setup", "-i", "eth1", "-q", "7", "-p", "9999"]) == nic.EXIT_REFUSED
+    capsys.readouterr()
+    assert nic.main(["teardown", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep[0]["interface"] == "eth1" and rep[0]["ok"]
+    assert not (state_dir / "nic-eth1.json").exists()
+
+
+def test_cli_setup_failure_exits_1_and_names_step(state_dir, monkeypatch, capsys):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    monkeypatch.setattr(nic, "KernelExecutor", lambda ifn: FakeNic(fail_on="rings"))
+    rc = nic.main(["setup", "-i", "eth1", "-q", "11", "-p", "9999"])
+    err = capsys.readouterr().err
+    assert rc == nic.EXIT_FAILED
+    assert "FAILED at step 'turn on header/data split" in err
+    assert "RINGS_SET: EOPNOTSUPP: setting TCP data split is not supported" in err
+    assert "rolled back: ethtool -L eth1 combined 8" in err
+
+
+# --------------------------------------------------------------------------
+# codecs
+# --------------------------------------------------------------------------
+def test_netlink_attribute_roundtrip_with_nesting_and_repeats():
+    data = et.encode_attrs(et._FEATURES, [
+        ("header", [("dev_name", "eth1"), ("flags", 2)]),
+        ("wanted", [("bits", [("bit", [("name", "rx-ntuple-filter"), ("value", True)]),
+                              ("bit", [("name", "rx-gro"), ("value", False)])])]),
+    ])
+    # nests carry NLA_F_NESTED (strict kernel parsing rejects them otherwise)
+    assert struct.unpack_from("=H", data, 2)[0] & et.NLA_F_NESTED
+    back = et.decode_attrs(et._FEATURES, data)
+    assert back["header"] == {"dev_name": "eth1", "flags": 2}
+    bits = back["wanted"]["bits"]["bit"]
+    assert [b["name"] for b in bits] == ["rx-ntuple-filter", "rx-gro"]
+    assert et._bitset_names(back["wanted"]) == {"rx-ntuple-filter"}
+
+
+def test_extack_message_is_extracted():
+    msg = b"setting TCP data split is not supported\0"
+    tlv = struct.pack("=HH", 4 + len(msg), et.NLMSGERR_ATTR_MSG) + msg + b"\0" * (-len(msg) % 4)
+    chunk = struct.pack("=i", -errno.EOPNOTSUPP) + struct.pack("=IHHII", 36, 30, 5, 1, 0) + tlv
+    assert et._extack_message(chunk, et.NLM_F_ACK_TLVS | et.NLM_F_CAPPED) == \
+        "setting TCP data split is not supported"
+    assert et._extack_message(chunk, 0) == ""
+
+
+def test_ntuple_rule_struct_roundtrip():
+    r = et.parse_rule(et.build_rule("tcp6", 9999, 7, None, 1023).raw)
+    assert (r.flow_type, r.dst_port, r.queue, r.location, r.rss_context, r.other_match) == \
+        ("tcp6", 9999, 7, 1023, None, False)
+    r = et.parse_rule(et.build_rule("tcp4", 443, 0, 5, 3).raw)
+    assert (r.flow_type, r.dst_port, r.queue, r.rss_context) == ("tcp4", 443, 0, 5)
+
+
+def test_errname_uses_kernel_spelling():
+    assert et.errname(errno.EOPNOTSUPP) == "EOPNOTSUPP"
+    assert str(et.EthtoolError(errno.EINVAL, "bad", "RINGS_SET")) == "RINGS_SET: EINVAL: bad"
+
+
+# --------------------------------------------------------------------------
+# real runs in a private network namespace
+# --------------------------------------------------------------------------
+# the directory the tests import aiozcrx from, so `ip netns exec python -m ...`
+# runs the same code (checkout or installed copy)
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(aiozcrx.__file__)))
+
+
+class Netns:
+    """A network namespace of our own; commands run inside with `ip netns exec`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def _run(self, argv, env=None, check=False):
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [PKG_PARENT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        full_env.update(env or {})
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], env=full_env,
+                              capture_output=True, text=True, timeout=120, check=check)
+
+    def link(self, kind: str, name: str, *extra: str) -> None:
+        r = subprocess.run(["ip", "-n", self.name, "link", "add", name, "type", kind, *extra],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"this kernel cannot create {kind} devices: {r.stderr.strip()}")
+
+    def veth(self, a: str, b: str) -> None:
+        self.link("veth", a, "peer", "name", b)
+
+    def py(self, code: str, env=None):
+        r = self._run([sys.executable, "-c", code], env)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    def aiozcrx(self, module: str, *args: str, env=None):
+        """`python -m aiozcrx.MODULE ARGS` (what `aiozcrx MODULE ARGS` dispatches to)."""
+        return self._run([sys.executable, "-m", f"aiozcrx.{module}", *args], env)
+
+
+@pytest.fixture
+def netns():
+    """A fresh, uniquely named network namespace, deleted in the finalizer."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a network namespace")
+    if shutil.which("ip") is None:
+        pytest.skip("needs iproute2's `ip` to create a network namespace")
+    name = f"aiozcrx-t{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"`ip netns add` failed: {r.stderr.strip()}")
+    try:
+        yield Netns(name)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_real_veth_snapshot_and_setup_rolls_back(netns, tmp_path):
+    netns.veth("va", "vb")
+    snap = netns.py("from aiozcrx import nic; import json; "
+                    "print(json.dumps(nic.read_state('va').to_dict()))")
+    st = json.loads(snap.stdout)
+    assert st["driver"] == "veth" and st["channels"]["rx_count"] == 1
+    assert "EOPNOTSUPP" in st["errors"]["rings"]
+
+    env = {"AIOZCRX_STATE_DIR": str(tmp_path)}
+    dry = netns.aiozcrx("nic", "setup", "-i", "va", "-q", "1", "-p", "9999", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "ethtool -L va rx 2" in dry.stdout
+
+    run = netns.aiozcrx("nic", "setup", "-i", "va", "-q", "1", "-p", "9999", env=env)
+    assert run.returncode == nic.EXIT_FAILED, run.stdout + run.stderr
+    assert "FAILED at step 'turn on header/data split with threshold 0'" in run.stderr
+    assert "RINGS_SET: EOPNOTSUPP" in run.stderr
+    assert "rolled back: ethtool -L va rx 1" in run.stderr
+    after = json.loads(netns.py("import json; from aiozcrx import _ethtool as et; "
+                                "print(json.dumps(et.get_channels('va')))").stdout)
+    assert after["rx_count"] == 1            # really rolled back
+    assert list(tmp_path.iterdir()) == []    # nothing left recorded
+
+    td = netns.aiozcrx("nic", "teardown", env=env)
+    assert td.returncode == 0 and "nothing recorded" in td.stdout
+
+
+@pytest.mark.parametrize("kind", ["dummy", "ifb"])
+def test_real_single_queue_device_is_refused(kind, netns, tmp_path):
+    netns.link(kind, "zd0")
+    run = netns.aiozcrx("nic", "setup", "-i", "zd0", "-q", "0", "-p", "9999",
+                        env={"AIOZCRX_STATE_DIR": str(tmp_path)})
+    assert run.returncode == nic.EXIT_REFUSED, run.stdout + run.stderr
+    assert "PROBLEM: queue 0 out of range" in run.stdout
+    assert "refused: nothing was changed" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_real_missing_interface_is_refused(netns, tmp_path):
+    run = netns.aiozcrx("nic", "setup", "-i", "nosuch0", "-q", "1", "-p", "9999",
+                        env={"AIOZCRX_STATE_DIR": str(tmp_path)})
+    assert run.returncode == nic.EXIT_REFUSED
+    assert "no interface nosuch0" in run.stdout
