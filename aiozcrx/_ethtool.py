@@ -5,9 +5,9 @@ Everything here is standard library only (``socket``, ``struct``, ``fcntl``,
 ``ctypes``). Why not pyroute2 or the ``ethtool`` program (docs/nic-guide.md,
 "How aiozcrx talks to the NIC", has the long version):
 
-* Debian 12's ``ethtool`` (6.1) has ``--json`` only for ``-k``, ``-a``,
-  ``--show-fec`` and ``--module-info``: not for ``-l`` (channels), ``-g``
-  (rings), ``-x`` (RSS) or ``-n`` (ntuple rules), so using it would mean parsing
+* Debian 12's ``ethtool`` (6.1) accepts ``--json`` for a few subcommands
+  (``-k``, ``-a``, ``--show-fec``, ``--module-info``) but not for ``-l``
+  (channels), ``-g`` (rings), ``-x`` (RSS) or ``-n`` (ntuple rules), so using it would mean parsing
   human-formatted output; it also does not know ``tcp-data-split`` or
   ``hds-thresh`` for ``-G`` at all.
 * pyroute2 (0.9.7) defines ethtool netlink messages only for link info/modes,

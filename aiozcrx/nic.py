@@ -725,7 +725,7 @@ def _setup(args) -> int:
                       flow_type=args.flow_type)
     path = state_path(args.interface)
     result: dict = {"plan": plan.to_dict(), "state_file": path}
-    if args.json and (args.dry_run or not plan.ok):
+    if args.json and (args.dry_run or not plan.ok or not plan.steps):
         result["applied"] = False
         print(json.dumps(result, indent=2))
         return EXIT_OK if plan.ok else EXIT_REFUSED

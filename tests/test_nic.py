@@ -439,6 +439,17 @@ def test_cli_setup_failure_exits_1_and_names_step(state_dir, monkeypatch, capsys
     assert "rolled back: ethtool -L eth1 combined 8" in err
 
 
+def test_cli_already_configured_changes_nothing(state_dir, monkeypatch, capsys):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: configured())
+    monkeypatch.setattr(nic, "KernelExecutor", lambda ifn: pytest.fail("must not execute"))
+    assert nic.main(["setup", "-i", "eth1", "-q", "7", "-p", "9999"]) == 0
+    assert "nothing to change: already configured" in capsys.readouterr().out
+    assert nic.main(["setup", "-i", "eth1", "-q", "7", "-p", "9999", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["applied"] is False and res["plan"]["steps"] == []
+    assert list(state_dir.iterdir()) == []
+
+
 # --------------------------------------------------------------------------
 # codecs
 # --------------------------------------------------------------------------
@@ -546,6 +557,12 @@ def test_real_veth_snapshot_and_setup_rolls_back(netns, tmp_path):
     assert "EOPNOTSUPP" in st["errors"]["rings"]
 
     env = {"AIOZCRX_STATE_DIR": str(tmp_path)}
+    if st["channels"]["rx_max"] < 2:
+        # veth allows one RX queue per CPU: with one CPU queue 1 cannot exist
+        run = netns.aiozcrx("nic", "setup", "-i", "va", "-q", "1", "-p", "9999", env=env)
+        assert run.returncode == nic.EXIT_REFUSED and "out of range" in run.stdout
+        pytest.skip(f"veth allows rx_max={st['channels']['rx_max']} here (one CPU): no step "
+                    f"can succeed before the failing one, so the rollback is not exercised")
     dry = netns.aiozcrx("nic", "setup", "-i", "va", "-q", "1", "-p", "9999", "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
     assert "ethtool -L va rx 2" in dry.stdout
@@ -580,3 +597,4 @@ def test_real_missing_interface_is_refused(netns, tmp_path):
                         env={"AIOZCRX_STATE_DIR": str(tmp_path)})
     assert run.returncode == nic.EXIT_REFUSED
     assert "no interface nosuch0" in run.stdout
+

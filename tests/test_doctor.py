@@ -1,0 +1,270 @@
+"""`aiozcrx doctor`: the judgement as pure functions, what it reports on this
+host against what the kernel says, a veth in a private network namespace, and
+(guest tier) the 7.x kernel's NODEV zcrx."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+
+import pytest
+
+from aiozcrx import doctor, nic
+from aiozcrx.doctor import FAIL, INFO, PASS, WARN
+
+from test_nic import configured, fresh, netns  # noqa: F401 - the netns fixture
+
+IN_GUEST = os.environ.get("AIOZCRX_GUEST") == "1"
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def sysfacts(**kw):
+    base = {"release": "7.2.7", "io_uring_disabled": 0, "io_uring_group": -1, "groups": [0],
+            "seccomp": "0", "cap_eff": (1 << 12) | (1 << 14) | (1 << 21),
+            "memlock": [resource.RLIM_INFINITY, resource.RLIM_INFINITY], "config_zcrx": "y"}
+    base.update(kw)
+    return base
+
+
+CORE_OK = {"available": True, "error": None, "engine_error": None,
+           "kernel": {"release": "7.2.7", "io_uring": True, "zcrx_query": {"features": 3},
+                      "zcrx_nodev": True, "reason": ""},
+           "engine": "zcrx", "tried": [["zcrx", True, "works here"]]}
+
+
+# --------------------------------------------------------------------------
+# system checks (pure)
+# --------------------------------------------------------------------------
+def test_healthy_system_all_pass():
+    checks = by_name(doctor.system_checks(sysfacts(), CORE_OK))
+    assert {c.status for c in checks.values()} == {PASS}
+    assert "NODEV: available" in checks["kernel"].detail
+    assert "features up to 7.2: notifications" in checks["kernel"].detail
+
+
+def test_old_kernel_fails_with_fix():
+    c = by_name(doctor.system_checks(sysfacts(release="6.8.0-45-generic"), CORE_OK))["kernel"]
+    assert c.status == FAIL and "6.15" in c.fix
+    c = by_name(doctor.system_checks(sysfacts(config_zcrx="n"), CORE_OK))["kernel"]
+    assert c.status == FAIL
+
+
+@pytest.mark.parametrize("value,status", [(None, PASS), (0, PASS), (1, FAIL), (2, FAIL)])
+def test_io_uring_disabled(value, status):
+    facts = sysfacts(io_uring_disabled=value, cap_eff=1 << 12)     # no CAP_SYS_ADMIN
+    c = by_name(doctor.system_checks(facts, CORE_OK))["io_uring_disabled"]
+    assert c.status == status
+    if status == FAIL:
+        assert c.fix.startswith("sysctl -w kernel.io_uring_disabled=0")
+
+
+def test_io_uring_disabled_1_allows_group_members_and_admins():
+    c = by_name(doctor.system_checks(sysfacts(io_uring_disabled=1, io_uring_group=1234,
+                                              groups=[1234], cap_eff=0), CORE_OK))
+    assert c["io_uring_disabled"].status == PASS
+    c = by_name(doctor.system_checks(sysfacts(io_uring_disabled=1), CORE_OK))
+    assert c["io_uring_disabled"].status == PASS                 # CAP_SYS_ADMIN
+
+
+def test_seccomp_and_caps_and_memlock():
+    c = by_name(doctor.system_checks(sysfacts(seccomp="2", cap_eff=0,
+                                              memlock=[8 << 20, 8 << 20]), CORE_OK))
+    assert c["seccomp"].status == WARN
+    assert c["CAP_NET_ADMIN"].status == FAIL and "NET_ADMIN" in c["CAP_NET_ADMIN"].fix
+    assert c["RLIMIT_MEMLOCK"].status == WARN and "ulimit -l unlimited" in c["RLIMIT_MEMLOCK"].fix
+    assert "8 MiB" in c["RLIMIT_MEMLOCK"].detail
+    # CAP_IPC_LOCK exempts io_uring's accounting from the limit
+    c = by_name(doctor.system_checks(sysfacts(memlock=[8 << 20, 8 << 20]), CORE_OK))
+    assert c["RLIMIT_MEMLOCK"].status == PASS
+
+
+def test_core_probe_unavailable_is_reported_and_never_ok(monkeypatch):
+    monkeypatch.setitem(sys.modules, "aiozcrx.probe", None)     # import raises ImportError
+    core = doctor.probe_core("eth1", 7)
+    assert not core["available"] and "core probe unavailable" in core["error"]
+    lines, ok = doctor.engine_section(core, "eth1", 7)
+    assert not ok and "core probe unavailable" in lines[0]
+    kernel = by_name(doctor.system_checks(sysfacts(), core))["kernel"]
+    assert kernel.status == WARN and "core probe unavailable" in kernel.detail
+
+
+def test_engine_section_reads_choose_engine():
+    core = dict(CORE_OK, engine="uring", tried=[["zcrx", False, "EOPNOTSUPP: no queue API"],
+                                               ["zcrx-copy", False, "EINVAL"],
+                                               ["uring", True, "works here"]])
+    lines, ok = doctor.engine_section(core, "eth0", 1)
+    assert not ok and lines[0].startswith("engine auto -> uring")
+    assert any("EOPNOTSUPP: no queue API" in ln for ln in lines)
+    assert doctor.engine_section(CORE_OK, "eth1", 7)[1]
+
+
+# --------------------------------------------------------------------------
+# interface checks (pure)
+# --------------------------------------------------------------------------
+def test_configured_mlx5_passes_everything():
+    checks = doctor.interface_checks(configured(), 7, 9999, release="6.18.0")
+    bad = [c for c in checks if c.status != PASS]
+    assert bad == []
+    assert "lands on queue(s) [7] by rule 1023" in by_name(checks)["steering"].detail
+
+
+def test_fresh_mlx5_fails_with_the_fixing_commands():
+    c = by_name(doctor.interface_checks(fresh(), 7, 9999, release="6.18.0"))
+    assert c["driver"].status == PASS
+    assert c["tcp-data-split"].status == FAIL
+    assert c["tcp-data-split"].fix.startswith("ethtool -G eth1 tcp-data-split on hds-thresh 0")
+    assert c["hds-thresh"].status == FAIL and c["hds-thresh"].fix == "ethtool -G eth1 hds-thresh 0"
+    assert c["RSS"].status == FAIL and c["RSS"].fix == "ethtool -X eth1 equal 7"
+    assert c["ntuple"].status == FAIL and c["ntuple"].fix == "ethtool -K eth1 ntuple on"
+    assert c["steering"].status == FAIL
+    assert c["steering"].fix == "ethtool -N eth1 flow-type tcp6 dst-port 9999 action 7"
+    assert "by RSS" in c["steering"].detail
+
+
+def test_queue_out_of_range_and_channel_fix():
+    c = by_name(doctor.interface_checks(fresh(), 11, None, release="6.18.0"))
+    assert c["queue"].status == FAIL and c["queue"].fix == "ethtool -L eth1 combined 12"
+    assert c["steering"].status == INFO                 # no --port: nothing to judge
+
+
+def test_bound_queue_is_eexist_and_other_queues_are_free():
+    st = configured()
+    st.queues[7]["io_uring"] = True
+    c = by_name(doctor.interface_checks(st, 7, 9999, release="6.18.0"))["memory provider"]
+    assert c.status == FAIL and "EEXIST" in c.detail
+    c = by_name(doctor.interface_checks(st, 6, None, release="6.18.0"))["memory provider"]
+    assert c.status == PASS and "rx 7: io_uring" in c.detail
+    st.queues[7] = {"id": 7, "type": "rx", "io_uring": False, "dmabuf": 3, "xsk": False}
+    c = by_name(doctor.interface_checks(st, 7, None, release="6.18.0"))["memory provider"]
+    assert c.status == FAIL and "dmabuf" in c.detail
+    # before 6.15 the absence of the io-uring attribute proves nothing
+    st.queues[7] = {"id": 7, "type": "rx", "io_uring": False, "dmabuf": None, "xsk": False}
+    c = by_name(doctor.interface_checks(st, 7, None, release="6.12.0"))["memory provider"]
+    assert c.status == WARN
+
+
+def test_unknown_driver_and_missing_features():
+    st = nic.NicState(ifname="eth0", ifindex=2, driver="virtio_net", driver_source="sysfs",
+                      channels={"combined_count": 1, "combined_max": 1}, sysfs_rx_queues=1,
+                      rings={"rx": 256}, ntuple_active=False, ntuple_changeable=False,
+                      rss={0: []}, rules=None, queues=None,
+                      errors={"ntuple": "ETHTOOL_GRXCLSRLCNT: EOPNOTSUPP",
+                              "queues": "netdev QUEUE_GET: EOPNOTSUPP"})
+    c = by_name(doctor.interface_checks(st, 0, 80, release="6.18.0"))
+    assert c["driver"].status == FAIL and "no queue API" in c["driver"].detail
+    assert "EOPNOTSUPP" in c["driver"].detail
+    assert c["queue"].status == FAIL
+    assert c["tcp-data-split"].status == FAIL
+    assert c["ntuple"].status == FAIL and "fixed" in c["ntuple"].detail
+    assert c["memory provider"].status == WARN and "unavailable" in c["memory provider"].detail
+
+
+def test_missing_interface():
+    st = nic.NicState(ifname="nope", exists=False, errors={"interface": "ENODEV: no interface"})
+    checks = doctor.interface_checks(st, 1, 9999)
+    assert [c.status for c in checks] == [FAIL]
+
+
+def test_run_verdict_needs_no_fail_and_core_zcrx(monkeypatch):
+    monkeypatch.setattr(doctor, "gather_system", lambda: sysfacts())
+    monkeypatch.setattr(doctor, "probe_core", lambda i, q: CORE_OK)
+    monkeypatch.setattr(nic, "read_state", lambda ifn: configured())
+    assert doctor.run("eth1", 7, 9999)["ok"]
+    assert not doctor.run("eth1", None, None)["ok"]               # no queue: cannot say
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    rep = doctor.run("eth1", 7, 9999)
+    assert not rep["ok"]
+    text = doctor.render(rep)
+    assert "result: engine=\"zcrx\" cannot work on eth1 queue 7" in text
+    assert "fix: ethtool -X eth1 equal 7" in text
+    assert len(text.splitlines()) <= 40                            # one screen
+
+
+# --------------------------------------------------------------------------
+# this host: what doctor reports must be what the kernel says
+# --------------------------------------------------------------------------
+def _cap_eff() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    raise AssertionError("no CapEff")
+
+
+def test_host_report_matches_the_kernel(capsys):
+    rc = doctor.main(["--json"])
+    rep = json.loads(capsys.readouterr().out)
+    sysf = rep["system"]
+    assert sysf["release"] == os.uname().release == platform.release()
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            expected = int(f.read())
+    except FileNotFoundError:
+        expected = None
+    assert sysf["io_uring_disabled"] == expected
+    checks = {c["name"]: c for c in rep["checks"]}
+    assert checks["io_uring_disabled"]["status"] == (PASS if expected in (None, 0) else
+                                                     checks["io_uring_disabled"]["status"])
+    assert sysf["cap_eff"] == _cap_eff()
+    has_net_admin = bool(_cap_eff() >> 12 & 1)
+    assert checks["CAP_NET_ADMIN"]["status"] == (PASS if has_net_admin else FAIL)
+    assert sysf["memlock"] == list(resource.getrlimit(resource.RLIMIT_MEMLOCK))
+    with open("/proc/self/status") as f:
+        seccomp = next(ln.split()[1] for ln in f if ln.startswith("Seccomp:"))
+    assert sysf["seccomp"] == seccomp
+    # without an interface and queue zcrx cannot be confirmed on a host without
+    # NODEV: the exit status says so
+    if not rep["zcrx_ok"]:
+        assert rc == 1 and not rep["ok"]
+    if rep["core"]["available"]:
+        kr = rep["core"]["kernel"]
+        assert kr["release"] == sysf["release"]
+        assert kr["io_uring_disabled"] == expected
+
+
+def test_host_loopback_is_not_zcrx_capable(capsys):
+    rc = doctor.main(["--interface", "lo", "--queue", "0", "--port", "9999"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "FAIL  driver" in out and "no queue API" in out
+    assert out.rstrip().splitlines()[-1].startswith('result: engine="zcrx" cannot work on lo')
+
+
+# --------------------------------------------------------------------------
+# a veth in a private namespace
+# --------------------------------------------------------------------------
+def test_doctor_on_veth_reports_driver_and_no_queue_api(netns):
+    netns.veth("va", "vb")
+    r = netns.aiozcrx("doctor", "--interface", "va", "--queue", "0", "--port", "9999", "--json")
+    assert r.returncode == 1, r.stderr
+    rep = json.loads(r.stdout)
+    checks = {c["name"]: c for c in rep["checks"]}
+    assert checks["driver"]["status"] == FAIL
+    assert checks["driver"]["detail"].startswith("veth (from ETHTOOL_GDRVINFO): no queue API")
+    assert rep["interface"]["driver"] == "veth"
+    assert not rep["ok"]
+    text = netns.aiozcrx("doctor", "-i", "va", "-q", "0")
+    assert text.returncode == 1
+    assert "veth" in text.stdout and "no queue API" in text.stdout
+
+
+# --------------------------------------------------------------------------
+# guest tier: the 7.x kernel
+# --------------------------------------------------------------------------
+@pytest.mark.guest
+@pytest.mark.skipif(not IN_GUEST, reason="needs the 7.1+ guest kernel (AIOZCRX_GUEST=1): "
+                                         "`make test-guest` runs it in User-Mode Linux")
+def test_guest_doctor_reports_nodev_zcrx(capsys):
+    doctor.main(["--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["core"]["available"], rep["core"]["error"]
+    assert rep["core"]["kernel"]["zcrx_nodev"] is True
+    kernel = {c["name"]: c for c in rep["checks"]}["kernel"]
+    assert kernel["status"] == PASS
+    assert "NODEV: available" in kernel["detail"]
+    assert doctor.parse_release(rep["system"]["release"]) >= (7, 1)
