@@ -1,0 +1,644 @@
+#!/bin/bash
+# run-in-guest.sh -- run a command inside a Linux 7.x guest kernel that supports
+# io_uring zero-copy receive (zcrx, ZCRX_REG_NODEV), on a host whose kernel does not.
+#
+#   tests/uml/run-in-guest.sh --check
+#   tests/uml/run-in-guest.sh [--timeout S] [--mem SIZE] [--rw DIR]... [--log FILE] -- COMMAND...
+#
+# Exit status: the guest command's; 124 time limit hit; 125 the guest produced no exit
+# status; 77 the runner cannot work on this machine; 2 usage error.
+# See tests/uml/README.md and docs/guest-tier.md for the details.
+#
+# How it works, and why:
+# * The guest kernel is Debian sid's `user-mode-linux` package (UML): Linux built as an
+#   ordinary host program, so no hypervisor is needed (this host's /dev/kvm cannot run
+#   stock kernels, and its own 6.18 kernel cannot register a zcrx instance).
+# * It is fetched with `apt-get download` under a private apt configuration that only
+#   knows Debian sid, and unpacked with `dpkg -x`: nothing from sid is installed on the
+#   host, and the host's apt sources and state are never touched.
+# * The UML binary wants glibc >= 2.38 and Debian 12 has 2.36, so sid's libc6 is unpacked
+#   beside it and patchelf points the binary's ELF interpreter and RUNPATH at it. (Running
+#   it through sid's ld.so instead does not work: UML re-executes /proc/self/exe.)
+# * The guest's root is the host's / (hostfs, read-only) under a tmpfs overlay: the
+#   checkout, its .venv and the host's Pythons work unchanged, and every write made in
+#   the guest lands in guest RAM and is gone when the guest stops (except --rw DIRs).
+# * This very script is also the guest's init (PID 1): see guest_main at the bottom.
+set -u -o pipefail
+
+ME='run-in-guest'
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
+DEBIAN_MIRROR=${AIOZCRX_UML_MIRROR:-http://deb.debian.org/debian}
+GRACE=20            # seconds the host waits past the time limit before killing UML
+TAIL_LINES=60       # console lines shown when a run fails
+
+# ---------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------
+
+say() { echo "$ME: $*" >&2; }
+
+# usage [STATUS]: the help text, on stdout for --help, else on stderr
+usage() {
+    local status=${1:-2}
+    [ "$status" = 0 ] || exec >&2
+    cat <<EOF
+usage: $0 --check
+       $0 [--timeout SECONDS] [--mem SIZE] [--rw DIR]... [--log FILE] -- COMMAND...
+
+Runs COMMAND (joined with spaces, run by bash -c) as root in the current directory
+inside a User-Mode Linux 7.x guest, streams its output (stdout and stderr merged) to
+stdout and exits with its exit status.
+
+  --check        exit 0 if the guest can run here (fetches the kernel if needed);
+                 else print one line saying why on stdout and exit 77
+  --timeout S    kill the command S seconds after the guest starts booting (default
+                 900); then print the console tail and exit 124
+  --mem SIZE     guest RAM, e.g. 512M, 2G (default 2G)
+  --rw DIR       make host directory DIR writable through to the host in the guest
+                 (repeatable); everything else the guest writes is discarded
+  --log FILE     keep the guest console (kernel log) in FILE
+
+Exit status: the command's; 124 time limit; 125 no exit status from the guest (the
+reason and the console tail are printed on stderr); 77 cannot work here; 2 usage.
+
+Environment: AIOZCRX_UML_CACHE (cache dir, default \${XDG_CACHE_HOME:-\$HOME/.cache}/aiozcrx-uml),
+AIOZCRX_UML_MIRROR (Debian mirror), AIOZCRX_UML_DEBUG=1 (trace the guest init and
+print the whole console log), AIOZCRX_UML_KEEP=1 (keep the run directory),
+AIOZCRX_GUEST_ENV (names of extra variables to carry into the guest).
+See docs/guest-tier.md.
+EOF
+    exit "$status"
+}
+
+# The runner cannot work on this machine. For --check this is the contract: one line on
+# stdout (a test harness turns it into a skip reason) and status 77. A normal run says it
+# on stderr, keeping stdout for the guest's output, and also exits 77.
+unavailable() {
+    if [ "$MODE" = check ]; then echo "$ME: unavailable: $*"; else say "unavailable: $*"; fi
+    exit 77
+}
+
+parse_args() {
+    MODE=run TIMEOUT=900 MEM=2G LOGFILE='' RW_DIRS=() COMMAND=''
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --check) MODE=check ;;
+            --timeout) [ $# -ge 2 ] || usage; TIMEOUT=$2; shift ;;
+            --timeout=*) TIMEOUT=${1#*=} ;;
+            --mem) [ $# -ge 2 ] || usage; MEM=$2; shift ;;
+            --mem=*) MEM=${1#*=} ;;
+            --rw) [ $# -ge 2 ] || usage; RW_DIRS+=("$2"); shift ;;
+            --rw=*) RW_DIRS+=("${1#*=}") ;;
+            --log) [ $# -ge 2 ] || usage; LOGFILE=$2; shift ;;
+            --log=*) LOGFILE=${1#*=} ;;
+            -h|--help) usage 0 ;;
+            --) shift; COMMAND="$*"; break ;;
+            *) say "unknown argument: $1"; usage ;;
+        esac
+        shift
+    done
+    [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || { say "--timeout wants a whole number of seconds"; usage; }
+    [[ $MEM =~ ^[1-9][0-9]*[KkMmGg]?$ ]] || { say "--mem wants a size like 512M or 2G"; usage; }
+    if [ "$MODE" = run ] && [ -z "$COMMAND" ]; then say "no command given"; usage; fi
+    local i d
+    for i in "${!RW_DIRS[@]}"; do
+        d=$(cd "${RW_DIRS[$i]}" 2>/dev/null && pwd -P) || { say "--rw ${RW_DIRS[$i]}: not a directory"; exit 2; }
+        # hostfs takes the host path as its mount data: keep it free of separators
+        case $d in *[[:space:],]*) say "--rw $d: path with whitespace or a comma"; exit 2 ;; esac
+        RW_DIRS[i]=$d
+    done
+    if [ -n "$LOGFILE" ]; then
+        : >"$LOGFILE" || { say "--log $LOGFILE: cannot write"; exit 2; }
+        LOGFILE=$(cd "$(dirname "$LOGFILE")" && pwd -P)/$(basename "$LOGFILE")
+    fi
+}
+
+# mem size as the kernel reads it (K/M/G suffix, binary units) -> bytes
+mem_bytes() {
+    local n=${1%[KkMmGg]} unit=${1#"${1%[KkMmGg]}"}
+    case $unit in k|K) echo $((n << 10)) ;; m|M) echo $((n << 20)) ;; g|G) echo $((n << 30)) ;; *) echo "$n" ;; esac
+}
+
+setup_cache_paths() {
+    local home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
+    CACHE=${AIOZCRX_UML_CACHE:-${XDG_CACHE_HOME:-$home/.cache}/aiozcrx-uml}
+    mkdir -p "$CACHE" 2>/dev/null || unavailable "cannot create the cache directory $CACHE (set AIOZCRX_UML_CACHE)"
+    CACHE=$(cd "$CACHE" && pwd -P)
+    # The cache path goes on the guest kernel's command line and into hostfs mount data,
+    # and the guest must see it through its own root: no separators, no pseudo-fs.
+    case $CACHE in
+        *[[:space:],]*) unavailable "cache path '$CACHE' contains whitespace or a comma (set AIOZCRX_UML_CACHE)" ;;
+        /dev|/dev/*|/proc/*|/sys/*|/run|/run/*) unavailable "cache path $CACHE is hidden in the guest (set AIOZCRX_UML_CACHE)" ;;
+    esac
+    KDIR=$CACHE/kernel      # the prepared kernel; appears complete or not at all
+    mkdir -p "$CACHE/runs" "$CACHE/logs" || unavailable "cannot write to the cache $CACHE"
+}
+
+check_platform() {
+    [ "${AIOZCRX_GUEST:-}" != 1 ] || unavailable "already inside the guest (AIOZCRX_GUEST=1)"
+    [ "$(uname -s)" = Linux ] || unavailable "not a Linux host"
+    if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
+        unavailable "no dpkg/apt-get: the guest kernel comes from Debian's archive"
+    fi
+    [ "$(dpkg --print-architecture)" = amd64 ] \
+        || unavailable "Debian's user-mode-linux is only used here on amd64, this is $(dpkg --print-architecture)"
+}
+
+# Host programs this script needs, as "command:package". insmod and ip also run *inside*
+# the guest, which uses the host's / as its root. They come from the host's own Debian
+# sources (plain apt-get install, the host's configuration).
+HOST_TOOLS="patchelf:patchelf insmod:kmod ip:iproute2 flock:util-linux setsid:util-linux
+findmnt:util-linux mkfifo:coreutils"
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+
+ensure_host_tools() {
+    local pair missing pkgs=()
+    for pair in $HOST_TOOLS; do
+        have "${pair%%:*}" || pkgs+=("${pair#*:}")
+    done
+    [ ${#pkgs[@]} -gt 0 ] || return 0
+    mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
+    missing="${pkgs[*]}"
+    [ "$(id -u)" = 0 ] || unavailable "missing host packages: $missing (not root, cannot apt-get install them)"
+    say "installing host packages: $missing"
+    local log; log=$(mktemp)
+    # Try without refreshing the host's package lists first: faster, and works when only
+    # some of the host's sources are reachable. DPkg::Lock::Timeout: concurrent runners.
+    local -a install=(apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300)
+    if ! DEBIAN_FRONTEND=noninteractive "${install[@]}" "${pkgs[@]}" >"$log" 2>&1; then
+        apt-get update -q >>"$log" 2>&1   # may partly fail (unreachable third-party sources)
+        DEBIAN_FRONTEND=noninteractive "${install[@]}" "${pkgs[@]}" >>"$log" 2>&1 \
+            || { local why; why=$(grep -E '^(E|W):' "$log" | tail -1); rm -f "$log"
+                 unavailable "apt-get install $missing failed: ${why:-see apt-get output}"; }
+    fi
+    rm -f "$log"
+    for pair in $HOST_TOOLS; do
+        have "${pair%%:*}" || unavailable "host package ${pair#*:} installed but ${pair%%:*} still missing"
+    done
+    hash -r
+}
+
+# True when $KDIR holds a kernel prepared for this cache location (the binary's ELF
+# interpreter is an absolute path into $KDIR, so a moved cache needs a new one).
+kernel_ready() {
+    [ -x "$KDIR/linux" ] && grep -qxF "cache=$KDIR" "$KDIR/info" 2>/dev/null
+}
+
+prepare_kernel() {
+    kernel_ready && return 0
+    # One fetcher at a time; the others wait and then find the kernel ready. The lock
+    # dies with its holder, so an aborted fetch never blocks later runs.
+    exec 9>"$CACHE/.lock"
+    if ! flock -n 9; then
+        say "another runner is preparing the guest kernel; waiting"
+        flock -w 900 9 || unavailable "timed out waiting for the cache lock $CACHE/.lock"
+    fi
+    kernel_ready || fetch_kernel
+    exec 9>&-
+}
+
+# Download user-mode-linux and libc6 from Debian sid and assemble $KDIR:
+#   linux        UML kernel, interpreter/RUNPATH patched onto lib/
+#   lib/         sid's glibc shared objects
+#   modules/VER/ kernel modules (debug info stripped: 166 MB -> 35 MB)
+#   config.gz    the kernel's configuration
+#   info         versions, and the cache path it was built for
+# Everything is built in a temporary directory and renamed into place in one step.
+# Caller holds the cache lock.
+fetch_kernel() {
+    local t0=$SECONDS
+    rm -rf "$CACHE"/.build.*    # left by aborted fetches (we hold the lock)
+    local build; build=$(mktemp -d "$CACHE/.build.XXXXXX") || unavailable "cannot write to $CACHE"
+    local apt=$build/apt log=$build/fetch.log
+    say "fetching user-mode-linux and libc6 from Debian sid into $CACHE"
+
+    # Private apt configuration: our own sources list, empty parts/preferences dirs,
+    # lists and downloads inside the build dir, no locking of the host's apt state.
+    mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/sources.list.d" "$apt/preferences.d"
+    cat >"$apt/sid.sources" <<EOF
+Types: deb
+URIs: $DEBIAN_MIRROR
+Suites: sid
+Components: main
+Architectures: amd64
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    local -a aptopt=(
+        -o Dir::Etc::SourceList="$apt/sid.sources" -o Dir::Etc::SourceParts="$apt/sources.list.d"
+        -o Dir::Etc::Preferences="$apt/preferences" -o Dir::Etc::PreferencesParts="$apt/preferences.d"
+        -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt" -o Dir::Cache::Archives="$apt/archives"
+        -o Debug::NoLocking=1 -o Acquire::Languages=none -q
+        -o Acquire::http::Timeout=30 -o Acquire::Retries=2)  # fail in minutes, not hours
+    # apt drops to the _apt user for downloads, which cannot write into root's home
+    [ "$(id -u)" = 0 ] && aptopt+=(-o APT::Sandbox::User=root)
+    [ -r /usr/share/keyrings/debian-archive-keyring.gpg ] \
+        || unavailable "no /usr/share/keyrings/debian-archive-keyring.gpg (package debian-archive-keyring)"
+
+    fetch_fail() {
+        # the most telling line: the reason under apt's first "Err:", else its last error
+        local why; why=$(grep -A1 '^Err:' "$log" | sed -n '2{s/^ *//;p}')
+        [ -n "$why" ] || why=$(grep -E '^(E:|W:|dpkg|patchelf)' "$log" | tail -1)
+        rm -rf "$build"
+        unavailable "$1${why:+: $why}"
+    }
+    apt-get "${aptopt[@]}" update >"$log" 2>&1 || fetch_fail "apt-get update for Debian sid ($DEBIAN_MIRROR) failed"
+    (cd "$build" && apt-get "${aptopt[@]}" download user-mode-linux libc6) >>"$log" 2>&1 \
+        || fetch_fail "apt-get download user-mode-linux libc6 failed"
+
+    local deb x=$build/x out=$build/kernel
+    for deb in "$build"/*.deb; do dpkg -x "$deb" "$x" >>"$log" 2>&1 || fetch_fail "dpkg -x $deb failed"; done
+
+    local kver; kver=$(ls "$x/usr/lib/uml/modules" 2>/dev/null)
+    [ -n "$kver" ] && [ "$(echo "$kver" | wc -l)" = 1 ] && [ -f "$x/usr/bin/linux.uml" ] \
+        || fetch_fail "unexpected layout of the user-mode-linux package"
+    mkdir -p "$out/lib" "$out/modules"
+    mv "$x/usr/bin/linux.uml" "$out/linux"
+    mv "$x/usr/lib/uml/modules/$kver" "$out/modules/"
+    cp -a "$x"/usr/lib/x86_64-linux-gnu/*.so* "$out/lib/"
+    cp "$x/usr/share/doc/user-mode-linux/config.gz" "$out/" 2>/dev/null || true
+    # Debug info is 80% of the modules' size and the guest has no use for it.
+    if command -v strip >/dev/null; then
+        find "$out/modules" -name '*.ko' -print0 | xargs -0 -r strip --strip-debug 2>>"$log" || true
+    fi
+    # The interpreter path is absolute, pointing at where $out is about to be renamed to.
+    patchelf --set-interpreter "$KDIR/lib/ld-linux-x86-64.so.2" --set-rpath "$KDIR/lib" "$out/linux" >>"$log" 2>&1 \
+        || fetch_fail "patchelf on the UML binary failed"
+    if [ -f "$out/config.gz" ] && ! zgrep -qx 'CONFIG_IO_URING_ZCRX=y' "$out/config.gz"; then
+        fetch_fail "Debian's user-mode-linux $kver was built without CONFIG_IO_URING_ZCRX"
+    fi
+    {
+        echo "kernel=$kver"
+        for deb in "$build"/*.deb; do echo "$(dpkg-deb -f "$deb" Package)=$(dpkg-deb -f "$deb" Version)"; done
+        echo "fetched=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "cache=$KDIR"
+    } >"$out/info"
+
+    rm -rf "$KDIR"          # a kernel prepared for another cache location, if any
+    mv -T "$out" "$KDIR" || fetch_fail "cannot rename the prepared kernel into $KDIR"
+    rm -rf "$build"
+    say "guest kernel $kver ready ($(du -sh "$KDIR" | cut -f1), $((SECONDS - t0)) s)"
+}
+
+# Directory for UML's guest-RAM backing file (it honours TMPDIR). It must allow
+# PROT_EXEC mappings (not noexec) and should be tmpfs with room for the whole guest RAM;
+# /dev/shm usually is, but not in containers (64 MiB, noexec).
+ram_dir() {
+    local need d avail
+    need=$(mem_bytes "$MEM")
+    for d in /dev/shm "${TMPDIR:-/tmp}" /tmp "$CACHE"; do
+        [ -d "$d" ] && [ -w "$d" ] || continue
+        findmnt -no OPTIONS --target "$d" 2>/dev/null | tr ',' '\n' | grep -qx noexec && continue
+        avail=$(df -P -B1 "$d" 2>/dev/null | awk 'NR==2 {print $4}')
+        [ -n "$avail" ] && [ "$avail" -ge "$need" ] && { echo "$d"; return 0; }
+    done
+    unavailable "no directory with $MEM free (and exec allowed) for the guest's RAM; try a smaller --mem"
+}
+
+# Run directories of runners that died without cleaning up
+clean_stale_runs() {
+    local d pid
+    for d in "$CACHE"/runs/run.*; do
+        [ -d "$d" ] || continue
+        pid=$(cat "$d/pid" 2>/dev/null) || pid=
+        if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+            # a freshly made dir may not have its pid file yet: leave young ones alone
+            [ -n "$pid" ] || [ -n "$(find "$d" -maxdepth 0 -mmin +5)" ] || continue
+            rm -rf "$d"
+        fi
+    done
+}
+
+# Variables carried from the caller into the guest command's environment. The guest
+# starts from a clean environment (HOME=/root, TERM=dumb, ...) plus these.
+carried_vars() {
+    local v
+    for v in PATH VIRTUAL_ENV PYENV_VERSION LANG LC_ALL TZ PYTEST_ADDOPTS ${AIOZCRX_GUEST_ENV:-}; do
+        [ -n "${!v+x}" ] && echo "$v"
+    done
+    # PYTHON* (PYTHONPATH, PYTHONHASHSEED, ...) and the project's own AIOZCRX_* knobs;
+    # AIOZCRX_UML_* belong to this runner.
+    compgen -e | grep -E '^(PYTHON|AIOZCRX_)' | grep -vE '^AIOZCRX_(UML_|GUEST$)'
+}
+
+# The script the guest runs for the command: environment, directory, command.
+write_command_file() {
+    local v
+    echo "# written by $ME for one guest run"
+    for v in $(carried_vars | sort -u); do printf 'export %s=%q\n' "$v" "${!v}"; done
+    echo "export AIOZCRX_GUEST=1"
+    printf 'cd -- %q || exit 126\n' "$PWD"
+    printf 'exec bash -c %q\n' "$COMMAND"
+}
+
+# Kill UML and every process of it. UML makes itself a session leader (setsid) and
+# its guest processes ("uml-userspace") share its process group.
+kill_guest() {
+    kill -KILL -- "-$GUEST_PID" 2>/dev/null
+    kill -KILL "$GUEST_PID" 2>/dev/null
+}
+
+# The caller's own signal (Ctrl-C, a harness's timeout): take the guest down with us.
+# shellcheck disable=SC2329   # a trap handler
+on_signal() {
+    INTERRUPTED=$1
+    [ -n "${GUEST_PID:-}" ] || exit $((128 + $1))
+    kill_guest
+}
+
+# shellcheck disable=SC2329   # a trap handler
+cleanup_run() {
+    [ -n "${RUN:-}" ] && [ -z "${AIOZCRX_UML_KEEP:-}" ] && rm -rf "$RUN"
+}
+
+# Boot the guest on $COMMAND; exit with the command's status.
+run_guest() {
+    clean_stale_runs
+    local memdir; memdir=$(ram_dir)
+    RUN=$(mktemp -d "$CACHE/runs/run.XXXXXX") || unavailable "cannot write to $CACHE/runs"
+    trap cleanup_run EXIT
+    echo $$ >"$RUN/pid"
+    cp "$SELF" "$RUN/init" && chmod +x "$RUN/init"   # a copy: the script may be edited meanwhile
+    write_command_file >"$RUN/cmd"
+    [ ${#RW_DIRS[@]} -eq 0 ] || printf '%s\n' "${RW_DIRS[@]}" >"$RUN/rw"
+    local log=${LOGFILE:-$RUN/console.log}
+    : >"$log"
+
+    local kver; kver=$(sed -n 's/^kernel=//p' "$KDIR/info")
+    local deadline=$(( $(date +%s) + TIMEOUT ))
+    # shellcheck disable=SC2054   # the commas belong to UML's channel syntax
+    local -a kargs=(
+        mem="$MEM"
+        root=/dev/root rootfstype=hostfs rootflags=/ ro init="$RUN/init"
+        # con0 is the kernel console (printk, init's own messages) -> log file (fd 3);
+        # con1 carries the command's output -> fd 4 -> our stdout. ssl: serial lines off.
+        con=null con0=null,fd:3 con1=null,fd:4 ssl=null
+        ubd0=/dev/null      # else UML looks for ./root_fs
+        uml_dir="$RUN"      # its pid file and mconsole socket; not in ~/.uml
+        noreboot            # a guest reboot ends UML instead of booting again
+        printk.time=1       # timestamps in the console log
+        aiozcrx.run="$RUN" aiozcrx.kver="$kver" aiozcrx.mod="$KDIR/modules/$kver"
+        aiozcrx.deadline="$deadline")
+    [ -z "${AIOZCRX_UML_DEBUG:-}" ] || kargs+=(aiozcrx.debug=1)
+
+    # fd 4 is a pipe of our own (FIFO + cat) rather than our stdout: UML makes its
+    # console fds non-blocking, and on a shared stdout that would leak to the caller.
+    mkfifo "$RUN/out"
+    cat "$RUN/out" &
+    local relay=$!
+    INTERRUPTED='' GUEST_PID=''
+    trap 'on_signal 2' INT; trap 'on_signal 15' TERM; trap 'on_signal 1' HUP
+    # The subshell execs UML, so $! is UML's pid. LD_*: the binary must find sid's libc.
+    ( exec env -u LD_LIBRARY_PATH -u LD_PRELOAD TMPDIR="$memdir" "$KDIR/linux" "${kargs[@]}"
+    ) </dev/null 3>>"$log" 4>"$RUN/out" >>"$log" 2>&1 &
+    GUEST_PID=$!
+    # Hard limit, for a guest that cannot stop itself (the guest kills the command at
+    # the deadline and powers off). Its own fds go to /dev/null so that it never holds
+    # the caller's pipes open; it outlives us if we are SIGKILLed, and still fires.
+    (
+        trap 'kill $sleeper 2>/dev/null; exit 0' TERM
+        sleep $((TIMEOUT + GRACE)) & sleeper=$!
+        wait $sleeper
+        : >"$RUN/hardkill"
+        kill_guest
+    ) </dev/null >/dev/null 2>&1 &
+    local timer=$!
+    local st=0
+    while :; do
+        wait "$GUEST_PID" 2>/dev/null; st=$?    # (2>: no "Killed" job notice)
+        kill -0 "$GUEST_PID" 2>/dev/null || break   # else wait was cut short by a signal
+    done
+    kill "$timer" 2>/dev/null; wait "$timer" 2>/dev/null
+    # The relay ends when the last writer is gone; give it a moment, then stop it.
+    local i
+    for i in $(seq 50); do kill -0 "$relay" 2>/dev/null || break; sleep 0.1; done
+    kill "$relay" 2>/dev/null; wait "$relay" 2>/dev/null
+    trap - INT TERM HUP
+    [ -z "$INTERRUPTED" ] || { say "interrupted; guest killed"; exit $((128 + INTERRUPTED)); }
+
+    [ -z "${AIOZCRX_UML_DEBUG:-}" ] || { say "guest console log:"; cat "$log" >&2; }
+    local rc; rc=$(cat "$RUN/rc" 2>/dev/null) || rc=
+    if [ -z "$rc" ] && [ -e "$RUN/hardkill" ]; then
+        fail_with_console 124 "$log" "the guest did not stop by itself within ${GRACE} s of the ${TIMEOUT} s time limit; UML killed"
+    elif [ -e "$RUN/timedout" ]; then
+        fail_with_console 124 "$log" "the command ran past the ${TIMEOUT} s time limit and was killed (process list and kernel task dump are in the console log)"
+    elif [[ $rc =~ ^[0-9]+$ ]]; then
+        exit "$rc"
+    elif [ -s "$RUN/setup-error" ]; then
+        fail_with_console 125 "$log" "guest setup failed: $(cat "$RUN/setup-error")"
+    else
+        fail_with_console 125 "$log" "the guest produced no exit status (UML exit status $st; kernel $kver)"
+    fi
+}
+
+# Say why, show the end of the console log, keep the log, exit with $1.
+fail_with_console() {
+    local code=$1 log=$2 why=$3 kept=$2
+    if [ -z "$LOGFILE" ]; then
+        kept=$CACHE/logs/console-$(date +%Y%m%d-%H%M%S)-$$.log
+        cp "$log" "$kept" 2>/dev/null || kept=$log
+        # keep the 20 newest
+        find "$CACHE/logs" -name 'console-*.log' -printf '%T@ %p\n' | sort -rn | tail -n +21 \
+            | cut -d' ' -f2- | xargs -r -d '\n' rm -f
+    fi
+    say "$why"
+    say "---- last $TAIL_LINES lines of the guest console ($kept) ----"
+    tail -n "$TAIL_LINES" "$log" >&2
+    say "---- end of guest console ----"
+    exit "$code"
+}
+
+# --check: prepare everything, then boot once and verify what the runner promises.
+self_test() {
+    local out err rc
+    err=$(mktemp)
+    # shellcheck disable=SC2016   # expanded in the guest
+    out=$(cd / && "$SELF" --timeout 120 --mem "$MEM" -- '
+        set -e
+        [ "$AIOZCRX_GUEST" = 1 ]
+        [ "$(ulimit -l)" = unlimited ]
+        ip -o link show lo | grep -q "UP"
+        touch /tmp/.aiozcrx-check /dev/shm/.aiozcrx-check
+        [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = 0 ]
+        echo "guest-ok $(uname -r)"' 2>"$err")
+    rc=$?
+    if [ $rc -ne 0 ] || [[ $out != *guest-ok* ]]; then
+        local why; why=$(grep -v -e '^----' -e "^$ME: ----" "$err" | grep "^$ME:" | head -1)
+        rm -f "$err"
+        [ $rc -eq 77 ] && unavailable "${why#"$ME: unavailable: "}"
+        unavailable "test boot failed (status $rc): ${why#"$ME: "}"
+    fi
+    rm -f "$err"
+    local kver=${out##*guest-ok }
+    # zcrx without a real NIC (ZCRX_REG_NODEV) needs 7.1
+    local major=${kver%%.*} minor=${kver#*.}; minor=${minor%%.*}
+    if [ "$major" -lt 7 ] || { [ "$major" = 7 ] && [ "$minor" -lt 1 ]; }; then
+        unavailable "guest kernel $kver is older than 7.1 (no ZCRX_REG_NODEV)"
+    fi
+    echo "$ME: ok: guest kernel $kver ($(grep -E '^(user-mode-linux|libc6)=' "$KDIR/info" | tr '\n' ' ')cache $CACHE)"
+}
+
+host_main() {
+    parse_args "$@"
+    check_platform
+    setup_cache_paths
+    ensure_host_tools
+    prepare_kernel
+    if [ "$MODE" = check ]; then self_test; exit 0; fi
+    run_guest
+}
+
+# ---------------------------------------------------------------------------------------
+# Guest side: this script runs as PID 1 of the UML guest. Root is the host's / through
+# hostfs, read-only; only /proc, /sys and /dev (devtmpfs) are set up by the kernel.
+# ---------------------------------------------------------------------------------------
+
+# Record why setup failed where the host will look (/run/host once it is mounted) and
+# on the console, then stop the guest.
+guest_fail() {
+    echo "$ME (guest): $*" >&2
+    [ -d /run/host ] && echo "$*" >/run/host/setup-error
+    [ -d /run/aiozcrx ] && echo "$*" >/run/aiozcrx/setup-error
+    guest_poweroff
+}
+
+guest_poweroff() {
+    sync
+    echo o >/proc/sysrq-trigger     # immediate power-off; needs no host program
+    sleep 10
+    poweroff -f -f                  # not reached in practice
+}
+
+# Build the guest's filesystem view: overlay (tmpfs over the host's /) as the new root.
+guest_setup_root() {
+    local run=$1 mod=$2 kver=$3
+    mount -t tmpfs -o mode=755 guest /run || guest_fail "tmpfs on /run failed"
+    mkdir -p /run/host /run/ovl/upper /run/ovl/work /run/root
+    # The run directory, read-write on the host: command file in, exit status out.
+    mount -t hostfs -o "$run" hostfs /run/host || guest_fail "cannot mount the run directory $run"
+
+    local a b has_overlay=    # lines: "nodev<TAB>name" or "<TAB>name"
+    while read -r a b; do [ "${b:-$a}" = overlay ] && has_overlay=1; done </proc/filesystems
+    if [ -z "$has_overlay" ]; then      # a module in Debian's build
+        insmod "$mod/kernel/fs/overlayfs/overlay.ko" || guest_fail "insmod overlay.ko failed"
+    fi
+    mount -t overlay overlay -o lowerdir=/,upperdir=/run/ovl/upper,workdir=/run/ovl/work /run/root \
+        || guest_fail "overlay mount over the host root failed"
+    local m
+    for m in proc sys dev; do mount --move "/$m" "/run/root/$m" || guest_fail "moving /$m failed"; done
+    { cd /run/root && mkdir -p mnt && pivot_root . mnt; } || guest_fail "pivot_root into the overlay failed"
+    cd /
+    # The old root (hostfs /) now sits at /mnt, with the first /run below it: take the
+    # run directory out, then drop the rest (the overlay keeps what it uses alive).
+    mount -t tmpfs -o mode=755 run /run
+    { mkdir -p /run/aiozcrx && mount --move /mnt/run/host /run/aiozcrx; } || guest_fail "moving the run directory failed"
+    umount -l /mnt
+
+    mkdir -p /dev/pts /dev/shm
+    mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+    mount -t tmpfs -o mode=1777 shm /dev/shm
+    # /tmp stays the host's /tmp seen through the overlay: host files there are readable,
+    # writes stay in the guest.
+    # Let unprivileged users (tests switch to `nobody`) reach Pythons and venvs under
+    # /root (mode 700 on Debian): traverse only, and only in the guest's overlay.
+    chmod o+x /root 2>/dev/null
+
+    # Host directories the caller wants written through (--rw)
+    if [ -s /run/aiozcrx/rw ]; then
+        local d
+        while IFS= read -r d; do
+            mount -t hostfs -o "$d" hostfs "$d" || guest_fail "--rw $d: hostfs mount failed"
+        done </run/aiozcrx/rw
+    fi
+    # So that `modprobe veth` etc. work in the guest
+    mkdir -p /lib/modules && ln -sfn "$mod" "/lib/modules/$kver"
+}
+
+guest_setup_system() {
+    ip link set lo up || guest_fail "cannot bring loopback up (ip link set lo up)"
+    echo aiozcrx-guest >/proc/sys/kernel/hostname
+    # io_uring zcrx areas are pinned memory: no memlock limit for the command
+    ulimit -l unlimited
+    ulimit -n 65536
+    ulimit -c 0
+}
+
+# Processes of session $1 (the command's): state, wait channel, command line, and the
+# kernel stack of each, for diagnosing a hang.
+# (Read from /proc directly: ps may not be installed on the host.)
+guest_show_processes() {
+    local sid=$1 d stat
+    echo "$ME (guest): processes of the command (session $sid):"
+    for d in /proc/[0-9]*; do
+        stat=$(cat "$d/stat" 2>/dev/null) || continue
+        # fields after "pid (comm) ": state ppid pgrp session ...
+        # shellcheck disable=SC2086   # split into fields on purpose
+        set -- ${stat##*) }
+        [ "${4:-}" = "$sid" ] || continue
+        echo "-- pid ${d#/proc/} ppid $2 state $1 wchan $(cat "$d/wchan" 2>/dev/null):" \
+             "$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null | cut -c1-300)"
+        cat "$d/stack" 2>/dev/null
+    done
+}
+
+# Run the command with its output on con1 (-> host stdout), under the deadline.
+guest_run_command() {
+    local deadline=$1 out=/dev/tty1
+    # Raw: no \n -> \r\n translation, no echo, no signals from the line.
+    stty -F "$out" raw -echo 2>/dev/null
+    env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash TERM=dumb LANG=C.UTF-8 \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        setsid bash /run/aiozcrx/cmd </dev/null >"$out" 2>&1 &
+    local pid=$!    # also the process group (setsid), so the whole tree can be killed
+
+    local left=$(( deadline - EPOCHSECONDS ))
+    [ "$left" -gt 0 ] || left=1
+    (
+        sleep "$left"
+        : >/run/aiozcrx/timedout
+        # Full kernel view first (long), then a short summary that ends up in the tail
+        # the host prints: the command's processes, where each waits, kernel stacks.
+        echo "$ME (guest): time limit reached; kernel task dump (sysrq t):"
+        echo t >/proc/sysrq-trigger
+        sleep 0.2
+        guest_show_processes "$pid"
+        kill -KILL -- "-$pid"
+        echo "$ME (guest): command killed after the time limit"
+    ) >/dev/console 2>&1 &
+    local watchdog=$!
+
+    wait "$pid" 2>/dev/null     # (2>: no "Killed" job notice on the console)
+    local rc=$?
+    kill "$watchdog" 2>/dev/null
+    echo "$rc" >/run/aiozcrx/rc
+    echo "$ME (guest): command exited with status $rc" >/dev/console
+}
+
+guest_main() {
+    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    mount -t proc proc /proc
+    mount -t sysfs sysfs /sys
+    # Our parameters, aiozcrx.NAME=VALUE on the kernel command line (bash builtins only
+    # here and below where it is easy: every fork+exec costs ~20 ms in UML)
+    local w run='' mod='' kver='' deadline=''
+    local -a words
+    read -r -a words </proc/cmdline
+    for w in "${words[@]}"; do
+        case $w in
+            aiozcrx.run=*) run=${w#*=} ;;
+            aiozcrx.mod=*) mod=${w#*=} ;;
+            aiozcrx.kver=*) kver=${w#*=} ;;
+            aiozcrx.deadline=*) deadline=${w#*=} ;;
+            aiozcrx.debug=1) PS4='+ $EPOCHREALTIME '; set -x ;;
+        esac
+    done
+    [ -n "$run" ] && [ -n "$mod" ] && [ -n "$kver" ] && [ -n "$deadline" ] \
+        || guest_fail "missing aiozcrx.* kernel parameters"
+    guest_setup_root "$run" "$mod" "$kver"
+    guest_setup_system
+    guest_run_command "$deadline"
+    guest_poweroff
+}
+
+# PID 1 means we are the guest's init; otherwise the host-side runner.
+if [ $$ -eq 1 ]; then guest_main; exit 1; else host_main "$@"; fi
