@@ -423,7 +423,7 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
     uint32_t queued = 0;
     if (a->kind == KIND_ZCRX && !a->closed)
         queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i,s:K}",
                          "buffers_outstanding", a->outstanding,
                          "buffers_returned", a->returned,
                          "refill_publishes", a->publishes,
@@ -433,9 +433,10 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
                          "buffers_total", a->nbufs,
                          "area_size", (Py_ssize_t)a->len,
                          "buffer_size", a->buf_size,
-                         "buffers_free", a->kind == KIND_POOL ? a->nfree : 0,
+                         "buffers_free", a->nbufs - (uint32_t)a->outstanding,
                          "closed", a->closed,
-                         "starved", a->starved);
+                         "starved", a->starved,
+                         "area_addr", (unsigned long long)(uintptr_t)a->base);
 }
 
 static PyObject *

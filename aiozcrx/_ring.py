@@ -64,6 +64,7 @@ class Ring:
     """
 
     def __init__(self, *, sq_entries: int = 256, cq_entries: int = 8192, cqe32: bool = False):
+        cq_entries = max(cq_entries, sq_entries * 2)  # the kernel wants cq >= sq
         base = lib.AZX_SETUP_SINGLE_ISSUER | lib.AZX_SETUP_DEFER_TASKRUN
         if cqe32:
             base |= lib.AZX_SETUP_CQE32

@@ -330,35 +330,36 @@ class ZcrxEngine(_RingEngine):
         if_idx = 0 if self.nodev else socket.if_nametoindex(cfg.interface)
         rxq = 0 if self.nodev else cfg.queue
         notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
+        err = self._try_register(mapping, if_idx, rxq, notif_mask)
+        if err is not None and notif_mask and err.errno == errno.EINVAL:
+            # kernels before 7.2 reject the notification descriptor: go without
+            err = self._try_register(mapping, if_idx, rxq, 0)
+            self.stats["notifications"] = "unsupported"
+        elif err is None and notif_mask:
+            self.stats["notifications"] = "on"
+        if err is not None:
+            self.area.close()
+            self.area = None  # last reference: the area is unmapped here
+            self.ring.close()
+            self.ring = None
+            raise self._explain(err)
+        self.zcrx_id = self.info.zcrx_id
+        self._start(loop)
+
+    def _try_register(self, mapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
+        """Registers; returns the kernel's refusal instead of raising it, with its
+        traceback dropped: those frames hold the Area, and a caller keeping the
+        exception must not keep the area mapped."""
+        cfg = self.config
         try:
             self.info = _ring.register_zcrx(
                 self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.rq_entries,
                 nodev=self.nodev, kernel_region=cfg.kernel_region,
                 notif_ud=user_data(UD_NOTIF, 0), notif_mask=notif_mask)
         except OSError as e:
-            if notif_mask and e.errno == errno.EINVAL:
-                # kernels before 7.2 reject the notification descriptor: go without
-                try:
-                    self.info = _ring.register_zcrx(
-                        self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq,
-                        rq_entries=cfg.rq_entries, nodev=self.nodev,
-                        kernel_region=cfg.kernel_region)
-                    self.stats["notifications"] = "unsupported"
-                except OSError as e2:
-                    e = e2
-                else:
-                    e = None
-            if e is not None:
-                self.area.close()
-                self.area = None  # last ref: area memory unmapped
-                self.ring.close()
-                self.ring = None
-                raise self._explain(e) from None
-        else:
-            if notif_mask:
-                self.stats["notifications"] = "on"
-        self.zcrx_id = self.info.zcrx_id
-        self._start(loop)
+            e.__traceback__ = None
+            return e
+        return None
 
     def _explain(self, e: OSError) -> ZcrxUnavailable:
         cfg = self.config
@@ -450,6 +451,7 @@ class UringEngine(_RingEngine):
                 self.area = None
             self.ring.close()
             self.ring = None
+            e.__traceback__ = None  # its frames hold the Area (see ZcrxEngine.open)
             raise _uring_error(self.name, e) from None
         self._start(loop)
 

@@ -6,6 +6,13 @@ import errno as _errno
 import os
 
 
+def errno_name(err: int) -> str:
+    """Symbolic errno; EOPNOTSUPP rather than its alias ENOTSUP, as the kernel docs say."""
+    if err == _errno.EOPNOTSUPP:
+        return "EOPNOTSUPP"
+    return _errno.errorcode.get(err, str(err))
+
+
 class AiozcrxError(Exception):
     """Base class of aiozcrx's own exceptions."""
 
@@ -21,7 +28,7 @@ class EngineUnavailable(AiozcrxError, OSError):
         self.engine = engine
         self.cause = cause
         self.fix = fix
-        name = _errno.errorcode.get(err, str(err))
+        name = errno_name(err)
         text = f"{name}: {cause}"
         if fix:
             text += f" (fix: {fix})"
@@ -30,7 +37,7 @@ class EngineUnavailable(AiozcrxError, OSError):
     @property
     def reason(self) -> str:
         """Short form used in fallback reasons: "EOPNOTSUPP: lo has no queue API"."""
-        return f"{_errno.errorcode.get(self.errno, str(self.errno))}: {self.cause}"
+        return f"{errno_name(self.errno)}: {self.cause}"
 
     def __str__(self) -> str:  # OSError's default prints "[Errno N] ..."
         return f"engine {self.engine!r} unavailable: {self.strerror}"

@@ -1,0 +1,84 @@
+"""What this machine's kernel can do, found by asking it (used by `aiozcrx doctor`)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import platform
+
+from . import _ring
+from . import engines as _engines
+from .errors import EngineUnavailable, errno_name
+from .receiver import DEFAULT_BUF_SIZE, validate
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kernel_report() -> dict:
+    """Kernel release and io_uring/zcrx capabilities, each probed for real."""
+    rep: dict = {
+        "release": platform.release(),
+        "io_uring_disabled": _read_int("/proc/sys/kernel/io_uring_disabled"),
+        "io_uring": False,
+        "zcrx_query": _ring.query_zcrx(),
+        "zcrx_nodev": False,
+        "reason": "",
+    }
+    try:
+        ring = _ring.Ring(cq_entries=64, cqe32=True)
+    except OSError as e:
+        rep["reason"] = f"io_uring_setup: {errno_name(e.errno)}: {e.strerror}"
+        return rep
+    rep["io_uring"] = True
+    rep["recv_zc_opcode"] = ring.supports_op(_ring.OP_RECV_ZC)
+    ring.close()
+    engine, tried = choose_engine()
+    rep["zcrx_nodev"] = any(name == "zcrx-copy" and ok for name, ok, _ in tried)
+    rep["reason"] = "; ".join(f"{n}: {why}" for n, ok, why in tried if not ok)
+    return rep
+
+
+def choose_engine(interface: str | None = None, queue: int | None = None,
+                  area_size: int = 4 * 1024 * 1024) -> tuple[str, list[tuple[str, bool, str]]]:
+    """The engine ``engine="auto"`` would pick here, and per engine tried, why.
+
+    Each engine is really opened (ring, area, registration) and closed again.
+    """
+    validate(engine="auto", interface=interface, queue=queue, area_size=area_size,
+             rq_entries=1024, buf_size=DEFAULT_BUF_SIZE, cq_entries=1024)
+    cfg = _engines.Config(engine="auto", interface=interface, queue=queue, area_size=area_size,
+                          rq_entries=1024, copy=False, buf_size=DEFAULT_BUF_SIZE, hugepages=False,
+                          kernel_region=False, cq_entries=1024, notifications=False)
+    loop = asyncio.new_event_loop()
+    try:
+        tried: list[tuple[str, bool, str]] = []
+        chosen = "socket"
+        for name in _engines.ENGINES:
+            if name == "zcrx" and (interface is None or queue is None):
+                tried.append((name, False, "no interface/queue given"))
+                continue
+            eng = _engines.make_engine(name, cfg)
+            try:
+                eng.open(loop)
+            except EngineUnavailable as e:
+                tried.append((name, False, e.reason))
+                continue
+            eng.close()
+            tried.append((name, True, "works here"))
+            chosen = name
+            break
+        return chosen, tried
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":  # python -m aiozcrx.probe
+    import json
+    print(json.dumps(kernel_report(), indent=2, default=str))

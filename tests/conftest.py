@@ -1,0 +1,52 @@
+"""Shared test setup.
+
+- Every async test runs on the stock asyncio loop and on uvloop (pytest-asyncio's
+  loop-factory hook parametrizes them).
+- ``guest`` tests need a 7.1+ kernel with ZCRX_REG_NODEV. On the host they are
+  skipped with the reason; inside the User-Mode Linux guest (AIOZCRX_GUEST=1) a
+  skip of a guest test is turned into a failure: there it must run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+
+import pytest
+import uvloop
+
+IN_GUEST = os.environ.get("AIOZCRX_GUEST") == "1"
+
+
+def pytest_asyncio_loop_factories(config, item):
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@functools.lru_cache(maxsize=None)
+def zcrx_copy_reason() -> str | None:
+    """None if engine "zcrx-copy" works here, else why not."""
+    from aiozcrx.probe import choose_engine
+
+    _engine, tried = choose_engine()
+    for name, ok, why in tried:
+        if name == "zcrx-copy":
+            return None if ok else why
+    return "not probed"
+
+
+@pytest.fixture
+def need_zcrx_copy():
+    why = zcrx_copy_reason()
+    if why is not None:
+        pytest.skip(f"needs zcrx with ZCRX_REG_NODEV (Linux 7.1+): {why}; "
+                    "`make test` runs this in the User-Mode Linux guest")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if IN_GUEST and rep.skipped and item.get_closest_marker("guest") is not None:
+        rep.outcome = "failed"
+        rep.longrepr = f"guest test skipped inside the guest (must run here): {rep.longrepr}"

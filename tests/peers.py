@@ -1,0 +1,141 @@
+"""Peers for the tests: senders in other processes, sockets, byte patterns, and the
+fd / mapping counters used to check that nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import os
+import random
+import socket
+import struct
+
+BLOCK = 1 << 20
+_ctx = multiprocessing.get_context("spawn")
+
+
+def payload(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _stream_blocks(seed: int, total: int):
+    rnd = random.Random(seed)
+    base = rnd.randbytes(BLOCK)
+    sent = 0
+    i = 0
+    while sent < total:
+        n = min(BLOCK, total - sent)
+        # vary each block cheaply so a dropped or repeated block changes the hash
+        blk = struct.pack("<Q", i) + base[8:n] if n > 8 else base[:n]
+        yield blk
+        sent += n
+        i += 1
+
+
+def stream_sha256(seed: int, total: int) -> str:
+    h = hashlib.sha256()
+    for blk in _stream_blocks(seed, total):
+        h.update(blk)
+    return h.hexdigest()
+
+
+def _bulk_sender(port: int, seed: int, total: int, mode: str) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        for blk in _stream_blocks(seed, total):
+            s.sendall(blk)
+        if mode == "reset":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif mode == "eof-wait":
+            s.shutdown(socket.SHUT_WR)
+            # read whatever the receiver writes back until it closes
+            while s.recv(65536):
+                pass
+
+
+def start_sender(port: int, seed: int, total: int, mode: str = "close"):
+    p = _ctx.Process(target=_bulk_sender, args=(port, seed, total, mode), daemon=True)
+    p.start()
+    return p
+
+
+def _many_sender(port: int, sizes: list[int], seeds: list[int]) -> None:
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in sizes]
+    for s, size, seed in zip(socks, sizes, seeds):
+        # first 4 bytes: the connection's index, so the receiver knows what to expect
+        s.sendall(struct.pack("<I", seeds.index(seed)))
+    data = [memoryview(payload(seed, size)) for seed, size in zip(seeds, sizes)]
+    pos = [0] * len(socks)
+    for s in socks:
+        s.setblocking(False)
+    pending = set(range(len(socks)))
+    import selectors
+    sel = selectors.DefaultSelector()
+    for i in pending:
+        sel.register(socks[i], selectors.EVENT_WRITE, i)
+    while pending:
+        for key, _ in sel.select():
+            i = key.data
+            try:
+                n = socks[i].send(data[i][pos[i]:pos[i] + 65536])
+            except BlockingIOError:
+                continue
+            pos[i] += n
+            if pos[i] == len(data[i]):
+                sel.unregister(socks[i])
+                socks[i].shutdown(socket.SHUT_WR)
+                pending.discard(i)
+    for s in socks:
+        s.setblocking(True)
+        s.settimeout(30)
+        try:
+            s.recv(1)
+        except OSError:
+            pass
+        s.close()
+
+
+def start_many(port: int, sizes: list[int], seeds: list[int]):
+    p = _ctx.Process(target=_many_sender, args=(port, sizes, seeds), daemon=True)
+    p.start()
+    return p
+
+
+class Listener:
+    """A loopback listening socket with an awaitable accept."""
+
+    def __init__(self, backlog: int = 512):
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=backlog)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+
+    async def accept(self) -> socket.socket:
+        conn, _ = await asyncio.get_running_loop().sock_accept(self.sock)
+        return conn
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def mappings() -> list[str]:
+    with open("/proc/self/maps") as f:
+        return f.read().splitlines()
+
+
+def is_mapped(addr: int) -> bool:
+    for line in mappings():
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= addr < hi:
+            return True
+    return False
+
+
+async def join(proc, timeout: float = 60.0) -> int:
+    """Waits for a sender process without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(loop.run_in_executor(None, proc.join), timeout)
+    return proc.exitcode

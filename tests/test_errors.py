@@ -1,0 +1,131 @@
+"""Engine choice and bad input: typed errors naming errno and cause, before the
+kernel is touched where possible, and no leaked fd or mapping either way."""
+
+from __future__ import annotations
+
+import errno
+import glob
+
+import pytest
+
+import aiozcrx
+from peers import mappings, open_fds
+
+
+
+
+def _rx_queues(ifname: str) -> int:
+    return len(glob.glob(f"/sys/class/net/{ifname}/queues/rx-*"))
+
+
+@pytest.mark.parametrize("ifname", ["lo", "eth0"])
+@pytest.mark.asyncio
+async def test_zcrx_on_interface_without_queue_api_is_typed(ifname):
+    if not _rx_queues(ifname):
+        pytest.skip(f"{ifname} not present here")
+    # warm-up: first-time imports and allocator growth are not leaks
+    with pytest.raises(aiozcrx.ZcrxUnavailable):
+        aiozcrx.Receiver(engine="zcrx", interface=ifname, queue=0).open()
+    fds, maps = open_fds(), len(mappings())
+    with pytest.raises(aiozcrx.ZcrxUnavailable) as ei:
+        async with aiozcrx.Receiver(engine="zcrx", interface=ifname, queue=0):
+            pass
+    e = ei.value
+    assert isinstance(e, OSError)
+    assert e.errno == errno.EOPNOTSUPP
+    assert e.engine == "zcrx"
+    assert "EOPNOTSUPP" in str(e) and ifname in str(e) and "queue API" in str(e)
+    assert open_fds() == fds
+    assert len(mappings()) == maps
+
+
+@pytest.mark.asyncio
+async def test_zcrx_copy_on_this_kernel_is_typed(need_no_nodev):
+    with pytest.raises(aiozcrx.ZcrxUnavailable):
+        aiozcrx.Receiver(engine="zcrx-copy").open()
+    fds, maps = open_fds(), len(mappings())
+    with pytest.raises(aiozcrx.ZcrxUnavailable) as ei:
+        async with aiozcrx.Receiver(engine="zcrx-copy"):
+            pass
+    assert ei.value.errno == errno.EINVAL
+    assert "ZCRX_REG_NODEV" in str(ei.value) and "7.1" in str(ei.value)
+    assert open_fds() == fds and len(mappings()) == maps
+
+
+@pytest.fixture
+def need_no_nodev():
+    from conftest import zcrx_copy_reason
+    if zcrx_copy_reason() is None:
+        pytest.skip("this kernel has ZCRX_REG_NODEV; the refusal is tested where it lacks it")
+
+
+@pytest.mark.asyncio
+async def test_auto_falls_back_and_says_why(need_no_nodev):
+    async with aiozcrx.Receiver(engine="auto", interface="lo", queue=0) as rx:
+        assert rx.engine == "uring"
+        reason = rx.fallback_reason
+        assert "zcrx: EOPNOTSUPP: lo" in reason
+        assert "zcrx-copy: EINVAL" in reason
+        names = [n for n, ok, _ in rx.engines_tried]
+        assert names == ["zcrx", "zcrx-copy", "uring"]
+
+
+@pytest.mark.asyncio
+async def test_auto_without_interface_skips_zcrx_with_reason():
+    async with aiozcrx.Receiver() as rx:
+        assert rx.engines_tried[0] == ("zcrx", False, "no interface= given")
+        assert rx.engine in ("zcrx-copy", "uring")
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(interface="nosuch0"), "unknown interface 'nosuch0'"),
+    (dict(interface="lo", queue=99), "queue 99 out of range"),
+    (dict(interface="lo", queue=-1), "non-negative"),
+    (dict(queue=0), "needs interface"),
+    (dict(area_size=4096 * 10 + 1), "multiple of the page size"),
+    (dict(area_size=0), "positive multiple"),
+    (dict(rq_entries=1000), "power of two"),
+    (dict(rq_entries=65536), "power of two between 1 and 32768"),
+    (dict(engine="dpdk"), "unknown engine 'dpdk'"),
+    (dict(engine="zcrx"), "needs interface= and queue="),
+    (dict(buf_size=1000), "buf_size"),
+])
+def test_bad_input_raises_before_touching_the_kernel(kwargs, words):
+    fds, maps = open_fds(), len(mappings())
+    with pytest.raises(ValueError) as ei:
+        aiozcrx.Receiver(**kwargs)
+    assert words in str(ei.value)
+    assert open_fds() == fds and len(mappings()) == maps
+
+
+@pytest.mark.asyncio
+async def test_failed_open_leaks_nothing_repeatedly():
+    """A registration the kernel refuses must unwind ring, eventfd, area and refill
+    region every time."""
+    fds, maps = open_fds(), len(mappings())
+    for _ in range(20):
+        with pytest.raises(aiozcrx.ZcrxUnavailable):
+            async with aiozcrx.Receiver(engine="zcrx", interface="lo", queue=0):
+                pass
+    assert open_fds() == fds and len(mappings()) == maps
+
+
+@pytest.mark.asyncio
+async def test_open_close_cycles_leak_nothing():
+    import gc
+    gc.collect()
+    fds, maps = open_fds(), len(mappings())
+    for engine in ("uring", "socket"):
+        for _ in range(10):
+            async with aiozcrx.Receiver(engine=engine):
+                pass
+    gc.collect()
+    assert open_fds() == fds and len(mappings()) == maps
+
+
+def test_errors_are_oserrors_with_errno():
+    e = aiozcrx.ZcrxUnavailable("zcrx", errno.EPERM, "registering zcrx needs CAP_NET_ADMIN", "run as root")
+    assert isinstance(e, OSError) and isinstance(e, aiozcrx.EngineUnavailable)
+    assert e.errno == errno.EPERM
+    assert e.reason == "EPERM: registering zcrx needs CAP_NET_ADMIN"
+    assert "fix: run as root" in str(e)
