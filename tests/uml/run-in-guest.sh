@@ -365,7 +365,9 @@ run_guest() {
     : >"$log"
 
     local kver; kver=$(sed -n 's/^kernel=//p' "$KDIR/info")
-    local deadline=$(( $(date +%s) + TIMEOUT ))
+    # when the guest kills the command: wall-clock microseconds (the guest's clock is
+    # the host's)
+    local deadline=$(( ${EPOCHREALTIME/./} + TIMEOUT * 1000000 ))
     # shellcheck disable=SC2054   # the commas belong to UML's channel syntax
     local -a kargs=(
         mem="$MEM"
@@ -378,7 +380,7 @@ run_guest() {
         noreboot            # a guest reboot ends UML instead of booting again
         printk.time=1       # timestamps in the console log
         aiozcrx.run="$RUN" aiozcrx.kver="$kver" aiozcrx.mod="$KDIR/modules/$kver"
-        aiozcrx.deadline="$deadline")
+        aiozcrx.deadline_us="$deadline")
     [ -z "${AIOZCRX_UML_DEBUG:-}" ] || kargs+=(aiozcrx.debug=1)
 
     # fd 4 is a pipe of our own (FIFO + cat) rather than our stdout: UML makes its
@@ -567,15 +569,16 @@ guest_setup_system() {
 # kernel stack of each, for diagnosing a hang.
 # (Read from /proc directly: ps may not be installed on the host.)
 guest_show_processes() {
-    local sid=$1 d stat
+    local sid=$1 d stat wchan
     echo "$ME (guest): processes of the command (session $sid):"
     for d in /proc/[0-9]*; do
-        stat=$(cat "$d/stat" 2>/dev/null) || continue
+        read -r stat <"$d/stat" 2>/dev/null || continue     # (builtin: no fork per pid)
         # fields after "pid (comm) ": state ppid pgrp session ...
         # shellcheck disable=SC2086   # split into fields on purpose
         set -- ${stat##*) }
         [ "${4:-}" = "$sid" ] || continue
-        echo "-- pid ${d#/proc/} ppid $2 state $1 wchan $(cat "$d/wchan" 2>/dev/null):" \
+        read -r wchan <"$d/wchan" 2>/dev/null
+        echo "-- pid ${d#/proc/} ppid $2 state $1 wchan ${wchan:-?}:" \
              "$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null | cut -c1-300)"
         cat "$d/stack" 2>/dev/null
     done
@@ -591,8 +594,9 @@ guest_run_command() {
         setsid bash /run/aiozcrx/cmd </dev/null >"$out" 2>&1 &
     local pid=$!    # also the process group (setsid), so the whole tree can be killed
 
-    local left=$(( deadline - EPOCHSECONDS ))
+    local left=$(( deadline - ${EPOCHREALTIME/./} ))
     [ "$left" -gt 0 ] || left=1
+    left=$((left / 1000000)).$(printf %06d $((left % 1000000)))
     (
         sleep "$left"
         : >/run/aiozcrx/timedout
@@ -628,7 +632,7 @@ guest_main() {
             aiozcrx.run=*) run=${w#*=} ;;
             aiozcrx.mod=*) mod=${w#*=} ;;
             aiozcrx.kver=*) kver=${w#*=} ;;
-            aiozcrx.deadline=*) deadline=${w#*=} ;;
+            aiozcrx.deadline_us=*) deadline=${w#*=} ;;
             aiozcrx.debug=1) PS4='+ $EPOCHREALTIME '; set -x ;;
         esac
     done
