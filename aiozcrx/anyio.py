@@ -1,0 +1,355 @@
+"""anyio byte streams over aiozcrx (anyio's asyncio backend).
+
+    stream = await aiozcrx.anyio.connect_tcp("127.0.0.1", 8000)
+    data = await stream.receive()            # bytes, like any anyio ByteStream
+
+    listener = await aiozcrx.anyio.create_tcp_listener(local_port=8000)
+    await listener.serve(handler)            # handler(stream)
+
+``ZcrxStream`` is an ``anyio.abc.SocketStream`` (so ``SocketAttribute`` extras
+work). Zero copy: ``await stream.receive_view(max_bytes)`` returns a read-only
+memoryview straight over the receive area; the buffer behind it goes back to the
+kernel only when the view is released (``view.release()`` or ``with view:``), so
+release views promptly: views held unreleased stop receiving once the Receiver's
+area is used up. ``receive()`` copies and releases for you.
+
+trio is not supported: the Receiver drives an io_uring ring through the asyncio
+event loop (its reader callbacks and loop scheduling), which anyio's trio
+backend does not have; calling these under trio raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .server import ZcrxServer, create_connection, create_server
+
+__all__ = ["ZcrxListener", "ZcrxStream", "connect_tcp", "create_tcp_listener"]
+
+_DEFAULT_READ_HIGH = 256 * 1024     # bytes held before reading is paused
+
+
+def _require_asyncio() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    backend = "unknown"
+    try:
+        from anyio._core._eventloop import get_async_backend
+        backend = get_async_backend().__name__
+    except Exception:
+        pass
+    raise RuntimeError(
+        "aiozcrx.anyio works on anyio's asyncio backend only; trio is not supported yet "
+        f"(current backend: {backend}): the aiozcrx Receiver runs its io_uring completion "
+        "queue from an asyncio event loop (loop.add_reader on the ring fd, loop callbacks), "
+        "which the trio backend does not provide. Use anyio.run(..., backend='asyncio').")
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """Queues the views it is given (no copy) with read flow control; tracks write
+    flow control and the connection's end."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_high: int = _DEFAULT_READ_HIGH):
+        self._loop = loop
+        self.transport = None
+        self.chunks: collections.deque = collections.deque()
+        self.buffered = 0
+        self.read_high = read_high
+        self.read_paused = False
+        self.eof = False
+        self.exc: BaseException | None = None
+        self.lost = loop.create_future()
+        self._waiter: asyncio.Future | None = None
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future] = []
+        self.on_made = None
+
+    # asyncio callbacks ------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if self.on_made is not None:
+            self.on_made(self)
+
+    def data_received(self, view) -> None:
+        if not isinstance(view, memoryview):
+            view = memoryview(view)
+        if not view.nbytes:
+            return
+        self.chunks.append(view)
+        self.buffered += view.nbytes
+        self._wake()
+        if self.buffered >= self.read_high and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self):
+        self.eof = True
+        self._wake()
+        return True  # keep the write side open; aclose() closes
+
+    def connection_lost(self, exc) -> None:
+        self.exc = exc
+        self.eof = True
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self._wake()
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+
+    # helpers ----------------------------------------------------------
+    def _wake(self) -> None:
+        w, self._waiter = self._waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait_data(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def consumed(self, n: int) -> None:
+        self.buffered -= n
+        if self.read_paused and self.buffered < self.read_high // 2 and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        while self._write_paused and not self.lost.done():
+            w = self._loop.create_future()
+            self._drain_waiters.append(w)
+            await w
+
+    def drop(self) -> None:
+        while self.chunks:
+            self.chunks.popleft().release()
+        self.buffered = 0
+
+
+class ZcrxStream(anyio.abc.SocketStream):
+    """An anyio ``SocketStream`` whose receive side is a ZcrxTransport."""
+
+    def __init__(self, transport, protocol: _StreamProtocol):
+        self._transport = transport
+        self._protocol = protocol
+        self._closed = False
+        self._receiving = False
+        self._sending = False
+        self._sock = transport.get_extra_info("socket")
+
+    @property
+    def transport(self):
+        """The underlying ``ZcrxTransport`` (``transport.stats()``...)."""
+        return self._transport
+
+    @property
+    def _raw_socket(self):
+        return self._sock
+
+    # ---------------------------------------------------------------- receive
+    async def _next_chunk(self) -> memoryview:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        self._receiving = True
+        try:
+            p = self._protocol
+            while not p.chunks:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if p.eof:
+                    if p.exc is not None:
+                        raise anyio.BrokenResourceError from p.exc
+                    if p.lost.done() and self._closed:
+                        raise anyio.ClosedResourceError
+                    raise anyio.EndOfStream
+                await p.wait_data()
+            return p.chunks[0]
+        finally:
+            self._receiving = False
+
+    def _take(self, max_bytes: int) -> memoryview:
+        """Detaches up to max_bytes from the head chunk, as a view."""
+        p = self._protocol
+        head = p.chunks[0]
+        if head.nbytes <= max_bytes:
+            p.chunks.popleft()
+            out = head
+        else:
+            out = head[:max_bytes]
+            p.chunks[0] = head[max_bytes:]
+            head.release()
+        p.consumed(out.nbytes)
+        return out
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Up to ``max_bytes`` as ``bytes`` (a copy; the buffer is released at once).
+        Raises ``anyio.EndOfStream`` at the peer's EOF."""
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        await self._next_chunk()
+        view = self._take(max_bytes)
+        try:
+            return bytes(view)
+        finally:
+            view.release()
+
+    async def receive_view(self, max_bytes: int = 1 << 30) -> memoryview:
+        """Zero copy: up to ``max_bytes`` as a read-only memoryview over the
+        receive area. You must release it (``view.release()`` / ``with view:``)
+        when done: the buffer goes back to the kernel only then. Raises
+        ``anyio.EndOfStream`` at the peer's EOF."""
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        await self._next_chunk()
+        return self._take(max_bytes)
+
+    # ------------------------------------------------------------------- send
+    async def send(self, item) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        p = self._protocol
+        if p.lost.done() or self._transport.is_closing():
+            raise anyio.BrokenResourceError from p.exc
+        self._sending = True
+        try:
+            try:
+                self._transport.write(item)
+            except RuntimeError as exc:  # after send_eof
+                raise anyio.ClosedResourceError from exc
+            await p.drain()
+            if p.exc is not None:
+                raise anyio.BrokenResourceError from p.exc
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._transport.write_eof()
+
+    # ------------------------------------------------------------------ close
+    async def aclose(self) -> None:
+        """Closes the connection (flushing writes) and waits until it is gone.
+        Views from ``receive_view`` stay valid until released."""
+        if self._closed:
+            await asyncio.shield(self._protocol.lost)
+            return
+        self._closed = True
+        p = self._protocol
+        p.drop()
+        p._wake()
+        self._transport.close()
+        try:
+            await asyncio.shield(p.lost)
+        except asyncio.CancelledError:
+            self._transport.abort()
+            raise
+
+    def __del__(self):
+        t = getattr(self, "_transport", None)
+        if t is not None and not getattr(self, "_closed", True) and not t.is_closing():
+            try:
+                t.abort()
+            except Exception:
+                pass
+
+
+async def connect_tcp(remote_host, remote_port: int, *, local_host=None,
+                      read_high: int = _DEFAULT_READ_HIGH, **kw) -> ZcrxStream:
+    """Like ``anyio.connect_tcp`` (no TLS). Keywords go to
+    ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...);
+    ``read_high``: bytes buffered before reading pauses."""
+    loop = _require_asyncio()
+    if local_host is not None:
+        kw["local_addr"] = (local_host, 0)
+    proto = _StreamProtocol(loop, read_high)
+    transport, _ = await create_connection(lambda: proto, str(remote_host), remote_port, **kw)
+    return ZcrxStream(transport, proto)
+
+
+class ZcrxListener(anyio.abc.SocketListener):
+    """An anyio ``SocketListener`` over a ``ZcrxServer``: ``accept()`` /
+    ``serve(handler)`` give ``ZcrxStream``s. With several listening sockets
+    (host None: IPv4 and IPv6), socket extras describe the first."""
+
+    def __init__(self, server: ZcrxServer, queue: asyncio.Queue):
+        self._server = server
+        self._queue = queue
+        self._sock = server.sockets[0]
+        self._closed = False
+
+    @property
+    def server(self) -> ZcrxServer:
+        return self._server
+
+    @property
+    def _raw_socket(self):
+        return self._sock
+
+    async def accept(self) -> ZcrxStream:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        """Stops listening; aborts connections accepted but not handed out.
+        Streams already accepted stay open (close them yourself); the shared
+        Receiver closes when the last of them is closed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._server.close()
+        while not self._queue.empty():
+            stream = self._queue.get_nowait()
+            stream._closed = True
+            stream._protocol.drop()
+            stream._transport.abort()
+        await asyncio.sleep(0)
+
+    async def wait_closed(self) -> None:
+        """Waits until every accepted stream is closed and the Receiver with them."""
+        await self._server.wait_closed()
+
+
+async def create_tcp_listener(local_host=None, local_port: int = 0, *, backlog: int = 65536,
+                              reuse_port: bool = False, read_high: int = _DEFAULT_READ_HIGH,
+                              **kw) -> ZcrxListener:
+    """Like ``anyio.create_tcp_listener``. Keywords go to
+    ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...)."""
+    loop = _require_asyncio()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def factory():
+        p = _StreamProtocol(loop, read_high)
+        p.on_made = lambda proto: queue.put_nowait(ZcrxStream(proto.transport, proto))
+        return p
+
+    server = await create_server(factory, None if local_host is None else str(local_host),
+                                 local_port, backlog=min(backlog, 65536), reuse_port=reuse_port,
+                                 **kw)
+    return ZcrxListener(server, queue)

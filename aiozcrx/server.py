@@ -1,0 +1,455 @@
+"""Servers and client connections whose transports are ZcrxTransports.
+
+``create_server`` and ``create_connection`` mirror ``loop.create_server`` and
+``loop.create_connection``; the difference is the receive path: every accepted
+(or connected) socket is attached to an aiozcrx ``Receiver``, so
+``protocol.data_received`` gets read-only memoryviews over registered memory
+(``bytes`` with ``copy=True``).
+
+- A server owns one Receiver, shared by all its connections. It is closed once
+  the server is closed *and* its last connection is gone; ``wait_closed()``
+  returns after that.
+- ``create_connection`` makes a Receiver owned by the connection, closed right
+  after ``connection_lost``; or pass ``receiver=`` to attach to one of yours
+  (which you then close).
+
+TLS is not supported (``ssl=`` raises ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any, Callable, Iterable
+
+from .receiver import DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_RQ_ENTRIES, Receiver
+
+__all__ = ["ZcrxServer", "create_connection", "create_server"]
+
+_ACCEPT_RETRY_DELAY = 1.0
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class _OwnedReceiver(Receiver):
+    """A Receiver that tells its owner when a connection has gone (after the
+    transport's ``connection_lost``)."""
+
+    def __init__(self, *args, on_forget: Callable[[], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_forget = on_forget
+
+    def _forget(self, transport) -> None:
+        super()._forget(transport)
+        if self._on_forget is not None:
+            self._on_forget()
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
+            and sock.proto == socket.IPPROTO_TCP:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def _check_unsupported(ssl, kwargs: dict, allowed: Iterable[str]) -> None:
+    if ssl:
+        raise ValueError("aiozcrx does not support TLS (ssl=): zero-copy receive delivers the "
+                         "raw TCP stream; terminate TLS elsewhere or use loop.create_server")
+    unknown = set(kwargs) - set(allowed)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+
+
+class ZcrxServer(asyncio.AbstractServer):
+    """What ``create_server`` returns; behaves like ``asyncio.Server``.
+
+    ``close()`` stops listening (connections stay open, as with asyncio);
+    ``close_clients()``/``abort_clients()`` end them; ``wait_closed()`` waits
+    until the server is closed and every connection is gone, then the shared
+    Receiver is closed.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
+                 protocol_factory, receiver: _OwnedReceiver, backlog: int):
+        self._loop = loop
+        self._sockets: list[socket.socket] | None = sockets
+        self._protocol_factory = protocol_factory
+        self._receiver = receiver
+        self._backlog = backlog
+        self._serving = False
+        self._closed = False
+        self._pending: set[asyncio.Task] = set()   # attaches under way
+        self._retry_handles: list[asyncio.TimerHandle] = []
+        self._serving_forever: asyncio.Future | None = None
+        self._done = loop.create_future()           # receiver closed
+        receiver._on_forget = self._maybe_finish
+
+    # ---------------------------------------------------------------- info
+    @property
+    def receiver(self) -> Receiver:
+        """The Receiver shared by this server's connections."""
+        return self._receiver
+
+    @property
+    def sockets(self) -> tuple:
+        if self._sockets is None:
+            return ()
+        return tuple(asyncio.trsock.TransportSocket(s) for s in self._sockets)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def __repr__(self) -> str:
+        return (f"<aiozcrx.ZcrxServer sockets={self.sockets!r} engine={self._receiver.engine!r} "
+                f"connections={len(self._receiver._transports)}>")
+
+    # ------------------------------------------------------------- serving
+    async def start_serving(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start()
+        await asyncio.sleep(0)
+
+    def _start(self) -> None:
+        if self._serving or self._closed:
+            return
+        self._serving = True
+        for sock in self._sockets:
+            self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
+
+    def _accept_ready(self, sock: socket.socket) -> None:
+        for _ in range(self._backlog):
+            if not self._serving:
+                return
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._loop.call_exception_handler({
+                        "message": "socket.accept() out of system resource", "exception": exc,
+                        "socket": asyncio.trsock.TransportSocket(sock)})
+                    self._loop.remove_reader(sock.fileno())
+                    self._retry_handles.append(self._loop.call_later(
+                        _ACCEPT_RETRY_DELAY, self._resume_accept, sock))
+                else:
+                    self._loop.call_exception_handler({
+                        "message": "socket.accept() failed", "exception": exc,
+                        "socket": asyncio.trsock.TransportSocket(sock)})
+                return
+            _set_nodelay(conn)
+            task = self._loop.create_task(self._attach(conn))
+            self._pending.add(task)
+            task.add_done_callback(self._attach_done)
+
+    def _resume_accept(self, sock: socket.socket) -> None:
+        if self._serving and self._sockets is not None and sock in self._sockets:
+            self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
+
+    async def _attach(self, conn: socket.socket) -> None:
+        try:
+            await self._receiver.wrap(conn, self._protocol_factory)
+        except (SystemExit, KeyboardInterrupt):
+            conn.close()
+            raise
+        except BaseException as exc:
+            conn.close()
+            if not isinstance(exc, asyncio.CancelledError):
+                self._loop.call_exception_handler({
+                    "message": "aiozcrx server: could not set up an accepted connection "
+                               "(protocol_factory() or connection_made() failed)",
+                    "exception": exc})
+
+    def _attach_done(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        self._maybe_finish()
+
+    async def serve_forever(self) -> None:
+        if self._serving_forever is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._closed:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start()
+        self._serving_forever = self._loop.create_future()
+        try:
+            await self._serving_forever
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever = None
+
+    # ------------------------------------------------------------- closing
+    def close(self) -> None:
+        """Stops listening and closes the listening sockets. Connections already
+        accepted stay open; the Receiver closes when the last of them is gone."""
+        if self._closed:
+            return
+        self._closed = True
+        self._serving = False
+        for h in self._retry_handles:
+            h.cancel()
+        self._retry_handles.clear()
+        sockets, self._sockets = self._sockets, None
+        for sock in sockets or ():
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        if self._serving_forever is not None and not self._serving_forever.done():
+            self._serving_forever.cancel()
+        self._maybe_finish()
+
+    def close_clients(self) -> None:
+        """Closes every connection (flushing what they have to write)."""
+        for t in list(self._receiver._transports):
+            t.close()
+
+    def abort_clients(self) -> None:
+        """Aborts every connection at once."""
+        for t in list(self._receiver._transports):
+            t.abort()
+
+    def _maybe_finish(self) -> None:
+        if self._closed and not self._pending and not self._receiver._transports \
+                and not self._done.done():
+            # the transport calling us is still finishing its connection_lost: close
+            # the Receiver on the next loop iteration
+            self._loop.call_soon(self._finish)
+
+    def _finish(self) -> None:
+        if self._done.done():
+            return
+        if self._pending or self._receiver._transports:
+            return  # a connection arrived meanwhile; it will call us again
+        try:
+            self._receiver.close()
+        finally:
+            self._done.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Waits until the server is closed and all its connections are gone (the
+        Python 3.12+ meaning), then the Receiver is closed too."""
+        await asyncio.shield(self._done)
+
+    async def __aenter__(self) -> "ZcrxServer":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+def _bind_sockets(infos, backlog: int, reuse_address, reuse_port) -> list[socket.socket]:
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, type_, proto, _canon, sa in infos:
+            key = (family, type_, proto, sa)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                sock = socket.socket(family, type_, proto)
+            except OSError:
+                continue  # e.g. no IPv6 here
+            sockets.append(sock)
+            if reuse_address:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sa)
+            except OSError as err:
+                raise OSError(err.errno, f"error while attempting to bind on address {sa!r}: "
+                                         f"{err.strerror.lower()}") from None
+        if not sockets:
+            raise OSError("no address to bind to")
+        for sock in sockets:
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def create_server(protocol_factory, host=None, port=None, *, engine: str = "auto",
+                        interface: str | None = None, queue: int | None = None,
+                        area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
+                        copy: bool = False, buf_size: int = DEFAULT_BUF_SIZE,
+                        receiver_options: dict | None = None,
+                        family: int = socket.AF_UNSPEC, flags: int = socket.AI_PASSIVE,
+                        sock: socket.socket | None = None, backlog: int = 100, ssl=None,
+                        reuse_address: bool | None = None, reuse_port: bool | None = None,
+                        start_serving: bool = True, **kwargs) -> ZcrxServer:
+    """Like ``loop.create_server`` (TCP only, no TLS), with ZcrxTransports.
+
+    ``host``: a name, an address, a list of them, or None for all interfaces;
+    ``port``: 0 picks a free port. Or pass a listening/bound ``sock=``.
+    ``engine``/``interface``/``queue``/``area_size``/``rq_entries``/``copy``/``buf_size``
+    configure the server's Receiver (see ``aiozcrx.Receiver``); ``receiver_options``
+    passes any other Receiver keyword (``hugepages=``...).
+    """
+    _check_unsupported(ssl, kwargs, ("ssl_handshake_timeout", "ssl_shutdown_timeout", "keep_alive"))
+    keep_alive = kwargs.get("keep_alive")
+    loop = asyncio.get_running_loop()
+    # validate the Receiver's arguments before binding anything
+    rx = _OwnedReceiver(engine, interface, queue, area_size, rq_entries, copy,
+                        buf_size=buf_size, **(receiver_options or {}))
+    if sock is not None:
+        if host is not None or port is not None:
+            raise ValueError("host/port and sock can not be specified at the same time")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        sock.setblocking(False)
+        try:
+            sock.listen(backlog)
+        except OSError:
+            pass
+        sockets = [sock]
+    else:
+        if reuse_address is None:
+            reuse_address = True
+        hosts = [host] if host is None or isinstance(host, str) else list(host)
+        if not hosts:
+            hosts = [None]
+        infos = []
+        for h in hosts:
+            infos.extend(await loop.getaddrinfo(h, port, family=family, type=socket.SOCK_STREAM,
+                                                proto=0, flags=flags))
+        sockets = _bind_sockets(infos, backlog, reuse_address, reuse_port)
+    try:
+        if keep_alive:
+            for s in sockets:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        rx.open()
+    except BaseException:
+        for s in sockets:
+            s.close()
+        raise
+    server = ZcrxServer(loop, sockets, protocol_factory, rx, backlog)
+    if start_serving:
+        await server.start_serving()
+    return server
+
+
+async def create_connection(protocol_factory, host=None, port=None, *, engine: str = "auto",
+                            interface: str | None = None, queue: int | None = None,
+                            area_size: int = DEFAULT_AREA_SIZE,
+                            rq_entries: int = DEFAULT_RQ_ENTRIES, copy: bool = False,
+                            buf_size: int = DEFAULT_BUF_SIZE, receiver: Receiver | None = None,
+                            receiver_options: dict | None = None,
+                            family: int = 0, proto: int = 0, flags: int = 0,
+                            sock: socket.socket | None = None, local_addr=None, ssl=None,
+                            **kwargs) -> tuple[Any, Any]:
+    """Like ``loop.create_connection`` (TCP only, no TLS); returns
+    ``(ZcrxTransport, protocol)``.
+
+    Without ``receiver=`` a Receiver is made for this connection (from ``engine``
+    ... ``buf_size`` and ``receiver_options``) and closed right after the
+    protocol's ``connection_lost``. With ``receiver=`` (an open Receiver on this
+    loop) the connection is attached to it and you close it.
+    """
+    _check_unsupported(ssl, kwargs, ("server_hostname", "ssl_handshake_timeout",
+                                     "ssl_shutdown_timeout", "happy_eyeballs_delay", "interleave"))
+    loop = asyncio.get_running_loop()
+    owned = receiver is None
+    if owned:
+        rx: Receiver = _OwnedReceiver(engine, interface, queue, area_size, rq_entries, copy,
+                                      buf_size=buf_size, **(receiver_options or {}))
+    else:
+        rx = receiver
+        if rx.loop is not loop:
+            raise RuntimeError("receiver= must be open on the running event loop")
+
+    if sock is not None:
+        if host is not None or port is not None:
+            raise ValueError("host/port and sock can not be specified at the same time")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        sock.setblocking(False)
+    else:
+        if host is None or port is None:
+            raise ValueError("host and port are needed when sock is not given")
+        sock = await _connect(loop, host, port, family, proto, flags, local_addr)
+    _set_nodelay(sock)
+
+    if not owned:
+        try:
+            return await rx.wrap(sock, protocol_factory)
+        except BaseException:
+            sock.close()
+            raise
+
+    def forget():
+        # the one connection is gone: close the Receiver after connection_lost returns
+        loop.call_soon(rx.close)
+
+    try:
+        rx.open()
+        transport, protocol = await rx.wrap(sock, protocol_factory)
+    except BaseException:
+        sock.close()
+        if rx.loop is not None:
+            rx.close()
+        raise
+    rx._on_forget = forget
+    return transport, protocol
+
+
+async def _connect(loop, host, port, family, proto, flags, local_addr) -> socket.socket:
+    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
+                                   proto=proto, flags=flags)
+    if not infos:
+        raise OSError("getaddrinfo() returned empty list")
+    local_infos = None
+    if local_addr is not None:
+        local_infos = await loop.getaddrinfo(*local_addr, family=family, type=socket.SOCK_STREAM,
+                                             proto=proto, flags=flags)
+        if not local_infos:
+            raise OSError("getaddrinfo() returned empty list")
+    exceptions: list[OSError] = []
+    for fam, type_, pro, _canon, address in infos:
+        sock = None
+        try:
+            sock = socket.socket(fam, type_, pro)
+            sock.setblocking(False)
+            if local_infos is not None:
+                for lfam, _, _, _, laddr in local_infos:
+                    if lfam != fam:
+                        continue
+                    try:
+                        sock.bind(laddr)
+                        break
+                    except OSError as exc:
+                        exceptions.append(OSError(exc.errno, f"error while attempting to bind on "
+                                                             f"address {laddr!r}: {exc.strerror}"))
+                else:
+                    raise OSError(f"no matching local address with family={fam} found")
+            await loop.sock_connect(sock, address)
+            return sock
+        except OSError as exc:
+            exceptions.append(exc)
+            if sock is not None:
+                sock.close()
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+    if len(exceptions) == 1:
+        raise exceptions[0]
+    if len({str(e) for e in exceptions}) == 1:
+        raise exceptions[0]
+    raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in exceptions)}")
