@@ -159,3 +159,27 @@ def test_trio_refused():
             await create_tcp_listener("127.0.0.1", 0)
 
     anyio.run(main, backend="trio")
+
+
+@pytest.mark.parametrize("how", BACKENDS)
+def test_receive_cancelled_then_usable(how):
+    fds = open_fds()
+
+    async def main():
+        lst = socket.create_server(("127.0.0.1", 0))
+        port = lst.getsockname()[1]
+        s = await connect_tcp("127.0.0.1", port)
+        conn, _ = lst.accept()
+        with anyio.move_on_after(0.05) as scope:
+            await s.receive()
+        assert scope.cancelled_caught
+        conn.sendall(b"abc")
+        assert await s.receive() == b"abc"
+        conn.close()
+        with pytest.raises(anyio.EndOfStream):
+            await s.receive()
+        await s.aclose()
+        lst.close()
+
+    run(main, how)
+    assert open_fds() == fds
