@@ -10,6 +10,8 @@ the buffer goes back to the kernel when the view is released.
 from .engines import ENGINES
 from .errors import AiozcrxError, EngineUnavailable, UringUnavailable, ZcrxUnavailable
 from .receiver import Receiver
+from .server import ZcrxServer, create_connection, create_server
+from .streams import open_connection, start_server
 from .transport import ZcrxTransport
 
 __version__ = "0.1.0"
@@ -21,5 +23,10 @@ __all__ = [
     "Receiver",
     "UringUnavailable",
     "ZcrxTransport",
+    "ZcrxServer",
     "ZcrxUnavailable",
+    "create_connection",
+    "create_server",
+    "open_connection",
+    "start_server",
 ]

@@ -246,6 +246,10 @@ class _RingEngine(Engine):
                 self._revive()
             if not n and not ring.sq_pending():
                 break
+        self._end_of_round()
+
+    def _end_of_round(self) -> None:
+        pass
 
     def _revive(self) -> None:
         """Buffers came back: re-arm transports that stopped for lack of them."""
@@ -313,6 +317,7 @@ class ZcrxEngine(_RingEngine):
         self.name = "zcrx-copy" if nodev else "zcrx"
         self.info: _ring.ZcrxInfo | None = None
         self.zcrx_id = 0
+        self._watchdog = None
 
     def open(self, loop) -> None:
         cfg = self.config
@@ -402,8 +407,53 @@ class ZcrxEngine(_RingEngine):
         # a flush): count those still held by user space
         return self.area.outstanding < self.area.nbufs
 
+    def _end_of_round(self) -> None:
+        # NODEV: the kernel has no other way to get buffers back than a flush; one
+        # per wake-up keeps it supplied at a cost amortized over the round
+        if self.nodev and self.area is not None:
+            self.area.publish(True)
+
+    # -- stall watchdog --------------------------------------------------
+    # After the area ran dry, a RECV_ZC multishot may stay armed and never
+    # resume even once buffers are back (KERNEL-NOTES). While there are signs of
+    # exhaustion, a timer looks for armed transports whose socket holds data but
+    # which made no progress for a tick, and cancels them: the cancellation's
+    # completion re-arms them. It stops after two quiet ticks.
+    WATCHDOG_TICK = 0.05
+
+    def _exhaustion_seen(self) -> None:
+        if self._watchdog is None and self.loop is not None:
+            self._watch_marks = {}
+            self._quiet_ticks = 0
+            self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if self.ring is None:
+            return
+        stuck = 0
+        marks = {}
+        for slot, t in list(self.transports.items()):
+            if not (t._armed and not t._cancelling and t._wants_data()):
+                continue
+            done = self.dispatcher.slot_stats(slot)[0]
+            marks[slot] = done
+            if self._watch_marks.get(slot) == done and _ioctl_inq(t._fileno) > 0:
+                stuck += 1
+                self.stats["stall_recoveries"] = self.stats.get("stall_recoveries", 0) + 1
+                self.cancel(t)
+        self._watch_marks = marks
+        self._quiet_ticks = 0 if stuck or self.starved else self._quiet_ticks + 1
+        if self._quiet_ticks < 2:
+            self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
+
+    def _starve(self, slot: int) -> None:
+        super()._starve(slot)
+        self._exhaustion_seen()
+
     def _notification(self, res: int) -> None:
         if res & _ring.ZCRX_NOTIF_NO_BUFFERS:
+            self._exhaustion_seen()
             self.stats["notifications_no_buffers"] += 1
         if res & _ring.ZCRX_NOTIF_COPY:
             self.stats["notifications_copy"] += 1
@@ -413,13 +463,14 @@ class ZcrxEngine(_RingEngine):
             pass
 
     def _revive(self) -> None:
-        # A NODEV multishot that ran dry may stay armed and never resume
-        # (KERNEL-NOTES): cancel armed requests of sockets that hold data; the
-        # cancellation's completion re-arms them.
         super()._revive()
-        for slot, t in list(self.transports.items()):
-            if t._armed and not t._cancelling and t._wants_data() and _ioctl_inq(t._fileno) > 0:
-                self.cancel(t)
+        self._exhaustion_seen()  # armed requests may have stalled meanwhile
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        super().close()
 
     def export(self) -> int:
         return _ring.zcrx_export(self.ring, self.zcrx_id)

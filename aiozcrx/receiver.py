@@ -151,6 +151,9 @@ class Receiver:
             raise RuntimeError("Receiver is not open (use `async with Receiver(...)`)")
         if sock.type != socket.SOCK_STREAM:
             raise ValueError(f"wrap() needs a connected SOCK_STREAM socket, got {sock!r}")
+        if self._engine.name.startswith("zcrx") and sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"engine {self._engine.name!r} receives TCP only (IORING_OP_RECV_ZC), "
+                             f"not {sock.family.name} sockets; use engine='uring' for those")
         sock.setblocking(False)
         protocol = protocol_factory()
         transport = ZcrxTransport(self, sock, protocol)
