@@ -20,14 +20,14 @@ demo: $(STAMP)
 test: test-host test-guest
 
 test-host: $(STAMP)
-	@scripts/ensure-apt.sh ethtool:ethtool patchelf:patchelf insmod:kmod
+	@scripts/ensure-apt.sh ip:iproute2 patchelf:patchelf insmod:kmod
 	$(PYTEST)
 
 # The 7.x kernel tier (User-Mode Linux): the real zcrx path. Skipped, with the
 # reason printed, where the runner cannot work.
 test-guest: $(STAMP)
 	@if why=$$($(GUEST) --check); then \
-		$(GUEST) --timeout 1500 -- '$(PYTEST) -m "guest or engines_in_guest"'; \
+		$(GUEST) --timeout 1500 -- '$(PYTEST) -m "guest or engines"'; \
 	else \
 		echo "guest suite SKIPPED: $$why"; \
 	fi
