@@ -27,10 +27,13 @@ test-host: $(STAMP)
 # reason printed, where the runner cannot work.
 test-guest: $(STAMP)
 	@if why=$$($(GUEST) --check); then \
-		$(GUEST) --timeout 1500 -- '$(PYTEST) -m "guest or engines"'; \
+		$(GUEST) --timeout 1500 -- '$(PYTEST) -o faulthandler_timeout=200 -m "guest or engines"'; \
 	else \
 		echo "guest suite SKIPPED: $$why"; \
 	fi
+
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -b html docs build/docs
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -96,7 +96,7 @@ int azx_zcrx_register(struct azx_ring *ring, uint32_t if_idx, uint32_t if_rxq,
                       int kernel_region, uint32_t rx_buf_len, uint64_t notif_user_data,
                       uint32_t notif_mask, struct azx_zcrx_info *out);
 int azx_zcrx_import(struct azx_ring *ring, int zcrx_fd, struct azx_zcrx_info *out);
-int azx_zcrx_ctrl(struct azx_ring *ring, uint32_t zcrx_id, uint32_t op);
+int azx_zcrx_ctrl(struct azx_ring *ring, uint32_t zcrx_id, uint32_t op, uint32_t arg0);
 int azx_zcrx_export(struct azx_ring *ring, uint32_t zcrx_id);
 int azx_query_zcrx(struct azx_query_zcrx *out);
 
@@ -440,10 +440,13 @@ int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
     return 0;
 }
 
-int azx_zcrx_ctrl(struct azx_ring *r, uint32_t zcrx_id, uint32_t op)
+/* arg0: the first u32 of the op's union member (e.g. the notification type
+ * for ZCRX_CTRL_ARM_NOTIFICATION); 0 for ops without arguments */
+int azx_zcrx_ctrl(struct azx_ring *r, uint32_t zcrx_id, uint32_t op, uint32_t arg0)
 {
     struct azx_zcrx_ctrl c; memset(&c, 0, sizeof c);
     c.zcrx_id = zcrx_id; c.op = op;
+    *(uint32_t *)&c.u[0] = arg0;
     return (int)azx_sys_register(r->fd, AZX_REGISTER_ZCRX_CTRL, &c, 0);
 }
 
@@ -454,7 +457,8 @@ int azx_zcrx_export(struct azx_ring *r, uint32_t zcrx_id)
     c.zcrx_id = zcrx_id; c.op = AZX_ZCRX_CTRL_EXPORT;
     long ret = azx_sys_register(r->fd, AZX_REGISTER_ZCRX_CTRL, &c, 0);
     if (ret < 0) return (int)ret;
-    return (int)(uint32_t)c.u[0];   /* zcrx_fd comes back in the first union word */
+    /* kernels return the fd, or 0 with it in zc_export.zcrx_fd */
+    return ret > 0 ? (int)ret : (int)*(uint32_t *)&c.u[0];
 }
 
 /* Imports an exported instance: the area and refill ring stay the exporter's. */

@@ -208,8 +208,8 @@ def register_zcrx(ring: Ring, area: Area, mapping: AreaMapping, *, if_idx: int, 
                     int(out.rq_area_token), nodev)
 
 
-def zcrx_ctrl(ring: Ring, zcrx_id: int, op: int) -> None:
-    _check(lib.azx_zcrx_ctrl(ring._r, zcrx_id, op), "IORING_REGISTER_ZCRX_CTRL")
+def zcrx_ctrl(ring: Ring, zcrx_id: int, op: int, arg0: int = 0) -> None:
+    _check(lib.azx_zcrx_ctrl(ring._r, zcrx_id, op, arg0), "IORING_REGISTER_ZCRX_CTRL")
 
 
 def zcrx_export(ring: Ring, zcrx_id: int) -> int:

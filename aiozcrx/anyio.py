@@ -294,7 +294,7 @@ async def connect_tcp(remote_host, remote_port: int, *, local_host=None,
 
 class ZcrxListener(anyio.abc.SocketListener):
     """An anyio ``SocketListener`` over a ``ZcrxServer``: ``accept()`` /
-    ``serve(handler)`` give ``ZcrxStream``s. With several listening sockets
+    ``serve(handler)`` give ``ZcrxStream`` objects. With several listening sockets
     (host None: IPv4 and IPv6), socket extras describe the first."""
 
     def __init__(self, server: ZcrxServer, queue: asyncio.Queue):

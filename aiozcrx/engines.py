@@ -37,7 +37,7 @@ class Config:
     """Validated Receiver settings (see Receiver for their meaning)."""
 
     def __init__(self, *, engine, interface, queue, area_size, rq_entries, copy, buf_size,
-                 hugepages, kernel_region, cq_entries, notifications):
+                 hugepages, kernel_region, cq_entries, notifications, share_with=None):
         self.engine = engine
         self.interface = interface
         self.queue = queue
@@ -49,6 +49,7 @@ class Config:
         self.kernel_region = kernel_region
         self.cq_entries = cq_entries
         self.notifications = notifications
+        self.share_with = share_with  # a ZcrxEngine whose instance this one imports
 
 
 def interface_driver(name: str) -> str:
@@ -153,7 +154,8 @@ class _RingEngine(Engine):
             self.dispatcher.run()
         except OSError:
             pass
-        self.area.close()
+        if getattr(self, "shared_from", None) is None:
+            self.area.close()  # an imported instance's area belongs to its source
         self.ring.close()
         self.ring = None
 
@@ -320,6 +322,8 @@ class ZcrxEngine(_RingEngine):
         self._watchdog = None
 
     def open(self, loop) -> None:
+        if self.config.share_with is not None:
+            return self._open_imported(loop, self.config.share_with)
         cfg = self.config
         if not self.nodev and (cfg.interface is None or cfg.queue is None):
             raise ZcrxUnavailable(self.name, errno.EINVAL, "no interface= and queue= given",
@@ -349,6 +353,33 @@ class ZcrxEngine(_RingEngine):
             self.ring = None
             raise self._explain(err)
         self.zcrx_id = self.info.zcrx_id
+        self._start(loop)
+
+    def _open_imported(self, loop, source: "ZcrxEngine") -> None:
+        """Receives through another ring's zcrx instance (ZCRX_CTRL_EXPORT, then
+        ZCRX_REG_IMPORT into a ring of our own). Area and refill ring stay the
+        source's: buffers released from here go back through them."""
+        self._open_ring()
+        try:
+            fd = source.export()
+        except OSError as e:
+            self.ring.close()
+            self.ring = None
+            raise ZcrxUnavailable(self.name, e.errno, f"cannot export the instance to share: {e.strerror}",
+                                  "needs Linux 6.19+ (ZCRX_CTRL_EXPORT)") from None
+        try:
+            self.zcrx_id = _ring.zcrx_import(self.ring, fd)
+        except OSError as e:
+            self.ring.close()
+            self.ring = None
+            raise ZcrxUnavailable(self.name, e.errno, f"cannot import the shared instance: {e.strerror}",
+                                  "needs Linux 6.19+ (ZCRX_REG_IMPORT)") from None
+        finally:
+            os.close(fd)
+        self.shared_from = source
+        self.area = source.area
+        self.info = source.info
+        self.stats["imported"] = True
         self._start(loop)
 
     def _try_register(self, mapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
@@ -452,15 +483,26 @@ class ZcrxEngine(_RingEngine):
         self._exhaustion_seen()
 
     def _notification(self, res: int) -> None:
+        """A zcrx notification CQE (7.2): ``res`` carries the event bits."""
         if res & _ring.ZCRX_NOTIF_NO_BUFFERS:
             self._exhaustion_seen()
             self.stats["notifications_no_buffers"] += 1
         if res & _ring.ZCRX_NOTIF_COPY:
             self.stats["notifications_copy"] += 1
-        try:  # fire-once: re-arm for the next one
-            _ring.zcrx_ctrl(self.ring, self.zcrx_id, _ring.ZCRX_CTRL_ARM_NOTIFICATION)
-        except OSError:
-            pass
+        # Notifications fire once until re-armed. Kernels have taken the type as a
+        # bit or as an index while the ABI settled: try the bit, then the index.
+        for bit in (_ring.ZCRX_NOTIF_NO_BUFFERS, _ring.ZCRX_NOTIF_COPY):
+            if not res & bit:
+                continue
+            for arg in (bit, bit.bit_length() - 1):
+                try:
+                    _ring.zcrx_ctrl(self.ring, self.zcrx_id, _ring.ZCRX_CTRL_ARM_NOTIFICATION, arg)
+                except OSError:
+                    continue
+                self.stats["notification_rearms"] = self.stats.get("notification_rearms", 0) + 1
+                break
+            else:
+                self.stats["notification_rearm_errors"] = self.stats.get("notification_rearm_errors", 0) + 1
 
     def _revive(self) -> None:
         super()._revive()
@@ -477,7 +519,7 @@ class ZcrxEngine(_RingEngine):
 
     def describe(self) -> dict:
         i = self.info
-        return {"zcrx_id": i.zcrx_id, "rq_entries": i.rq_entries, "rx_buf_len": i.rx_buf_len,
+        return {"zcrx_id": self.zcrx_id, "rq_entries": i.rq_entries, "rx_buf_len": i.rx_buf_len,
                 "nodev": i.nodev}
 
 

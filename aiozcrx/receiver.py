@@ -75,6 +75,8 @@ class Receiver:
     ``buf_size``: buffer size for the "uring" and "socket" engines.
     ``hugepages``: back the area with huge pages (MAP_HUGETLB).
     ``kernel_region``: let the kernel allocate the refill ring (zcrx).
+    ``share_with``: another open zcrx Receiver whose instance this one imports into
+    a ring of its own (export/import, 6.19+); the area stays the other's.
 
     Use ``async with Receiver(...) as rx`` (or ``open()``/``close()``) in the loop
     thread, then ``await rx.wrap(sock, protocol_factory)`` per connected socket.
@@ -83,13 +85,17 @@ class Receiver:
     def __init__(self, engine: str = "auto", interface: str | None = None, queue: int | None = None,
                  area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
                  copy: bool = False, *, buf_size: int = DEFAULT_BUF_SIZE, hugepages: bool = False,
-                 kernel_region: bool = False, cq_entries: int = 8192, notifications: bool = True):
+                 kernel_region: bool = False, cq_entries: int = 8192, notifications: bool = True,
+                 share_with: "Receiver | None" = None):
         validate(engine=engine, interface=interface, queue=queue, area_size=area_size,
                  rq_entries=rq_entries, buf_size=buf_size, cq_entries=cq_entries)
         self._config = _engines.Config(
             engine=engine, interface=interface, queue=queue, area_size=area_size,
             rq_entries=rq_entries, copy=bool(copy), buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications)
+        if share_with is not None and engine not in ("zcrx", "zcrx-copy"):
+            raise ValueError("share_with= needs engine='zcrx' or 'zcrx-copy' (it imports a zcrx instance)")
+        self._share_with = share_with
         self._engine: _engines.Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
@@ -105,6 +111,11 @@ class Receiver:
         if self._closed:
             raise RuntimeError("Receiver is closed; make a new one")
         loop = asyncio.get_running_loop()
+        if self._share_with is not None:
+            src = self._share_with
+            if not isinstance(src._engine, _engines.ZcrxEngine) or src._closed or src._loop is not loop:
+                raise ValueError("share_with= must be an open zcrx Receiver on this event loop")
+            self._config.share_with = src._engine
         self._engine, self.engines_tried = _engines.open_engine(self._config, loop)
         self._loop = loop
         self._thread_id = threading.get_ident()
@@ -195,14 +206,6 @@ class Receiver:
             s.update(self._engine.area_stats())
             s.update(self._engine.describe())
         return s
-
-    def export(self) -> int:
-        """Exports the zcrx instance as a file descriptor another ring can import
-        (``Receiver(engine="zcrx-copy", import_fd=...)`` is not supported yet; see
-        docs). Raises for other engines."""
-        if not isinstance(self._engine, _engines.ZcrxEngine):
-            raise RuntimeError(f"export needs a zcrx engine, this Receiver uses {self.engine!r}")
-        return self._engine.export()
 
     def __repr__(self) -> str:
         return f"<aiozcrx.Receiver engine={self.engine!r} connections={len(self._transports)}>"

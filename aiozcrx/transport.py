@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import traceback
 from asyncio import trsock
 from typing import TYPE_CHECKING
 
@@ -181,6 +182,10 @@ class ZcrxTransport(asyncio.Transport):
         self._force_close(exc)
 
     def _callback_failed(self, exc: BaseException) -> None:
+        # The traceback's frames hold the view data_received was called with (and
+        # exceptions often sit in reference cycles): clear their locals so the
+        # buffer goes back now, not at the next garbage collection.
+        traceback.clear_frames(exc.__traceback__)
         self._fatal_error(exc, "protocol.data_received() call failed.")
 
     # ------------------------------------------------------------ write side

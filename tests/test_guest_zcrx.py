@@ -195,3 +195,56 @@ def test_non_root_small_memlock_names_the_limit():
     assert "ERRNO ENOMEM" in r.stdout, r.stdout
     assert "RLIMIT_MEMLOCK is 8388608 bytes" in r.stdout
     assert "ulimit -l" in r.stdout
+
+
+@pytest.mark.asyncio
+async def test_second_ring_imports_the_instance():
+    """Export/import: a second Receiver (its own ring) receives through the first
+    one's zcrx instance on its own connections; buffers go back through the
+    shared refill ring."""
+    lst = Listener()
+    async with aiozcrx.Receiver(engine=ENGINE) as rx1:
+        async with aiozcrx.Receiver(engine=ENGINE, share_with=rx1) as rx2:
+            assert rx2.stats()["imported"] is True
+            assert rx2.stats()["zcrx_id"] is not None
+            p1 = start_sender(lst.port, 51, 8 * MiB)
+            _, a = await rx1.wrap(await lst.accept(), Sink)
+            p2 = start_sender(lst.port, 53, 8 * MiB)
+            _, b = await rx2.wrap(await lst.accept(), Sink)
+            assert await asyncio.wait_for(a.lost, 60) is None
+            assert await asyncio.wait_for(b.lost, 60) is None
+            assert rx2.stats()["completions"] > 0
+            assert rx1.stats()["buffers_outstanding"] == 0
+        await join(p1)
+        await join(p2)
+    lst.close()
+    assert a.sha.hexdigest() == stream_sha256(51, 8 * MiB)
+    assert b.sha.hexdigest() == stream_sha256(53, 8 * MiB)
+
+
+@pytest.mark.asyncio
+async def test_notifications_are_counted_and_rearmed():
+    """7.2 zcrx notifications: running the area dry posts NO_BUFFERS; each one is
+    counted and re-armed so the next can come."""
+    area = 1 * MiB
+    lst = Listener()
+    proc = start_sender(lst.port, 57, 16 * MiB)
+    async with aiozcrx.Receiver(engine=ENGINE, area_size=area) as rx:
+        assert rx.stats()["notifications"] == "on"
+        _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
+        for _ in range(3):  # exhaust, release, exhaust again ...
+            last = -1
+            while proto.bytes != last:
+                last = proto.bytes
+                await asyncio.sleep(0.3)
+            for v in proto.kept:
+                v.release()
+            proto.kept.clear()
+        proto.keep = False
+        assert await asyncio.wait_for(proto.lost, 120) is None
+        s = rx.stats()
+    await join(proc)
+    lst.close()
+    assert proto.sha.hexdigest() == stream_sha256(57, 16 * MiB)
+    assert s["notifications_no_buffers"] >= 2
+    assert s.get("notification_rearm_errors", 0) == 0

@@ -428,13 +428,9 @@ async def test_data_received_exception_closes_with_it(engine):
         exc = await asyncio.wait_for(proto.lost, 10)
         assert isinstance(exc, ValueError)
         assert handled and isinstance(handled[0]["exception"], ValueError)
-        # the traceback's frame holds the view it was called with; once the
-        # exception is let go, the buffer is back
-        assert rx.stats()["buffers_outstanding"] <= 1
-        del exc, proto
-        handled.clear()
-        import gc
-        gc.collect()
+        # the transport clears the traceback's frames: the view they held is
+        # released at once, while the exception itself is still kept
+        assert exc.__traceback__ is not None
         assert rx.stats()["buffers_outstanding"] == 0
     b.close()
 
