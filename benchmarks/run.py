@@ -1,0 +1,410 @@
+"""Bulk loopback receive benchmark: aiozcrx against asyncio and uvloop receivers.
+
+One TCP connection over 127.0.0.1; the sender is its own process (``sendall`` of
+1 MiB blocks for ``--seconds``, or a fixed byte count with ``--quick``). Every
+receiver variant runs in a fresh process of its own, so the CPU time it reports
+(``getrusage(RUSAGE_SELF)`` of that process, taken from accept to EOF) is the receiver's
+alone. Variants are interleaved round by round (the order rotates each round);
+the table gives medians with min-max over the rounds.
+
+    .venv/bin/python benchmarks/run.py                 # 7 rounds x 3 s, writes docs/
+    .venv/bin/python benchmarks/run.py --rounds 5 --seconds 5
+    .venv/bin/python benchmarks/run.py --quick         # smoke run, tiny sizes, 1 round
+    .venv/bin/python benchmarks/run.py --only uvloop-buffered,aiozcrx-uring-uvloop
+
+Columns: GB/s (bytes / wall seconds, decimal GB), receiver CPU seconds per GB
+(user, sys, total), bytes per data_received call, and the ratio of the total
+CPU s/GB to uvloop BufferedProtocol's and uvloop Protocol's medians in the same
+run (below 1.00 = cheaper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BLOCK = 1 << 20
+BUFFERED_SIZE = 256 * 1024
+
+VARIANTS = [
+    # name, label, loop, kind, engine
+    ("asyncio-protocol", "asyncio Protocol", "asyncio", "protocol", None),
+    ("asyncio-buffered", "asyncio BufferedProtocol 256 KiB", "asyncio", "buffered", None),
+    ("uvloop-protocol", "uvloop Protocol", "uvloop", "protocol", None),
+    ("uvloop-buffered", "uvloop BufferedProtocol 256 KiB", "uvloop", "buffered", None),
+    ("aiozcrx-uring-uvloop", "aiozcrx uring, uvloop", "uvloop", "aiozcrx", "uring"),
+    ("aiozcrx-uring-asyncio", "aiozcrx uring, asyncio", "asyncio", "aiozcrx", "uring"),
+    ("aiozcrx-socket-uvloop", "aiozcrx socket, uvloop", "uvloop", "aiozcrx", "socket"),
+    ("aiozcrx-socket-asyncio", "aiozcrx socket, asyncio", "asyncio", "aiozcrx", "socket"),
+    ("aiozcrx-zcrx-copy-uvloop", "aiozcrx zcrx-copy, uvloop", "uvloop", "aiozcrx", "zcrx-copy"),
+    ("aiozcrx-zcrx-copy-asyncio", "aiozcrx zcrx-copy, asyncio", "asyncio", "aiozcrx", "zcrx-copy"),
+]
+BY_NAME = {v[0]: v for v in VARIANTS}
+
+
+# ----------------------------------------------------------------- sender
+def sender_main(port: int, seconds: float, total: int) -> None:
+    block = bytes(range(256)) * (BLOCK // 256)
+    view = memoryview(block)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        if total:
+            sent = 0
+            while sent < total:
+                n = min(BLOCK, total - sent)
+                s.sendall(view[:n])
+                sent += n
+        else:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                s.sendall(block)
+        s.shutdown(socket.SHUT_WR)
+
+
+# ---------------------------------------------------------------- receivers
+class Sink:
+    """Counts bytes; keeps nothing (views are released as soon as the call returns)."""
+
+    def __init__(self, done):
+        self.done = done
+        self.bytes = 0
+        self.calls = 0
+        self.buf = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.bytes += len(data)
+        self.calls += 1
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(exc)
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+
+class ProtoSink(Sink, asyncio.Protocol):
+    pass
+
+
+class BufferedSink(Sink, asyncio.BufferedProtocol):
+    def __init__(self, done):
+        super().__init__(done)
+        self.buf = bytearray(BUFFERED_SIZE)
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.bytes += nbytes
+        self.calls += 1
+
+
+def probe_engine(engine: str) -> tuple[bool, str]:
+    """Tries ``Receiver(engine=...)`` in this process; (works, why not)."""
+    import aiozcrx
+
+    async def go():
+        try:
+            async with aiozcrx.Receiver(engine=engine, area_size=4 << 20) as rx:
+                return True, rx.engine
+        except Exception as e:  # noqa: BLE001 - reported, not hidden
+            return False, f"{type(e).__name__}: {e}"
+
+    return asyncio.run(go())
+
+
+async def receive(variant, port_cb, listener, buf_size, area_size) -> dict:
+    name, _label, _loopname, kind, engine = variant
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    port_cb()
+    conn, _ = await loop.sock_accept(listener)
+    listener.close()
+    done = loop.create_future()
+    stats = {}
+    if kind == "aiozcrx":
+        import aiozcrx
+        # set up (ring, area, registration) before the clock starts: a one-off cost
+        async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size) as rx:
+            t0 = time.perf_counter()
+            c0 = resource.getrusage(resource.RUSAGE_SELF)
+            _t, proto = await rx.wrap(conn, lambda: ProtoSink(done))
+            await done
+            c1 = resource.getrusage(resource.RUSAGE_SELF)
+            t1 = time.perf_counter()
+            st = rx.stats()
+            stats = {"completions": st.get("completions"), "wakeups": st.get("wakeups"),
+                     "engine": rx.engine}
+    else:
+        factory = (lambda: ProtoSink(done)) if kind == "protocol" else (lambda: BufferedSink(done))
+        t0 = time.perf_counter()
+        c0 = resource.getrusage(resource.RUSAGE_SELF)
+        _t, proto = await loop.connect_accepted_socket(factory, conn)
+        await done
+        c1 = resource.getrusage(resource.RUSAGE_SELF)
+        t1 = time.perf_counter()
+    return {"name": name, "bytes": proto.bytes, "calls": proto.calls, "wall": t1 - t0,
+            "user": c1.ru_utime - c0.ru_utime, "sys": c1.ru_stime - c0.ru_stime, **stats}
+
+
+def child_main(args) -> None:
+    variant = BY_NAME[args.child]
+    loopname = variant[2]
+    if variant[3] == "aiozcrx" and variant[4] == "zcrx-copy":
+        ok, why = probe_engine("zcrx-copy")
+        if not ok:
+            print(json.dumps({"name": variant[0], "unavailable": why}))
+            return
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    total = args.bytes
+    procs = []
+
+    def start_sender():
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--sender", str(port),
+             "--seconds", str(args.seconds), "--bytes", str(total)]))
+
+    coro = receive(variant, start_sender, listener, args.buf_size, args.area_size)
+    try:
+        if loopname == "uvloop":
+            import uvloop
+            result = uvloop.run(coro)
+        else:
+            result = asyncio.run(coro)
+    except BaseException:
+        for p in procs:  # a sender blocked on a socket nobody reads would never exit
+            p.kill()
+        raise
+    for p in procs:
+        p.wait()
+    print(json.dumps(result))
+
+
+# ------------------------------------------------------------ orchestration
+def run_child(name: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--seconds", str(args.seconds),
+           "--bytes", str(args.bytes), "--buf-size", str(args.buf_size), "--area-size", str(args.area_size)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds * 10 + 120)
+    if out.returncode != 0:
+        return {"name": name, "error": (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
+    summary = {}
+    for name, runs in results.items():
+        good = [r for r in runs if "bytes" in r and r["bytes"] > 0]
+        if not good:
+            why = next((r.get("unavailable") or r.get("error") for r in runs
+                        if r.get("unavailable") or r.get("error")), "no runs")
+            summary[name] = {"skipped": why}
+            continue
+        gbps = [r["bytes"] / r["wall"] / 1e9 for r in good]
+        user = [r["user"] / (r["bytes"] / 1e9) for r in good]
+        sys_ = [r["sys"] / (r["bytes"] / 1e9) for r in good]
+        tot = [(r["user"] + r["sys"]) / (r["bytes"] / 1e9) for r in good]
+        per_call = [r["bytes"] / max(1, r["calls"]) for r in good]
+        summary[name] = {"n": len(good), "gbps": gbps, "user": user, "sys": sys_, "total": tot,
+                         "bytes_per_call": med(per_call),
+                         "completions": med([r["completions"] for r in good if r.get("completions")])
+                         if any(r.get("completions") for r in good) else None,
+                         "errors": len(runs) - len(good)}
+    return summary
+
+
+def fmt_range(xs, nd=3):
+    return f"{med(xs):.{nd}f} ({min(xs):.{nd}f}-{max(xs):.{nd}f})"
+
+
+def table(summary: dict, order: list[str]) -> str:
+    ref_b = summary.get("uvloop-buffered", {}).get("total")
+    ref_p = summary.get("uvloop-protocol", {}).get("total")
+    lines = ["| receiver | GB/s | CPU s/GB user | CPU s/GB sys | CPU s/GB total | bytes/call "
+             "| total vs uvloop Buffered | total vs uvloop Protocol |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in order:
+        s = summary.get(name)
+        if s is None:
+            continue
+        label = BY_NAME[name][1]
+        if "skipped" in s:
+            lines.append(f"| {label} | not run: {s['skipped']} | | | | | | |")
+            continue
+        rb = f"{med(s['total']) / med(ref_b):.2f}" if ref_b and med(ref_b) > 0 else "n/a"
+        rp = f"{med(s['total']) / med(ref_p):.2f}" if ref_p and med(ref_p) > 0 else "n/a"
+        lines.append(f"| {label} | {fmt_range(s['gbps'], 2)} | {fmt_range(s['user'])} | "
+                     f"{fmt_range(s['sys'])} | {fmt_range(s['total'])} | {s['bytes_per_call']:.0f} | {rb} | {rp} |")
+    return "\n".join(lines)
+
+
+def plots(summary: dict, order: list[str], outdir: str) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plots skipped: matplotlib is not installed (`pip install matplotlib` to get them)"
+    names = [n for n in order if n in summary and "skipped" not in summary[n]]
+    labels = [BY_NAME[n][1] for n in names]
+    os.makedirs(outdir, exist_ok=True)
+    # CPU s/GB stacked user/sys, with the min-max of the total as error bars
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    user = [med(summary[n]["user"]) for n in names]
+    sys_ = [med(summary[n]["sys"]) for n in names]
+    tot = [med(summary[n]["total"]) for n in names]
+    lo = [t - min(summary[n]["total"]) for t, n in zip(tot, names)]
+    hi = [max(summary[n]["total"]) - t for t, n in zip(tot, names)]
+    y = range(len(names))
+    ax.barh(y, user, label="user", color="#4C72B0")
+    ax.barh(y, sys_, left=user, label="sys", color="#DD8452")
+    ax.errorbar(tot, y, xerr=[lo, hi], fmt="none", ecolor="black", capsize=3, lw=1)
+    ax.set_yticks(list(y), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("receiver CPU seconds per GB (median, min-max; lower is better)")
+    ax.legend(loc="lower right")
+    ax.set_title("Loopback bulk receive, one TCP connection: receiver CPU cost")
+    fig.tight_layout()
+    p1 = os.path.join(outdir, "bench-cpu-per-gb.png")
+    fig.savefig(p1, dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    g = [med(summary[n]["gbps"]) for n in names]
+    lo = [v - min(summary[n]["gbps"]) for v, n in zip(g, names)]
+    hi = [max(summary[n]["gbps"]) - v for v, n in zip(g, names)]
+    ax.barh(y, g, xerr=[lo, hi], color="#55A868", capsize=3)
+    ax.set_yticks(list(y), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("GB/s (median, min-max; sender-bound, see text)")
+    ax.set_title("Loopback bulk receive, one TCP connection: throughput")
+    fig.tight_layout()
+    p2 = os.path.join(outdir, "bench-gbps.png")
+    fig.savefig(p2, dpi=110)
+    plt.close(fig)
+    return f"plots: {os.path.relpath(p1, ROOT)}, {os.path.relpath(p2, ROOT)}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=3.0, help="sender duration per run")
+    ap.add_argument("--bytes", type=int, default=0, help="send this many bytes instead of --seconds")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 MiB per run, 1 round, no files written")
+    ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--buf-size", type=int, default=65536, help="aiozcrx buf_size")
+    ap.add_argument("--area-size", type=int, default=32 << 20, help="aiozcrx area_size")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks-results.md"))
+    ap.add_argument("--img", default=os.path.join(ROOT, "docs", "img"))
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--summary-json", action="store_true",
+                    help="also print one line 'SUMMARY-JSON {...}' with the medians (for benchmarks/guest.py)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--sender", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.sender is not None:
+        sender_main(args.sender, args.seconds, args.bytes)
+        return 0
+    if args.child:
+        child_main(args)
+        return 0
+    if args.quick:
+        args.rounds, args.bytes, args.no_write = 1, 8 << 20, True
+
+    order = [v[0] for v in VARIANTS]
+    if args.only:
+        order = [n for n in args.only.split(",") if n]
+        unknown = [n for n in order if n not in BY_NAME]
+        if unknown:
+            ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(BY_NAME)}")
+    # zcrx-copy: detect once (in a child, so nothing of it stays in this process)
+    zc = [n for n in order if BY_NAME[n][4] == "zcrx-copy"]
+    zc_why = None
+    if zc:
+        out = subprocess.run([sys.executable, "-c",
+                              "import sys, json; sys.path.insert(0, %r); import run; "
+                              "print(json.dumps(run.probe_engine('zcrx-copy')))" % HERE],
+                             capture_output=True, text=True, timeout=60)
+        try:
+            ok, why = json.loads(out.stdout.strip().splitlines()[-1])
+        except Exception:  # noqa: BLE001
+            ok, why = False, (out.stderr.strip().splitlines() or ["probe failed"])[-1]
+        if not ok:
+            zc_why = why
+    results: dict[str, list[dict]] = {n: [] for n in order}
+    if zc_why:
+        for n in zc:
+            results[n].append({"name": n, "unavailable": f"zcrx-copy unavailable here ({zc_why})"})
+    runnable = [n for n in order if not (zc_why and n in zc)]
+    what = f"{args.bytes} bytes" if args.bytes else f"{args.seconds:g} s"
+    print(f"# {len(runnable)} variants x {args.rounds} rounds, {what} each", file=sys.stderr)
+    t_start = time.time()
+    for r in range(args.rounds):
+        k = r % len(runnable) if runnable else 0
+        rotated = runnable[k:] + runnable[:k]
+        for name in rotated:
+            res = run_child(name, args)
+            results[name].append(res)
+            if "bytes" in res:
+                print(f"  round {r + 1} {name}: {res['bytes'] / res['wall'] / 1e9:.2f} GB/s, "
+                      f"{(res['user'] + res['sys']) / (res['bytes'] / 1e9):.3f} CPU s/GB", file=sys.stderr)
+            else:
+                print(f"  round {r + 1} {name}: {res.get('error') or res.get('unavailable')}", file=sys.stderr)
+    summary = summarize(results)
+    tab = table(summary, order)
+    uname = platform.uname()
+    header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t_start))} on {uname.system} "
+              f"{uname.release} ({uname.machine}, {os.cpu_count()} CPUs), Python {platform.python_version()}; "
+              f"{args.rounds} rounds x {what} per receiver, aiozcrx buf_size={args.buf_size}, "
+              f"area_size={args.area_size}. Medians (min-max).")
+    print(header)
+    print()
+    print(tab)
+    if args.summary_json:
+        print("SUMMARY-JSON " + json.dumps({
+            n: ({"skipped": s["skipped"]} if "skipped" in s else
+                {k: med(s[k]) for k in ("gbps", "user", "sys", "total")})
+            for n, s in summary.items()}))
+    if not args.no_write:
+        note = plots(summary, order, args.img)
+        print()
+        print(note)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        cmdline = "benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        with open(args.out, "w") as f:
+            f.write("# Benchmark results (generated by benchmarks/run.py)\n\n")
+            f.write(f"Command: `{cmdline.strip()}`\n\n{header}\n\n{tab}\n\n{note}\n\n")
+            f.write("Raw per-run results (JSON lines):\n\n```\n")
+            for name in order:
+                for res in results[name]:
+                    f.write(json.dumps(res) + "\n")
+            f.write("```\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
