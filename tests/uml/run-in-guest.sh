@@ -361,6 +361,7 @@ run_guest() {
     cp "$SELF" "$RUN/init" && chmod +x "$RUN/init"   # a copy: the script may be edited meanwhile
     write_command_file >"$RUN/cmd"
     [ ${#RW_DIRS[@]} -eq 0 ] || printf '%s\n' "${RW_DIRS[@]}" >"$RUN/rw"
+    : >"$RUN/no-disk"
     local log=${LOGFILE:-$RUN/console.log}
     : >"$log"
 
@@ -375,7 +376,9 @@ run_guest() {
         # con0 is the kernel console (printk, init's own messages) -> log file (fd 3);
         # con1 carries the command's output -> fd 4 -> our stdout. ssl: serial lines off.
         con=null con0=null,fd:3 con1=null,fd:4 ssl=null
-        ubd0=/dev/null      # else UML looks for ./root_fs
+        ubd0="$RUN/no-disk" # an empty file of this run's own: UML would look for
+                            # ./root_fs, and a shared /dev/null is locked by the
+                            # first guest, which makes a second concurrent guest panic
         uml_dir="$RUN"      # its pid file and mconsole socket; not in ~/.uml
         noreboot            # a guest reboot ends UML instead of booting again
         printk.time=1       # timestamps in the console log
