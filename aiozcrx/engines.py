@@ -323,6 +323,9 @@ class ZcrxEngine(_RingEngine):
         self.info: _ring.ZcrxInfo | None = None
         self.zcrx_id = 0
         self._watchdog = None
+        self._watch_marks: dict[int, int] = {}
+        self._quiet_ticks = 0
+        self._kick_pending = False
 
     def open(self, loop) -> None:
         if self.config.share_with is not None:
@@ -446,14 +449,48 @@ class ZcrxEngine(_RingEngine):
         # per wake-up keeps it supplied at a cost amortized over the round
         if self.nodev and self.area is not None:
             self.area.publish(True)
+        if self._kick_pending:
+            self._kick_pending = False
+            self._kick_stalled(require_no_progress=False)
 
-    # -- stall watchdog --------------------------------------------------
-    # After the area ran dry, a RECV_ZC multishot may stay armed and never
-    # resume even once buffers are back (KERNEL-NOTES). While there are signs of
-    # exhaustion, a timer looks for armed transports whose socket holds data but
-    # which made no progress for a tick, and cancels them: the cancellation's
-    # completion re-arms them. It stops after two quiet ticks.
+    # -- stalls after exhaustion -------------------------------------------
+    # When the area runs dry, a RECV_ZC multishot can stay armed and never
+    # resume, even once buffers are back: it waits for a socket wake-up, and a
+    # sender blocked on a full window sends none (KERNEL-NOTES). Measured here:
+    # hundreds of NO_BUFFERS per GB in copy mode with nothing held by the user.
+    # So:
+    #  - on a NO_BUFFERS notification (7.2), once the round's refills are flushed,
+    #    every armed request whose socket holds data is cancelled; the
+    #    cancellation's completion re-arms it. The notification is re-armed before
+    #    that, so an exhaustion after the kick notifies again: no gap.
+    #  - without notifications (7.1) or after ENOMEM/starvation, a watchdog ticks
+    #    and cancels armed requests that hold data but made no progress for a
+    #    tick. Without notifications it runs as long as transports are attached.
     WATCHDOG_TICK = 0.05
+    QUIET_TICKS = 20
+
+    def _kick_stalled(self, *, require_no_progress: bool) -> int:
+        kicked = 0
+        marks = {}
+        for slot, t in list(self.transports.items()):
+            if not (t._armed and not t._cancelling and t._wants_data()):
+                continue
+            done = self.dispatcher.slot_stats(slot)[0]
+            marks[slot] = done
+            if require_no_progress and self._watch_marks.get(slot) != done:
+                continue
+            if _ioctl_inq(t._fileno) > 0:
+                kicked += 1
+                self.stats["stall_kicks"] = self.stats.get("stall_kicks", 0) + 1
+                self.cancel(t)
+        self._watch_marks = marks
+        return kicked
+
+    def attach(self, transport) -> int:
+        slot = super().attach(transport)
+        if self.stats.get("notifications") != "on":
+            self._exhaustion_seen()  # no way to hear of exhaustion: keep watching
+        return slot
 
     def _exhaustion_seen(self) -> None:
         if self._watchdog is None and self.loop is not None:
@@ -465,20 +502,10 @@ class ZcrxEngine(_RingEngine):
         self._watchdog = None
         if self.ring is None:
             return
-        stuck = 0
-        marks = {}
-        for slot, t in list(self.transports.items()):
-            if not (t._armed and not t._cancelling and t._wants_data()):
-                continue
-            done = self.dispatcher.slot_stats(slot)[0]
-            marks[slot] = done
-            if self._watch_marks.get(slot) == done and _ioctl_inq(t._fileno) > 0:
-                stuck += 1
-                self.stats["stall_recoveries"] = self.stats.get("stall_recoveries", 0) + 1
-                self.cancel(t)
-        self._watch_marks = marks
+        stuck = self._kick_stalled(require_no_progress=True)
         self._quiet_ticks = 0 if stuck or self.starved else self._quiet_ticks + 1
-        if self._quiet_ticks < 2:
+        always = self.stats.get("notifications") != "on" and self.transports
+        if self._quiet_ticks < self.QUIET_TICKS or always:
             self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
 
     def _starve(self, slot: int) -> None:
@@ -488,6 +515,7 @@ class ZcrxEngine(_RingEngine):
     def _notification(self, res: int) -> None:
         """A zcrx notification CQE (7.2): ``res`` carries the event bits."""
         if res & _ring.ZCRX_NOTIF_NO_BUFFERS:
+            self._kick_pending = True
             self._exhaustion_seen()
             self.stats["notifications_no_buffers"] += 1
         if res & _ring.ZCRX_NOTIF_COPY:

@@ -248,3 +248,27 @@ async def test_notifications_are_counted_and_rearmed():
     assert proto.sha.hexdigest() == stream_sha256(57, 16 * MiB)
     assert s["notifications_no_buffers"] >= 2
     assert s.get("notification_rearm_errors", 0) == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("notifications", [True, False])
+async def test_full_socket_before_arming_never_stalls(notifications):
+    """The sender fills the socket buffer before RECV_ZC is armed, then streams on.
+    In copy mode the area runs dry again and again (hundreds of NO_BUFFERS per GB
+    with nothing held); a request that stalls with data in the socket must be
+    kicked, with notifications (7.2) and without them (the watchdog)."""
+    total = 512 * MiB
+    lst = Listener()
+    proc = start_sender(lst.port, 61, total)
+    conn = await lst.accept()
+    await asyncio.sleep(0.5)  # the socket buffer fills up
+    async with aiozcrx.Receiver(engine=ENGINE, notifications=notifications) as rx:
+        _, proto = await rx.wrap(conn, Sink)
+        assert await asyncio.wait_for(proto.lost, 240) is None
+        s = rx.stats()
+    lst.close()
+    await join(proc)
+    assert proto.bytes == total
+    assert proto.sha.hexdigest() == stream_sha256(61, total)
+    assert s["buffers_outstanding"] == 0
+    assert (s.get("notifications") == "on") == notifications
