@@ -90,6 +90,7 @@ int azx_prep_nop(struct azx_ring *ring, uint64_t user_data);
 
 void *azx_mmap_anon(size_t len, int huge, int *err);
 int azx_munmap(uintptr_t addr, size_t len);
+int azx_dontfork(uintptr_t addr, size_t len);
 
 int azx_zcrx_register(struct azx_ring *ring, uint32_t if_idx, uint32_t if_rxq,
                       uint32_t rq_entries, uint32_t flags, uintptr_t area, size_t area_len,
@@ -377,6 +378,14 @@ void *azx_mmap_anon(size_t len, int huge, int *err)
     return p;
 }
 
+/* Memory the kernel pins (a zcrx area, refill and buffer rings) is left out of
+ * fork()ed children: copying pinned pages at fork is costly, and on the 7.2 UML
+ * kernel a child exec()ing after fork corrupted page maps ("Bad page map"). */
+int azx_dontfork(uintptr_t addr, size_t len)
+{
+    return madvise((void *)addr, len, MADV_DONTFORK) < 0 ? -errno : 0;
+}
+
 int azx_munmap(uintptr_t addr, size_t len)
 {
     return munmap((void *)addr, len) < 0 ? -errno : 0;
@@ -407,6 +416,7 @@ int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
     if (!kernel_region) {
         region = mmap(NULL, region_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (region == MAP_FAILED) return -errno;
+        azx_dontfork((uintptr_t)region, region_len);
         rd.user_addr = (uintptr_t)region;
         rd.flags = AZX_MEM_REGION_TYPE_USER;
     }

@@ -167,6 +167,11 @@ def map_area(length: int, *, hugepages: bool = False) -> AreaMapping:
     return AreaMapping(int(ffi.cast("uintptr_t", p)), length)
 
 
+def dontfork(m: AreaMapping) -> None:
+    """Keeps memory the kernel pins out of fork()ed children (see _abi_build.py)."""
+    _check(lib.azx_dontfork(m.addr, m.length), "madvise(MADV_DONTFORK)")
+
+
 def unmap(m: AreaMapping) -> None:
     lib.azx_munmap(m.addr, m.length)
 
@@ -197,6 +202,7 @@ def register_zcrx(ring: Ring, area: Area, mapping: AreaMapping, *, if_idx: int, 
     """
     out = ffi.new("struct azx_zcrx_info *")
     flags = ZCRX_REG_NODEV if nodev else 0
+    dontfork(mapping)
     ret = lib.azx_zcrx_register(ring._r, if_idx, rxq, rq_entries, flags, mapping.addr,
                                 mapping.length, 1 if kernel_region else 0, rx_buf_len,
                                 notif_ud, notif_mask, out)
@@ -248,6 +254,7 @@ def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int) -> None:
         entries <<= 1
     ring_len = max(PAGE_SIZE, entries * 16)
     m = map_area(ring_len)
+    dontfork(m)
     ret = lib.azx_pbuf_register(ring._r, m.addr, entries, bgid)
     if ret < 0:
         unmap(m)

@@ -366,22 +366,20 @@ class ZcrxEngine(_RingEngine):
         ZCRX_REG_IMPORT into a ring of our own). Area and refill ring stay the
         source's: buffers released from here go back through them."""
         self._open_ring()
+        fd = -1
         try:
+            step = "export the instance to share (ZCRX_CTRL_EXPORT)"
             fd = source.export()
-        except OSError as e:
-            self.ring.close()
-            self.ring = None
-            raise ZcrxUnavailable(self.name, e.errno, f"cannot export the instance to share: {e.strerror}",
-                                  "needs Linux 6.19+ (ZCRX_CTRL_EXPORT)") from None
-        try:
+            step = "import the shared instance (ZCRX_REG_IMPORT)"
             self.zcrx_id = _ring.zcrx_import(self.ring, fd)
         except OSError as e:
             self.ring.close()
             self.ring = None
-            raise ZcrxUnavailable(self.name, e.errno, f"cannot import the shared instance: {e.strerror}",
-                                  "needs Linux 6.19+ (ZCRX_REG_IMPORT)") from None
+            raise ZcrxUnavailable(self.name, e.errno, f"cannot {step}: {e.strerror}",
+                                  "needs Linux 6.19+") from None
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self.shared_from = source
         self.area = source.area
         self.info = source.info

@@ -13,7 +13,8 @@ from .errors import EngineUnavailable, errno_name
 from .receiver import DEFAULT_BUF_SIZE, validate
 
 
-def _read_int(path: str) -> int | None:
+def read_int(path: str) -> int | None:
+    """An integer file such as a sysctl; None if unreadable."""
     try:
         with open(path) as f:
             return int(f.read().strip())
@@ -25,7 +26,7 @@ def kernel_report() -> dict:
     """Kernel release and io_uring/zcrx capabilities, each probed for real."""
     rep: dict = {
         "release": platform.release(),
-        "io_uring_disabled": _read_int("/proc/sys/kernel/io_uring_disabled"),
+        "io_uring_disabled": read_int("/proc/sys/kernel/io_uring_disabled"),
         "io_uring": False,
         "zcrx_query": _ring.query_zcrx(),
         "zcrx_nodev": False,

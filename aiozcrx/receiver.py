@@ -7,6 +7,7 @@ import glob
 import os
 import socket
 import threading
+import warnings
 
 from . import engines as _engines
 from ._ring import PAGE_SIZE
@@ -206,6 +207,12 @@ class Receiver:
             s.update(self._engine.area_stats())
             s.update(self._engine.describe())
         return s
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        # like asyncio's transports: an unclosed Receiver keeps its ring (and its
+        # registration) until the process ends; say so
+        if self._engine is not None and not self._closed:
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
 
     def __repr__(self) -> str:
         return f"<aiozcrx.Receiver engine={self.engine!r} connections={len(self._transports)}>"

@@ -39,3 +39,9 @@ def test_anyio_stream_selftest():
 def test_loopback_demo():
     out = run_example("examples/loopback_demo.py", "--mib", "64")
     assert "sha256 verified: True" in out
+
+
+def test_bulk_sink_selftest():
+    out = run_example("examples/bulk_sink.py", "--selftest")
+    assert "4 senders verified: True" in out
+    assert "buffers outstanding after close: 0" in out

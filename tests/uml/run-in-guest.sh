@@ -428,6 +428,12 @@ run_guest() {
     elif [ -e "$RUN/timedout" ]; then
         fail_with_console 124 "$log" "the command ran past the ${TIMEOUT} s time limit and was killed (process list and kernel task dump are in the console log)"
     elif [[ $rc =~ ^[0-9]+$ ]]; then
+        # A guest kernel that reported a BUG or an Oops has corrupted state: what ran
+        # in it proves nothing, whatever its status (seen: uvloop's libuv spawn on
+        # 7.2 UML gives "BUG: Bad page map").
+        if grep -qE 'BUG:|Oops|Kernel panic|kernel BUG' "$log"; then
+            fail_with_console 70 "$log" "the guest kernel reported: $(grep -m1 -E 'BUG:|Oops|Kernel panic|kernel BUG' "$log" | sed 's/^\[[^]]*\] //') (command status $rc)"
+        fi
         exit "$rc"
     elif [ -s "$RUN/setup-error" ]; then
         fail_with_console 125 "$log" "guest setup failed: $(cat "$RUN/setup-error")"
