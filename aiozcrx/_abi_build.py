@@ -16,6 +16,9 @@ CDEF = r"""
 #define AZX_SETUP_CLAMP ...
 #define AZX_SETUP_SUBMIT_ALL ...
 #define AZX_SETUP_COOP_TASKRUN ...
+#define AZX_SETUP_TASKRUN_FLAG ...
+#define AZX_SQ_CQ_OVERFLOW ...
+#define AZX_SQ_TASKRUN ...
 #define AZX_SETUP_CQE32 ...
 #define AZX_SETUP_SINGLE_ISSUER ...
 #define AZX_SETUP_DEFER_TASKRUN ...
@@ -83,6 +86,7 @@ int azx_enter(struct azx_ring *ring, unsigned min_complete, unsigned flags);
 int azx_register_eventfd(struct azx_ring *ring, int efd);
 int azx_probe_op(struct azx_ring *ring, unsigned op);
 unsigned azx_sq_space(struct azx_ring *ring);
+unsigned azx_sq_flags(struct azx_ring *ring);
 int azx_prep_recv_zc(struct azx_ring *ring, int fd, uint32_t zcrx_id, uint64_t user_data);
 int azx_prep_recv_pbuf(struct azx_ring *ring, int fd, uint16_t bgid, uint64_t user_data);
 int azx_prep_cancel(struct azx_ring *ring, uint64_t target, uint64_t user_data);
@@ -124,6 +128,9 @@ SOURCE = r"""
 #define AZX_SETUP_CLAMP          (1U << 4)
 #define AZX_SETUP_SUBMIT_ALL     (1U << 7)
 #define AZX_SETUP_COOP_TASKRUN   (1U << 8)
+#define AZX_SETUP_TASKRUN_FLAG   (1U << 9)
+#define AZX_SQ_CQ_OVERFLOW       (1U << 1)
+#define AZX_SQ_TASKRUN           (1U << 2)
 #define AZX_SETUP_CQE32          (1U << 11)
 #define AZX_SETUP_SINGLE_ISSUER  (1U << 12)
 #define AZX_SETUP_DEFER_TASKRUN  (1U << 13)
@@ -290,6 +297,13 @@ int azx_ring_setup(unsigned entries, unsigned cq_entries, unsigned flags, struct
 unsigned azx_sq_space(struct azx_ring *r)
 {
     return r->sq_entries - (r->sq_local_tail - __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE));
+}
+
+/* IORING_SQ_TASKRUN: deferred task work is still queued (TASKRUN_FLAG rings);
+ * IORING_SQ_CQ_OVERFLOW: completions wait in the overflow list */
+unsigned azx_sq_flags(struct azx_ring *r)
+{
+    return __atomic_load_n((uint32_t *)r->sq_flags, __ATOMIC_ACQUIRE);
 }
 
 static struct azx_sqe *azx_next_sqe(struct azx_ring *r)

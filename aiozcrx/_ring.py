@@ -72,7 +72,13 @@ class Ring:
         self._r.fd = -1
         ret = -errno.EINVAL
         # optional flags first; older kernels reject them with EINVAL
-        for extra in (lib.AZX_SETUP_SUBMIT_ALL | lib.AZX_SETUP_COOP_TASKRUN, lib.AZX_SETUP_SUBMIT_ALL, 0):
+        # TASKRUN_FLAG matters: one io_uring_enter runs only a bounded batch of
+        # deferred task work (20 items on 6.10+), and the eventfd is signalled only
+        # when work is added to an empty list. Work left over therefore never wakes
+        # us again; the flag (IORING_SQ_TASKRUN) is how we see it is there.
+        want = lib.AZX_SETUP_SUBMIT_ALL | lib.AZX_SETUP_COOP_TASKRUN | lib.AZX_SETUP_TASKRUN_FLAG
+        for extra in (want, lib.AZX_SETUP_SUBMIT_ALL | lib.AZX_SETUP_TASKRUN_FLAG,
+                      lib.AZX_SETUP_SUBMIT_ALL, 0):
             ret = lib.azx_ring_setup(sq_entries, cq_entries, base | extra, self._r)
             if ret != -errno.EINVAL:
                 break
@@ -107,6 +113,13 @@ class Ring:
 
     def sq_pending(self) -> bool:
         return lib.azx_sq_space(self._r) < self.sq_entries
+
+    def work_pending(self) -> bool:
+        """Deferred task work still queued, or completions in the overflow list:
+        another ``enter()`` is needed before the eventfd can be trusted again."""
+        if not self.flags & lib.AZX_SETUP_TASKRUN_FLAG:
+            return False  # cannot tell (pre-5.19 kernels)
+        return bool(lib.azx_sq_flags(self._r) & (lib.AZX_SQ_TASKRUN | lib.AZX_SQ_CQ_OVERFLOW))
 
     def _prep(self, fn, *args) -> None:
         ret = fn(self._r, *args)

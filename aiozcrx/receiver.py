@@ -211,7 +211,7 @@ class Receiver:
     def __del__(self, _warn=warnings.warn) -> None:
         # like asyncio's transports: an unclosed Receiver keeps its ring (and its
         # registration) until the process ends; say so
-        if self._engine is not None and not self._closed:
+        if getattr(self, "_engine", None) is not None and not self._closed:
             _warn(f"unclosed {self!r}", ResourceWarning, source=self)
 
     def __repr__(self) -> str:

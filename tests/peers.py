@@ -4,6 +4,7 @@ fd / mapping counters used to check that nothing leaks."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -101,6 +102,14 @@ def start_many(port: int, sizes: list[int], seeds: list[int]):
     return p
 
 
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair (like socket.socketpair(), but TCP)."""
+    with socket.create_server(("127.0.0.1", 0)) as lst:
+        b = socket.create_connection(lst.getsockname())
+        a, _ = lst.accept()
+    return a, b
+
+
 class Listener:
     """A loopback listening socket with an awaitable accept."""
 
@@ -118,10 +127,12 @@ class Listener:
 
 
 def open_fds() -> int:
+    gc.collect()  # garbage of earlier tests must not be counted, nor freed mid-check
     return len(os.listdir("/proc/self/fd"))
 
 
 def mappings() -> list[str]:
+    gc.collect()
     with open("/proc/self/maps") as f:
         return f.read().splitlines()
 

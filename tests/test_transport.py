@@ -13,7 +13,7 @@ import pytest
 
 import aiozcrx
 from peers import (Listener, is_mapped, join, payload, start_many, start_sender,
-                   stream_sha256)
+                   stream_sha256, tcp_pair)
 
 pytestmark = [pytest.mark.engines, pytest.mark.asyncio]
 ENGINES = ["uring", "socket"]
@@ -331,8 +331,12 @@ async def test_pause_resume_mid_stream(engine):
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_echo_write_side_and_flow_control(engine):
     """Writes with asyncio's flow control: pause_writing above the high mark,
-    resume_writing below the low mark, everything delivered in order."""
-    a, b = socket.socketpair()
+    resume_writing below the low mark, everything delivered in order.
+
+    TCP, not socketpair(): on the 7.2 UML guest kernel a multishot recv on an
+    AF_UNIX socket sometimes never completes at EOF (task work stays queued and
+    never posts); the host kernel does not do that (see docs/guest-tier.md)."""
+    a, b = tcp_pair()
     events = []
 
     class Echo(asyncio.Protocol):
