@@ -361,13 +361,15 @@ async def test_echo_write_side_and_flow_control(engine):
         def connection_lost(self, exc):
             self.lost.set_result(exc)
 
-    data = payload(21, 8 * MiB)
+    # more than TCP's socket buffers on both sides can hold, so that our writes
+    # back up in the transport while the peer is still sending
+    data = payload(21, 32 * MiB)
     got = bytearray()
 
     def peer():
         # send everything before reading anything: our writes must back up
-        b.sendall(data[: 4 * MiB])
-        b.sendall(data[4 * MiB:])
+        b.sendall(data[: 16 * MiB])
+        b.sendall(data[16 * MiB:])
         b.shutdown(socket.SHUT_WR)
         while chunk := b.recv(1 << 16):
             got.extend(chunk)
