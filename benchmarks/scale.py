@@ -66,7 +66,7 @@ def sender(port: int, n: int, kib: int) -> None:
         s.close()
 
 
-async def receive(n: int, kib: int, engine: str) -> dict:
+async def receive(n: int, kib: int, engine: str, buf_size: int) -> dict:
     import aiozcrx
 
     loop = asyncio.get_running_loop()
@@ -91,7 +91,7 @@ async def receive(n: int, kib: int, engine: str) -> dict:
             if done == n and not all_done.done():
                 all_done.set_result(None)
 
-    async with aiozcrx.Receiver(engine=engine, area_size=64 << 20, buf_size=65536,
+    async with aiozcrx.Receiver(engine=engine, area_size=64 << 20, buf_size=buf_size,
                                 cq_entries=16384) as rx:
         rss0 = _rss_kib()
         transports = []
@@ -117,7 +117,8 @@ async def receive(n: int, kib: int, engine: str) -> dict:
             "completions": completions, "bytes": s1["bytes"] - s0["bytes"],
             "cpu_ns_per_completion": cpu / max(completions, 1) * 1e9,
             "user_ns_per_completion": (c1.ru_utime - c0.ru_utime) / max(completions, 1) * 1e9,
-            "wall_s": t1 - t0}
+            "wall_s": t1 - t0, "rearms": s1["rearms"] - s0["rearms"],
+            "starved": s1["starved"] - s0["starved"], "wakeups": s1["wakeups"] - s0["wakeups"]}
 
 
 def main(argv=None) -> int:
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--counts", default="100,1000,10000")
     ap.add_argument("--kib", type=int, default=64, help="KiB each connection receives")
     ap.add_argument("--engine", default="uring")
+    ap.add_argument("--buf-size", type=int, default=65536)
     ap.add_argument("--sender", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
         sender(args.sender, args.n, args.kib)
         return 0
     if args.child:
-        print(json.dumps(asyncio.run(receive(args.child, args.kib, args.engine))))
+        print(json.dumps(asyncio.run(receive(args.child, args.kib, args.engine, args.buf_size))))
         return 0
     rows = []
     for n in (int(x) for x in args.counts.split(",")):
@@ -143,18 +145,21 @@ def main(argv=None) -> int:
             print(f"{n} connections: skipped, RLIMIT_NOFILE hard limit is {hard}")
             continue
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(n),
-                              "--kib", str(args.kib), "--engine", args.engine],
+                              "--kib", str(args.kib), "--engine", args.engine,
+                              "--buf-size", str(args.buf_size)],
                              capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
             print(f"{n} connections: failed\n{out.stderr[-2000:]}")
             return 1
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"engine {args.engine}, {args.kib} KiB per connection, sender writes 4 KiB pieces round-robin\n")
-    print("| connections | RSS KiB / connection | completions | CPU ns / completion (user+sys) | user ns / completion | wall s |")
-    print("|---|---|---|---|---|---|")
+    print(f"engine {args.engine}, buf_size {args.buf_size}, {args.kib} KiB per connection, "
+          f"sender writes 4 KiB pieces round-robin\n")
+    print("| connections | RSS KiB / connection | completions | CPU ns / completion (user+sys) | user ns / completion | completions / wake-up | re-arms | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['connections']} | {r['rss_kib_per_conn']:.1f} | {r['completions']} | "
-              f"{r['cpu_ns_per_completion']:.0f} | {r['user_ns_per_completion']:.0f} | {r['wall_s']:.2f} |")
+              f"{r['cpu_ns_per_completion']:.0f} | {r['user_ns_per_completion']:.0f} | "
+              f"{r['completions'] / max(r['wakeups'], 1):.1f} | {r['rearms']} | {r['wall_s']:.2f} |")
     return 0
 
 
