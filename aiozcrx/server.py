@@ -285,6 +285,15 @@ def _bind_sockets(infos, backlog: int, reuse_address, reuse_port) -> list[socket
     return sockets
 
 
+def _take_stream_socket(sock: socket.socket, host, port) -> None:
+    """Checks a caller-given socket as asyncio does, and makes it non-blocking."""
+    if host is not None or port is not None:
+        raise ValueError("host/port and sock can not be specified at the same time")
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+    sock.setblocking(False)
+
+
 async def create_server(protocol_factory, host=None, port=None, *, engine: str = "auto",
                         interface: str | None = None, queue: int | None = None,
                         area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
@@ -309,11 +318,7 @@ async def create_server(protocol_factory, host=None, port=None, *, engine: str =
     rx = _OwnedReceiver(engine, interface, queue, area_size, rq_entries, copy,
                         buf_size=buf_size, **(receiver_options or {}))
     if sock is not None:
-        if host is not None or port is not None:
-            raise ValueError("host/port and sock can not be specified at the same time")
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-        sock.setblocking(False)
+        _take_stream_socket(sock, host, port)
         try:
             sock.listen(backlog)
         except OSError:
@@ -375,11 +380,7 @@ async def create_connection(protocol_factory, host=None, port=None, *, engine: s
             raise RuntimeError("receiver= must be open on the running event loop")
 
     if sock is not None:
-        if host is not None or port is not None:
-            raise ValueError("host/port and sock can not be specified at the same time")
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-        sock.setblocking(False)
+        _take_stream_socket(sock, host, port)
     else:
         if host is None or port is None:
             raise ValueError("host and port are needed when sock is not given")
