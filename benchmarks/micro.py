@@ -46,44 +46,12 @@ ROOT = os.path.dirname(HERE)
 CHUNK = 4096
 
 
-class Sink(asyncio.Protocol):
-    def __init__(self, done=None):
-        self.done = done
-        self.bytes = 0
-        self.calls = 0
-
-    def data_received(self, data):
-        self.bytes += len(data)
-        self.calls += 1
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc):
-        if self.done is not None and not self.done.done():
-            self.done.set_result(exc)
+# the same counting protocols as the bulk benchmark (run.py), reading 4 KiB here
+from run import BufferedSink, ProtoSink as Sink  # noqa: E402  (benchmarks/ is sys.path[0])
 
 
-class BufSink(asyncio.BufferedProtocol):
-    def __init__(self, done):
-        self.done = done
-        self.bytes = 0
-        self.calls = 0
-        self.buf = bytearray(CHUNK)
-
-    def get_buffer(self, sizehint):
-        return self.buf
-
-    def buffer_updated(self, n):
-        self.bytes += n
-        self.calls += 1
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc):
-        if not self.done.done():
-            self.done.set_result(exc)
+def BufSink(done):  # noqa: N802 - a protocol factory named like the class it makes
+    return BufferedSink(done, CHUNK)
 
 
 # ------------------------------------------------------------ pure floors

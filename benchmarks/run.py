@@ -75,7 +75,7 @@ def sender_main(port: int, seconds: float, total: int) -> None:
 class Sink:
     """Counts bytes; keeps nothing (views are released as soon as the call returns)."""
 
-    def __init__(self, done):
+    def __init__(self, done=None):
         self.done = done
         self.bytes = 0
         self.calls = 0
@@ -92,7 +92,7 @@ class Sink:
         return False
 
     def connection_lost(self, exc):
-        if not self.done.done():
+        if self.done is not None and not self.done.done():
             self.done.set_result(exc)
 
     def pause_writing(self):
@@ -107,9 +107,9 @@ class ProtoSink(Sink, asyncio.Protocol):
 
 
 class BufferedSink(Sink, asyncio.BufferedProtocol):
-    def __init__(self, done):
+    def __init__(self, done=None, size: int = BUFFERED_SIZE):
         super().__init__(done)
-        self.buf = bytearray(BUFFERED_SIZE)
+        self.buf = bytearray(size)
 
     def get_buffer(self, sizehint):
         return self.buf
