@@ -19,6 +19,7 @@ CDEF = r"""
 #define AZX_SETUP_TASKRUN_FLAG ...
 #define AZX_SQ_CQ_OVERFLOW ...
 #define AZX_SQ_TASKRUN ...
+#define AZX_CQ_EVENTFD_DISABLED ...
 #define AZX_SETUP_CQE32 ...
 #define AZX_SETUP_SINGLE_ISSUER ...
 #define AZX_SETUP_DEFER_TASKRUN ...
@@ -56,7 +57,7 @@ CDEF = r"""
 struct azx_ring {
     int fd;
     unsigned sq_entries, cq_entries, features, flags, cqe_size;
-    uintptr_t cq_khead, cq_ktail, cq_mask, cq_cqes, cq_overflow, sq_flags;
+    uintptr_t cq_khead, cq_ktail, cq_mask, cq_cqes, cq_overflow, sq_flags, cq_flags;
     ...;
 };
 
@@ -131,6 +132,7 @@ SOURCE = r"""
 #define AZX_SETUP_TASKRUN_FLAG   (1U << 9)
 #define AZX_SQ_CQ_OVERFLOW       (1U << 1)
 #define AZX_SQ_TASKRUN           (1U << 2)
+#define AZX_CQ_EVENTFD_DISABLED  (1U << 0)
 #define AZX_SETUP_CQE32          (1U << 11)
 #define AZX_SETUP_SINGLE_ISSUER  (1U << 12)
 #define AZX_SETUP_DEFER_TASKRUN  (1U << 13)
@@ -215,7 +217,7 @@ _Static_assert(sizeof(struct azx_query_hdr) == 40, "query_hdr");
 struct azx_ring {
     int fd;
     unsigned sq_entries, cq_entries, features, flags, cqe_size;
-    uintptr_t cq_khead, cq_ktail, cq_mask, cq_cqes, cq_overflow, sq_flags;
+    uintptr_t cq_khead, cq_ktail, cq_mask, cq_cqes, cq_overflow, sq_flags, cq_flags;
     /* private */
     void *sq_map; size_t sq_map_len;
     void *cq_map; size_t cq_map_len;
@@ -291,6 +293,7 @@ int azx_ring_setup(unsigned entries, unsigned cq_entries, unsigned flags, struct
     r->cq_mask = *(uint32_t *)(cq + p.cq_off.ring_mask);
     r->cq_cqes = (uintptr_t)(cq + p.cq_off.cqes);
     r->cq_overflow = (uintptr_t)(cq + p.cq_off.overflow);
+    r->cq_flags = (uintptr_t)(cq + p.cq_off.flags);
     return 0;
 }
 

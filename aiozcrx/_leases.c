@@ -31,6 +31,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LOAD_ACQ32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -78,9 +79,12 @@ typedef struct {
     /* returns that did not fit in the refill ring (zcrx): packed (off << 20 | len) */
     uint64_t *pending;
     uint32_t npending, pending_cap;
-    /* pool free list */
+    /* free buffers, most recently returned on top (pool, and pbuf buffers not posted) */
     uint32_t *freelist;
     uint32_t nfree;
+    /* pbuf: buffers in the kernel's ring, and how many we keep there (see publish) */
+    uint32_t posted, window, window_min, posted_mark, epoch_peak, epoch_rounds;
+    unsigned long long window_grows, window_shrinks;
     /* wake-up when buffers return while starved */
     int wake_fd;
     int starved;
@@ -157,8 +161,6 @@ area_return(Area *a, uint64_t ident, uint32_t len)
                 a->flush_errors++;
         break;
     case KIND_PBUF:
-        pbuf_put(a, (uint32_t)ident);
-        break;
     case KIND_POOL:
         a->freelist[a->nfree++] = (uint32_t)ident;
         break;
@@ -188,15 +190,14 @@ zcrx_flush(Area *a)
     return 0;
 }
 
+#define PBUF_EPOCH 256
+
 /* Makes queued returns visible to the kernel: one tail store per call. */
-static PyObject *
-Area_publish(Area *a, PyObject *args)
+static void
+area_publish(Area *a, int force)
 {
-    int force = 0;
-    if (!PyArg_ParseTuple(args, "|p", &force))
-        return NULL;
     if (a->closed)
-        Py_RETURN_NONE;
+        return;
     if (a->kind == KIND_ZCRX) {
         for (int round = 0; round < 64; round++) {
             /* move what waited for room into the ring */
@@ -231,11 +232,49 @@ Area_publish(Area *a, PyObject *args)
                 break;
         }
     } else if (a->kind == KIND_PBUF) {
+        /* Keep `window` buffers in the kernel's ring, most recently returned first.
+         * The ring is FIFO: posting every free buffer would make the kernel cycle
+         * through the whole area, so each receive copies into memory that left the
+         * CPU cache long ago (measured: +60% kernel time for a 32 MiB area). A small
+         * window of recently used buffers stays cache-warm. The window doubles
+         * when the kernel runs out within a round (ENOBUFS, in drain()) and, so
+         * that a burst does not widen it for good, comes back down to twice the
+         * most any round took during the last PBUF_EPOCH rounds. */
+        uint32_t took = a->posted_mark - a->posted;
+        if (took > a->epoch_peak)
+            a->epoch_peak = took;
+        if (++a->epoch_rounds == PBUF_EPOCH) {
+            uint32_t want = a->window_min;
+            while (want < 2 * a->epoch_peak && want < a->nbufs)
+                want *= 2;
+            if (want > a->nbufs)
+                want = a->nbufs;
+            if (want < a->window) {
+                a->window = want;
+                a->window_shrinks++;
+            }
+            a->epoch_rounds = 0;
+            a->epoch_peak = 0;
+        }
+        while (a->posted < a->window && a->nfree) {
+            pbuf_put(a, a->freelist[--a->nfree]);
+            a->posted++;
+        }
+        a->posted_mark = a->posted;
         if (*a->pbuf_ktail != a->pbuf_local_tail) {
             __atomic_store_n(a->pbuf_ktail, a->pbuf_local_tail, __ATOMIC_RELEASE);
             a->publishes++;
         }
     }
+}
+
+static PyObject *
+Area_publish(Area *a, PyObject *args)
+{
+    int force = 0;
+    if (!PyArg_ParseTuple(args, "|p", &force))
+        return NULL;
+    area_publish(a, force);
     Py_RETURN_NONE;
 }
 
@@ -307,26 +346,35 @@ Area_setup_zcrx(Area *a, PyObject *args)
 }
 
 /* The provided buffer ring: `entries` slots of 16 bytes; the kernel reads the tail
- * from the reserved u16 of slot 0. All buffers go in at once. */
+ * from the reserved u16 of slot 0. `window` buffers go in now, the rest wait on
+ * the free stack (see area_publish). */
 static PyObject *
 Area_setup_pbuf(Area *a, PyObject *args)
 {
     unsigned long long ring;
-    unsigned int entries;
-    if (!PyArg_ParseTuple(args, "KI", &ring, &entries))
+    unsigned int entries, window;
+    if (!PyArg_ParseTuple(args, "KII", &ring, &entries, &window))
         return NULL;
-    if (!entries || (entries & (entries - 1)) || entries < a->nbufs || a->nbufs > 65536) {
+    if (!entries || (entries & (entries - 1)) || entries < a->nbufs || a->nbufs > 32768) {
         PyErr_SetString(PyExc_ValueError, "pbuf ring entries must be a power of two >= buffers");
         return NULL;
     }
+    if (!(a->freelist = PyMem_Malloc(a->nbufs * sizeof(uint32_t))))
+        return PyErr_NoMemory();
+    /* low ids on top: a small workload touches few pages */
+    for (uint32_t i = 0; i < a->nbufs; i++)
+        a->freelist[i] = a->nbufs - 1 - i;
+    a->nfree = a->nbufs;
     a->kind = KIND_PBUF;
     a->pbufs = (char *)(uintptr_t)ring;
     a->pbuf_mask = entries - 1;
     a->pbuf_ktail = (uint16_t *)(a->pbufs + 14);
     a->pbuf_local_tail = 0;
-    for (uint32_t i = 0; i < a->nbufs; i++)
-        pbuf_put(a, i);
-    __atomic_store_n(a->pbuf_ktail, a->pbuf_local_tail, __ATOMIC_RELEASE);
+    a->posted = 0;
+    a->window = window < 1 ? 1 : (window > a->nbufs ? a->nbufs : window);
+    a->window_min = a->window;
+    a->posted_mark = 0;
+    area_publish(a, 0);
     Py_RETURN_NONE;
 }
 
@@ -381,6 +429,59 @@ make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident)
     return v;
 }
 
+/* View reuse. Making a memoryview costs two GC-tracked allocations (the managed
+ * buffer and the view) and a buffer export, and freeing it as much again: about
+ * half of what a completion costs us in C. When data_received returns and nothing
+ * but the dispatcher refers to the view, its managed buffer or its lease (no slice,
+ * no re-export, no weak reference, no `view.obj` kept, not released), nobody can
+ * observe it any more: the next completion of the same round can take it over
+ * in place, its old buffer going back to the kernel exactly as a dealloc would
+ * have sent it. Any doubt and it is simply released and a new view made.
+ *
+ * This reads CPython's memoryview structs (declared in memoryobject.h "so that
+ * macros can work"). Their layout has been the same from 3.3 through 3.14; on
+ * any other version, or a free-threaded build, reuse is compiled out. */
+#if !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED) && \
+    PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030F0000
+#define VIEW_REUSE 1
+static inline Lease *
+reusable_lease(PyObject *v)
+{
+    PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
+    _PyManagedBufferObject *mb = mv->mbuf;
+    if (Py_REFCNT(v) != 1 || mv->exports != 0 || mv->weakreflist != NULL || mv->view.ndim != 1 ||
+        (mv->flags & ~(_Py_MEMORYVIEW_C | _Py_MEMORYVIEW_FORTRAN)))
+        return NULL;
+    if (Py_REFCNT(mb) != 1 || mb->exports != 1 || mb->flags != 0)
+        return NULL;
+    PyObject *l = mb->master.obj;
+    if (l == NULL || Py_TYPE(l) != &LeaseType || Py_REFCNT(l) != 1)
+        return NULL;
+    return (Lease *)l;
+}
+
+/* Points an unobservable view (see reusable_lease) at a new buffer of the same area. */
+static inline void
+retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident)
+{
+    PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
+    Area *a = l->area;
+    area_return(a, l->ident, (uint32_t)l->len);
+    l->ptr = ptr;
+    l->len = len;
+    l->ident = ident;
+    a->outstanding++;
+    mv->mbuf->master.buf = ptr;
+    mv->mbuf->master.len = len;
+    mv->view.buf = ptr;
+    mv->view.len = len;
+    mv->view.shape[0] = len;
+    mv->hash = -1;
+}
+#else
+#define VIEW_REUSE 0
+#endif
+
 /* socket engine: recv() into a free pool buffer.
  * Returns a memoryview, None (would block), b"" (EOF), or False (no free buffer:
  * the area is marked starved and wakes wake_fd when one comes back). */
@@ -433,7 +534,7 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
     uint32_t queued = 0;
     if (a->kind == KIND_ZCRX && !a->closed)
         queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i,s:K}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i,s:K,s:I,s:I,s:K,s:K}",
                          "buffers_outstanding", a->outstanding,
                          "buffers_returned", a->returned,
                          "refill_publishes", a->publishes,
@@ -446,7 +547,11 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
                          "buffers_free", a->nbufs - (uint32_t)a->outstanding,
                          "closed", a->closed,
                          "starved", a->starved,
-                         "area_addr", (unsigned long long)(uintptr_t)a->base);
+                         "area_addr", (unsigned long long)(uintptr_t)a->base,
+                         "buffers_posted", a->kind == KIND_PBUF ? a->posted : 0,
+                         "post_window", a->kind == KIND_PBUF ? a->window : 0,
+                         "post_window_grows", a->window_grows,
+                         "post_window_shrinks", a->window_shrinks);
 }
 
 static PyObject *
@@ -551,6 +656,20 @@ typedef struct {
     unsigned long long completions, bytes, dropped;
     unsigned long long *slot_counts;   /* per slot: completions, bytes */
     uint32_t slot_cap;
+    /* the ring, for pump(): its struct and two functions from the cffi layer
+     * (aiozcrx/_abi_build.py), kept alive by ring_owner */
+    PyObject *ring_owner;
+    void *ring;
+    int (*enter)(void *ring, unsigned min_complete, unsigned flags);
+    unsigned (*sq_space)(void *ring);
+    uint32_t *sq_flags, *cq_flags;
+    unsigned sq_entries, getevents, pending_mask, evfd_disabled_bit;
+    unsigned long long wakeups, idle_wakeups, enters;
+    int reuse_views;            /* see reusable_lease() */
+    unsigned long long reused_views;
+    /* benchmarks: time spent dispatching (drain + publish), clock_gettime per round */
+    int timing;
+    unsigned long long dispatch_ns;
 } Dispatcher;
 
 typedef struct {
@@ -589,6 +708,7 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
     d->cqes = (char *)(uintptr_t)cqes;
     d->cqe_shift = cqe_size == 32 ? 5 : 4;
     d->copy = copy;
+    d->reuse_views = 1;
     return 0;
 }
 
@@ -648,6 +768,8 @@ cqe_buffer(Area *a, const cqe_rec *c, char **ptr, uint64_t *ident)
     uint32_t bid = c->flags >> CQE_BUFFER_SHIFT;
     if (bid >= a->nbufs || (uint32_t)c->res > a->buf_size)
         return 0;
+    if (a->posted)
+        a->posted--;            /* the kernel took it out of the ring */
     *ptr = a->base + (size_t)bid * a->buf_size;
     *ident = bid;
     return 1;
@@ -680,17 +802,17 @@ append_control(PyObject **control, uint64_t ud, int32_t res, uint32_t flags, PyO
     return r;
 }
 
-/* run() -> (completions, control list or None)
- * Data completions for a live slot become slot_callback(view); everything else
- * (errors, EOF, ends of multishot requests, other ops, callback exceptions) comes
- * back as (user_data, res, flags, exception) tuples, in completion order. */
-static PyObject *
-Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+/* Drains the CQ: data completions for a live slot become slot_callback(view);
+ * everything else (errors, EOF, ends of multishot requests, other ops, callback
+ * exceptions) is appended to *control as (user_data, res, flags, exception)
+ * tuples, in completion order. Adds the number of CQEs seen to *n. */
+static int
+drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 {
     Area *a = d->area;
-    PyObject *control = NULL;
-    unsigned long long n = 0;
     cqe_rec batch[BATCH];
+    PyObject *spare = NULL;     /* the last view handed out, if we hold its only reference */
+    int rc = -1;
 
     for (;;) {
         uint32_t head = *d->khead;
@@ -709,7 +831,7 @@ Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
         }
         /* the CQ slots are free for the kernel before any Python code runs */
         STORE_REL32(d->khead, head + cnt);
-        n += cnt;
+        *n += cnt;
 
         for (uint32_t i = 0; i < cnt; i++) {
             const cqe_rec *c = &batch[i];
@@ -724,7 +846,7 @@ Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
                 d->completions++;
                 d->bytes += (unsigned long long)c->res;
                 if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
-                    goto error;
+                    goto out;
                 d->slot_counts[2 * slot]++;
                 d->slot_counts[2 * slot + 1] += (unsigned long long)c->res;
                 if (cb == NULL || cb == Py_None) {
@@ -739,26 +861,43 @@ Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
                         a->outstanding++;
                         area_return(a, ident, (uint32_t)c->res);
                     } else {
-                        view = make_view(a, ptr, c->res, ident);
+                        view = NULL;
+#if VIEW_REUSE
+                        Lease *l;
+                        if (spare && d->reuse_views && (l = reusable_lease(spare))) {
+                            retarget_view(spare, l, ptr, c->res, ident);
+                            view = spare;
+                            spare = NULL;
+                            d->reused_views++;
+                        }
+#endif
+                        if (!view) {
+                            Py_CLEAR(spare);
+                            view = make_view(a, ptr, c->res, ident);
+                        }
                     }
                     if (!view)
-                        goto error;
+                        goto out;
                     Py_INCREF(cb);
                     PyObject *r = PyObject_CallOneArg(cb, view);
                     Py_DECREF(cb);
-                    Py_DECREF(view);
+                    if (VIEW_REUSE && !d->copy)
+                        spare = view;   /* released at the next completion or below */
+                    else
+                        Py_DECREF(view);
                     if (r) {
                         Py_DECREF(r);
                     } else {
+                        Py_CLEAR(spare);  /* the view may be in the traceback */
                         PyObject *exc = fetch_exception();
-                        int bad = append_control(&control, c->ud, c->res, c->flags, exc);
+                        int bad = append_control(controlp, c->ud, c->res, c->flags, exc);
                         Py_XDECREF(exc);
                         if (bad)
-                            goto error;
+                            goto out;
                     }
                 }
-                if (!(c->flags & CQE_F_MORE) && append_control(&control, c->ud, c->res, c->flags, NULL))
-                    goto error;
+                if (!(c->flags & CQE_F_MORE) && append_control(controlp, c->ud, c->res, c->flags, NULL))
+                    goto out;
                 continue;
             }
             if (is_recv && a->kind == KIND_PBUF && (c->flags & CQE_F_BUFFER) &&
@@ -767,29 +906,216 @@ Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
                 a->outstanding++;
                 area_return(a, ident, 0);
             }
-            if (append_control(&control, c->ud, c->res, c->flags, NULL))
-                goto error;
+            if (is_recv && a->kind == KIND_PBUF && c->res == -ENOBUFS && a->window < a->nbufs) {
+                /* the kernel ran through the posted window within one round: widen it */
+                a->window = a->window * 2 > a->nbufs ? a->nbufs : a->window * 2;
+                a->window_grows++;
+            }
+            if (append_control(controlp, c->ud, c->res, c->flags, NULL))
+                goto out;
         }
+    }
+    rc = 0;
+out:
+    Py_XDECREF(spare);  /* its buffer goes back before the round's refill publish */
+    return rc;
+}
+
+/* run() -> (completions, control list or None): one drain, no syscalls. */
+static PyObject *
+Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *control = NULL;
+    unsigned long long n = 0;
+    if (drain(d, &control, &n) < 0) {
+        Py_XDECREF(control);
+        return NULL;
     }
     PyObject *ret = Py_BuildValue("(KO)", n, control ? control : Py_None);
     Py_XDECREF(control);
     return ret;
-error:
+}
+
+static PyObject *
+Dispatcher_bind_ring(Dispatcher *d, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"owner", "ring", "enter", "sq_space", "sq_flags", "cq_flags",
+                             "sq_entries", "getevents", "pending_mask", "evfd_disabled_bit", NULL};
+    PyObject *owner;
+    unsigned long long ring, enter, sq_space, sq_flags, cq_flags;
+    unsigned int sq_entries, getevents, pending_mask, disabled_bit;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OKKKKKIIII", kwlist, &owner, &ring, &enter,
+                                     &sq_space, &sq_flags, &cq_flags, &sq_entries, &getevents,
+                                     &pending_mask, &disabled_bit))
+        return NULL;
+    if (!ring || !enter || !sq_space || !sq_flags || !cq_flags) {
+        PyErr_SetString(PyExc_ValueError, "bind_ring: null address");
+        return NULL;
+    }
+    Py_INCREF(owner);
+    Py_XSETREF(d->ring_owner, owner);
+    d->ring = (void *)(uintptr_t)ring;
+    d->enter = (int (*)(void *, unsigned, unsigned))(uintptr_t)enter;
+    d->sq_space = (unsigned (*)(void *))(uintptr_t)sq_space;
+    d->sq_flags = (uint32_t *)(uintptr_t)sq_flags;
+    d->cq_flags = (uint32_t *)(uintptr_t)cq_flags;
+    d->sq_entries = sq_entries;
+    d->getevents = getevents;
+    d->pending_mask = pending_mask;
+    d->evfd_disabled_bit = pending_mask ? disabled_bit : 0;
+    Py_RETURN_NONE;
+}
+
+enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
+#define PUMP_ROUNDS 64
+
+/* pump(eventfd) -> (completions, control list or None, state)
+ *
+ * One wake-up's work in one call: read the eventfd (when given, >= 0), then
+ * rounds of io_uring_enter (submit + run deferred task work) -> drain ->
+ * publish refills, until the kernel has nothing more for us.
+ *
+ * While we work, the ring's eventfd is switched off (IORING_CQ_EVENTFD_DISABLED):
+ * the kernel signals it for every batch of CQEs it posts, even those posted inside
+ * our own enter, and each such signal is a wake-up that finds nothing. Once it is
+ * back on, IORING_SQ_TASKRUN tells whether work arrived meanwhile (the kernel sets
+ * it before it would have signalled): then we go round again.
+ *
+ * state: PUMP_IDLE (the eventfd will tell us of new work), PUMP_PENDING (the
+ * kernel says work is queued but an enter found none: look again later),
+ * PUMP_BUSY (the round limit was reached: continue after other callbacks).
+ * Returns early, with the control list, whenever there is something for Python
+ * to decide; the caller handles it and calls pump(-1) again. */
+static PyObject *
+Dispatcher_pump(Dispatcher *d, PyObject *arg)
+{
+    long evfd = PyLong_AsLong(arg);
+    if (evfd == -1 && PyErr_Occurred())
+        return NULL;
+    if (!d->ring) {
+        PyErr_SetString(PyExc_RuntimeError, "pump: no ring bound");
+        return NULL;
+    }
+    Area *a = d->area;
+    PyObject *control = NULL;
+    unsigned long long total = 0;
+    int state = PUMP_BUSY;
+
+    if (evfd >= 0) {
+        uint64_t v;
+        d->wakeups++;
+        if (read((int)evfd, &v, sizeof v) < 0) {
+            /* EAGAIN: already consumed by an earlier round; nothing else is expected */
+        }
+    }
+    for (int round = 0; round < PUMP_ROUNDS; round++) {
+        if (d->evfd_disabled_bit)
+            __atomic_fetch_or(d->cq_flags, d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+        int ret;
+        do {
+            ret = d->enter(d->ring, 0, d->getevents);
+        } while (ret == -EINTR);
+        d->enters++;
+        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY) {
+            /* EAGAIN/EBUSY: CQ overflow backlog, retried next round */
+            if (d->evfd_disabled_bit)
+                __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+            Py_XDECREF(control);
+            errno = -ret;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        unsigned long long n = 0;
+        struct timespec t0, t1;
+        if (d->timing)
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+        int bad = drain(d, &control, &n);
+        if (!bad)
+            area_publish(a, 0);
+        if (d->timing) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            d->dispatch_ns += (unsigned long long)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                                   (t1.tv_nsec - t0.tv_nsec));
+        }
+        if (d->evfd_disabled_bit)
+            __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+        if (bad) {
+            Py_XDECREF(control);
+            return NULL;
+        }
+        if (evfd >= 0 && round == 0 && n == 0)
+            d->idle_wakeups++;
+        total += n;
+        int sq_pending = d->sq_space(d->ring) < d->sq_entries;
+        if (control) {
+            state = PUMP_IDLE;  /* the caller comes back */
+            break;
+        }
+        if (sq_pending)
+            continue;
+        if (!d->pending_mask) {
+            /* cannot tell whether work is left (no TASKRUN_FLAG): go on while there is progress */
+            if (!n) {
+                state = PUMP_IDLE;
+                break;
+            }
+            continue;
+        }
+        if (!(__atomic_load_n(d->sq_flags, __ATOMIC_SEQ_CST) & d->pending_mask)) {
+            state = PUMP_IDLE;
+            break;
+        }
+        if (!n) {
+            /* flagged, but an enter found nothing: the flag can lag; a timer looks again */
+            state = PUMP_PENDING;
+            break;
+        }
+    }
+    PyObject *ret = Py_BuildValue("(KOi)", total, control ? control : Py_None, state);
     Py_XDECREF(control);
-    return NULL;
+    return ret;
+}
+
+static PyObject *
+Dispatcher_set_view_reuse(Dispatcher *d, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    d->reuse_views = on;
+    return PyBool_FromLong(VIEW_REUSE && on);
+}
+
+static PyObject *
+Dispatcher_set_timing(Dispatcher *d, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    d->timing = on;
+    Py_RETURN_NONE;
 }
 
 static PyObject *
 Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{s:K,s:K,s:K}", "completions", d->completions, "bytes", d->bytes,
-                         "dropped_completions", d->dropped);
+    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "completions", d->completions,
+                                "bytes", d->bytes, "dropped_completions", d->dropped,
+                                "wakeups", d->wakeups, "idle_wakeups", d->idle_wakeups,
+                                "enters", d->enters, "reused_views", d->reused_views);
+    if (s && d->timing) {
+        PyObject *v = PyLong_FromUnsignedLongLong(d->dispatch_ns);
+        if (!v || PyDict_SetItemString(s, "dispatch_ns", v) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(v);
+    }
+    return s;
 }
 
 static int
 Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
 {
     Py_VISIT(d->slots);
+    Py_VISIT(d->ring_owner);
     return 0;
 }
 
@@ -797,6 +1123,8 @@ static int
 Dispatcher_clear(Dispatcher *d)
 {
     Py_CLEAR(d->slots);
+    Py_CLEAR(d->ring_owner);
+    d->ring = NULL;
     return 0;
 }
 
@@ -805,6 +1133,7 @@ Dispatcher_dealloc(Dispatcher *d)
 {
     PyObject_GC_UnTrack(d);
     Py_CLEAR(d->slots);
+    Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->area);
     PyMem_Free(d->slot_counts);
     Py_TYPE(d)->tp_free((PyObject *)d);
@@ -812,6 +1141,10 @@ Dispatcher_dealloc(Dispatcher *d)
 
 static PyMethodDef Dispatcher_methods[] = {
     {"run", (PyCFunction)Dispatcher_run, METH_NOARGS, "drain the CQ and dispatch"},
+    {"pump", (PyCFunction)Dispatcher_pump, METH_O, "pump(eventfd): one wake-up's enter/drain/publish rounds"},
+    {"bind_ring", (PyCFunction)Dispatcher_bind_ring, METH_VARARGS | METH_KEYWORDS, "give pump() the ring"},
+    {"set_view_reuse", (PyCFunction)Dispatcher_set_view_reuse, METH_O, "benchmarks/tests: reuse unobservable views (default on); returns whether it is in effect"},
+    {"set_timing", (PyCFunction)Dispatcher_set_timing, METH_O, "benchmarks: time dispatching (stats()['dispatch_ns'])"},
     {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},
     {"slot_stats", (PyCFunction)Dispatcher_slot_stats, METH_O, "(completions, bytes) of a slot"},
     {"reset_slot", (PyCFunction)Dispatcher_reset_slot, METH_O, "zero a slot's counters"},

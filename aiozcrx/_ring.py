@@ -144,13 +144,27 @@ class Ring:
         return lib.azx_probe_op(self._r, op) == 1
 
     def dispatcher(self, area: Area, slots: list, *, copy: bool) -> Dispatcher:
+        """The C completion dispatcher for this ring (see ``Dispatcher.pump``)."""
         r = self._r
-        return Dispatcher(
+        d = Dispatcher(
             area, slots,
             khead=int(r.cq_khead), ktail=int(r.cq_ktail),
             mask=int(r.cq_mask),
             cqes=int(r.cq_cqes), cqe_size=self.cqe_size, copy=copy,
         )
+        # Without TASKRUN_FLAG the kernel cannot tell us that work is left, and the
+        # eventfd must then stay on: pending_mask 0 makes pump() keep both simple.
+        flagged = bool(self.flags & lib.AZX_SETUP_TASKRUN_FLAG)
+        d.bind_ring(
+            owner=r, ring=int(ffi.cast("uintptr_t", r)),
+            enter=int(ffi.cast("uintptr_t", ffi.addressof(lib, "azx_enter"))),
+            sq_space=int(ffi.cast("uintptr_t", ffi.addressof(lib, "azx_sq_space"))),
+            sq_flags=int(r.sq_flags), cq_flags=int(r.cq_flags),
+            sq_entries=self.sq_entries, getevents=lib.AZX_ENTER_GETEVENTS,
+            pending_mask=(lib.AZX_SQ_TASKRUN | lib.AZX_SQ_CQ_OVERFLOW) if flagged else 0,
+            evfd_disabled_bit=lib.AZX_CQ_EVENTFD_DISABLED,
+        )
+        return d
 
     def close(self) -> None:
         """Closes the ring. The kernel tears down registrations (zcrx, buffer rings);
@@ -260,8 +274,12 @@ def query_zcrx() -> dict | None:
     }
 
 
-def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int) -> None:
-    """A provided buffer ring over every buffer of ``area`` (IORING_REGISTER_PBUF_RING)."""
+def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int, window: int) -> None:
+    """A provided buffer ring for the buffers of ``area`` (IORING_REGISTER_PBUF_RING).
+
+    Room for all of them; ``window`` of them posted at a time (``Area`` keeps the
+    rest, most recently used first, and widens the window when the kernel runs out).
+    """
     entries = 1
     while entries < area.nbufs:
         entries <<= 1
@@ -273,4 +291,4 @@ def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int) -> None:
         unmap(m)
         _check(ret, "IORING_REGISTER_PBUF_RING")
     area.own_mapping(m.addr, m.length)
-    area.setup_pbuf(m.addr, entries)
+    area.setup_pbuf(m.addr, entries, window)

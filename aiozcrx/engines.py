@@ -26,6 +26,9 @@ from . import _ring
 from ._ring import UD_CANCEL, UD_NOTIF, UD_RECV, user_data, ud_kind, ud_slot
 from .errors import EngineUnavailable, UringUnavailable, ZcrxUnavailable
 
+# Dispatcher.pump() states (aiozcrx/_leases.c)
+PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
+
 if TYPE_CHECKING:
     from .transport import ZcrxTransport
 
@@ -230,35 +233,40 @@ class _RingEngine(Engine):
 
     # -- the loop side --
     def _on_wake(self) -> None:
-        try:
-            os.eventfd_read(self.ring.eventfd)
-        except BlockingIOError:
-            pass
-        self.stats["wakeups"] += 1
-        self._process()
+        self._pump(self.ring.eventfd)
 
     def _process(self) -> None:
         self._scheduled = False
-        ring = self.ring
-        if ring is None:
-            return
-        for _ in range(64):
-            ring.enter(0)
-            n, control = self.dispatcher.run()
-            self.area.publish(False)
-            if control:
-                self._handle(control)
+        if self.ring is not None:
+            self._pump(-1)
+
+    CONTROL_ROUNDS = 64
+
+    def _pump(self, eventfd: int) -> None:
+        """One wake-up: the C dispatcher submits, runs task work, dispatches and
+        refills (``Dispatcher.pump``); Python decides only what it hands back
+        (ends of requests, errors, notifications) and what to re-arm."""
+        pump = self.dispatcher.pump
+        _n, control, state = pump(eventfd)
+        rounds = 0
+        while control is not None:
+            self._handle(control)
             if self.starved and self._buffers_available():
                 self._revive()
-            if not (n or ring.sq_pending()):
+            if self.ring is None:
+                return
+            rounds += 1
+            if rounds == self.CONTROL_ROUNDS:
+                state = PUMP_BUSY
                 break
-        else:
+            _n, control, state = pump(-1)
+        if self.starved and self._buffers_available():
+            self._revive()
+        if state == PUMP_BUSY:
             self._kick()  # still busy: continue after the loop's other callbacks
-        # The eventfd fires only when task work lands on an empty list, and one
-        # enter runs a bounded batch of it (20 items on 6.10+). Work left behind
-        # would never wake us: while the kernel says some is queued, look again
-        # soon. (The flag can also be stale; a timer, not a busy loop.)
-        if ring.work_pending() and self._tw_timer is None and not self._scheduled:
+        elif state == PUMP_PENDING and self._tw_timer is None and not self._scheduled:
+            # The kernel flags queued task work that an enter did not find (the
+            # flag can lag): look again soon. A timer, never a busy loop.
             self._tw_timer = self.loop.call_later(self.TW_RECHECK, self._tw_recheck)
         self._end_of_round()
 
@@ -321,8 +329,8 @@ class _RingEngine(Engine):
 
     def area_stats(self) -> dict:
         s = self.area.stats()
-        s.update(self.dispatcher.stats())
         s.update(self.stats)
+        s.update(self.dispatcher.stats())  # wakeups are counted in C
         return s
 
 
@@ -572,6 +580,15 @@ class UringEngine(_RingEngine):
 
     name = "uring"
     BGID = 7
+    # Buffers posted to the kernel at a time start at about this many bytes: small
+    # enough to stay in a core's L2 cache, so the kernel's copy lands in warm memory.
+    # The C side doubles the window whenever the kernel runs out within a round.
+    WARM_BYTES = 512 * 1024
+    MIN_POSTED = 8
+
+    @classmethod
+    def post_window(cls, buf_size: int, nbufs: int) -> int:
+        return min(nbufs, max(cls.MIN_POSTED, cls.WARM_BYTES // buf_size))
 
     def open(self, loop) -> None:
         cfg = self.config
@@ -581,7 +598,8 @@ class UringEngine(_RingEngine):
                 raise OSError(errno.EOPNOTSUPP, "IORING_OP_RECV not supported")
             mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
             self.area = _ring.new_area(mapping, cfg.buf_size)
-            _ring.register_pbuf_ring(self.ring, self.area, bgid=self.BGID)
+            _ring.register_pbuf_ring(self.ring, self.area, bgid=self.BGID,
+                                     window=self.post_window(cfg.buf_size, self.area.nbufs))
         except OSError as e:
             if self.area is not None:
                 self.area.close()

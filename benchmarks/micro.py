@@ -11,10 +11,14 @@ Two parts, printed as one markdown table:
    receiver (this process) takes it with ``Receiver(engine=E, buf_size=4096)`` so
    each completion carries at most 4 KiB, and for reference with uvloop's
    BufferedProtocol reading into a 4 KiB buffer (one callback per 4 KiB read).
-   Reported per completion: user CPU ns (the Python/C dispatch path: view
-   creation, the call, the recycle, plus the event loop's share), sys CPU ns (the
-   kernel: copy to user space, io_uring/syscall work) and total; medians over
-   ``--repeat`` interleaved runs, CPU from ``getrusage(RUSAGE_SELF)``.
+   Reported per completion: dispatch ns (ring engines: wall time inside the C
+   dispatcher's drain + refill publish, clock_gettime around each round: exactly
+   view creation + ``data_received`` + recycle, nothing else), user CPU ns (the
+   same plus the event loop's share and syscall entry, from
+   ``getrusage(RUSAGE_SELF)``; the kernel splits user/sys by tick sampling, so
+   this column is noisy for short runs), sys CPU ns (the kernel: copy to user
+   space, io_uring/syscall work) and total; medians over ``--repeat``
+   interleaved runs.
 
 Usage:
     .venv/bin/python benchmarks/micro.py                      # host: engines uring, socket
@@ -121,9 +125,13 @@ async def _receive(engine: str, total: int) -> dict:
             c1 = resource.getrusage(resource.RUSAGE_SELF)
             completions = proto.calls
             wakeups = None
+            dispatch_ns = None
         else:
             import aiozcrx
             async with aiozcrx.Receiver(engine=engine, buf_size=CHUNK, area_size=16 << 20) as rx:
+                dispatcher = getattr(rx._engine, "dispatcher", None)  # ring engines only
+                if dispatcher is not None:
+                    dispatcher.set_timing(True)  # clock_gettime around each dispatch round
                 c0 = resource.getrusage(resource.RUSAGE_SELF)
                 t0 = time.perf_counter()
                 _t, proto = await rx.wrap(conn, lambda: Sink(done))
@@ -133,6 +141,7 @@ async def _receive(engine: str, total: int) -> dict:
                 st = rx.stats()
                 completions = st["completions"]
                 wakeups = st.get("wakeups")
+                dispatch_ns = st.get("dispatch_ns")
     except BaseException:
         conn.close()  # unblock the sender before waiting for it
         sender.kill()
@@ -140,7 +149,7 @@ async def _receive(engine: str, total: int) -> dict:
     finally:
         sender.wait()
     return {"engine": engine, "bytes": proto.bytes, "calls": proto.calls, "completions": completions,
-            "wakeups": wakeups, "wall": t1 - t0, "user": c1.ru_utime - c0.ru_utime, "sys": c1.ru_stime - c0.ru_stime}
+            "wakeups": wakeups, "dispatch_ns": dispatch_ns, "wall": t1 - t0, "user": c1.ru_utime - c0.ru_utime, "sys": c1.ru_stime - c0.ru_stime}
 
 
 def one_run(engine: str, total: int) -> dict:
@@ -187,26 +196,28 @@ def main(argv=None) -> int:
     print(f"Per-completion cost, {platform.uname().release}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}{' (guest)' if os.environ.get('AIOZCRX_GUEST') else ''}; "
           f"{args.mib} MiB per run, {args.repeat} runs, medians (min-max)\n")
-    print("| path | bytes/completion | user ns/completion | sys ns/completion | total ns/completion | "
-          "user CPU s/GB | total CPU s/GB | completions/s | completions/wakeup |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| path | bytes/completion | dispatch ns/completion | user ns/completion | sys ns/completion | "
+          "total ns/completion | user CPU s/GB | total CPU s/GB | completions/s | completions/wakeup |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("slice", "call", "slice+call"):
         print(f"| pure Python `{name}` (no I/O, best of {args.repeat}, loop overhead "
-              f"{fl['empty']:.0f} ns included) | {CHUNK} | {fl[name]:.0f} | - | {fl[name]:.0f} | - | - | - | - |")
+              f"{fl['empty']:.0f} ns included) | {CHUNK} | - | {fl[name]:.0f} | - | {fl[name]:.0f} | - | - | - | - |")
     for e in engines:
         good = [x for x in runs[e] if "completions" in x and x["completions"]]
         label = "uvloop BufferedProtocol, 4 KiB buffer (reference)" if e == "uvloop-buffered-4k" \
             else f"aiozcrx engine {e}, buf_size 4096"
         if not good:
             err = next((x.get("error") for x in runs[e] if x.get("error")), "no completions")
-            print(f"| {label} | not run: {err} | | | | | | | |")
+            print(f"| {label} | not run: {err} | | | | | | | | |")
             continue
 
         def col(f, nd=0):
             xs = [f(x) for x in good]
             return f"{statistics.median(xs):.{nd}f} ({min(xs):.{nd}f}-{max(xs):.{nd}f})"
 
+        timed = all(x.get("dispatch_ns") for x in good)
         print(f"| {label} | {col(lambda x: x['bytes'] / x['completions'])} | "
+              f"{col(lambda x: x['dispatch_ns'] / x['completions']) if timed else '-'} | "
               f"{col(lambda x: x['user'] / x['completions'] * 1e9)} | "
               f"{col(lambda x: x['sys'] / x['completions'] * 1e9)} | "
               f"{col(lambda x: (x['user'] + x['sys']) / x['completions'] * 1e9)} | "
