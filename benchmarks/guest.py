@@ -6,10 +6,19 @@
 Runs ``benchmarks/run.py --no-write --summary-json`` inside ``tests/uml/run-in-guest.sh``
 with uvloop Protocol, uvloop BufferedProtocol and aiozcrx engines zcrx-copy and uring
 on uvloop, prints the guest's table, and checks the target from the issue:
-engine zcrx-copy's **user** CPU s/GB <= 0.5 x uvloop's **total** (user+sys)
+engine zcrx-copy's **user-space** CPU s/GB <= 0.5 x uvloop's **total** (user+sys)
 receiver CPU s/GB, both from the same guest run (the better of uvloop's two
 protocols is the reference). The guest has one CPU: sender and receiver share
 it, so GB/s there is not comparable with the host's; CPU s/GB is.
+
+User space, measured: User-Mode Linux's getrusage books the guest kernel's work
+as *user* time, so the user column cannot say what is left once a NIC removes the
+copy. ``run.py --kernel-split`` measures instead, with the exact per-thread CPU
+clock, the CPU spent inside every io_uring syscall aiozcrx makes (enter, eventfd
+read, refill flush: where the kernel receives and copies for us) and reports the
+process's total CPU minus that. What remains is our user space plus the event
+loop's epoll_wait and anything else the kernel did outside those syscalls, so it
+overstates our share, never understates it.
 Exit status: 0 target met, 1 not met, 77 guest unavailable (reason printed).
 """
 
@@ -39,7 +48,7 @@ def main(argv=None) -> int:
     if chk.returncode != 0:
         print(f"guest benchmark not run: {(chk.stdout + chk.stderr).strip()}")
         return 77
-    inner = (f"{shlex.quote(sys.executable)} benchmarks/run.py --no-write --summary-json "
+    inner = (f"{shlex.quote(sys.executable)} benchmarks/run.py --no-write --summary-json --kernel-split "
              f"--rounds {args.rounds} --seconds {args.seconds} --only {args.only}")
     timeout = int(args.rounds * len(args.only.split(",")) * (args.seconds + 15) + 120)
     out = subprocess.run([RUNNER, "--timeout", str(timeout), "--", inner], cwd=ROOT,
@@ -56,13 +65,15 @@ def main(argv=None) -> int:
     zc = summary.get("aiozcrx-zcrx-copy-uvloop", {})
     refs = {n: summary[n]["total"] for n in ("uvloop-buffered", "uvloop-protocol")
             if n in summary and "total" in summary[n]}
-    if "user" not in zc or not refs:
+    if "outside_syscalls" not in zc or not refs:
         print(f"\ntarget (c) not evaluated: zcrx-copy {zc.get('skipped', 'missing')}, uvloop refs {refs}")
         return 2
     ref_name, ref = min(refs.items(), key=lambda kv: kv[1])
-    ratio = zc["user"] / ref
+    ours = zc["outside_syscalls"]
+    ratio = ours / ref
     met = ratio <= 0.5
-    print(f"\ntarget (c): zcrx-copy user {zc['user']:.3f} s/GB vs {ref_name} total {ref:.3f} s/GB "
+    print(f"\ntarget (c): zcrx-copy user space {ours:.3f} s/GB (total {zc['total']:.3f} minus the "
+          f"kernel's work inside our io_uring syscalls) vs {ref_name} total {ref:.3f} s/GB "
           f"= {ratio:.2f}x (target <= 0.50x): {'MET' if met else 'NOT MET'}")
     return 0 if met else 1
 
