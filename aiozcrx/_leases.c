@@ -553,24 +553,29 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
     uint32_t queued = 0;
     if (a->kind == KIND_ZCRX && !a->closed)
         queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i,s:K,s:I,s:I,s:K,s:K}",
-                         "buffers_outstanding", a->outstanding,
-                         "buffers_returned", a->returned,
-                         "refill_publishes", a->publishes,
-                         "refill_flushes", a->flushes,
-                         "refill_errors", a->flush_errors,
-                         "refill_queued", queued + a->npending,
-                         "buffers_total", a->nbufs,
-                         "area_size", (Py_ssize_t)a->len,
-                         "buffer_size", a->buf_size,
-                         "buffers_free", a->nbufs - (uint32_t)a->outstanding,
-                         "closed", a->closed,
-                         "starved", a->starved,
-                         "area_addr", (unsigned long long)(uintptr_t)a->base,
-                         "buffers_posted", a->kind == KIND_PBUF ? a->posted : 0,
-                         "post_window", a->kind == KIND_PBUF ? a->window : 0,
-                         "post_window_grows", a->window_grows,
-                         "post_window_shrinks", a->window_shrinks);
+    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i,s:K}",
+                                "buffers_outstanding", a->outstanding,
+                                "buffers_returned", a->returned,
+                                "refill_publishes", a->publishes,
+                                "refill_flushes", a->flushes,
+                                "refill_errors", a->flush_errors,
+                                "refill_queued", queued + a->npending,
+                                "buffers_total", a->nbufs,
+                                "area_size", (Py_ssize_t)a->len,
+                                "buffer_size", a->buf_size,
+                                "buffers_free", a->nbufs - (uint32_t)a->outstanding,
+                                "closed", a->closed,
+                                "starved", a->starved,
+                                "area_addr", (unsigned long long)(uintptr_t)a->base);
+    if (s && a->kind == KIND_PBUF) {
+        PyObject *p = Py_BuildValue("{s:I,s:I,s:K,s:K}", "buffers_posted", a->posted,
+                                    "post_window", a->window, "post_window_grows", a->window_grows,
+                                    "post_window_shrinks", a->window_shrinks);
+        if (!p || PyDict_Update(s, p) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(p);
+    }
+    return s;
 }
 
 static PyObject *

@@ -200,8 +200,26 @@ class Receiver:
         return self._loop
 
     def stats(self) -> dict:
-        """Counters for the whole Receiver: bytes, completions, re-arms, refills,
-        buffers outstanding, area size."""
+        """Counters for the whole Receiver, as a dict.
+
+        Always: ``engine``, ``connections``, ``bytes``, ``completions``,
+        ``dropped_completions`` (data for a connection already gone, returned at
+        once), ``buffers_total`` / ``buffers_outstanding`` (held by views) /
+        ``buffers_free`` / ``buffers_returned``, ``buffer_size``, ``area_size``,
+        ``refill_publishes`` / ``refill_flushes`` / ``refill_queued`` /
+        ``refill_errors``, ``rearms``, ``starved`` (times reception stopped for
+        want of buffers), ``wakeups`` (eventfd wake-ups of the loop),
+        ``notifications_no_buffers`` / ``notifications_copy`` (zcrx, 7.2+).
+
+        Ring engines add ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
+        (wake-ups that found nothing) and ``reused_views`` (see "The fast path" in
+        docs/concepts.md). Engine ``uring`` adds ``post_window`` (buffers kept in
+        the kernel's ring), ``buffers_posted`` (there now),
+        ``post_window_grows`` / ``post_window_shrinks``. zcrx engines add
+        ``zcrx_id``, ``rq_entries``, ``rx_buf_len``, ``nodev``, ``notifications``
+        (``"on"`` or ``"unsupported"``) and, once they happened, ``stall_kicks``,
+        ``notification_rearms``; an instance shared with ``share_with`` has
+        ``imported``."""
         s = {"engine": self.engine, "connections": len(self._transports)}
         if self._engine is not None:
             s.update(self._engine.area_stats())

@@ -128,10 +128,13 @@ async def _receive(engine: str, total: int) -> dict:
             dispatch_ns = None
         else:
             import aiozcrx
-            async with aiozcrx.Receiver(engine=engine, buf_size=CHUNK, area_size=16 << 20) as rx:
+            name, _, variant = engine.partition("/")  # "uring/no-reuse": view reuse off
+            async with aiozcrx.Receiver(engine=name, buf_size=CHUNK, area_size=16 << 20) as rx:
                 dispatcher = getattr(rx._engine, "dispatcher", None)  # ring engines only
                 if dispatcher is not None:
                     dispatcher.set_timing(True)  # clock_gettime around each dispatch round
+                    if variant == "no-reuse":
+                        dispatcher.set_view_reuse(False)
                 c0 = resource.getrusage(resource.RUSAGE_SELF)
                 t0 = time.perf_counter()
                 _t, proto = await rx.wrap(conn, lambda: Sink(done))
@@ -165,7 +168,8 @@ def one_run(engine: str, total: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engines", default="uring,socket", help="aiozcrx engines, comma-separated")
+    ap.add_argument("--engines", default="uring,socket",
+                    help="aiozcrx engines, comma-separated; ENGINE/no-reuse turns view reuse off")
     ap.add_argument("--mib", type=int, default=512, help="MiB per run")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--n", type=int, default=1_000_000, help="iterations of the pure floors")
