@@ -21,3 +21,28 @@ def test_bench_quick_runs_and_prints_aiozcrx_row():
     assert any(not row.split("|")[2].strip().startswith("not run") for row in rows), out.stdout
     # --quick writes nothing
     assert "plots:" not in out.stdout
+
+
+def test_bench_kernel_split_and_micro_and_scale_run():
+    """The measurement modes the targets are read with: --kernel-split (guest.py),
+    micro.py's dispatch timing and view-reuse A/B, scale.py. Tiny sizes; the
+    numbers are not checked, only that each produces its rows."""
+    py = sys.executable
+    bench = os.path.join(ROOT, "benchmarks")
+    out = subprocess.run([py, os.path.join(bench, "run.py"), "--quick", "--kernel-split",
+                          "--only", "aiozcrx-uring-uvloop"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "- aiozcrx uring, uvloop: " in out.stdout, out.stdout
+    out = subprocess.run([py, os.path.join(bench, "micro.py"), "--engines", "uring,uring/no-reuse",
+                          "--mib", "8", "--repeat", "1", "--n", "1000", "--no-reference"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| aiozcrx engine uring")]
+    assert len(rows) == 2 and all("not run" not in r for r in rows), out.stdout
+    # the dispatch column holds a number for the ring engine
+    assert all(r.split("|")[3].strip()[0].isdigit() for r in rows), out.stdout
+    out = subprocess.run([py, os.path.join(bench, "scale.py"), "--counts", "20", "--kib", "16",
+                          "--repeat", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert any(ln.startswith("| 20 |") for ln in out.stdout.splitlines()), out.stdout
