@@ -35,7 +35,12 @@ test-guest: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -b html docs build/docs
 
-bench: $(STAMP)
+# matplotlib only for the plots: installed by this target, not by demo/test
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,uvloop,anyio,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/run.py
 
 clean:

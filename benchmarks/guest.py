@@ -37,45 +37,51 @@ RUNNER = os.path.join(ROOT, "tests", "uml", "run-in-guest.sh")
 VARIANTS = "uvloop-protocol,uvloop-buffered,aiozcrx-zcrx-copy-uvloop,aiozcrx-uring-uvloop"
 
 
+def run_guest(rounds: int, seconds: float, only: str = VARIANTS) -> tuple[int, str]:
+    """Runs the guest comparison; (status, report text). Status: 0 target (c) met,
+    1 not met, 2 the run failed, 77 no guest here (the text says why)."""
+    chk = subprocess.run([RUNNER, "--check"], capture_output=True, text=True, cwd=ROOT)
+    if chk.returncode != 0:
+        return 77, f"guest benchmark not run: {(chk.stdout + chk.stderr).strip()}"
+    inner = (f"{shlex.quote(sys.executable)} benchmarks/run.py --no-write --summary-json --kernel-split "
+             f"--rounds {rounds} --seconds {seconds} --only {only}")
+    timeout = int(rounds * len(only.split(",")) * (seconds + 15) + 120)
+    out = subprocess.run([RUNNER, "--timeout", str(timeout), "--", inner], cwd=ROOT,
+                         capture_output=True, text=True)
+    summary = None
+    lines = []
+    for line in out.stdout.splitlines():
+        if line.startswith("SUMMARY-JSON "):
+            summary = json.loads(line[len("SUMMARY-JSON "):])
+        elif not line.startswith("  round "):
+            lines.append(line)
+    if out.returncode != 0 or summary is None:
+        return 2, f"guest run failed (status {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
+    zc = summary.get("aiozcrx-zcrx-copy-uvloop", {})
+    refs = {n: summary[n]["total"] for n in ("uvloop-buffered", "uvloop-protocol")
+            if n in summary and "total" in summary[n]}
+    if "outside_syscalls" not in zc or not refs:
+        lines.append(f"\ntarget (c) not evaluated: zcrx-copy {zc.get('skipped', 'missing')}, uvloop refs {refs}")
+        return 2, "\n".join(lines)
+    ref_name, ref = min(refs.items(), key=lambda kv: kv[1])
+    ours = zc["outside_syscalls"]
+    ratio = ours / ref
+    met = ratio <= 0.5
+    lines.append(f"\ntarget (c): zcrx-copy user space {ours:.3f} s/GB (total {zc['total']:.3f} minus the "
+                 f"kernel's work inside our io_uring syscalls) vs {ref_name} total {ref:.3f} s/GB "
+                 f"= {ratio:.2f}x (target <= 0.50x): {'MET' if met else 'NOT MET'}")
+    return (0 if met else 1), "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--only", default=VARIANTS)
     args = ap.parse_args(argv)
-
-    chk = subprocess.run([RUNNER, "--check"], capture_output=True, text=True, cwd=ROOT)
-    if chk.returncode != 0:
-        print(f"guest benchmark not run: {(chk.stdout + chk.stderr).strip()}")
-        return 77
-    inner = (f"{shlex.quote(sys.executable)} benchmarks/run.py --no-write --summary-json --kernel-split "
-             f"--rounds {args.rounds} --seconds {args.seconds} --only {args.only}")
-    timeout = int(args.rounds * len(args.only.split(",")) * (args.seconds + 15) + 120)
-    out = subprocess.run([RUNNER, "--timeout", str(timeout), "--", inner], cwd=ROOT,
-                         capture_output=True, text=True)
-    summary = None
-    for line in out.stdout.splitlines():
-        if line.startswith("SUMMARY-JSON "):
-            summary = json.loads(line[len("SUMMARY-JSON "):])
-        elif not line.startswith("  round "):
-            print(line)
-    if out.returncode != 0 or summary is None:
-        print(f"guest run failed (status {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
-        return 2
-    zc = summary.get("aiozcrx-zcrx-copy-uvloop", {})
-    refs = {n: summary[n]["total"] for n in ("uvloop-buffered", "uvloop-protocol")
-            if n in summary and "total" in summary[n]}
-    if "outside_syscalls" not in zc or not refs:
-        print(f"\ntarget (c) not evaluated: zcrx-copy {zc.get('skipped', 'missing')}, uvloop refs {refs}")
-        return 2
-    ref_name, ref = min(refs.items(), key=lambda kv: kv[1])
-    ours = zc["outside_syscalls"]
-    ratio = ours / ref
-    met = ratio <= 0.5
-    print(f"\ntarget (c): zcrx-copy user space {ours:.3f} s/GB (total {zc['total']:.3f} minus the "
-          f"kernel's work inside our io_uring syscalls) vs {ref_name} total {ref:.3f} s/GB "
-          f"= {ratio:.2f}x (target <= 0.50x): {'MET' if met else 'NOT MET'}")
-    return 0 if met else 1
+    status, text = run_guest(args.rounds, args.seconds, args.only)
+    print(text)
+    return status
 
 
 if __name__ == "__main__":

@@ -203,14 +203,12 @@ async def test_200_connections_on_one_receiver(engine):
         stats = rx.stats()
     lst.close()
     await join(proc)
-    seen = set()
-    for p in protos:
-        # the first 4 bytes of each stream name the payload it carries
-        pass
     assert stats["buffers_outstanding"] == 0
     for p in protos:
         assert p.eof
-    # verify each stream: re-hash header + payload per index
+    # verify each stream: its first 4 bytes name the payload it carries, so re-hash
+    # header + payload per index and look each connection's hash up
+    seen = set()
     by_hash = {}
     for i, (size, seed) in enumerate(zip(sizes, seeds)):
         h = hashlib.sha256(struct.pack("<I", i) + payload(seed, size)).hexdigest()
