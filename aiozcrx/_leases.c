@@ -960,6 +960,19 @@ Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
     return ret;
 }
 
+/* Switching the eventfd off while we work relies on the kernel's "set
+ * IORING_SQ_TASKRUN, then read cq_flags" being ordered against our "clear
+ * cq_flags, then read sq_flags" (both sides need a full barrier, else each may
+ * read the other's old value and a wake-up is lost). Ours is a locked RMW; the
+ * kernel's atomic_or() is one too on x86 (TSO, LOCK prefix) but is unordered on
+ * weaker architectures (arm64), so elsewhere the eventfd stays on and we accept
+ * the empty wake-ups. */
+#if defined(__x86_64__) || defined(__i386__)
+#define EVFD_OFF_IS_SAFE 1
+#else
+#define EVFD_OFF_IS_SAFE 0
+#endif
+
 static PyObject *
 Dispatcher_bind_ring(Dispatcher *d, PyObject *args, PyObject *kw)
 {
@@ -986,7 +999,7 @@ Dispatcher_bind_ring(Dispatcher *d, PyObject *args, PyObject *kw)
     d->sq_entries = sq_entries;
     d->getevents = getevents;
     d->pending_mask = pending_mask;
-    d->evfd_disabled_bit = pending_mask ? disabled_bit : 0;
+    d->evfd_disabled_bit = pending_mask && EVFD_OFF_IS_SAFE ? disabled_bit : 0;
     Py_RETURN_NONE;
 }
 
@@ -1129,10 +1142,11 @@ Dispatcher_set_timing(Dispatcher *d, PyObject *arg)
 static PyObject *
 Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "completions", d->completions,
+    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O}", "completions", d->completions,
                                 "bytes", d->bytes, "dropped_completions", d->dropped,
                                 "wakeups", d->wakeups, "idle_wakeups", d->idle_wakeups,
-                                "enters", d->enters, "reused_views", d->reused_views);
+                                "enters", d->enters, "reused_views", d->reused_views,
+                                "eventfd_paused", d->evfd_disabled_bit ? Py_True : Py_False);
     if (s && d->timing) {
         PyObject *v = Py_BuildValue("{s:K,s:K}", "dispatch_ns", d->dispatch_ns,
                                     "syscall_cpu_ns", d->area->syscall_cpu_ns);

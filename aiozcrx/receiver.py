@@ -212,8 +212,9 @@ class Receiver:
         ``notifications_no_buffers`` / ``notifications_copy`` (zcrx, 7.2+).
 
         Ring engines add ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
-        (wake-ups that found nothing) and ``reused_views`` (see "The fast path" in
-        docs/concepts.md). Engine ``uring`` adds ``post_window`` (buffers kept in
+        (wake-ups that found nothing), ``eventfd_paused`` (whether the eventfd is
+        switched off while completions are processed: x86 only) and
+        ``reused_views`` (see "The fast path" in docs/concepts.md). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),
         ``post_window_grows`` / ``post_window_shrinks``. zcrx engines add
         ``zcrx_id``, ``rq_entries``, ``rx_buf_len``, ``nodev``, ``notifications``

@@ -131,6 +131,9 @@ async def test_pump_wakeups_find_work():
         st = rx.stats()
     assert proto.sha.hexdigest() == ping_pong_sha(b"", pings, size)
     assert st["buffers_outstanding"] == 0
+    if not st["eventfd_paused"]:
+        pytest.skip("the eventfd stays on during the pump on this architecture (only x86's "
+                    "ordering makes switching it off safe; see EVFD_OFF_IS_SAFE in _leases.c)")
     assert st["wakeups"] >= 50, st  # the messages really came one by one (or so)
     assert st["idle_wakeups"] * 10 <= st["wakeups"], st
 
