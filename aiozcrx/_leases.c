@@ -460,6 +460,8 @@ make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident)
  * This reads CPython's memoryview structs (declared in memoryobject.h "so that
  * macros can work"). Their layout has been the same from 3.3 through 3.14; on
  * any other version, or a free-threaded build, reuse is compiled out. */
+static int view_layout_ok;     /* set by check_view_layout() at import */
+
 #if !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED) && \
     PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030F0000
 #define VIEW_REUSE 1
@@ -477,6 +479,37 @@ reusable_lease(PyObject *v)
     if (l == NULL || Py_TYPE(l) != &LeaseType || Py_REFCNT(l) != 1)
         return NULL;
     return (Lease *)l;
+}
+
+/* The layout above is checked once, at import, on a real memoryview: if this
+ * interpreter's structs are not what we expect (a patched or unusual build), reuse
+ * stays off rather than writing into the wrong fields. */
+static void
+check_view_layout(void)
+{
+    static const char probe[] = "aiozcrx";
+    PyObject *b = PyBytes_FromStringAndSize(probe, 7);
+    if (!b) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *v = PyMemoryView_FromObject(b);
+    if (!v) {
+        PyErr_Clear();
+        Py_DECREF(b);
+        return;
+    }
+    PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
+    _PyManagedBufferObject *mb = mv->mbuf;
+    view_layout_ok =
+        Py_TYPE(mb) == &_PyManagedBuffer_Type && mb->master.obj == b && mb->exports == 1 &&
+        mb->master.buf == PyBytes_AS_STRING(b) && mb->master.len == 7 &&
+        mv->view.obj == b && mv->view.buf == PyBytes_AS_STRING(b) && mv->view.len == 7 &&
+        mv->view.ndim == 1 && mv->view.shape == mv->ob_array && mv->view.shape[0] == 7 &&
+        Py_SIZE(mv) == 3 && mv->exports == 0 && mv->weakreflist == NULL &&
+        (mv->flags & ~(_Py_MEMORYVIEW_C | _Py_MEMORYVIEW_FORTRAN)) == 0 && Py_REFCNT(mb) == 1;
+    Py_DECREF(v);
+    Py_DECREF(b);
 }
 
 /* Points an unobservable view (see reusable_lease) at a new buffer of the same area. */
@@ -732,7 +765,7 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
     d->cqes = (char *)(uintptr_t)cqes;
     d->cqe_shift = cqe_size == 32 ? 5 : 4;
     d->copy = copy;
-    d->reuse_views = 1;
+    d->reuse_views = VIEW_REUSE && view_layout_ok;
     return 0;
 }
 
@@ -1124,8 +1157,8 @@ Dispatcher_set_view_reuse(Dispatcher *d, PyObject *arg)
     int on = PyObject_IsTrue(arg);
     if (on < 0)
         return NULL;
-    d->reuse_views = on;
-    return PyBool_FromLong(VIEW_REUSE && on);
+    d->reuse_views = VIEW_REUSE && view_layout_ok && on;
+    return PyBool_FromLong(d->reuse_views);
 }
 
 static PyObject *
@@ -1188,7 +1221,7 @@ Dispatcher_dealloc(Dispatcher *d)
 static PyMethodDef Dispatcher_methods[] = {
     {"run", (PyCFunction)Dispatcher_run, METH_NOARGS, "drain the CQ and dispatch"},
     {"pump", (PyCFunction)Dispatcher_pump, METH_O, "pump(eventfd): one wake-up's enter/drain/publish rounds"},
-    {"bind_ring", (PyCFunction)Dispatcher_bind_ring, METH_VARARGS | METH_KEYWORDS, "give pump() the ring"},
+    {"bind_ring", (PyCFunction)(void (*)(void))Dispatcher_bind_ring, METH_VARARGS | METH_KEYWORDS, "give pump() the ring"},
     {"set_view_reuse", (PyCFunction)Dispatcher_set_view_reuse, METH_O, "benchmarks/tests: reuse unobservable views (default on); returns whether it is in effect"},
     {"set_timing", (PyCFunction)Dispatcher_set_timing, METH_O, "benchmarks: time dispatching (stats()['dispatch_ns'])"},
     {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},
@@ -1227,6 +1260,11 @@ PyInit__leases(void)
     PyObject *m = PyModule_Create(&leases_module);
     if (!m)
         return NULL;
+#if VIEW_REUSE
+    check_view_layout();
+#endif
+    /* whether views can be reused here at all (Dispatcher.set_view_reuse toggles it) */
+    PyModule_AddIntConstant(m, "VIEW_REUSE", VIEW_REUSE && view_layout_ok);
     Py_INCREF(&AreaType);
     PyModule_AddObject(m, "Area", (PyObject *)&AreaType);
     Py_INCREF(&LeaseType);
