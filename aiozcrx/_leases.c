@@ -713,6 +713,10 @@ typedef struct {
     unsigned long long completions, bytes, dropped;
     unsigned long long *slot_counts;   /* per slot: completions, bytes */
     uint32_t slot_cap;
+    /* slots that got data since the last take_active(), each once (see engines.py,
+     * the reset watch) */
+    uint8_t *slot_active;
+    uint32_t *active, nactive;
     /* the ring, for pump(): its struct and two functions from the cffi layer
      * (aiozcrx/_abi_build.py), kept alive by ring_owner */
     PyObject *ring_owner;
@@ -782,8 +786,42 @@ grow_slots(Dispatcher *d, uint32_t slot)
     }
     memset(p + 2 * (size_t)d->slot_cap, 0, (size_t)(cap - d->slot_cap) * 2 * sizeof(*p));
     d->slot_counts = p;
+    uint8_t *f = PyMem_Realloc(d->slot_active, cap);
+    if (!f) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(f + d->slot_cap, 0, cap - d->slot_cap);
+    d->slot_active = f;
+    uint32_t *l = PyMem_Realloc(d->active, (size_t)cap * sizeof(*l));
+    if (!l) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    d->active = l;
     d->slot_cap = cap;
     return 0;
+}
+
+/* take_active() -> list of the slots that got data since the last call */
+static PyObject *
+Dispatcher_take_active(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(d->nactive);
+    if (!out)
+        return NULL;
+    for (uint32_t i = 0; i < d->nactive; i++) {
+        uint32_t slot = d->active[i];
+        d->slot_active[slot] = 0;
+        PyObject *v = PyLong_FromUnsignedLong(slot);
+        if (!v) {
+            Py_DECREF(out);
+            return NULL;  /* flags already cleared stay cleared: at worst a slot is looked at later */
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    d->nactive = 0;
+    return out;
 }
 
 static PyObject *
@@ -906,6 +944,10 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     goto out;
                 d->slot_counts[2 * slot]++;
                 d->slot_counts[2 * slot + 1] += (unsigned long long)c->res;
+                if (!d->slot_active[slot]) {
+                    d->slot_active[slot] = 1;
+                    d->active[d->nactive++] = slot;
+                }
                 if (cb == NULL || cb == Py_None) {
                     /* connection already gone: straight back to the kernel */
                     a->outstanding++;
@@ -1215,6 +1257,8 @@ Dispatcher_dealloc(Dispatcher *d)
     Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->area);
     PyMem_Free(d->slot_counts);
+    PyMem_Free(d->slot_active);
+    PyMem_Free(d->active);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
@@ -1227,6 +1271,7 @@ static PyMethodDef Dispatcher_methods[] = {
     {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},
     {"slot_stats", (PyCFunction)Dispatcher_slot_stats, METH_O, "(completions, bytes) of a slot"},
     {"reset_slot", (PyCFunction)Dispatcher_reset_slot, METH_O, "zero a slot's counters"},
+    {"take_active", (PyCFunction)Dispatcher_take_active, METH_NOARGS, "slots that got data since the last call"},
     {NULL},
 };
 

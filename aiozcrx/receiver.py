@@ -213,8 +213,9 @@ class Receiver:
 
         Ring engines add ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
         (wake-ups that found nothing), ``eventfd_paused`` (whether the eventfd is
-        switched off while completions are processed: x86 only) and
-        ``reused_views`` (see "The fast path" in docs/concepts.md). Engine ``uring`` adds ``post_window`` (buffers kept in
+        switched off while completions are processed: x86 only),
+        ``reused_views`` (see "The fast path" in docs/concepts.md) and, once it
+        happened, ``reset_kicks`` (requests re-armed to read a reset's error). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),
         ``post_window_grows`` / ``post_window_shrinks``. zcrx engines add
         ``zcrx_id``, ``rq_entries``, ``rx_buf_len``, ``nodev``, ``notifications``

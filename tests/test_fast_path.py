@@ -248,3 +248,40 @@ async def test_views_user_code_can_reach_are_never_taken_over(reuse):
         assert st["reused_views"] > 0
     else:
         assert st["reused_views"] == 0
+
+
+@pytest.mark.parametrize("engine,buf_size", [
+    ("uring", 4096), ("uring", 65536),
+    pytest.param("zcrx-copy", 4096, marks=pytest.mark.guest),
+])
+async def test_reset_with_data_queued_still_reaches_connection_lost(engine, buf_size, request):
+    """The peer sends, then resets the connection (RST) before we read a byte. The
+    queued bytes are still delivered, and then connection_lost(ConnectionResetError).
+    The kernel's multishot RECV that drains the last of them goes back to waiting for
+    a wake-up that never comes (it counts a FIN as "more to read", not a reset); the
+    engine's reset watch notices the quiet, errored socket and re-arms, which reads
+    the error."""
+    import random
+    import struct
+
+    if engine == "zcrx-copy":
+        request.getfixturevalue("need_zcrx_copy")  # skips, with the reason, without 7.1+
+    total = 4 * MiB
+    data = random.Random(9).randbytes(total)
+    server_sock, client = connected_pair(rcvbuf=16 * MiB)
+    client.sendall(data)
+    for _ in range(200):  # all of it in our receive queue
+        if len(server_sock.recv(total, socket.MSG_PEEK | socket.MSG_DONTWAIT)) >= total:
+            break
+        await asyncio.sleep(0.01)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    await asyncio.sleep(0.05)
+    async with aiozcrx.Receiver(engine=engine, buf_size=buf_size) as rx:
+        _, proto = await rx.wrap(server_sock, Sink)
+        exc = await asyncio.wait_for(proto.lost, 30)
+        st = rx.stats()
+    assert isinstance(exc, ConnectionResetError), exc
+    assert proto.bytes == total
+    assert proto.sha.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert st["buffers_outstanding"] == 0
