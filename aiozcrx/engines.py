@@ -132,7 +132,6 @@ class _RingEngine(Engine):
         self._reader_added = False
         self._tw_timer = None
         self._reset_timer = None
-        self._recently_active: set[int] = set()
 
     def _open_ring(self) -> None:
         try:
@@ -237,9 +236,7 @@ class _RingEngine(Engine):
         self._reset_timer = None
         if self.ring is None:
             return
-        active = set(self.dispatcher.take_active())
-        quiet = self._recently_active - active
-        self._recently_active = active
+        quiet = self.dispatcher.take_quiet()
         if quiet:
             poller = select.poll()
             watched = {}
