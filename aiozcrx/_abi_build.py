@@ -87,7 +87,6 @@ int azx_enter(struct azx_ring *ring, unsigned min_complete, unsigned flags);
 int azx_register_eventfd(struct azx_ring *ring, int efd);
 int azx_probe_op(struct azx_ring *ring, unsigned op);
 unsigned azx_sq_space(struct azx_ring *ring);
-unsigned azx_sq_flags(struct azx_ring *ring);
 int azx_prep_recv_zc(struct azx_ring *ring, int fd, uint32_t zcrx_id, uint64_t user_data);
 int azx_prep_recv_pbuf(struct azx_ring *ring, int fd, uint16_t bgid, uint64_t user_data);
 int azx_prep_cancel(struct azx_ring *ring, uint64_t target, uint64_t user_data);
@@ -300,13 +299,6 @@ int azx_ring_setup(unsigned entries, unsigned cq_entries, unsigned flags, struct
 unsigned azx_sq_space(struct azx_ring *r)
 {
     return r->sq_entries - (r->sq_local_tail - __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE));
-}
-
-/* IORING_SQ_TASKRUN: deferred task work is still queued (TASKRUN_FLAG rings);
- * IORING_SQ_CQ_OVERFLOW: completions wait in the overflow list */
-unsigned azx_sq_flags(struct azx_ring *r)
-{
-    return __atomic_load_n((uint32_t *)r->sq_flags, __ATOMIC_ACQUIRE);
 }
 
 static struct azx_sqe *azx_next_sqe(struct azx_ring *r)

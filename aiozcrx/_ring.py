@@ -111,16 +111,6 @@ class Ring:
             return 0  # CQ overflow backlog: retried on the next round
         return _check(ret, "io_uring_enter")
 
-    def sq_pending(self) -> bool:
-        return lib.azx_sq_space(self._r) < self.sq_entries
-
-    def work_pending(self) -> bool:
-        """Deferred task work still queued, or completions in the overflow list:
-        another ``enter()`` is needed before the eventfd can be trusted again."""
-        if not self.flags & lib.AZX_SETUP_TASKRUN_FLAG:
-            return False  # cannot tell (pre-5.19 kernels)
-        return bool(lib.azx_sq_flags(self._r) & (lib.AZX_SQ_TASKRUN | lib.AZX_SQ_CQ_OVERFLOW))
-
     def _prep(self, fn, *args) -> None:
         ret = fn(self._r, *args)
         if ret == -errno.EBUSY:  # SQ full: submit what is queued, then retry once
