@@ -77,7 +77,8 @@ def read_proc_status(path: str = "/proc/self/status") -> dict[str, str]:
     return out
 
 
-def _read_int(path: str) -> int | None:
+def read_int(path: str) -> int | None:
+    """An integer file such as a sysctl; None if unreadable."""
     try:
         with open(path) as f:
             return int(f.read().strip())
@@ -141,8 +142,8 @@ def gather_system() -> dict:
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     return {
         "release": release,
-        "io_uring_disabled": _read_int("/proc/sys/kernel/io_uring_disabled"),
-        "io_uring_group": _read_int("/proc/sys/kernel/io_uring_group"),
+        "io_uring_disabled": read_int("/proc/sys/kernel/io_uring_disabled"),
+        "io_uring_group": read_int("/proc/sys/kernel/io_uring_group"),
         "groups": sorted(set(os.getgroups()) | {os.getegid()}),
         "seccomp": status.get("Seccomp"),
         "cap_eff": int(status["CapEff"], 16) if "CapEff" in status else None,

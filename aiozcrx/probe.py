@@ -9,17 +9,9 @@ import platform
 
 from . import _ring
 from . import engines as _engines
+from .doctor import read_int  # doctor stays importable without the compiled core
 from .errors import EngineUnavailable, errno_name
 from .receiver import DEFAULT_BUF_SIZE, validate
-
-
-def read_int(path: str) -> int | None:
-    """An integer file such as a sysctl; None if unreadable."""
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def kernel_report() -> dict:
