@@ -51,7 +51,7 @@ CHUNK = 4096
 
 
 # the same counting protocols as the bulk benchmark (run.py), reading 4 KiB here
-from run import BufferedSink, ProtoSink as Sink  # noqa: E402  (benchmarks/ is sys.path[0])
+from run import BufferedSink, ProtoSink as Sink, ring_dispatcher  # noqa: E402  (benchmarks/ is sys.path[0])
 
 
 def BufSink(done):  # noqa: N802 - a protocol factory named like the class it makes
@@ -130,7 +130,7 @@ async def _receive(engine: str, total: int) -> dict:
             import aiozcrx
             name, _, variant = engine.partition("/")  # "uring/no-reuse": view reuse off
             async with aiozcrx.Receiver(engine=name, buf_size=CHUNK, area_size=16 << 20) as rx:
-                dispatcher = getattr(rx._engine, "dispatcher", None)  # ring engines only
+                dispatcher = ring_dispatcher(rx)
                 if dispatcher is not None:
                     dispatcher.set_timing(True)  # clock_gettime around each dispatch round
                     if variant == "no-reuse":

@@ -123,6 +123,13 @@ class BufferedSink(Sink, asyncio.BufferedProtocol):
         self.calls += 1
 
 
+def ring_dispatcher(rx):
+    """The C dispatcher of a Receiver on a ring engine, None on engine socket. Its
+    set_timing / set_view_reuse switches are for measurements, so they are reached
+    through the private engine here, in one place."""
+    return getattr(rx._engine, "dispatcher", None)
+
+
 def probe_engine(engine: str) -> tuple[bool, str]:
     """Tries ``Receiver(engine=...)`` in this process; (works, why not)."""
     import aiozcrx
@@ -150,7 +157,7 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
         import aiozcrx
         # set up (ring, area, registration) before the clock starts: a one-off cost
         async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size) as rx:
-            dispatcher = getattr(rx._engine, "dispatcher", None)  # ring engines only
+            dispatcher = ring_dispatcher(rx)
             if kernel_split and dispatcher is not None:
                 dispatcher.set_timing(True)  # thread CPU inside our io_uring syscalls
             t0 = time.perf_counter()
