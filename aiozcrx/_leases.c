@@ -998,7 +998,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     Py_INCREF(cb);
                     PyObject *r = PyObject_CallOneArg(cb, view);
                     Py_DECREF(cb);
-                    if (VIEW_REUSE && !d->copy)
+                    if (VIEW_REUSE && d->reuse_views && !d->copy)
                         spare = view;   /* released at the next completion or below */
                     else
                         Py_DECREF(view);
