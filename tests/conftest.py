@@ -26,7 +26,7 @@ def pytest_asyncio_loop_factories(config, item):
 @functools.lru_cache(maxsize=None)
 def zcrx_copy_reason() -> str | None:
     """None if engine "zcrx-copy" works here, else why not."""
-    from aiozcrx.probe import choose_engine
+    from aiozcrx.tools.probe import choose_engine
 
     _engine, tried = choose_engine()
     for name, ok, why in tried:

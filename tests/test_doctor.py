@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from aiozcrx import doctor, nic
-from aiozcrx.doctor import FAIL, INFO, PASS, WARN
+from aiozcrx.tools import doctor, nic
+from aiozcrx.tools.doctor import FAIL, INFO, PASS, WARN
 
 from test_nic import configured, fresh, netns  # noqa: F401 - the netns fixture
 
@@ -84,13 +84,34 @@ def test_seccomp_and_caps_and_memlock():
 
 
 def test_core_probe_unavailable_is_reported_and_never_ok(monkeypatch):
-    monkeypatch.setitem(sys.modules, "aiozcrx.probe", None)     # import raises ImportError
+    import aiozcrx.tools
+    monkeypatch.setitem(sys.modules, "aiozcrx.tools.probe", None)     # import raises ImportError
+    monkeypatch.delattr(aiozcrx.tools, "probe", raising=False)      # `from . import` sees it
     core = doctor.probe_core("eth1", 7)
     assert not core["available"] and "core probe unavailable" in core["error"]
     lines, ok = doctor.engine_section(core, "eth1", 7)
     assert not ok and "core probe unavailable" in lines[0]
     kernel = by_name(doctor.system_checks(sysfacts(), core))["kernel"]
     assert kernel.status == WARN and "core probe unavailable" in kernel.detail
+
+
+def test_core_not_loadable_is_not_checked_and_never_ok(monkeypatch):
+    from aiozcrx.tools import probe
+
+    def no_core():
+        raise ImportError("No module named 'aiozcrx._leases'", name="aiozcrx._leases")
+
+    monkeypatch.setattr(probe, "load_core", no_core)
+    monkeypatch.setattr(probe, "kernel_report", lambda: pytest.fail("probed without the core"))
+    core = doctor.probe_core("eth1", 7)
+    assert not core["available"]
+    assert core["error"] == ("not checked: the compiled core could not be loaded "
+                             "(No module named 'aiozcrx._leases')")
+    lines, ok = doctor.engine_section(core, "eth1", 7)
+    assert not ok and "not checked: the compiled core could not be loaded" in lines[0]
+    kernel = by_name(doctor.system_checks(sysfacts(), core))["kernel"]
+    assert kernel.status == WARN and "not checked: the compiled core" in kernel.detail
+    assert "python -m aiozcrx.tools.probe" in kernel.fix
 
 
 def test_engine_section_reads_choose_engine():

@@ -15,9 +15,9 @@ import uuid
 import pytest
 
 import aiozcrx
-from aiozcrx import _ethtool as et
-from aiozcrx import nic
-from aiozcrx.nic import NicState, Op, exclude_table, plan_setup
+from aiozcrx.tools import ethtool as et
+from aiozcrx.tools import nic
+from aiozcrx.tools.nic import NicState, Op, exclude_table, plan_setup
 
 ENABLED, DISABLED = et.TCP_DATA_SPLIT_ENABLED, et.TCP_DATA_SPLIT_DISABLED
 
@@ -527,8 +527,8 @@ class Netns:
         return r
 
     def aiozcrx(self, module: str, *args: str, env=None):
-        """`python -m aiozcrx.MODULE ARGS` (what `aiozcrx MODULE ARGS` dispatches to)."""
-        return self._run([sys.executable, "-m", f"aiozcrx.{module}", *args], env)
+        """`python -m aiozcrx.tools.MODULE ARGS` (what `aiozcrx MODULE ARGS` dispatches to)."""
+        return self._run([sys.executable, "-m", f"aiozcrx.tools.{module}", *args], env)
 
 
 @pytest.fixture
@@ -550,7 +550,7 @@ def netns():
 
 def test_real_veth_snapshot_and_setup_rolls_back(netns, tmp_path):
     netns.veth("va", "vb")
-    snap = netns.py("from aiozcrx import nic; import json; "
+    snap = netns.py("from aiozcrx.tools import nic; import json; "
                     "print(json.dumps(nic.read_state('va').to_dict()))")
     st = json.loads(snap.stdout)
     assert st["driver"] == "veth" and st["channels"]["rx_count"] == 1
@@ -572,7 +572,7 @@ def test_real_veth_snapshot_and_setup_rolls_back(netns, tmp_path):
     assert "FAILED at step 'turn on header/data split with threshold 0'" in run.stderr
     assert "RINGS_SET: EOPNOTSUPP" in run.stderr
     assert "rolled back: ethtool -L va rx 1" in run.stderr
-    after = json.loads(netns.py("import json; from aiozcrx import _ethtool as et; "
+    after = json.loads(netns.py("import json; from aiozcrx.tools import ethtool as et; "
                                 "print(json.dumps(et.get_channels('va')))").stdout)
     assert after["rx_count"] == 1            # really rolled back
     assert list(tmp_path.iterdir()) == []    # nothing left recorded

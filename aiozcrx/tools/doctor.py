@@ -7,7 +7,7 @@ One screen of checks, each PASS / WARN / FAIL with the command that fixes it:
 * interface (``--interface``): driver and queue API, channels, header/data
   split and hds-thresh, RSS table and contexts, ntuple rules and where
   ``--port`` lands, whether ``--queue`` is already bound to a memory provider;
-* the engine ``auto`` picks here and why (from :mod:`aiozcrx.probe`).
+* the engine ``auto`` picks here and why (from :mod:`aiozcrx.tools.probe`).
 
 Exit status 0 only when ``engine="zcrx"`` can work on (interface, queue):
 no FAIL, and the core probe says zcrx works.
@@ -109,17 +109,30 @@ def kernel_config_option(option: str, release: str) -> str | None:
     return None
 
 
+def core_not_loaded(exc: BaseException) -> str:
+    """The line for the probes doctor cannot run without the compiled core."""
+    reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ImportError) else str(exc)
+    return f"not checked: the compiled core could not be loaded ({reason})"
+
+
 def probe_core(interface: str | None, queue: int | None) -> dict:
     """What the core library says: ``{"available", "error", "kernel",
     "engine", "engine_error", "tried"}``. Imported lazily: doctor must work
-    without it (``available`` False, ``error`` says why)."""
+    without it (``available`` False, ``error`` says why: the io_uring/zcrx
+    probes are then "not checked")."""
     out: dict = {"available": False, "error": None, "kernel": None,
                  "engine": None, "engine_error": None, "tried": []}
     try:
-        from . import probe  # noqa: PLC0415 - optional, lands separately
+        from . import probe  # noqa: PLC0415 - loads no compiled code itself
+        load_core = probe.load_core
         kernel_report, choose_engine = probe.kernel_report, probe.choose_engine
     except (ImportError, AttributeError) as exc:
         out["error"] = f"core probe unavailable ({type(exc).__name__}: {exc})"
+        return out
+    try:
+        load_core()
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken build
+        out["error"] = core_not_loaded(exc)
         return out
     try:
         out["kernel"] = dict(kernel_report())
@@ -198,7 +211,7 @@ def system_checks(sysf: dict, core: dict) -> list[Check]:
                              "boot a kernel >= 6.15 built with CONFIG_IO_URING_ZCRX=y"))
         elif not core.get("available"):
             out.append(Check(S, "kernel", WARN, detail,
-                             "build/install the aiozcrx core, then rerun (python -m aiozcrx.probe)"))
+                             "build/install the aiozcrx core, then rerun (python -m aiozcrx.tools.probe)"))
         else:
             out.append(Check(S, "kernel", PASS, detail))
 

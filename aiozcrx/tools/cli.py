@@ -1,4 +1,9 @@
-"""`aiozcrx` / `python -m aiozcrx`: demo, recv, send, doctor, nic."""
+"""`aiozcrx` / `python -m aiozcrx`: demo, recv, send, doctor, nic.
+
+``doctor``, ``nic`` and ``send`` need only the standard library; ``demo`` and
+``recv`` need the compiled core and import it inside the command, saying so (exit
+status 2) where it cannot be loaded (see :mod:`aiozcrx.tools`).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ def _pattern_block() -> bytes:
 
 
 async def _recv(args) -> int:
-    import aiozcrx
+    from aiozcrx import Receiver  # noqa: PLC0415 - the compiled core, lazily
 
     loop = asyncio.get_running_loop()
     lst = socket.create_server((args.host, args.port), reuse_port=False)
@@ -47,7 +52,7 @@ async def _recv(args) -> int:
         def connection_lost(self, exc):
             done.set_result(exc)
 
-    async with aiozcrx.Receiver(engine=args.engine, interface=args.interface, queue=args.queue) as rx:
+    async with Receiver(engine=args.engine, interface=args.interface, queue=args.queue) as rx:
         print(f"engine: {rx.engine}; fallback: {rx.fallback_reason or '(none)'}", flush=True)
         t0 = time.perf_counter()
         _, proto = await rx.wrap(conn, Sink)
@@ -84,6 +89,16 @@ def _send(args) -> int:
     return 0
 
 
+def _core_missing(cmd: str) -> str | None:
+    """None if the compiled core loads, else the message for ``aiozcrx cmd``."""
+    try:
+        from aiozcrx import Receiver  # noqa: F401, PLC0415 - the compiled core, lazily
+    except ImportError as exc:
+        return (f"aiozcrx {cmd}: the compiled core could not be loaded ({exc}); "
+                f"`aiozcrx doctor` and `aiozcrx nic` work without it")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "doctor":
@@ -111,10 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=9999)
     s.add_argument("--mib", type=int, default=1024)
     args = ap.parse_args(argv)
+    if args.cmd in ("demo", "recv"):
+        why = _core_missing(args.cmd)
+        if why:
+            print(why, file=sys.stderr)
+            return 2
     if args.cmd == "demo":
         import runpy
         import os
-        demo = os.path.join(os.path.dirname(__file__), "..", "examples", "loopback_demo.py")
+        demo = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "loopback_demo.py")
         if not os.path.exists(demo):
             print("the demo lives in examples/loopback_demo.py of the source tree", file=sys.stderr)
             return 2

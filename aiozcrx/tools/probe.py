@@ -1,21 +1,32 @@
-"""What this machine's kernel can do, found by asking it (used by `aiozcrx doctor`)."""
+"""What this machine's kernel can do, found by asking it (used by `aiozcrx doctor`).
+
+Importing this module loads no compiled code: the core (``aiozcrx._ring`` over
+``aiozcrx._abi`` and ``aiozcrx._leases``) and the engines over it are imported inside
+the functions that use them. :func:`load_core` says up front whether they load.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import platform
 
-from . import _ring
-from . import engines as _engines
 from .doctor import read_int  # doctor stays importable without the compiled core
-from .errors import EngineUnavailable, errno_name
-from .receiver import DEFAULT_BUF_SIZE, validate
+
+
+def load_core() -> None:
+    """Import the compiled core and the engine code the probes use.
+
+    Raises ImportError (with the reason) where it cannot be loaded: not built, built
+    for another Python, or a shared object that does not link.
+    """
+    from .. import _ring, engines, receiver  # noqa: F401, PLC0415 - the compiled core
 
 
 def kernel_report() -> dict:
     """Kernel release and io_uring/zcrx capabilities, each probed for real."""
+    from .. import _ring  # noqa: PLC0415 - the compiled core, lazily
+    from ..errors import errno_name  # noqa: PLC0415
+
     rep: dict = {
         "release": platform.release(),
         "io_uring_disabled": read_int("/proc/sys/kernel/io_uring_disabled"),
@@ -44,6 +55,10 @@ def choose_engine(interface: str | None = None, queue: int | None = None,
 
     Each engine is really opened (ring, area, registration) and closed again.
     """
+    from .. import engines as _engines  # noqa: PLC0415 - the compiled core, lazily
+    from ..errors import EngineUnavailable  # noqa: PLC0415
+    from ..receiver import DEFAULT_BUF_SIZE, validate  # noqa: PLC0415
+
     validate(engine="auto", interface=interface, queue=queue, area_size=area_size,
              rq_entries=1024, buf_size=DEFAULT_BUF_SIZE, cq_entries=1024)
     cfg = _engines.Config(engine="auto", interface=interface, queue=queue, area_size=area_size,
@@ -72,6 +87,6 @@ def choose_engine(interface: str | None = None, queue: int | None = None,
         loop.close()
 
 
-if __name__ == "__main__":  # python -m aiozcrx.probe
+if __name__ == "__main__":  # python -m aiozcrx.tools.probe
     import json
     print(json.dumps(kernel_report(), indent=2, default=str))

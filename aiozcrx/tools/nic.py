@@ -16,7 +16,7 @@ Zero copy needs the NIC set up out of band (Documentation/networking/iou-zcrx.rs
 The module is split the sans-IO way:
 
 * :class:`NicState` is a snapshot of what the kernel reports (``read_state``
-  fills it through :mod:`aiozcrx._ethtool`);
+  fills it through :mod:`aiozcrx.tools.ethtool`);
 * :func:`plan_setup` is a pure function from a snapshot to a :class:`Plan`:
   the steps to run, each with its operation, its inverse and the equivalent
   ``ethtool`` command line, plus problems that stop the plan and notes;
@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
 
-from . import _ethtool as et
+from . import ethtool as et
 
 KNOWN_ZCRX_DRIVERS = {"bnxt_en": "bnxt", "mlx5_core": "mlx5", "gve": "gve", "fbnic": "fbnic"}
 FLOW_TYPES = ("tcp6", "tcp4")
