@@ -36,7 +36,7 @@ __all__ = [
 
 # name -> the submodule that defines it
 _LAZY = {
-    "ENGINES": "engines",
+    "ENGINES": "config",
     "AiozcrxError": "errors",
     "EngineUnavailable": "errors",
     "UringUnavailable": "errors",
@@ -51,7 +51,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
-    from .engines import ENGINES
+    from .config import ENGINES
     from .errors import AiozcrxError, EngineUnavailable, UringUnavailable, ZcrxUnavailable
     from .receiver import Receiver
     from .server import ZcrxServer, create_connection, create_server

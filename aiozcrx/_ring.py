@@ -19,15 +19,17 @@ from ._leases import Area, Dispatcher
 
 PAGE_SIZE = mmap.PAGESIZE
 
-# user_data layout, shared with _leases.c: low 32 bits a slot, bits 32..39 the kind.
+# user_data layout, shared with the C dispatcher (aiozcrx/_c/dispatch.c):
+# bits 0..31 a slot, 32..39 the kind, 40..63 the generation of the connection
+# using the slot when the request was issued (see engines/base.py).
 UD_RECV = 1
 UD_CANCEL = 2
 UD_NOTIF = 3
 UD_NOP = 4
 
 
-def user_data(kind: int, slot: int) -> int:
-    return (kind << 32) | slot
+def user_data(kind: int, slot: int, gen: int) -> int:
+    return ((gen & 0xFFFFFF) << 40) | (kind << 32) | slot
 
 
 def ud_kind(ud: int) -> int:
@@ -36,6 +38,10 @@ def ud_kind(ud: int) -> int:
 
 def ud_slot(ud: int) -> int:
     return ud & 0xFFFFFFFF
+
+
+def ud_gen(ud: int) -> int:
+    return (ud >> 40) & 0xFFFFFF
 
 
 CQE_F_MORE = lib.AZX_CQE_F_MORE
@@ -64,7 +70,9 @@ class Ring:
     """
 
     def __init__(self, *, sq_entries: int = 256, cq_entries: int = 8192, cqe32: bool = False):
-        cq_entries = max(cq_entries, sq_entries * 2)  # the kernel wants cq >= sq
+        # The CQ size asked for is the one we get: the kernel wants cq >= sq, so a
+        # small CQ gets a small SQ (a full SQ is submitted and retried, see _prep).
+        sq_entries = min(sq_entries, cq_entries)
         base = lib.AZX_SETUP_SINGLE_ISSUER | lib.AZX_SETUP_DEFER_TASKRUN
         if cqe32:
             base |= lib.AZX_SETUP_CQE32

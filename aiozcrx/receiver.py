@@ -3,63 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
 import socket
 import threading
 import warnings
 
 from . import engines as _engines
-from ._ring import PAGE_SIZE
+from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
+                     DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, Config)
 from .transport import ZcrxTransport
-
-DEFAULT_AREA_SIZE = 32 * 1024 * 1024
-DEFAULT_RQ_ENTRIES = 4096
-DEFAULT_BUF_SIZE = 64 * 1024
-MAX_RQ_ENTRIES = 32768
-
-
-def _is_pow2(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
-def _rx_queue_count(interface: str) -> int | None:
-    n = len(glob.glob(f"/sys/class/net/{interface}/queues/rx-*"))
-    return n or None
-
-
-def validate(*, engine, interface, queue, area_size, rq_entries, buf_size, cq_entries) -> None:
-    """Checks arguments before anything touches the kernel; raises ValueError/TypeError."""
-    if engine != "auto" and engine not in _engines.ENGINES:
-        raise ValueError(f"unknown engine {engine!r}: choose 'auto' or one of {', '.join(_engines.ENGINES)}")
-    if not isinstance(area_size, int) or area_size <= 0 or area_size % PAGE_SIZE:
-        raise ValueError(f"area_size must be a positive multiple of the page size ({PAGE_SIZE}), got {area_size!r}")
-    if not isinstance(rq_entries, int) or not _is_pow2(rq_entries) or rq_entries > MAX_RQ_ENTRIES:
-        raise ValueError(f"rq_entries must be a power of two between 1 and {MAX_RQ_ENTRIES}, got {rq_entries!r}")
-    if not isinstance(buf_size, int) or not _is_pow2(buf_size) or buf_size < PAGE_SIZE or buf_size > area_size:
-        raise ValueError(f"buf_size must be a power of two between {PAGE_SIZE} and area_size, got {buf_size!r}")
-    if area_size // buf_size > 32768:
-        raise ValueError(f"area_size / buf_size must be at most 32768 buffers (buffer ring limit), got {area_size // buf_size}")
-    if not isinstance(cq_entries, int) or not _is_pow2(cq_entries) or cq_entries > 65536:
-        raise ValueError(f"cq_entries must be a power of two up to 65536, got {cq_entries!r}")
-    if interface is not None:
-        if not isinstance(interface, str) or not interface or "/" in interface:
-            raise ValueError(f"interface must be an interface name like 'eth0', got {interface!r}")
-        try:
-            socket.if_nametoindex(interface)
-        except OSError:
-            raise ValueError(f"unknown interface {interface!r}: it is not in `ip link`") from None
-    if queue is not None:
-        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 0:
-            raise ValueError(f"queue must be a non-negative integer, got {queue!r}")
-        if interface is None:
-            raise ValueError("queue= needs interface= (a queue is a hardware queue of one NIC)")
-        count = _rx_queue_count(interface)
-        if count is not None and queue >= count:
-            raise ValueError(f"queue {queue} out of range: {interface} has {count} rx queue(s) (0..{count - 1}); "
-                             f"see `ethtool -l {interface}`")
-    if engine == "zcrx" and (interface is None or queue is None):
-        raise ValueError("engine='zcrx' needs interface= and queue= (the NIC queue flows are steered to)")
 
 
 class Receiver:
@@ -86,16 +37,19 @@ class Receiver:
     def __init__(self, engine: str = "auto", interface: str | None = None, queue: int | None = None,
                  area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
                  copy: bool = False, *, buf_size: int = DEFAULT_BUF_SIZE, hugepages: bool = False,
-                 kernel_region: bool = False, cq_entries: int = 8192, notifications: bool = True,
-                 share_with: "Receiver | None" = None):
-        validate(engine=engine, interface=interface, queue=queue, area_size=area_size,
-                 rq_entries=rq_entries, buf_size=buf_size, cq_entries=cq_entries)
-        self._config = _engines.Config(
+                 kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
+                 notifications: bool = True, share_with: "Receiver | None" = None):
+        # every argument is checked here, before any kernel object exists
+        self._config = Config(
             engine=engine, interface=interface, queue=queue, area_size=area_size,
-            rq_entries=rq_entries, copy=bool(copy), buf_size=buf_size, hugepages=hugepages,
-            kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications)
-        if share_with is not None and engine not in ("zcrx", "zcrx-copy"):
-            raise ValueError("share_with= needs engine='zcrx' or 'zcrx-copy' (it imports a zcrx instance)")
+            rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
+            kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
+        ).validate()
+        if share_with is not None:
+            if not isinstance(share_with, Receiver):
+                raise TypeError(f"share_with must be an aiozcrx.Receiver, got {type(share_with).__name__}")
+            if engine not in ("zcrx", "zcrx-copy"):
+                raise ValueError("share_with= needs engine='zcrx' or 'zcrx-copy' (it imports a zcrx instance)")
         self._share_with = share_with
         self._engine: _engines.Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -112,12 +66,13 @@ class Receiver:
         if self._closed:
             raise RuntimeError("Receiver is closed; make a new one")
         loop = asyncio.get_running_loop()
+        source = None
         if self._share_with is not None:
             src = self._share_with
             if not isinstance(src._engine, _engines.ZcrxEngine) or src._closed or src._loop is not loop:
                 raise ValueError("share_with= must be an open zcrx Receiver on this event loop")
-            self._config.share_with = src._engine
-        self._engine, self.engines_tried = _engines.open_engine(self._config, loop)
+            source = src._engine
+        self._engine, self.engines_tried = _engines.open_engine(self._config, loop, share_with=source)
         self._loop = loop
         self._thread_id = threading.get_ident()
         return self
@@ -141,6 +96,8 @@ class Receiver:
         for t in list(self._transports):
             t.abort()
         if self._engine is not None:
+            # From inside one of its own callbacks the engine finishes the
+            # teardown once its pump has returned (engines/ring.py).
             self._engine.close()
 
     async def aclose(self) -> None:
@@ -173,10 +130,10 @@ class Receiver:
         try:
             protocol.connection_made(transport)
         except BaseException:
+            transport._conn.detach()
             self._transports.discard(transport)
             raise
-        if not transport._closing:
-            transport._start()
+        transport._start()
         return transport, protocol
 
     def _forget(self, transport: ZcrxTransport) -> None:
@@ -224,8 +181,7 @@ class Receiver:
         ``imported``."""
         s = {"engine": self.engine, "connections": len(self._transports)}
         if self._engine is not None:
-            s.update(self._engine.area_stats())
-            s.update(self._engine.describe())
+            s.update(self._engine.snapshot_stats())
         return s
 
     def __del__(self, _warn=warnings.warn) -> None:

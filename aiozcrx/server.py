@@ -294,6 +294,14 @@ def _take_stream_socket(sock: socket.socket, host, port) -> None:
     sock.setblocking(False)
 
 
+def _is_connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
 async def create_server(protocol_factory, host=None, port=None, *, engine: str = "auto",
                         interface: str | None = None, queue: int | None = None,
                         area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
@@ -319,6 +327,9 @@ async def create_server(protocol_factory, host=None, port=None, *, engine: str =
                         buf_size=buf_size, **(receiver_options or {}))
     if sock is not None:
         _take_stream_socket(sock, host, port)
+        if _is_connected(sock):
+            raise ValueError(f"sock= must be a bound or listening socket, not a connected one: {sock!r} "
+                             "(attach connected sockets with Receiver.wrap or create_connection(sock=...))")
         try:
             sock.listen(backlog)
         except OSError:
@@ -381,6 +392,8 @@ async def create_connection(protocol_factory, host=None, port=None, *, engine: s
 
     if sock is not None:
         _take_stream_socket(sock, host, port)
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) or not _is_connected(sock):
+            raise ValueError(f"sock= must be a connected socket, got {sock!r}")
     else:
         if host is None or port is None:
             raise ValueError("host and port are needed when sock is not given")

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 _DEFAULT_HIGH = 64 * 1024
 
 
+class _CallbackName:
+    """Which protocol method a delivery exception came from (for the message
+    asyncio would log: "protocol.get_buffer() call failed." and so on)."""
+
+    DATA = "data_received"
+
+
 def _buffered_sink(protocol: asyncio.BufferedProtocol):
     """Feeds a BufferedProtocol: copies each view into the protocol's own buffer."""
 
@@ -35,38 +42,56 @@ def _buffered_sink(protocol: asyncio.BufferedProtocol):
         pos = 0
         n = len(view)
         while pos < n:
-            buf = memoryview(protocol.get_buffer(n - pos)).cast("B")
-            k = min(len(buf), n - pos)
-            if not k:
-                raise RuntimeError("get_buffer() returned an empty buffer")
+            try:
+                buf = memoryview(protocol.get_buffer(n - pos)).cast("B")
+                k = min(len(buf), n - pos)
+                if not k:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except BaseException as exc:
+                exc._aiozcrx_callback = "get_buffer"
+                raise
             buf[:k] = view[pos:pos + k]
-            protocol.buffer_updated(k)
+            try:
+                protocol.buffer_updated(k)
+            except BaseException as exc:
+                exc._aiozcrx_callback = "buffer_updated"
+                raise
             pos += k
 
     return sink
 
 
 class ZcrxTransport(asyncio.Transport):
-    """The transport aiozcrx gives a protocol. Made by ``Receiver.wrap``."""
+    """The transport aiozcrx gives a protocol. Made by ``Receiver.wrap``.
+
+    Its read side belongs to the engine: the transport holds the engine's record
+    of this connection (``engines.Conn``) and calls only its ``set_sink``,
+    ``start``, ``stop`` and ``detach``; the engine reports back through
+    ``_read_eof``, ``_read_error`` and ``_callback_failed`` (``ReadEvents``).
+    What the transport keeps is asyncio's side of the contract: paused or not,
+    the backlog of deliveries that arrived while a pause took effect, and the
+    end of stream held behind that backlog.
+    """
 
     def __init__(self, receiver: "Receiver", sock: socket.socket, protocol: asyncio.BaseProtocol):
         super().__init__()
         self._receiver = receiver
-        self._engine = receiver._engine
+        self._engine_name = receiver._engine.name
         self._loop = receiver._loop
         self._sock = sock
         self._fileno = sock.fileno()
         self._protocol = protocol
-        self._slot = -1
-        # read side
-        self._armed = False          # a receive request is in flight (or a reader added)
-        self._cancelling = False     # a cancel for it is in flight
+        # read side: the engine's record exists before connection_made runs, so
+        # whatever the protocol does there (pause, close) applies to this
+        # connection and no other
+        self._conn = receiver._engine.attach(self._fileno, self)
+        self._started = False        # connection_made has returned and reading began
         self._paused = False
         self._backlog: collections.deque = collections.deque()
         self._draining = False
         self._pending_end = None     # ("eof",) or ("error", exc) held behind the backlog
         self._read_done = False      # EOF or error seen
-        self._detached = False
+        self._final_counts = (0, 0)
         # write side
         self._write_buffer = bytearray()
         self._eof_written = False
@@ -91,13 +116,15 @@ class ZcrxTransport(asyncio.Transport):
         return p.data_received
 
     def _start(self) -> None:
-        self._slot = self._engine.attach(self)
-        self._engine.set_sink(self, self._sink())
-        self._engine.arm(self)
-
-    def _wants_data(self) -> bool:
-        return not (self._closing or self._paused or self._read_done or self._detached
-                    or self._backlog)
+        """After connection_made: begin reading unless the protocol paused or
+        closed in it."""
+        self._started = True
+        if self._closing:
+            return
+        if self._paused:
+            self._conn.set_sink(self._backlog.append)
+            return
+        self._reading_on()
 
     # --------------------------------------------------------------- reading
     def is_reading(self) -> bool:
@@ -109,13 +136,16 @@ class ZcrxTransport(asyncio.Transport):
         if self._closing or self._paused:
             return
         self._paused = True
-        self._engine.set_sink(self, self._backlog.append)
-        self._engine.cancel(self)
+        if self._started:
+            self._conn.set_sink(self._backlog.append)
+            self._conn.stop()
 
     def resume_reading(self) -> None:
         if self._closing or not self._paused:
             return
         self._paused = False
+        if not self._started:
+            return  # paused and resumed inside connection_made: _start reads
         if self._backlog or self._pending_end:
             if not self._draining:
                 self._draining = True
@@ -124,14 +154,16 @@ class ZcrxTransport(asyncio.Transport):
             self._reading_on()
 
     def _reading_on(self) -> None:
-        self._engine.set_sink(self, self._sink())
-        if not self._armed and not self._cancelling and not self._read_done:
-            self._engine.arm(self)
+        self._conn.set_sink(self._sink())
+        if not self._read_done:
+            self._conn.start()
 
     def _drain_backlog(self) -> None:
         self._draining = False
+        if self._paused or self._closing:
+            return
         sink = self._sink()
-        while self._backlog and not self._paused and not self._closing:
+        while self._backlog:
             view = self._backlog.popleft()
             try:
                 sink(view)
@@ -142,8 +174,8 @@ class ZcrxTransport(asyncio.Transport):
                 self._callback_failed(exc)
                 return
             del view
-        if self._paused or self._closing:
-            return
+            if self._paused or self._closing:
+                return
         if self._pending_end is not None:
             end, self._pending_end = self._pending_end, None
             if end[0] == "eof":
@@ -153,9 +185,11 @@ class ZcrxTransport(asyncio.Transport):
             return
         self._reading_on()
 
-    # engine callbacks ----------------------------------------------------
-    def _eof(self) -> None:
+    # ReadEvents: called by the engine ----------------------------------------
+    def _read_eof(self) -> None:
         self._read_done = True
+        if self._closing:
+            return
         if self._paused or self._backlog:
             self._pending_end = ("eof",)
             return
@@ -169,13 +203,15 @@ class ZcrxTransport(asyncio.Transport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "protocol.eof_received() call failed.")
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
             return
         if not keep_open:
             self.close()
 
-    def _recv_error(self, exc: OSError) -> None:
+    def _read_error(self, exc: OSError) -> None:
         self._read_done = True
+        if self._closing:
+            return
         if self._paused or self._backlog:
             self._pending_end = ("error", exc)
             return
@@ -186,7 +222,8 @@ class ZcrxTransport(asyncio.Transport):
         # exceptions often sit in reference cycles): clear their locals so the
         # buffer goes back now, not at the next garbage collection.
         traceback.clear_frames(exc.__traceback__)
-        self._fatal_error(exc, "protocol.data_received() call failed.")
+        name = getattr(exc, "_aiozcrx_callback", _CallbackName.DATA)
+        self._fatal_error(exc, f"Fatal error: protocol.{name}() call failed.")
 
     # ------------------------------------------------------------ write side
     def write(self, data) -> None:
@@ -338,8 +375,8 @@ class ZcrxTransport(asyncio.Transport):
         self._call_connection_lost_soon(exc)
 
     def _stop_reading(self) -> None:
-        self._engine.set_sink(self, None)
-        self._engine.cancel(self)
+        self._conn.set_sink(None)
+        self._conn.stop()
         self._backlog.clear()  # unread data goes back to the kernel, as asyncio drops it
         self._pending_end = None
 
@@ -353,8 +390,8 @@ class ZcrxTransport(asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            self._detached = True
-            self._engine.detach(self)
+            self._final_counts = self._conn.stats()
+            self._conn.detach()
             self._receiver._forget(self)
             self._sock.close()
             self._protocol = None
@@ -365,18 +402,18 @@ class ZcrxTransport(asyncio.Transport):
 
     def set_protocol(self, protocol) -> None:
         self._protocol = protocol
-        if not self._closing and not self._paused and not self._backlog:
-            self._engine.set_sink(self, self._sink())
+        if self._started and not self._closing and not self._paused and not self._backlog:
+            self._conn.set_sink(self._sink())
 
     def stats(self) -> dict:
         """Per-connection counters: bytes and completions received, bytes written."""
-        completions, nbytes = self._engine.slot_stats(self)
+        completions, nbytes = self._final_counts if self._conn.detached else self._conn.stats()
         return {"bytes_received": nbytes, "completions": completions,
                 "bytes_written": self._bytes_written, "backlog": len(self._backlog)}
 
     def get_extra_info(self, name, default=None):
         if name == "aiozcrx_engine":
-            return self._engine.name
+            return self._engine_name
         if name == "aiozcrx_fallback_reason":
             return self._receiver.fallback_reason
         if name == "aiozcrx_stats":
@@ -387,4 +424,4 @@ class ZcrxTransport(asyncio.Transport):
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else ("paused" if self._paused else "open")
-        return f"<ZcrxTransport fd={self._fileno} engine={self._engine.name} {state}>"
+        return f"<ZcrxTransport fd={self._fileno} engine={self._engine_name} {state}>"

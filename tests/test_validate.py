@@ -1,15 +1,19 @@
-"""Receiver argument validation as a property: ValueError exactly when an argument is
-out of its documented range, and never a kernel call on the way (pure check)."""
+"""Receiver argument validation (aiozcrx.config.Config.validate): TypeError for a
+wrong type, ValueError exactly when a value is out of its documented range, and
+never a kernel call on the way -- so a rejected argument cannot leak anything."""
 
 from __future__ import annotations
 
 import mmap
+import socket
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiozcrx.receiver import MAX_RQ_ENTRIES, validate
+import aiozcrx
+from aiozcrx.config import (MAX_BUF_SIZE, MAX_CQ_ENTRIES, MAX_RQ_ENTRIES, MIN_CQ_ENTRIES,
+                            Config)
 
 PAGE = mmap.PAGESIZE
 
@@ -18,22 +22,83 @@ def _ok(area_size, rq_entries, buf_size, cq_entries) -> bool:
     pow2 = lambda n: n > 0 and n & (n - 1) == 0  # noqa: E731
     return (area_size > 0 and area_size % PAGE == 0
             and pow2(rq_entries) and rq_entries <= MAX_RQ_ENTRIES
-            and pow2(buf_size) and PAGE <= buf_size <= area_size
+            and pow2(buf_size) and PAGE <= buf_size <= min(area_size, MAX_BUF_SIZE)
+            and area_size % buf_size == 0
             and area_size // buf_size <= 32768
-            and pow2(cq_entries) and cq_entries <= 65536)
+            and pow2(cq_entries) and MIN_CQ_ENTRIES <= cq_entries <= MAX_CQ_ENTRIES)
 
 
-sizes = st.one_of(st.integers(-PAGE, 1 << 34), st.integers(0, 1 << 14).map(lambda k: k * PAGE))
-pow2ish = st.one_of(st.integers(-4, 1 << 17), st.integers(0, 17).map(lambda k: 1 << k))
+sizes = st.one_of(st.integers(-PAGE, 1 << 34), st.integers(0, 1 << 14).map(lambda k: k * PAGE),
+                  st.integers(0, 34).map(lambda k: 1 << k))
+pow2ish = st.one_of(st.integers(-4, 1 << 17), st.integers(0, 34).map(lambda k: 1 << k))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(area_size=sizes, rq_entries=pow2ish, buf_size=pow2ish, cq_entries=pow2ish)
 def test_validate_accepts_exactly_the_documented_ranges(area_size, rq_entries, buf_size, cq_entries):
-    kw = dict(engine="auto", interface=None, queue=None, area_size=area_size,
-              rq_entries=rq_entries, buf_size=buf_size, cq_entries=cq_entries)
+    cfg = Config(area_size=area_size, rq_entries=rq_entries, buf_size=buf_size, cq_entries=cq_entries)
     if _ok(area_size, rq_entries, buf_size, cq_entries):
-        validate(**kw)
+        cfg.validate()
     else:
         with pytest.raises(ValueError):
-            validate(**kw)
+            cfg.validate()
+
+
+@pytest.mark.parametrize("kw", [
+    {"copy": "no"}, {"copy": 1}, {"hugepages": None}, {"kernel_region": "yes"},
+    {"notifications": 0}, {"rq_entries": True}, {"cq_entries": 1024.0}, {"area_size": "32M"},
+    {"buf_size": None}, {"queue": True}, {"engine": 3}, {"interface": 0},
+])
+def test_wrong_types_are_type_errors(kw):
+    with pytest.raises(TypeError, match=next(iter(kw))):
+        Config(**kw).validate()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"area_size": 3 * 65536 + 4096, "buf_size": 65536}, "multiple of buf_size"),
+    ({"area_size": 1 << 32, "buf_size": 1 << 32}, "buf_size"),
+    ({"cq_entries": 4}, "cq_entries"),
+    ({"engine": "fast"}, "unknown engine"),
+    ({"interface": "no-such-if0"}, "unknown interface"),
+    ({"queue": 0}, "needs interface"),
+    ({"engine": "zcrx"}, "needs interface= and queue="),
+])
+def test_out_of_range_values_are_value_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Config(**kw).validate()
+
+
+def test_receiver_rejects_before_touching_the_kernel(monkeypatch):
+    # If validation let any of these through, opening would need the ring layer:
+    # make that fail loudly, then check each argument is refused first.
+    import aiozcrx._ring as ring
+    monkeypatch.setattr(ring, "Ring", lambda *a, **k: pytest.fail("a ring was made"))
+    monkeypatch.setattr(ring, "map_area", lambda *a, **k: pytest.fail("an area was mapped"))
+    for kw in ({"area_size": 3 * 65536 + 4096}, {"buf_size": 1 << 32, "area_size": 1 << 32},
+               {"copy": "no"}, {"rq_entries": True}):
+        with pytest.raises((TypeError, ValueError)):
+            aiozcrx.Receiver(engine="uring", **kw)
+    with pytest.raises(TypeError, match="share_with"):
+        aiozcrx.Receiver(engine="zcrx-copy", share_with=object())
+    with pytest.raises(ValueError, match="share_with"):
+        aiozcrx.Receiver(engine="uring", share_with=aiozcrx.Receiver(engine="zcrx-copy"))
+
+
+@pytest.mark.asyncio
+async def test_create_server_refuses_a_connected_socket():
+    lst = socket.create_server(("127.0.0.1", 0))
+    c = socket.create_connection(lst.getsockname())
+    s, _ = lst.accept()
+    try:
+        with pytest.raises(ValueError, match="connected"):
+            await aiozcrx.create_server(asyncio_protocol, sock=s, engine="socket")
+        with pytest.raises(ValueError, match="connected socket"):
+            await aiozcrx.create_connection(asyncio_protocol, sock=lst, engine="socket")
+    finally:
+        for x in (lst, c, s):
+            x.close()
+
+
+def asyncio_protocol():
+    import asyncio
+    return asyncio.Protocol()

@@ -19,7 +19,7 @@ def load_core() -> None:
     Raises ImportError (with the reason) where it cannot be loaded: not built, built
     for another Python, or a shared object that does not link.
     """
-    from .. import _ring, engines, receiver  # noqa: F401, PLC0415 - the compiled core
+    from .. import _ring, config, engines, receiver  # noqa: F401, PLC0415 - the compiled core
 
 
 def kernel_report() -> dict:
@@ -56,33 +56,17 @@ def choose_engine(interface: str | None = None, queue: int | None = None,
     Each engine is really opened (ring, area, registration) and closed again.
     """
     from .. import engines as _engines  # noqa: PLC0415 - the compiled core, lazily
-    from ..errors import EngineUnavailable  # noqa: PLC0415
-    from ..receiver import DEFAULT_BUF_SIZE, validate  # noqa: PLC0415
+    from ..config import Config  # noqa: PLC0415
 
-    validate(engine="auto", interface=interface, queue=queue, area_size=area_size,
-             rq_entries=1024, buf_size=DEFAULT_BUF_SIZE, cq_entries=1024)
-    cfg = _engines.Config(engine="auto", interface=interface, queue=queue, area_size=area_size,
-                          rq_entries=1024, copy=False, buf_size=DEFAULT_BUF_SIZE, hugepages=False,
-                          kernel_region=False, cq_entries=1024, notifications=False)
+    # the same Config, validation and "auto" loop as a Receiver; a small area and
+    # rings, no notifications: this only asks what would open
+    cfg = Config(engine="auto", interface=interface, queue=queue, area_size=area_size,
+                 rq_entries=1024, cq_entries=1024, notifications=False).validate()
     loop = asyncio.new_event_loop()
     try:
-        tried: list[tuple[str, bool, str]] = []
-        chosen = "socket"
-        for name in _engines.ENGINES:
-            if name == "zcrx" and (interface is None or queue is None):
-                tried.append((name, False, "no interface/queue given"))
-                continue
-            eng = _engines.make_engine(name, cfg)
-            try:
-                eng.open(loop)
-            except EngineUnavailable as e:
-                tried.append((name, False, e.reason))
-                continue
-            eng.close()
-            tried.append((name, True, "works here"))
-            chosen = name
-            break
-        return chosen, tried
+        eng, tried = _engines.open_engine(cfg, loop)
+        eng.close()
+        return eng.name, tried
     finally:
         loop.close()
 

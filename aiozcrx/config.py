@@ -1,0 +1,127 @@
+"""One set of Receiver settings, validated before any kernel object exists.
+
+``Config`` is what ``Receiver``, ``create_server``/``create_connection`` and
+``aiozcrx doctor``'s engine probe all build and check the same way; engines read
+it and never re-validate. ``validate()`` is pure (it asks the kernel nothing but
+whether a named interface exists), so a bad argument never leaves an fd, a
+mapping or a registration behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import mmap
+import socket
+
+PAGE_SIZE = mmap.PAGESIZE
+
+#: engine names, best first (``"auto"`` tries them in this order)
+ENGINES = ("zcrx", "zcrx-copy", "uring", "socket")
+
+DEFAULT_AREA_SIZE = 32 * 1024 * 1024
+DEFAULT_RQ_ENTRIES = 4096
+DEFAULT_BUF_SIZE = 64 * 1024
+DEFAULT_CQ_ENTRIES = 8192
+MAX_RQ_ENTRIES = 32768          # the kernel rejects more (without IORING_SETUP_CLAMP)
+MAX_BUFFERS = 32768             # a provided buffer ring holds at most 2**15 buffers
+MAX_BUF_SIZE = 1 << 30          # a completion's byte count is a signed 32-bit int
+MIN_CQ_ENTRIES = 8
+MAX_CQ_ENTRIES = 65536
+
+
+def is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _int(name: str, value: object) -> int:
+    # bool is an int subclass; `rq_entries=True` is a mistake, not 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _bool(name: str, value: object) -> bool:
+    # `copy="no"` must not mean True
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def rx_queue_count(interface: str) -> int | None:
+    n = len(glob.glob(f"/sys/class/net/{interface}/queues/rx-*"))
+    return n or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Receiver settings; see ``Receiver`` for what each one means."""
+
+    engine: str = "auto"
+    interface: str | None = None
+    queue: int | None = None
+    area_size: int = DEFAULT_AREA_SIZE
+    rq_entries: int = DEFAULT_RQ_ENTRIES
+    copy: bool = False
+    buf_size: int = DEFAULT_BUF_SIZE
+    hugepages: bool = False
+    kernel_region: bool = False
+    cq_entries: int = DEFAULT_CQ_ENTRIES
+    notifications: bool = True
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "Config":
+        """Raises TypeError (wrong type) or ValueError (out of range, unknown
+        interface/queue) naming the argument and what it accepts; returns self."""
+        if not isinstance(self.engine, str):
+            raise TypeError(f"engine must be a str, got {type(self.engine).__name__}")
+        if self.engine != "auto" and self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}: choose 'auto' or one of {', '.join(ENGINES)}")
+        for name in ("copy", "hugepages", "kernel_region", "notifications"):
+            _bool(name, getattr(self, name))
+
+        area_size = _int("area_size", self.area_size)
+        if area_size <= 0 or area_size % PAGE_SIZE:
+            raise ValueError(f"area_size must be a positive multiple of the page size ({PAGE_SIZE}), got {area_size!r}")
+        buf_size = _int("buf_size", self.buf_size)
+        if not is_pow2(buf_size) or not PAGE_SIZE <= buf_size <= min(area_size, MAX_BUF_SIZE):
+            raise ValueError(f"buf_size must be a power of two between {PAGE_SIZE} and "
+                             f"min(area_size, {MAX_BUF_SIZE}), got {buf_size!r}")
+        if area_size % buf_size:
+            raise ValueError(f"area_size ({area_size}) must be a multiple of buf_size ({buf_size})")
+        if area_size // buf_size > MAX_BUFFERS:
+            raise ValueError(f"area_size / buf_size must be at most {MAX_BUFFERS} buffers "
+                             f"(buffer ring limit), got {area_size // buf_size}; raise buf_size")
+        rq_entries = _int("rq_entries", self.rq_entries)
+        if not is_pow2(rq_entries) or rq_entries > MAX_RQ_ENTRIES:
+            raise ValueError(f"rq_entries must be a power of two between 1 and {MAX_RQ_ENTRIES}, got {rq_entries!r}")
+        cq_entries = _int("cq_entries", self.cq_entries)
+        if not is_pow2(cq_entries) or not MIN_CQ_ENTRIES <= cq_entries <= MAX_CQ_ENTRIES:
+            raise ValueError(f"cq_entries must be a power of two between {MIN_CQ_ENTRIES} and "
+                             f"{MAX_CQ_ENTRIES}, got {cq_entries!r}")
+
+        interface = self.interface
+        if interface is not None:
+            if not isinstance(interface, str):
+                raise TypeError(f"interface must be a str like 'eth0', got {type(interface).__name__}")
+            if not interface or "/" in interface or "\0" in interface:
+                raise ValueError(f"interface must be an interface name like 'eth0', got {interface!r}")
+            try:
+                socket.if_nametoindex(interface)
+            except OSError:
+                raise ValueError(f"unknown interface {interface!r}: it is not in `ip link`") from None
+        if self.queue is not None:
+            queue = _int("queue", self.queue)
+            if queue < 0:
+                raise ValueError(f"queue must be a non-negative integer, got {queue!r}")
+            if interface is None:
+                raise ValueError("queue= needs interface= (a queue is a hardware queue of one NIC)")
+            count = rx_queue_count(interface)
+            if count is not None and queue >= count:
+                raise ValueError(f"queue {queue} out of range: {interface} has {count} rx queue(s) "
+                                 f"(0..{count - 1}); see `ethtool -l {interface}`")
+        if self.engine == "zcrx" and (interface is None or self.queue is None):
+            raise ValueError("engine='zcrx' needs interface= and queue= (the NIC queue flows are steered to)")
+        return self

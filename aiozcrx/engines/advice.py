@@ -1,0 +1,73 @@
+"""Kernel errnos turned into advice: the cause in words and the fix.
+
+The engines know the context (which interface, which queue, which step); the
+ABI layer only returns errnos. Everything that names a fix lives here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+
+from ..errors import UringUnavailable, ZcrxUnavailable
+
+KNOWN_ZCRX_DRIVERS = ("bnxt_en", "mlx5_core", "gve", "fbnic")
+
+
+def interface_driver(name: str) -> str:
+    try:
+        return os.path.basename(os.readlink(f"/sys/class/net/{name}/device/driver"))
+    except OSError:
+        return "virtual" if name != "lo" else "loopback"
+
+
+def uring_error(engine: str, e: OSError) -> UringUnavailable:
+    err = e.errno
+    causes = {
+        errno.ENOSYS: ("this kernel has no io_uring", "use engine='socket'"),
+        errno.EPERM: ("io_uring is disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp",
+                      "set kernel.io_uring_disabled=0, or allow io_uring_* syscalls in the seccomp profile"),
+        errno.EINVAL: ("this kernel lacks IORING_SETUP_DEFER_TASKRUN / provided buffer rings (needs 6.1+)",
+                       "use engine='socket' or a newer kernel"),
+        errno.ENOMEM: ("cannot lock memory for the ring or buffers (RLIMIT_MEMLOCK)", "raise `ulimit -l`"),
+    }
+    cause, fix = causes.get(err, (f"{e.strerror}", ""))
+    return UringUnavailable(engine, err or errno.EIO, cause, fix)
+
+
+def _memlock() -> str:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+
+
+def zcrx_error(engine: str, config, e: OSError, *, nodev: bool) -> ZcrxUnavailable:
+    """Why registering a zcrx instance failed, for ``config``'s interface/queue."""
+    err = e.errno
+    if nodev:
+        where = "ZCRX_REG_NODEV"
+        causes = {
+            errno.EINVAL: ("this kernel has no ZCRX_REG_NODEV (needs Linux 7.1+)", "use engine='uring' or a 7.1+ kernel"),
+            errno.EOPNOTSUPP: ("this kernel has no io_uring zcrx (CONFIG_IO_URING_ZCRX)", "use engine='uring'"),
+        }
+    else:
+        iface, queue = config.interface, config.queue
+        drv = interface_driver(iface)
+        where = f"{iface} queue {queue}"
+        causes = {
+            errno.EOPNOTSUPP: (f"{iface} ({drv}) has no queue API" if drv not in KNOWN_ZCRX_DRIVERS
+                               else f"{iface} ({drv}) refused: header/data split off or driver too old",
+                               f"use a NIC whose driver supports zcrx ({', '.join(KNOWN_ZCRX_DRIVERS)}); "
+                               f"run `aiozcrx doctor --interface {iface}`"),
+            errno.EINVAL: (f"{where}: bad queue or header/data split not enabled",
+                           f"`aiozcrx nic setup --interface {iface} --queue {queue}`"),
+            errno.EEXIST: (f"{where} is already bound to a memory provider",
+                           "close the other zcrx user of this queue or pick another queue"),
+            errno.ERANGE: (f"{where}: queue out of range", "pick a queue below the channel count (`ethtool -l`)"),
+        }
+    causes[errno.EPERM] = ("registering zcrx needs CAP_NET_ADMIN",
+                           "run as root or grant CAP_NET_ADMIN (setcap cap_net_admin+ep)")
+    causes[errno.ENOMEM] = (f"cannot pin a {config.area_size}-byte area: RLIMIT_MEMLOCK is {_memlock()}",
+                            "raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) or pass a smaller area_size")
+    cause, fix = causes.get(err, (f"{where}: {e.strerror}", ""))
+    return ZcrxUnavailable(engine, err, cause, fix)

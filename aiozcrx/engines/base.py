@@ -1,0 +1,190 @@
+"""The seam between transports and engines, and the one owner of read state.
+
+An engine owns, per connection, one ``Conn`` record: whether reading is wanted,
+whether a receive request is in flight (``armed``), whether a cancel for it is
+in flight, whether it waits for buffers, whether it is detached. Nothing else
+writes these fields. A transport talks to its connection only through the
+record's methods (``set_sink``, ``start``, ``stop``, ``detach``), and hears back
+through the small ``ReadEvents`` interface it implements. The engine never
+calls into the protocol except through the sink the transport gave it.
+
+Every request the ring engines submit carries the record's slot *and
+generation* in its user_data: a completion can only reach the connection it was
+issued for. When a slot is reused, late completions of the old request find
+another generation and their buffers go straight back to the kernel.
+
+What happens when a receive request ends is decided by ``decide()``, a pure
+function (tested table by table in tests/test_decide.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+#: a sink takes one delivery (a memoryview, or bytes with copy=True)
+Sink = Callable[[Any], object]
+
+
+class ReadEvents(Protocol):
+    """What an engine tells a transport about its read side (ZcrxTransport
+    implements it). Each is called at most once per connection, never after
+    ``Conn.detach()``."""
+
+    def _read_eof(self) -> None:
+        """The peer closed its side (the request ended with 0 bytes)."""
+
+    def _read_error(self, exc: OSError) -> None:
+        """Receiving failed (e.g. ConnectionResetError)."""
+
+    def _callback_failed(self, exc: BaseException) -> None:
+        """The sink (the protocol's data_received / get_buffer) raised. The engine
+        has already stopped delivering to this connection."""
+
+
+class Action(enum.Enum):
+    """What to do when a receive request completes (see ``decide``)."""
+
+    KEEP = "keep"          # still armed (a data completion with F_MORE)
+    REARM = "rearm"        # it ended but reading is wanted: arm again
+    IDLE = "idle"          # it ended and reading is not wanted (paused, stopping)
+    STARVE = "starve"      # out of buffers: arm again once some come back
+    EOF = "eof"            # the peer closed its side
+    ERROR = "error"        # a socket error: report it, reading is over
+
+
+# Ends of a request that say nothing about the connection itself: a cancel we
+# asked for (pause, a stall or reset kick), or the CQ was full when the kernel
+# wanted to post (zcrx requests end with -ENOSPC then; the bytes stay queued in
+# the socket). Re-arming is right if reading is wanted, whatever we were doing.
+_BENIGN_ENDS = frozenset({-errno.ECANCELED, -errno.ENOSPC, -errno.EINTR, -errno.EAGAIN})
+_OUT_OF_BUFFERS = frozenset({-errno.ENOBUFS, -errno.ENOMEM})
+
+
+def decide(res: int, more: bool, wanted: bool) -> Action:
+    """The decision taken for one receive completion.
+
+    ``res`` the CQE result (bytes, 0 for EOF, or -errno), ``more`` whether the
+    multishot request stays armed (IORING_CQE_F_MORE), ``wanted`` whether the
+    transport wants data now (started and not stopped).
+    """
+    if more:
+        return Action.KEEP
+    if res == 0:
+        return Action.EOF
+    if res > 0 or res in _BENIGN_ENDS:
+        return Action.REARM if wanted else Action.IDLE
+    if res in _OUT_OF_BUFFERS:
+        return Action.STARVE if wanted else Action.IDLE
+    return Action.ERROR
+
+
+class Conn:
+    """The engine's record of one connection's read side. Transports call its
+    methods; only the engine changes its fields."""
+
+    __slots__ = ("engine", "slot", "gen", "fd", "events", "wanted", "armed", "cancelling",
+                 "detached", "__weakref__")
+
+    def __init__(self, engine: "Engine", slot: int, gen: int, fd: int, events: ReadEvents):
+        self.engine = engine
+        self.slot = slot
+        self.gen = gen
+        self.fd = fd
+        self.events = events
+        self.wanted = False       # the transport asked for data and has not stopped
+        self.armed = False        # a receive request (ring) / a reader (socket) is in flight
+        self.cancelling = False   # a cancel for the armed request is in flight
+        self.detached = False     # final: nothing reaches this connection any more
+
+    # -- the transport's interface --
+    def set_sink(self, sink: Sink | None) -> None:
+        """Where deliveries go: a callable(view), or None to drop them."""
+        if not self.detached:
+            self.engine._set_sink(self, sink)
+
+    def start(self) -> None:
+        """Reading wanted: arm a request unless one is in flight."""
+        if not self.detached:
+            self.engine._start(self)
+
+    def stop(self) -> None:
+        """Reading not wanted: cancel the request in flight (what it already
+        received still goes to the sink)."""
+        if not self.detached:
+            self.engine._stop(self)
+
+    def detach(self) -> None:
+        """Final: stop, drop the sink, free the slot. Idempotent."""
+        if not self.detached:
+            self.engine._detach(self)
+
+    def stats(self) -> tuple[int, int]:
+        """(completions, bytes) received by this connection."""
+        return self.engine._conn_stats(self)
+
+    def __repr__(self) -> str:
+        flags = [n for n in ("wanted", "armed", "cancelling", "detached") if getattr(self, n)]
+        return f"<Conn slot={self.slot} gen={self.gen} fd={self.fd} {' '.join(flags) or 'idle'}>"
+
+
+class Engine:
+    """The interface every engine implements (one per Receiver)."""
+
+    name = "?"
+
+    def __init__(self, config: "Config"):
+        self.config = config
+        self.loop = None
+        self.conns: dict[int, Conn] = {}
+        self.closed = False
+        self.stats = {"rearms": 0, "starved": 0, "notifications_no_buffers": 0,
+                      "notifications_copy": 0, "wakeups": 0, "stale_completions": 0}
+        self._final_stats: dict | None = None
+
+    # -- lifecycle (Receiver) --
+    def open(self, loop) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Releases the kernel objects. Safe from inside any callback the engine
+        made: the teardown then waits until the engine's own frame returns."""
+        raise NotImplementedError
+
+    # -- per connection --
+    def attach(self, fd: int, events: ReadEvents) -> Conn:
+        raise NotImplementedError
+
+    def _set_sink(self, conn: Conn, sink: Sink | None) -> None:
+        raise NotImplementedError
+
+    def _start(self, conn: Conn) -> None:
+        raise NotImplementedError
+
+    def _stop(self, conn: Conn) -> None:
+        raise NotImplementedError
+
+    def _detach(self, conn: Conn) -> None:
+        raise NotImplementedError
+
+    def _conn_stats(self, conn: Conn) -> tuple[int, int]:
+        raise NotImplementedError
+
+    # -- info --
+    def area_stats(self) -> dict:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {}
+
+    def snapshot_stats(self) -> dict:
+        """Receiver.stats(): live counters while open, the last ones after close."""
+        if self._final_stats is not None:
+            return dict(self._final_stats)
+        s = self.area_stats()
+        s.update(self.describe())
+        return s

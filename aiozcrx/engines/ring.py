@@ -1,0 +1,375 @@
+"""Shared mechanics of the io_uring engines: the ring, the eventfd reader, the C
+dispatcher, per-connection records, and the watches that keep requests moving.
+
+One pump round (``_pump``), from the loop's reader on the ring's eventfd:
+  1. ``Dispatcher.pump`` (C): read the eventfd, io_uring_enter (submit + run the
+     deferred task work), drain the CQ -- each data completion for a live
+     connection of the right generation becomes ``sink(view)`` -- publish
+     refills; again while the kernel flags more work.
+  2. Whatever is not plain data (ends of requests, errors, exceptions raised by
+     a sink, notifications) comes back as a control list; ``_handle`` applies
+     ``decide()`` to each and tells the transport through ``ReadEvents``.
+  3. Connections that stopped for want of buffers are re-armed once buffers
+     are back.
+A teardown asked for from inside any of this (``Receiver.close()`` in
+``data_received``) halts the dispatcher and runs once the pump has returned.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+from .. import _ring
+from .._ring import UD_CANCEL, UD_NOTIF, UD_RECV, ud_gen, ud_kind, ud_slot, user_data
+from .advice import uring_error
+from .base import Action, Conn, Engine, decide
+
+# Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
+PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
+
+GEN_MASK = 0xFFFFFF  # 24 bits of user_data (see _ring.user_data)
+
+
+class RingEngine(Engine):
+    cqe32 = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.ring: _ring.Ring | None = None
+        self.area = None
+        self.dispatcher = None
+        self.slots: list = []            # slot -> sink, read by the C dispatcher
+        self._gens: list[int] = []       # slot -> generation of its current/last user
+        self.free_slots: list[int] = []
+        self.starved: set[Conn] = set()
+        self._scheduled = False
+        self._reader_added = False
+        self._pumping = False
+        self._close_pending = False
+        self._tw_timer = None
+        self._reset_timer = None
+        self._reset_watch_slots: dict[int, int] = {}
+
+    def _open_ring(self) -> None:
+        try:
+            self.ring = _ring.Ring(cq_entries=self.config.cq_entries, cqe32=self.cqe32)
+        except OSError as e:
+            raise uring_error(self.name, e) from None
+
+    def _start_loop(self, loop) -> None:
+        self.loop = loop
+        self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)
+        loop.add_reader(self.ring.eventfd, self._on_wake)
+        self._reader_added = True
+
+    # ------------------------------------------------------------- teardown
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for conn in list(self.conns.values()):
+            self._forget(conn)
+        self.starved.clear()
+        if self.dispatcher is not None:
+            self.dispatcher.halt()  # the pump (if running) stops after this callback
+        if self._pumping:
+            self._close_pending = True  # finished by _pump once the C pump returned
+            return
+        self._teardown()
+
+    def _teardown(self) -> None:
+        self._close_pending = False
+        if self.ring is None:
+            return
+        if self._reader_added:
+            self.loop.remove_reader(self.ring.eventfd)
+            self._reader_added = False
+        for attr in ("_tw_timer", "_reset_timer"):
+            timer = getattr(self, attr)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, attr, None)
+        self._stop_timers()
+        # Completions still queued carry buffers: the halted dispatcher gives them
+        # straight back, so outstanding counts stay exact.
+        try:
+            self.ring.enter(0)
+            self.dispatcher.run()
+        except OSError:
+            pass
+        self._final_stats = self.area_stats()
+        self._final_stats.update(self.describe())
+        self._final_stats["closed"] = True
+        if getattr(self, "shared_from", None) is None:
+            self.area.close()  # an imported instance's area belongs to its source
+        self.ring.close()
+        # Drop every reference to the area: its memory is unmapped as soon as
+        # the last view is released, whoever still holds this engine.
+        self.dispatcher.close()
+        self.dispatcher = None
+        self.ring = None
+        self.area = None
+        self.slots.clear()
+
+    def _stop_timers(self) -> None:
+        pass
+
+    # ---------------------------------------------------------- connections
+    def attach(self, fd: int, events) -> Conn:
+        if self.closed:
+            raise RuntimeError("engine is closed")
+        if self.free_slots:
+            slot = self.free_slots.pop()
+        else:
+            slot = len(self.slots)
+            self.slots.append(None)
+            self._gens.append(0)
+        gen = self._gens[slot] = (self._gens[slot] + 1) & GEN_MASK
+        conn = Conn(self, slot, gen, fd, events)
+        self.conns[slot] = conn
+        self.slots[slot] = None
+        self.dispatcher.bind(slot, gen)
+        return conn
+
+    def _set_sink(self, conn: Conn, sink) -> None:
+        if not self.closed:
+            self.slots[conn.slot] = sink
+
+    def _start(self, conn: Conn) -> None:
+        conn.wanted = True
+        if not conn.armed:
+            self._arm(conn)
+        # armed and cancelling: the cancel's completion re-arms (decide: wanted)
+
+    def _stop(self, conn: Conn) -> None:
+        conn.wanted = False
+        self.starved.discard(conn)
+        if conn.armed and not conn.cancelling:
+            self._cancel(conn)
+
+    def _detach(self, conn: Conn) -> None:
+        self._stop(conn)
+        self._forget(conn)
+
+    def _forget(self, conn: Conn) -> None:
+        """The record leaves the engine; its slot is free at once (late
+        completions of its request carry the old generation)."""
+        conn.detached = True
+        conn.wanted = False
+        self.starved.discard(conn)
+        if self.conns.get(conn.slot) is conn:
+            del self.conns[conn.slot]
+            if not self.closed:
+                self.slots[conn.slot] = None
+                self.free_slots.append(conn.slot)
+        self._reset_watch_slots.pop(conn.slot, None)
+
+    def _conn_stats(self, conn: Conn) -> tuple[int, int]:
+        if self.dispatcher is None or conn.detached:
+            return (0, 0)
+        return self.dispatcher.slot_stats(conn.slot)
+
+    # -------------------------------------------------------------- requests
+    def _prep_recv(self, fd: int, ud: int) -> None:
+        raise NotImplementedError
+
+    def _buffers_available(self) -> bool:
+        return self.area.outstanding < self.area.nbufs
+
+    def _arm(self, conn: Conn) -> None:
+        if self.closed:
+            return
+        if not self._buffers_available():
+            self._starve(conn)
+            return
+        self._prep_recv(conn.fd, user_data(UD_RECV, conn.slot, conn.gen))
+        conn.armed = True
+        self._kick()
+        if self._reset_timer is None:
+            self._reset_timer = self.loop.call_later(self.RESET_TICK, self._reset_watch)
+
+    def _cancel(self, conn: Conn) -> None:
+        if self.closed:
+            return
+        conn.cancelling = True
+        self.ring.prep_cancel(user_data(UD_RECV, conn.slot, conn.gen),
+                              user_data(UD_CANCEL, conn.slot, conn.gen))
+        self._kick()
+
+    def _starve(self, conn: Conn) -> None:
+        self.starved.add(conn)
+        self.stats["starved"] += 1
+        self.area.set_wake(self.ring.eventfd, True)
+        self.area.publish(True)
+
+    def _kick(self) -> None:
+        """Submit soon, once, however many requests were queued meanwhile."""
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._process)
+
+    # -- connections reset with data still queued --
+    # A multishot RECV that drains the last queued bytes of a socket the peer has
+    # already reset goes back to wait for a wake-up that never comes: the kernel's
+    # "socket now empty" hint (tcp_inq_hint) counts a FIN but not a reset, so the
+    # request neither reads the pending error nor ends, and the connection would
+    # never see connection_lost. (The reset's own wake-up was spent while data was
+    # still queued.) So: every RESET_TICK, connections that got data recently and
+    # none since (the C dispatcher keeps per-slot activity bits) are polled, for
+    # RESET_WATCH_TICKS ticks after their last data, in one poll(2); one whose
+    # socket reports an error or hang-up while its request is still armed is
+    # cancelled, and the re-armed request reads the error. Idle connections cost
+    # nothing here: a reset that finds nothing queued wakes the request itself.
+    RESET_TICK = 0.2
+    RESET_WATCH_TICKS = 5
+
+    def _reset_watch(self) -> None:
+        self._reset_timer = None
+        if self.closed:
+            return
+        watch = self._reset_watch_slots
+        for slot in self.dispatcher.take_quiet():
+            watch[slot] = self.RESET_WATCH_TICKS
+        if watch:
+            poller = select.poll()
+            polled: dict[int, Conn] = {}
+            for slot in list(watch):
+                watch[slot] -= 1
+                if watch[slot] <= 0:
+                    del watch[slot]
+                conn = self.conns.get(slot)
+                if conn is not None and conn.armed and not conn.cancelling:
+                    poller.register(conn.fd, select.POLLERR | select.POLLHUP)
+                    polled[conn.fd] = conn
+            if polled:
+                for fd, events in poller.poll(0):
+                    conn = polled.get(fd)
+                    if conn is not None and events & (select.POLLERR | select.POLLHUP):
+                        self.stats["reset_kicks"] = self.stats.get("reset_kicks", 0) + 1
+                        self._cancel(conn)
+                        watch.pop(conn.slot, None)
+        if self.conns:
+            self._reset_timer = self.loop.call_later(self.RESET_TICK, self._reset_watch)
+
+    # ---------------------------------------------------------- the loop side
+    def _on_wake(self) -> None:
+        self._pump(self.ring.eventfd)
+
+    def _process(self) -> None:
+        self._scheduled = False
+        if not self.closed:
+            self._pump(-1)
+
+    CONTROL_ROUNDS = 64
+    TW_RECHECK = 0.01
+
+    def _pump(self, eventfd: int) -> None:
+        """One wake-up: the C dispatcher submits, runs task work, dispatches and
+        refills (``Dispatcher.pump``); Python decides only what it hands back
+        (ends of requests, errors, notifications) and what to re-arm."""
+        if self._pumping:  # a callback re-entered the loop's reader: let the outer pump finish
+            return
+        self._pumping = True
+        try:
+            self._pump_rounds(eventfd)
+        finally:
+            self._pumping = False
+            if self._close_pending:
+                self._teardown()
+
+    def _pump_rounds(self, eventfd: int) -> None:
+        pump = self.dispatcher.pump
+        _n, control, state = pump(eventfd)
+        rounds = 0
+        while control is not None:
+            self._handle(control)
+            if self.closed:
+                return
+            if self.starved and self._buffers_available():
+                self._revive()
+            rounds += 1
+            if rounds == self.CONTROL_ROUNDS:
+                state = PUMP_BUSY
+                break
+            _n, control, state = pump(-1)
+        if self.closed:
+            return
+        if self.starved and self._buffers_available():
+            self._revive()
+        if state == PUMP_BUSY:
+            self._kick()  # still busy: continue after the loop's other callbacks
+        elif state == PUMP_PENDING and self._tw_timer is None and not self._scheduled:
+            # The kernel flags queued task work that an enter did not find (the
+            # flag can lag): look again soon. A timer, never a busy loop.
+            self._tw_timer = self.loop.call_later(self.TW_RECHECK, self._tw_recheck)
+        self._end_of_round()
+
+    def _tw_recheck(self) -> None:
+        self._tw_timer = None
+        self._process()
+
+    def _end_of_round(self) -> None:
+        pass
+
+    def _revive(self) -> None:
+        """Buffers came back: re-arm connections that stopped for lack of them."""
+        self.area.publish(True)
+        starved, self.starved = self.starved, set()
+        for conn in starved:
+            if conn.wanted and not conn.armed and not conn.detached:
+                self.stats["rearms"] += 1
+                self._arm(conn)
+
+    def _handle(self, control) -> None:
+        for ud, res, flags, exc in control:
+            if self.closed:
+                return
+            kind = ud_kind(ud)
+            if kind == UD_RECV:
+                conn = self.conns.get(ud_slot(ud))
+                if conn is None or conn.gen != ud_gen(ud):
+                    self.stats["stale_completions"] += 1
+                    continue
+                if exc is not None:
+                    # the dispatcher already stopped delivering to this slot
+                    conn.events._callback_failed(exc)
+                    if conn.detached or self.closed:
+                        continue
+                more = bool(flags & _ring.CQE_F_MORE)
+                if not more:
+                    conn.armed = False
+                    conn.cancelling = False
+                self._apply(conn, decide(res, more, conn.wanted), res)
+            elif kind == UD_NOTIF:
+                self._notification(res)
+
+    def _apply(self, conn: Conn, action: Action, res: int) -> None:
+        if action is Action.KEEP or action is Action.IDLE:
+            return
+        if action is Action.REARM:
+            self.stats["rearms"] += 1
+            self._arm(conn)
+        elif action is Action.STARVE:
+            self._starve(conn)
+            if self._buffers_available():
+                self._revive()
+        elif action is Action.EOF:
+            conn.wanted = False
+            conn.events._read_eof()
+        else:
+            conn.wanted = False
+            # OSError() picks the subclass (ConnectionResetError...) from the errno
+            conn.events._read_error(OSError(-res, os.strerror(-res)))
+
+    def _notification(self, res: int) -> None:
+        pass
+
+    def area_stats(self) -> dict:
+        if self._final_stats is not None:
+            return dict(self._final_stats)
+        s = self.area.stats()
+        s.update(self.stats)
+        s.update(self.dispatcher.stats())  # wakeups are counted in C
+        s["cq_entries"] = self.ring.cq_entries
+        return s

@@ -1,0 +1,211 @@
+"""Engine "socket": non-blocking recv() into pooled buffers; works wherever
+sockets do.
+
+Readiness comes from an epoll instance of the engine's own, watched by the loop
+through its one fd (``loop.add_reader``), not from one ``add_reader`` per socket:
+uvloop (libuv) treats EPOLLERR on a polled fd as the poll handle failing and
+stops calling the reader, so a reset that arrives while data is still queued
+was never reported there (measured: the reader fires once, then never again).
+Our own epoll reports the error like any other event, on both loops.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+from .. import _ring
+from .base import Conn, Engine
+
+_WATCH = select.EPOLLIN | select.EPOLLRDHUP  # EPOLLERR/EPOLLHUP are always reported
+
+
+class SocketEngine(Engine):
+    name = "socket"
+    READS_PER_WAKEUP = 16  # per connection and wake-up: fairness between connections
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.area = None
+        self.eventfd = -1
+        self.epoll: select.epoll | None = None
+        self.sinks: dict[int, object] = {}
+        self.counts: dict[int, list[int]] = {}
+        self.armed_fds: dict[int, Conn] = {}
+        self.starved: set[Conn] = set()
+        self._next = 0
+        self.completions = 0
+        self.bytes = 0
+
+    def open(self, loop) -> None:
+        self.loop = loop
+        mapping = _ring.map_area(self.config.area_size, hugepages=self.config.hugepages)
+        self.area = _ring.new_area(mapping, self.config.buf_size)
+        self.area.setup_pool()
+        try:
+            self.eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.epoll = select.epoll()
+        except OSError:
+            if self.eventfd >= 0:
+                os.close(self.eventfd)
+            self.area.close()
+            self.area = None
+            raise
+        loop.add_reader(self.eventfd, self._on_buffers_back)
+        loop.add_reader(self.epoll.fileno(), self._on_ready)
+
+    def close(self) -> None:
+        # Nothing is unmapped here (the area lives until its last view), so this
+        # is safe from inside a callback: _read_ready checks `closed` after each.
+        if self.closed or self.area is None:
+            self.closed = True
+            return
+        self.closed = True
+        for conn in list(self.conns.values()):
+            self._forget(conn)
+        self.loop.remove_reader(self.eventfd)
+        self.loop.remove_reader(self.epoll.fileno())
+        self._final_stats = self.area_stats()
+        self._final_stats["closed"] = True
+        self.epoll.close()
+        os.close(self.eventfd)
+        self.eventfd = -1
+        self.area.close()
+        self.area = None
+
+    # ---------------------------------------------------------- connections
+    def attach(self, fd: int, events) -> Conn:
+        if self.closed:
+            raise RuntimeError("engine is closed")
+        slot = self._next
+        self._next += 1
+        conn = Conn(self, slot, 0, fd, events)
+        self.conns[slot] = conn
+        self.counts[slot] = [0, 0]
+        return conn
+
+    def _set_sink(self, conn: Conn, sink) -> None:
+        self.sinks[conn.slot] = sink
+
+    def _start(self, conn: Conn) -> None:
+        conn.wanted = True
+        if not conn.armed and conn not in self.starved:
+            self._arm(conn)
+
+    def _arm(self, conn: Conn) -> None:
+        if self.closed:
+            return
+        self.epoll.register(conn.fd, _WATCH)
+        self.armed_fds[conn.fd] = conn
+        conn.armed = True
+
+    def _disarm(self, conn: Conn) -> None:
+        if conn.armed:
+            conn.armed = False
+            if self.armed_fds.get(conn.fd) is conn:
+                del self.armed_fds[conn.fd]
+            if not self.closed:
+                try:
+                    self.epoll.unregister(conn.fd)
+                except OSError:
+                    pass  # the socket is already closed: epoll dropped it itself
+
+    def _stop(self, conn: Conn) -> None:
+        conn.wanted = False
+        self.starved.discard(conn)
+        self._disarm(conn)
+
+    def _detach(self, conn: Conn) -> None:
+        self._stop(conn)
+        self._forget(conn)
+
+    def _forget(self, conn: Conn) -> None:
+        self._disarm(conn)
+        conn.detached = True
+        conn.wanted = False
+        self.starved.discard(conn)
+        self.conns.pop(conn.slot, None)
+        self.sinks.pop(conn.slot, None)
+
+    def _conn_stats(self, conn: Conn) -> tuple[int, int]:
+        c = self.counts.get(conn.slot, (0, 0))
+        return (c[0], c[1])
+
+    # ---------------------------------------------------------- the loop side
+    def _on_ready(self) -> None:
+        if self.closed:
+            return
+        self.stats["wakeups"] += 1
+        for fd, _events in self.epoll.poll(0):
+            conn = self.armed_fds.get(fd)
+            if conn is not None:
+                self._read_ready(conn)
+                if self.closed:
+                    return
+
+    def _read_ready(self, conn: Conn) -> None:
+        area = self.area
+        fd = conn.fd
+        counts = self.counts[conn.slot]
+        for _ in range(self.READS_PER_WAKEUP):
+            try:
+                view = area.recv(fd)
+            except OSError as e:
+                self._stop(conn)
+                conn.events._read_error(e)
+                return
+            if view is None:
+                return
+            if view is False:
+                # every pooled buffer is held by user code: wait for one to return
+                self._disarm(conn)
+                self.starved.add(conn)
+                self.stats["starved"] += 1
+                area.set_wake(self.eventfd, True)
+                return
+            if not view:  # b"": EOF
+                self._stop(conn)
+                conn.events._read_eof()
+                return
+            self.completions += 1
+            self.bytes += len(view)
+            counts[0] += 1
+            counts[1] += len(view)
+            sink = self.sinks.get(conn.slot)
+            if sink is None:
+                del view
+                continue
+            if self.config.copy:
+                data = bytes(view)
+                view.release()
+                view = data
+            try:
+                sink(view)
+            except BaseException as exc:  # noqa: BLE001 - reaches the transport, not the loop
+                del view
+                self._stop(conn)
+                self.sinks.pop(conn.slot, None)
+                conn.events._callback_failed(exc)
+                return
+            del view
+            if not conn.armed or self.closed:  # paused, closed or Receiver closed by the callback
+                return
+
+    def _on_buffers_back(self) -> None:
+        try:
+            os.eventfd_read(self.eventfd)
+        except BlockingIOError:
+            pass
+        starved, self.starved = self.starved, set()
+        for conn in starved:
+            if conn.wanted and not conn.armed and not conn.detached:
+                self.stats["rearms"] += 1
+                self._arm(conn)
+
+    def area_stats(self) -> dict:
+        if self._final_stats is not None:
+            return dict(self._final_stats)
+        s = self.area.stats()
+        s.update({"completions": self.completions, "bytes": self.bytes, "dropped_completions": 0})
+        s.update(self.stats)
+        return s

@@ -1,0 +1,233 @@
+"""Engines "zcrx" (RECV_ZC on a NIC hardware queue: true zero copy) and
+"zcrx-copy" (the same path on a ZCRX_REG_NODEV instance, 7.1+: the kernel
+copies into our area)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+import termios
+
+from .. import _ring
+from .._ring import UD_NOTIF, user_data
+from ..errors import ZcrxUnavailable
+from .advice import zcrx_error
+from .ring import RingEngine
+
+
+def _ioctl_inq(fd: int) -> int:
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+class ZcrxEngine(RingEngine):
+    """RECV_ZC into a registered area; "zcrx" on a NIC queue, "zcrx-copy" with NODEV."""
+
+    cqe32 = True
+
+    def __init__(self, config, *, nodev: bool, share_with: "ZcrxEngine | None" = None):
+        super().__init__(config)
+        self.nodev = nodev
+        self.name = "zcrx-copy" if nodev else "zcrx"
+        self.share_with = share_with
+        self.shared_from: ZcrxEngine | None = None
+        self.info: _ring.ZcrxInfo | None = None
+        self.zcrx_id = 0
+        self._watchdog = None
+        self._watch_marks: dict[int, int] = {}
+        self._quiet_ticks = 0
+        self._kick_pending = False
+
+    def open(self, loop) -> None:
+        if self.share_with is not None:
+            return self._open_imported(loop, self.share_with)
+        cfg = self.config
+        if not self.nodev and (cfg.interface is None or cfg.queue is None):
+            raise ZcrxUnavailable(self.name, errno.EINVAL, "no interface= and queue= given",
+                                  "pass interface='eth0', queue=N (a queue set up with `aiozcrx nic setup`)")
+        self._open_ring()
+        try:
+            mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
+        except OSError as e:
+            self.ring.close()
+            self.ring = None
+            raise ZcrxUnavailable(self.name, e.errno, f"cannot map a {cfg.area_size}-byte area: {e.strerror}") from None
+        self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
+        if_idx = 0 if self.nodev else socket.if_nametoindex(cfg.interface)
+        rxq = 0 if self.nodev else cfg.queue
+        notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
+        err = self._try_register(mapping, if_idx, rxq, notif_mask)
+        if err is not None and notif_mask and err.errno == errno.EINVAL:
+            # kernels before 7.2 reject the notification descriptor: go without
+            err = self._try_register(mapping, if_idx, rxq, 0)
+            self.stats["notifications"] = "unsupported"
+        elif err is None and notif_mask:
+            self.stats["notifications"] = "on"
+        if err is not None:
+            self.area.close()
+            self.area = None  # last reference: the area is unmapped here
+            self.ring.close()
+            self.ring = None
+            raise zcrx_error(self.name, cfg, err, nodev=self.nodev)
+        self.zcrx_id = self.info.zcrx_id
+        self._start_loop(loop)
+
+    def _open_imported(self, loop, source: "ZcrxEngine") -> None:
+        """Receives through another ring's zcrx instance (ZCRX_CTRL_EXPORT, then
+        ZCRX_REG_IMPORT into a ring of our own). Area and refill ring stay the
+        source's: buffers released from here go back through them."""
+        if source.closed or source.area is None:
+            raise ValueError("share_with= must be an open zcrx Receiver")
+        self._open_ring()
+        fd = -1
+        try:
+            step = "export the instance to share (ZCRX_CTRL_EXPORT)"
+            fd = source.export()
+            step = "import the shared instance (ZCRX_REG_IMPORT)"
+            self.zcrx_id = _ring.zcrx_import(self.ring, fd)
+        except OSError as e:
+            self.ring.close()
+            self.ring = None
+            raise ZcrxUnavailable(self.name, e.errno, f"cannot {step}: {e.strerror}",
+                                  "needs Linux 6.19+") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self.shared_from = source
+        self.area = source.area
+        self.info = source.info
+        self.stats["imported"] = True
+        self._start_loop(loop)
+
+    def _try_register(self, mapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
+        """Registers; returns the kernel's refusal instead of raising it, with its
+        traceback dropped: those frames hold the Area, and a caller keeping the
+        exception must not keep the area mapped."""
+        cfg = self.config
+        try:
+            self.info = _ring.register_zcrx(
+                self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.rq_entries,
+                nodev=self.nodev, kernel_region=cfg.kernel_region,
+                notif_ud=user_data(UD_NOTIF, 0, 0), notif_mask=notif_mask)
+        except OSError as e:
+            e.__traceback__ = None
+            return e
+        return None
+
+    def _prep_recv(self, fd: int, ud: int) -> None:
+        self.ring.prep_recv_zc(fd, self.zcrx_id, ud)
+
+    def _end_of_round(self) -> None:
+        # NODEV: the kernel has no other way to get buffers back than a flush; one
+        # per wake-up keeps it supplied at a cost amortized over the round
+        if self.nodev and self.area is not None:
+            self.area.publish(True)
+        if self._kick_pending:
+            self._kick_pending = False
+            self._kick_stalled(require_no_progress=False)
+
+    # -- stalls after exhaustion -------------------------------------------
+    # When the area runs dry, a RECV_ZC multishot can stay armed and never
+    # resume, even once buffers are back: it waits for a socket wake-up, and a
+    # sender blocked on a full window sends none (KERNEL-NOTES). Measured here:
+    # hundreds of NO_BUFFERS per GB in copy mode with nothing held by the user.
+    # So:
+    #  - on a NO_BUFFERS notification (7.2), once the round's refills are flushed,
+    #    every armed request whose socket holds data is cancelled; the
+    #    cancellation's completion re-arms it. The notification is re-armed before
+    #    that, so an exhaustion after the kick notifies again: no gap.
+    #  - without notifications (7.1) or after ENOMEM/starvation, a watchdog ticks
+    #    and cancels armed requests that hold data but made no progress for a
+    #    tick. Without notifications it runs as long as connections are attached.
+    WATCHDOG_TICK = 0.05
+    QUIET_TICKS = 20
+
+    def _kick_stalled(self, *, require_no_progress: bool) -> int:
+        kicked = 0
+        marks = {}
+        for slot, conn in list(self.conns.items()):
+            if not (conn.armed and not conn.cancelling and conn.wanted):
+                continue
+            done = self.dispatcher.slot_stats(slot)[0]
+            marks[slot] = done
+            if require_no_progress and self._watch_marks.get(slot) != done:
+                continue
+            if _ioctl_inq(conn.fd) > 0:
+                kicked += 1
+                self.stats["stall_kicks"] = self.stats.get("stall_kicks", 0) + 1
+                self._cancel(conn)
+        self._watch_marks = marks
+        return kicked
+
+    def attach(self, fd: int, events):
+        conn = super().attach(fd, events)
+        if self.stats.get("notifications") != "on":
+            self._exhaustion_seen()  # no way to hear of exhaustion: keep watching
+        return conn
+
+    def _exhaustion_seen(self) -> None:
+        if self._watchdog is None and self.loop is not None and not self.closed:
+            self._watch_marks = {}
+            self._quiet_ticks = 0
+            self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if self.closed:
+            return
+        stuck = self._kick_stalled(require_no_progress=True)
+        self._quiet_ticks = 0 if stuck or self.starved else self._quiet_ticks + 1
+        always = self.stats.get("notifications") != "on" and self.conns
+        if self._quiet_ticks < self.QUIET_TICKS or always:
+            self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
+
+    def _starve(self, conn) -> None:
+        super()._starve(conn)
+        self._exhaustion_seen()
+
+    def _notification(self, res: int) -> None:
+        """A zcrx notification CQE (7.2): ``res`` carries the event bits."""
+        if res & _ring.ZCRX_NOTIF_NO_BUFFERS:
+            self._kick_pending = True
+            self._exhaustion_seen()
+            self.stats["notifications_no_buffers"] += 1
+        if res & _ring.ZCRX_NOTIF_COPY:
+            self.stats["notifications_copy"] += 1
+        # Notifications fire once until re-armed. Kernels have taken the type as a
+        # bit or as an index while the ABI settled: try the bit, then the index.
+        for bit in (_ring.ZCRX_NOTIF_NO_BUFFERS, _ring.ZCRX_NOTIF_COPY):
+            if not res & bit:
+                continue
+            for arg in (bit, bit.bit_length() - 1):
+                try:
+                    _ring.zcrx_ctrl(self.ring, self.zcrx_id, _ring.ZCRX_CTRL_ARM_NOTIFICATION, arg)
+                except OSError:
+                    continue
+                self.stats["notification_rearms"] = self.stats.get("notification_rearms", 0) + 1
+                break
+            else:
+                self.stats["notification_rearm_errors"] = self.stats.get("notification_rearm_errors", 0) + 1
+
+    def _revive(self) -> None:
+        super()._revive()
+        self._exhaustion_seen()  # armed requests may have stalled meanwhile
+
+    def _stop_timers(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def export(self) -> int:
+        return _ring.zcrx_export(self.ring, self.zcrx_id)
+
+    def describe(self) -> dict:
+        i = self.info
+        if i is None:
+            return {}
+        return {"zcrx_id": self.zcrx_id, "rq_entries": i.rq_entries, "rx_buf_len": i.rx_buf_len,
+                "nodev": i.nodev}
