@@ -19,7 +19,7 @@ from ._leases import Area, Dispatcher
 
 PAGE_SIZE = mmap.PAGESIZE
 
-# user_data layout, shared with _leases.c: low 32 bits a slot, bits 32..39 the kind.
+# user_data layout, shared with aiozcrx/_c/common.h: low 32 bits a slot, bits 32..39 the kind.
 UD_RECV = 1
 UD_CANCEL = 2
 UD_NOTIF = 3

@@ -27,7 +27,7 @@ from . import _ring
 from ._ring import UD_CANCEL, UD_NOTIF, UD_RECV, user_data, ud_kind, ud_slot
 from .errors import EngineUnavailable, UringUnavailable, ZcrxUnavailable
 
-# Dispatcher.pump() states (aiozcrx/_leases.c)
+# Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
 PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
 
 if TYPE_CHECKING:
