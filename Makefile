@@ -9,7 +9,7 @@ GUEST  := tests/uml/run-in-guest.sh
 
 .PHONY: demo test test-host test-guest bench docs clean
 
-$(STAMP): pyproject.toml setup.py aiozcrx/_abi_build.py aiozcrx/_leases.c
+$(STAMP): pyproject.toml setup.py aiozcrx/_abi_build.py $(wildcard aiozcrx/_c/*.c aiozcrx/_c/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,uvloop,anyio]'
 	touch $@

@@ -1,11 +1,18 @@
 # Build glue only: metadata lives in pyproject.toml. Two compiled pieces:
 #  - aiozcrx._abi    (cffi, API mode): io_uring UAPI structs/constants, raw syscalls, CQ drain
 #  - aiozcrx._leases (CPython C API): the buffer exporter whose release recycles a buffer
+# Both take the kernel UAPI from aiozcrx/_c/uapi.h. The extension is one translation
+# unit: aiozcrx/_c/leases.c #includes area.c, lease.c and dispatch.c (the depends).
+from glob import glob
+
 from setuptools import Extension, setup
+
+C_DEPENDS = sorted(glob("aiozcrx/_c/*.h") + glob("aiozcrx/_c/*.c"))
 
 setup(
     cffi_modules=["aiozcrx/_abi_build.py:ffibuilder"],
     ext_modules=[
-        Extension("aiozcrx._leases", ["aiozcrx/_leases.c"], extra_compile_args=["-O2", "-Wall"]),
+        Extension("aiozcrx._leases", ["aiozcrx/_c/leases.c"], include_dirs=["aiozcrx/_c"],
+                  depends=C_DEPENDS, extra_compile_args=["-O2", "-Wall"]),
     ],
 )

@@ -1,12 +1,17 @@
 """cffi (API mode) build of ``aiozcrx._abi``: the io_uring kernel ABI, nothing else.
 
 Our own definitions of the UAPI structs and constants (the machines ship 6.1 kernel
-headers, which predate zcrx), raw ``io_uring_setup/enter/register`` syscalls, ring
-mapping and SQE preparation. Only ``aiozcrx/_ring.py`` imports the result; everything
-above it works with Python objects, never with pointers.
+headers, which predate zcrx) live in ``aiozcrx/_c/uapi.h``, shared with the
+``aiozcrx._leases`` extension; the C source here ``#include``s it and adds raw
+``io_uring_setup/enter/register`` syscalls, ring mapping and SQE preparation. The
+``cdef`` below (what Python sees) must repeat what it exposes: cffi cannot read
+headers. Only ``aiozcrx/_ring.py`` imports the result; everything above it works
+with Python objects, never with pointers.
 
-Values follow the 7.2 UAPI (include/uapi/linux/io_uring.h and io_uring/zcrx.h).
+Values follow the 7.2 UAPI (include/uapi/linux/io_uring.h and io_uring/zcrx.h); see uapi.h.
 """
+
+import os
 
 from cffi import FFI
 
@@ -118,101 +123,10 @@ SOURCE = r"""
 #include <sys/mman.h>
 #include <sys/syscall.h>
 
-#ifndef __NR_io_uring_setup
-#define __NR_io_uring_setup 425
-#define __NR_io_uring_enter 426
-#define __NR_io_uring_register 427
-#endif
+/* the kernel UAPI: structs, constants, syscall numbers (aiozcrx/_c/uapi.h) */
+#include "uapi.h"
 
-#define AZX_SETUP_CQSIZE         (1U << 3)
-#define AZX_SETUP_CLAMP          (1U << 4)
-#define AZX_SETUP_SUBMIT_ALL     (1U << 7)
-#define AZX_SETUP_COOP_TASKRUN   (1U << 8)
-#define AZX_SETUP_TASKRUN_FLAG   (1U << 9)
-#define AZX_SQ_CQ_OVERFLOW       (1U << 1)
-#define AZX_SQ_TASKRUN           (1U << 2)
-#define AZX_CQ_EVENTFD_DISABLED  (1U << 0)
-#define AZX_SETUP_CQE32          (1U << 11)
-#define AZX_SETUP_SINGLE_ISSUER  (1U << 12)
-#define AZX_SETUP_DEFER_TASKRUN  (1U << 13)
-#define AZX_ENTER_GETEVENTS      (1U << 0)
-#define AZX_FEAT_NODROP          (1U << 1)
-
-#define AZX_OP_NOP               0
-#define AZX_OP_ASYNC_CANCEL      14
-#define AZX_OP_RECV              27
-#define AZX_OP_RECV_ZC           58
-
-#define AZX_REGISTER_EVENTFD      4
-#define AZX_REGISTER_PROBE        8
-#define AZX_REGISTER_PBUF_RING    22
-#define AZX_UNREGISTER_PBUF_RING  23
-#define AZX_REGISTER_ZCRX_IFQ     32
-#define AZX_REGISTER_QUERY        35
-#define AZX_REGISTER_ZCRX_CTRL    36
-
-#define AZX_QUERY_ZCRX            1
-#define AZX_ZCRX_REG_IMPORT       1
-#define AZX_ZCRX_REG_NODEV        2
-#define AZX_ZCRX_CTRL_FLUSH_RQ    0
-#define AZX_ZCRX_CTRL_EXPORT      1
-#define AZX_ZCRX_CTRL_ARM_NOTIFICATION 2
-#define AZX_ZCRX_NOTIF_NO_BUFFERS (1U << 0)
-#define AZX_ZCRX_NOTIF_COPY       (1U << 1)
-#define AZX_ZCRX_FEATURE_NOTIFICATION (1U << 1)
-#define AZX_MEM_REGION_TYPE_USER  1
-#define AZX_CQE_F_BUFFER          (1U << 0)
-#define AZX_CQE_F_MORE            (1U << 1)
-
-#define AZX_OFF_SQ_RING  0ULL
-#define AZX_OFF_CQ_RING  0x8000000ULL
-#define AZX_OFF_SQES     0x10000000ULL
-#define AZX_SQE_BUFFER_SELECT (1U << 5)
-#define AZX_RECV_MULTISHOT    (1U << 1)
-
-/* ---- UAPI structs, own definitions (sizes asserted below) ---- */
-struct azx_sqring_offsets { uint32_t head, tail, ring_mask, ring_entries, flags, dropped, array, resv1; uint64_t user_addr; };
-struct azx_cqring_offsets { uint32_t head, tail, ring_mask, ring_entries, overflow, cqes, flags, resv1; uint64_t user_addr; };
-struct azx_params {
-    uint32_t sq_entries, cq_entries, flags, sq_thread_cpu, sq_thread_idle, features, wq_fd, resv[3];
-    struct azx_sqring_offsets sq_off;
-    struct azx_cqring_offsets cq_off;
-};
-struct azx_sqe {
-    uint8_t opcode, flags; uint16_t ioprio; int32_t fd;
-    uint64_t off, addr; uint32_t len, op_flags; uint64_t user_data;
-    uint16_t buf_index, personality; uint32_t zcrx_ifq_idx;
-    uint64_t addr3, pad2;
-};
-struct azx_region_desc { uint64_t user_addr, size; uint32_t flags, id; uint64_t mmap_offset, resv[4]; };
-struct azx_zcrx_area_reg { uint64_t addr, len, rq_area_token; uint32_t flags, dmabuf_fd; uint64_t resv2[2]; };
-struct azx_zcrx_offsets { uint32_t head, tail, rqes, resv2; uint64_t resv[2]; };
-struct azx_zcrx_ifq_reg {
-    uint32_t if_idx, if_rxq, rq_entries, flags;
-    uint64_t area_ptr, region_ptr;
-    struct azx_zcrx_offsets offsets;
-    uint32_t zcrx_id, rx_buf_len;
-    uint64_t notif_desc;          /* 7.2: struct zcrx_notification_desc * */
-    uint64_t resv[2];
-};
-struct azx_zcrx_notif_desc { uint64_t user_data; uint32_t type_mask, flags; uint64_t stats_offset, resv2[9]; };
-struct azx_zcrx_ctrl { uint32_t zcrx_id, op; uint64_t resv[2]; uint64_t u[6]; };
-struct azx_zcrx_rqe { uint64_t off; uint32_t len, pad; };
-struct azx_buf_reg { uint64_t ring_addr; uint32_t ring_entries; uint16_t bgid, flags; uint64_t resv[3]; };
-struct azx_probe_op { uint8_t op, resv; uint16_t flags; uint32_t resv2; };
-struct azx_probe { uint8_t last_op, ops_len; uint16_t resv; uint32_t resv2[3]; struct azx_probe_op ops[256]; };
-struct azx_query_hdr { uint64_t next_entry, query_data; uint32_t query_op, size; int32_t result; uint32_t resv[3]; };
-struct azx_query_zcrx_raw { uint64_t register_flags, area_flags; uint32_t nr_ctrl_opcodes, features, rq_hdr_size, rq_hdr_alignment; uint64_t resv2; };
-
-_Static_assert(sizeof(struct azx_sqe) == 64, "sqe");
-_Static_assert(sizeof(struct azx_params) == 120, "params");
-_Static_assert(sizeof(struct azx_zcrx_ifq_reg) == 96, "ifq_reg");
-_Static_assert(sizeof(struct azx_zcrx_area_reg) == 48, "area_reg");
-_Static_assert(sizeof(struct azx_region_desc) == 64, "region");
-_Static_assert(sizeof(struct azx_zcrx_ctrl) == 72, "ctrl");
-_Static_assert(sizeof(struct azx_buf_reg) == 40, "buf_reg");
-_Static_assert(sizeof(struct azx_query_hdr) == 40, "query_hdr");
-
+/* ---- our own types (not kernel ABI) ---- */
 struct azx_ring {
     int fd;
     unsigned sq_entries, cq_entries, features, flags, cqe_size;
@@ -523,9 +437,14 @@ int azx_pbuf_unregister(struct azx_ring *r, uint16_t bgid)
 }
 """
 
+# uapi.h lives next to the extension's sources; absolute, so the build works from any cwd
+C_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_c")
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("aiozcrx._abi", SOURCE, extra_compile_args=["-O2", "-Wall"])
+ffibuilder.set_source("aiozcrx._abi", SOURCE, include_dirs=[C_DIR],
+                      depends=[os.path.join(C_DIR, "uapi.h")],
+                      extra_compile_args=["-O2", "-Wall"])
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

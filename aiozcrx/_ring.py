@@ -19,7 +19,7 @@ from ._leases import Area, Dispatcher
 
 PAGE_SIZE = mmap.PAGESIZE
 
-# user_data layout, shared with the C dispatcher (aiozcrx/_c/dispatch.c):
+# user_data layout, shared with the C dispatcher (aiozcrx/_c/common.h):
 # bits 0..31 a slot, 32..39 the kind, 40..63 the generation of the connection
 # using the slot when the request was issued (see engines/base.py).
 UD_RECV = 1

@@ -133,7 +133,7 @@ async def test_pump_wakeups_find_work():
     assert st["buffers_outstanding"] == 0
     if not st["eventfd_paused"]:
         pytest.skip("the eventfd stays on during the pump on this architecture (only x86's "
-                    "ordering makes switching it off safe; see EVFD_OFF_IS_SAFE in _leases.c)")
+                    "ordering makes switching it off safe; see EVFD_OFF_IS_SAFE in _c/dispatch.c)")
     assert st["wakeups"] >= 50, st  # the messages really came one by one (or so)
     assert st["idle_wakeups"] * 10 <= st["wakeups"], st
 

@@ -1,0 +1,441 @@
+/*
+ * aiozcrx._leases, Area: the receive buffer area and the ring that takes
+ * released buffers back (zcrx refill ring, provided-buffer ring, or a plain free
+ * list), refill publishing.
+ *
+ * Not compiled on its own: leases.c #includes it, so everything stays static in
+ * one translation unit.
+ */
+
+static int
+pending_push(Area *a, uint64_t v)
+{
+    if (a->npending == a->pending_cap) {
+        uint32_t cap = a->pending_cap ? a->pending_cap * 2 : 1024;
+        uint64_t *p = PyMem_Realloc(a->pending, cap * sizeof(uint64_t));
+        if (!p)
+            return -1;
+        a->pending = p;
+        a->pending_cap = cap;
+    }
+    a->pending[a->npending++] = v;
+    return 0;
+}
+
+static inline int
+rq_try_put(Area *a, uint64_t off, uint32_t len)
+{
+    if (a->rq_local_tail - LOAD_ACQ32(a->rq_khead) >= a->rq_entries)
+        return 0;
+    struct azx_zcrx_rqe *e = &a->rqes[a->rq_local_tail & a->rq_mask];
+    e->off = off | a->token;
+    e->len = len;
+    e->pad = 0;
+    a->rq_local_tail++;
+    return 1;
+}
+
+static inline void
+pbuf_put(Area *a, uint32_t bid)
+{
+    struct azx_buf *e = &a->pbufs[a->pbuf_local_tail & a->pbuf_mask];
+    e->addr = (uint64_t)(uintptr_t)(a->base + (size_t)bid * a->buf_size);
+    e->len = a->buf_size;
+    e->bid = (uint16_t)bid;     /* not resv: in entry 0 that is the ring's tail */
+    a->pbuf_local_tail++;
+}
+
+/* A buffer comes back from user space. Never fails: a zcrx return that cannot be
+ * queued (out of memory for the pending list) is dropped and counted, which costs
+ * the area one buffer, never correctness. */
+static void
+area_return(Area *a, uint64_t ident, uint32_t len)
+{
+    a->outstanding--;
+    a->returned++;
+    if (a->closed)
+        return;
+    switch (a->kind) {
+    case KIND_ZCRX:
+        if (a->npending || !rq_try_put(a, ident, len))
+            if (pending_push(a, (ident << 20) | (len & 0xfffff)) < 0)
+                a->flush_errors++;
+        break;
+    case KIND_PBUF:
+    case KIND_POOL:
+        a->freelist[a->nfree++] = (uint32_t)ident;
+        break;
+    }
+    if (a->starved && a->wake_fd >= 0) {
+        uint64_t one = 1;
+        a->starved = 0;
+        if (write(a->wake_fd, &one, sizeof one) < 0) {
+            /* eventfd counter saturated or fd closed: the loop is awake anyway */
+        }
+    }
+}
+
+
+static int
+zcrx_flush(Area *a)
+{
+    struct azx_zcrx_ctrl c;
+    memset(&c, 0, sizeof c);
+    c.zcrx_id = a->zcrx_id;
+    c.op = AZX_ZCRX_CTRL_FLUSH_RQ;
+    unsigned long long c0 = a->timing ? thread_cpu_ns() : 0;
+    long r = syscall(__NR_io_uring_register, a->ring_fd, AZX_REGISTER_ZCRX_CTRL, &c, 0);
+    if (a->timing)
+        a->syscall_cpu_ns += thread_cpu_ns() - c0;
+    a->flushes++;
+    if (r < 0) {
+        a->flush_errors++;
+        return -errno;
+    }
+    return 0;
+}
+
+#define PBUF_EPOCH 256
+
+/* Makes queued returns visible to the kernel: one tail store per call. */
+static void
+area_publish(Area *a, int force)
+{
+    if (a->closed)
+        return;
+    if (a->kind == KIND_ZCRX) {
+        for (int round = 0; round < 64; round++) {
+            /* move what waited for room into the ring */
+            uint32_t i = 0;
+            while (i < a->npending) {
+                uint64_t v = a->pending[i];
+                if (!rq_try_put(a, v >> 20, (uint32_t)(v & 0xfffff)))
+                    break;
+                i++;
+            }
+            if (i) {
+                memmove(a->pending, a->pending + i, (a->npending - i) * sizeof(uint64_t));
+                a->npending -= i;
+            }
+            uint32_t queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
+            if (queued && *a->rq_ktail != a->rq_local_tail) {
+                STORE_REL32(a->rq_ktail, a->rq_local_tail);
+                a->publishes++;
+            }
+            /* A NODEV instance never drains the refill ring on its own: flush when a
+             * quarter of the ring (or of the area) waits, when asked, or when the
+             * ring is full and returns are piling up. */
+            uint32_t threshold = a->rq_entries / 4;
+            if (a->nbufs / 4 < threshold)
+                threshold = a->nbufs / 4;
+            if (threshold == 0)
+                threshold = 1;
+            int want = a->nodev && queued && (force || queued >= threshold || a->npending);
+            if (!want || zcrx_flush(a) < 0)
+                break;
+            if (!a->npending)
+                break;
+        }
+    } else if (a->kind == KIND_PBUF) {
+        /* Keep `window` buffers in the kernel's ring, most recently returned first.
+         * The ring is FIFO: posting every free buffer would make the kernel cycle
+         * through the whole area, so each receive copies into memory that left the
+         * CPU cache long ago (measured: +60% kernel time for a 32 MiB area). A small
+         * window of recently used buffers stays cache-warm. The window doubles
+         * when the kernel runs out within a round (ENOBUFS, in drain()) and, so
+         * that a burst does not widen it for good, comes back down to twice the
+         * most any round took during the last PBUF_EPOCH rounds. */
+        uint32_t took = a->posted_mark - a->posted;
+        if (took > a->epoch_peak)
+            a->epoch_peak = took;
+        if (++a->epoch_rounds == PBUF_EPOCH) {
+            uint32_t want = a->window_min;
+            while (want < 2 * a->epoch_peak && want < a->nbufs)
+                want *= 2;
+            if (want > a->nbufs)
+                want = a->nbufs;
+            if (want < a->window) {
+                a->window = want;
+                a->window_shrinks++;
+            }
+            a->epoch_rounds = 0;
+            a->epoch_peak = 0;
+        }
+        while (a->posted < a->window && a->nfree) {
+            pbuf_put(a, a->freelist[--a->nfree]);
+            a->posted++;
+        }
+        a->posted_mark = a->posted;
+        if (*a->pbuf_ktail != a->pbuf_local_tail) {
+            __atomic_store_n(a->pbuf_ktail, a->pbuf_local_tail, __ATOMIC_RELEASE);
+            a->publishes++;
+        }
+    }
+}
+
+static PyObject *
+Area_publish(Area *a, PyObject *args)
+{
+    int force = 0;
+    if (!PyArg_ParseTuple(args, "|p", &force))
+        return NULL;
+    area_publish(a, force);
+    Py_RETURN_NONE;
+}
+
+static int
+Area_init(Area *a, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"base", "length", "buf_size", NULL};
+    unsigned long long base;
+    Py_ssize_t length;
+    unsigned int buf_size;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KnI", kwlist, &base, &length, &buf_size))
+        return -1;
+    if (!base || length <= 0 || !buf_size || (size_t)length % buf_size) {
+        PyErr_SetString(PyExc_ValueError, "Area: length must be a positive multiple of buf_size");
+        return -1;
+    }
+    a->base = (char *)(uintptr_t)base;
+    a->len = (size_t)length;
+    a->buf_size = buf_size;
+    a->nbufs = (uint32_t)((size_t)length / buf_size);
+    a->kind = -1;
+    a->wake_fd = -1;
+    a->ring_fd = -1;
+    return 0;
+}
+
+static PyObject *
+Area_own_mapping(Area *a, PyObject *args)
+{
+    unsigned long long addr;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "Kn", &addr, &len))
+        return NULL;
+    if (a->nmaps == MAX_MAPPINGS) {
+        PyErr_SetString(PyExc_RuntimeError, "too many mappings");
+        return NULL;
+    }
+    a->maps[a->nmaps].addr = (void *)(uintptr_t)addr;
+    a->maps[a->nmaps].len = (size_t)len;
+    a->nmaps++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Area_setup_zcrx(Area *a, PyObject *args)
+{
+    unsigned long long head, tail, rqes, token;
+    unsigned int entries, zcrx_id;
+    int ring_fd, nodev;
+    if (!PyArg_ParseTuple(args, "KKKIKIip", &head, &tail, &rqes, &entries, &token,
+                          &zcrx_id, &ring_fd, &nodev))
+        return NULL;
+    if (!entries || (entries & (entries - 1))) {
+        PyErr_SetString(PyExc_ValueError, "rq_entries must be a power of two");
+        return NULL;
+    }
+    a->kind = KIND_ZCRX;
+    a->rq_khead = (uint32_t *)(uintptr_t)head;
+    a->rq_ktail = (uint32_t *)(uintptr_t)tail;
+    a->rqes = (struct azx_zcrx_rqe *)(uintptr_t)rqes;
+    a->rq_entries = entries;
+    a->rq_mask = entries - 1;
+    a->rq_local_tail = *a->rq_ktail;
+    a->token = token;
+    a->zcrx_id = zcrx_id;
+    a->ring_fd = ring_fd;
+    a->nodev = nodev;
+    Py_RETURN_NONE;
+}
+
+/* The provided buffer ring: `entries` slots of struct azx_buf; the kernel reads the
+ * tail from the reserved u16 of slot 0. `window` buffers go in now, the rest wait on
+ * the free stack (see area_publish). */
+static PyObject *
+Area_setup_pbuf(Area *a, PyObject *args)
+{
+    unsigned long long ring;
+    unsigned int entries, window;
+    if (!PyArg_ParseTuple(args, "KII", &ring, &entries, &window))
+        return NULL;
+    if (!entries || (entries & (entries - 1)) || entries < a->nbufs || a->nbufs > 32768) {
+        PyErr_SetString(PyExc_ValueError, "pbuf ring entries must be a power of two >= buffers");
+        return NULL;
+    }
+    if (!(a->freelist = PyMem_Malloc(a->nbufs * sizeof(uint32_t))))
+        return PyErr_NoMemory();
+    /* low ids on top: a small workload touches few pages */
+    for (uint32_t i = 0; i < a->nbufs; i++)
+        a->freelist[i] = a->nbufs - 1 - i;
+    a->nfree = a->nbufs;
+    a->kind = KIND_PBUF;
+    a->pbufs = (struct azx_buf *)(uintptr_t)ring;
+    a->pbuf_mask = entries - 1;
+    a->pbuf_ktail = &a->pbufs[0].resv;
+    a->pbuf_local_tail = 0;
+    a->posted = 0;
+    a->window = window < 1 ? 1 : (window > a->nbufs ? a->nbufs : window);
+    a->window_min = a->window;
+    a->posted_mark = 0;
+    area_publish(a, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Area_setup_pool(Area *a, PyObject *Py_UNUSED(ignored))
+{
+    a->kind = KIND_POOL;
+    a->freelist = PyMem_Malloc(a->nbufs * sizeof(uint32_t));
+    if (!a->freelist)
+        return PyErr_NoMemory();
+    /* hand out low ids first: fewer pages touched for small workloads */
+    for (uint32_t i = 0; i < a->nbufs; i++)
+        a->freelist[i] = a->nbufs - 1 - i;
+    a->nfree = a->nbufs;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Area_close(Area *a, PyObject *Py_UNUSED(ignored))
+{
+    /* After close, returned buffers are only counted: the ring they would go to
+     * is gone. The mappings stay until the last lease is released. */
+    a->closed = 1;
+    a->wake_fd = -1;
+    Py_RETURN_NONE;
+}
+
+
+/* socket engine: recv() into a free pool buffer.
+ * Returns a memoryview, None (would block), b"" (EOF), or False (no free buffer:
+ * the area is marked starved and wakes wake_fd when one comes back). */
+static PyObject *
+Area_recv(Area *a, PyObject *arg)
+{
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (a->kind != KIND_POOL || a->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "recv on a closed or non-pool area");
+        return NULL;
+    }
+    if (!a->nfree) {
+        a->starved = 1;
+        Py_RETURN_FALSE;
+    }
+    uint32_t bid = a->freelist[a->nfree - 1];
+    char *ptr = a->base + (size_t)bid * a->buf_size;
+    ssize_t n;
+    do {
+        n = recv((int)fd, ptr, a->buf_size, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        a->nfree--;
+        return make_view(a, ptr, n, bid);
+    }
+    if (n == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        Py_RETURN_NONE;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* Marks the area starved: the next returned buffer writes the wake fd. */
+static PyObject *
+Area_set_wake(Area *a, PyObject *args)
+{
+    int fd, starved;
+    if (!PyArg_ParseTuple(args, "ip", &fd, &starved))
+        return NULL;
+    a->wake_fd = fd;
+    a->starved = starved;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
+{
+    uint32_t queued = 0;
+    if (a->kind == KIND_ZCRX && !a->closed)
+        queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
+    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i,s:K}",
+                                "buffers_outstanding", a->outstanding,
+                                "buffers_returned", a->returned,
+                                "refill_publishes", a->publishes,
+                                "refill_flushes", a->flushes,
+                                "refill_errors", a->flush_errors,
+                                "refill_queued", queued + a->npending,
+                                "buffers_total", a->nbufs,
+                                "area_size", (Py_ssize_t)a->len,
+                                "buffer_size", a->buf_size,
+                                "buffers_free", a->nbufs - (uint32_t)a->outstanding,
+                                "closed", a->closed,
+                                "starved", a->starved,
+                                "area_addr", (unsigned long long)(uintptr_t)a->base);
+    if (s && a->kind == KIND_PBUF) {
+        PyObject *p = Py_BuildValue("{s:I,s:I,s:K,s:K}", "buffers_posted", a->posted,
+                                    "post_window", a->window, "post_window_grows", a->window_grows,
+                                    "post_window_shrinks", a->window_shrinks);
+        if (!p || PyDict_Update(s, p) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(p);
+    }
+    return s;
+}
+
+static PyObject *
+Area_get_outstanding(Area *a, void *c)
+{
+    return PyLong_FromUnsignedLongLong(a->outstanding);
+}
+
+static PyObject *
+Area_get_nbufs(Area *a, void *c)
+{
+    return PyLong_FromUnsignedLong(a->nbufs);
+}
+
+static void
+Area_dealloc(Area *a)
+{
+    for (int i = 0; i < a->nmaps; i++)
+        munmap(a->maps[i].addr, a->maps[i].len);
+    PyMem_Free(a->pending);
+    PyMem_Free(a->freelist);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+static PyMethodDef Area_methods[] = {
+    {"own_mapping", (PyCFunction)Area_own_mapping, METH_VARARGS, "own_mapping(addr, len): munmap at dealloc"},
+    {"setup_zcrx", (PyCFunction)Area_setup_zcrx, METH_VARARGS, "attach a zcrx refill ring"},
+    {"setup_pbuf", (PyCFunction)Area_setup_pbuf, METH_VARARGS, "attach a provided buffer ring"},
+    {"setup_pool", (PyCFunction)Area_setup_pool, METH_NOARGS, "use a user-space free list"},
+    {"publish", (PyCFunction)Area_publish, METH_VARARGS, "publish queued returns (one tail store)"},
+    {"recv", (PyCFunction)Area_recv, METH_O, "recv(fd) into a pool buffer"},
+    {"set_wake", (PyCFunction)Area_set_wake, METH_VARARGS, "set_wake(fd, starved)"},
+    {"close", (PyCFunction)Area_close, METH_NOARGS, "stop returning buffers to the ring"},
+    {"stats", (PyCFunction)Area_stats, METH_NOARGS, "counters"},
+    {NULL},
+};
+
+static PyGetSetDef Area_getset[] = {
+    {"outstanding", (getter)Area_get_outstanding, NULL, "buffers held by user space", NULL},
+    {"nbufs", (getter)Area_get_nbufs, NULL, "buffers in the area", NULL},
+    {NULL},
+};
+
+static PyTypeObject AreaType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiozcrx._leases.Area",
+    .tp_basicsize = sizeof(Area),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Area_init,
+    .tp_dealloc = (destructor)Area_dealloc,
+    .tp_methods = Area_methods,
+    .tp_getset = Area_getset,
+    .tp_doc = "Receive buffer area and the ring that takes released buffers back.",
+};
+

@@ -1,0 +1,94 @@
+/*
+ * Shared by the parts of aiozcrx._leases (see leases.c): the kernel UAPI, a few
+ * macros, the Area and Lease structs, and forward declarations across files.
+ * Include it after <Python.h>.
+ */
+#ifndef AIOZCRX_COMMON_H
+#define AIOZCRX_COMMON_H
+
+#include "uapi.h"
+
+#define LOAD_ACQ32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE_REL32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+#define ZCRX_OFF_MASK   ((1ULL << AZX_ZCRX_AREA_SHIFT) - 1)
+
+/* user_data layout shared with aiozcrx/_ring.py: low 32 bits slot, bits 32..39 kind */
+#define UD_KIND(ud)  (((ud) >> 32) & 0xff)
+#define UD_SLOT(ud)  ((uint32_t)(ud))
+#define UD_KIND_RECV 1
+
+enum { KIND_ZCRX = 0, KIND_PBUF = 1, KIND_POOL = 2 };
+
+#define MAX_MAPPINGS 4
+
+typedef struct {
+    PyObject_HEAD
+    int kind;
+    char *base;
+    size_t len;
+    uint32_t buf_size;          /* pbuf/pool: size of each buffer; zcrx: page size */
+    uint32_t nbufs;
+    struct { void *addr; size_t len; } maps[MAX_MAPPINGS];  /* unmapped at dealloc */
+    int nmaps;
+    /* zcrx refill ring */
+    uint32_t *rq_khead, *rq_ktail;
+    struct azx_zcrx_rqe *rqes;
+    uint32_t rq_mask, rq_entries, rq_local_tail;
+    uint64_t token;
+    int ring_fd;
+    uint32_t zcrx_id;
+    int nodev;                  /* the kernel consumes refill entries only on FLUSH_RQ */
+    /* provided buffer ring */
+    struct azx_buf *pbufs;
+    uint16_t *pbuf_ktail;
+    uint16_t pbuf_local_tail;
+    uint32_t pbuf_mask;
+    /* returns that did not fit in the refill ring (zcrx): packed (off << 20 | len) */
+    uint64_t *pending;
+    uint32_t npending, pending_cap;
+    /* free buffers, most recently returned on top (pool, and pbuf buffers not posted) */
+    uint32_t *freelist;
+    uint32_t nfree;
+    /* pbuf: buffers in the kernel's ring, and how many we keep there (see publish) */
+    uint32_t posted, window, window_min, posted_mark, epoch_peak, epoch_rounds;
+    unsigned long long window_grows, window_shrinks;
+    /* wake-up when buffers return while starved */
+    int wake_fd;
+    int starved;
+    int closed;
+    /* stats */
+    unsigned long long outstanding, returned, publishes, flushes, flush_errors;
+    /* benchmarks (Dispatcher.set_timing): thread CPU spent inside the io_uring
+     * syscalls we make, i.e. kernel work done on our behalf (see thread_cpu_ns) */
+    int timing;
+    unsigned long long syscall_cpu_ns;
+} Area;
+
+typedef struct {
+    PyObject_HEAD
+    Area *area;
+    char *ptr;
+    Py_ssize_t len;
+    uint64_t ident;             /* zcrx: offset in the area; pbuf/pool: buffer id */
+} Lease;
+
+static PyTypeObject AreaType;
+static PyTypeObject LeaseType;
+
+/* lease.c: a new memoryview over a new lease (used by Area.recv in area.c) */
+static inline PyObject *make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident);
+
+/* CLOCK_THREAD_CPUTIME_ID is exact (the scheduler's runtime, not tick samples),
+ * so bracketing a syscall with it measures the kernel time that syscall cost even
+ * where getrusage's user/sys split is unusable (User-Mode Linux books the guest
+ * kernel's work as user time). */
+static inline unsigned long long
+thread_cpu_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (unsigned long long)t.tv_sec * 1000000000ULL + (unsigned long long)t.tv_nsec;
+}
+
+#endif /* AIOZCRX_COMMON_H */

@@ -1,0 +1,619 @@
+/*
+ * aiozcrx._leases, Dispatcher: drains the completion queue (drain),
+ * one wake-up's enter/drain/publish rounds (pump), per-slot stats.
+ *
+ * Not compiled on its own: leases.c #includes it, so everything stays static in
+ * one translation unit.
+ */
+
+/* ------------------------------------------------------------ Dispatcher */
+
+typedef struct {
+    PyObject_HEAD
+    Area *area;
+    PyObject *slots;            /* list: slot -> callable(view) or None */
+    uint32_t *khead, *ktail;
+    char *cqes;
+    uint32_t mask;
+    unsigned cqe_shift;
+    int copy;
+    unsigned long long completions, bytes, dropped;
+    unsigned long long *slot_counts;   /* per slot: completions, bytes */
+    uint32_t slot_cap;
+    /* for the reset watch (engines.py): per slot, bit 0 "got data this tick", bit 1
+     * "got data last tick"; the slots with each bit set, listed once */
+    uint8_t *slot_active;
+    uint32_t *active, nactive;          /* bit 0 */
+    uint32_t *was_active, nwas_active;  /* bit 1 */
+    /* the ring, for pump(): its struct and two functions from the cffi layer
+     * (aiozcrx/_abi_build.py), kept alive by ring_owner */
+    PyObject *ring_owner;
+    void *ring;
+    int (*enter)(void *ring, unsigned min_complete, unsigned flags);
+    unsigned (*sq_space)(void *ring);
+    uint32_t *sq_flags, *cq_flags;
+    unsigned sq_entries, getevents, pending_mask, evfd_disabled_bit;
+    unsigned long long wakeups, idle_wakeups, enters;
+    int reuse_views;            /* see reusable_lease() */
+    unsigned long long reused_views;
+    /* benchmarks: time spent dispatching (drain + publish), clock_gettime per round */
+    int timing;
+    unsigned long long dispatch_ns;
+} Dispatcher;
+
+typedef struct {
+    uint64_t ud;
+    int32_t res;
+    uint32_t flags;
+    uint64_t zc_off;
+} cqe_rec;
+
+#define BATCH 256
+
+static int
+Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"area", "slots", "khead", "ktail", "mask", "cqes", "cqe_size", "copy", NULL};
+    Area *area;
+    PyObject *slots;
+    unsigned long long khead, ktail, mask, cqes;
+    unsigned int cqe_size;
+    int copy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!KKKKI|p", kwlist, &AreaType, &area,
+                                     &PyList_Type, &slots, &khead, &ktail, &mask, &cqes,
+                                     &cqe_size, &copy))
+        return -1;
+    if (cqe_size != 16 && cqe_size != 32) {
+        PyErr_SetString(PyExc_ValueError, "cqe_size must be 16 or 32");
+        return -1;
+    }
+    Py_INCREF(area);
+    Py_XSETREF(d->area, area);
+    Py_INCREF(slots);
+    Py_XSETREF(d->slots, slots);
+    d->khead = (uint32_t *)(uintptr_t)khead;
+    d->ktail = (uint32_t *)(uintptr_t)ktail;
+    d->mask = (uint32_t)mask;
+    d->cqes = (char *)(uintptr_t)cqes;
+    d->cqe_shift = cqe_size == 32 ? 5 : 4;
+    d->copy = copy;
+    d->reuse_views = VIEW_REUSE && view_layout_ok;
+    return 0;
+}
+
+static int
+grow_slots(Dispatcher *d, uint32_t slot)
+{
+    uint32_t cap = d->slot_cap ? d->slot_cap : 64;
+    while (cap <= slot)
+        cap *= 2;
+    unsigned long long *p = PyMem_Realloc(d->slot_counts, (size_t)cap * 2 * sizeof(*p));
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(p + 2 * (size_t)d->slot_cap, 0, (size_t)(cap - d->slot_cap) * 2 * sizeof(*p));
+    d->slot_counts = p;
+    uint8_t *f = PyMem_Realloc(d->slot_active, cap);
+    if (!f) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(f + d->slot_cap, 0, cap - d->slot_cap);
+    d->slot_active = f;
+    uint32_t *l = PyMem_Realloc(d->active, (size_t)cap * sizeof(*l));
+    if (!l) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    d->active = l;
+    l = PyMem_Realloc(d->was_active, (size_t)cap * sizeof(*l));
+    if (!l) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    d->was_active = l;
+    d->slot_cap = cap;
+    return 0;
+}
+
+/* take_quiet() -> the slots that got data in the previous tick and none in this
+ * one; then this tick becomes the previous one. O(slots with data), in C, so a tick
+ * costs next to nothing with 10,000 busy connections. */
+static PyObject *
+Dispatcher_take_quiet(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    for (uint32_t i = 0; i < d->nwas_active; i++) {
+        uint32_t slot = d->was_active[i];
+        if (!(d->slot_active[slot] & 1)) {
+            PyObject *v = PyLong_FromUnsignedLong(slot);
+            if (!v || PyList_Append(out, v) < 0) {
+                Py_XDECREF(v);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(v);
+        }
+        d->slot_active[slot] &= (uint8_t)~2;
+    }
+    for (uint32_t i = 0; i < d->nactive; i++)
+        d->slot_active[d->active[i]] = 2;
+    uint32_t *t = d->was_active;
+    d->was_active = d->active;
+    d->nwas_active = d->nactive;
+    d->active = t;
+    d->nactive = 0;
+    return out;
+}
+
+static PyObject *
+Dispatcher_slot_stats(Dispatcher *d, PyObject *arg)
+{
+    unsigned long slot = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (slot >= d->slot_cap)
+        return Py_BuildValue("(KK)", 0ULL, 0ULL);
+    return Py_BuildValue("(KK)", d->slot_counts[2 * slot], d->slot_counts[2 * slot + 1]);
+}
+
+static PyObject *
+Dispatcher_reset_slot(Dispatcher *d, PyObject *arg)
+{
+    unsigned long slot = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (slot < d->slot_cap)
+        d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
+    Py_RETURN_NONE;
+}
+
+/* Locates the buffer a data completion refers to; 0 if the completion is bogus. */
+static inline int
+cqe_buffer(Area *a, const cqe_rec *c, char **ptr, uint64_t *ident)
+{
+    if (a->kind == KIND_ZCRX) {
+        uint64_t off = c->zc_off & ZCRX_OFF_MASK;
+        if (off + (uint64_t)c->res > a->len)
+            return 0;
+        *ptr = a->base + off;
+        *ident = off;
+        return 1;
+    }
+    if (!(c->flags & AZX_CQE_F_BUFFER))
+        return 0;
+    uint32_t bid = c->flags >> AZX_CQE_BUFFER_SHIFT;
+    if (bid >= a->nbufs || (uint32_t)c->res > a->buf_size)
+        return 0;
+    if (a->posted)
+        a->posted--;            /* the kernel took it out of the ring */
+    *ptr = a->base + (size_t)bid * a->buf_size;
+    *ident = bid;
+    return 1;
+}
+
+/* the raised exception as one object (PyErr_GetRaisedException is 3.12+) */
+static PyObject *
+fetch_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value && tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static int
+append_control(PyObject **control, uint64_t ud, int32_t res, uint32_t flags, PyObject *exc)
+{
+    if (!*control && !(*control = PyList_New(0)))
+        return -1;
+    PyObject *t = Py_BuildValue("(KiIO)", (unsigned long long)ud, res, flags, exc ? exc : Py_None);
+    if (!t)
+        return -1;
+    int r = PyList_Append(*control, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* Drains the CQ: data completions for a live slot become slot_callback(view);
+ * everything else (errors, EOF, ends of multishot requests, other ops, callback
+ * exceptions) is appended to *control as (user_data, res, flags, exception)
+ * tuples, in completion order. Adds the number of CQEs seen to *n. */
+static int
+drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
+{
+    Area *a = d->area;
+    cqe_rec batch[BATCH];
+    PyObject *spare = NULL;     /* the last view handed out, if we hold its only reference */
+    int rc = -1;
+
+    for (;;) {
+        uint32_t head = *d->khead;
+        uint32_t tail = LOAD_ACQ32(d->ktail);
+        uint32_t cnt = tail - head;
+        if (!cnt)
+            break;
+        if (cnt > BATCH)
+            cnt = BATCH;
+        for (uint32_t i = 0; i < cnt; i++) {
+            const struct azx_cqe *c = (const struct azx_cqe *)
+                (d->cqes + ((size_t)((head + i) & d->mask) << d->cqe_shift));
+            batch[i].ud = c->user_data;
+            batch[i].res = c->res;
+            batch[i].flags = c->flags;
+            batch[i].zc_off =
+                d->cqe_shift == 5 ? ((const struct azx_zcrx_cqe *)c->big_cqe)->off : 0;
+        }
+        /* the CQ slots are free for the kernel before any Python code runs */
+        STORE_REL32(d->khead, head + cnt);
+        *n += cnt;
+
+        for (uint32_t i = 0; i < cnt; i++) {
+            const cqe_rec *c = &batch[i];
+            int is_recv = UD_KIND(c->ud) == UD_KIND_RECV;
+            char *ptr;
+            uint64_t ident;
+            if (is_recv && c->res > 0 && cqe_buffer(a, c, &ptr, &ident)) {
+                uint32_t slot = UD_SLOT(c->ud);
+                PyObject *cb = NULL;
+                if (slot < (uint32_t)PyList_GET_SIZE(d->slots))
+                    cb = PyList_GET_ITEM(d->slots, slot);
+                d->completions++;
+                d->bytes += (unsigned long long)c->res;
+                if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
+                    goto out;
+                d->slot_counts[2 * slot]++;
+                d->slot_counts[2 * slot + 1] += (unsigned long long)c->res;
+                if (!(d->slot_active[slot] & 1)) {
+                    d->slot_active[slot] |= 1;
+                    d->active[d->nactive++] = slot;
+                }
+                if (cb == NULL || cb == Py_None) {
+                    /* connection already gone: straight back to the kernel */
+                    a->outstanding++;
+                    area_return(a, ident, (uint32_t)c->res);
+                    d->dropped++;
+                } else {
+                    PyObject *view;
+                    if (d->copy) {
+                        view = PyBytes_FromStringAndSize(ptr, c->res);
+                        a->outstanding++;
+                        area_return(a, ident, (uint32_t)c->res);
+                    } else {
+                        view = NULL;
+#if VIEW_REUSE
+                        Lease *l;
+                        if (spare && d->reuse_views && (l = reusable_lease(spare))) {
+                            retarget_view(spare, l, ptr, c->res, ident);
+                            view = spare;
+                            spare = NULL;
+                            d->reused_views++;
+                        }
+#endif
+                        if (!view) {
+                            Py_CLEAR(spare);
+                            view = make_view(a, ptr, c->res, ident);
+                        }
+                    }
+                    if (!view)
+                        goto out;
+                    Py_INCREF(cb);
+                    PyObject *r = PyObject_CallOneArg(cb, view);
+                    Py_DECREF(cb);
+                    if (VIEW_REUSE && d->reuse_views && !d->copy)
+                        spare = view;   /* released at the next completion or below */
+                    else
+                        Py_DECREF(view);
+                    if (r) {
+                        Py_DECREF(r);
+                    } else {
+                        Py_CLEAR(spare);  /* the view may be in the traceback */
+                        PyObject *exc = fetch_exception();
+                        int bad = append_control(controlp, c->ud, c->res, c->flags, exc);
+                        Py_XDECREF(exc);
+                        if (bad)
+                            goto out;
+                    }
+                }
+                if (!(c->flags & AZX_CQE_F_MORE) && append_control(controlp, c->ud, c->res, c->flags, NULL))
+                    goto out;
+                continue;
+            }
+            if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) &&
+                cqe_buffer(a, c, &ptr, &ident)) {
+                /* a buffer picked for a completion that carries no data */
+                a->outstanding++;
+                area_return(a, ident, 0);
+            }
+            if (is_recv && a->kind == KIND_PBUF && c->res == -ENOBUFS && a->window < a->nbufs) {
+                /* the kernel ran through the posted window within one round: widen it */
+                a->window = a->window * 2 > a->nbufs ? a->nbufs : a->window * 2;
+                a->window_grows++;
+            }
+            if (append_control(controlp, c->ud, c->res, c->flags, NULL))
+                goto out;
+        }
+    }
+    rc = 0;
+out:
+    Py_XDECREF(spare);  /* its buffer goes back before the round's refill publish */
+    return rc;
+}
+
+/* run() -> (completions, control list or None): one drain, no syscalls. */
+static PyObject *
+Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *control = NULL;
+    unsigned long long n = 0;
+    if (drain(d, &control, &n) < 0) {
+        Py_XDECREF(control);
+        return NULL;
+    }
+    PyObject *ret = Py_BuildValue("(KO)", n, control ? control : Py_None);
+    Py_XDECREF(control);
+    return ret;
+}
+
+/* Switching the eventfd off while we work relies on the kernel's "set
+ * IORING_SQ_TASKRUN, then read cq_flags" being ordered against our "clear
+ * cq_flags, then read sq_flags" (both sides need a full barrier, else each may
+ * read the other's old value and a wake-up is lost). Ours is a locked RMW; the
+ * kernel's atomic_or() is one too on x86 (TSO, LOCK prefix) but is unordered on
+ * weaker architectures (arm64), so elsewhere the eventfd stays on and we accept
+ * the empty wake-ups. */
+#if defined(__x86_64__) || defined(__i386__)
+#define EVFD_OFF_IS_SAFE 1
+#else
+#define EVFD_OFF_IS_SAFE 0
+#endif
+
+static PyObject *
+Dispatcher_bind_ring(Dispatcher *d, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"owner", "ring", "enter", "sq_space", "sq_flags", "cq_flags",
+                             "sq_entries", "getevents", "pending_mask", "evfd_disabled_bit", NULL};
+    PyObject *owner;
+    unsigned long long ring, enter, sq_space, sq_flags, cq_flags;
+    unsigned int sq_entries, getevents, pending_mask, disabled_bit;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OKKKKKIIII", kwlist, &owner, &ring, &enter,
+                                     &sq_space, &sq_flags, &cq_flags, &sq_entries, &getevents,
+                                     &pending_mask, &disabled_bit))
+        return NULL;
+    if (!ring || !enter || !sq_space || !sq_flags || !cq_flags) {
+        PyErr_SetString(PyExc_ValueError, "bind_ring: null address");
+        return NULL;
+    }
+    Py_INCREF(owner);
+    Py_XSETREF(d->ring_owner, owner);
+    d->ring = (void *)(uintptr_t)ring;
+    d->enter = (int (*)(void *, unsigned, unsigned))(uintptr_t)enter;
+    d->sq_space = (unsigned (*)(void *))(uintptr_t)sq_space;
+    d->sq_flags = (uint32_t *)(uintptr_t)sq_flags;
+    d->cq_flags = (uint32_t *)(uintptr_t)cq_flags;
+    d->sq_entries = sq_entries;
+    d->getevents = getevents;
+    d->pending_mask = pending_mask;
+    d->evfd_disabled_bit = pending_mask && EVFD_OFF_IS_SAFE ? disabled_bit : 0;
+    Py_RETURN_NONE;
+}
+
+enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
+#define PUMP_ROUNDS 64
+
+/* pump(eventfd) -> (completions, control list or None, state)
+ *
+ * One wake-up's work in one call: read the eventfd (when given, >= 0), then
+ * rounds of io_uring_enter (submit + run deferred task work) -> drain ->
+ * publish refills, until the kernel has nothing more for us.
+ *
+ * While we work, the ring's eventfd is switched off (IORING_CQ_EVENTFD_DISABLED):
+ * the kernel signals it for every batch of CQEs it posts, even those posted inside
+ * our own enter, and each such signal is a wake-up that finds nothing. Once it is
+ * back on, IORING_SQ_TASKRUN tells whether work arrived meanwhile (the kernel sets
+ * it before it would have signalled): then we go round again.
+ *
+ * state: PUMP_IDLE (the eventfd will tell us of new work), PUMP_PENDING (the
+ * kernel says work is queued but an enter found none: look again later),
+ * PUMP_BUSY (the round limit was reached: continue after other callbacks).
+ * Returns early, with the control list, whenever there is something for Python
+ * to decide; the caller handles it and calls pump(-1) again. */
+static PyObject *
+Dispatcher_pump(Dispatcher *d, PyObject *arg)
+{
+    long evfd = PyLong_AsLong(arg);
+    if (evfd == -1 && PyErr_Occurred())
+        return NULL;
+    if (!d->ring) {
+        PyErr_SetString(PyExc_RuntimeError, "pump: no ring bound");
+        return NULL;
+    }
+    Area *a = d->area;
+    PyObject *control = NULL;
+    unsigned long long total = 0;
+    int state = PUMP_BUSY;
+
+    if (evfd >= 0) {
+        uint64_t v;
+        unsigned long long c0 = d->timing ? thread_cpu_ns() : 0;
+        d->wakeups++;
+        if (read((int)evfd, &v, sizeof v) < 0) {
+            /* EAGAIN: already consumed by an earlier round; nothing else is expected */
+        }
+        if (d->timing)
+            a->syscall_cpu_ns += thread_cpu_ns() - c0;
+    }
+    for (int round = 0; round < PUMP_ROUNDS; round++) {
+        if (d->evfd_disabled_bit)
+            __atomic_fetch_or(d->cq_flags, d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+        int ret;
+        unsigned long long c0 = d->timing ? thread_cpu_ns() : 0;
+        do {
+            ret = d->enter(d->ring, 0, d->getevents);
+        } while (ret == -EINTR);
+        if (d->timing)
+            a->syscall_cpu_ns += thread_cpu_ns() - c0;
+        d->enters++;
+        if (ret < 0 && ret != -EAGAIN && ret != -EBUSY) {
+            /* EAGAIN/EBUSY: CQ overflow backlog, retried next round */
+            if (d->evfd_disabled_bit)
+                __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+            Py_XDECREF(control);
+            errno = -ret;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        unsigned long long n = 0;
+        struct timespec t0, t1;
+        if (d->timing)
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+        int bad = drain(d, &control, &n);
+        if (!bad)
+            area_publish(a, 0);
+        if (d->timing) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            d->dispatch_ns += (unsigned long long)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                                   (t1.tv_nsec - t0.tv_nsec));
+        }
+        if (d->evfd_disabled_bit)
+            __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+        if (bad) {
+            Py_XDECREF(control);
+            return NULL;
+        }
+        if (evfd >= 0 && round == 0 && n == 0)
+            d->idle_wakeups++;
+        total += n;
+        int sq_pending = d->sq_space(d->ring) < d->sq_entries;
+        if (control) {
+            state = PUMP_IDLE;  /* the caller comes back */
+            break;
+        }
+        if (sq_pending)
+            continue;
+        if (!d->pending_mask) {
+            /* cannot tell whether work is left (no TASKRUN_FLAG): go on while there is progress */
+            if (!n) {
+                state = PUMP_IDLE;
+                break;
+            }
+            continue;
+        }
+        if (!(__atomic_load_n(d->sq_flags, __ATOMIC_SEQ_CST) & d->pending_mask)) {
+            state = PUMP_IDLE;
+            break;
+        }
+        if (!n) {
+            /* flagged, but an enter found nothing: the flag can lag; a timer looks again */
+            state = PUMP_PENDING;
+            break;
+        }
+    }
+    PyObject *ret = Py_BuildValue("(KOi)", total, control ? control : Py_None, state);
+    Py_XDECREF(control);
+    return ret;
+}
+
+static PyObject *
+Dispatcher_set_view_reuse(Dispatcher *d, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    d->reuse_views = VIEW_REUSE && view_layout_ok && on;
+    return PyBool_FromLong(d->reuse_views);
+}
+
+static PyObject *
+Dispatcher_set_timing(Dispatcher *d, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    d->timing = on;
+    d->area->timing = on;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O}", "completions", d->completions,
+                                "bytes", d->bytes, "dropped_completions", d->dropped,
+                                "wakeups", d->wakeups, "idle_wakeups", d->idle_wakeups,
+                                "enters", d->enters, "reused_views", d->reused_views,
+                                "eventfd_paused", d->evfd_disabled_bit ? Py_True : Py_False);
+    if (s && d->timing) {
+        PyObject *v = Py_BuildValue("{s:K,s:K}", "dispatch_ns", d->dispatch_ns,
+                                    "syscall_cpu_ns", d->area->syscall_cpu_ns);
+        if (!v || PyDict_Update(s, v) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(v);
+    }
+    return s;
+}
+
+static int
+Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
+{
+    Py_VISIT(d->slots);
+    Py_VISIT(d->ring_owner);
+    return 0;
+}
+
+static int
+Dispatcher_clear(Dispatcher *d)
+{
+    Py_CLEAR(d->slots);
+    Py_CLEAR(d->ring_owner);
+    d->ring = NULL;
+    return 0;
+}
+
+static void
+Dispatcher_dealloc(Dispatcher *d)
+{
+    PyObject_GC_UnTrack(d);
+    Py_CLEAR(d->slots);
+    Py_CLEAR(d->ring_owner);
+    Py_CLEAR(d->area);
+    PyMem_Free(d->slot_counts);
+    PyMem_Free(d->slot_active);
+    PyMem_Free(d->active);
+    PyMem_Free(d->was_active);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+static PyMethodDef Dispatcher_methods[] = {
+    {"run", (PyCFunction)Dispatcher_run, METH_NOARGS, "drain the CQ and dispatch"},
+    {"pump", (PyCFunction)Dispatcher_pump, METH_O, "pump(eventfd): one wake-up's enter/drain/publish rounds"},
+    {"bind_ring", (PyCFunction)(void (*)(void))Dispatcher_bind_ring, METH_VARARGS | METH_KEYWORDS, "give pump() the ring"},
+    {"set_view_reuse", (PyCFunction)Dispatcher_set_view_reuse, METH_O, "benchmarks/tests: reuse unobservable views (default on); returns whether it is in effect"},
+    {"set_timing", (PyCFunction)Dispatcher_set_timing, METH_O, "benchmarks: time dispatching (stats()['dispatch_ns'])"},
+    {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},
+    {"slot_stats", (PyCFunction)Dispatcher_slot_stats, METH_O, "(completions, bytes) of a slot"},
+    {"reset_slot", (PyCFunction)Dispatcher_reset_slot, METH_O, "zero a slot's counters"},
+    {"take_quiet", (PyCFunction)Dispatcher_take_quiet, METH_NOARGS, "slots with data last tick and none since; starts a new tick"},
+    {NULL},
+};
+
+static PyTypeObject DispatcherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiozcrx._leases.Dispatcher",
+    .tp_basicsize = sizeof(Dispatcher),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Dispatcher_init,
+    .tp_dealloc = (destructor)Dispatcher_dealloc,
+    .tp_traverse = (traverseproc)Dispatcher_traverse,
+    .tp_clear = (inquiry)Dispatcher_clear,
+    .tp_methods = Dispatcher_methods,
+    .tp_doc = "Drains a completion queue in C and hands data to per-slot callbacks.",
+};
+
