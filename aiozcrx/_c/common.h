@@ -13,9 +13,11 @@
 
 #define ZCRX_OFF_MASK   ((1ULL << AZX_ZCRX_AREA_SHIFT) - 1)
 
-/* user_data layout shared with aiozcrx/_ring.py: low 32 bits slot, bits 32..39 kind */
+/* user_data layout shared with aiozcrx/_ring.py: bits 0..31 slot, 32..39 kind,
+ * 40..63 the generation of the connection the request was issued for */
 #define UD_KIND(ud)  (((ud) >> 32) & 0xff)
 #define UD_SLOT(ud)  ((uint32_t)(ud))
+#define UD_GEN(ud)   ((uint32_t)((ud) >> 40))
 #define UD_KIND_RECV 1
 
 enum { KIND_ZCRX = 0, KIND_PBUF = 1, KIND_POOL = 2 };

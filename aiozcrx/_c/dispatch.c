@@ -19,7 +19,12 @@ typedef struct {
     int copy;
     unsigned long long completions, bytes, dropped;
     unsigned long long *slot_counts;   /* per slot: completions, bytes */
+    uint32_t *slot_gen;                /* per slot: generation of the connection using it */
     uint32_t slot_cap;
+    /* halt(): the engine is closing (perhaps from inside a callback we made):
+     * no more callbacks or control records; every buffer goes straight back */
+    int halted;
+    int busy;                           /* inside pump()/run(): they must not nest */
     /* for the reset watch (engines.py): per slot, bit 0 "got data this tick", bit 1
      * "got data last tick"; the slots with each bit set, listed once */
     uint8_t *slot_active;
@@ -94,6 +99,13 @@ grow_slots(Dispatcher *d, uint32_t slot)
     }
     memset(p + 2 * (size_t)d->slot_cap, 0, (size_t)(cap - d->slot_cap) * 2 * sizeof(*p));
     d->slot_counts = p;
+    uint32_t *g = PyMem_Realloc(d->slot_gen, (size_t)cap * sizeof(*g));
+    if (!g) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(g + d->slot_cap, 0, (size_t)(cap - d->slot_cap) * sizeof(*g));
+    d->slot_gen = g;
     uint8_t *f = PyMem_Realloc(d->slot_active, cap);
     if (!f) {
         PyErr_NoMemory();
@@ -160,14 +172,18 @@ Dispatcher_slot_stats(Dispatcher *d, PyObject *arg)
     return Py_BuildValue("(KK)", d->slot_counts[2 * slot], d->slot_counts[2 * slot + 1]);
 }
 
+/* bind(slot, gen): a new connection takes the slot. Only completions carrying
+ * this generation reach its sink from now on; its counters start at zero. */
 static PyObject *
-Dispatcher_reset_slot(Dispatcher *d, PyObject *arg)
+Dispatcher_bind(Dispatcher *d, PyObject *args)
 {
-    unsigned long slot = PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred())
+    unsigned int slot, gen;
+    if (!PyArg_ParseTuple(args, "II", &slot, &gen))
         return NULL;
-    if (slot < d->slot_cap)
-        d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
+    if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
+        return NULL;
+    d->slot_gen[slot] = gen;
+    d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
     Py_RETURN_NONE;
 }
 
@@ -263,20 +279,24 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
             if (is_recv && c->res > 0 && cqe_buffer(a, c, &ptr, &ident)) {
                 uint32_t slot = UD_SLOT(c->ud);
                 PyObject *cb = NULL;
-                if (slot < (uint32_t)PyList_GET_SIZE(d->slots))
-                    cb = PyList_GET_ITEM(d->slots, slot);
                 d->completions++;
                 d->bytes += (unsigned long long)c->res;
-                if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
-                    goto out;
-                d->slot_counts[2 * slot]++;
-                d->slot_counts[2 * slot + 1] += (unsigned long long)c->res;
-                if (!(d->slot_active[slot] & 1)) {
-                    d->slot_active[slot] |= 1;
-                    d->active[d->nactive++] = slot;
+                /* only the connection the request was issued for, and only while
+                 * it takes data: a slot reused by another connection, a sink
+                 * dropped by close()/abort()/an exception, or a halt all send the
+                 * buffer straight back */
+                if (!d->halted && slot < d->slot_cap && d->slot_gen[slot] == UD_GEN(c->ud)) {
+                    if (slot < (uint32_t)PyList_GET_SIZE(d->slots))
+                        cb = PyList_GET_ITEM(d->slots, slot);
+                    d->slot_counts[2 * slot]++;
+                    d->slot_counts[2 * slot + 1] += (unsigned long long)c->res;
+                    if (!(d->slot_active[slot] & 1)) {
+                        d->slot_active[slot] |= 1;
+                        d->active[d->nactive++] = slot;
+                    }
                 }
                 if (cb == NULL || cb == Py_None) {
-                    /* connection already gone: straight back to the kernel */
+                    /* connection gone, stopped, or another's: straight back to the kernel */
                     a->outstanding++;
                     area_return(a, ident, (uint32_t)c->res);
                     d->dropped++;
@@ -314,15 +334,26 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     if (r) {
                         Py_DECREF(r);
                     } else {
+                        /* As asyncio: after a protocol callback raised, nothing more
+                         * is delivered to it. The rest of this round's completions
+                         * for the slot find no sink; the transport closes (Python,
+                         * from the control record, which carries F_MORE so that it
+                         * only reports the exception). */
                         Py_CLEAR(spare);  /* the view may be in the traceback */
                         PyObject *exc = fetch_exception();
-                        int bad = append_control(controlp, c->ud, c->res, c->flags, exc);
+                        if (slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
+                            Py_INCREF(Py_None);
+                            PyList_SetItem(d->slots, slot, Py_None);
+                        }
+                        int bad = !d->halted &&
+                            append_control(controlp, c->ud, c->res, c->flags | AZX_CQE_F_MORE, exc);
                         Py_XDECREF(exc);
                         if (bad)
                             goto out;
                     }
                 }
-                if (!(c->flags & AZX_CQE_F_MORE) && append_control(controlp, c->ud, c->res, c->flags, NULL))
+                if (!(c->flags & AZX_CQE_F_MORE) && !d->halted &&
+                    append_control(controlp, c->ud, c->res, c->flags, NULL))
                     goto out;
                 continue;
             }
@@ -337,7 +368,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                 a->window = a->window * 2 > a->nbufs ? a->nbufs : a->window * 2;
                 a->window_grows++;
             }
-            if (append_control(controlp, c->ud, c->res, c->flags, NULL))
+            if (!d->halted && append_control(controlp, c->ud, c->res, c->flags, NULL))
                 goto out;
         }
     }
@@ -347,13 +378,35 @@ out:
     return rc;
 }
 
+/* pump() and run() call into Python (the sinks), and Python could call them
+ * again; a nested drain would hand out CQEs the outer one already counted.
+ * The engines never nest them (engines/ring.py), and this keeps it so. */
+static int
+enter_busy(Dispatcher *d)
+{
+    if (!d->area) {
+        PyErr_SetString(PyExc_RuntimeError, "dispatcher is closed");
+        return -1;
+    }
+    if (d->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "dispatcher re-entered from one of its own callbacks");
+        return -1;
+    }
+    d->busy = 1;
+    return 0;
+}
+
 /* run() -> (completions, control list or None): one drain, no syscalls. */
 static PyObject *
 Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
+    if (enter_busy(d) < 0)
+        return NULL;
     PyObject *control = NULL;
     unsigned long long n = 0;
-    if (drain(d, &control, &n) < 0) {
+    int bad = drain(d, &control, &n);
+    d->busy = 0;
+    if (bad) {
         Py_XDECREF(control);
         return NULL;
     }
@@ -426,7 +479,7 @@ enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
  * Returns early, with the control list, whenever there is something for Python
  * to decide; the caller handles it and calls pump(-1) again. */
 static PyObject *
-Dispatcher_pump(Dispatcher *d, PyObject *arg)
+pump_impl(Dispatcher *d, PyObject *arg)
 {
     long evfd = PyLong_AsLong(arg);
     if (evfd == -1 && PyErr_Occurred())
@@ -435,6 +488,8 @@ Dispatcher_pump(Dispatcher *d, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "pump: no ring bound");
         return NULL;
     }
+    if (d->halted)
+        return Py_BuildValue("(KOi)", 0ULL, Py_None, PUMP_IDLE);
     Area *a = d->area;
     PyObject *control = NULL;
     unsigned long long total = 0;
@@ -487,6 +542,14 @@ Dispatcher_pump(Dispatcher *d, PyObject *arg)
             Py_XDECREF(control);
             return NULL;
         }
+        if (d->halted) {
+            /* a callback closed the engine: return to it at once; the ring
+             * stays mapped until the engine tears it down after we return */
+            Py_CLEAR(control);
+            total += n;
+            state = PUMP_IDLE;
+            break;
+        }
         if (evfd >= 0 && round == 0 && n == 0)
             d->idle_wakeups++;
         total += n;
@@ -521,6 +584,42 @@ Dispatcher_pump(Dispatcher *d, PyObject *arg)
 }
 
 static PyObject *
+Dispatcher_pump(Dispatcher *d, PyObject *arg)
+{
+    if (enter_busy(d) < 0)
+        return NULL;
+    PyObject *r = pump_impl(d, arg);
+    d->busy = 0;
+    return r;
+}
+
+/* halt(): see Dispatcher.halted. Safe from inside a sink. */
+static PyObject *
+Dispatcher_halt(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    d->halted = 1;
+    Py_RETURN_NONE;
+}
+
+/* close(): drops the slots (the protocols' callbacks), the ring and the area, so
+ * that the area is unmapped as soon as its last view goes, whoever still holds
+ * the engine. Not while pump()/run() is running (the engine defers it). */
+static PyObject *
+Dispatcher_close(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    if (d->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "dispatcher closed from inside pump()/run()");
+        return NULL;
+    }
+    d->halted = 1;
+    d->ring = NULL;
+    Py_CLEAR(d->slots);
+    Py_CLEAR(d->ring_owner);
+    Py_CLEAR(d->area);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Dispatcher_set_view_reuse(Dispatcher *d, PyObject *arg)
 {
     int on = PyObject_IsTrue(arg);
@@ -537,7 +636,8 @@ Dispatcher_set_timing(Dispatcher *d, PyObject *arg)
     if (on < 0)
         return NULL;
     d->timing = on;
-    d->area->timing = on;
+    if (d->area)
+        d->area->timing = on;
     Py_RETURN_NONE;
 }
 
@@ -551,7 +651,7 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
                                 "eventfd_paused", d->evfd_disabled_bit ? Py_True : Py_False);
     if (s && d->timing) {
         PyObject *v = Py_BuildValue("{s:K,s:K}", "dispatch_ns", d->dispatch_ns,
-                                    "syscall_cpu_ns", d->area->syscall_cpu_ns);
+                                    "syscall_cpu_ns", d->area ? d->area->syscall_cpu_ns : 0ULL);
         if (!v || PyDict_Update(s, v) < 0)
             Py_CLEAR(s);
         Py_XDECREF(v);
@@ -584,6 +684,7 @@ Dispatcher_dealloc(Dispatcher *d)
     Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->area);
     PyMem_Free(d->slot_counts);
+    PyMem_Free(d->slot_gen);
     PyMem_Free(d->slot_active);
     PyMem_Free(d->active);
     PyMem_Free(d->was_active);
@@ -598,7 +699,9 @@ static PyMethodDef Dispatcher_methods[] = {
     {"set_timing", (PyCFunction)Dispatcher_set_timing, METH_O, "benchmarks: time dispatching (stats()['dispatch_ns'])"},
     {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},
     {"slot_stats", (PyCFunction)Dispatcher_slot_stats, METH_O, "(completions, bytes) of a slot"},
-    {"reset_slot", (PyCFunction)Dispatcher_reset_slot, METH_O, "zero a slot's counters"},
+    {"bind", (PyCFunction)Dispatcher_bind, METH_VARARGS, "bind(slot, gen): a new connection takes the slot"},
+    {"halt", (PyCFunction)Dispatcher_halt, METH_NOARGS, "no more callbacks; every buffer goes straight back"},
+    {"close", (PyCFunction)Dispatcher_close, METH_NOARGS, "drop slots, ring and area"},
     {"take_quiet", (PyCFunction)Dispatcher_take_quiet, METH_NOARGS, "slots with data last tick and none since; starts a new tick"},
     {NULL},
 };

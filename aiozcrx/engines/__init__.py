@@ -50,7 +50,8 @@ def open_engine(config: Config, loop, *, share_with: ZcrxEngine | None = None
     tried: list[tuple[str, bool, str]] = []
     for name in ENGINES:
         if name == "zcrx" and (config.interface is None or config.queue is None):
-            tried.append((name, False, "no interface= and queue= given"))
+            tried.append((name, False, "no interface= given" if config.interface is None
+                          else "no queue= given"))
             continue
         eng = make_engine(name, config)
         try:

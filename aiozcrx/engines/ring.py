@@ -332,10 +332,11 @@ class RingEngine(Engine):
                     self.stats["stale_completions"] += 1
                     continue
                 if exc is not None:
-                    # the dispatcher already stopped delivering to this slot
+                    # a sink raised; the dispatcher has already stopped delivering
+                    # to this connection (an end of the request, if any, follows
+                    # in its own record)
                     conn.events._callback_failed(exc)
-                    if conn.detached or self.closed:
-                        continue
+                    continue
                 more = bool(flags & _ring.CQE_F_MORE)
                 if not more:
                     conn.armed = False
