@@ -160,15 +160,19 @@ class Receiver:
         """Counters for the whole Receiver, as a dict.
 
         Always: ``engine``, ``connections``, ``bytes``, ``completions``,
-        ``dropped_completions`` (data for a connection already gone, returned at
-        once), ``buffers_total`` / ``buffers_outstanding`` (held by views) /
+        ``dropped_completions`` (data for a connection already gone, stopped by
+        close()/an exception, or of an older generation of its slot: returned at
+        once), ``stale_completions`` (ends of requests of a connection already
+        gone, ignored), ``closed`` (after ``close()``, the counters are the last
+        ones), ``buffers_total`` / ``buffers_outstanding`` (held by views) /
         ``buffers_free`` / ``buffers_returned``, ``buffer_size``, ``area_size``,
         ``refill_publishes`` / ``refill_flushes`` / ``refill_queued`` /
         ``refill_errors``, ``rearms``, ``starved`` (times reception stopped for
         want of buffers), ``wakeups`` (eventfd wake-ups of the loop),
         ``notifications_no_buffers`` / ``notifications_copy`` (zcrx, 7.2+).
 
-        Ring engines add ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
+        Ring engines add ``cq_entries`` (the completion queue's size, as asked
+        for), ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
         (wake-ups that found nothing), ``eventfd_paused`` (whether the eventfd is
         switched off while completions are processed: x86 only),
         ``reused_views`` (see "The fast path" in docs/concepts.md) and, once it

@@ -150,3 +150,28 @@ async def join(proc, timeout: float = 60.0) -> int:
     loop = asyncio.get_running_loop()
     await asyncio.wait_for(loop.run_in_executor(None, proc.join), timeout)
     return proc.exitcode
+
+
+async def wait_until(predicate, what: str, timeout: float = 60.0, interval: float = 0.01) -> None:
+    """Waits for a condition, however slow the machine; fails (naming it) only if it
+    never holds within a generous timeout. Tests wait on conditions, never durations."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+        await asyncio.sleep(interval)
+
+
+def area_full(rx) -> bool:
+    """Every buffer of the Receiver's area is held by user code (views kept)."""
+    s = rx.stats()
+    return s["buffers_outstanding"] == s["buffers_total"]
+
+
+def queued(sock: socket.socket, limit: int) -> int:
+    """Bytes waiting in a socket's receive queue (up to ``limit``), without reading them."""
+    try:
+        return len(sock.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return 0

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 import aiozcrx
-from peers import Listener, join, start_many, start_sender, stream_sha256, payload
+from peers import Listener, area_full, join, payload, start_many, start_sender, stream_sha256, wait_until
 from test_transport import MiB, Sink
 
 pytestmark = [pytest.mark.guest, pytest.mark.usefixtures("need_zcrx_copy")]
@@ -80,10 +80,7 @@ async def test_zcrx_copy_held_views_exhaust_area_then_recover():
     proc = start_sender(lst.port, 37, total)
     async with aiozcrx.Receiver(engine=ENGINE, area_size=area) as rx:
         _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
-        last = -1
-        while proto.bytes != last:
-            last = proto.bytes
-            await asyncio.sleep(0.5)
+        await wait_until(lambda: area_full(rx), "every buffer of the area is held", timeout=120)
         assert 0 < sum(len(v) for v in proto.kept) <= area
         assert proto.bytes < total
         for v in proto.kept:
@@ -233,10 +230,7 @@ async def test_notifications_are_counted_and_rearmed():
         assert rx.stats()["notifications"] == "on"
         _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         for _ in range(3):  # exhaust, release, exhaust again ...
-            last = -1
-            while proto.bytes != last:
-                last = proto.bytes
-                await asyncio.sleep(0.3)
+            await wait_until(lambda: area_full(rx), "every buffer of the area is held", timeout=120)
             for v in proto.kept:
                 v.release()
             proto.kept.clear()

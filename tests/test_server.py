@@ -12,7 +12,7 @@ import pytest
 
 from aiozcrx.receiver import Receiver
 from aiozcrx.server import ZcrxServer, create_connection, create_server
-from peers import join, payload, start_sender, stream_sha256
+from peers import join, payload, start_sender, stream_sha256, wait_until
 from test_streams import open_fds
 
 pytestmark = [pytest.mark.engines, pytest.mark.asyncio]
@@ -130,10 +130,7 @@ async def test_wait_closed_waits_for_connections():
     server = await create_server(Echo, "127.0.0.1", 0, engine="uring")
     port = server.sockets[0].getsockname()[1]
     s = socket.create_connection(("127.0.0.1", port))
-    for _ in range(100):
-        if server.receiver.stats()["connections"]:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: server.receiver.stats()["connections"], "the connection is attached")
     server.close()
     waiter = asyncio.ensure_future(server.wait_closed())
     await asyncio.sleep(0.05)

@@ -12,8 +12,8 @@ import threading
 import pytest
 
 import aiozcrx
-from peers import (Listener, is_mapped, join, payload, start_many, start_sender,
-                   stream_sha256, tcp_pair)
+from peers import (Listener, area_full, is_mapped, join, payload, start_many, start_sender,
+                   stream_sha256, tcp_pair, wait_until)
 
 pytestmark = [pytest.mark.engines, pytest.mark.asyncio]
 ENGINES = ["uring", "socket"]
@@ -122,11 +122,8 @@ async def test_held_views_cap_at_area_then_delivery_resumes(engine):
     proc = start_sender(lst.port, 11, total)
     async with aiozcrx.Receiver(engine=engine, area_size=area, buf_size=buf) as rx:
         transport, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
-        # wait until reception stops making progress with everything held
-        last = -1
-        while proto.bytes != last:
-            last = proto.bytes
-            await asyncio.sleep(0.3)
+        # reception stops once every buffer is held (a condition, not a pause)
+        await wait_until(lambda: area_full(rx), "every buffer of the area is held")
         held = sum(len(v) for v in proto.kept)
         assert 0 < held <= area
         assert rx.stats()["buffers_outstanding"] == len(proto.kept) <= area // buf

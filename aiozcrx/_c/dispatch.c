@@ -25,7 +25,7 @@ typedef struct {
      * no more callbacks or control records; every buffer goes straight back */
     int halted;
     int busy;                           /* inside pump()/run(): they must not nest */
-    /* for the reset watch (engines.py): per slot, bit 0 "got data this tick", bit 1
+    /* for the reset watch (engines/ring.py): per slot, bit 0 "got data this tick", bit 1
      * "got data last tick"; the slots with each bit set, listed once */
     uint8_t *slot_active;
     uint32_t *active, nactive;          /* bit 0 */
