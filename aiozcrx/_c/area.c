@@ -48,13 +48,26 @@ pbuf_put(Area *a, uint32_t bid)
 /* A buffer comes back from user space. Never fails: a zcrx return that cannot be
  * queued (out of memory for the pending list) is dropped and counted, which costs
  * the area one buffer, never correctness. */
+/* Unmaps every mapping the area owns, once. */
+static void
+area_unmap(Area *a)
+{
+    for (int i = 0; i < a->nmaps; i++)
+        munmap(a->maps[i].addr, a->maps[i].len);
+    a->nmaps = 0;
+    a->unmapped = 1;
+}
+
 static void
 area_return(Area *a, uint64_t ident, uint32_t len)
 {
     a->outstanding--;
     a->returned++;
-    if (a->closed)
+    if (a->closed) {
+        if (!a->outstanding)
+            area_unmap(a);  /* the last view of a closed area: its memory goes now */
         return;
+    }
     switch (a->kind) {
     case KIND_ZCRX:
         if (a->npending || !rq_try_put(a, ident, len))
@@ -203,6 +216,7 @@ Area_init(Area *a, PyObject *args, PyObject *kw)
     a->kind = -1;
     a->wake_fd = -1;
     a->ring_fd = -1;
+    a->users = 1;
     return 0;
 }
 
@@ -300,10 +314,34 @@ Area_setup_pool(Area *a, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Area_close(Area *a, PyObject *Py_UNUSED(ignored))
 {
-    /* After close, returned buffers are only counted: the ring they would go to
-     * is gone. The mappings stay until the last lease is released. */
+    /* One user (engine) fewer; the last one closes the area. After close,
+     * returned buffers are only counted: the ring they would go to is gone. The
+     * mappings go with the last lease (area_return), or now if none is out: not
+     * at dealloc, which may be much later if Python objects keep the Area. */
+    if (a->closed)
+        Py_RETURN_NONE;
+    if (a->users > 1) {
+        a->users--;
+        Py_RETURN_NONE;
+    }
+    a->users = 0;
     a->closed = 1;
     a->wake_fd = -1;
+    if (!a->outstanding)
+        area_unmap(a);
+    Py_RETURN_NONE;
+}
+
+/* add_user(): another engine receives into this area (a zcrx instance imported
+ * into a second ring); each user calls close() once. */
+static PyObject *
+Area_add_user(Area *a, PyObject *Py_UNUSED(ignored))
+{
+    if (a->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "area is closed");
+        return NULL;
+    }
+    a->users++;
     Py_RETURN_NONE;
 }
 
@@ -360,7 +398,7 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
     uint32_t queued = 0;
     if (a->kind == KIND_ZCRX && !a->closed)
         queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
-    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:i,s:i,s:K}",
+    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:O,s:O,s:i,s:K}",
                                 "buffers_outstanding", a->outstanding,
                                 "buffers_returned", a->returned,
                                 "refill_publishes", a->publishes,
@@ -371,7 +409,8 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
                                 "area_size", (Py_ssize_t)a->len,
                                 "buffer_size", a->buf_size,
                                 "buffers_free", a->nbufs - (uint32_t)a->outstanding,
-                                "closed", a->closed,
+                                "closed", a->closed ? Py_True : Py_False,
+                                "area_unmapped", a->unmapped ? Py_True : Py_False,
                                 "starved", a->starved,
                                 "area_addr", (unsigned long long)(uintptr_t)a->base);
     if (s && a->kind == KIND_PBUF) {
@@ -400,8 +439,7 @@ Area_get_nbufs(Area *a, void *c)
 static void
 Area_dealloc(Area *a)
 {
-    for (int i = 0; i < a->nmaps; i++)
-        munmap(a->maps[i].addr, a->maps[i].len);
+    area_unmap(a);
     PyMem_Free(a->pending);
     PyMem_Free(a->freelist);
     Py_TYPE(a)->tp_free((PyObject *)a);
@@ -415,6 +453,7 @@ static PyMethodDef Area_methods[] = {
     {"publish", (PyCFunction)Area_publish, METH_VARARGS, "publish queued returns (one tail store)"},
     {"recv", (PyCFunction)Area_recv, METH_O, "recv(fd) into a pool buffer"},
     {"set_wake", (PyCFunction)Area_set_wake, METH_VARARGS, "set_wake(fd, starved)"},
+    {"add_user", (PyCFunction)Area_add_user, METH_NOARGS, "another engine shares this area; it calls close() too"},
     {"close", (PyCFunction)Area_close, METH_NOARGS, "stop returning buffers to the ring"},
     {"stats", (PyCFunction)Area_stats, METH_NOARGS, "counters"},
     {NULL},

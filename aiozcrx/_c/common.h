@@ -59,6 +59,8 @@ typedef struct {
     int wake_fd;
     int starved;
     int closed;
+    int users;                  /* engines receiving into it; the last close() closes it */
+    int unmapped;               /* closed and no lease left: the memory is gone */
     /* stats */
     unsigned long long outstanding, returned, publishes, flushes, flush_errors;
     /* benchmarks (Dispatcher.set_timing): thread CPU spent inside the io_uring

@@ -184,7 +184,7 @@ class Engine:
     def snapshot_stats(self) -> dict:
         """Receiver.stats(): live counters while open, the last ones after close."""
         if self._final_stats is not None:
-            return dict(self._final_stats)
+            return self.area_stats()
         s = self.area_stats()
         s.update(self.describe())
         return s

@@ -100,16 +100,15 @@ class RingEngine(Engine):
             pass
         self._final_stats = self.area_stats()
         self._final_stats.update(self.describe())
-        self._final_stats["closed"] = True
-        if getattr(self, "shared_from", None) is None:
-            self.area.close()  # an imported instance's area belongs to its source
         self.ring.close()
-        # Drop every reference to the area: its memory is unmapped as soon as
-        # the last view is released, whoever still holds this engine.
-        self.dispatcher.close()
+        # The area is closed after the ring (the kernel's registration is gone):
+        # its memory is unmapped now if no view is out, else with the last view,
+        # whoever still holds this engine. Only the small Area object stays, for
+        # the buffer counters in stats().
+        self.area.close()  # an imported instance's area: one user fewer (see _open_imported)
+        self.dispatcher.close()  # drops the protocols' sinks
         self.dispatcher = None
         self.ring = None
-        self.area = None
         self.slots.clear()
 
     def _stop_timers(self) -> None:
@@ -368,7 +367,8 @@ class RingEngine(Engine):
 
     def area_stats(self) -> dict:
         if self._final_stats is not None:
-            return dict(self._final_stats)
+            # after close: the last counters, with the buffers' as they are now
+            return {**self._final_stats, **self.area.stats()}
         s = self.area.stats()
         s.update(self.stats)
         s.update(self.dispatcher.stats())  # wakeups are counted in C

@@ -57,8 +57,7 @@ class SocketEngine(Engine):
     def close(self) -> None:
         # Nothing is unmapped here (the area lives until its last view), so this
         # is safe from inside a callback: _read_ready checks `closed` after each.
-        if self.closed or self.area is None:
-            self.closed = True
+        if self.closed:
             return
         self.closed = True
         for conn in list(self.conns.values()):
@@ -66,12 +65,10 @@ class SocketEngine(Engine):
         self.loop.remove_reader(self.eventfd)
         self.loop.remove_reader(self.epoll.fileno())
         self._final_stats = self.area_stats()
-        self._final_stats["closed"] = True
         self.epoll.close()
         os.close(self.eventfd)
         self.eventfd = -1
-        self.area.close()
-        self.area = None
+        self.area.close()  # unmapped now, or with the last view still out
 
     # ---------------------------------------------------------- connections
     def attach(self, fd: int, events) -> Conn:
@@ -204,7 +201,7 @@ class SocketEngine(Engine):
 
     def area_stats(self) -> dict:
         if self._final_stats is not None:
-            return dict(self._final_stats)
+            return {**self._final_stats, **self.area.stats()}
         s = self.area.stats()
         s.update({"completions": self.completions, "bytes": self.bytes, "dropped_completions": 0})
         s.update(self.stats)

@@ -99,6 +99,7 @@ class ZcrxEngine(RingEngine):
             if fd >= 0:
                 os.close(fd)
         self.shared_from = source
+        source.area.add_user()  # the area closes when both rings are done with it
         self.area = source.area
         self.info = source.info
         self.stats["imported"] = True
