@@ -91,7 +91,6 @@ class ZcrxTransport(asyncio.Transport):
         self._draining = False
         self._pending_end = None     # ("eof",) or ("error", exc) held behind the backlog
         self._read_done = False      # EOF or error seen
-        self._final_counts = (0, 0)
         # write side
         self._write_buffer = bytearray()
         self._eof_written = False
@@ -390,7 +389,6 @@ class ZcrxTransport(asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            self._final_counts = self._conn.stats()
             self._conn.detach()
             self._receiver._forget(self)
             self._sock.close()
@@ -407,7 +405,7 @@ class ZcrxTransport(asyncio.Transport):
 
     def stats(self) -> dict:
         """Per-connection counters: bytes and completions received, bytes written."""
-        completions, nbytes = self._final_counts if self._conn.detached else self._conn.stats()
+        completions, nbytes = self._conn.stats()
         return {"bytes_received": nbytes, "completions": completions,
                 "bytes_written": self._bytes_written, "backlog": len(self._backlog)}
 

@@ -111,6 +111,25 @@ async def test_failed_open_leaks_nothing_repeatedly():
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("engine", ["uring", "socket", "auto"])
+async def test_area_that_cannot_be_mapped_is_typed_and_leaks_nothing(engine):
+    """16 TiB passes validation (it is a valid size) but cannot be mapped: a typed
+    error naming the size and the fix, and the ring made before it is gone."""
+    kw = dict(engine=engine, area_size=1 << 44, buf_size=1 << 30)
+    with pytest.raises(aiozcrx.EngineUnavailable):  # the first run imports what it needs
+        async with aiozcrx.Receiver(**kw):
+            pass
+    fds, maps = open_fds(), len(mappings())
+    for _ in range(5):
+        with pytest.raises(aiozcrx.EngineUnavailable) as info:
+            async with aiozcrx.Receiver(**kw):
+                pass
+        assert info.value.errno == errno.ENOMEM
+        assert "17592186044416-byte area" in str(info.value) and "smaller area_size" in str(info.value)
+    assert open_fds() == fds and len(mappings()) == maps
+
+
+@pytest.mark.asyncio
 async def test_open_close_cycles_leak_nothing():
     import gc
     gc.collect()

@@ -10,7 +10,7 @@ import errno
 import os
 import resource
 
-from ..errors import UringUnavailable, ZcrxUnavailable
+from ..errors import EngineUnavailable, UringUnavailable, ZcrxUnavailable
 
 KNOWN_ZCRX_DRIVERS = ("bnxt_en", "mlx5_core", "gve", "fbnic")
 
@@ -71,3 +71,14 @@ def zcrx_error(engine: str, config, e: OSError, *, nodev: bool) -> ZcrxUnavailab
                             "raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) or pass a smaller area_size")
     cause, fix = causes.get(err, (f"{where}: {e.strerror}", ""))
     return ZcrxUnavailable(engine, err, cause, fix)
+
+
+def area_error(engine: str, config, e: OSError, cls: type = EngineUnavailable) -> EngineUnavailable:
+    """The receive area could not be mapped (mmap), for any engine."""
+    if config.hugepages:
+        cause = f"cannot map a {config.area_size}-byte area with huge pages: {os.strerror(e.errno)}"
+        fix = "reserve huge pages (sysctl vm.nr_hugepages) or pass hugepages=False"
+    else:
+        cause = f"cannot map a {config.area_size}-byte area: {os.strerror(e.errno)}"
+        fix = "pass a smaller area_size"
+    return cls(engine, e.errno or errno.ENOMEM, cause, fix)

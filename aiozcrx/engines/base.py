@@ -88,7 +88,7 @@ class Conn:
     methods; only the engine changes its fields."""
 
     __slots__ = ("engine", "slot", "gen", "fd", "events", "wanted", "armed", "cancelling",
-                 "detached", "__weakref__")
+                 "detached", "final_counts", "__weakref__")
 
     def __init__(self, engine: "Engine", slot: int, gen: int, fd: int, events: ReadEvents):
         self.engine = engine
@@ -100,6 +100,7 @@ class Conn:
         self.armed = False        # a receive request (ring) / a reader (socket) is in flight
         self.cancelling = False   # a cancel for the armed request is in flight
         self.detached = False     # final: nothing reaches this connection any more
+        self.final_counts = (0, 0)  # stats() once detached
 
     # -- the transport's interface --
     def set_sink(self, sink: Sink | None) -> None:
@@ -124,8 +125,9 @@ class Conn:
             self.engine._detach(self)
 
     def stats(self) -> tuple[int, int]:
-        """(completions, bytes) received by this connection."""
-        return self.engine._conn_stats(self)
+        """(completions, bytes) received by this connection (the final ones once
+        detached)."""
+        return self.final_counts if self.detached else self.engine._conn_stats(self)
 
     def __repr__(self) -> str:
         flags = [n for n in ("wanted", "armed", "cancelling", "detached") if getattr(self, n)]

@@ -154,6 +154,8 @@ class RingEngine(Engine):
     def _forget(self, conn: Conn) -> None:
         """The record leaves the engine; its slot is free at once (late
         completions of its request carry the old generation)."""
+        if not conn.detached:
+            conn.final_counts = self._conn_stats(conn)
         conn.detached = True
         conn.wanted = False
         self.starved.discard(conn)
@@ -321,9 +323,15 @@ class RingEngine(Engine):
                 self._arm(conn)
 
     def _handle(self, control) -> None:
+        interrupt = None
         for ud, res, flags, exc in control:
             if self.closed:
-                return
+                break
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                # as asyncio does, these leave the loop; the round's other records
+                # are applied first so that no request is left half-accounted
+                interrupt = interrupt or exc
+                continue
             kind = ud_kind(ud)
             if kind == UD_RECV:
                 conn = self.conns.get(ud_slot(ud))
@@ -343,6 +351,8 @@ class RingEngine(Engine):
                 self._apply(conn, decide(res, more, conn.wanted), res)
             elif kind == UD_NOTIF:
                 self._notification(res)
+        if interrupt is not None:
+            raise interrupt
 
     def _apply(self, conn: Conn, action: Action, res: int) -> None:
         if action is Action.KEEP or action is Action.IDLE:

@@ -15,6 +15,7 @@ import os
 import select
 
 from .. import _ring
+from .advice import area_error
 from .base import Conn, Engine
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP  # EPOLLERR/EPOLLHUP are always reported
@@ -39,7 +40,10 @@ class SocketEngine(Engine):
 
     def open(self, loop) -> None:
         self.loop = loop
-        mapping = _ring.map_area(self.config.area_size, hugepages=self.config.hugepages)
+        try:
+            mapping = _ring.map_area(self.config.area_size, hugepages=self.config.hugepages)
+        except OSError as e:
+            raise area_error(self.name, self.config, e) from None
         self.area = _ring.new_area(mapping, self.config.buf_size)
         self.area.setup_pool()
         try:
@@ -117,12 +121,15 @@ class SocketEngine(Engine):
         self._forget(conn)
 
     def _forget(self, conn: Conn) -> None:
+        if not conn.detached:
+            conn.final_counts = self._conn_stats(conn)
         self._disarm(conn)
         conn.detached = True
         conn.wanted = False
         self.starved.discard(conn)
         self.conns.pop(conn.slot, None)
         self.sinks.pop(conn.slot, None)
+        self.counts.pop(conn.slot, None)
 
     def _conn_stats(self, conn: Conn) -> tuple[int, int]:
         c = self.counts.get(conn.slot, (0, 0))
@@ -178,6 +185,8 @@ class SocketEngine(Engine):
                 view = data
             try:
                 sink(view)
+            except (SystemExit, KeyboardInterrupt):
+                raise
             except BaseException as exc:  # noqa: BLE001 - reaches the transport, not the loop
                 del view
                 self._stop(conn)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import errno
 
 from .. import _ring
-from .advice import uring_error
+from ..errors import UringUnavailable
+from .advice import area_error, uring_error
 from .ring import RingEngine
 
 
@@ -29,10 +30,17 @@ class UringEngine(RingEngine):
         try:
             if not self.ring.supports_op(_ring.OP_RECV):
                 raise OSError(errno.EOPNOTSUPP, "IORING_OP_RECV not supported")
-            mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
+            try:
+                mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
+            except OSError as e:
+                raise area_error(self.name, cfg, e, UringUnavailable) from None
             self.area = _ring.new_area(mapping, cfg.buf_size)
             _ring.register_pbuf_ring(self.ring, self.area, bgid=self.BGID,
                                      window=self.post_window(cfg.buf_size, self.area.nbufs))
+        except UringUnavailable:
+            self.ring.close()
+            self.ring = None
+            raise
         except OSError as e:
             if self.area is not None:
                 self.area.close()

@@ -14,7 +14,7 @@ import termios
 from .. import _ring
 from .._ring import UD_NOTIF, user_data
 from ..errors import ZcrxUnavailable
-from .advice import zcrx_error
+from .advice import area_error, zcrx_error
 from .ring import RingEngine
 
 
@@ -56,7 +56,7 @@ class ZcrxEngine(RingEngine):
         except OSError as e:
             self.ring.close()
             self.ring = None
-            raise ZcrxUnavailable(self.name, e.errno, f"cannot map a {cfg.area_size}-byte area: {e.strerror}") from None
+            raise area_error(self.name, cfg, e, ZcrxUnavailable) from None
         self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
         if_idx = 0 if self.nodev else socket.if_nametoindex(cfg.interface)
         rxq = 0 if self.nodev else cfg.queue
