@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -q -rs -p no:cacheprovider
 GUEST  := tests/uml/run-in-guest.sh
 
-.PHONY: demo test test-host test-guest bench docs clean
+.PHONY: demo test test-host test-pythons test-guest bench docs clean
 
 $(STAMP): pyproject.toml setup.py aiozcrx/_abi_build.py $(wildcard aiozcrx/_c/*.c aiozcrx/_c/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,24 @@ $(STAMP): pyproject.toml setup.py aiozcrx/_abi_build.py $(wildcard aiozcrx/_c/*.
 demo: $(STAMP)
 	$(BIN)/python examples/loopback_demo.py
 
-test: test-host test-guest
+test: test-host test-pythons test-guest
 
 test-host: $(STAMP)
 	@scripts/ensure-apt.sh ip:iproute2 patchelf:patchelf insmod:kmod
 	$(PYTEST)
+
+# The host suite again on every other CPython >= 3.10 the machine has (pyenv's, or
+# python3.X on PATH), each in its own .venv-3.X: requires-python is a promise.
+test-pythons: $(STAMP)
+	@pys=$$(scripts/other-pythons.sh $(BIN)/python); \
+	if [ -z "$$pys" ]; then echo "test-pythons SKIPPED: no other CPython >= 3.10 on this machine"; exit 0; fi; \
+	for py in $$pys; do \
+		v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); venv=.venv-$$v; \
+		echo "== host suite on Python $$v ($$py)"; \
+		test -x $$venv/bin/python || $$py -m venv $$venv || exit 1; \
+		$$venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,uvloop,anyio]' || exit 1; \
+		$$venv/bin/python -m pytest -q -p no:cacheprovider || exit 1; \
+	done
 
 # The 7.x kernel tier (User-Mode Linux): the real zcrx path. Skipped, with the
 # reason printed, where the runner cannot work.
@@ -44,4 +57,4 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info aiozcrx/*.so aiozcrx/_abi.c
+	rm -rf $(VENV) .venv-3.* build *.egg-info aiozcrx/*.so aiozcrx/_abi.c
