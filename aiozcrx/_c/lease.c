@@ -51,13 +51,26 @@ static int view_layout_ok;     /* set by check_view_layout() at import */
 #if !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED) && \
     PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030F0000
 #define VIEW_REUSE 1
+/* CPython's managed buffer and memoryview flags (cpython/memoryobject.h), mirrored
+ * here rather than named: no private CPython symbol is used at compile time. The
+ * mirror is checked against a real memoryview at import (check_view_layout). */
+typedef struct {
+    PyObject_HEAD
+    int flags;
+    Py_ssize_t exports;
+    Py_buffer master;
+} azx_managed_buffer;
+#define AZX_MV_C        0x002
+#define AZX_MV_FORTRAN  0x004
+#define MBUF(mv)        ((azx_managed_buffer *)(mv)->mbuf)
+
 static inline Lease *
 reusable_lease(PyObject *v)
 {
     PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
-    _PyManagedBufferObject *mb = mv->mbuf;
+    azx_managed_buffer *mb = MBUF(mv);
     if (Py_REFCNT(v) != 1 || mv->exports != 0 || mv->weakreflist != NULL || mv->view.ndim != 1 ||
-        (mv->flags & ~(_Py_MEMORYVIEW_C | _Py_MEMORYVIEW_FORTRAN)))
+        (mv->flags & ~(AZX_MV_C | AZX_MV_FORTRAN)))
         return NULL;
     if (Py_REFCNT(mb) != 1 || mb->exports != 1 || mb->flags != 0)
         return NULL;
@@ -86,8 +99,8 @@ check_view_layout(void)
         return;
     }
     PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
-    _PyManagedBufferObject *mb = mv->mbuf;
-    /* the managed buffer's type by name: _PyManagedBuffer_Type is not exported on 3.13+ */
+    azx_managed_buffer *mb = MBUF(mv);
+    /* the managed buffer's type by name: its type object is not exported on 3.13+ */
     view_layout_ok =
         strcmp(Py_TYPE(mb)->tp_name, "managedbuffer") == 0 &&
         mb->master.obj == b && mb->exports == 1 &&
@@ -95,7 +108,7 @@ check_view_layout(void)
         mv->view.obj == b && mv->view.buf == PyBytes_AS_STRING(b) && mv->view.len == 7 &&
         mv->view.ndim == 1 && mv->view.shape == mv->ob_array && mv->view.shape[0] == 7 &&
         Py_SIZE(mv) == 3 && mv->exports == 0 && mv->weakreflist == NULL &&
-        (mv->flags & ~(_Py_MEMORYVIEW_C | _Py_MEMORYVIEW_FORTRAN)) == 0 && Py_REFCNT(mb) == 1;
+        mv->flags == (AZX_MV_C | AZX_MV_FORTRAN) && Py_REFCNT(mb) == 1;
     Py_DECREF(v);
     Py_DECREF(b);
 }
@@ -111,8 +124,8 @@ retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident)
     l->len = len;
     l->ident = ident;
     a->outstanding++;
-    mv->mbuf->master.buf = ptr;
-    mv->mbuf->master.len = len;
+    MBUF(mv)->master.buf = ptr;
+    MBUF(mv)->master.len = len;
     mv->view.buf = ptr;
     mv->view.len = len;
     mv->view.shape[0] = len;
