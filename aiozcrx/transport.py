@@ -127,7 +127,8 @@ class ZcrxTransport(asyncio.Transport):
 
     # --------------------------------------------------------------- reading
     def is_reading(self) -> bool:
-        return not (self._paused or self._closing or self._read_done)
+        # as asyncio's selector transport: True after an EOF kept open, too
+        return not (self._paused or self._closing)
 
     def pause_reading(self) -> None:
         """No ``data_received`` calls until ``resume_reading``; nothing is lost:
