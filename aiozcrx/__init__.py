@@ -25,11 +25,13 @@ __all__ = [
     "EngineUnavailable",
     "Receiver",
     "UringUnavailable",
+    "ViewProtocol",
     "ZcrxTransport",
     "ZcrxServer",
     "ZcrxUnavailable",
     "create_connection",
     "create_server",
+    "new_event_loop",
     "open_connection",
     "start_server",
 ]
@@ -48,6 +50,8 @@ _LAZY = {
     "open_connection": "streams",
     "start_server": "streams",
     "ZcrxTransport": "transport",
+    "ViewProtocol": "transport",
+    "new_event_loop": "loop",
 }
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
@@ -56,7 +60,8 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from .receiver import Receiver
     from .server import ZcrxServer, create_connection, create_server
     from .streams import open_connection, start_server
-    from .transport import ZcrxTransport
+    from .loop import new_event_loop
+    from .transport import ViewProtocol, ZcrxTransport
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,11 @@ PAGE_SIZE = mmap.PAGESIZE
 #: engine names, best first (``"auto"`` tries them in this order)
 ENGINES = ("zcrx", "zcrx-copy", "uring", "socket")
 
+#: who gets memoryviews: every protocol ("always"), or only protocols that opt in
+#: (``aiozcrx_views = True``, e.g. by subclassing ``aiozcrx.ViewProtocol``) while
+#: the others get ``bytes`` ("opt-in", what the drop-in event loop uses)
+VIEWS = ("always", "opt-in")
+
 DEFAULT_AREA_SIZE = 32 * 1024 * 1024
 DEFAULT_RQ_ENTRIES = 4096
 DEFAULT_BUF_SIZE = 64 * 1024
@@ -68,6 +73,7 @@ class Config:
     kernel_region: bool = False
     cq_entries: int = DEFAULT_CQ_ENTRIES
     notifications: bool = True
+    views: str = "always"
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -81,6 +87,10 @@ class Config:
             raise ValueError(f"unknown engine {self.engine!r}: choose 'auto' or one of {', '.join(ENGINES)}")
         for name in ("copy", "hugepages", "kernel_region", "notifications"):
             _bool(name, getattr(self, name))
+        if not isinstance(self.views, str):
+            raise TypeError(f"views must be a str, got {type(self.views).__name__}")
+        if self.views not in VIEWS:
+            raise ValueError(f"views must be one of {', '.join(map(repr, VIEWS))}, got {self.views!r}")
 
         area_size = _int("area_size", self.area_size)
         if area_size <= 0 or area_size % PAGE_SIZE:

@@ -24,6 +24,11 @@ class Receiver:
     that keeps views can hold at most this much before receiving stops.
     ``rq_entries``: refill ring size (zcrx), a power of two <= 32768.
     ``copy``: deliver ``bytes`` instead of views (buffers recycle at once).
+    ``views``: ``"always"`` (every protocol gets views, unless ``copy``) or
+    ``"opt-in"``: only protocols with ``aiozcrx_views = True`` (e.g. subclasses
+    of ``aiozcrx.ViewProtocol``) get views, the others ``bytes`` (one copy each,
+    in user space; what ``aiozcrx.new_event_loop`` uses for other people's
+    protocols).
     ``buf_size``: buffer size for the "uring" and "socket" engines.
     ``hugepages``: back the area with huge pages (MAP_HUGETLB).
     ``kernel_region``: let the kernel allocate the refill ring (zcrx).
@@ -38,12 +43,14 @@ class Receiver:
                  area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
                  copy: bool = False, *, buf_size: int = DEFAULT_BUF_SIZE, hugepages: bool = False,
                  kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
-                 notifications: bool = True, share_with: "Receiver | None" = None):
+                 notifications: bool = True, views: str = "always",
+                 share_with: "Receiver | None" = None):
         # every argument is checked here, before any kernel object exists
         self._config = Config(
             engine=engine, interface=interface, queue=queue, area_size=area_size,
             rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
+            views=views,
         ).validate()
         if share_with is not None:
             if not isinstance(share_with, Receiver):
@@ -57,6 +64,7 @@ class Receiver:
         self._transports: set[ZcrxTransport] = set()
         self.engines_tried: list[tuple[str, bool, str]] = []
         self._closed = False
+        self._copied = [0]  # bytes copied in user space for protocols (bytes, BufferedProtocol)
 
     # ------------------------------------------------------------ lifecycle
     def open(self) -> "Receiver":
@@ -136,6 +144,13 @@ class Receiver:
         transport._start()
         return transport, protocol
 
+    def _copies_for(self, protocol) -> bool:
+        """Whether ``protocol`` gets ``bytes`` rather than views (beyond copy=True,
+        which the dispatcher does in C for everyone)."""
+        if self._config.copy or self._config.views == "always":
+            return False
+        return getattr(protocol, "aiozcrx_views", False) is not True
+
     def _forget(self, transport: ZcrxTransport) -> None:
         self._transports.discard(transport)
 
@@ -186,6 +201,10 @@ class Receiver:
         s = {"engine": self.engine, "connections": len(self._transports)}
         if self._engine is not None:
             s.update(self._engine.snapshot_stats())
+            delivered = s.get("bytes", 0) - s.get("dropped_bytes", 0)
+            copied = delivered if self._config.copy else min(self._copied[0], delivered)
+            s["bytes_copied"] = copied
+            s["bytes_as_views"] = delivered - copied
         return s
 
     def __del__(self, _warn=warnings.warn) -> None:

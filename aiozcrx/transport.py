@@ -35,12 +35,25 @@ class _CallbackName:
     DATA = "data_received"
 
 
-def _buffered_sink(protocol: asyncio.BufferedProtocol):
+def _bytes_sink(data_received, copied: list):
+    """Feeds a protocol that has not opted in to views: ``bytes``, one copy. The
+    view itself is not released here: the dispatcher reuses it for the next
+    completion (see "The fast path" in docs/concepts.md)."""
+
+    def sink(view):
+        copied[0] += len(view)
+        return data_received(bytes(view))
+
+    return sink
+
+
+def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list):
     """Feeds a BufferedProtocol: copies each view into the protocol's own buffer."""
 
     def sink(view):
         pos = 0
         n = len(view)
+        copied[0] += n
         while pos < n:
             try:
                 buf = memoryview(protocol.get_buffer(n - pos)).cast("B")
@@ -59,6 +72,17 @@ def _buffered_sink(protocol: asyncio.BufferedProtocol):
             pos += k
 
     return sink
+
+
+class ViewProtocol(asyncio.Protocol):
+    """Base class of protocols that take memoryviews: ``data_received(view)``.
+
+    Only needed where views are opt-in (``Receiver(views="opt-in")``, and the
+    drop-in loop ``aiozcrx.new_event_loop``); any protocol class can opt in with
+    the class attribute ``aiozcrx_views = True`` instead. A protocol that keeps
+    views holds area memory until it releases them (see docs/concepts.md)."""
+
+    aiozcrx_views = True
 
 
 class ZcrxTransport(asyncio.Transport):
@@ -111,7 +135,9 @@ class ZcrxTransport(asyncio.Transport):
     def _sink(self):
         p = self._protocol
         if isinstance(p, asyncio.BufferedProtocol):
-            return _buffered_sink(p)
+            return _buffered_sink(p, self._receiver._copied)
+        if self._receiver._copies_for(p):
+            return _bytes_sink(p.data_received, self._receiver._copied)
         return p.data_received
 
     def _start(self) -> None:

@@ -17,7 +17,7 @@ typedef struct {
     uint32_t mask;
     unsigned cqe_shift;
     int copy;
-    unsigned long long completions, bytes, dropped;
+    unsigned long long completions, bytes, dropped, dropped_bytes;
     unsigned long long *slot_counts;   /* per slot: completions, bytes */
     uint32_t *slot_gen;                /* per slot: generation of the connection using it */
     uint32_t slot_cap;
@@ -300,6 +300,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     a->outstanding++;
                     area_return(a, ident, (uint32_t)c->res);
                     d->dropped++;
+                    d->dropped_bytes += (unsigned long long)c->res;
                 } else {
                     PyObject *view;
                     if (d->copy) {
@@ -644,8 +645,9 @@ Dispatcher_set_timing(Dispatcher *d, PyObject *arg)
 static PyObject *
 Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O}", "completions", d->completions,
+    PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O}", "completions", d->completions,
                                 "bytes", d->bytes, "dropped_completions", d->dropped,
+                                "dropped_bytes", d->dropped_bytes,
                                 "wakeups", d->wakeups, "idle_wakeups", d->idle_wakeups,
                                 "enters", d->enters, "reused_views", d->reused_views,
                                 "eventfd_paused", d->evfd_disabled_bit ? Py_True : Py_False);

@@ -37,6 +37,8 @@ class SocketEngine(Engine):
         self._next = 0
         self.completions = 0
         self.bytes = 0
+        self.dropped = 0
+        self.dropped_bytes = 0
 
     def open(self, loop) -> None:
         self.loop = loop
@@ -177,6 +179,8 @@ class SocketEngine(Engine):
             counts[1] += len(view)
             sink = self.sinks.get(conn.slot)
             if sink is None:
+                self.dropped_bytes += len(view)
+                self.dropped += 1
                 del view
                 continue
             if self.config.copy:
@@ -212,6 +216,7 @@ class SocketEngine(Engine):
         if self._final_stats is not None:
             return {**self._final_stats, **self.area.stats()}
         s = self.area.stats()
-        s.update({"completions": self.completions, "bytes": self.bytes, "dropped_completions": 0})
+        s.update({"completions": self.completions, "bytes": self.bytes,
+                  "dropped_completions": self.dropped, "dropped_bytes": self.dropped_bytes})
         s.update(self.stats)
         return s

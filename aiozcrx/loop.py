@@ -1,0 +1,180 @@
+"""The drop-in event loop: unmodified servers receive through aiozcrx.
+
+    uvicorn app:app --loop aiozcrx:new_event_loop
+    asyncio.run(main(), loop_factory=aiozcrx.new_event_loop)
+    web.run_app(app, loop=aiozcrx.new_event_loop())            # aiohttp
+
+``new_event_loop()`` makes a loop (uvloop's when it is installed, else asyncio's
+own) whose ``create_server`` and ``create_connection`` give aiozcrx transports
+(TCP, without TLS): every server gets a Receiver of its own, client connections
+and ``connect_accepted_socket`` share one per loop. Everything else is the base
+loop's. Other people's protocols were written for ``bytes``: they get ``bytes``
+(one copy in user space, the buffer back to the kernel at once); protocols that
+opt in (``aiozcrx.ViewProtocol``, or ``aiozcrx_views = True``) get views.
+
+Settings, from the environment (read when the loop is made, validated at once):
+
+  AIOZCRX_ENGINE      auto (default), zcrx, zcrx-copy, uring, socket
+  AIOZCRX_INTERFACE   NIC for engine zcrx, with AIOZCRX_QUEUE
+  AIOZCRX_QUEUE       its hardware queue
+  AIOZCRX_AREA_SIZE   bytes per Receiver, e.g. 64M (default 32M)
+  AIOZCRX_BUF_SIZE    buffer size for engines uring/socket, e.g. 64K
+  AIOZCRX_VIEWS       opt-in (default) or always
+  AIOZCRX_LOOP        uvloop (default when installed) or asyncio
+
+TLS (``ssl=``) and Unix sockets go through the base loop's own transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+from .config import Config
+
+ENV_PREFIX = "AIOZCRX_"
+_SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(name: str, text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = _SIZE_SUFFIXES.get(t[-1:], 1)
+    if mult != 1:
+        t = t[:-1]
+    try:
+        return int(t) * mult
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name}={text!r}: expected a size like 33554432, 32M or 64K") from None
+
+
+def config_from_env(environ=os.environ) -> tuple[Config, str]:
+    """The Receiver settings and the base loop the environment asks for."""
+    kw: dict[str, Any] = {"views": "opt-in"}
+    get = lambda k: environ.get(ENV_PREFIX + k) or None  # noqa: E731 - empty means unset
+    if get("ENGINE"):
+        kw["engine"] = get("ENGINE")
+    if get("INTERFACE"):
+        kw["interface"] = get("INTERFACE")
+    if get("QUEUE"):
+        try:
+            kw["queue"] = int(get("QUEUE"))
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}QUEUE={get('QUEUE')!r}: expected a queue number") from None
+    if get("AREA_SIZE"):
+        kw["area_size"] = _size("AREA_SIZE", get("AREA_SIZE"))
+    if get("BUF_SIZE"):
+        kw["buf_size"] = _size("BUF_SIZE", get("BUF_SIZE"))
+    if get("VIEWS"):
+        kw["views"] = get("VIEWS")
+    try:
+        cfg = Config(**kw).validate()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"aiozcrx drop-in loop settings ({ENV_PREFIX}*): {e}") from None
+    base = (get("LOOP") or "").lower()
+    if base not in ("", "uvloop", "asyncio"):
+        raise ValueError(f"{ENV_PREFIX}LOOP={base!r}: expected uvloop or asyncio")
+    return cfg, base
+
+
+def _receiver_kwargs(cfg: Config) -> dict:
+    return {"engine": cfg.engine, "interface": cfg.interface, "queue": cfg.queue,
+            "area_size": cfg.area_size, "buf_size": cfg.buf_size,
+            "receiver_options": {"views": cfg.views}}
+
+
+class _ZcrxLoopMixin:
+    """What the drop-in loop adds to its base loop (asyncio's or uvloop's)."""
+
+    _aiozcrx_config: Config
+    _aiozcrx_client_rx = None
+
+    async def create_server(self, protocol_factory, host=None, port=None, *, ssl=None,  # type: ignore[override]
+                            **kwargs):
+        if ssl is not None or kwargs.get("family") == socket.AF_UNIX or _is_unix(kwargs.get("sock")):
+            return await super().create_server(protocol_factory, host, port, ssl=ssl, **kwargs)
+        from .server import create_server
+        kwargs.pop("ssl_handshake_timeout", None)
+        kwargs.pop("ssl_shutdown_timeout", None)
+        return await create_server(protocol_factory, host, port, **kwargs,
+                                   **_receiver_kwargs(self._aiozcrx_config))
+
+    async def create_connection(self, protocol_factory, host=None, port=None, *,  # type: ignore[override]
+                                ssl=None, **kwargs):
+        if ssl is not None or _is_unix(kwargs.get("sock")):
+            return await super().create_connection(protocol_factory, host, port, ssl=ssl, **kwargs)
+        from .server import create_connection
+        for k in ("server_hostname", "ssl_handshake_timeout", "ssl_shutdown_timeout",
+                  "happy_eyeballs_delay", "interleave", "all_errors"):
+            kwargs.pop(k, None)
+        return await create_connection(protocol_factory, host, port, receiver=self._client_receiver(),
+                                       **kwargs)
+
+    async def connect_accepted_socket(self, protocol_factory, sock, *, ssl=None,  # type: ignore[override]
+                                      **kwargs):
+        if ssl is not None or _is_unix(sock):
+            return await super().connect_accepted_socket(protocol_factory, sock, ssl=ssl, **kwargs)
+        return await self._client_receiver().wrap(sock, protocol_factory)
+
+    def _client_receiver(self):
+        """One Receiver per loop for client connections (made on first use)."""
+        rx = self._aiozcrx_client_rx
+        if rx is None or rx._closed:
+            from .receiver import Receiver
+            cfg = self._aiozcrx_config
+            rx = Receiver(engine=cfg.engine, interface=cfg.interface, queue=cfg.queue,
+                          area_size=cfg.area_size, buf_size=cfg.buf_size, views=cfg.views)
+            rx.open()
+            self._aiozcrx_client_rx = rx
+        return rx
+
+    def close(self) -> None:
+        rx = self._aiozcrx_client_rx
+        if rx is not None and not rx._closed:
+            rx.close()
+        self._aiozcrx_client_rx = None
+        super().close()
+
+
+def _is_unix(sock) -> bool:
+    return sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
+
+
+_classes: dict[type, type] = {}
+
+
+def loop_class(base: type) -> type:
+    """The drop-in loop class over ``base`` (an event loop class)."""
+    cls = _classes.get(base)
+    if cls is None:
+        cls = type(f"Zcrx{base.__name__}", (_ZcrxLoopMixin, base), {"__module__": __name__})
+        _classes[base] = cls
+    return cls
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new drop-in loop, configured from the environment (see the module doc)."""
+    cfg, base = config_from_env()
+    if base in ("", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if base == "uvloop":
+                raise ImportError(f"{ENV_PREFIX}LOOP=uvloop but uvloop is not installed "
+                                  "(pip install 'aiozcrx[uvloop]')") from None
+            base_cls: type = asyncio.SelectorEventLoop
+        else:
+            base_cls = uvloop.Loop
+    else:
+        base_cls = asyncio.SelectorEventLoop
+    loop = loop_class(base_cls)()
+    loop._aiozcrx_config = cfg
+    return loop
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """For code that sets a policy instead of passing a loop factory."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:  # noqa: D102
+        return new_event_loop()
