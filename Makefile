@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: test-host test-pythons test-guest
 
 test-host: $(STAMP)
-	@scripts/ensure-apt.sh ip:iproute2 patchelf:patchelf insmod:kmod
+	@scripts/ensure-apt.sh ip:iproute2 patchelf:patchelf insmod:kmod curl:curl
 	$(PYTEST)
 
 # The host suite again on every other CPython >= 3.10 the machine has (pyenv's, or

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import weakref
 from typing import Any
 
 from .config import Config
@@ -89,6 +90,14 @@ class _ZcrxLoopMixin:
 
     _aiozcrx_config: Config
     _aiozcrx_client_rx = None
+    _aiozcrx_servers: "weakref.WeakSet"
+
+    def aiozcrx_receivers(self) -> list:
+        """The open Receivers of this loop: one per server, one for clients."""
+        rxs = [srv.receiver for srv in self._aiozcrx_servers if not srv.receiver._closed]
+        if self._aiozcrx_client_rx is not None and not self._aiozcrx_client_rx._closed:
+            rxs.append(self._aiozcrx_client_rx)
+        return rxs
 
     async def create_server(self, protocol_factory, host=None, port=None, *, ssl=None,  # type: ignore[override]
                             **kwargs):
@@ -97,8 +106,10 @@ class _ZcrxLoopMixin:
         from .server import create_server
         kwargs.pop("ssl_handshake_timeout", None)
         kwargs.pop("ssl_shutdown_timeout", None)
-        return await create_server(protocol_factory, host, port, **kwargs,
-                                   **_receiver_kwargs(self._aiozcrx_config))
+        server = await create_server(protocol_factory, host, port, **kwargs,
+                                     **_receiver_kwargs(self._aiozcrx_config))
+        self._aiozcrx_servers.add(server)
+        return server
 
     async def create_connection(self, protocol_factory, host=None, port=None, *,  # type: ignore[override]
                                 ssl=None, **kwargs):
@@ -138,7 +149,14 @@ class _ZcrxLoopMixin:
 
 
 def _is_unix(sock) -> bool:
-    return sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
+    if sock is None:
+        return False
+    try:
+        # the kernel's word: socket.fromfd() takes the family on trust (uvicorn
+        # --fd declares AF_UNIX for whatever socket it is given)
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_UNIX
+    except OSError:
+        return getattr(sock, "family", None) == socket.AF_UNIX
 
 
 _classes: dict[type, type] = {}
@@ -170,6 +188,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         base_cls = asyncio.SelectorEventLoop
     loop = loop_class(base_cls)()
     loop._aiozcrx_config = cfg
+    loop._aiozcrx_servers = weakref.WeakSet()
     return loop
 
 
