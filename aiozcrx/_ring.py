@@ -26,6 +26,7 @@ UD_RECV = 1
 UD_CANCEL = 2
 UD_NOTIF = 3
 UD_NOP = 4
+UD_OVER_SHARE = 5  # made by the C dispatcher: a connection's views hold its share
 
 
 def user_data(kind: int, slot: int, gen: int) -> int:

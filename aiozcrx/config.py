@@ -74,9 +74,16 @@ class Config:
     cq_entries: int = DEFAULT_CQ_ENTRIES
     notifications: bool = True
     views: str = "always"
+    max_held: int | None = None
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def held_limit(self) -> int:
+        """Bytes one connection's views may hold (``max_held``; a quarter of the
+        area by default)."""
+        return self.max_held if self.max_held is not None else self.area_size // 4
 
     def validate(self) -> "Config":
         """Raises TypeError (wrong type) or ValueError (out of range, unknown
@@ -111,6 +118,11 @@ class Config:
         if not is_pow2(cq_entries) or not MIN_CQ_ENTRIES <= cq_entries <= MAX_CQ_ENTRIES:
             raise ValueError(f"cq_entries must be a power of two between {MIN_CQ_ENTRIES} and "
                              f"{MAX_CQ_ENTRIES}, got {cq_entries!r}")
+
+        if self.max_held is not None:
+            max_held = _int("max_held", self.max_held)
+            if not 0 < max_held <= area_size:
+                raise ValueError(f"max_held must be between 1 and area_size ({area_size}) bytes, got {max_held!r}")
 
         interface = self.interface
         if interface is not None:

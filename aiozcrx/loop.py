@@ -20,6 +20,7 @@ Settings, from the environment (read when the loop is made, validated at once):
   AIOZCRX_AREA_SIZE   bytes per Receiver, e.g. 64M (default 32M)
   AIOZCRX_BUF_SIZE    buffer size for engines uring/socket, e.g. 64K
   AIOZCRX_VIEWS       opt-in (default) or always
+  AIOZCRX_MAX_HELD    bytes of views one connection may hold (default: area / 4)
   AIOZCRX_LOOP        uvloop (default when installed) or asyncio
 
 TLS (``ssl=``) and Unix sockets go through the base loop's own transports.
@@ -69,6 +70,8 @@ def config_from_env(environ=os.environ) -> tuple[Config, str]:
         kw["buf_size"] = _size("BUF_SIZE", get("BUF_SIZE"))
     if get("VIEWS"):
         kw["views"] = get("VIEWS")
+    if get("MAX_HELD"):
+        kw["max_held"] = _size("MAX_HELD", get("MAX_HELD"))
     try:
         cfg = Config(**kw).validate()
     except (TypeError, ValueError) as e:
@@ -82,7 +85,7 @@ def config_from_env(environ=os.environ) -> tuple[Config, str]:
 def _receiver_kwargs(cfg: Config) -> dict:
     return {"engine": cfg.engine, "interface": cfg.interface, "queue": cfg.queue,
             "area_size": cfg.area_size, "buf_size": cfg.buf_size,
-            "receiver_options": {"views": cfg.views}}
+            "receiver_options": {"views": cfg.views, "max_held": cfg.max_held}}
 
 
 class _ZcrxLoopMixin:
@@ -135,7 +138,8 @@ class _ZcrxLoopMixin:
             from .receiver import Receiver
             cfg = self._aiozcrx_config
             rx = Receiver(engine=cfg.engine, interface=cfg.interface, queue=cfg.queue,
-                          area_size=cfg.area_size, buf_size=cfg.buf_size, views=cfg.views)
+                          area_size=cfg.area_size, buf_size=cfg.buf_size, views=cfg.views,
+                          max_held=cfg.max_held)
             rx.open()
             self._aiozcrx_client_rx = rx
         return rx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import warnings
@@ -11,6 +12,8 @@ from . import engines as _engines
 from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
                      DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, Config)
 from .transport import ZcrxTransport
+
+logger = logging.getLogger("aiozcrx")
 
 
 class Receiver:
@@ -32,6 +35,10 @@ class Receiver:
     ``buf_size``: buffer size for the "uring" and "socket" engines.
     ``hugepages``: back the area with huge pages (MAP_HUGETLB).
     ``kernel_region``: let the kernel allocate the refill ring (zcrx).
+    ``max_held``: bytes of views one connection may hold (default: a quarter of
+    the area). A connection over it stops receiving until it releases views,
+    so no protocol can stall the others by keeping what it is given; logged
+    once per protocol class.
     ``share_with``: another open zcrx Receiver whose instance this one imports into
     a ring of its own (export/import, 6.19+); the area stays the other's.
 
@@ -43,14 +50,14 @@ class Receiver:
                  area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
                  copy: bool = False, *, buf_size: int = DEFAULT_BUF_SIZE, hugepages: bool = False,
                  kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
-                 notifications: bool = True, views: str = "always",
+                 notifications: bool = True, views: str = "always", max_held: int | None = None,
                  share_with: "Receiver | None" = None):
         # every argument is checked here, before any kernel object exists
         self._config = Config(
             engine=engine, interface=interface, queue=queue, area_size=area_size,
             rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
-            views=views,
+            views=views, max_held=max_held,
         ).validate()
         if share_with is not None:
             if not isinstance(share_with, Receiver):
@@ -65,6 +72,7 @@ class Receiver:
         self.engines_tried: list[tuple[str, bool, str]] = []
         self._closed = False
         self._copied = [0]  # bytes copied in user space for protocols (bytes, BufferedProtocol)
+        self._share_warned: set[str] = set()
 
     # ------------------------------------------------------------ lifecycle
     def open(self) -> "Receiver":
@@ -143,6 +151,19 @@ class Receiver:
             raise
         transport._start()
         return transport, protocol
+
+    def _warn_over_share(self, protocol_name: str, held: int, limit: int) -> None:
+        """Once per Receiver and protocol class: a connection stopped receiving
+        because its views hold its share of the area."""
+        if protocol_name in self._share_warned:
+            return
+        self._share_warned.add(protocol_name)
+        logger.warning(
+            "aiozcrx: a %s connection holds %d bytes of views, its share (max_held=%d) of the "
+            "%d-byte area; it stops receiving until it releases views (drop them or call "
+            "view.release()). If it must keep more, raise max_held= (AIOZCRX_MAX_HELD for the "
+            "drop-in loop) or area_size=; a protocol that keeps what it receives can take bytes "
+            "instead (Receiver(views='opt-in')).", protocol_name, held, limit, self._config.area_size)
 
     def _copies_for(self, protocol) -> bool:
         """Whether ``protocol`` gets ``bytes`` rather than views (beyond copy=True,

@@ -243,6 +243,9 @@ class ZcrxTransport(asyncio.Transport):
             return
         self._force_close(exc)
 
+    def _over_share(self, held_bytes: int, limit_bytes: int) -> None:
+        self._receiver._warn_over_share(type(self._protocol).__name__, held_bytes, limit_bytes)
+
     def _callback_failed(self, exc: BaseException) -> None:
         # The traceback's frames hold the view data_received was called with (and
         # exceptions often sit in reference cycles): clear their locals so the

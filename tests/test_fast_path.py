@@ -36,7 +36,8 @@ async def test_uring_views_held_beyond_the_posted_window():
 
     lst = Listener()
     proc = start_sender(lst.port, 22, total)
-    async with aiozcrx.Receiver(engine="uring", area_size=area, buf_size=buf) as rx:
+    # max_held=area: this connection may hold more than the default quarter
+    async with aiozcrx.Receiver(engine="uring", area_size=area, buf_size=buf, max_held=area) as rx:
         _, proto = await rx.wrap(await lst.accept(), Holder)
         assert await asyncio.wait_for(proto.lost, 120) is None
         st = rx.stats()
@@ -231,7 +232,8 @@ async def test_views_user_code_can_reach_are_never_taken_over(reuse):
         client.sendall(data)
         client.close()
 
-    async with aiozcrx.Receiver(engine="uring", area_size=256 * 1024, buf_size=4096) as rx:
+    async with aiozcrx.Receiver(engine="uring", area_size=256 * 1024, buf_size=4096,
+                                max_held=256 * 1024) as rx:
         in_effect = rx._engine.dispatcher.set_view_reuse(reuse)
         _, proto = await rx.wrap(server_sock, Watcher)
         await asyncio.wait_for(asyncio.to_thread(send), 60)

@@ -78,7 +78,7 @@ async def test_zcrx_copy_held_views_exhaust_area_then_recover():
     total = 24 * MiB
     lst = Listener()
     proc = start_sender(lst.port, 37, total)
-    async with aiozcrx.Receiver(engine=ENGINE, area_size=area) as rx:
+    async with aiozcrx.Receiver(engine=ENGINE, area_size=area, max_held=area) as rx:
         _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         await wait_until(lambda: area_full(rx), "every buffer of the area is held", timeout=120)
         assert 0 < sum(len(v) for v in proto.kept) <= area
@@ -103,7 +103,7 @@ async def test_zcrx_copy_held_views_exhaust_area_then_recover():
 async def test_close_with_views_outstanding_then_register_again():
     lst = Listener()
     proc = start_sender(lst.port, 41, 1 * MiB)
-    rx = aiozcrx.Receiver(engine=ENGINE, area_size=4 * MiB)
+    rx = aiozcrx.Receiver(engine=ENGINE, area_size=4 * MiB, max_held=4 * MiB)
     async with rx:
         _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         await asyncio.wait_for(proto.lost, 60)
@@ -226,7 +226,7 @@ async def test_notifications_are_counted_and_rearmed():
     area = 1 * MiB
     lst = Listener()
     proc = start_sender(lst.port, 57, 16 * MiB)
-    async with aiozcrx.Receiver(engine=ENGINE, area_size=area) as rx:
+    async with aiozcrx.Receiver(engine=ENGINE, area_size=area, max_held=area) as rx:
         assert rx.stats()["notifications"] == "on"
         _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         for _ in range(3):  # exhaust, release, exhaust again ...

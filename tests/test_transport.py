@@ -120,7 +120,8 @@ async def test_held_views_cap_at_area_then_delivery_resumes(engine):
     total = 8 * MiB
     lst = Listener()
     proc = start_sender(lst.port, 11, total)
-    async with aiozcrx.Receiver(engine=engine, area_size=area, buf_size=buf) as rx:
+    # max_held=area: one connection may hold all of it (the default is a quarter)
+    async with aiozcrx.Receiver(engine=engine, area_size=area, buf_size=buf, max_held=area) as rx:
         transport, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         # reception stops once every buffer is held (a condition, not a pause)
         await wait_until(lambda: area_full(rx), "every buffer of the area is held")
@@ -139,7 +140,9 @@ async def test_held_views_cap_at_area_then_delivery_resumes(engine):
         assert proto.bytes == total
         assert proto.sha.hexdigest() == stream_sha256(11, total)
         assert rx.stats()["buffers_outstanding"] == 0
-        assert rx.stats()["starved"] >= 1
+        # reception stopped at least once: for want of buffers, or (socket engine,
+        # whose check comes first) because this connection held all of them
+        assert rx.stats()["starved"] + rx.stats().get("share_stops", 0) >= 1
     lst.close()
     assert await join(proc) == 0
 

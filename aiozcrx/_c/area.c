@@ -48,6 +48,154 @@ pbuf_put(Area *a, uint32_t bid)
 /* A buffer comes back from user space. Never fails: a zcrx return that cannot be
  * queued (out of memory for the pending list) is dropped and counted, which costs
  * the area one buffer, never correctness. */
+/* -------------------------------------------------------- fair share */
+
+/* A new connection takes `slot` (generation `gen`): it holds nothing yet. */
+static int
+area_bind_slot(Area *a, uint32_t slot, uint32_t gen)
+{
+    if (slot >= a->held_cap) {
+        uint32_t cap = a->held_cap ? a->held_cap : 64;
+        while (cap <= slot)
+            cap *= 2;
+        uint32_t *h = PyMem_Realloc(a->held, (size_t)cap * sizeof(*h));
+        if (!h)
+            goto nomem;
+        a->held = h;
+        uint32_t *g = PyMem_Realloc(a->held_gen, (size_t)cap * sizeof(*g));
+        if (!g)
+            goto nomem;
+        a->held_gen = g;
+        uint8_t *o = PyMem_Realloc(a->over, cap);
+        if (!o)
+            goto nomem;
+        a->over = o;
+        uint32_t *b = PyMem_Realloc(a->back, (size_t)cap * sizeof(*b));
+        if (!b)
+            goto nomem;
+        a->back = b;
+        memset(a->held + a->held_cap, 0, (cap - a->held_cap) * sizeof(*h));
+        memset(a->held_gen + a->held_cap, 0, (cap - a->held_cap) * sizeof(*g));
+        memset(a->over + a->held_cap, 0, cap - a->held_cap);
+        a->held_cap = cap;
+    }
+    a->held[slot] = 0;
+    a->held_gen[slot] = gen;
+    a->over[slot] &= OVER_LISTED;  /* a stale listing stays listed: never twice in back[] */
+    return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
+}
+
+static inline void
+area_hold(Area *a, uint32_t slot, uint32_t gen)
+{
+    if (gen && slot < a->held_cap && a->held_gen[slot] == gen)
+        a->held[slot]++;
+}
+
+/* A view of (slot, gen) was released: one buffer fewer held by that connection.
+ * A connection over its share is let go again at half of it (hysteresis, so it
+ * does not flap at the limit): listed for take_back() and the loop woken. */
+static inline void
+area_unhold(Area *a, uint32_t slot, uint32_t gen)
+{
+    if (!gen || slot >= a->held_cap || a->held_gen[slot] != gen || !a->held[slot])
+        return;
+    a->held[slot]--;
+    if ((a->over[slot] & OVER_SHARE) && a->held[slot] <= a->share / 2) {
+        a->over[slot] &= ~OVER_SHARE;
+        if (!(a->over[slot] & OVER_LISTED)) {
+            a->over[slot] |= OVER_LISTED;
+            a->back[a->nback++] = slot;   /* once per slot: OVER_LISTED */
+        }
+        if (a->share_wake_fd >= 0 && !a->closed) {
+            uint64_t one = 1;
+            if (write(a->share_wake_fd, &one, sizeof one) < 0) {
+                /* counter saturated: the loop is awake anyway */
+            }
+        }
+    }
+}
+
+/* set_share(buffers, wake_fd): how many buffers one connection's views may hold
+ * (0: no limit), and the fd to write when one comes back under. */
+static PyObject *
+Area_set_share(Area *a, PyObject *args)
+{
+    unsigned int share;
+    int fd;
+    if (!PyArg_ParseTuple(args, "Ii", &share, &fd))
+        return NULL;
+    a->share = share;
+    a->share_wake_fd = fd;
+    Py_RETURN_NONE;
+}
+
+/* bind_slot(slot, gen): for engines without a dispatcher (socket). */
+static PyObject *
+Area_bind_slot(Area *a, PyObject *args)
+{
+    unsigned int slot, gen;
+    if (!PyArg_ParseTuple(args, "II", &slot, &gen))
+        return NULL;
+    if (area_bind_slot(a, slot, gen) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* over_share(slot, gen) -> bool: whether that connection holds its share now (and
+ * is marked so; the socket engine asks after each delivery). */
+static PyObject *
+Area_over_share(Area *a, PyObject *args)
+{
+    unsigned int slot, gen;
+    if (!PyArg_ParseTuple(args, "II", &slot, &gen))
+        return NULL;
+    if (a->share && slot < a->held_cap && a->held_gen[slot] == gen && a->held[slot] >= a->share) {
+        a->over[slot] |= OVER_SHARE;
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+/* take_back() -> list of slots that came back under their share since last
+ * time (and are not over it again) */
+static PyObject *
+Area_take_back(Area *a, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    for (uint32_t i = 0; i < a->nback; i++) {
+        uint32_t slot = a->back[i];
+        a->over[slot] &= ~OVER_LISTED;
+        if (a->over[slot] & OVER_SHARE)
+            continue;
+        PyObject *v = PyLong_FromUnsignedLong(slot);
+        if (!v || PyList_Append(out, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    a->nback = 0;
+    return out;
+}
+
+/* held(slot, gen) -> buffers that connection's views hold now */
+static PyObject *
+Area_held(Area *a, PyObject *args)
+{
+    unsigned int slot, gen;
+    if (!PyArg_ParseTuple(args, "II", &slot, &gen))
+        return NULL;
+    unsigned long n = slot < a->held_cap && a->held_gen[slot] == gen ? a->held[slot] : 0;
+    return PyLong_FromUnsignedLong(n);
+}
+
 /* Unmaps every mapping the area owns, once. */
 static void
 area_unmap(Area *a)
@@ -216,6 +364,7 @@ Area_init(Area *a, PyObject *args, PyObject *kw)
     a->kind = -1;
     a->wake_fd = -1;
     a->ring_fd = -1;
+    a->share_wake_fd = -1;
     a->users = 1;
     return 0;
 }
@@ -350,10 +499,11 @@ Area_add_user(Area *a, PyObject *Py_UNUSED(ignored))
  * Returns a memoryview, None (would block), b"" (EOF), or False (no free buffer:
  * the area is marked starved and wakes wake_fd when one comes back). */
 static PyObject *
-Area_recv(Area *a, PyObject *arg)
+Area_recv(Area *a, PyObject *args)
 {
-    long fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
+    int fd;
+    unsigned int slot, gen;
+    if (!PyArg_ParseTuple(args, "iII", &fd, &slot, &gen))
         return NULL;
     if (a->kind != KIND_POOL || a->closed) {
         PyErr_SetString(PyExc_RuntimeError, "recv on a closed or non-pool area");
@@ -371,7 +521,7 @@ Area_recv(Area *a, PyObject *arg)
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
         a->nfree--;
-        return make_view(a, ptr, n, bid);
+        return make_view(a, ptr, n, bid, slot, gen);
     }
     if (n == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
@@ -441,6 +591,10 @@ Area_dealloc(Area *a)
 {
     area_unmap(a);
     PyMem_Free(a->pending);
+    PyMem_Free(a->held);
+    PyMem_Free(a->held_gen);
+    PyMem_Free(a->over);
+    PyMem_Free(a->back);
     PyMem_Free(a->freelist);
     Py_TYPE(a)->tp_free((PyObject *)a);
 }
@@ -451,7 +605,12 @@ static PyMethodDef Area_methods[] = {
     {"setup_pbuf", (PyCFunction)Area_setup_pbuf, METH_VARARGS, "attach a provided buffer ring"},
     {"setup_pool", (PyCFunction)Area_setup_pool, METH_NOARGS, "use a user-space free list"},
     {"publish", (PyCFunction)Area_publish, METH_VARARGS, "publish queued returns (one tail store)"},
-    {"recv", (PyCFunction)Area_recv, METH_O, "recv(fd) into a pool buffer"},
+    {"recv", (PyCFunction)Area_recv, METH_VARARGS, "recv(fd, slot, gen) into a pool buffer, for that connection"},
+    {"set_share", (PyCFunction)Area_set_share, METH_VARARGS, "set_share(buffers, wake_fd): one connection's limit"},
+    {"bind_slot", (PyCFunction)Area_bind_slot, METH_VARARGS, "bind_slot(slot, gen): a new connection holds nothing"},
+    {"over_share", (PyCFunction)Area_over_share, METH_VARARGS, "over_share(slot, gen): holds its share now?"},
+    {"take_back", (PyCFunction)Area_take_back, METH_NOARGS, "slots back under their share since last call"},
+    {"held", (PyCFunction)Area_held, METH_VARARGS, "held(slot, gen): buffers its views hold"},
     {"set_wake", (PyCFunction)Area_set_wake, METH_VARARGS, "set_wake(fd, starved)"},
     {"add_user", (PyCFunction)Area_add_user, METH_NOARGS, "another engine shares this area; it calls close() too"},
     {"close", (PyCFunction)Area_close, METH_NOARGS, "stop returning buffers to the ring"},

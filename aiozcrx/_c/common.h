@@ -19,10 +19,15 @@
 #define UD_SLOT(ud)  ((uint32_t)(ud))
 #define UD_GEN(ud)   ((uint32_t)((ud) >> 40))
 #define UD_KIND_RECV 1
+#define UD_KIND_OVER_SHARE 5   /* made by the dispatcher: a connection reached its share */
 
 enum { KIND_ZCRX = 0, KIND_PBUF = 1, KIND_POOL = 2 };
 
 #define MAX_MAPPINGS 4
+
+/* Area.over[] bits (fair share) */
+#define OVER_SHARE  1   /* the connection holds its share: its request was stopped */
+#define OVER_LISTED 2   /* listed in back[] (came back under), not yet taken */
 
 typedef struct {
     PyObject_HEAD
@@ -60,6 +65,15 @@ typedef struct {
     int starved;
     int closed;
     int users;                  /* engines receiving into it; the last close() closes it */
+    /* Fair share: buffers each connection's views hold, per slot and generation
+     * (a lease remembers both), and how many one connection may hold. A slot
+     * over its share is flagged (over[]); when it comes back under half of it,
+     * it is listed in back[] and share_wake_fd is written (see Area.set_share). */
+    uint32_t *held, *held_gen;
+    uint8_t *over;
+    uint32_t held_cap, share;
+    uint32_t *back, nback;
+    int share_wake_fd;
     int unmapped;               /* closed and no lease left: the memory is gone */
     /* stats */
     unsigned long long outstanding, returned, publishes, flushes, flush_errors;
@@ -75,13 +89,18 @@ typedef struct {
     char *ptr;
     Py_ssize_t len;
     uint64_t ident;             /* zcrx: offset in the area; pbuf/pool: buffer id */
+    uint32_t slot, gen;         /* the connection it was delivered to (gen 0: none) */
 } Lease;
 
 static PyTypeObject AreaType;
 static PyTypeObject LeaseType;
 
 /* lease.c: a new memoryview over a new lease (used by Area.recv in area.c) */
-static inline PyObject *make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident);
+static inline PyObject *make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident,
+                                  uint32_t slot, uint32_t gen);
+static inline void area_hold(Area *a, uint32_t slot, uint32_t gen);
+static inline void area_unhold(Area *a, uint32_t slot, uint32_t gen);
+static int area_bind_slot(Area *a, uint32_t slot, uint32_t gen);
 
 /* CLOCK_THREAD_CPUTIME_ID is exact (the scheduler's runtime, not tick samples),
  * so bracketing a syscall with it measures the kernel time that syscall cost even

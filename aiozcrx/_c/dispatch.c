@@ -180,7 +180,13 @@ Dispatcher_bind(Dispatcher *d, PyObject *args)
     unsigned int slot, gen;
     if (!PyArg_ParseTuple(args, "II", &slot, &gen))
         return NULL;
+    if (!d->area) {
+        PyErr_SetString(PyExc_RuntimeError, "dispatcher is closed");
+        return NULL;
+    }
     if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
+        return NULL;
+    if (area_bind_slot(d->area, slot, gen) < 0)
         return NULL;
     d->slot_gen[slot] = gen;
     d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
@@ -312,7 +318,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 #if VIEW_REUSE
                         Lease *l;
                         if (spare && d->reuse_views && (l = reusable_lease(spare))) {
-                            retarget_view(spare, l, ptr, c->res, ident);
+                            retarget_view(spare, l, ptr, c->res, ident, slot, UD_GEN(c->ud));
                             view = spare;
                             spare = NULL;
                             d->reused_views++;
@@ -320,7 +326,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 #endif
                         if (!view) {
                             Py_CLEAR(spare);
-                            view = make_view(a, ptr, c->res, ident);
+                            view = make_view(a, ptr, c->res, ident, slot, UD_GEN(c->ud));
                         }
                     }
                     if (!view)
@@ -334,6 +340,17 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                         Py_DECREF(view);
                     if (r) {
                         Py_DECREF(r);
+                        /* Fair share: the views this connection still holds after
+                         * its callback returned reached its share. Said once (the
+                         * engine stops its request); said again only after it came
+                         * back under (area_unhold). */
+                        if (a->share && slot < a->held_cap && a->held_gen[slot] == UD_GEN(c->ud) &&
+                            a->held[slot] >= a->share && !(a->over[slot] & OVER_SHARE) && !d->halted) {
+                            a->over[slot] |= OVER_SHARE;
+                            uint64_t ud = (c->ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_OVER_SHARE << 32);
+                            if (append_control(controlp, ud, (int32_t)a->held[slot], AZX_CQE_F_MORE, NULL))
+                                goto out;
+                        }
                     } else {
                         /* As asyncio: after a protocol callback raised, nothing more
                          * is delivered to it. The rest of this round's completions

@@ -14,7 +14,7 @@ static Lease *lease_cache[LEASE_CACHE];
 static int lease_cached;
 
 static inline PyObject *
-make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident)
+make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uint32_t gen)
 {
     Lease *l;
     if (lease_cached)
@@ -28,7 +28,10 @@ make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident)
     l->ptr = ptr;
     l->len = len;
     l->ident = ident;
+    l->slot = slot;
+    l->gen = gen;
     a->outstanding++;
+    area_hold(a, slot, gen);
     PyObject *v = PyMemoryView_FromObject((PyObject *)l);
     Py_DECREF(l);   /* the view holds the lease now; on failure this returns the buffer */
     return v;
@@ -115,15 +118,20 @@ check_view_layout(void)
 
 /* Points an unobservable view (see reusable_lease) at a new buffer of the same area. */
 static inline void
-retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident)
+retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident,
+              uint32_t slot, uint32_t gen)
 {
     PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
     Area *a = l->area;
+    area_unhold(a, l->slot, l->gen);
     area_return(a, l->ident, (uint32_t)l->len);
     l->ptr = ptr;
     l->len = len;
     l->ident = ident;
+    l->slot = slot;
+    l->gen = gen;
     a->outstanding++;
+    area_hold(a, slot, gen);
     MBUF(mv)->master.buf = ptr;
     MBUF(mv)->master.len = len;
     mv->view.buf = ptr;
@@ -148,6 +156,7 @@ static void
 Lease_dealloc(Lease *l)
 {
     Area *a = l->area;
+    area_unhold(a, l->slot, l->gen);
     area_return(a, l->ident, (uint32_t)l->len);
     if (lease_cached < LEASE_CACHE)
         lease_cache[lease_cached++] = l;

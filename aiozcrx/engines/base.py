@@ -45,6 +45,10 @@ class ReadEvents(Protocol):
         """The sink (the protocol's data_received / get_buffer) raised. The engine
         has already stopped delivering to this connection."""
 
+    def _over_share(self, held_bytes: int, limit_bytes: int) -> None:
+        """The connection's views hold its share of the area: it stops receiving
+        (its bytes wait in its socket) until it releases some."""
+
 
 class Action(enum.Enum):
     """What to do when a receive request completes (see ``decide``)."""
@@ -88,7 +92,7 @@ class Conn:
     methods; only the engine changes its fields."""
 
     __slots__ = ("engine", "slot", "gen", "fd", "events", "wanted", "armed", "cancelling",
-                 "detached", "final_counts", "__weakref__")
+                 "throttled", "detached", "final_counts", "__weakref__")
 
     def __init__(self, engine: "Engine", slot: int, gen: int, fd: int, events: ReadEvents):
         self.engine = engine
@@ -99,6 +103,7 @@ class Conn:
         self.wanted = False       # the transport asked for data and has not stopped
         self.armed = False        # a receive request (ring) / a reader (socket) is in flight
         self.cancelling = False   # a cancel for the armed request is in flight
+        self.throttled = False    # its views hold its share of the area: not re-armed until released
         self.detached = False     # final: nothing reaches this connection any more
         self.final_counts = (0, 0)  # stats() once detached
 
@@ -130,7 +135,7 @@ class Conn:
         return self.final_counts if self.detached else self.engine._conn_stats(self)
 
     def __repr__(self) -> str:
-        flags = [n for n in ("wanted", "armed", "cancelling", "detached") if getattr(self, n)]
+        flags = [n for n in ("wanted", "armed", "cancelling", "throttled", "detached") if getattr(self, n)]
         return f"<Conn slot={self.slot} gen={self.gen} fd={self.fd} {' '.join(flags) or 'idle'}>"
 
 
@@ -182,6 +187,11 @@ class Engine:
 
     def describe(self) -> dict:
         return {}
+
+    def share_buffers(self, unit: int) -> int:
+        """Buffers of ``unit`` bytes one connection may hold (at least 2: the view
+        being delivered and the one the dispatcher keeps for reuse)."""
+        return max(2, self.config.held_limit // unit)
 
     def snapshot_stats(self) -> dict:
         """Receiver.stats(): live counters while open, the last ones after close."""

@@ -21,7 +21,7 @@ import os
 import select
 
 from .. import _ring
-from .._ring import UD_CANCEL, UD_NOTIF, UD_RECV, ud_gen, ud_kind, ud_slot, user_data
+from .._ring import UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, ud_gen, ud_kind, ud_slot, user_data
 from .advice import uring_error
 from .base import Action, Conn, Engine, decide
 
@@ -43,6 +43,7 @@ class RingEngine(Engine):
         self._gens: list[int] = []       # slot -> generation of its current/last user
         self.free_slots: list[int] = []
         self.starved: set[Conn] = set()
+        self.throttled: set[Conn] = set()
         self._scheduled = False
         self._reader_added = False
         self._pumping = False
@@ -60,6 +61,9 @@ class RingEngine(Engine):
     def _start_loop(self, loop) -> None:
         self.loop = loop
         self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)
+        if not self.config.copy and getattr(self, "shared_from", None) is None:
+            unit = self.area.stats()["buffer_size"]
+            self.area.set_share(self.share_buffers(unit), self.ring.eventfd)
         loop.add_reader(self.ring.eventfd, self._on_wake)
         self._reader_added = True
 
@@ -159,6 +163,7 @@ class RingEngine(Engine):
         conn.detached = True
         conn.wanted = False
         self.starved.discard(conn)
+        self.throttled.discard(conn)
         if self.conns.get(conn.slot) is conn:
             del self.conns[conn.slot]
             if not self.closed:
@@ -179,8 +184,8 @@ class RingEngine(Engine):
         return self.area.outstanding < self.area.nbufs
 
     def _arm(self, conn: Conn) -> None:
-        if self.closed:
-            return
+        if self.closed or conn.throttled:
+            return  # a throttled connection is re-armed when it releases views
         if not self._buffers_available():
             self._starve(conn)
             return
@@ -298,6 +303,8 @@ class RingEngine(Engine):
             return
         if self.starved and self._buffers_available():
             self._revive()
+        if self.throttled:
+            self._unthrottle()
         if state == PUMP_BUSY:
             self._kick()  # still busy: continue after the loop's other callbacks
         elif state == PUMP_PENDING and self._tw_timer is None and not self._scheduled:
@@ -305,6 +312,33 @@ class RingEngine(Engine):
             # flag can lag): look again soon. A timer, never a busy loop.
             self._tw_timer = self.loop.call_later(self.TW_RECHECK, self._tw_recheck)
         self._end_of_round()
+
+    # -- fair share --
+    # A connection whose views hold its share of the area (Config.held_limit)
+    # stops receiving: its request is cancelled and not re-armed, so its bytes
+    # wait in its socket (TCP closes its window) while the other connections
+    # keep the rest of the area. Released views bring it back at half its share.
+    def _throttle(self, conn: Conn, held: int) -> None:
+        if conn.throttled or conn.detached:
+            return
+        conn.throttled = True
+        self.throttled.add(conn)
+        self.stats["share_stops"] = self.stats.get("share_stops", 0) + 1
+        unit = self.area.stats()["buffer_size"]
+        conn.events._over_share(held * unit, self.share_buffers(unit) * unit)
+        if conn.armed and not conn.cancelling:
+            self._cancel(conn)
+
+    def _unthrottle(self) -> None:
+        for slot in self.area.take_back():
+            conn = self.conns.get(slot)
+            if conn is None or not conn.throttled:
+                continue
+            conn.throttled = False
+            self.throttled.discard(conn)
+            if conn.wanted and not conn.armed:
+                self.stats["rearms"] += 1
+                self._arm(conn)
 
     def _tw_recheck(self) -> None:
         self._tw_timer = None
@@ -349,6 +383,10 @@ class RingEngine(Engine):
                     conn.armed = False
                     conn.cancelling = False
                 self._apply(conn, decide(res, more, conn.wanted), res)
+            elif kind == UD_OVER_SHARE:
+                conn = self.conns.get(ud_slot(ud))
+                if conn is not None and conn.gen == ud_gen(ud):
+                    self._throttle(conn, held=res)
             elif kind == UD_NOTIF:
                 self._notification(res)
         if interrupt is not None:

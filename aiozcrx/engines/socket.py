@@ -34,7 +34,9 @@ class SocketEngine(Engine):
         self.counts: dict[int, list[int]] = {}
         self.armed_fds: dict[int, Conn] = {}
         self.starved: set[Conn] = set()
-        self._next = 0
+        self.throttled: set[Conn] = set()
+        self.free_slots: list[int] = []
+        self._gens: list[int] = []
         self.completions = 0
         self.bytes = 0
         self.dropped = 0
@@ -57,6 +59,8 @@ class SocketEngine(Engine):
             self.area.close()
             self.area = None
             raise
+        if not self.config.copy:
+            self.area.set_share(self.share_buffers(self.config.buf_size), self.eventfd)
         loop.add_reader(self.eventfd, self._on_buffers_back)
         loop.add_reader(self.epoll.fileno(), self._on_ready)
 
@@ -80,11 +84,16 @@ class SocketEngine(Engine):
     def attach(self, fd: int, events) -> Conn:
         if self.closed:
             raise RuntimeError("engine is closed")
-        slot = self._next
-        self._next += 1
-        conn = Conn(self, slot, 0, fd, events)
+        if self.free_slots:
+            slot = self.free_slots.pop()
+        else:
+            slot = len(self._gens)
+            self._gens.append(0)
+        gen = self._gens[slot] = (self._gens[slot] % 0xFFFFFF) + 1  # never 0: 0 is "untracked"
+        conn = Conn(self, slot, gen, fd, events)
         self.conns[slot] = conn
         self.counts[slot] = [0, 0]
+        self.area.bind_slot(slot, gen)
         return conn
 
     def _set_sink(self, conn: Conn, sink) -> None:
@@ -96,7 +105,7 @@ class SocketEngine(Engine):
             self._arm(conn)
 
     def _arm(self, conn: Conn) -> None:
-        if self.closed:
+        if self.closed or conn.throttled:
             return
         self.epoll.register(conn.fd, _WATCH)
         self.armed_fds[conn.fd] = conn
@@ -129,7 +138,10 @@ class SocketEngine(Engine):
         conn.detached = True
         conn.wanted = False
         self.starved.discard(conn)
-        self.conns.pop(conn.slot, None)
+        self.throttled.discard(conn)
+        if self.conns.get(conn.slot) is conn:
+            del self.conns[conn.slot]
+            self.free_slots.append(conn.slot)
         self.sinks.pop(conn.slot, None)
         self.counts.pop(conn.slot, None)
 
@@ -155,7 +167,7 @@ class SocketEngine(Engine):
         counts = self.counts[conn.slot]
         for _ in range(self.READS_PER_WAKEUP):
             try:
-                view = area.recv(fd)
+                view = area.recv(fd, conn.slot, conn.gen)
             except OSError as e:
                 self._stop(conn)
                 conn.events._read_error(e)
@@ -200,12 +212,35 @@ class SocketEngine(Engine):
             del view
             if not conn.armed or self.closed:  # paused, closed or Receiver closed by the callback
                 return
+            if area.over_share(conn.slot, conn.gen):
+                self._throttle(conn)
+                return
+
+    # -- fair share (see RingEngine._throttle) --
+    def _throttle(self, conn: Conn) -> None:
+        conn.throttled = True
+        self.throttled.add(conn)
+        self._disarm(conn)
+        self.stats["share_stops"] = self.stats.get("share_stops", 0) + 1
+        unit = self.config.buf_size
+        conn.events._over_share(self.area.held(conn.slot, conn.gen) * unit,
+                                self.share_buffers(unit) * unit)
 
     def _on_buffers_back(self) -> None:
         try:
             os.eventfd_read(self.eventfd)
         except BlockingIOError:
             pass
+        if self.closed:
+            return
+        for slot in self.area.take_back():
+            conn = self.conns.get(slot)
+            if conn is not None and conn.throttled:
+                conn.throttled = False
+                self.throttled.discard(conn)
+                if conn.wanted and not conn.armed and conn not in self.starved:
+                    self.stats["rearms"] += 1
+                    self._arm(conn)
         starved, self.starved = self.starved, set()
         for conn in starved:
             if conn.wanted and not conn.armed and not conn.detached:

@@ -167,9 +167,26 @@ class ZcrxEngine(RingEngine):
 
     def attach(self, fd: int, events):
         conn = super().attach(fd, events)
+        if not self.nodev:
+            # On a NIC queue, what waits in a socket's receive queue sits in our
+            # area (the page pool's buffers): a connection that stopped reading
+            # (paused, or over its share) would still fill it. Bounding its
+            # receive buffer to its share keeps buffers for the others.
+            self._bound_rcvbuf(fd, self.config.held_limit)
         if self.stats.get("notifications") != "on":
             self._exhaustion_seen()  # no way to hear of exhaustion: keep watching
         return conn
+
+    @staticmethod
+    def _bound_rcvbuf(fd: int, limit: int) -> None:
+        s = socket.socket(fileno=os.dup(fd))
+        try:
+            # the kernel doubles the value for its bookkeeping
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, max(limit // 2, 4096))
+        except OSError:
+            pass
+        finally:
+            s.close()
 
     def _exhaustion_seen(self) -> None:
         if self._watchdog is None and self.loop is not None and not self.closed:

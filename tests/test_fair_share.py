@@ -1,0 +1,132 @@
+"""No protocol can stall the others by keeping what it is given: each connection's
+views may hold at most its share of the area (max_held, a quarter by default);
+over it, that connection stops receiving (its bytes wait in its socket) until it
+releases views, and the library says so once, naming the protocol class and the
+setting. Driven through the real kernel: a 64 MiB upload into a chunk-keeping
+protocol beside small request/response connections on the same Receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+import aiozcrx
+from peers import Listener, join, start_sender, stream_sha256, wait_until
+from test_transport import MiB, Sink
+
+pytestmark = [pytest.mark.asyncio]
+HOST_ENGINES = [pytest.param("uring", marks=pytest.mark.engines),
+                pytest.param("socket", marks=pytest.mark.engines),
+                pytest.param("zcrx-copy", marks=pytest.mark.guest)]
+
+
+@pytest.fixture(autouse=True)
+def _zcrx_copy_or_skip(request):
+    if request.node.callspec.params.get("engine") == "zcrx-copy":
+        request.getfixturevalue("need_zcrx_copy")  # skipped on the host, with the reason
+
+
+class Keeper(Sink):
+    """Keeps every view it is given (the list.append-then-join-at-EOF pattern)."""
+
+    def __init__(self):
+        super().__init__(keep=True)
+
+
+class Pong(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, view):
+        self.transport.write(b"pong:" + bytes(view))
+
+
+def ping(port: int, n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            msg = b"%d" % i
+            s.sendall(msg)
+            want = b"pong:" + msg
+            got = b""
+            while len(got) < len(want):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                got += chunk
+            out.append(got)
+    return out
+
+
+@pytest.mark.parametrize("engine", HOST_ENGINES)
+async def test_a_chunk_keeper_cannot_stall_other_connections(engine, caplog):
+    area, total = 4 * MiB, 64 * MiB
+    lst = Listener()
+    proc = start_sender(lst.port, 71, total)
+    caplog.set_level(logging.WARNING, logger="aiozcrx")
+    async with aiozcrx.Receiver(engine=engine, area_size=area) as rx:
+        share = area // 4
+        _, keeper = await rx.wrap(await lst.accept(), Keeper)
+        # the keeper stops at its share, with the area far from full
+        await wait_until(lambda: rx.stats().get("share_stops", 0) >= 1, "the keeper reached its share")
+        held = sum(len(v) for v in keeper.kept)
+        assert 0 < held and keeper.bytes < total
+        assert rx.stats()["buffers_outstanding"] * rx.stats()["buffer_size"] < area
+        # meanwhile small requests on other connections of the same Receiver complete
+        pongs = socket.create_server(("127.0.0.1", 0))
+        pongs.setblocking(False)
+        port = pongs.getsockname()[1]
+        loop = asyncio.get_running_loop()
+
+        async def serve(n):
+            for _ in range(n):
+                conn, _ = await loop.sock_accept(pongs)
+                await rx.wrap(conn, Pong)
+
+        server = asyncio.ensure_future(serve(20))
+        got = await asyncio.wait_for(asyncio.to_thread(ping, port, 20), 60)
+        await server
+        pongs.close()
+        assert got == [b"pong:%d" % i for i in range(20)]
+        assert keeper.bytes < total and not keeper.lost.done()  # still stopped, nothing lost
+        # said once, naming the protocol and the setting
+        warnings = [r.getMessage() for r in caplog.records if r.name == "aiozcrx"]
+        assert len(warnings) == 1, warnings
+        assert "Keeper" in warnings[0] and "max_held" in warnings[0]
+        # releasing its views lets it go on; then it keeps nothing and gets it all
+        for v in keeper.kept:
+            v.release()
+        keeper.kept.clear()
+        keeper.keep = False
+        assert await asyncio.wait_for(keeper.lost, 120) is None
+        assert keeper.bytes == total
+        assert keeper.sha.hexdigest() == stream_sha256(71, total)
+        assert rx.stats()["buffers_outstanding"] == 0
+    lst.close()
+    assert await join(proc) == 0
+
+
+@pytest.mark.parametrize("engine", HOST_ENGINES)
+async def test_max_held_is_a_setting(engine):
+    """max_held=area lets one connection hold the whole area (and the default is a
+    quarter of it); the check happens after data_received, on what is still held."""
+    lst = Listener()
+    proc = start_sender(lst.port, 72, 8 * MiB)
+    async with aiozcrx.Receiver(engine=engine, area_size=2 * MiB, max_held=2 * MiB) as rx:
+        _, keeper = await rx.wrap(await lst.accept(), Keeper)
+        await wait_until(lambda: rx.stats()["buffers_free"] == 0 or rx.stats().get("share_stops", 0),
+                         "the keeper holds the whole area")
+        assert sum(len(v) for v in keeper.kept) > 2 * MiB // 2  # well past the default quarter
+        for v in keeper.kept:
+            v.release()
+        keeper.kept.clear()
+        keeper.keep = False
+        assert await asyncio.wait_for(keeper.lost, 120) is None
+    assert keeper.sha.hexdigest() == stream_sha256(72, 8 * MiB)
+    lst.close()
+    await join(proc)
+    with pytest.raises(ValueError, match="max_held"):
+        aiozcrx.Receiver(area_size=2 * MiB, max_held=4 * MiB)
