@@ -145,10 +145,17 @@ class Receiver:
         self._transports.add(transport)
         try:
             protocol.connection_made(transport)
-        except BaseException:
+        except (SystemExit, KeyboardInterrupt):
             transport._conn.detach()
             self._transports.discard(transport)
             raise
+        except BaseException as exc:
+            # as asyncio (connection_made runs as a loop callback there): the
+            # loop's exception handler hears of it and the connection goes on
+            # (the same context as a failed loop callback: message and exception)
+            self._loop.call_exception_handler({
+                "message": f"Exception in callback {type(protocol).__name__}.connection_made({transport!r})",
+                "exception": exc})
         transport._start()
         return transport, protocol
 

@@ -323,10 +323,10 @@ class ZcrxTransport(asyncio.Transport):
             self._shutdown_write()
 
     def _shutdown_write(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        # as asyncio's selector transport: an error (ENOTCONN after a reset)
+        # reaches the caller of write_eof(), or the loop's handler when the
+        # shutdown was deferred behind the write buffer
+        self._sock.shutdown(socket.SHUT_WR)
 
     def get_write_buffer_size(self) -> int:
         return len(self._write_buffer)

@@ -363,8 +363,9 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                             Py_INCREF(Py_None);
                             PyList_SetItem(d->slots, slot, Py_None);
                         }
-                        int bad = !d->halted &&
-                            append_control(controlp, c->ud, c->res, c->flags | AZX_CQE_F_MORE, exc);
+                        /* reported even when halted (Receiver.close() in the same
+                         * callback): asyncio reports it whatever the callback did */
+                        int bad = append_control(controlp, c->ud, c->res, c->flags | AZX_CQE_F_MORE, exc);
                         Py_XDECREF(exc);
                         if (bad)
                             goto out;
@@ -561,9 +562,9 @@ pump_impl(Dispatcher *d, PyObject *arg)
             return NULL;
         }
         if (d->halted) {
-            /* a callback closed the engine: return to it at once; the ring
-             * stays mapped until the engine tears it down after we return */
-            Py_CLEAR(control);
+            /* a callback closed the engine: return to it at once (with a
+             * callback's exception, if any, in control); the ring stays mapped
+             * until the engine tears it down after we return */
             total += n;
             state = PUMP_IDLE;
             break;

@@ -44,6 +44,7 @@ class RingEngine(Engine):
         self.free_slots: list[int] = []
         self.starved: set[Conn] = set()
         self.throttled: set[Conn] = set()
+        self._closed_conns: dict[int, Conn] = {}  # forgotten by close() inside a pump round
         self._scheduled = False
         self._reader_added = False
         self._pumping = False
@@ -72,6 +73,9 @@ class RingEngine(Engine):
         if self.closed:
             return
         self.closed = True
+        if self._pumping:
+            # the round's records may still carry a callback's exception for them
+            self._closed_conns = dict(self.conns)
         for conn in list(self.conns.values()):
             self._forget(conn)
         self.starved.clear()
@@ -84,6 +88,7 @@ class RingEngine(Engine):
 
     def _teardown(self) -> None:
         self._close_pending = False
+        self._closed_conns = {}
         if self.ring is None:
             return
         if self._reader_added:
@@ -360,7 +365,15 @@ class RingEngine(Engine):
         interrupt = None
         for ud, res, flags, exc in control:
             if self.closed:
-                break
+                # closed by a callback of this round: only a callback's exception
+                # is still reported (as asyncio reports it whatever else happened)
+                conn = self._closed_conns.get(ud_slot(ud))
+                if exc is not None and not isinstance(exc, (SystemExit, KeyboardInterrupt)) \
+                        and conn is not None and conn.gen == ud_gen(ud):
+                    conn.events._callback_failed(exc)
+                elif isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    interrupt = interrupt or exc
+                continue
             if isinstance(exc, (SystemExit, KeyboardInterrupt)):
                 # as asyncio does, these leave the loop; the round's other records
                 # are applied first so that no request is left half-accounted
