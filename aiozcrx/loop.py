@@ -131,6 +131,12 @@ class _ZcrxLoopMixin:
             return await super().connect_accepted_socket(protocol_factory, sock, ssl=ssl, **kwargs)
         return await self._client_receiver().wrap(sock, protocol_factory)
 
+    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):  # type: ignore[override]
+        from .transport import ZcrxTransport
+        if isinstance(transport, ZcrxTransport):
+            return await transport._sendfile_native(file, offset, count)
+        return await super().sendfile(transport, file, offset, count, fallback=fallback)
+
     def _client_receiver(self):
         """One Receiver per loop for client connections (made on first use)."""
         rx = self._aiozcrx_client_rx

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import socket
 import traceback
-from asyncio import trsock
+from asyncio import constants, trsock
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -85,7 +86,12 @@ class ViewProtocol(asyncio.Protocol):
     aiozcrx_views = True
 
 
-class ZcrxTransport(asyncio.Transport):
+# asyncio's loop.sendfile() fallback accepts only transports derived from its
+# write-flow-control mixin; ZcrxTransport overrides every method of it.
+_FlowControlBase = getattr(asyncio.transports, "_FlowControlMixin", asyncio.Transport)
+
+
+class ZcrxTransport(_FlowControlBase):
     """The transport aiozcrx gives a protocol. Made by ``Receiver.wrap``.
 
     Its read side belongs to the engine: the transport holds the engine's record
@@ -98,7 +104,7 @@ class ZcrxTransport(asyncio.Transport):
     """
 
     def __init__(self, receiver: "Receiver", sock: socket.socket, protocol: asyncio.BaseProtocol):
-        super().__init__()
+        asyncio.Transport.__init__(self)  # the mixin's __init__ would reset our write limits
         self._receiver = receiver
         self._engine_name = receiver._engine.name
         self._loop = receiver._loop
@@ -124,6 +130,7 @@ class ZcrxTransport(asyncio.Transport):
         self._high_water = _DEFAULT_HIGH
         self._low_water = _DEFAULT_HIGH // 4
         self._bytes_written = 0
+        self._drain_waiters: list[asyncio.Future] = []  # sendfile() waiting for the buffer
         self._extra = {"socket": trsock.TransportSocket(sock)}
         for key, fn in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
             try:
@@ -307,6 +314,10 @@ class ZcrxTransport(asyncio.Transport):
         self._maybe_resume_protocol()
         if not self._write_buffer:
             self._loop.remove_writer(self._fileno)
+            for fut in self._drain_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._drain_waiters.clear()
             if self._closing:
                 self._call_connection_lost_soon(None)
             elif self._eof_written:
@@ -314,6 +325,56 @@ class ZcrxTransport(asyncio.Transport):
 
     def can_write_eof(self) -> bool:
         return True
+
+    # ------------------------------------------------------------- sendfile
+    # The stock loop's loop.sendfile() sends through write() with flow control
+    # (its "fallback" path) for transports that say so; the drop-in loop
+    # (aiozcrx.new_event_loop, either base) calls _sendfile_native: os.sendfile
+    # straight from the file to the socket once the write buffer has drained.
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+
+    async def _sendfile_native(self, file, offset: int = 0, count: int | None = None) -> int:
+        if self._closing:
+            raise RuntimeError("Transport is closing")
+        if self._eof_written:
+            raise RuntimeError("Cannot call sendfile() after write_eof()")
+        if count is not None and count <= 0:
+            return 0
+        fileno = file.fileno()
+        while self._write_buffer:  # what was written before goes first
+            await self._wait_writable()
+        total = 0
+        try:
+            while count is None or total < count:
+                block = 1 << 30 if count is None else min(count - total, 1 << 30)
+                try:
+                    n = os.sendfile(self._fileno, fileno, offset + total, block)
+                except (BlockingIOError, InterruptedError):
+                    await self._wait_writable()
+                    continue
+                if n == 0:
+                    break  # end of file
+                total += n
+        finally:
+            if total:
+                file.seek(offset + total)
+            self._bytes_written += total
+        return total
+
+    async def _wait_writable(self) -> None:
+        if self._closing or self._conn_lost:
+            raise ConnectionResetError("the connection was closed during sendfile()")
+        fut = self._loop.create_future()
+        self._drain_waiters.append(fut)  # failed if the connection is lost meanwhile
+        if not self._write_buffer:  # else _write_ready wakes it once the buffer is empty
+            self._loop.add_writer(self._fileno, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            if fut in self._drain_waiters:
+                self._drain_waiters.remove(fut)
+            if not self._write_buffer and not self._conn_lost:
+                self._loop.remove_writer(self._fileno)
 
     def write_eof(self) -> None:
         if self._closing or self._eof_written:
@@ -416,6 +477,10 @@ class ZcrxTransport(asyncio.Transport):
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc) -> None:
+        for fut in self._drain_waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionResetError("the connection was lost during sendfile()"))
+        self._drain_waiters.clear()
         try:
             self._protocol.connection_lost(exc)
         finally:
