@@ -190,7 +190,7 @@ def scripts(draw):
     # attach the connections in order, each at a drawn point of the steps (peer
     # steps before it find the socket not attached yet: the data waits there);
     # often all of them first
-    if draw(st.booleans()):
+    if not draw(st.booleans()):
         where = [0] * n
     else:
         where = sorted(draw(st.lists(st.integers(0, len(steps)), min_size=n, max_size=n)))

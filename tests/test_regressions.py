@@ -84,6 +84,16 @@ async def rounds(n: int = 20) -> None:
     await asyncio.sleep(0.05)
 
 
+async def lost(proto, who: str, timeout: float = T):
+    """Waits for proto's connection_lost; returns its argument."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(proto.lost), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{who}: no connection_lost within {timeout}s "
+                             f"({len(proto.data)} bytes received; callbacks {proto.calls[:8]}"
+                             f"{'...' if len(proto.calls) > 8 else ''})") from None
+
+
 async def until(cond, what: str, timeout: float = T) -> None:
     """Waits for cond() (polled each loop round, then every millisecond)."""
     loop = asyncio.get_running_loop()
@@ -213,8 +223,8 @@ async def test_pause_in_connection_made_keeps_connections_apart(engine):
         send = threading.Thread(target=lambda: (b_peer.sendall(b_data), b_peer.shutdown(socket.SHUT_WR)),
                                 daemon=True)
         send.start()
-        await asyncio.wait_for(pb.lost, T)
-        await asyncio.get_running_loop().run_in_executor(None, send.join)
+        await lost(pb, "B")
+        await asyncio.get_running_loop().run_in_executor(None, send.join, T)
         await rounds()
         assert bytes(pb.data) == b_data, \
             f"B must receive exactly its own {len(b_data)} bytes, got {len(pb.data)} (other bytes or none)"
@@ -223,7 +233,7 @@ async def test_pause_in_connection_made_keeps_connections_apart(engine):
         assert pa.calls == ["made"] and not pa.data, \
             f"A is paused since connection_made, yet got {pa.calls.count('data')} data_received call(s)"
         ta.resume_reading()
-        assert await asyncio.wait_for(pa.lost, T) is None
+        assert await lost(pa, "A, resumed") is None
         assert bytes(pa.data) == a_data, \
             f"A must receive exactly its own {len(a_data)} bytes, got {len(pa.data)}"
         assert pa.eof == 1
@@ -247,7 +257,7 @@ async def test_close_or_abort_in_connection_made_leaves_others_alone(engine, how
         _, pb = await rx.wrap(b_sock, Rec)
         ta, pa = await rx.wrap(a_sock, lambda: Rec(on_made=how))
         assert ta.is_closing()
-        assert await asyncio.wait_for(pa.lost, T) is None
+        assert await lost(pa, "A") is None
         fin_sent = False
         eof_early = []
         orig_eof = pb.eof_received
@@ -265,7 +275,7 @@ async def test_close_or_abort_in_connection_made_leaves_others_alone(engine, how
         assert not pb.lost.done(), f"B lost before its peer closed: {pb.lost.result()!r}"
         fin_sent = True
         b_peer.shutdown(socket.SHUT_WR)
-        assert await asyncio.wait_for(pb.lost, T) is None
+        assert await lost(pb, "B, after its peer's FIN") is None
         assert eof_early == [False], "B saw an EOF before its peer sent one" if any(eof_early) else eof_early
         assert bytes(pb.data) == b_part1 + b_part2, f"B got {len(pb.data)} bytes, not its own"
         assert pa.calls == ["made", "lost"]
@@ -417,7 +427,7 @@ async def _raising_case(engine: str, factory, data: bytes, fin: bool):
         th.start()
         try:
             transport, proto = await rx.wrap(sock, factory)
-            exc = await asyncio.wait_for(proto.lost, T)
+            exc = await lost(proto, "the raising protocol")
             await rounds()
         finally:
             try:
@@ -716,7 +726,7 @@ async def test_area_unmapped_after_close_with_references_held(engine, hold_view)
         transport, proto = await rx.wrap(sock, lambda: Keeper(hold_view))
         peer.sendall(data)
         peer.shutdown(socket.SHUT_WR)
-        assert await asyncio.wait_for(proto.lost, T) is None
+        assert await lost(proto, "the connection") is None
         addr = rx.stats()["area_addr"]
         assert is_mapped(addr)
     peer.close()
