@@ -17,7 +17,10 @@ restarted.
 
 The trace, per connection: whether it was attached; the callback sequence (runs of
 data_received / buffer_updated collapsed into one "data"; get_buffer not listed,
-asyncio calls it speculatively); bytes received (count, and whether they are
+asyncio calls it speculatively; a callback made while paused, after
+connection_lost, or synchronously from inside a transport method or
+Receiver.close() is listed under its own name, e.g. "data-while-paused",
+"lost-inside-rx_close()"); bytes received (count, and whether they are
 exactly the connection's own pattern); received count / EOF / lost after each
 step; what reached the loop's exception handler (type, message); connection_lost's
 argument (None, "reset" for ConnectionResetError/BrokenPipeError, else type and
