@@ -33,6 +33,9 @@ again identically). A reaction that raises in get_buffer fires on the first
 get_buffer after such a send (asyncio calls get_buffer before recv_into, the
 engines when they hold data: either way none of the step's bytes were received).
 
+Raising in connection_made is generated: both report it to the loop's exception
+handler and go on (compared by exception type and text).
+
 Races of the reference itself that are left out on purpose:
 - a peer reset discards whatever the *peer's* kernel has not yet transmitted: before
   a reset the driver waits until the peer's send queue (SIOCOUTQ) is empty, and each
@@ -45,8 +48,6 @@ Races of the reference itself that are left out on purpose:
 - how the peer sees our close (FIN or RST) depends on whether unread bytes were
   still in our socket, and the engines may legitimately have pulled bytes into
   their backlog while paused: only the bytes the peer reads are compared;
-- raising in connection_made: asyncio reports it to the exception handler and
-  goes on, Receiver.wrap raises it; not generated;
 - is_reading() is not compared: after a kept-open EOF asyncio says True, uvloop
   False.
 

@@ -131,7 +131,7 @@ def _close_workers():
 # connections all close at once shows little)
 CB_ACTIONS = (["pause"] * 4 + ["resume"] * 2 + ["resume_soon"] * 3 + ["write"] * 2
               + ["close", "abort", "write_eof", "rx_close", "raise"])
-MADE_ACTIONS = ["pause"] * 6 + ["resume_soon"] * 3 + ["write"] * 2 + ["close", "abort", "write_eof", "rx_close"]
+MADE_ACTIONS = ["pause"] * 6 + ["resume_soon"] * 3 + ["write"] * 2 + ["close", "abort", "write_eof", "rx_close", "raise"]
 LOST_ACTIONS = ["raise", "rx_close"]
 DRIVER_ACTIONS = ["pause"] * 4 + ["resume"] * 5 + ["write"] * 2 + ["close", "abort", "write_eof"]
 
@@ -227,7 +227,11 @@ def compare(script: dict, engine: str, reply: dict) -> None:
             got = set(c["types"]) - {"buffered"}
             if not got <= want:
                 problems.append(f"conn {i}: data_received got {sorted(got)}, expected {sorted(want)}")
-    for key in ("global_handler", "driver_errors"):
+    # the loop's handler outside any connection: compared by exception type and
+    # text; the message and traceback (shown on failure) name each side's own frames
+    if [e[:2] for e in impl["global_handler"]] != [e[:2] for e in ref["global_handler"]]:
+        problems.append(f"global_handler: engine {impl['global_handler']!r}\n    asyncio {ref['global_handler']!r}")
+    for key in ("driver_errors",):
         if impl[key] != ref[key]:
             problems.append(f"{key}: engine {impl[key]!r}\n    asyncio {ref[key]!r}")
     for i, (a, b) in enumerate(zip(impl["conns"], ref["conns"])):
