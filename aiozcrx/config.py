@@ -53,6 +53,16 @@ def _bool(name: str, value: object) -> bool:
     return value
 
 
+def socket_family(sock: socket.socket) -> int:
+    """The kernel's word on a socket's family: ``socket.fromfd()`` and
+    ``socket(fileno=...)`` can carry a wrong ``.family`` (uvicorn ``--fd`` declares
+    AF_UNIX for whatever it is given, and accepted sockets inherit it)."""
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    except OSError:
+        return sock.family
+
+
 def rx_queue_count(interface: str) -> int | None:
     n = len(glob.glob(f"/sys/class/net/{interface}/queues/rx-*"))
     return n or None

@@ -34,7 +34,7 @@ import socket
 import weakref
 from typing import Any
 
-from .config import Config
+from .config import Config, socket_family
 
 ENV_PREFIX = "AIOZCRX_"
 _SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -159,14 +159,7 @@ class _ZcrxLoopMixin:
 
 
 def _is_unix(sock) -> bool:
-    if sock is None:
-        return False
-    try:
-        # the kernel's word: socket.fromfd() takes the family on trust (uvicorn
-        # --fd declares AF_UNIX for whatever socket it is given)
-        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_UNIX
-    except OSError:
-        return getattr(sock, "family", None) == socket.AF_UNIX
+    return sock is not None and socket_family(sock) == socket.AF_UNIX
 
 
 _classes: dict[type, type] = {}

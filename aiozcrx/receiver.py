@@ -10,7 +10,7 @@ import warnings
 
 from . import engines as _engines
 from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
-                     DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, Config)
+                     DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, Config, socket_family)
 from .transport import ZcrxTransport
 
 logger = logging.getLogger("aiozcrx")
@@ -136,9 +136,10 @@ class Receiver:
             raise RuntimeError("Receiver is not open (use `async with Receiver(...)`)")
         if sock.type != socket.SOCK_STREAM:
             raise ValueError(f"wrap() needs a connected SOCK_STREAM socket, got {sock!r}")
-        if self._engine.name.startswith("zcrx") and sock.family not in (socket.AF_INET, socket.AF_INET6):
+        family = socket_family(sock)
+        if self._engine.name.startswith("zcrx") and family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"engine {self._engine.name!r} receives TCP only (IORING_OP_RECV_ZC), "
-                             f"not {sock.family.name} sockets; use engine='uring' for those")
+                             f"not {socket.AddressFamily(family).name} sockets; use engine='uring' for those")
         sock.setblocking(False)
         protocol = protocol_factory()
         transport = ZcrxTransport(self, sock, protocol)

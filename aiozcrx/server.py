@@ -23,6 +23,7 @@ import errno
 import socket
 from typing import Any, Callable, Iterable
 
+from .config import socket_family
 from .receiver import DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_RQ_ENTRIES, Receiver
 
 __all__ = ["ZcrxServer", "create_connection", "create_server"]
@@ -46,7 +47,7 @@ class _OwnedReceiver(Receiver):
 
 
 def _set_nodelay(sock: socket.socket) -> None:
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
+    if socket_family(sock) in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
             and sock.proto == socket.IPPROTO_TCP:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -50,6 +50,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> str:
+        if self.proc.returncode is not None:
+            return self.output
         self.proc.terminate()
         try:
             out, _ = self.proc.communicate(timeout=30)
@@ -57,7 +59,8 @@ class Server:
             self.proc.kill()
             out, _ = self.proc.communicate()
         self.sock.close()
-        return out.decode(errors="replace")
+        self.output = out.decode(errors="replace")
+        return self.output
 
 
 def curl(*args: str) -> str:
@@ -86,6 +89,8 @@ def test_http_upload_through_the_dropin_loop(kind, loop, upload_file):
         got = curl("--data-binary", f"@{path}", "-H", "Content-Type: application/octet-stream",
                    f"{srv.url}/upload")
         stats = json.loads(curl(f"{srv.url}/stats"))
+    except BaseException as exc:
+        raise AssertionError(f"{exc}\n--- server output:\n{srv.stop()}") from None
     finally:
         out = srv.stop()
     assert got.strip() == want, out

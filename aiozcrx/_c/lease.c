@@ -13,6 +13,20 @@
 static Lease *lease_cache[LEASE_CACHE];
 static int lease_cached;
 
+/* Points a lease at a buffer delivered to connection (slot, gen), which now
+ * holds it. */
+static inline void
+lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uint32_t gen)
+{
+    l->ptr = ptr;
+    l->len = len;
+    l->ident = ident;
+    l->slot = slot;
+    l->gen = gen;
+    a->outstanding++;
+    area_hold(a, slot, gen);
+}
+
 static inline PyObject *
 make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uint32_t gen)
 {
@@ -25,13 +39,7 @@ make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uin
         return NULL;
     Py_INCREF(a);
     l->area = a;
-    l->ptr = ptr;
-    l->len = len;
-    l->ident = ident;
-    l->slot = slot;
-    l->gen = gen;
-    a->outstanding++;
-    area_hold(a, slot, gen);
+    lease_take(l, a, ptr, len, ident, slot, gen);
     PyObject *v = PyMemoryView_FromObject((PyObject *)l);
     Py_DECREF(l);   /* the view holds the lease now; on failure this returns the buffer */
     return v;
@@ -125,13 +133,7 @@ retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident,
     Area *a = l->area;
     area_unhold(a, l->slot, l->gen);
     area_return(a, l->ident, (uint32_t)l->len);
-    l->ptr = ptr;
-    l->len = len;
-    l->ident = ident;
-    l->slot = slot;
-    l->gen = gen;
-    a->outstanding++;
-    area_hold(a, slot, gen);
+    lease_take(l, a, ptr, len, ident, slot, gen);
     MBUF(mv)->master.buf = ptr;
     MBUF(mv)->master.len = len;
     mv->view.buf = ptr;

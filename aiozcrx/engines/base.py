@@ -87,6 +87,33 @@ def decide(res: int, more: bool, wanted: bool) -> Action:
     return Action.ERROR
 
 
+class Slots:
+    """Slot numbers with generations: a slot is free again as soon as its
+    connection detaches; the next user gets the next generation (never 0, which
+    means "no connection" to the C side)."""
+
+    GEN_MASK = 0xFFFFFF  # 24 bits of user_data (see _ring.user_data)
+
+    def __init__(self):
+        self._gens: list[int] = []
+        self._free: list[int] = []
+
+    def take(self) -> tuple[int, int]:
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot = len(self._gens)
+            self._gens.append(0)
+        gen = self._gens[slot] = self._gens[slot] % self.GEN_MASK + 1
+        return slot, gen
+
+    def free(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def __len__(self) -> int:
+        return len(self._gens)
+
+
 class Conn:
     """The engine's record of one connection's read side. Transports call its
     methods; only the engine changes its fields."""

@@ -23,12 +23,10 @@ import select
 from .. import _ring
 from .._ring import UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, ud_gen, ud_kind, ud_slot, user_data
 from .advice import uring_error
-from .base import Action, Conn, Engine, decide
+from .base import Action, Conn, Engine, Slots, decide
 
 # Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
 PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
-
-GEN_MASK = 0xFFFFFF  # 24 bits of user_data (see _ring.user_data)
 
 
 class RingEngine(Engine):
@@ -40,8 +38,7 @@ class RingEngine(Engine):
         self.area = None
         self.dispatcher = None
         self.slots: list = []            # slot -> sink, read by the C dispatcher
-        self._gens: list[int] = []       # slot -> generation of its current/last user
-        self.free_slots: list[int] = []
+        self.slot_table = Slots()
         self.starved: set[Conn] = set()
         self.throttled: set[Conn] = set()
         self._closed_conns: dict[int, Conn] = {}  # forgotten by close() inside a pump round
@@ -127,13 +124,9 @@ class RingEngine(Engine):
     def attach(self, fd: int, events) -> Conn:
         if self.closed:
             raise RuntimeError("engine is closed")
-        if self.free_slots:
-            slot = self.free_slots.pop()
-        else:
-            slot = len(self.slots)
+        slot, gen = self.slot_table.take()
+        if slot == len(self.slots):
             self.slots.append(None)
-            self._gens.append(0)
-        gen = self._gens[slot] = (self._gens[slot] + 1) & GEN_MASK
         conn = Conn(self, slot, gen, fd, events)
         self.conns[slot] = conn
         self.slots[slot] = None
@@ -173,7 +166,7 @@ class RingEngine(Engine):
             del self.conns[conn.slot]
             if not self.closed:
                 self.slots[conn.slot] = None
-                self.free_slots.append(conn.slot)
+                self.slot_table.free(conn.slot)
         self._reset_watch_slots.pop(conn.slot, None)
 
     def _conn_stats(self, conn: Conn) -> tuple[int, int]:

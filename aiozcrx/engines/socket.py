@@ -16,7 +16,7 @@ import select
 
 from .. import _ring
 from .advice import area_error
-from .base import Conn, Engine
+from .base import Conn, Engine, Slots
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP  # EPOLLERR/EPOLLHUP are always reported
 
@@ -35,8 +35,7 @@ class SocketEngine(Engine):
         self.armed_fds: dict[int, Conn] = {}
         self.starved: set[Conn] = set()
         self.throttled: set[Conn] = set()
-        self.free_slots: list[int] = []
-        self._gens: list[int] = []
+        self.slot_table = Slots()
         self.completions = 0
         self.bytes = 0
         self.dropped = 0
@@ -84,12 +83,7 @@ class SocketEngine(Engine):
     def attach(self, fd: int, events) -> Conn:
         if self.closed:
             raise RuntimeError("engine is closed")
-        if self.free_slots:
-            slot = self.free_slots.pop()
-        else:
-            slot = len(self._gens)
-            self._gens.append(0)
-        gen = self._gens[slot] = (self._gens[slot] % 0xFFFFFF) + 1  # never 0: 0 is "untracked"
+        slot, gen = self.slot_table.take()
         conn = Conn(self, slot, gen, fd, events)
         self.conns[slot] = conn
         self.counts[slot] = [0, 0]
@@ -141,7 +135,7 @@ class SocketEngine(Engine):
         self.throttled.discard(conn)
         if self.conns.get(conn.slot) is conn:
             del self.conns[conn.slot]
-            self.free_slots.append(conn.slot)
+            self.slot_table.free(conn.slot)
         self.sinks.pop(conn.slot, None)
         self.counts.pop(conn.slot, None)
 
