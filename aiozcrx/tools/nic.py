@@ -303,8 +303,9 @@ def plan_setup(state: NicState, queue: int, port: int, *, rss_context: bool = Fa
         P.append(f"queue {queue} is negative")
     if state.driver and not state.known_zcrx_driver:
         N.append(f"driver {state.driver} is not a known zcrx driver "
-                 f"({', '.join(sorted(KNOWN_ZCRX_DRIVERS))}): even a configured NIC "
-                 f"will answer EOPNOTSUPP when io_uring registers the queue")
+                 f"({', '.join(sorted(KNOWN_ZCRX_DRIVERS))}): without the queue API the "
+                 f"kernel answers EOPNOTSUPP when io_uring registers the queue "
+                 f"(`aiozcrx doctor --interface {state.ifname} --queue {queue}` asks it)")
 
     # -- 1. channels ------------------------------------------------------
     n_now = state.rx_queues
