@@ -539,6 +539,9 @@ def run(interface: str | None, queue: int | None, port: int | None,
         flow_type: str = "tcp6") -> dict:
     sysf = gather_system()
     core = probe_core(interface, queue)
+    if interface and queue is not None and any(t and t[0] == "zcrx" and t[1]
+                                               for t in core.get("tried") or []):
+        _nic.wait_queue_released(interface, queue)  # the trial bound it
     checks = system_checks(sysf, core)
     state = None
     if interface:
