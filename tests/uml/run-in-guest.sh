@@ -14,10 +14,10 @@
 # * The guest kernel is User-Mode Linux (UML): Linux built as an ordinary host program,
 #   so no hypervisor is needed (this host's /dev/kvm cannot run stock kernels, and its
 #   own 6.18 kernel cannot register a zcrx instance).
-# * --kernel custom (with --nic, the default): the project's own build (build-kernel.sh beside this
+# * --kernel custom (the default): the project's own build (build-kernel.sh beside this
 #   file): Debian sid's linux-source-7.2 with a netdevsim extension that can host zcrx
 #   on a simulated NIC queue (netdevsim-zcrx.patch). Built once (minutes), then cached.
-# * --kernel debian (the default without --nic): Debian sid's `user-mode-linux` package (no netdevsim, no DMA: zcrx
+# * --kernel debian: Debian sid's `user-mode-linux` package (no netdevsim, no DMA: zcrx
 #   in NODEV copy mode only).
 # * Both come from Debian's archive with `apt-get download` under a private apt
 #   configuration that only knows Debian sid (sid-apt.sh; the mirror is the host's own),
@@ -65,9 +65,8 @@ stdout and exits with its exit status.
 
   --check        exit 0 if the guest can run here (builds or fetches the kernel if
                  needed); else print one line saying why on stdout and exit 77
-  --kernel K     custom: the project's build with the netdevsim extension
-                 (build-kernel.sh: built once, minutes); debian (default without
-                 --nic): sid's user-mode-linux
+  --kernel K     custom (default): the project's build with the netdevsim extension
+                 (build-kernel.sh: built once, minutes); debian: sid's user-mode-linux
   --nic          a linked pair of netdevsim NICs: $NIC_IF ($NIC_ADDR, $NIC_ADDR6) here,
                  $NIC_PEER_IF ($NIC_PEER_ADDR, $NIC_PEER_ADDR6) in network namespace
                  $NIC_PEER_NS; COMMAND gets AIOZCRX_NIC, AIOZCRX_NIC_ADDR(6),
@@ -129,8 +128,7 @@ parse_args() {
     done
     [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || { say "--timeout wants a whole number of seconds"; usage; }
     [[ $MEM =~ ^[1-9][0-9]*[KkMmGg]?$ ]] || { say "--mem wants a size like 512M or 2G"; usage; }
-    # default: debian; --nic needs (and picks) the custom kernel
-    [ -n "$KERNEL" ] || { if [ -n "$NIC" ]; then KERNEL=custom; else KERNEL=debian; fi; }
+    [ -n "$KERNEL" ] || KERNEL=custom
     case $KERNEL in custom|debian) ;; *) say "--kernel wants custom or debian"; usage ;; esac
     [[ $NIC_QUEUES =~ ^[0-9]+$ ]] && [ "$NIC_QUEUES" -ge 2 ] && [ "$NIC_QUEUES" -le 64 ] \
         || { say "--nic-queues wants a number from 2 to 64"; usage; }
