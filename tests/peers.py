@@ -41,8 +41,30 @@ def stream_sha256(seed: int, total: int) -> str:
     return h.hexdigest()
 
 
-def _bulk_sender(port: int, seed: int, total: int, mode: str) -> None:
-    with socket.create_connection(("127.0.0.1", port)) as s:
+def enter_netns(name: str | None) -> None:
+    """Moves the calling process (a fresh, single-threaded sender) into network
+    namespace ``name``, as ``ip netns exec`` does: its sockets are then on the far
+    side of the simulated NIC (``run-in-guest.sh --nic``)."""
+    if not name:
+        return
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if hasattr(os, "setns"):  # 3.12+
+            os.setns(fd, os.CLONE_NEWNET)
+        else:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns({name}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _bulk_sender(port: int, seed: int, total: int, mode: str, host: str = "127.0.0.1",
+                 netns: str | None = None) -> None:
+    enter_netns(netns)
+    with socket.create_connection((host, port)) as s:
         for blk in _stream_blocks(seed, total):
             s.sendall(blk)
         if mode == "reset":
@@ -54,14 +76,17 @@ def _bulk_sender(port: int, seed: int, total: int, mode: str) -> None:
                 pass
 
 
-def start_sender(port: int, seed: int, total: int, mode: str = "close"):
-    p = _ctx.Process(target=_bulk_sender, args=(port, seed, total, mode), daemon=True)
+def start_sender(port: int, seed: int, total: int, mode: str = "close", *,
+                 host: str = "127.0.0.1", netns: str | None = None):
+    p = _ctx.Process(target=_bulk_sender, args=(port, seed, total, mode, host, netns), daemon=True)
     p.start()
     return p
 
 
-def _many_sender(port: int, sizes: list[int], seeds: list[int]) -> None:
-    socks = [socket.create_connection(("127.0.0.1", port)) for _ in sizes]
+def _many_sender(port: int, sizes: list[int], seeds: list[int], host: str = "127.0.0.1",
+                 netns: str | None = None) -> None:
+    enter_netns(netns)
+    socks = [socket.create_connection((host, port)) for _ in sizes]
     for s, size, seed in zip(socks, sizes, seeds):
         # first 4 bytes: the connection's index, so the receiver knows what to expect
         s.sendall(struct.pack("<I", seeds.index(seed)))
@@ -96,8 +121,9 @@ def _many_sender(port: int, sizes: list[int], seeds: list[int]) -> None:
         s.close()
 
 
-def start_many(port: int, sizes: list[int], seeds: list[int]):
-    p = _ctx.Process(target=_many_sender, args=(port, sizes, seeds), daemon=True)
+def start_many(port: int, sizes: list[int], seeds: list[int], *, host: str = "127.0.0.1",
+               netns: str | None = None):
+    p = _ctx.Process(target=_many_sender, args=(port, sizes, seeds, host, netns), daemon=True)
     p.start()
     return p
 
@@ -111,10 +137,11 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
 
 
 class Listener:
-    """A loopback listening socket with an awaitable accept."""
+    """A listening socket (loopback unless ``host``) with an awaitable accept."""
 
-    def __init__(self, backlog: int = 512):
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=backlog)
+    def __init__(self, backlog: int = 512, host: str = "127.0.0.1", port: int = 0):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=backlog)
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
 

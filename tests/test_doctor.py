@@ -185,6 +185,35 @@ def test_unknown_driver_and_missing_features():
     assert c["memory provider"].status == WARN and "unavailable" in c["memory provider"].detail
 
 
+def test_trial_registration_decides_the_queue_api_not_the_driver_name():
+    """The kernel's answer to a trial registration overrides the known-driver list."""
+    netdevsim = fresh(driver="netdevsim")
+    c = by_name(doctor.interface_checks(netdevsim, 1, None, trial=(True, "works here")))
+    assert c["driver"].status == PASS and "trial zcrx registration on queue 1 succeeded" \
+        in c["driver"].detail and "not one of the drivers known" in c["driver"].detail
+    c = by_name(doctor.interface_checks(netdevsim, 1, None, trial=(False, "EINVAL: bad queue")))
+    assert c["driver"].status == PASS and "has the queue API" in c["driver"].detail
+    # a known driver whose queue the kernel refuses outright
+    c = by_name(doctor.interface_checks(fresh(), 7, None, trial=(False, "EOPNOTSUPP: no")))
+    assert c["driver"].status == FAIL and "gave EOPNOTSUPP" in c["driver"].detail
+    assert "a known zcrx driver (mlx5)" in c["driver"].detail
+    # without a trial, the name is a hint
+    c = by_name(doctor.interface_checks(netdevsim, 1, None))
+    assert c["driver"].status == FAIL and "by name" in c["driver"].detail
+
+
+def test_split_reported_on_but_refused_by_the_kernel_is_a_fail():
+    """A driver may report its default ("auto") as on while the kernel's own
+    configuration is unset: the trial registration (EINVAL) tells."""
+    st = configured()
+    c = by_name(doctor.interface_checks(st, 7, 9999, trial=(False, "EINVAL: header split")))
+    assert c["tcp-data-split"].status == FAIL and "reported on" in c["tcp-data-split"].detail
+    assert c["tcp-data-split"].fix == ("ethtool -G eth1 tcp-data-split off; "
+                                       "ethtool -G eth1 tcp-data-split on")
+    c = by_name(doctor.interface_checks(st, 7, 9999, trial=(True, "works here")))
+    assert c["tcp-data-split"].status == PASS
+
+
 def test_missing_interface():
     st = nic.NicState(ifname="nope", exists=False, errors={"interface": "ENODEV: no interface"})
     checks = doctor.interface_checks(st, 1, 9999)

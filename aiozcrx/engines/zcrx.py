@@ -210,6 +210,16 @@ class ZcrxEngine(RingEngine):
 
     def _notification(self, res: int) -> None:
         """A zcrx notification CQE (7.2): ``res`` carries the event bits."""
+        if res == 0 and not self.nodev:
+            # 7.2.13 posts the event *type* in res, and ZCRX_EVENT_ALLOC_FAIL is 0:
+            # the NIC queue's page pool found the refill ring empty. Views released
+            # outside a dispatch round stay unpublished until the next round, and no
+            # data arrives to start one (the NIC drops it): the next release must
+            # wake the loop, which publishes (seen on the simulated NIC: a stall
+            # with every buffer returned but none published).
+            res = _ring.ZCRX_NOTIF_NO_BUFFERS
+            self.area.set_wake(self.ring.eventfd, True)
+            self.area.publish(True)
         if res & _ring.ZCRX_NOTIF_NO_BUFFERS:
             self._kick_pending = True
             self._exhaustion_seen()

@@ -280,9 +280,58 @@ def system_checks(sysf: dict, core: dict) -> list[Check]:
     return out
 
 
+def trial_errno(trial: tuple[bool, str] | None) -> str | None:
+    """The errno name of a failed trial registration ("EINVAL: ..." -> "EINVAL")."""
+    if trial is None or trial[0]:
+        return None
+    return trial[1].split(":", 1)[0].strip() or None
+
+
+def _driver_check(st: _nic.NicState, queue: int | None,
+                  trial: tuple[bool, str] | None) -> Check:
+    """Whether the queue can take a memory provider: the kernel's answer to a trial
+    registration where there is one; the list of known drivers is only a hint."""
+    I = "interface"
+    drv = st.driver or "unknown"
+    where = f"{drv} (from {st.driver_source})"
+    hint = (f"a known zcrx driver ({_nic.KNOWN_ZCRX_DRIVERS[drv]})" if st.known_zcrx_driver
+            else f"not one of the drivers known to support zcrx ({', '.join(sorted(KNOWN))})")
+    no_api_fix = "use a NIC whose driver has the queue API (bnxt, mlx5, gve, fbnic), " \
+                 "or engine='zcrx-copy' / 'uring'"
+    err = trial_errno(trial)
+    if trial is not None and trial[0]:
+        return Check(I, "driver", PASS, f"{where}: a trial zcrx registration on queue {queue} "
+                                        f"succeeded; {hint}")
+    if err == "EOPNOTSUPP":
+        return Check(I, "driver", FAIL,
+                     f"{where}: no queue API: a trial zcrx registration on queue {queue} gave "
+                     f"EOPNOTSUPP (no queue management ops or no DMA device); {hint}", no_api_fix)
+    if err in ("EINVAL", "EEXIST", "EBUSY", "ERANGE"):
+        return Check(I, "driver", PASS,
+                     f"{where}: has the queue API (a trial registration on queue {queue} got past "
+                     f"it, then {trial[1]}: see the checks below); {hint}")
+    if trial is not None:
+        return Check(I, "driver", WARN, f"{where}: a trial registration on queue {queue} "
+                                        f"failed: {trial[1]}; {hint}")
+    # no trial (no --queue, or the core is not loaded): the driver's name is all there is
+    if st.known_zcrx_driver:
+        return Check(I, "driver", PASS, f"{drv} ({_nic.KNOWN_ZCRX_DRIVERS[drv]}, from "
+                                        f"{st.driver_source}): has the queue API zcrx needs "
+                                        f"(by name; --queue tries a registration)")
+    return Check(I, "driver", FAIL,
+                 f"{where}: no queue API: registering a zcrx queue gives EOPNOTSUPP (known zcrx "
+                 f"drivers: {', '.join(sorted(KNOWN))}; by name: --queue tries a registration)",
+                 no_api_fix)
+
+
 def interface_checks(st: _nic.NicState, queue: int | None, port: int | None,
-                     flow_type: str = "tcp6", release: str = "") -> list[Check]:
-    """Judge a NIC snapshot for zcrx on ``queue`` (and ``port``'s steering)."""
+                     flow_type: str = "tcp6", release: str = "",
+                     trial: tuple[bool, str] | None = None) -> list[Check]:
+    """Judge a NIC snapshot for zcrx on ``queue`` (and ``port``'s steering).
+
+    ``trial``: ``(ok, why)`` of a trial zcrx registration on (interface, queue)
+    by the core, where it ran: the kernel's own answer, which overrides what the
+    driver's name and its reported settings suggest."""
     I = "interface"
     ifn = st.ifname
     out: list[Check] = []
@@ -291,17 +340,7 @@ def interface_checks(st: _nic.NicState, queue: int | None, port: int | None,
                          "ip -br link  # pick an existing interface"))
         return out
 
-    drv = st.driver or "unknown"
-    if st.known_zcrx_driver:
-        out.append(Check(I, "driver", PASS,
-                         f"{drv} ({_nic.KNOWN_ZCRX_DRIVERS[drv]}, from {st.driver_source}): "
-                         f"has the queue API zcrx needs"))
-    else:
-        out.append(Check(I, "driver", FAIL,
-                         f"{drv} (from {st.driver_source}): no queue API: registering a zcrx "
-                         f"queue gives EOPNOTSUPP (known zcrx drivers: "
-                         f"{', '.join(sorted(KNOWN))})",
-                         "use a bnxt/mlx5/gve/fbnic NIC, or engine='zcrx-copy' / 'uring'"))
+    out.append(_driver_check(st, queue, trial))
 
     n = st.rx_queues
     ch = st.channels
@@ -333,7 +372,17 @@ def interface_checks(st: _nic.NicState, queue: int | None, port: int | None,
                          "needs a driver with header/data split (bnxt, mlx5, gve, fbnic)"))
     else:
         split = rings.get("tcp_data_split")
-        if split == 2:
+        if split == 2 and trial_errno(trial) == "EINVAL" and not rings.get("hds_thresh"):
+            # A driver may report its "auto" as on, while the kernel checks its own
+            # configuration, which is still unset: only setting it explicitly helps
+            # (setting "on" over a reported "on" changes nothing).
+            out.append(Check(I, "tcp-data-split", FAIL,
+                             "reported on, but the kernel refuses the queue (a trial "
+                             "registration gave EINVAL): the configured value is not 'on' "
+                             "(the driver reports its default as on)",
+                             f"ethtool -G {ifn} tcp-data-split off; ethtool -G {ifn} "
+                             f"tcp-data-split on"))
+        elif split == 2:
             out.append(Check(I, "tcp-data-split", PASS, "on"))
         elif split is None:
             out.append(Check(I, "tcp-data-split", FAIL,
@@ -490,11 +539,18 @@ def run(interface: str | None, queue: int | None, port: int | None,
         flow_type: str = "tcp6") -> dict:
     sysf = gather_system()
     core = probe_core(interface, queue)
+    if interface and queue is not None and any(t and t[0] == "zcrx" and t[1]
+                                               for t in core.get("tried") or []):
+        _nic.wait_queue_released(interface, queue)  # the trial bound it
     checks = system_checks(sysf, core)
     state = None
     if interface:
         state = _nic.read_state(interface)
-        checks += interface_checks(state, queue, port, flow_type, sysf["release"])
+        trial = None
+        for entry in core.get("tried") or []:
+            if queue is not None and entry and entry[0] == "zcrx":
+                trial = (bool(entry[1]), str(entry[2]))
+        checks += interface_checks(state, queue, port, flow_type, sysf["release"], trial)
     eng_lines, zcrx_ok = engine_section(core, interface, queue)
     fails = [c for c in checks if c.status == FAIL]
     ok = zcrx_ok and not fails and interface is not None and queue is not None

@@ -303,8 +303,9 @@ def plan_setup(state: NicState, queue: int, port: int, *, rss_context: bool = Fa
         P.append(f"queue {queue} is negative")
     if state.driver and not state.known_zcrx_driver:
         N.append(f"driver {state.driver} is not a known zcrx driver "
-                 f"({', '.join(sorted(KNOWN_ZCRX_DRIVERS))}): even a configured NIC "
-                 f"will answer EOPNOTSUPP when io_uring registers the queue")
+                 f"({', '.join(sorted(KNOWN_ZCRX_DRIVERS))}): without the queue API the "
+                 f"kernel answers EOPNOTSUPP when io_uring registers the queue "
+                 f"(`aiozcrx doctor --interface {state.ifname} --queue {queue}` asks it)")
 
     # -- 1. channels ------------------------------------------------------
     n_now = state.rx_queues
@@ -763,6 +764,22 @@ def _setup(args) -> int:
     return EXIT_OK if out.ok else EXIT_FAILED
 
 
+def wait_queue_released(interface: str, queue: int, timeout: float = 5.0) -> None:
+    """The kernel unbinds a zcrx queue when the ring's exit work runs, a moment after
+    the ring is closed (io_ring_exit_work): wait for a binding that is about to go
+    (doctor's own trial, an application that just exited), so that the next step
+    does not meet it (EEXIST, or EINVAL turning header split off)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not any(q["type"] == "rx" and q["id"] == queue and q["io_uring"]
+                       for q in et.netdev_queues(interface)):
+                return
+        except (et.EthtoolError, OSError):
+            return  # cannot tell (no netdev family): nothing to wait for
+        time.sleep(0.02)
+
+
 def _teardown(args) -> int:
     if args.interface:
         paths = [state_path(args.interface)]
@@ -780,6 +797,8 @@ def _teardown(args) -> int:
             if not args.json:
                 print(f"nothing recorded in {path}")
             continue
+        if isinstance(record.get("queue"), int):
+            wait_queue_released(record["interface"], record["queue"])
         out = teardown(path, KernelExecutor(record["interface"]))
         report.append({"interface": record["interface"], **asdict(out)})
         if not args.json:

@@ -2,23 +2,33 @@
 # run-in-guest.sh -- run a command inside a Linux 7.x guest kernel that supports
 # io_uring zero-copy receive (zcrx, ZCRX_REG_NODEV), on a host whose kernel does not.
 #
-#   tests/uml/run-in-guest.sh --check
-#   tests/uml/run-in-guest.sh [--timeout S] [--mem SIZE] [--rw DIR]... [--log FILE] -- COMMAND...
+#   tests/uml/run-in-guest.sh [--kernel custom|debian] [--nic] --check
+#   tests/uml/run-in-guest.sh [--kernel custom|debian] [--nic [--nic-queues N]]
+#                             [--timeout S] [--mem SIZE] [--rw DIR]... [--log FILE] -- COMMAND...
 #
 # Exit status: the guest command's; 124 time limit hit; 125 the guest produced no exit
 # status; 77 the runner cannot work on this machine; 2 usage error.
 # See tests/uml/README.md and docs/guest-tier.md for the details.
 #
 # How it works, and why:
-# * The guest kernel is Debian sid's `user-mode-linux` package (UML): Linux built as an
-#   ordinary host program, so no hypervisor is needed (this host's /dev/kvm cannot run
-#   stock kernels, and its own 6.18 kernel cannot register a zcrx instance).
-# * It is fetched with `apt-get download` under a private apt configuration that only
-#   knows Debian sid, and unpacked with `dpkg -x`: nothing from sid is installed on the
-#   host, and the host's apt sources and state are never touched.
-# * The UML binary wants glibc >= 2.38 and Debian 12 has 2.36, so sid's libc6 is unpacked
-#   beside it and patchelf points the binary's ELF interpreter and RUNPATH at it. (Running
-#   it through sid's ld.so instead does not work: UML re-executes /proc/self/exe.)
+# * The guest kernel is User-Mode Linux (UML): Linux built as an ordinary host program,
+#   so no hypervisor is needed (this host's /dev/kvm cannot run stock kernels, and its
+#   own 6.18 kernel cannot register a zcrx instance).
+# * --kernel custom (the default): the project's own build (build-kernel.sh beside this
+#   file): Debian sid's linux-source-7.2 with a netdevsim extension that can host zcrx
+#   on a simulated NIC queue (netdevsim-zcrx.patch). Built once (minutes), then cached.
+# * --kernel debian: Debian sid's `user-mode-linux` package (no netdevsim, no DMA: zcrx
+#   in NODEV copy mode only).
+# * Both come from Debian's archive with `apt-get download` under a private apt
+#   configuration that only knows Debian sid (sid-apt.sh; the mirror is the host's own),
+#   unpacked with `dpkg -x`: nothing from sid is installed on the host, and the host's
+#   apt sources and state are never touched.
+# * The Debian UML binary wants glibc >= 2.38 and Debian 12 has 2.36, so sid's libc6 is
+#   unpacked beside it and patchelf points the binary's ELF interpreter and RUNPATH at
+#   it. (Running it through sid's ld.so instead does not work: UML re-executes
+#   /proc/self/exe.) The custom kernel is built against the host's own glibc.
+# * --nic: the guest gets a linked pair of netdevsim NICs, the peer in a network
+#   namespace of its own (custom kernel only); see guest_setup_nic.
 # * The guest's root is the host's / (hostfs, read-only) under a tmpfs overlay: the
 #   checkout, its .venv and the host's Pythons work unchanged, and every write made in
 #   the guest lands in guest RAM and is gone when the guest stops (except --rw DIRs).
@@ -27,7 +37,10 @@ set -u -o pipefail
 
 ME='run-in-guest'
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
-DEBIAN_MIRROR=${AIOZCRX_UML_MIRROR:-http://deb.debian.org/debian}
+HERE=$(dirname "$SELF")
+# The simulated NIC (--nic): interface names, addresses, the peer's network namespace
+NIC_IF=nsim0 NIC_PEER_IF=nsim1 NIC_PEER_NS=aiozcrx-peer
+NIC_ADDR=192.0.2.1 NIC_PEER_ADDR=192.0.2.2 NIC_ADDR6=2001:db8::1 NIC_PEER_ADDR6=2001:db8::2
 GRACE=20            # seconds the host waits past the time limit before killing UML
 TAIL_LINES=60       # console lines shown when a run fails
 
@@ -42,15 +55,23 @@ usage() {
     local status=${1:-2}
     [ "$status" = 0 ] || exec >&2
     cat <<EOF
-usage: $0 --check
-       $0 [--timeout SECONDS] [--mem SIZE] [--rw DIR]... [--log FILE] -- COMMAND...
+usage: $0 [--kernel custom|debian] [--nic] --check
+       $0 [--kernel custom|debian] [--nic [--nic-queues N]] [--timeout SECONDS]
+          [--mem SIZE] [--rw DIR]... [--log FILE] -- COMMAND...
 
 Runs COMMAND (joined with spaces, run by bash -c) as root in the current directory
 inside a User-Mode Linux 7.x guest, streams its output (stdout and stderr merged) to
 stdout and exits with its exit status.
 
-  --check        exit 0 if the guest can run here (fetches the kernel if needed);
-                 else print one line saying why on stdout and exit 77
+  --check        exit 0 if the guest can run here (builds or fetches the kernel if
+                 needed); else print one line saying why on stdout and exit 77
+  --kernel K     custom (default): the project's build with the netdevsim extension
+                 (build-kernel.sh: built once, minutes); debian: sid's user-mode-linux
+  --nic          a linked pair of netdevsim NICs: $NIC_IF ($NIC_ADDR, $NIC_ADDR6) here,
+                 $NIC_PEER_IF ($NIC_PEER_ADDR, $NIC_PEER_ADDR6) in network namespace
+                 $NIC_PEER_NS; COMMAND gets AIOZCRX_NIC, AIOZCRX_NIC_ADDR(6),
+                 AIOZCRX_NIC_PEER_ADDR(6), AIOZCRX_NIC_PEER_NS (custom kernel only)
+  --nic-queues N RX/TX queues of each NIC (default 4; 2 to 64)
   --timeout S    kill the command S seconds after the guest starts booting (default
                  900); then print the console tail and exit 124
   --mem SIZE     guest RAM, e.g. 512M, 2G (default 2G)
@@ -62,7 +83,9 @@ Exit status: the command's; 124 time limit; 125 no exit status from the guest (t
 reason and the console tail are printed on stderr); 77 cannot work here; 2 usage.
 
 Environment: AIOZCRX_UML_CACHE (cache dir, default \${XDG_CACHE_HOME:-\$HOME/.cache}/aiozcrx-uml),
-AIOZCRX_UML_MIRROR (Debian mirror), AIOZCRX_UML_DEBUG=1 (trace the guest init and
+AIOZCRX_UML_KERNEL (the --kernel default), AIOZCRX_UML_LINUX (boot this UML binary
+instead, e.g. a kernel tree's ./linux), AIOZCRX_UML_MIRROR (Debian mirror; default:
+the host's own Debian archive), AIOZCRX_UML_DEBUG=1 (trace the guest init and
 print the whole console log), AIOZCRX_UML_KEEP=1 (keep the run directory),
 AIOZCRX_GUEST_ENV (names of extra variables to carry into the guest).
 See docs/guest-tier.md.
@@ -80,9 +103,15 @@ unavailable() {
 
 parse_args() {
     MODE=run TIMEOUT=900 MEM=2G LOGFILE='' RW_DIRS=() COMMAND=''
+    KERNEL=${AIOZCRX_UML_KERNEL:-} NIC='' NIC_QUEUES=4
     while [ $# -gt 0 ]; do
         case $1 in
             --check) MODE=check ;;
+            --kernel) [ $# -ge 2 ] || usage; KERNEL=$2; shift ;;
+            --kernel=*) KERNEL=${1#*=} ;;
+            --nic) NIC=1 ;;
+            --nic-queues) [ $# -ge 2 ] || usage; NIC_QUEUES=$2; shift ;;
+            --nic-queues=*) NIC_QUEUES=${1#*=} ;;
             --timeout) [ $# -ge 2 ] || usage; TIMEOUT=$2; shift ;;
             --timeout=*) TIMEOUT=${1#*=} ;;
             --mem) [ $# -ge 2 ] || usage; MEM=$2; shift ;;
@@ -99,6 +128,13 @@ parse_args() {
     done
     [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || { say "--timeout wants a whole number of seconds"; usage; }
     [[ $MEM =~ ^[1-9][0-9]*[KkMmGg]?$ ]] || { say "--mem wants a size like 512M or 2G"; usage; }
+    [ -n "$KERNEL" ] || KERNEL=custom
+    case $KERNEL in custom|debian) ;; *) say "--kernel wants custom or debian"; usage ;; esac
+    [[ $NIC_QUEUES =~ ^[0-9]+$ ]] && [ "$NIC_QUEUES" -ge 2 ] && [ "$NIC_QUEUES" -le 64 ] \
+        || { say "--nic-queues wants a number from 2 to 64"; usage; }
+    if [ -n "$NIC" ] && [ "$KERNEL" = debian ]; then
+        say "--nic needs the custom kernel (Debian's has no netdevsim)"; usage
+    fi
     if [ "$MODE" = run ] && [ -z "$COMMAND" ]; then say "no command given"; usage; fi
     local i d
     for i in "${!RW_DIRS[@]}"; do
@@ -130,7 +166,13 @@ setup_cache_paths() {
         *[[:space:],]*) unavailable "cache path '$CACHE' contains whitespace or a comma (set AIOZCRX_UML_CACHE)" ;;
         /dev|/dev/*|/proc/*|/sys/*|/run|/run/*) unavailable "cache path $CACHE is hidden in the guest (set AIOZCRX_UML_CACHE)" ;;
     esac
-    KDIR=$CACHE/kernel      # the prepared kernel; appears complete or not at all
+    # the prepared kernel; appears complete or not at all
+    if [ "$KERNEL" = debian ]; then
+        KDIR=$CACHE/kernel
+    else
+        KDIR=$(AIOZCRX_UML_CACHE=$CACHE "$HERE/build-kernel.sh" --dir) \
+            || unavailable "tests/uml/build-kernel.sh --dir failed"
+    fi
     mkdir -p "$CACHE/runs" "$CACHE/logs" || unavailable "cannot write to the cache $CACHE"
 }
 
@@ -141,7 +183,7 @@ check_platform() {
         unavailable "no dpkg/apt-get: the guest kernel comes from Debian's archive"
     fi
     [ "$(dpkg --print-architecture)" = amd64 ] \
-        || unavailable "Debian's user-mode-linux is only used here on amd64, this is $(dpkg --print-architecture)"
+        || unavailable "the guest kernel is only built and used here on amd64, this is $(dpkg --print-architecture)"
 }
 
 # Host programs this script needs, as "command:package". insmod and ip also run *inside*
@@ -179,14 +221,35 @@ ensure_host_tools() {
     hash -r
 }
 
-# True when $KDIR holds a kernel prepared for this cache location (the binary's ELF
-# interpreter is an absolute path into $KDIR, so a moved cache needs a new one).
+# True when $KDIR holds a kernel prepared for this cache location (the Debian binary's
+# ELF interpreter is an absolute path into $KDIR, so a moved cache needs a new one).
 kernel_ready() {
-    [ -x "$KDIR/linux" ] && grep -qxF "cache=$KDIR" "$KDIR/info" 2>/dev/null
+    if [ "$KERNEL" = custom ]; then
+        [ -x "$KDIR/linux" ] && [ -s "$KDIR/info" ]
+    else
+        [ -x "$KDIR/linux" ] && grep -qxF "cache=$KDIR" "$KDIR/info" 2>/dev/null
+    fi
 }
 
 prepare_kernel() {
+    if [ -n "${AIOZCRX_UML_LINUX:-}" ]; then
+        [ -x "$AIOZCRX_UML_LINUX" ] || unavailable "AIOZCRX_UML_LINUX=$AIOZCRX_UML_LINUX is not an executable"
+        return 0
+    fi
     kernel_ready && return 0
+    if [ "$KERNEL" = custom ]; then
+        # build-kernel.sh takes its own lock and says what it does, with timings (on
+        # stderr, passed through); its last line says why when it fails
+        local err=$CACHE/logs/build-kernel-$$.err why
+        if ! AIOZCRX_UML_CACHE=$CACHE "$HERE/build-kernel.sh" >/dev/null 2> >(tee "$err" >&2); then
+            sleep 0.2   # let tee finish
+            why=$(grep '^build-kernel:' "$err" | tail -1); rm -f "$err"
+            unavailable "building the guest kernel failed: ${why#build-kernel: }"
+        fi
+        rm -f "$err"
+        kernel_ready || unavailable "build-kernel.sh did not produce $KDIR"
+        return 0
+    fi
     # One fetcher at a time; the others wait and then find the kernel ready. The lock
     # dies with its holder, so an aborted fetch never blocks later runs.
     exec 9>"$CACHE/.lock"
@@ -210,41 +273,18 @@ fetch_kernel() {
     local t0=$SECONDS
     rm -rf "$CACHE"/.build.*    # left by aborted fetches (we hold the lock)
     local build; build=$(mktemp -d "$CACHE/.build.XXXXXX") || unavailable "cannot write to $CACHE"
-    local apt=$build/apt log=$build/fetch.log
+    local log=$build/fetch.log
     say "fetching user-mode-linux and libc6 from Debian sid into $CACHE"
 
-    # Private apt configuration: our own sources list, empty parts/preferences dirs,
-    # lists and downloads inside the build dir, no locking of the host's apt state.
-    mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/sources.list.d" "$apt/preferences.d"
-    cat >"$apt/sid.sources" <<EOF
-Types: deb
-URIs: $DEBIAN_MIRROR
-Suites: sid
-Components: main
-Architectures: amd64
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-    local -a aptopt=(
-        -o Dir::Etc::SourceList="$apt/sid.sources" -o Dir::Etc::SourceParts="$apt/sources.list.d"
-        -o Dir::Etc::Preferences="$apt/preferences" -o Dir::Etc::PreferencesParts="$apt/preferences.d"
-        -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt" -o Dir::Cache::Archives="$apt/archives"
-        -o Debug::NoLocking=1 -o Acquire::Languages=none -q
-        -o Acquire::http::Timeout=30 -o Acquire::Retries=2)  # fail in minutes, not hours
-    # apt drops to the _apt user for downloads, which cannot write into root's home
-    [ "$(id -u)" = 0 ] && aptopt+=(-o APT::Sandbox::User=root)
-    [ -r /usr/share/keyrings/debian-archive-keyring.gpg ] \
-        || unavailable "no /usr/share/keyrings/debian-archive-keyring.gpg (package debian-archive-keyring)"
-
     fetch_fail() {
-        # the most telling line: the reason under apt's first "Err:", else its last error
-        local why; why=$(grep -A1 '^Err:' "$log" | sed -n '2{s/^ *//;p}')
-        [ -n "$why" ] || why=$(grep -E '^(E:|W:|dpkg|patchelf)' "$log" | tail -1)
+        local why; why=$(grep -E '^(dpkg|patchelf)' "$log" | tail -1)
         rm -rf "$build"
         unavailable "$1${why:+: $why}"
     }
-    apt-get "${aptopt[@]}" update >"$log" 2>&1 || fetch_fail "apt-get update for Debian sid ($DEBIAN_MIRROR) failed"
-    (cd "$build" && apt-get "${aptopt[@]}" download user-mode-linux libc6) >>"$log" 2>&1 \
-        || fetch_fail "apt-get download user-mode-linux libc6 failed"
+    # shellcheck source=tests/uml/sid-apt.sh
+    . "$HERE/sid-apt.sh"
+    : >"$log"
+    sid_apt_download "$build" "$log" user-mode-linux libc6 || fetch_fail "$SID_APT_ERROR"
 
     local deb x=$build/x out=$build/kernel
     for deb in "$build"/*.deb; do dpkg -x "$deb" "$x" >>"$log" 2>&1 || fetch_fail "dpkg -x $deb failed"; done
@@ -318,7 +358,8 @@ carried_vars() {
     done
     # PYTHON* (PYTHONPATH, PYTHONHASHSEED, ...) and the project's own AIOZCRX_* knobs;
     # AIOZCRX_UML_* belong to this runner.
-    compgen -e | grep -E '^(PYTHON|AIOZCRX_)' | grep -vE '^AIOZCRX_(UML_|GUEST$)'
+    # (AIOZCRX_NIC*: set by --nic only)
+    compgen -e | grep -E '^(PYTHON|AIOZCRX_)' | grep -vE '^AIOZCRX_(UML_|GUEST$|NIC)'
 }
 
 # The script the guest runs for the command: environment, directory, command.
@@ -327,6 +368,10 @@ write_command_file() {
     echo "# written by $ME for one guest run"
     for v in $(carried_vars | sort -u); do printf 'export %s=%q\n' "$v" "${!v}"; done
     echo "export AIOZCRX_GUEST=1"
+    if [ -n "$NIC" ]; then
+        echo "export AIOZCRX_NIC=$NIC_IF AIOZCRX_NIC_ADDR=$NIC_ADDR AIOZCRX_NIC_ADDR6=$NIC_ADDR6"
+        echo "export AIOZCRX_NIC_PEER_NS=$NIC_PEER_NS AIOZCRX_NIC_PEER_ADDR=$NIC_PEER_ADDR AIOZCRX_NIC_PEER_ADDR6=$NIC_PEER_ADDR6"
+    fi
     printf 'cd -- %q || exit 126\n' "$PWD"
     printf 'exec bash -c %q\n' "$COMMAND"
 }
@@ -365,7 +410,15 @@ run_guest() {
     local log=${LOGFILE:-$RUN/console.log}
     : >"$log"
 
-    local kver; kver=$(sed -n 's/^kernel=//p' "$KDIR/info")
+    local linux=${AIOZCRX_UML_LINUX:-$KDIR/linux} kver mod
+    if [ -n "${AIOZCRX_UML_LINUX:-}" ]; then
+        kver=custom
+    else
+        kver=$(sed -n 's/^kernel=//p' "$KDIR/info")
+    fi
+    # the Debian kernel's modules; the custom kernel has everything built in
+    mod=$KDIR/modules/$kver
+    [ -d "$mod" ] || mod=$RUN/no-modules
     # when the guest kills the command: wall-clock microseconds (the guest's clock is
     # the host's)
     local deadline=$(( ${EPOCHREALTIME/./} + TIMEOUT * 1000000 ))
@@ -382,9 +435,12 @@ run_guest() {
         uml_dir="$RUN"      # its pid file and mconsole socket; not in ~/.uml
         noreboot            # a guest reboot ends UML instead of booting again
         printk.time=1       # timestamps in the console log
-        aiozcrx.run="$RUN" aiozcrx.kver="$kver" aiozcrx.mod="$KDIR/modules/$kver"
+        aiozcrx.run="$RUN" aiozcrx.kver="$kver" aiozcrx.mod="$mod"
         aiozcrx.deadline_us="$deadline")
     [ -z "${AIOZCRX_UML_DEBUG:-}" ] || kargs+=(aiozcrx.debug=1)
+    [ -z "$NIC" ] || kargs+=(aiozcrx.nic="$NIC_QUEUES")
+    # built-in dummy and ifb drivers would each add devices (dummy0, ifb0, ifb1)
+    [ "$KERNEL" = debian ] || kargs+=(dummy.numdummies=0 ifb.numifbs=0)
 
     # fd 4 is a pipe of our own (FIFO + cat) rather than our stdout: UML makes its
     # console fds non-blocking, and on a shared stdout that would leak to the caller.
@@ -394,7 +450,7 @@ run_guest() {
     INTERRUPTED='' GUEST_PID=''
     trap 'on_signal 2' INT; trap 'on_signal 15' TERM; trap 'on_signal 1' HUP
     # The subshell execs UML, so $! is UML's pid. LD_*: the binary must find sid's libc.
-    ( exec env -u LD_LIBRARY_PATH -u LD_PRELOAD TMPDIR="$memdir" "$KDIR/linux" "${kargs[@]}"
+    ( exec env -u LD_LIBRARY_PATH -u LD_PRELOAD TMPDIR="$memdir" "$linux" "${kargs[@]}"
     ) </dev/null 3>>"$log" 4>"$RUN/out" >>"$log" 2>&1 &
     GUEST_PID=$!
     # Hard limit, for a guest that cannot stop itself (the guest kills the command at
@@ -464,13 +520,19 @@ self_test() {
     local out err rc
     err=$(mktemp)
     # shellcheck disable=SC2016   # expanded in the guest
-    out=$(cd / && "$SELF" --timeout 120 --mem "$MEM" -- '
+    local -a opts=(--kernel "$KERNEL")
+    [ -z "$NIC" ] || opts+=(--nic --nic-queues "$NIC_QUEUES")
+    out=$(cd / && "$SELF" "${opts[@]}" --timeout 120 --mem "$MEM" -- '
         set -e
         [ "$AIOZCRX_GUEST" = 1 ]
         [ "$(ulimit -l)" = unlimited ]
         ip -o link show lo | grep -q "UP"
         touch /tmp/.aiozcrx-check /dev/shm/.aiozcrx-check
         [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = 0 ]
+        if [ -n "${AIOZCRX_NIC:-}" ]; then
+            ip -o link show "$AIOZCRX_NIC" | grep -q "UP"
+            ip netns exec "$AIOZCRX_NIC_PEER_NS" ip -o addr show | grep -qF "$AIOZCRX_NIC_PEER_ADDR/"
+        fi
         echo "guest-ok $(uname -r)"' 2>"$err")
     rc=$?
     if [ $rc -ne 0 ] || [[ $out != *guest-ok* ]]; then
@@ -486,7 +548,13 @@ self_test() {
     if [ "$major" -lt 7 ] || { [ "$major" = 7 ] && [ "$minor" -lt 1 ]; }; then
         unavailable "guest kernel $kver is older than 7.1 (no ZCRX_REG_NODEV)"
     fi
-    echo "$ME: ok: guest kernel $kver ($(grep -E '^(user-mode-linux|libc6)=' "$KDIR/info" | tr '\n' ' ')cache $CACHE)"
+    local what
+    if [ -n "${AIOZCRX_UML_LINUX:-}" ]; then
+        what="$AIOZCRX_UML_LINUX"
+    else
+        what="$KERNEL: $(grep -E '^(user-mode-linux|libc6|linux-source-[0-9.]+)=' "$KDIR/info" | tr '\n' ' ')cache $KDIR"
+    fi
+    echo "$ME: ok: guest kernel $kver${NIC:+ with the simulated NIC} ($what)"
 }
 
 host_main() {
@@ -574,6 +642,36 @@ guest_setup_system() {
     ulimit -c 0
 }
 
+# --nic: two netdevsim devices of $1 queues each, linked back to back (what one sends,
+# the other receives); the second moves into a network namespace of its own. Both get
+# IPv4 and IPv6 addresses and come up; nothing is set up for zero copy (that is the
+# command's business: `aiozcrx nic setup`).
+guest_setup_nic() {
+    local queues=$1 bus=/sys/bus/netdevsim id d fd
+    local -a dev=()
+    [ -w $bus/new_device ] || guest_fail "--nic: this kernel has no netdevsim ($bus/new_device)"
+    for id in 1 2; do
+        echo "$id 1 $queues" >$bus/new_device || guest_fail "--nic: cannot create netdevsim device $id"
+        for d in "$bus/devices/netdevsim$id/net/"*; do dev+=("${d##*/}"); done
+    done
+    [ ${#dev[@]} = 2 ] || guest_fail "--nic: expected two netdevsim interfaces, found: ${dev[*]}"
+    ip link set "${dev[0]}" name $NIC_IF && ip link set "${dev[1]}" name $NIC_PEER_IF \
+        || guest_fail "--nic: cannot rename ${dev[*]}"
+    # link_device takes "NETNS_FD:IFINDEX NETNS_FD:IFINDEX"
+    exec {fd}</proc/self/ns/net
+    echo "$fd:$(<"/sys/class/net/$NIC_IF/ifindex") $fd:$(<"/sys/class/net/$NIC_PEER_IF/ifindex")" \
+        >$bus/link_device || guest_fail "--nic: linking $NIC_IF and $NIC_PEER_IF failed"
+    exec {fd}<&-
+    { ip netns add $NIC_PEER_NS && ip link set $NIC_PEER_IF netns $NIC_PEER_NS; } \
+        || guest_fail "--nic: cannot move $NIC_PEER_IF into network namespace $NIC_PEER_NS"
+    { ip addr add $NIC_ADDR/24 dev $NIC_IF && ip addr add $NIC_ADDR6/64 dev $NIC_IF nodad &&
+      ip link set $NIC_IF up &&
+      ip -n $NIC_PEER_NS link set lo up &&
+      ip -n $NIC_PEER_NS addr add $NIC_PEER_ADDR/24 dev $NIC_PEER_IF &&
+      ip -n $NIC_PEER_NS addr add $NIC_PEER_ADDR6/64 dev $NIC_PEER_IF nodad &&
+      ip -n $NIC_PEER_NS link set $NIC_PEER_IF up; } || guest_fail "--nic: addressing the NICs failed"
+}
+
 # Processes of session $1 (the command's): state, wait channel, command line, and the
 # kernel stack of each, for diagnosing a hang.
 # (Read from /proc directly: ps may not be installed on the host.)
@@ -633,7 +731,7 @@ guest_main() {
     mount -t sysfs sysfs /sys
     # Our parameters, aiozcrx.NAME=VALUE on the kernel command line (bash builtins only
     # here and below where it is easy: every fork+exec costs ~20 ms in UML)
-    local w run='' mod='' kver='' deadline=''
+    local w run='' mod='' kver='' deadline='' nic=''
     local -a words
     read -r -a words </proc/cmdline
     for w in "${words[@]}"; do
@@ -642,6 +740,7 @@ guest_main() {
             aiozcrx.mod=*) mod=${w#*=} ;;
             aiozcrx.kver=*) kver=${w#*=} ;;
             aiozcrx.deadline_us=*) deadline=${w#*=} ;;
+            aiozcrx.nic=*) nic=${w#*=} ;;
             aiozcrx.debug=1) PS4='+ $EPOCHREALTIME '; set -x ;;
         esac
     done
@@ -649,6 +748,7 @@ guest_main() {
         || guest_fail "missing aiozcrx.* kernel parameters"
     guest_setup_root "$run" "$mod" "$kver"
     guest_setup_system
+    [ -z "$nic" ] || guest_setup_nic "$nic"
     guest_run_command "$deadline"
     guest_poweroff
 }

@@ -1,0 +1,558 @@
+"""Engine "zcrx" for real: true zero copy on a NIC queue, the simulated NIC of the
+guest tier (`tests/uml/run-in-guest.sh --nic`: netdevsim with the project's
+extension, tests/uml/netdevsim-zcrx.patch). Senders run in the peer's network
+namespace, so every byte crosses the NIC: steering, header/data split into the
+queue's page pool (our area's buffers), refill by the page pool itself.
+
+Everything goes through the public API and the CLI (`aiozcrx doctor`, `aiozcrx nic
+setup/teardown`). Each test leaves the NIC as it found it. Skipped without the
+simulated NIC; where it is present, a skip is a failure (conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+import aiozcrx
+from aiozcrx.tools import ethtool as et
+from peers import Listener, join, payload, start_many, start_sender, stream_sha256, wait_until
+from test_transport import MiB, Sink
+
+pytestmark = pytest.mark.nic
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+PKG_PARENT = os.path.dirname(TESTS)
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+def cli(*args: str, state_dir: str) -> subprocess.CompletedProcess:
+    """`aiozcrx ARGS` as a user runs it (python -m aiozcrx)."""
+    env = dict(os.environ, AIOZCRX_STATE_DIR=state_dir,
+               PYTHONPATH=os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "aiozcrx", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+async def acli(*args: str, state_dir: str) -> subprocess.CompletedProcess:
+    # a thread, not the loop's subprocess support: uvloop's spawn corrupts the 7.2
+    # UML kernel (docs/guest-tier.md)
+    return await asyncio.to_thread(cli, *args, state_dir=state_dir)
+
+
+def nic_settings(ifname: str) -> dict:
+    """Everything `aiozcrx nic setup` may change, for before/after comparisons."""
+    rings = et.get_rings(ifname)
+    rules, _size, _special = et.get_ntuple_rules(ifname)
+    return {
+        "channels": et.get_channels(ifname),
+        "tcp_data_split": rings.get("tcp_data_split"),
+        "hds_thresh": rings.get("hds_thresh"),
+        "ntuple": "rx-ntuple-filter" in et.get_features(ifname)["active"],
+        "rss": {ctx: entry.get("indir") for ctx, entry in et.dump_rss(ifname).items()},
+        "rules": [(r.location, r.flow_type, r.dst_port, r.queue, r.rss_context) for r in rules],
+    }
+
+
+def bound_queues(ifname: str) -> list[int]:
+    """RX queues with an io_uring memory provider (netdev netlink)."""
+    return [q["id"] for q in et.netdev_queues(ifname) if q["type"] == "rx" and q.get("io_uring")]
+
+
+def wait_released(ifname: str, timeout: float = 30.0) -> list[int]:
+    """The kernel unbinds a queue in the closed ring's exit work, a moment after the
+    ring's fd is closed (io_ring_exit_work): a registration right after a close can
+    still meet EEXIST. Waits until no queue is bound; returns those still bound."""
+    deadline = time.monotonic() + timeout
+    while (bound := bound_queues(ifname)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bound
+
+
+def rx_dropped(ifname: str) -> int:
+    with open(f"/sys/class/net/{ifname}/statistics/rx_dropped") as f:
+        return int(f.read())
+
+
+def tcp_counters() -> str:
+    with open("/proc/net/snmp") as f:
+        rows = [ln.split() for ln in f if ln.startswith("Tcp:")]
+    return " ".join(f"{k}={v}" for k, v in zip(rows[0][1:], rows[1][1:]) if "Retrans" in k or "Segs" in k)
+
+
+class KernelLog:
+    """New kernel log records since creation (/dev/kmsg), to catch WARNINGs."""
+
+    def __init__(self):
+        self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        os.lseek(self.fd, 0, os.SEEK_END)
+
+    def new_lines(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                rec = os.read(self.fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError as e:  # EPIPE: records were overwritten meanwhile
+                if e.errno != errno.EPIPE:
+                    raise
+                continue
+            if not rec:
+                break
+            out.append(rec.decode(errors="replace").split(";", 1)[-1].rstrip("\n"))
+        return out
+
+    def close(self):
+        os.close(self.fd)
+
+
+BAD_KERNEL_LINES = ("WARNING:", "BUG:", "Oops", "refcount_t:", "leak", "page_pool_release_retry")
+
+
+@pytest.fixture
+def kernel_log(sim_nic):
+    """Fails the test if the kernel logged a warning while it ran; and checks that
+    no queue stays bound to a memory provider once it is over."""
+    log = KernelLog()
+    yield log
+    lines = log.new_lines()
+    log.close()
+    bad = [ln for ln in lines if any(b in ln for b in BAD_KERNEL_LINES)]
+    assert not bad, "kernel log:\n" + "\n".join(lines[-40:])
+    assert wait_released(sim_nic.name) == [], "a queue is still bound to io_uring"
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    return str(tmp_path)
+
+
+@pytest.fixture
+def listen():
+    """Listening sockets on the NIC's addresses, closed when the test ends."""
+    made = []
+
+    def make(host: str, port: int) -> Listener:
+        made.append(Listener(host=host, port=port))
+        return made[-1]
+
+    yield make
+    for lst in made:
+        lst.close()
+
+
+@pytest.fixture
+def zc(sim_nic, state_dir, kernel_log):
+    """Configures the NIC for zero copy with `aiozcrx nic setup` (call it with queue,
+    port, flow type) and tears it down afterwards; checks that the teardown restored
+    every setting."""
+    before = nic_settings(sim_nic.name)
+    done = []
+
+    def setup(queue: int, port: int, flow_type: str = "tcp4", *extra: str):
+        r = cli("nic", "setup", "-i", sim_nic.name, "-q", str(queue), "-p", str(port),
+                "--flow-type", flow_type, *extra, state_dir=state_dir)
+        assert r.returncode == 0, r.stdout + r.stderr
+        done.append(1)
+        return r
+
+    yield setup
+    if done:
+        wait_released(sim_nic.name)  # (header split cannot go off under a bound queue)
+        r = cli("nic", "teardown", "-i", sim_nic.name, state_dir=state_dir)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert nic_settings(sim_nic.name) == before
+
+
+def v4(nic):
+    return nic.addr
+
+
+async def receive_one(rx, lst, seed, total, nic, *, host=None, timeout=600):
+    """One stream from the peer namespace into ``rx``; returns (protocol, stats)."""
+    proc = start_sender(lst.port, seed, total, host=host or nic.addr, netns=nic.peer_ns)
+    _, proto = await rx.wrap(await lst.accept(), Sink)
+    assert await asyncio.wait_for(proto.lost, timeout) is None
+    assert await join(proc, timeout) == 0
+    return proto
+
+
+# --------------------------------------------------------------------------
+# the user's path
+# --------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_user_path_doctor_setup_auto_picks_zcrx_256mib_teardown(sim_nic, state_dir, kernel_log, listen):
+    """doctor says no; `nic setup` configures the NIC; doctor says yes; engine
+    "auto" picks zcrx; 256 MiB arrive verified, placed by the NIC's page pool in
+    our area; `nic teardown` restores every setting; doctor says no again."""
+    ifn, q, port, total = sim_nic.name, 1, 9101, 256 * MiB
+    doctor = ("doctor", "-i", ifn, "-q", str(q), "-p", str(port), "--flow-type", "tcp4")
+    before = nic_settings(ifn)
+
+    r = await acli(*doctor, state_dir=state_dir)
+    assert r.returncode == 1, r.stdout
+    assert 'result: engine="zcrx" cannot work' in r.stdout
+    assert "FAIL  tcp-data-split" in r.stdout and "FAIL  steering" in r.stdout
+    # the kernel, not the driver's name, says the queue can take a provider
+    assert "PASS  driver" in r.stdout and "trial registration" in r.stdout
+
+    r = await acli("nic", "setup", "-i", ifn, "-q", str(q), "-p", str(port), "--flow-type", "tcp4",
+                   state_dir=state_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        r = await acli(*doctor, state_dir=state_dir)
+        assert r.returncode == 0, r.stdout
+        assert f'result: engine="zcrx" can work on {ifn} queue {q}' in r.stdout
+
+        lst = listen(sim_nic.addr, port)
+        async with aiozcrx.Receiver(interface=ifn, queue=q) as rx:
+            assert rx.engine == "zcrx", rx.fallback_reason
+            assert bound_queues(ifn) == [q]
+            proto = await receive_one(rx, lst, 71, total, sim_nic)
+            stats = rx.stats()
+    finally:
+        r = await acli("nic", "teardown", "-i", ifn, state_dir=state_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert nic_settings(ifn) == before
+
+    assert proto.bytes == total
+    assert proto.sha.hexdigest() == stream_sha256(71, total)
+    assert stats["nodev"] is False and stats["engine"] == "zcrx"
+    assert stats["buffers_outstanding"] == 0
+    # the page pool took our buffers back from the refill ring by itself, again and
+    # again: no ZCRX_CTRL_FLUSH_RQ (that is NODEV's way)
+    assert stats["refill_flushes"] == 0
+    assert stats["buffers_returned"] > 4 * stats["buffers_total"]
+
+    r = await acli(*doctor, state_dir=state_dir)
+    assert r.returncode == 1, r.stdout
+
+
+@pytest.mark.asyncio
+async def test_64_connections_steered_ipv6(sim_nic, zc, listen):
+    """A tcp6 rule steers 64 concurrent connections to the queue; each verified."""
+    q, port, n = 2, 9102, 64
+    zc(q, port, "tcp6")
+    sizes = [96 * 1024 + 4093 * i for i in range(n)]
+    seeds = [700 + i for i in range(n)]
+    lst = listen(sim_nic.addr6, port)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q) as rx:
+        proc = start_many(port, sizes, seeds, host=sim_nic.addr6, netns=sim_nic.peer_ns)
+        protos = []
+        for _ in range(n):
+            _, p = await rx.wrap(await lst.accept(), Sink)
+            protos.append(p)
+        results = await asyncio.wait_for(asyncio.gather(*(p.lost for p in protos)), 600)
+        assert all(r is None for r in results)
+        stats = rx.stats()
+    await join(proc)
+    want = {hashlib.sha256(struct.pack("<I", i) + payload(z, s)).hexdigest()
+            for i, (s, z) in enumerate(zip(sizes, seeds))}
+    assert {p.sha.hexdigest() for p in protos} == want
+    assert stats["nodev"] is False and stats["buffers_outstanding"] == 0
+    # every byte came zero copy: no notification of any kind
+    assert stats["notifications_copy"] == 0 and stats["notifications_no_buffers"] == 0
+
+
+@pytest.mark.asyncio
+async def test_unsteered_flow_is_received_by_copy_and_doctor_predicts_it(sim_nic, zc, state_dir, listen):
+    """A flow with no rule lands on another queue (RSS keeps the zcrx queue out):
+    RECV_ZC copies it into the area. The data is right, and `doctor --port`
+    says where that port lands and how to fix it."""
+    q, port, other = 1, 9103, 9104
+    zc(q, port, "tcp4")
+    r = await acli("doctor", "-i", sim_nic.name, "-q", str(q), "-p", str(other), "--flow-type",
+                   "tcp4", "--json", state_dir=state_dir)
+    rep = json.loads(r.stdout)
+    steering = {c["name"]: c for c in rep["checks"]}["steering"]
+    assert steering["status"] == "FAIL"
+    assert "by RSS" in steering["detail"] and f"queue(s) [{q}]" not in steering["detail"]
+    assert steering["fix"] == f"ethtool -N {sim_nic.name} flow-type tcp4 dst-port {other} action {q}"
+
+    lst = listen(sim_nic.addr, other)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q) as rx:
+        proto = await receive_one(rx, lst, 73, 16 * MiB, sim_nic)
+        stats = rx.stats()
+    assert proto.sha.hexdigest() == stream_sha256(73, 16 * MiB)
+    assert stats["buffers_outstanding"] == 0
+    # the kernel did tell (7.2: a COPY notification per arming)
+    assert stats["notifications_copy"] + stats["notifications_no_buffers"] >= 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engines/zcrx.py reads a 7.2 zcrx notification CQE's res as a bit mask, but it is the "
+    "event type (ZCRX_EVENT_ALLOC_FAIL = 0, ZCRX_EVENT_COPY = 1): a COPY is counted as "
+    "notifications_no_buffers; and no warning names the fix. Engine code, owned elsewhere "
+    "(its NODEV tests count COPY notifications as no_buffers): see the report of issue 11"))
+@pytest.mark.asyncio
+async def test_copy_fallback_is_counted_as_copy_and_warns(sim_nic, zc, listen):
+    q, port, other = 1, 9105, 9106
+    zc(q, port, "tcp4")
+    lst = listen(sim_nic.addr, other)
+    with pytest.warns(Warning, match="nic setup"):
+        async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q) as rx:
+            await receive_one(rx, lst, 75, 4 * MiB, sim_nic)
+            stats = rx.stats()
+    assert stats["notifications_copy"] >= 1
+    assert stats["notifications_no_buffers"] == 0
+
+
+# --------------------------------------------------------------------------
+# buffers: refill and exhaustion
+# --------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_small_area_recycles_through_the_page_pool_without_flushes(sim_nic, zc, listen):
+    """A 4 MiB area carries 64 MiB: each buffer goes round ~16 times, taken back
+    from the refill ring by the NIC's page pool, never by ZCRX_CTRL_FLUSH_RQ."""
+    q, port, total = 1, 9107, 64 * MiB
+    zc(q, port, "tcp4")
+    lst = listen(sim_nic.addr, port)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q,
+                                area_size=4 * MiB, rq_entries=1024) as rx:
+        proto = await receive_one(rx, lst, 77, total, sim_nic)
+        stats = rx.stats()
+    assert proto.sha.hexdigest() == stream_sha256(77, total)
+    assert stats["refill_flushes"] == 0
+    assert stats["buffers_returned"] >= total // 4096 - stats["buffers_total"]
+
+
+@pytest.mark.asyncio
+async def test_area_exhausted_by_held_views_nic_drops_then_tcp_recovers(sim_nic, zc, listen):
+    """Hold every view: the page pool finds no buffer, the NIC drops what arrives
+    (rx_dropped grows), TCP retransmits once the views are released; nothing is
+    lost."""
+    q, port, total = 1, 9108, 24 * MiB
+    zc(q, port, "tcp4")
+    dropped = rx_dropped(sim_nic.name)
+    lst = listen(sim_nic.addr, port)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q,
+                                area_size=2 * MiB) as rx:
+        proc = start_sender(lst.port, 79, total, host=sim_nic.addr, netns=sim_nic.peer_ns)
+        _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
+        # the page pool keeps some buffers cached, so the views never hold all of
+        # them: the sign of exhaustion is the NIC dropping
+        await wait_until(lambda: rx_dropped(sim_nic.name) > dropped,
+                         "the NIC drops for want of buffers", timeout=120)
+        assert rx.stats()["buffers_outstanding"] > rx.stats()["buffers_total"] // 2
+        assert proto.bytes < total
+        for v in proto.kept:
+            v.release()
+        proto.kept.clear()
+        proto.keep = False
+        try:
+            assert await asyncio.wait_for(proto.lost, 300) is None
+        except asyncio.TimeoutError:
+            raise AssertionError(f"stalled after the views came back: {proto.bytes} of {total} "
+                                 f"bytes; {rx.stats()}; {tcp_counters()}") from None
+        stats = rx.stats()
+    assert await join(proc) == 0
+    assert proto.bytes == total
+    assert proto.sha.hexdigest() == stream_sha256(79, total)
+    assert stats["buffers_outstanding"] == 0
+
+
+# --------------------------------------------------------------------------
+# registration: lifetime and refusals
+# --------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_close_with_views_outstanding_then_register_the_queue_again(sim_nic, zc, listen):
+    q, port = 1, 9109
+    zc(q, port, "tcp4")
+    lst = listen(sim_nic.addr, port)
+    rx = aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, area_size=4 * MiB)
+    async with rx:
+        proc = start_sender(lst.port, 81, 1 * MiB, host=sim_nic.addr, netns=sim_nic.peer_ns)
+        _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
+        await asyncio.wait_for(proto.lost, 120)
+    await join(proc)
+    kept = proto.kept
+    assert rx.stats()["buffers_outstanding"] == len(kept) > 0
+    # the queue is free again (once the ring's exit work ran) although our views
+    # still hold the area's buffers
+    assert await asyncio.to_thread(wait_released, sim_nic.name) == []
+    h = hashlib.sha256()
+    for v in kept:
+        h.update(v)
+    assert h.hexdigest() == stream_sha256(81, 1 * MiB)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q) as rx2:
+        p2 = await receive_one(rx2, lst, 83, 8 * MiB, sim_nic)
+    assert p2.sha.hexdigest() == stream_sha256(83, 8 * MiB)
+    for v in kept:
+        v.release()
+    kept.clear()
+    assert rx.stats()["buffers_outstanding"] == 0
+
+
+@pytest.mark.asyncio
+async def test_second_registration_on_a_bound_queue_is_eexist(sim_nic, zc):
+    q = 1
+    zc(q, 9110, "tcp4")
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q):
+        with pytest.raises(aiozcrx.ZcrxUnavailable) as ei:
+            async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q):
+                pass
+        assert ei.value.errno == errno.EEXIST
+        assert "already bound" in str(ei.value) and "fix:" in str(ei.value)
+        # engine "auto" goes on to the next engine and says why
+        async with aiozcrx.Receiver(interface=sim_nic.name, queue=q) as rx:
+            assert rx.engine != "zcrx" and "EEXIST" in rx.fallback_reason
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rings", [{"hds_thresh": 256},
+                                   {"tcp_data_split": et.TCP_DATA_SPLIT_DISABLED}],
+                         ids=["hds-thresh-256", "tcp-data-split-off"])
+async def test_header_split_not_usable_is_einval_naming_nic_setup(sim_nic, zc, rings):
+    q = 1
+    zc(q, 9111, "tcp4")
+    saved = et.get_rings(sim_nic.name)
+    et.set_rings(sim_nic.name, **rings)
+    try:
+        with pytest.raises(aiozcrx.ZcrxUnavailable) as ei:
+            async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q):
+                pass
+        assert ei.value.errno == errno.EINVAL
+        assert "header/data split" in str(ei.value) and "aiozcrx nic setup" in str(ei.value)
+    finally:
+        et.set_rings(sim_nic.name, tcp_data_split=saved["tcp_data_split"],
+                     hds_thresh=saved["hds_thresh"])
+
+
+def bpf(cmd: int, attr: bytes) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(attr, 128)
+    fd = libc.syscall(321, cmd, buf, 128)  # __NR_bpf on x86_64
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def attach_xdp_pass(ifname: str) -> int:
+    """A generic-mode XDP program (XDP_PASS; multi-buffer, as header/data split
+    requires) attached through a BPF link; closing the returned fd detaches it."""
+    insns = struct.pack("<BBhi", 0xb7, 0, 0, 2) + struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 = XDP_PASS; exit
+    ins = ctypes.create_string_buffer(insns)
+    lic = ctypes.create_string_buffer(b"GPL")
+    # BPF_PROG_LOAD: prog_type XDP (6), 2 insns, license, prog_flags BPF_F_XDP_HAS_FRAGS,
+    # expected_attach_type BPF_XDP (37)
+    attr = struct.pack("<IIQQIIQII16sII", 6, 2, ctypes.addressof(ins), ctypes.addressof(lic),
+                       0, 0, 0, 0, 1 << 5, b"", 0, 37)
+    prog = bpf(5, attr)
+    try:
+        # BPF_LINK_CREATE: prog_fd, target ifindex, attach_type BPF_XDP, XDP_FLAGS_SKB_MODE
+        return bpf(28, struct.pack("<IIII", prog, et.ifindex(ifname), 37, 1 << 1))
+    finally:
+        os.close(prog)
+
+
+@pytest.mark.asyncio
+async def test_xdp_program_attached_is_refused_both_ways(sim_nic, zc):
+    """An XDP program and a memory provider exclude each other: registering with
+    one attached fails (EEXIST), attaching one to a bound device fails (EBUSY)."""
+    q = 1
+    zc(q, 9112, "tcp4")
+    link = attach_xdp_pass(sim_nic.name)
+    try:
+        with pytest.raises(aiozcrx.ZcrxUnavailable) as ei:
+            async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q):
+                pass
+        assert ei.value.errno == errno.EEXIST
+    finally:
+        os.close(link)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q):
+        with pytest.raises(OSError) as ei:
+            os.close(attach_xdp_pass(sim_nic.name))
+        assert ei.value.errno == errno.EBUSY
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engines/advice.py names EEXIST 'already bound to a memory provider' whatever the kernel "
+    "meant; with an XDP program attached it should say so. Engine code, owned elsewhere"))
+@pytest.mark.asyncio
+async def test_xdp_refusal_names_xdp(sim_nic, zc):
+    q = 1
+    zc(q, 9113, "tcp4")
+    link = attach_xdp_pass(sim_nic.name)
+    try:
+        with pytest.raises(aiozcrx.ZcrxUnavailable) as ei:
+            async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q):
+                pass
+        assert "XDP" in str(ei.value)
+    finally:
+        os.close(link)
+
+
+# --------------------------------------------------------------------------
+# sharing
+# --------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_second_ring_imports_the_queue_instance(sim_nic, zc, listen):
+    """Export/import: a second Receiver (its own ring) receives through the first
+    one's queue instance; buffers go back through the shared refill ring."""
+    q, port = 1, 9114
+    zc(q, port, "tcp4")
+    lst = listen(sim_nic.addr, port)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q) as rx1:
+        # (engine "zcrx" wants interface= and queue= even when importing)
+        async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q,
+                                    share_with=rx1) as rx2:
+            assert rx2.stats()["imported"] is True
+            p1 = start_sender(port, 85, 8 * MiB, host=sim_nic.addr, netns=sim_nic.peer_ns)
+            _, a = await rx1.wrap(await lst.accept(), Sink)
+            p2 = start_sender(port, 87, 8 * MiB, host=sim_nic.addr, netns=sim_nic.peer_ns)
+            _, b = await rx2.wrap(await lst.accept(), Sink)
+            assert await asyncio.wait_for(a.lost, 300) is None
+            assert await asyncio.wait_for(b.lost, 300) is None
+            assert rx2.stats()["completions"] > 0 and rx2.stats()["nodev"] is False
+        await join(p1)
+        await join(p2)
+    assert a.sha.hexdigest() == stream_sha256(85, 8 * MiB)
+    assert b.sha.hexdigest() == stream_sha256(87, 8 * MiB)
+
+
+@pytest.mark.asyncio
+async def test_two_receivers_on_two_queues(sim_nic, zc, listen):
+    """Queues 1 and 2, one Receiver each, one rule per port."""
+    (q1, port1), (q2, port2) = (1, 9115), (2, 9116)
+    zc(q1, port1, "tcp4")
+    # the second queue by hand (a record covers one setup): out of RSS, a rule
+    ifn = sim_nic.name
+    main = et.get_rss(ifn)["indir"]
+    et.set_rss_indir(ifn, [0 if x == q2 else x for x in main])
+    loc = et.insert_ntuple_rule(ifn, "tcp4", port2, q2)
+    try:
+        lst1 = listen(sim_nic.addr, port1)
+        lst2 = listen(sim_nic.addr, port2)
+        async with aiozcrx.Receiver(engine="zcrx", interface=ifn, queue=q1) as rx1, \
+                aiozcrx.Receiver(engine="zcrx", interface=ifn, queue=q2) as rx2:
+            assert sorted(bound_queues(ifn)) == [q1, q2]
+            s1 = start_sender(port1, 89, 16 * MiB, host=sim_nic.addr, netns=sim_nic.peer_ns)
+            s2 = start_sender(port2, 91, 16 * MiB, host=sim_nic.addr, netns=sim_nic.peer_ns)
+            _, a = await rx1.wrap(await lst1.accept(), Sink)
+            _, b = await rx2.wrap(await lst2.accept(), Sink)
+            assert await asyncio.wait_for(a.lost, 300) is None
+            assert await asyncio.wait_for(b.lost, 300) is None
+            st1, st2 = rx1.stats(), rx2.stats()
+        await join(s1)
+        await join(s2)
+    finally:
+        et.delete_ntuple_rule(ifn, loc)
+        et.set_rss_indir(ifn, main)
+    assert a.sha.hexdigest() == stream_sha256(89, 16 * MiB)
+    assert b.sha.hexdigest() == stream_sha256(91, 16 * MiB)
+    for st in (st1, st2):
+        assert st["bytes"] == 16 * MiB and st["notifications_no_buffers"] == 0
