@@ -292,11 +292,6 @@ async def test_unsteered_flow_is_received_by_copy_and_doctor_predicts_it(sim_nic
     assert stats["notifications_copy"] + stats["notifications_no_buffers"] >= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engines/zcrx.py reads a 7.2 zcrx notification CQE's res as a bit mask, but it is the "
-    "event type (ZCRX_EVENT_ALLOC_FAIL = 0, ZCRX_EVENT_COPY = 1): a COPY is counted as "
-    "notifications_no_buffers; and no warning names the fix. Engine code, owned elsewhere "
-    "(its NODEV tests count COPY notifications as no_buffers): see the report of issue 11"))
 @pytest.mark.asyncio
 async def test_copy_fallback_is_counted_as_copy_and_warns(sim_nic, zc, listen):
     q, port, other = 1, 9105, 9106
@@ -479,9 +474,6 @@ async def test_xdp_program_attached_is_refused_both_ways(sim_nic, zc):
         assert ei.value.errno == errno.EBUSY
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engines/advice.py names EEXIST 'already bound to a memory provider' whatever the kernel "
-    "meant; with an XDP program attached it should say so. Engine code, owned elsewhere"))
 @pytest.mark.asyncio
 async def test_xdp_refusal_names_xdp(sim_nic, zc):
     q = 1

@@ -22,6 +22,18 @@ def interface_driver(name: str) -> str:
         return "virtual" if name != "lo" else "loopback"
 
 
+def _xdp_attached(iface: str) -> bool:
+    """Whether an XDP program is attached to ``iface`` (asked only on an error path)."""
+    import json
+    import subprocess
+    try:
+        out = subprocess.run(["ip", "-j", "-d", "link", "show", "dev", iface],
+                             capture_output=True, text=True, timeout=10).stdout
+        return any("xdp" in link for link in json.loads(out or "[]"))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
+
+
 def uring_error(engine: str, e: OSError) -> UringUnavailable:
     err = e.errno
     causes = {
@@ -61,8 +73,11 @@ def zcrx_error(engine: str, config, e: OSError, *, nodev: bool) -> ZcrxUnavailab
                                f"run `aiozcrx doctor --interface {iface}`"),
             errno.EINVAL: (f"{where}: bad queue or header/data split not enabled",
                            f"`aiozcrx nic setup --interface {iface} --queue {queue}`"),
-            errno.EEXIST: (f"{where} is already bound to a memory provider",
-                           "close the other zcrx user of this queue or pick another queue"),
+            errno.EEXIST: ((f"{iface} has an XDP program attached: a memory provider cannot bind "
+                            f"a queue under XDP"), f"detach it (`ip link set dev {iface} xdp off`)")
+                           if _xdp_attached(iface) else
+                           (f"{where} is already bound to a memory provider",
+                            "close the other zcrx user of this queue or pick another queue"),
             errno.ERANGE: (f"{where}: queue out of range", "pick a queue below the channel count (`ethtool -l`)"),
         }
     causes[errno.EPERM] = ("registering zcrx needs CAP_NET_ADMIN",

@@ -10,6 +10,7 @@ import os
 import socket
 import struct
 import termios
+import warnings
 
 from .. import _ring
 from .._ring import UD_NOTIF, user_data
@@ -42,6 +43,7 @@ class ZcrxEngine(RingEngine):
         self._watch_marks: dict[int, int] = {}
         self._quiet_ticks = 0
         self._kick_pending = False
+        self._copy_warned = False
 
     def open(self, loop) -> None:
         if self.share_with is not None:
@@ -208,38 +210,53 @@ class ZcrxEngine(RingEngine):
         super()._starve(conn)
         self._exhaustion_seen()
 
+    # 7.2 posts a notification's event *type* in its CQE's res (ZCRX_EVENT_*),
+    # not a mask: ALLOC_FAIL = 0 (the area ran dry), COPY = 1 (the kernel copied
+    # instead of placing data in the area: on a NIC queue, a flow that is not
+    # steered to it, or header split off).
+    EVENT_ALLOC_FAIL, EVENT_COPY = 0, 1
+
     def _notification(self, res: int) -> None:
-        """A zcrx notification CQE (7.2): ``res`` carries the event bits."""
-        if res == 0 and not self.nodev:
-            # 7.2.13 posts the event *type* in res, and ZCRX_EVENT_ALLOC_FAIL is 0:
-            # the NIC queue's page pool found the refill ring empty. Views released
-            # outside a dispatch round stay unpublished until the next round, and no
-            # data arrives to start one (the NIC drops it): the next release must
-            # wake the loop, which publishes (seen on the simulated NIC: a stall
-            # with every buffer returned but none published).
-            res = _ring.ZCRX_NOTIF_NO_BUFFERS
-            self.area.set_wake(self.ring.eventfd, True)
-            self.area.publish(True)
-        if res & _ring.ZCRX_NOTIF_NO_BUFFERS:
+        """A zcrx notification CQE (7.2)."""
+        if res == self.EVENT_ALLOC_FAIL:
+            bit = _ring.ZCRX_NOTIF_NO_BUFFERS
+            self.stats["notifications_no_buffers"] += 1
             self._kick_pending = True
             self._exhaustion_seen()
-            self.stats["notifications_no_buffers"] += 1
-        if res & _ring.ZCRX_NOTIF_COPY:
+            if not self.nodev:
+                # The NIC's page pool found the refill ring empty. Views released
+                # outside a dispatch round stay unpublished until the next round,
+                # and no data arrives to start one (the NIC drops it): the next
+                # release must wake the loop, which publishes (seen on the
+                # simulated NIC: a stall with every buffer returned, none published).
+                self.area.set_wake(self.ring.eventfd, True)
+                self.area.publish(True)
+        elif res == self.EVENT_COPY:
+            bit = _ring.ZCRX_NOTIF_COPY
             self.stats["notifications_copy"] += 1
-        # Notifications fire once until re-armed. Kernels have taken the type as a
-        # bit or as an index while the ABI settled: try the bit, then the index.
-        for bit in (_ring.ZCRX_NOTIF_NO_BUFFERS, _ring.ZCRX_NOTIF_COPY):
-            if not res & bit:
+            if not self.nodev and not self._copy_warned:
+                self._copy_warned = True
+                cfg = self.config
+                warnings.warn(
+                    f"aiozcrx: the kernel copied received data instead of placing it on "
+                    f"{cfg.interface} queue {cfg.queue} (a flow not steered to that queue, or "
+                    f"header/data split off): no zero copy for it. Fix: `aiozcrx nic setup "
+                    f"--interface {cfg.interface} --queue {cfg.queue}` and check with "
+                    f"`aiozcrx doctor --interface {cfg.interface}`", RuntimeWarning, stacklevel=2)
+        else:
+            self.stats["notifications_unknown"] = self.stats.get("notifications_unknown", 0) + 1
+            return
+        # A notification fires once until re-armed. The control op has taken the
+        # type as an index or as a bit while the ABI settled: the index, then the bit.
+        for arg in (res, bit):
+            try:
+                _ring.zcrx_ctrl(self.ring, self.zcrx_id, _ring.ZCRX_CTRL_ARM_NOTIFICATION, arg)
+            except OSError:
                 continue
-            for arg in (bit, bit.bit_length() - 1):
-                try:
-                    _ring.zcrx_ctrl(self.ring, self.zcrx_id, _ring.ZCRX_CTRL_ARM_NOTIFICATION, arg)
-                except OSError:
-                    continue
-                self.stats["notification_rearms"] = self.stats.get("notification_rearms", 0) + 1
-                break
-            else:
-                self.stats["notification_rearm_errors"] = self.stats.get("notification_rearm_errors", 0) + 1
+            self.stats["notification_rearms"] = self.stats.get("notification_rearms", 0) + 1
+            break
+        else:
+            self.stats["notification_rearm_errors"] = self.stats.get("notification_rearm_errors", 0) + 1
 
     def _revive(self) -> None:
         super()._revive()
