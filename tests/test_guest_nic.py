@@ -333,8 +333,9 @@ async def test_area_exhausted_by_held_views_nic_drops_then_tcp_recovers(sim_nic,
     zc(q, port, "tcp4")
     dropped = rx_dropped(sim_nic.name)
     lst = listen(sim_nic.addr, port)
+    # max_held: this connection may hold the whole area (the default is a quarter)
     async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q,
-                                area_size=2 * MiB) as rx:
+                                area_size=2 * MiB, max_held=2 * MiB) as rx:
         proc = start_sender(lst.port, 79, total, host=sim_nic.addr, netns=sim_nic.peer_ns)
         _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         # the page pool keeps some buffers cached, so the views never hold all of

@@ -175,8 +175,8 @@ class ZcrxEngine(RingEngine):
             # (paused, or over its share) would still fill it. Bounding its
             # receive buffer to its share keeps buffers for the others.
             self._bound_rcvbuf(fd, self.config.held_limit)
-        if self.stats.get("notifications") != "on":
-            self._exhaustion_seen()  # no way to hear of exhaustion: keep watching
+        if self.nodev or self.stats.get("notifications") != "on":
+            self._exhaustion_seen()  # no way to hear of exhaustion (see _watch): keep watching
         return conn
 
     @staticmethod
@@ -202,7 +202,9 @@ class ZcrxEngine(RingEngine):
             return
         stuck = self._kick_stalled(require_no_progress=True)
         self._quiet_ticks = 0 if stuck or self.starved else self._quiet_ticks + 1
-        always = self.stats.get("notifications") != "on" and self.conns
+        # Exhaustion is notified (ALLOC_FAIL) only from a NIC queue's page pool;
+        # NODEV and kernels without notifications need the watchdog throughout.
+        always = (self.nodev or self.stats.get("notifications") != "on") and self.conns
         if self._quiet_ticks < self.QUIET_TICKS or always:
             self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
 
@@ -234,6 +236,8 @@ class ZcrxEngine(RingEngine):
         elif res == self.EVENT_COPY:
             bit = _ring.ZCRX_NOTIF_COPY
             self.stats["notifications_copy"] += 1
+            if self.nodev:
+                return  # all of NODEV is copies: said once, not re-armed (a syscall each)
             if not self.nodev and not self._copy_warned:
                 self._copy_warned = True
                 cfg = self.config
