@@ -554,14 +554,20 @@ def worker_main() -> None:
         factory = uvloop.new_event_loop
     else:
         factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as ref_runner, \
-            asyncio.Runner(loop_factory=factory) as impl_runner:
+    # two loops for the worker's life (asyncio.Runner would do, but not on 3.10)
+    ref_loop, impl_loop = asyncio.new_event_loop(), factory()
+    try:
         for line in sys.stdin:
             req = json.loads(line)
-            reply = {"ref": ref_runner.run(run_script(req["script"], None))}
-            reply["impl"] = impl_runner.run(run_script(req["script"], req["engine"]))
+            asyncio.set_event_loop(ref_loop)
+            reply = {"ref": ref_loop.run_until_complete(run_script(req["script"], None))}
+            asyncio.set_event_loop(impl_loop)
+            reply["impl"] = impl_loop.run_until_complete(run_script(req["script"], req["engine"]))
             out.write(json.dumps(reply) + "\n")
             out.flush()
+    finally:
+        ref_loop.close()
+        impl_loop.close()
 
 
 if __name__ == "__main__":

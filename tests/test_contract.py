@@ -132,6 +132,10 @@ def _close_workers():
 CB_ACTIONS = (["pause"] * 4 + ["resume"] * 2 + ["resume_soon"] * 3 + ["write"] * 2
               + ["close", "abort", "write_eof", "rx_close", "raise"])
 MADE_ACTIONS = ["pause"] * 6 + ["resume_soon"] * 3 + ["write"] * 2 + ["close", "abort", "write_eof", "rx_close", "raise"]
+if sys.version_info < (3, 11):
+    # the reference is wrong there: asyncio 3.10's selector transport adds its reader
+    # after connection_made even if the protocol paused in it (3.11 checks)
+    MADE_ACTIONS = [a for a in MADE_ACTIONS if a != "pause"]
 LOST_ACTIONS = ["raise", "rx_close"]
 DRIVER_ACTIONS = ["pause"] * 4 + ["resume"] * 5 + ["write"] * 2 + ["close", "abort", "write_eof"]
 
