@@ -167,17 +167,39 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
     name, _label, _loopname, kind, engine = variant
     loop = asyncio.get_running_loop()
     listener.setblocking(False)
-    port_cb()
-    conn, _ = await loop.sock_accept(listener)
-    listener.close()
+
+    async def connect():
+        port_cb()
+        conn, _ = await loop.sock_accept(listener)
+        listener.close()
+        return conn
+
+    # engine zcrx binds its NIC queue first: binding restarts the queue, which drops
+    # the packets in flight (and TCP then waits for a retransmission timeout)
+    conn = None if engine == "zcrx" else await connect()
     done = loop.create_future()
     stats = {}
     if kind == "aiozcrx":
         import aiozcrx
         # set up (ring, area, registration) before the clock starts: a one-off cost
-        where = {"interface": nic["ifname"], "queue": nic["queue"]} if engine == "zcrx" else {}
+        where = {}
+        if engine == "zcrx":
+            # On a NIC queue the area must hold what the socket's receive buffer
+            # (tcp_rmem max: 16 MB in the guest) and the completions not yet handled
+            # (8192 CQEs x 4 KiB) can pin: TCP reopens its window as soon as RECV_ZC
+            # takes the data, before we return the buffers. With 32 MiB the NIC ran
+            # out on one CPU in about half the rounds (drops, TCP retransmission
+            # timeouts: 0.3 instead of 1 GB/s); 64 MiB never did. The refill ring is
+            # as large as the area: with 4096 entries for the buffers, returns beyond
+            # it waited for our next round and the NIC ran dry before that.
+            area_size = max(area_size, 64 << 20)
+            nbufs = area_size // 4096
+            where = {"interface": nic["ifname"], "queue": nic["queue"],
+                     "rq_entries": min(32768, 1 << (nbufs - 1).bit_length())}
         async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size,
                                     **where) as rx:
+            if conn is None:
+                conn = await connect()
             dispatcher = ring_dispatcher(rx)
             if kernel_split and dispatcher is not None:
                 dispatcher.set_timing(True)  # thread CPU inside our io_uring syscalls
@@ -220,6 +242,9 @@ def child_main(args) -> None:
         if not ok:
             print(json.dumps({"name": variant[0], "unavailable": why}))
             return
+        if where:  # the probe's queue binding goes in the ring's exit work: let it go
+            from aiozcrx.tools.nic import wait_queue_released
+            wait_queue_released(where["interface"], where["queue"])
     if nic:
         # over the simulated NIC: the sender in the peer's network namespace
         listener = socket.create_server((nic["addr"], nic["port"]))
