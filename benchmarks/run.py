@@ -16,6 +16,13 @@ A full run (not ``--quick``/``--no-write``/``--no-guest``) then runs engine zcrx
 which needs Linux 7.1+, against uvloop inside the User-Mode Linux 7.x guest
 (``benchmarks/guest.py``) and adds that table and target (c) to the report.
 
+``--nic`` (inside ``tests/uml/run-in-guest.sh --nic``, after ``aiozcrx nic setup``
+has steered the port to the queue): every variant receives over the simulated NIC
+instead of loopback, the sender in the peer's network namespace, so that engine
+``zcrx`` (a NIC queue: true zero copy) can be compared with the others on the same
+path. Port ``AIOZCRX_BENCH_PORT`` (default 9300), queue ``AIOZCRX_BENCH_QUEUE``
+(default 1).
+
 Columns: GB/s (bytes / wall seconds, decimal GB), receiver CPU seconds per GB
 (user, sys, total), bytes per data_received call, and the ratio of the total
 CPU s/GB to uvloop BufferedProtocol's and uvloop Protocol's medians in the same
@@ -53,15 +60,26 @@ VARIANTS = [
     ("aiozcrx-socket-asyncio", "aiozcrx socket, asyncio", "asyncio", "aiozcrx", "socket"),
     ("aiozcrx-zcrx-copy-uvloop", "aiozcrx zcrx-copy, uvloop", "uvloop", "aiozcrx", "zcrx-copy"),
     ("aiozcrx-zcrx-copy-asyncio", "aiozcrx zcrx-copy, asyncio", "asyncio", "aiozcrx", "zcrx-copy"),
+    # a NIC queue (--nic: the simulated NIC of the guest tier)
+    ("aiozcrx-zcrx-uvloop", "aiozcrx zcrx (NIC queue), uvloop", "uvloop", "aiozcrx", "zcrx"),
+    ("aiozcrx-zcrx-asyncio", "aiozcrx zcrx (NIC queue), asyncio", "asyncio", "aiozcrx", "zcrx"),
 ]
 BY_NAME = {v[0]: v for v in VARIANTS}
 
 
 # ----------------------------------------------------------------- sender
-def sender_main(port: int, seconds: float, total: int) -> None:
+def nic_env() -> dict:
+    """Where --nic receives: the simulated NIC of `run-in-guest.sh --nic`."""
+    return {"ifname": os.environ["AIOZCRX_NIC"], "addr": os.environ["AIOZCRX_NIC_ADDR"],
+            "peer_ns": os.environ["AIOZCRX_NIC_PEER_NS"],
+            "port": int(os.environ.get("AIOZCRX_BENCH_PORT", "9300")),
+            "queue": int(os.environ.get("AIOZCRX_BENCH_QUEUE", "1"))}
+
+
+def sender_main(port: int, seconds: float, total: int, host: str = "127.0.0.1") -> None:
     block = bytes(range(256)) * (BLOCK // 256)
     view = memoryview(block)
-    with socket.create_connection(("127.0.0.1", port)) as s:
+    with socket.create_connection((host, port)) as s:
         if total:
             sent = 0
             while sent < total:
@@ -130,13 +148,13 @@ def ring_dispatcher(rx):
     return getattr(rx._engine, "dispatcher", None)
 
 
-def probe_engine(engine: str) -> tuple[bool, str]:
+def probe_engine(engine: str, **kw) -> tuple[bool, str]:
     """Tries ``Receiver(engine=...)`` in this process; (works, why not)."""
     import aiozcrx
 
     async def go():
         try:
-            async with aiozcrx.Receiver(engine=engine, area_size=4 << 20) as rx:
+            async with aiozcrx.Receiver(engine=engine, area_size=4 << 20, **kw) as rx:
                 return True, rx.engine
         except Exception as e:  # noqa: BLE001 - reported, not hidden
             return False, f"{type(e).__name__}: {e}"
@@ -144,19 +162,44 @@ def probe_engine(engine: str) -> tuple[bool, str]:
     return asyncio.run(go())
 
 
-async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=False) -> dict:
+async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=False,
+                  nic=None) -> dict:
     name, _label, _loopname, kind, engine = variant
     loop = asyncio.get_running_loop()
     listener.setblocking(False)
-    port_cb()
-    conn, _ = await loop.sock_accept(listener)
-    listener.close()
+
+    async def connect():
+        port_cb()
+        conn, _ = await loop.sock_accept(listener)
+        listener.close()
+        return conn
+
+    # engine zcrx binds its NIC queue first: binding restarts the queue, which drops
+    # the packets in flight (and TCP then waits for a retransmission timeout)
+    conn = None if engine == "zcrx" else await connect()
     done = loop.create_future()
     stats = {}
     if kind == "aiozcrx":
         import aiozcrx
         # set up (ring, area, registration) before the clock starts: a one-off cost
-        async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size) as rx:
+        where = {}
+        if engine == "zcrx":
+            # On a NIC queue the area must hold what the socket's receive buffer
+            # (tcp_rmem max: 16 MB in the guest) and the completions not yet handled
+            # (8192 CQEs x 4 KiB) can pin: TCP reopens its window as soon as RECV_ZC
+            # takes the data, before we return the buffers. With 32 MiB the NIC ran
+            # out on one CPU in about half the rounds (drops, TCP retransmission
+            # timeouts: 0.3 instead of 1 GB/s); 64 MiB never did. The refill ring is
+            # as large as the area: with 4096 entries for the buffers, returns beyond
+            # it waited for our next round and the NIC ran dry before that.
+            area_size = max(area_size, 64 << 20)
+            nbufs = area_size // 4096
+            where = {"interface": nic["ifname"], "queue": nic["queue"],
+                     "rq_entries": min(32768, 1 << (nbufs - 1).bit_length())}
+        async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size,
+                                    **where) as rx:
+            if conn is None:
+                conn = await connect()
             dispatcher = ring_dispatcher(rx)
             if kernel_split and dispatcher is not None:
                 dispatcher.set_timing(True)  # thread CPU inside our io_uring syscalls
@@ -169,6 +212,8 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
             st = rx.stats()
             stats = {"completions": st.get("completions"), "wakeups": st.get("wakeups"),
                      "engine": rx.engine}
+            if engine == "zcrx":
+                stats["refill_flushes"] = st.get("refill_flushes")
             if "syscall_cpu_ns" in st:
                 stats["syscall_cpu"] = st["syscall_cpu_ns"] / 1e9
     else:
@@ -186,22 +231,37 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
 def child_main(args) -> None:
     variant = BY_NAME[args.child]
     loopname = variant[2]
-    if variant[3] == "aiozcrx" and variant[4] == "zcrx-copy":
-        ok, why = probe_engine("zcrx-copy")
+    nic = nic_env() if args.nic else None
+    if variant[3] == "aiozcrx" and variant[4] in ("zcrx-copy", "zcrx"):
+        if variant[4] == "zcrx" and nic is None:
+            print(json.dumps({"name": variant[0], "unavailable": "engine zcrx needs a NIC queue "
+                              "(--nic, inside tests/uml/run-in-guest.sh --nic)"}))
+            return
+        where = {"interface": nic["ifname"], "queue": nic["queue"]} if variant[4] == "zcrx" else {}
+        ok, why = probe_engine(variant[4], **where)
         if not ok:
             print(json.dumps({"name": variant[0], "unavailable": why}))
             return
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
+        if where:  # the probe's queue binding goes in the ring's exit work: let it go
+            from aiozcrx.tools.nic import wait_queue_released
+            wait_queue_released(where["interface"], where["queue"])
+    if nic:
+        # over the simulated NIC: the sender in the peer's network namespace
+        listener = socket.create_server((nic["addr"], nic["port"]))
+        port, host, prefix = nic["port"], nic["addr"], ["ip", "netns", "exec", nic["peer_ns"]]
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))
+        port, host, prefix = listener.getsockname()[1], "127.0.0.1", []
     total = args.bytes
     procs = []
 
     def start_sender():
         procs.append(subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--sender", str(port),
-             "--seconds", str(args.seconds), "--bytes", str(total)]))
+            prefix + [sys.executable, os.path.abspath(__file__), "--sender", str(port),
+                      "--host", host, "--seconds", str(args.seconds), "--bytes", str(total)]))
 
-    coro = receive(variant, start_sender, listener, args.buf_size, args.area_size, args.kernel_split)
+    coro = receive(variant, start_sender, listener, args.buf_size, args.area_size, args.kernel_split,
+                   nic)
     try:
         if loopname == "uvloop":
             import uvloop
@@ -223,6 +283,8 @@ def run_child(name: str, args) -> dict:
            "--bytes", str(args.bytes), "--buf-size", str(args.buf_size), "--area-size", str(args.area_size)]
     if args.kernel_split:
         cmd.append("--kernel-split")
+    if args.nic:
+        cmd.append("--nic")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds * 10 + 120)
     if out.returncode != 0:
         return {"name": name, "error": (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]}
@@ -353,12 +415,16 @@ def main(argv=None) -> int:
                     help="aiozcrx ring engines: also measure the thread CPU spent inside our io_uring "
                          "syscalls (the kernel's receive work) and report CPU s/GB outside them; "
                          "for User-Mode Linux, whose getrusage books kernel time as user")
+    ap.add_argument("--nic", action="store_true",
+                    help="receive over the simulated NIC (inside tests/uml/run-in-guest.sh --nic, "
+                         "the port steered with `aiozcrx nic setup`); needed by the zcrx variants")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--sender", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.sender is not None:
-        sender_main(args.sender, args.seconds, args.bytes)
+        sender_main(args.sender, args.seconds, args.bytes, args.host)
         return 0
     if args.child:
         child_main(args)
@@ -366,7 +432,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.bytes, args.no_write = 1, 8 << 20, True
 
-    order = [v[0] for v in VARIANTS]
+    order = [v[0] for v in VARIANTS if v[4] != "zcrx" or args.nic]
     if args.only:
         order = [n for n in args.only.split(",") if n]
         unknown = [n for n in order if n not in BY_NAME]
@@ -433,6 +499,9 @@ def main(argv=None) -> int:
         import guest
         print("\n# the 7.x guest (benchmarks/guest.py) ...", file=sys.stderr)
         status, text = guest.run_guest(args.rounds, args.seconds)
+        nic_status, nic_text = guest.run_guest_nic(args.rounds, args.seconds)
+        text += ("\n\nOver the simulated NIC (run-in-guest.sh --nic; sender in the peer "
+                 "namespace; engine zcrx on a NIC queue):\n" + nic_text)
         guest_text = text
         print()
         print("In the 7.x guest (User-Mode Linux, benchmarks/guest.py):")
