@@ -137,16 +137,16 @@ class ZcrxEngine(RingEngine):
     # -- stalls after exhaustion -------------------------------------------
     # When the area runs dry, a RECV_ZC multishot can stay armed and never
     # resume, even once buffers are back: it waits for a socket wake-up, and a
-    # sender blocked on a full window sends none (KERNEL-NOTES). Measured here:
-    # hundreds of NO_BUFFERS per GB in copy mode with nothing held by the user.
-    # So:
-    #  - on a NO_BUFFERS notification (7.2), once the round's refills are flushed,
-    #    every armed request whose socket holds data is cancelled; the
-    #    cancellation's completion re-arms it. The notification is re-armed before
-    #    that, so an exhaustion after the kick notifies again: no gap.
-    #  - without notifications (7.1) or after ENOMEM/starvation, a watchdog ticks
-    #    and cancels armed requests that hold data but made no progress for a
-    #    tick. Without notifications it runs as long as connections are attached.
+    # sender blocked on a full window sends none (KERNEL-NOTES). So:
+    #  - on an ALLOC_FAIL notification (7.2; posted only by a NIC queue's page
+    #    pool), once the round's refills are flushed, every armed request whose
+    #    socket holds data is cancelled; the cancellation's completion re-arms it.
+    #    The notification is re-armed before that: no gap.
+    #  - NODEV (never notified of exhaustion), kernels without notifications (7.1),
+    #    and after ENOMEM/starvation: a watchdog ticks and cancels armed requests
+    #    that hold data but made no progress for a tick; for NODEV and 7.1 it runs
+    #    as long as connections are attached. (Earlier sessions read 7.2's COPY
+    #    events, one per re-arm in NODEV, as exhaustion: they were copies.)
     WATCHDOG_TICK = 0.05
     QUIET_TICKS = 20
 
