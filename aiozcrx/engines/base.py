@@ -175,6 +175,8 @@ class Engine:
         self.config = config
         self.loop = None
         self.conns: dict[int, Conn] = {}
+        self.starved: set[Conn] = set()    # waiting for free buffers to be re-armed
+        self.throttled: set[Conn] = set()  # over their share (see Config.held_limit)
         self.closed = False
         self.stats = {"rearms": 0, "starved": 0, "notifications_no_buffers": 0,
                       "notifications_copy": 0, "wakeups": 0, "stale_completions": 0}
@@ -207,6 +209,20 @@ class Engine:
 
     def _conn_stats(self, conn: Conn) -> tuple[int, int]:
         raise NotImplementedError
+
+    def _retire(self, conn: Conn) -> bool:
+        """Marks the record detached (its counters kept) and drops it from the
+        engine's sets; True if it still held its slot (the caller frees it)."""
+        if not conn.detached:
+            conn.final_counts = self._conn_stats(conn)
+        conn.detached = True
+        conn.wanted = False
+        self.starved.discard(conn)
+        self.throttled.discard(conn)
+        if self.conns.get(conn.slot) is conn:
+            del self.conns[conn.slot]
+            return True
+        return False
 
     # -- info --
     def area_stats(self) -> dict:

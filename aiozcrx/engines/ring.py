@@ -39,8 +39,6 @@ class RingEngine(Engine):
         self.dispatcher = None
         self.slots: list = []            # slot -> sink, read by the C dispatcher
         self.slot_table = Slots()
-        self.starved: set[Conn] = set()
-        self.throttled: set[Conn] = set()
         self._closed_conns: dict[int, Conn] = {}  # forgotten by close() inside a pump round
         self._scheduled = False
         self._reader_added = False
@@ -156,17 +154,9 @@ class RingEngine(Engine):
     def _forget(self, conn: Conn) -> None:
         """The record leaves the engine; its slot is free at once (late
         completions of its request carry the old generation)."""
-        if not conn.detached:
-            conn.final_counts = self._conn_stats(conn)
-        conn.detached = True
-        conn.wanted = False
-        self.starved.discard(conn)
-        self.throttled.discard(conn)
-        if self.conns.get(conn.slot) is conn:
-            del self.conns[conn.slot]
-            if not self.closed:
-                self.slots[conn.slot] = None
-                self.slot_table.free(conn.slot)
+        if self._retire(conn) and not self.closed:
+            self.slots[conn.slot] = None
+            self.slot_table.free(conn.slot)
         self._reset_watch_slots.pop(conn.slot, None)
 
     def _conn_stats(self, conn: Conn) -> tuple[int, int]:

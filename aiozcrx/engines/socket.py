@@ -33,8 +33,6 @@ class SocketEngine(Engine):
         self.sinks: dict[int, object] = {}
         self.counts: dict[int, list[int]] = {}
         self.armed_fds: dict[int, Conn] = {}
-        self.starved: set[Conn] = set()
-        self.throttled: set[Conn] = set()
         self.slot_table = Slots()
         self.completions = 0
         self.bytes = 0
@@ -126,15 +124,8 @@ class SocketEngine(Engine):
         self._forget(conn)
 
     def _forget(self, conn: Conn) -> None:
-        if not conn.detached:
-            conn.final_counts = self._conn_stats(conn)
         self._disarm(conn)
-        conn.detached = True
-        conn.wanted = False
-        self.starved.discard(conn)
-        self.throttled.discard(conn)
-        if self.conns.get(conn.slot) is conn:
-            del self.conns[conn.slot]
+        if self._retire(conn):
             self.slot_table.free(conn.slot)
         self.sinks.pop(conn.slot, None)
         self.counts.pop(conn.slot, None)
