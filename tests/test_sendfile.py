@@ -22,6 +22,10 @@ MiB = 1 << 20
 class Quiet(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
 
 
 def drain_peer(sock: socket.socket, out: list) -> None:
@@ -42,12 +46,15 @@ async def send_file(path: str, engine: str, offset: int, count: int | None) -> t
     peer = threading.Thread(target=drain_peer, args=(b, out))
     peer.start()
     async with aiozcrx.Receiver(engine=engine) as rx:
-        transport, _ = await rx.wrap(a, Quiet)
+        transport, proto = await rx.wrap(a, Quiet)
         transport.write(b"head")  # written before: goes first
         with open(path, "rb") as f:
             sent = await loop.sendfile(transport, f, offset, count)
             assert f.tell() == offset + sent
         transport.close()
+        # close() flushes what is still buffered, then connection_lost: wait for it
+        # (leaving `async with` closes the Receiver, which aborts what is still open)
+        assert await asyncio.wait_for(proto.lost, 60) is None
     await asyncio.to_thread(peer.join)
     b.close()
     return sent, out[0]
