@@ -34,6 +34,7 @@ __all__ = [
     "new_event_loop",
     "open_connection",
     "start_server",
+    "start_tls",
 ]
 
 # name -> the submodule that defines it
@@ -49,6 +50,7 @@ _LAZY = {
     "create_server": "server",
     "open_connection": "streams",
     "start_server": "streams",
+    "start_tls": "tls",
     "ZcrxTransport": "transport",
     "ViewProtocol": "transport",
     "new_event_loop": "loop",
@@ -61,6 +63,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from .server import ZcrxServer, create_connection, create_server
     from .streams import open_connection, start_server
     from .loop import new_event_loop
+    from .tls import start_tls
     from .transport import ViewProtocol, ZcrxTransport
 
 

@@ -5,9 +5,10 @@
     web.run_app(app, loop=aiozcrx.new_event_loop())            # aiohttp
 
 ``new_event_loop()`` makes a loop (uvloop's when it is installed, else asyncio's
-own) whose ``create_server`` and ``create_connection`` give aiozcrx transports
-(TCP, without TLS): every server gets a Receiver of its own, client connections
-and ``connect_accepted_socket`` share one per loop. Everything else is the base
+own) whose ``create_server``, ``create_connection``, ``connect_accepted_socket``
+and ``start_tls`` give aiozcrx transports (TCP, with or without TLS): every
+server gets a Receiver of its own, client connections and
+``connect_accepted_socket`` share one per loop. Everything else is the base
 loop's. Other people's protocols were written for ``bytes``: they get ``bytes``
 (one copy in user space, the buffer back to the kernel at once); protocols that
 opt in (``aiozcrx.ViewProtocol``, or ``aiozcrx_views = True``) get views.
@@ -23,7 +24,10 @@ Settings, from the environment (read when the loop is made, validated at once):
   AIOZCRX_MAX_HELD    bytes of views one connection may hold (default: area / 4)
   AIOZCRX_LOOP        uvloop (default when installed) or asyncio
 
-TLS (``ssl=``) and Unix sockets go through the base loop's own transports.
+TLS (``ssl=``, ``loop.start_tls``) over TCP is asyncio's own SSL protocol on a
+ZcrxTransport (on either base loop): the ciphertext is copied once out of the
+receive area and the protocol gets plaintext ``bytes`` (no zero copy for TLS
+payload). Unix sockets go through the base loop's own transports.
 """
 
 from __future__ import annotations
@@ -31,10 +35,17 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl as _ssl
 import weakref
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .config import Config, socket_family
+
+if TYPE_CHECKING:
+    from .receiver import Receiver
+    from .server import ZcrxServer
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 ENV_PREFIX = "AIOZCRX_"
 _SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -102,40 +113,85 @@ class _ZcrxLoopMixin:
             rxs.append(self._aiozcrx_client_rx)
         return rxs
 
-    async def create_server(self, protocol_factory, host=None, port=None, *, ssl=None,  # type: ignore[override]
-                            **kwargs):
-        if ssl is not None or kwargs.get("family") == socket.AF_UNIX or _is_unix(kwargs.get("sock")):
-            return await super().create_server(protocol_factory, host, port, ssl=ssl, **kwargs)
+    async def create_server(self, protocol_factory: ProtocolFactory,  # type: ignore[override]
+                            host: Any = None, port: Any = None, *, ssl: Any = None,
+                            **kwargs: Any) -> asyncio.AbstractServer:
+        """TCP servers (TLS too, with ``ssl=``) get a Receiver of their own; Unix
+        sockets go to the base loop."""
+        if kwargs.get("family") == socket.AF_UNIX or _is_unix(kwargs.get("sock")):
+            return await super().create_server(  # type: ignore[misc]
+                protocol_factory, host, port, ssl=ssl, **kwargs)
         from .server import create_server
-        kwargs.pop("ssl_handshake_timeout", None)
-        kwargs.pop("ssl_shutdown_timeout", None)
-        server = await create_server(protocol_factory, host, port, **kwargs,
+        server = await create_server(protocol_factory, host, port, ssl=ssl, **kwargs,
                                      **_receiver_kwargs(self._aiozcrx_config))
         self._aiozcrx_servers.add(server)
         return server
 
-    async def create_connection(self, protocol_factory, host=None, port=None, *,  # type: ignore[override]
-                                ssl=None, **kwargs):
-        if ssl is not None or _is_unix(kwargs.get("sock")):
-            return await super().create_connection(protocol_factory, host, port, ssl=ssl, **kwargs)
+    async def create_connection(self, protocol_factory: ProtocolFactory,  # type: ignore[override]
+                                host: Any = None, port: Any = None, *, ssl: Any = None,
+                                **kwargs: Any) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """TCP connections (TLS too) attach to the loop's client Receiver; Unix
+        sockets go to the base loop."""
+        if _is_unix(kwargs.get("sock")):
+            return await super().create_connection(  # type: ignore[misc, no-any-return]
+                protocol_factory, host, port, ssl=ssl, **kwargs)
         from .server import create_connection
-        for k in ("server_hostname", "ssl_handshake_timeout", "ssl_shutdown_timeout",
-                  "happy_eyeballs_delay", "interleave", "all_errors"):
-            kwargs.pop(k, None)
-        return await create_connection(protocol_factory, host, port, receiver=self._client_receiver(),
-                                       **kwargs)
+        return await create_connection(protocol_factory, host, port, ssl=ssl,
+                                       receiver=self._client_receiver(), **kwargs)
 
-    async def connect_accepted_socket(self, protocol_factory, sock, *, ssl=None,  # type: ignore[override]
-                                      **kwargs):
-        if ssl is not None or _is_unix(sock):
-            return await super().connect_accepted_socket(protocol_factory, sock, ssl=ssl, **kwargs)
-        return await self._client_receiver().wrap(sock, protocol_factory)
+    async def connect_accepted_socket(self, protocol_factory: ProtocolFactory,  # type: ignore[override]
+                                      sock: socket.socket, *, ssl: Any = None,
+                                      ssl_handshake_timeout: Optional[float] = None,
+                                      ssl_shutdown_timeout: Optional[float] = None,
+                                      **kwargs: Any) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """An accepted TCP socket (the server side: with ``ssl=``, this end
+        answers the handshake) on the loop's client Receiver."""
+        if _is_unix(sock):
+            return await super().connect_accepted_socket(  # type: ignore[misc, no-any-return]
+                protocol_factory, sock, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout,
+                **kwargs, **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
+                             if ssl_shutdown_timeout is not None else {}))
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        from . import tls
+        ctx = tls.server_context(ssl)
+        tls.check_timeouts(ctx is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if ctx is None:
+            return await self._client_receiver().wrap(sock, protocol_factory)
+        return await tls.wrap(self._client_receiver(), sock, protocol_factory, ctx, server_side=True,
+                              ssl_handshake_timeout=ssl_handshake_timeout,
+                              ssl_shutdown_timeout=ssl_shutdown_timeout)
 
-    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):  # type: ignore[override]
+    async def start_tls(self, transport: asyncio.BaseTransport,  # type: ignore[override]
+                        protocol: asyncio.BaseProtocol, sslcontext: _ssl.SSLContext, *,
+                        server_side: bool = False, server_hostname: Optional[str] = None,
+                        ssl_handshake_timeout: Optional[float] = None,
+                        ssl_shutdown_timeout: Optional[float] = None) -> asyncio.Transport:
+        """ZcrxTransports are upgraded by ``aiozcrx.start_tls`` (uvloop's own
+        refuses them); other transports by the base loop."""
+        from .transport import ZcrxTransport
+        if isinstance(transport, ZcrxTransport):
+            from .tls import start_tls
+            return await start_tls(transport, protocol, sslcontext, server_side=server_side,
+                                   server_hostname=server_hostname,
+                                   ssl_handshake_timeout=ssl_handshake_timeout,
+                                   ssl_shutdown_timeout=ssl_shutdown_timeout)
+        return await super().start_tls(  # type: ignore[misc, no-any-return]
+            transport, protocol, sslcontext, server_side=server_side,
+            server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
+            **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
+               if ssl_shutdown_timeout is not None else {}))
+
+    async def sendfile(self, transport: asyncio.WriteTransport, file: IO[bytes],  # type: ignore[override]
+                       offset: int = 0, count: Optional[int] = None, *,
+                       fallback: bool = True) -> int:
         from .transport import ZcrxTransport
         if isinstance(transport, ZcrxTransport):
             return await transport._sendfile_native(file, offset, count)
-        return await super().sendfile(transport, file, offset, count, fallback=fallback)
+        return await super().sendfile(  # type: ignore[misc, no-any-return]
+            transport, file, offset, count, fallback=fallback)
 
     def _client_receiver(self):
         """One Receiver per loop for client connections (made on first use)."""

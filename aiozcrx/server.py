@@ -13,7 +13,10 @@
   after ``connection_lost``; or pass ``receiver=`` to attach to one of yours
   (which you then close).
 
-TLS is not supported (``ssl=`` raises ``ValueError``).
+TLS: ``ssl=`` (an ``ssl.SSLContext``) layers asyncio's own SSL protocol on the
+ZcrxTransport (see ``aiozcrx.tls``): the protocol gets ``bytes`` of plaintext
+from asyncio's SSL transport; the ciphertext is copied once out of the receive
+area, so TLS payload is not zero copy.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from typing import Any, Callable, Iterable
+import ssl as _ssl
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+from . import tls as _tls
 from .config import socket_family
 from .receiver import DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_RQ_ENTRIES, Receiver
+from .transport import ZcrxTransport
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+SSLArg = Union[_ssl.SSLContext, bool, None]
 
 __all__ = ["ZcrxServer", "create_connection", "create_server"]
 
@@ -36,11 +45,11 @@ class _OwnedReceiver(Receiver):
     """A Receiver that tells its owner when a connection has gone (after the
     transport's ``connection_lost``)."""
 
-    def __init__(self, *args, on_forget: Callable[[], None] | None = None, **kwargs):
+    def __init__(self, *args: Any, on_forget: Callable[[], None] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._on_forget = on_forget
 
-    def _forget(self, transport) -> None:
+    def _forget(self, transport: ZcrxTransport) -> None:
         super()._forget(transport)
         if self._on_forget is not None:
             self._on_forget()
@@ -55,10 +64,7 @@ def _set_nodelay(sock: socket.socket) -> None:
             pass
 
 
-def _check_unsupported(ssl, kwargs: dict, allowed: Iterable[str]) -> None:
-    if ssl:
-        raise ValueError("aiozcrx does not support TLS (ssl=): zero-copy receive delivers the "
-                         "raw TCP stream; terminate TLS elsewhere or use loop.create_server")
+def _check_unknown(kwargs: dict[str, Any], allowed: Iterable[str]) -> None:
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -74,18 +80,23 @@ class ZcrxServer(asyncio.AbstractServer):
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
-                 protocol_factory, receiver: _OwnedReceiver, backlog: int):
+                 protocol_factory: ProtocolFactory, receiver: _OwnedReceiver, backlog: int,
+                 ssl: Optional[_ssl.SSLContext] = None, ssl_handshake_timeout: Optional[float] = None,
+                 ssl_shutdown_timeout: Optional[float] = None):
         self._loop = loop
         self._sockets: list[socket.socket] | None = sockets
         self._protocol_factory = protocol_factory
         self._receiver = receiver
         self._backlog = backlog
+        self._ssl = ssl
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._serving = False
         self._closed = False
-        self._pending: set[asyncio.Task] = set()   # attaches under way
+        self._pending: set[asyncio.Task[None]] = set()   # attaches (and TLS handshakes) under way
         self._retry_handles: list[asyncio.TimerHandle] = []
-        self._serving_forever: asyncio.Future | None = None
-        self._done = loop.create_future()           # receiver closed
+        self._serving_forever: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] = loop.create_future()  # receiver closed
         receiver._on_forget = self._maybe_finish
 
     # ---------------------------------------------------------------- info
@@ -155,6 +166,9 @@ class ZcrxServer(asyncio.AbstractServer):
             self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
 
     async def _attach(self, conn: socket.socket) -> None:
+        if self._ssl is not None:
+            await self._attach_tls(conn, self._ssl)
+            return
         try:
             await self._receiver.wrap(conn, self._protocol_factory)
         except (SystemExit, KeyboardInterrupt):
@@ -163,10 +177,43 @@ class ZcrxServer(asyncio.AbstractServer):
         except BaseException as exc:
             conn.close()
             if not isinstance(exc, asyncio.CancelledError):
+                self._setup_failed(exc)
+
+    async def _attach_tls(self, conn: socket.socket, ctx: _ssl.SSLContext) -> None:
+        """Attaches with asyncio's SSL protocol; the application's protocol is
+        connected once the handshake is done. A failed handshake (a client that
+        does not trust us, a port scanner) closes that connection and, as with
+        asyncio, is reported only in debug mode."""
+        factory_failed: list[BaseException] = []
+
+        def factory() -> asyncio.BaseProtocol:
+            try:
+                return self._protocol_factory()
+            except BaseException as exc:
+                factory_failed.append(exc)
+                raise
+
+        try:  # _tls.wrap owns conn from here: it closes it (or its transport) on failure
+            await _tls.wrap(self._receiver, conn, factory, ctx, server_side=True,
+                            ssl_handshake_timeout=self._ssl_handshake_timeout,
+                            ssl_shutdown_timeout=self._ssl_shutdown_timeout)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                return
+            if factory_failed:
+                self._setup_failed(exc)
+            elif self._loop.get_debug():
                 self._loop.call_exception_handler({
-                    "message": "aiozcrx server: could not set up an accepted connection "
-                               "(protocol_factory() or connection_made() failed)",
-                    "exception": exc})
+                    "message": "Error on transport creation for incoming connection "
+                               "(TLS handshake)", "exception": exc})
+
+    def _setup_failed(self, exc: BaseException) -> None:
+        self._loop.call_exception_handler({
+            "message": "aiozcrx server: could not set up an accepted connection "
+                       "(protocol_factory() or connection_made() failed)",
+            "exception": exc})
 
     def _attach_done(self, task: asyncio.Task) -> None:
         self._pending.discard(task)
@@ -303,25 +350,34 @@ def _is_connected(sock: socket.socket) -> bool:
     return True
 
 
-async def create_server(protocol_factory, host=None, port=None, *, engine: str = "auto",
+async def create_server(protocol_factory: ProtocolFactory, host: Union[str, Sequence[str], None] = None,
+                        port: Optional[int] = None, *, engine: str = "auto",
                         interface: str | None = None, queue: int | None = None,
                         area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
                         copy: bool = False, buf_size: int = DEFAULT_BUF_SIZE,
-                        receiver_options: dict | None = None,
+                        receiver_options: dict[str, Any] | None = None,
                         family: int = socket.AF_UNSPEC, flags: int = socket.AI_PASSIVE,
-                        sock: socket.socket | None = None, backlog: int = 100, ssl=None,
+                        sock: socket.socket | None = None, backlog: int = 100,
+                        ssl: Optional[_ssl.SSLContext] = None,
                         reuse_address: bool | None = None, reuse_port: bool | None = None,
-                        start_serving: bool = True, **kwargs) -> ZcrxServer:
-    """Like ``loop.create_server`` (TCP only, no TLS), with ZcrxTransports.
+                        keep_alive: bool | None = None,
+                        ssl_handshake_timeout: Optional[float] = None,
+                        ssl_shutdown_timeout: Optional[float] = None,
+                        start_serving: bool = True) -> ZcrxServer:
+    """Like ``loop.create_server`` (TCP), with ZcrxTransports.
 
     ``host``: a name, an address, a list of them, or None for all interfaces;
     ``port``: 0 picks a free port. Or pass a listening/bound ``sock=``.
     ``engine``/``interface``/``queue``/``area_size``/``rq_entries``/``copy``/``buf_size``
     configure the server's Receiver (see ``aiozcrx.Receiver``); ``receiver_options``
     passes any other Receiver keyword (``hugepages=``...).
+    ``ssl``: an ``ssl.SSLContext`` with the server's certificate: every connection
+    does the TLS handshake (``ssl_handshake_timeout``, ``ssl_shutdown_timeout``: as
+    asyncio's) before the protocol's ``connection_made``; the protocol then gets
+    plaintext ``bytes`` from asyncio's SSL transport (no zero copy for TLS payload).
     """
-    _check_unsupported(ssl, kwargs, ("ssl_handshake_timeout", "ssl_shutdown_timeout", "keep_alive"))
-    keep_alive = kwargs.get("keep_alive")
+    ctx = _tls.server_context(ssl)
+    _tls.check_timeouts(ctx is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
     loop = asyncio.get_running_loop()
     # validate the Receiver's arguments before binding anything
     rx = _OwnedReceiver(engine, interface, queue, area_size, rq_entries, copy,
@@ -339,10 +395,10 @@ async def create_server(protocol_factory, host=None, port=None, *, engine: str =
     else:
         if reuse_address is None:
             reuse_address = True
-        hosts = [host] if host is None or isinstance(host, str) else list(host)
+        hosts: list[Optional[str]] = [host] if host is None or isinstance(host, str) else list(host)
         if not hosts:
             hosts = [None]
-        infos = []
+        infos: list[Any] = []
         for h in hosts:
             infos.extend(await loop.getaddrinfo(h, port, family=family, type=socket.SOCK_STREAM,
                                                 proto=0, flags=flags))
@@ -356,34 +412,47 @@ async def create_server(protocol_factory, host=None, port=None, *, engine: str =
         for s in sockets:
             s.close()
         raise
-    server = ZcrxServer(loop, sockets, protocol_factory, rx, backlog)
+    server = ZcrxServer(loop, sockets, protocol_factory, rx, backlog, ctx,
+                        ssl_handshake_timeout, ssl_shutdown_timeout)
     if start_serving:
         await server.start_serving()
     return server
 
 
-async def create_connection(protocol_factory, host=None, port=None, *, engine: str = "auto",
+async def create_connection(protocol_factory: ProtocolFactory, host: Optional[str] = None,
+                            port: Optional[int] = None, *, engine: str = "auto",
                             interface: str | None = None, queue: int | None = None,
                             area_size: int = DEFAULT_AREA_SIZE,
                             rq_entries: int = DEFAULT_RQ_ENTRIES, copy: bool = False,
                             buf_size: int = DEFAULT_BUF_SIZE, receiver: Receiver | None = None,
-                            receiver_options: dict | None = None,
+                            receiver_options: dict[str, Any] | None = None,
                             family: int = 0, proto: int = 0, flags: int = 0,
-                            sock: socket.socket | None = None, local_addr=None, ssl=None,
-                            **kwargs) -> tuple[Any, Any]:
-    """Like ``loop.create_connection`` (TCP only, no TLS); returns
-    ``(ZcrxTransport, protocol)``.
+                            sock: socket.socket | None = None,
+                            local_addr: Optional[tuple[str, int]] = None,
+                            ssl: SSLArg = None, server_hostname: Optional[str] = None,
+                            ssl_handshake_timeout: Optional[float] = None,
+                            ssl_shutdown_timeout: Optional[float] = None,
+                            **kwargs: Any) -> tuple[asyncio.Transport, Any]:
+    """Like ``loop.create_connection`` (TCP); returns ``(transport, protocol)``:
+    the ZcrxTransport, or with ``ssl=`` asyncio's SSL transport over it.
 
     Without ``receiver=`` a Receiver is made for this connection (from ``engine``
     ... ``buf_size`` and ``receiver_options``) and closed right after the
     protocol's ``connection_lost``. With ``receiver=`` (an open Receiver on this
     loop) the connection is attached to it and you close it.
+
+    ``ssl``: an ``ssl.SSLContext`` or True (the default context); the certificate
+    is checked against ``server_hostname`` (default: ``host``). The handshake is
+    done when this returns (``ssl_handshake_timeout``); the protocol gets
+    plaintext ``bytes``. ``happy_eyeballs_delay``/``interleave``/``all_errors``
+    are accepted and ignored (addresses are tried one after the other).
     """
-    _check_unsupported(ssl, kwargs, ("server_hostname", "ssl_handshake_timeout",
-                                     "ssl_shutdown_timeout", "happy_eyeballs_delay", "interleave"))
+    _check_unknown(kwargs, ("happy_eyeballs_delay", "interleave", "all_errors"))
+    ctx, tls, server_hostname = _tls.client_context(ssl, host, server_hostname,
+                                                    ssl_handshake_timeout, ssl_shutdown_timeout)
     loop = asyncio.get_running_loop()
     owned = receiver is None
-    if owned:
+    if receiver is None:
         rx: Receiver = _OwnedReceiver(engine, interface, queue, area_size, rq_entries, copy,
                                       buf_size=buf_size, **(receiver_options or {}))
     else:
@@ -401,27 +470,39 @@ async def create_connection(protocol_factory, host=None, port=None, *, engine: s
         sock = await _connect(loop, host, port, family, proto, flags, local_addr)
     _set_nodelay(sock)
 
-    if not owned:
+    async def attach(conn: socket.socket) -> tuple[asyncio.Transport, Any]:
+        if tls:  # owns conn: closes it (or its transport) on failure
+            return await _tls.wrap(rx, conn, protocol_factory, ctx, server_side=False,
+                                   server_hostname=server_hostname,
+                                   ssl_handshake_timeout=ssl_handshake_timeout,
+                                   ssl_shutdown_timeout=ssl_shutdown_timeout)
         try:
-            return await rx.wrap(sock, protocol_factory)
+            return await rx.wrap(conn, protocol_factory)
         except BaseException:
-            sock.close()
+            conn.close()
             raise
 
-    def forget():
+    if not owned:
+        return await attach(sock)
+
+    assert isinstance(rx, _OwnedReceiver)
+    owned_rx = rx
+
+    def forget() -> None:
         # the one connection is gone: close the Receiver after connection_lost returns
-        loop.call_soon(rx.close)
+        loop.call_soon(owned_rx.close)
 
     try:
         rx.open()
-        transport, protocol = await rx.wrap(sock, protocol_factory)
     except BaseException:
         sock.close()
-        if rx.loop is not None:
-            rx.close()
         raise
     rx._on_forget = forget
-    return transport, protocol
+    try:
+        return await attach(sock)
+    except BaseException:
+        rx.close()
+        raise
 
 
 async def _connect(loop, host, port, family, proto, flags, local_addr) -> socket.socket:

@@ -19,14 +19,19 @@ import asyncio
 import collections
 import os
 import socket
+import ssl
 import traceback
-from asyncio import constants, trsock
-from typing import TYPE_CHECKING
+from asyncio import constants, sslproto, trsock
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 if TYPE_CHECKING:
     from .receiver import Receiver
 
 _DEFAULT_HIGH = 64 * 1024
+
+Delivered = Union[memoryview, bytes]
+"""What a sink is given: a view over the area (``bytes`` with ``copy=True``)."""
+Sink = Callable[[Delivered], object]
 
 
 class _CallbackName:
@@ -71,6 +76,38 @@ def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list):
                 exc._aiozcrx_callback = "buffer_updated"
                 raise
             pos += k
+
+    return sink
+
+
+def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
+    """Feeds asyncio's SSL protocol: the ciphertext is copied once, from the view
+    straight into the SSL object's input buffer (its ``MemoryBIO``); the view is
+    free again at once. On 3.11+ the SSL protocol is a BufferedProtocol, and the
+    generic path would copy twice (into its ``get_buffer()``, then into the BIO):
+    this writes the BIO itself and runs the protocol's ``buffer_updated(0)`` (an
+    empty copy, then its state machine: handshake, read, shutdown)."""
+    incoming = getattr(protocol, "_incoming", None)
+    if not isinstance(incoming, ssl.MemoryBIO) or not isinstance(protocol, asyncio.BufferedProtocol):
+        # 3.10: a plain Protocol whose data_received writes the BIO (any buffer)
+        data_received = protocol.data_received
+
+        def sink_310(view: Delivered) -> None:
+            copied[0] += len(view)
+            data_received(view)  # type: ignore[arg-type]  # the BIO takes any buffer
+
+        return sink_310
+    write = incoming.write
+    updated = protocol.buffer_updated
+
+    def sink(view: Delivered) -> None:
+        copied[0] += len(view)
+        write(view)
+        try:
+            updated(0)
+        except BaseException as exc:
+            exc._aiozcrx_callback = "buffer_updated"  # type: ignore[attr-defined]
+            raise
 
     return sink
 
@@ -139,8 +176,10 @@ class ZcrxTransport(_FlowControlBase):
                 self._extra[key] = None
 
     # ------------------------------------------------------------ start / sink
-    def _sink(self):
+    def _sink(self) -> Sink:
         p = self._protocol
+        if isinstance(p, sslproto.SSLProtocol):
+            return _tls_sink(p, self._receiver._copied)
         if isinstance(p, asyncio.BufferedProtocol):
             return _buffered_sink(p, self._receiver._copied)
         if self._receiver._copies_for(p):
@@ -195,8 +234,10 @@ class ZcrxTransport(_FlowControlBase):
         self._draining = False
         if self._paused or self._closing:
             return
-        sink = self._sink()
+        sink, sunk_for = self._sink(), self._protocol
         while self._backlog:
+            if self._protocol is not sunk_for:  # set_protocol() from a callback
+                sink, sunk_for = self._sink(), self._protocol
             view = self._backlog.popleft()
             try:
                 sink(view)
@@ -332,6 +373,9 @@ class ZcrxTransport(_FlowControlBase):
     # (aiozcrx.new_event_loop, either base) calls _sendfile_native: os.sendfile
     # straight from the file to the socket once the write buffer has drained.
     _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # the stock loop's loop.start_tls() layers its SSL protocol on transports that
+    # say so; on uvloop (which refuses other transports) use aiozcrx.start_tls
+    _start_tls_compatible = True
 
     async def _sendfile_native(self, file, offset: int = 0, count: int | None = None) -> int:
         if self._closing:
@@ -490,10 +534,14 @@ class ZcrxTransport(_FlowControlBase):
             self._protocol = None
 
     # ------------------------------------------------------------------ info
-    def get_protocol(self):
-        return self._protocol
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol  # type: ignore[return-value]  # None once connection_lost ran, as asyncio
 
-    def set_protocol(self, protocol) -> None:
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Deliveries from now on go to ``protocol`` (as asyncio: its
+        ``connection_made`` is not called). Nothing is lost or repeated: a switch
+        inside ``data_received`` takes effect from the next delivery, and what a
+        pause kept back goes to the new protocol on resume."""
         self._protocol = protocol
         if self._started and not self._closing and not self._paused and not self._backlog:
             self._conn.set_sink(self._sink())
