@@ -7,6 +7,8 @@ The ASGI app and the aiohttp app answer:
   POST /upload  -> the sha256 of the body, streamed (hex)
   GET  /stats   -> JSON: what the loop's aiozcrx Receivers received (bytes, engines)
   websocket /ws -> echo
+With DROPIN_TLS_CERT and DROPIN_TLS_KEY set, uvicorn and aiohttp serve HTTPS (their
+own TLS options: --ssl-certfile/--ssl-keyfile, ssl_context=).
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ import sys
 import aiozcrx
 
 FD = int(os.environ.get("DROPIN_FD", "3"))
+# HTTPS: the certificate and key (PEM files) when set (tests/test_tls.py)
+TLS_CERT = os.environ.get("DROPIN_TLS_CERT")
+TLS_KEY = os.environ.get("DROPIN_TLS_KEY")
+
+
+def ssl_context():
+    if not TLS_CERT:
+        return None
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(TLS_CERT, TLS_KEY)
+    return ctx
 
 
 def aiozcrx_stats() -> dict:
@@ -109,7 +123,8 @@ def run_aiohttp() -> None:
     app = web.Application(client_max_size=1 << 30)
     app.add_routes([web.post("/upload", upload), web.get("/stats", stats), web.get("/ws", ws)])
     # the line docs/dropin.md gives for aiohttp:
-    web.run_app(app, sock=listening_socket(), loop=aiozcrx.new_event_loop(), print=None)
+    web.run_app(app, sock=listening_socket(), loop=aiozcrx.new_event_loop(), print=None,
+                ssl_context=ssl_context())
 
 
 def run_hypercorn() -> None:
@@ -142,6 +157,8 @@ def run_uvicorn(http: str) -> None:
     # the command line docs/dropin.md gives, as uvicorn.main would run it
     sys.argv = ["uvicorn", "dropin_servers:asgi_app", "--loop", "aiozcrx:new_event_loop",
                 "--http", http, "--ws", "websockets", "--fd", str(FD), "--log-level", "warning"]
+    if TLS_CERT:
+        sys.argv += ["--ssl-certfile", TLS_CERT, "--ssl-keyfile", TLS_KEY]
     import uvicorn.main
     uvicorn.main.main()
 
