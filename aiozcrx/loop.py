@@ -62,10 +62,13 @@ def _size(name: str, text: str) -> int:
         raise ValueError(f"{ENV_PREFIX}{name}={text!r}: expected a size like 33554432, 32M or 64K") from None
 
 
-def config_from_env(environ=os.environ) -> tuple[Config, str]:
+def config_from_env(environ: Mapping[str, str] = os.environ) -> tuple[Config, str]:
     """The Receiver settings and the base loop the environment asks for."""
     kw: dict[str, Any] = {"views": "opt-in"}
-    get = lambda k: environ.get(ENV_PREFIX + k) or None  # noqa: E731 - empty means unset
+
+    def get(k: str) -> str:
+        return environ.get(ENV_PREFIX + k) or ""  # empty means unset
+
     if get("ENGINE"):
         kw["engine"] = get("ENGINE")
     if get("INTERFACE"):
@@ -75,38 +78,41 @@ def config_from_env(environ=os.environ) -> tuple[Config, str]:
             kw["queue"] = int(get("QUEUE"))
         except ValueError:
             raise ValueError(f"{ENV_PREFIX}QUEUE={get('QUEUE')!r}: expected a queue number") from None
-    if get("AREA_SIZE"):
-        kw["area_size"] = _size("AREA_SIZE", get("AREA_SIZE"))
-    if get("BUF_SIZE"):
-        kw["buf_size"] = _size("BUF_SIZE", get("BUF_SIZE"))
+    for key in ("AREA_SIZE", "BUF_SIZE", "MAX_HELD"):
+        if get(key):
+            kw[key.lower()] = _size(key, get(key))
     if get("VIEWS"):
         kw["views"] = get("VIEWS")
-    if get("MAX_HELD"):
-        kw["max_held"] = _size("MAX_HELD", get("MAX_HELD"))
     try:
         cfg = Config(**kw).validate()
     except (TypeError, ValueError) as e:
         raise ValueError(f"aiozcrx drop-in loop settings ({ENV_PREFIX}*): {e}") from None
-    base = (get("LOOP") or "").lower()
+    base = get("LOOP").lower()
     if base not in ("", "uvloop", "asyncio"):
         raise ValueError(f"{ENV_PREFIX}LOOP={base!r}: expected uvloop or asyncio")
     return cfg, base
 
 
-def _receiver_kwargs(cfg: Config) -> dict:
+def _receiver_kwargs(cfg: Config) -> dict[str, Any]:
     return {"engine": cfg.engine, "interface": cfg.interface, "queue": cfg.queue,
             "area_size": cfg.area_size, "buf_size": cfg.buf_size,
             "receiver_options": {"views": cfg.views, "max_held": cfg.max_held}}
 
 
-class _ZcrxLoopMixin:
+if TYPE_CHECKING:
+    _LoopBase = asyncio.AbstractEventLoop
+else:
+    _LoopBase = object  # the real base comes second in loop_class()
+
+
+class _ZcrxLoopMixin(_LoopBase):
     """What the drop-in loop adds to its base loop (asyncio's or uvloop's)."""
 
     _aiozcrx_config: Config
-    _aiozcrx_client_rx = None
-    _aiozcrx_servers: "weakref.WeakSet"
+    _aiozcrx_client_rx: Optional["Receiver"] = None
+    _aiozcrx_servers: "weakref.WeakSet[ZcrxServer]"
 
-    def aiozcrx_receivers(self) -> list:
+    def aiozcrx_receivers(self) -> list["Receiver"]:
         """The open Receivers of this loop: one per server, one for clients."""
         rxs = [srv.receiver for srv in self._aiozcrx_servers if not srv.receiver._closed]
         if self._aiozcrx_client_rx is not None and not self._aiozcrx_client_rx._closed:
@@ -119,7 +125,7 @@ class _ZcrxLoopMixin:
         """TCP servers (TLS too, with ``ssl=``) get a Receiver of their own; Unix
         sockets go to the base loop."""
         if kwargs.get("family") == socket.AF_UNIX or _is_unix(kwargs.get("sock")):
-            return await super().create_server(  # type: ignore[misc]
+            return await super().create_server(
                 protocol_factory, host, port, ssl=ssl, **kwargs)
         from .server import create_server
         server = await create_server(protocol_factory, host, port, ssl=ssl, **kwargs,
@@ -133,7 +139,7 @@ class _ZcrxLoopMixin:
         """TCP connections (TLS too) attach to the loop's client Receiver; Unix
         sockets go to the base loop."""
         if _is_unix(kwargs.get("sock")):
-            return await super().create_connection(  # type: ignore[misc, no-any-return]
+            return await super().create_connection(
                 protocol_factory, host, port, ssl=ssl, **kwargs)
         from .server import create_connection
         return await create_connection(protocol_factory, host, port, ssl=ssl,
@@ -147,7 +153,7 @@ class _ZcrxLoopMixin:
         """An accepted TCP socket (the server side: with ``ssl=``, this end
         answers the handshake) on the loop's client Receiver."""
         if _is_unix(sock):
-            return await super().connect_accepted_socket(  # type: ignore[misc, no-any-return]
+            return await super().connect_accepted_socket(
                 protocol_factory, sock, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout,
                 **kwargs, **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
                              if ssl_shutdown_timeout is not None else {}))
@@ -159,12 +165,13 @@ class _ZcrxLoopMixin:
         ctx = tls.server_context(ssl)
         tls.check_timeouts(ctx is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
         if ctx is None:
-            return await self._client_receiver().wrap(sock, protocol_factory)
+            transport, protocol = await self._client_receiver().wrap(sock, protocol_factory)
+            return transport, protocol
         return await tls.wrap(self._client_receiver(), sock, protocol_factory, ctx, server_side=True,
                               ssl_handshake_timeout=ssl_handshake_timeout,
                               ssl_shutdown_timeout=ssl_shutdown_timeout)
 
-    async def start_tls(self, transport: asyncio.BaseTransport,  # type: ignore[override]
+    async def start_tls(self, transport: asyncio.BaseTransport,
                         protocol: asyncio.BaseProtocol, sslcontext: _ssl.SSLContext, *,
                         server_side: bool = False, server_hostname: Optional[str] = None,
                         ssl_handshake_timeout: Optional[float] = None,
@@ -178,22 +185,26 @@ class _ZcrxLoopMixin:
                                    server_hostname=server_hostname,
                                    ssl_handshake_timeout=ssl_handshake_timeout,
                                    ssl_shutdown_timeout=ssl_shutdown_timeout)
-        return await super().start_tls(  # type: ignore[misc, no-any-return]
+        if not isinstance(transport, asyncio.WriteTransport):
+            raise TypeError(f"start_tls() needs a stream transport, got {transport!r}")
+        upgraded = await super().start_tls(
             transport, protocol, sslcontext, server_side=server_side,
             server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
             **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
                if ssl_shutdown_timeout is not None else {}))
+        assert upgraded is not None  # None only for a closed transport on old Pythons
+        return upgraded
 
-    async def sendfile(self, transport: asyncio.WriteTransport, file: IO[bytes],  # type: ignore[override]
+    async def sendfile(self, transport: asyncio.WriteTransport, file: IO[bytes],
                        offset: int = 0, count: Optional[int] = None, *,
                        fallback: bool = True) -> int:
         from .transport import ZcrxTransport
         if isinstance(transport, ZcrxTransport):
             return await transport._sendfile_native(file, offset, count)
-        return await super().sendfile(  # type: ignore[misc, no-any-return]
+        return await super().sendfile(
             transport, file, offset, count, fallback=fallback)
 
-    def _client_receiver(self):
+    def _client_receiver(self) -> "Receiver":
         """One Receiver per loop for client connections (made on first use)."""
         rx = self._aiozcrx_client_rx
         if rx is None or rx._closed:
@@ -214,14 +225,14 @@ class _ZcrxLoopMixin:
         super().close()
 
 
-def _is_unix(sock) -> bool:
+def _is_unix(sock: Optional[socket.socket]) -> bool:
     return sock is not None and socket_family(sock) == socket.AF_UNIX
 
 
-_classes: dict[type, type] = {}
+_classes: dict[type[asyncio.AbstractEventLoop], type[asyncio.AbstractEventLoop]] = {}
 
 
-def loop_class(base: type) -> type:
+def loop_class(base: type[asyncio.AbstractEventLoop]) -> type[asyncio.AbstractEventLoop]:
     """The drop-in loop class over ``base`` (an event loop class)."""
     cls = _classes.get(base)
     if cls is None:
@@ -240,12 +251,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
             if base == "uvloop":
                 raise ImportError(f"{ENV_PREFIX}LOOP=uvloop but uvloop is not installed "
                                   "(pip install 'aiozcrx[uvloop]')") from None
-            base_cls: type = asyncio.SelectorEventLoop
+            base_cls: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
         else:
             base_cls = uvloop.Loop
     else:
         base_cls = asyncio.SelectorEventLoop
     loop = loop_class(base_cls)()
+    assert isinstance(loop, _ZcrxLoopMixin)
     loop._aiozcrx_config = cfg
     loop._aiozcrx_servers = weakref.WeakSet()
     return loop

@@ -28,8 +28,8 @@ import ssl as _ssl
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from . import tls as _tls
-from .config import socket_family
-from .receiver import DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_RQ_ENTRIES, Receiver
+from .config import DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_RQ_ENTRIES, socket_family
+from .receiver import Receiver
 from .transport import ZcrxTransport
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -106,7 +106,7 @@ class ZcrxServer(asyncio.AbstractServer):
         return self._receiver
 
     @property
-    def sockets(self) -> tuple:
+    def sockets(self) -> tuple[asyncio.trsock.TransportSocket, ...]:
         if self._sockets is None:
             return ()
         return tuple(asyncio.trsock.TransportSocket(s) for s in self._sockets)
@@ -132,7 +132,7 @@ class ZcrxServer(asyncio.AbstractServer):
         if self._serving or self._closed:
             return
         self._serving = True
-        for sock in self._sockets:
+        for sock in self._sockets or ():
             self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
 
     def _accept_ready(self, sock: socket.socket) -> None:
@@ -215,7 +215,7 @@ class ZcrxServer(asyncio.AbstractServer):
                        "(protocol_factory() or connection_made() failed)",
             "exception": exc})
 
-    def _attach_done(self, task: asyncio.Task) -> None:
+    def _attach_done(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
         self._maybe_finish()
 
@@ -291,12 +291,13 @@ class ZcrxServer(asyncio.AbstractServer):
     async def __aenter__(self) -> "ZcrxServer":
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.close()
         await self.wait_closed()
 
 
-def _bind_sockets(infos, backlog: int, reuse_address, reuse_port) -> list[socket.socket]:
+def _bind_sockets(infos: Iterable[Any], backlog: int, reuse_address: Optional[bool],
+                  reuse_port: Optional[bool]) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     seen = set()
     try:
@@ -320,7 +321,7 @@ def _bind_sockets(infos, backlog: int, reuse_address, reuse_port) -> list[socket
                 sock.bind(sa)
             except OSError as err:
                 raise OSError(err.errno, f"error while attempting to bind on address {sa!r}: "
-                                         f"{err.strerror.lower()}") from None
+                                         f"{(err.strerror or '').lower()}") from None
         if not sockets:
             raise OSError("no address to bind to")
         for sock in sockets:
@@ -333,7 +334,7 @@ def _bind_sockets(infos, backlog: int, reuse_address, reuse_port) -> list[socket
     return sockets
 
 
-def _take_stream_socket(sock: socket.socket, host, port) -> None:
+def _take_stream_socket(sock: socket.socket, host: Any, port: Any) -> None:
     """Checks a caller-given socket as asyncio does, and makes it non-blocking."""
     if host is not None or port is not None:
         raise ValueError("host/port and sock can not be specified at the same time")
@@ -477,7 +478,8 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
                                    ssl_handshake_timeout=ssl_handshake_timeout,
                                    ssl_shutdown_timeout=ssl_shutdown_timeout)
         try:
-            return await rx.wrap(conn, protocol_factory)
+            transport, protocol = await rx.wrap(conn, protocol_factory)
+            return transport, protocol
         except BaseException:
             conn.close()
             raise
@@ -505,7 +507,8 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
         raise
 
 
-async def _connect(loop, host, port, family, proto, flags, local_addr) -> socket.socket:
+async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, family: int, proto: int,
+                   flags: int, local_addr: Optional[tuple[str, int]]) -> socket.socket:
     infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
                                    proto=proto, flags=flags)
     if not infos:

@@ -94,6 +94,12 @@ def make_protocol(loop: asyncio.AbstractEventLoop, app_protocol: asyncio.BasePro
 
     On 3.10 ``ssl_shutdown_timeout`` (checked, positive) has no effect: that
     version's SSL protocol has no shutdown timeout."""
+    if sslcontext is None:  # ssl=True on a client: the default context, as asyncio's
+        if server_side:
+            raise ValueError("a TLS server needs an SSLContext with its certificate")
+        sslcontext = _ssl.create_default_context()
+        if not server_hostname:
+            sslcontext.check_hostname = False  # server_hostname='' switches the check off
     kw: dict[str, Any] = {"server_side": server_side, "server_hostname": server_hostname,
                           "call_connection_made": call_connection_made,
                           "ssl_handshake_timeout": ssl_handshake_timeout}
@@ -162,11 +168,15 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProt
 
     loop = asyncio.get_running_loop()
     if not isinstance(transport, ZcrxTransport):
-        return await loop.start_tls(transport, protocol, sslcontext, server_side=server_side,
-                                    server_hostname=server_hostname,
-                                    ssl_handshake_timeout=ssl_handshake_timeout,
-                                    **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
-                                       if ssl_shutdown_timeout is not None else {}))
+        if not isinstance(transport, asyncio.WriteTransport):
+            raise TypeError(f"start_tls() needs a stream transport, got {transport!r}")
+        upgraded = await loop.start_tls(transport, protocol, sslcontext, server_side=server_side,
+                                        server_hostname=server_hostname,
+                                        ssl_handshake_timeout=ssl_handshake_timeout,
+                                        **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
+                                           if ssl_shutdown_timeout is not None else {}))
+        assert upgraded is not None  # None only for a closed transport on old Pythons
+        return upgraded
     if not isinstance(sslcontext, _ssl.SSLContext):
         raise TypeError(f"sslcontext must be an ssl.SSLContext, got {type(sslcontext).__name__}")
     check_timeouts(True, ssl_handshake_timeout, ssl_shutdown_timeout)

@@ -22,7 +22,7 @@ import socket
 import ssl
 import traceback
 from asyncio import constants, sslproto, trsock
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Optional, Union, cast
 
 if TYPE_CHECKING:
     from .receiver import Receiver
@@ -41,22 +41,30 @@ class _CallbackName:
     DATA = "data_received"
 
 
-def _bytes_sink(data_received, copied: list):
+def _tag(exc: BaseException, callback: str) -> None:
+    """Which protocol method raised (for the message asyncio would log)."""
+    try:
+        setattr(exc, "_aiozcrx_callback", callback)
+    except AttributeError:
+        pass  # an exception type with __slots__: reported as data_received
+
+
+def _bytes_sink(data_received: Callable[[bytes], object], copied: list[int]) -> Sink:
     """Feeds a protocol that has not opted in to views: ``bytes``, one copy. The
     view itself is not released here: the dispatcher reuses it for the next
     completion (see "The fast path" in docs/concepts.md)."""
 
-    def sink(view):
+    def sink(view: Delivered) -> object:
         copied[0] += len(view)
         return data_received(bytes(view))
 
     return sink
 
 
-def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list):
+def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list[int]) -> Sink:
     """Feeds a BufferedProtocol: copies each view into the protocol's own buffer."""
 
-    def sink(view):
+    def sink(view: Delivered) -> None:
         pos = 0
         n = len(view)
         copied[0] += n
@@ -67,13 +75,13 @@ def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list):
                 if not k:
                     raise RuntimeError("get_buffer() returned an empty buffer")
             except BaseException as exc:
-                exc._aiozcrx_callback = "get_buffer"
+                _tag(exc, "get_buffer")
                 raise
             buf[:k] = view[pos:pos + k]
             try:
                 protocol.buffer_updated(k)
             except BaseException as exc:
-                exc._aiozcrx_callback = "buffer_updated"
+                _tag(exc, "buffer_updated")
                 raise
             pos += k
 
@@ -90,11 +98,11 @@ def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
     incoming = getattr(protocol, "_incoming", None)
     if not isinstance(incoming, ssl.MemoryBIO) or not isinstance(protocol, asyncio.BufferedProtocol):
         # 3.10: a plain Protocol whose data_received writes the BIO (any buffer)
-        data_received = protocol.data_received
+        data_received: Callable[[Delivered], object] = getattr(protocol, "data_received")
 
         def sink_310(view: Delivered) -> None:
             copied[0] += len(view)
-            data_received(view)  # type: ignore[arg-type]  # the BIO takes any buffer
+            data_received(view)
 
         return sink_310
     write = incoming.write
@@ -106,7 +114,7 @@ def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
         try:
             updated(0)
         except BaseException as exc:
-            exc._aiozcrx_callback = "buffer_updated"  # type: ignore[attr-defined]
+            _tag(exc, "buffer_updated")
             raise
 
     return sink
@@ -125,7 +133,10 @@ class ViewProtocol(asyncio.Protocol):
 
 # asyncio's loop.sendfile() fallback accepts only transports derived from its
 # write-flow-control mixin; ZcrxTransport overrides every method of it.
-_FlowControlBase = getattr(asyncio.transports, "_FlowControlMixin", asyncio.Transport)
+if TYPE_CHECKING:
+    _FlowControlBase = asyncio.transports._FlowControlMixin
+else:
+    _FlowControlBase = getattr(asyncio.transports, "_FlowControlMixin", asyncio.Transport)
 
 
 class ZcrxTransport(_FlowControlBase):
@@ -142,21 +153,25 @@ class ZcrxTransport(_FlowControlBase):
 
     def __init__(self, receiver: "Receiver", sock: socket.socket, protocol: asyncio.BaseProtocol):
         asyncio.Transport.__init__(self)  # the mixin's __init__ would reset our write limits
+        engine, loop = receiver._engine, receiver._loop
+        if engine is None or loop is None:
+            raise RuntimeError("Receiver is not open (use `async with Receiver(...)`)")
         self._receiver = receiver
-        self._engine_name = receiver._engine.name
-        self._loop = receiver._loop
+        self._engine_name: str = engine.name
+        self._loop: asyncio.AbstractEventLoop = loop
         self._sock = sock
         self._fileno = sock.fileno()
-        self._protocol = protocol
+        self._protocol: Any = protocol  # None once connection_lost has run (as asyncio)
         # read side: the engine's record exists before connection_made runs, so
         # whatever the protocol does there (pause, close) applies to this
         # connection and no other
-        self._conn = receiver._engine.attach(self._fileno, self)
+        self._conn = engine.attach(self._fileno, self)
         self._started = False        # connection_made has returned and reading began
         self._paused = False
-        self._backlog: collections.deque = collections.deque()
+        self._backlog: collections.deque[Delivered] = collections.deque()
         self._draining = False
-        self._pending_end = None     # ("eof",) or ("error", exc) held behind the backlog
+        # ("eof",) or ("error", exc) held behind the backlog
+        self._pending_end: Optional[tuple[Any, ...]] = None
         self._read_done = False      # EOF or error seen
         # write side
         self._write_buffer = bytearray()
@@ -167,8 +182,8 @@ class ZcrxTransport(_FlowControlBase):
         self._high_water = _DEFAULT_HIGH
         self._low_water = _DEFAULT_HIGH // 4
         self._bytes_written = 0
-        self._drain_waiters: list[asyncio.Future] = []  # sendfile() waiting for the buffer
-        self._extra = {"socket": trsock.TransportSocket(sock)}
+        self._drain_waiters: list[asyncio.Future[None]] = []  # sendfile() waiting for the buffer
+        self._extra: dict[str, Any] = {"socket": trsock.TransportSocket(sock)}
         for key, fn in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
             try:
                 self._extra[key] = fn()
@@ -184,7 +199,8 @@ class ZcrxTransport(_FlowControlBase):
             return _buffered_sink(p, self._receiver._copied)
         if self._receiver._copies_for(p):
             return _bytes_sink(p.data_received, self._receiver._copied)
-        return p.data_received
+        sink: Sink = p.data_received
+        return sink
 
     def _start(self) -> None:
         """After connection_made: begin reading unless the protocol paused or
@@ -303,7 +319,7 @@ class ZcrxTransport(_FlowControlBase):
         self._fatal_error(exc, f"Fatal error: protocol.{name}() call failed.")
 
     # ------------------------------------------------------------ write side
-    def write(self, data) -> None:
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof_written:
@@ -331,7 +347,7 @@ class ZcrxTransport(_FlowControlBase):
         self._write_buffer.extend(data)
         self._maybe_pause_protocol()
 
-    def writelines(self, list_of_data) -> None:
+    def writelines(self, list_of_data: Iterable[Union[bytes, bytearray, memoryview]]) -> None:
         for data in list_of_data:
             self.write(data)
 
@@ -377,7 +393,7 @@ class ZcrxTransport(_FlowControlBase):
     # say so; on uvloop (which refuses other transports) use aiozcrx.start_tls
     _start_tls_compatible = True
 
-    async def _sendfile_native(self, file, offset: int = 0, count: int | None = None) -> int:
+    async def _sendfile_native(self, file: IO[bytes], offset: int = 0, count: int | None = None) -> int:
         if self._closing:
             raise RuntimeError("Transport is closing")
         if self._eof_written:
@@ -411,7 +427,11 @@ class ZcrxTransport(_FlowControlBase):
         fut = self._loop.create_future()
         self._drain_waiters.append(fut)  # failed if the connection is lost meanwhile
         if not self._write_buffer:  # else _write_ready wakes it once the buffer is empty
-            self._loop.add_writer(self._fileno, lambda: fut.done() or fut.set_result(None))
+            def writable() -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            self._loop.add_writer(self._fileno, writable)
         try:
             await fut
         finally:
@@ -439,7 +459,7 @@ class ZcrxTransport(_FlowControlBase):
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return (self._low_water, self._high_water)
 
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
+    def set_write_buffer_limits(self, high: Optional[int] = None, low: Optional[int] = None) -> None:
         if high is None:
             high = _DEFAULT_HIGH if low is None else 4 * low
         if low is None:
@@ -498,7 +518,7 @@ class ZcrxTransport(_FlowControlBase):
                 "message": message, "exception": exc, "transport": self, "protocol": self._protocol})
         self._force_close(exc)
 
-    def _force_close(self, exc) -> None:
+    def _force_close(self, exc: Optional[BaseException]) -> None:
         if self._conn_lost:
             return
         if self._write_buffer:
@@ -514,13 +534,13 @@ class ZcrxTransport(_FlowControlBase):
         self._backlog.clear()  # unread data goes back to the kernel, as asyncio drops it
         self._pending_end = None
 
-    def _call_connection_lost_soon(self, exc) -> None:
+    def _call_connection_lost_soon(self, exc: Optional[BaseException]) -> None:
         if self._conn_lost:
             return
         self._conn_lost += 1
         self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc) -> None:
+    def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         for fut in self._drain_waiters:
             if not fut.done():
                 fut.set_exception(ConnectionResetError("the connection was lost during sendfile()"))
@@ -535,7 +555,7 @@ class ZcrxTransport(_FlowControlBase):
 
     # ------------------------------------------------------------------ info
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol  # type: ignore[return-value]  # None once connection_lost ran, as asyncio
+        return cast(asyncio.BaseProtocol, self._protocol)  # None once connection_lost ran, as asyncio
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Deliveries from now on go to ``protocol`` (as asyncio: its
@@ -546,13 +566,13 @@ class ZcrxTransport(_FlowControlBase):
         if self._started and not self._closing and not self._paused and not self._backlog:
             self._conn.set_sink(self._sink())
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         """Per-connection counters: bytes and completions received, bytes written."""
         completions, nbytes = self._conn.stats()
         return {"bytes_received": nbytes, "completions": completions,
                 "bytes_written": self._bytes_written, "backlog": len(self._backlog)}
 
-    def get_extra_info(self, name, default=None):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "aiozcrx_engine":
             return self._engine_name
         if name == "aiozcrx_fallback_reason":
