@@ -46,3 +46,18 @@ def test_bench_kernel_split_and_micro_and_scale_run():
                           "--repeat", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert any(ln.startswith("| 20 |") for ln in out.stdout.splitlines()), out.stdout
+
+
+def test_bench_tls_runs():
+    """benchmarks/tls.py: its rows come out (TLS over aiozcrx and on plain uvloop, the
+    A/B of the SSL protocol's feed). No numbers are checked."""
+    import shutil
+    if shutil.which("openssl") is None:
+        import pytest
+        pytest.skip("the openssl command is not installed: benchmarks/tls.py makes its certificate with it")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "tls.py"), "--quick", "--only",
+                          "uvloop-tls,aiozcrx-uring-uvloop-tls,aiozcrx-uring-uvloop-tls-2copies"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| TLS, ")]
+    assert len(rows) == 3 and all("TLS_" in r for r in rows), out.stdout
