@@ -290,11 +290,12 @@ async def test_failed_handshakes_do_not_stop_the_server(engine, certs):
 
 
 @pytest.mark.asyncio
-async def test_handshake_timeouts(certs):
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_handshake_timeouts(engine, certs):
     """ssl_handshake_timeout on both sides: a peer that never answers the
     handshake is dropped (server) or raises ConnectionAbortedError (client)."""
     fds = open_fds()
-    server = await create_server(Echo, "127.0.0.1", 0, engine="uring", ssl=certs.server(),
+    server = await create_server(Echo, "127.0.0.1", 0, engine=engine, ssl=certs.server(),
                                  ssl_handshake_timeout=0.2)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)  # and says nothing
@@ -310,7 +311,7 @@ async def test_handshake_timeouts(certs):
     silent = socket.create_server(("127.0.0.1", 0))
     port = silent.getsockname()[1]
     with pytest.raises(ConnectionAbortedError):
-        await create_connection(Collect, "127.0.0.1", port, engine="socket", ssl=certs.client(),
+        await create_connection(Collect, "127.0.0.1", port, engine=engine, ssl=certs.client(),
                                 server_hostname="localhost", ssl_handshake_timeout=0.2)
     silent.close()
     await wait_until(lambda: open_fds() == fds, "every connection is closed")
@@ -508,9 +509,9 @@ async def test_streamwriter_start_tls_on_the_stock_loop_takes_zcrx_transports(ce
 
 
 # ------------------------------------------------------------ the drop-in loop
-def _run_dropin(base: str, coro_fn, monkeypatch):
+def _run_dropin(base: str, engine: str, coro_fn, monkeypatch):
     monkeypatch.setenv("AIOZCRX_LOOP", base)
-    monkeypatch.setenv("AIOZCRX_ENGINE", "uring")
+    monkeypatch.setenv("AIOZCRX_ENGINE", engine)
     loop = aiozcrx.new_event_loop()
     try:
         return loop.run_until_complete(asyncio.wait_for(coro_fn(), 180))
@@ -518,8 +519,9 @@ def _run_dropin(base: str, coro_fn, monkeypatch):
         loop.close()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("base", ["uvloop", "asyncio"])
-def test_dropin_loop_tls_everywhere(base, certs, monkeypatch):
+def test_dropin_loop_tls_everywhere(base, engine, certs, monkeypatch):
     """On the drop-in loop: create_server(ssl=), create_connection(ssl=),
     connect_accepted_socket(ssl=) and start_tls (also StreamWriter.start_tls on
     3.11+) all run over ZcrxTransports, on both base loops."""
@@ -532,7 +534,7 @@ def test_dropin_loop_tls_everywhere(base, certs, monkeypatch):
         port = server.sockets[0].getsockname()[1]
         t, p = await loop.create_connection(Collect, "127.0.0.1", port, ssl=certs.client(),
                                             server_hostname="localhost")
-        assert t.get_extra_info("aiozcrx_engine") == "uring"
+        assert t.get_extra_info("aiozcrx_engine") == engine
         t.write(b"hello over tls")
         await wait_until(lambda: p.data == b"hello over tls", "the echo")
         t.close()
@@ -546,7 +548,7 @@ def test_dropin_loop_tls_everywhere(base, certs, monkeypatch):
             asyncio.open_connection(sock=b, ssl=certs.client(), server_hostname="localhost"))
         Echo.instances = []
         st, sp = await loop.connect_accepted_socket(Echo, a, ssl=certs.server())
-        assert st.get_extra_info("aiozcrx_engine") == "uring"
+        assert st.get_extra_info("aiozcrx_engine") == engine
         reader, writer = await client_task
         assert await echo_roundtrip(reader, writer, b"accepted") == b"accepted"
         writer.close()
@@ -570,7 +572,7 @@ def test_dropin_loop_tls_everywhere(base, certs, monkeypatch):
             writer.write(b"STARTTLS\r\n")
             assert await reader.readline() == b"OK\r\n"
             await writer.start_tls(certs.client(), server_hostname="localhost")
-            assert writer.get_extra_info("aiozcrx_engine") == "uring"
+            assert writer.get_extra_info("aiozcrx_engine") == engine
             assert await echo_roundtrip(reader, writer, b"stream upgraded") == b"stream upgraded"
             writer.close()
             await writer.wait_closed()
@@ -578,20 +580,22 @@ def test_dropin_loop_tls_everywhere(base, certs, monkeypatch):
         await server.wait_closed()
         return True
 
-    assert _run_dropin(base, main, monkeypatch)
+    assert _run_dropin(base, engine, main, monkeypatch)
 
 
 # ---------------------------------------------------- real servers, real curl
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("kind", ["uvicorn-httptools", "aiohttp"])
-def test_https_upload_through_the_dropin_loop(kind, loop, certs, upload_file):
+def test_https_upload_through_the_dropin_loop(kind, loop, engine, certs, upload_file):
     """curl uploads 64 MiB over HTTPS to uvicorn / aiohttp on the drop-in loop,
     started with their own TLS options; the sha256 the app computed matches, and
     the loop's Receivers got the (encrypted) bytes."""
     from test_dropin import MiB as _MiB, Server, curl
 
     path, want = upload_file
-    srv = Server(kind, loop, env_extra={"DROPIN_TLS_CERT": certs.cert, "DROPIN_TLS_KEY": certs.key})
+    srv = Server(kind, loop, env_extra={"DROPIN_TLS_CERT": certs.cert, "DROPIN_TLS_KEY": certs.key,
+                                        "AIOZCRX_ENGINE": engine})
     url = f"https://127.0.0.1:{srv.port}"
     try:
         got = curl("--cacert", certs.cert, "--data-binary", f"@{path}",
@@ -603,6 +607,7 @@ def test_https_upload_through_the_dropin_loop(kind, loop, certs, upload_file):
         out = srv.stop()
     assert got.strip() == want, out
     assert stats["loop"].startswith("Zcrx"), stats
+    assert stats["engines"] == [engine], stats
     assert stats["bytes"] >= 64 * _MiB, stats  # the ciphertext came through aiozcrx
 
 
