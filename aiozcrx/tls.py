@@ -109,9 +109,11 @@ def make_protocol(loop: asyncio.AbstractEventLoop, app_protocol: asyncio.BasePro
 
 
 def app_transport(proto: sslproto.SSLProtocol) -> asyncio.Transport:
-    """The transport the application's protocol sees (asyncio's own)."""
-    get = getattr(proto, "_get_app_transport", None)  # 3.11+
-    t = get() if get is not None else proto._app_transport
+    """The transport the application's protocol sees (asyncio's own; the SSL
+    protocol makes it in its constructor and drops it on connection_lost)."""
+    t = getattr(proto, "_app_transport", None)
+    if t is None:
+        raise ConnectionResetError("the connection was lost right after its TLS handshake")
     assert isinstance(t, asyncio.Transport)
     return t
 
