@@ -328,6 +328,10 @@ class TrioZcrxStream(ZcrxStream):
         except OSError as exc:
             if self._closed:
                 raise anyio.ClosedResourceError from exc
+            # as a transport's own write error does: the connection ends with it.
+            # (The socket reports a reset once: if send() took it, the read side
+            # would see a plain end of stream.)
+            self._transport._force_close(exc)
             raise anyio.BrokenResourceError from exc
         finally:
             self._sending = False
