@@ -70,6 +70,24 @@ async def join(proc) -> int:
     return proc.exitcode
 
 
+def small_buffer_listener() -> socket.socket:
+    """A loopback listener whose connections hold at most ~128 KiB unread."""
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # inherited by accept()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    return lst
+
+
+async def connect_small_sndbuf(port: int, engine: str = "auto"):
+    """connect_tcp whose socket holds at most ~128 KiB unsent: with a peer that reads
+    nothing, a send of a few MiB waits for room (whatever the machine's tcp_wmem)."""
+    s = await connect_tcp("127.0.0.1", port, engine=engine)
+    s.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                             64 * 1024)
+    return s
+
+
 async def receive_all(stream, *, views: bool = False) -> tuple[int, str]:
     """Reads to EOF: (bytes, sha256 hex)."""
     h = hashlib.sha256()
@@ -295,9 +313,8 @@ def test_peer_reset_breaks_receive_and_a_waiting_send(how, engine):
     fds = open_fds()
 
     async def main():
-        lst = socket.create_server(("127.0.0.1", 0))
-        port = lst.getsockname()[1]
-        s = await connect_tcp("127.0.0.1", port, engine=engine)
+        lst = small_buffer_listener()
+        s = await connect_small_sndbuf(lst.getsockname()[1], engine)
         conn, _ = lst.accept()
         lst.close()
         conn.sendall(b"hello")
@@ -306,7 +323,7 @@ def test_peer_reset_breaks_receive_and_a_waiting_send(how, engine):
 
         async def sender():
             try:
-                await s.send(bytes(64 * MiB))  # more than loopback's buffers hold
+                await s.send(bytes(4 * MiB))  # far more than the two buffers hold
             except Exception as exc:  # noqa: BLE001 - checked below
                 outcome.append(exc)
 
@@ -405,15 +422,15 @@ def test_trio_aclose_wakes_a_send_waiting_for_room(engine):
     fds = open_fds()
 
     async def main():
-        lst = socket.create_server(("127.0.0.1", 0))
-        s = await connect_tcp("127.0.0.1", lst.getsockname()[1], engine=engine)
+        lst = small_buffer_listener()
+        s = await connect_small_sndbuf(lst.getsockname()[1], engine)
         conn, _ = lst.accept()
         lst.close()
         outcome = []
 
         async def sender():
             try:
-                await s.send(bytes(64 * MiB))
+                await s.send(bytes(4 * MiB))
             except Exception as exc:  # noqa: BLE001 - checked below
                 outcome.append(exc)
 
