@@ -42,12 +42,14 @@ import itertools
 import logging
 import math
 import socket
+from asyncio import trsock
 
 import anyio
 import trio
 
 from .anyio import ZcrxStream, _StreamProtocol
-from .server import _ACCEPT_RETRY_DELAY, _RESOURCE_ERRNOS, _bind_sockets, _OwnedReceiver, _set_nodelay
+from .server import (_ACCEPT_RETRY_DELAY, _RESOURCE_ERRNOS, _bind_sockets, _check_unsupported,
+                     _OwnedReceiver, _set_nodelay)
 
 logger = logging.getLogger("aiozcrx")
 
@@ -351,6 +353,8 @@ RECEIVER_KW = frozenset({"engine", "interface", "queue", "area_size", "rq_entrie
 
 def owned_receiver(kw: dict, what: str) -> _OwnedReceiver:
     """A Receiver from ``kw`` (validated now, opened later), closed by its owner."""
+    kw = dict(kw)
+    _check_unsupported(kw.pop("ssl", None), {}, ())  # as on asyncio: ValueError for ssl=
     if "receiver" in kw:
         raise TypeError(f"{what}(receiver=...) is asyncio only: under trio each connection "
                         "gets a Receiver of its own (a listener's connections share one); "
@@ -359,7 +363,6 @@ def owned_receiver(kw: dict, what: str) -> _OwnedReceiver:
     if unknown:
         raise TypeError(f"{what}() under trio takes only Receiver options "
                         f"({', '.join(sorted(RECEIVER_KW))}), not {', '.join(sorted(unknown))}")
-    kw = dict(kw)
     options = kw.pop("receiver_options", None) or {}
     return _OwnedReceiver(**kw, **options)
 
@@ -461,7 +464,6 @@ class TrioServer:
 
     @property
     def sockets(self) -> tuple:
-        from asyncio import trsock
         return tuple(trsock.TransportSocket(s) for s in self._sockets)
 
     def is_serving(self) -> bool:

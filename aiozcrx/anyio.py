@@ -301,8 +301,9 @@ class ZcrxStream(anyio.abc.SocketStream):
 async def connect_tcp(remote_host, remote_port: int, *, local_host=None,
                       read_high: int = _DEFAULT_READ_HIGH, **kw) -> ZcrxStream:
     """Like ``anyio.connect_tcp`` (no TLS). Keywords go to
-    ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...);
-    ``read_high``: bytes buffered before reading pauses."""
+    ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...; under
+    trio the Receiver's options only: ``engine=``, ``area_size=``,
+    ``receiver_options=``...); ``read_high``: bytes buffered before reading pauses."""
     loop = _running_loop()
     if loop is None:
         from . import _trio
@@ -368,7 +369,8 @@ async def create_tcp_listener(local_host=None, local_port: int = 0, *, backlog: 
                               reuse_port: bool = False, read_high: int = _DEFAULT_READ_HIGH,
                               **kw) -> ZcrxListener:
     """Like ``anyio.create_tcp_listener``. Keywords go to
-    ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...)."""
+    ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...; under trio the
+    Receiver's options only)."""
     loop = _running_loop()
     if loop is None:
         from . import _trio
