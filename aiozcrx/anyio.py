@@ -126,7 +126,7 @@ class _StreamProtocol(asyncio.Protocol):
         self._drain_waiters.clear()
 
     # helpers ----------------------------------------------------------
-    # (the waits below are asyncio's; _TrioStreamProtocol has trio's)
+    # (the waits below are asyncio's; aiozcrx._trio.TrioStreamProtocol has trio's)
     def _new_lost(self):
         return self._loop.create_future()
 
