@@ -1,4 +1,5 @@
-"""anyio byte streams over aiozcrx (anyio's asyncio backend).
+"""anyio byte streams over aiozcrx, on anyio's asyncio backend (stock loop or
+uvloop) and on its trio backend.
 
     stream = await aiozcrx.anyio.connect_tcp("127.0.0.1", 8000)
     data = await stream.receive()            # bytes, like any anyio ByteStream
@@ -13,9 +14,15 @@ kernel only when the view is released (``view.release()`` or ``with view:``), so
 release views promptly: views held unreleased stop receiving once the Receiver's
 area is used up. ``receive()`` copies and releases for you.
 
-trio is not supported: the Receiver drives an io_uring ring through the asyncio
-event loop (its reader callbacks and loop scheduling), which anyio's trio
-backend does not have; calling these under trio raises ``RuntimeError``.
+Under trio the same engines, Receiver and transports run over a small adapter
+(``aiozcrx._trio.TrioLoop``): the engine's wake-up fd (the ring's eventfd, or
+the socket engine's epoll fd) is waited on with ``trio.lowlevel.wait_readable``
+in a system task, and loop callbacks run in another. ``send()`` writes straight
+to the socket, waiting with ``trio.lowlevel.wait_writable`` when it is full.
+What differs from asyncio: ``receiver=`` (a Receiver of yours shared by
+connections) is asyncio only, and ``ZcrxListener.accept()`` raises
+``anyio.ClosedResourceError`` once the listener is closed. Exceptions from
+callbacks are logged (logger ``aiozcrx``), as asyncio's default handler does.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import sys
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .server import ZcrxServer, create_connection, create_server
 
@@ -35,22 +44,19 @@ __all__ = ["ZcrxListener", "ZcrxStream", "connect_tcp", "create_tcp_listener"]
 _DEFAULT_READ_HIGH = 256 * 1024     # bytes held before reading is paused
 
 
-def _require_asyncio() -> asyncio.AbstractEventLoop:
+def _running_loop():
+    """The running asyncio loop, or None under trio."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         pass
-    backend = "unknown"
-    try:
-        from anyio._core._eventloop import get_async_backend
-        backend = get_async_backend().__name__
-    except Exception:
-        pass
-    raise RuntimeError(
-        "aiozcrx.anyio works on anyio's asyncio backend only; trio is not supported yet "
-        f"(current backend: {backend}): the aiozcrx Receiver runs its io_uring completion "
-        "queue from an asyncio event loop (loop.add_reader on the ring fd, loop callbacks), "
-        "which the trio backend does not provide. Use anyio.run(..., backend='asyncio').")
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        from . import _trio
+        if _trio.in_trio():
+            return None
+    raise RuntimeError("aiozcrx.anyio needs a running event loop: call it from "
+                       "anyio.run(..., backend='asyncio') or backend='trio'")
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -66,7 +72,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.read_paused = False
         self.eof = False
         self.exc: BaseException | None = None
-        self.lost = loop.create_future()
+        self.lost = self._new_lost()
         self._waiter: asyncio.Future | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future] = []
@@ -98,13 +104,16 @@ class _StreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.exc = exc
         self.eof = True
-        if not self.lost.done():
-            self.lost.set_result(exc)
+        self._set_lost(exc)
         self._wake()
         for w in self._drain_waiters:
             if not w.done():
                 w.set_result(None)
         self._drain_waiters.clear()
+
+    def _set_lost(self, exc) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -117,6 +126,16 @@ class _StreamProtocol(asyncio.Protocol):
         self._drain_waiters.clear()
 
     # helpers ----------------------------------------------------------
+    # (the waits below are asyncio's; aiozcrx._trio.TrioStreamProtocol has trio's)
+    def _new_lost(self):
+        return self._loop.create_future()
+
+    def is_lost(self) -> bool:
+        return self.lost.done()
+
+    async def wait_lost(self) -> None:
+        await asyncio.shield(self.lost)
+
     def _wake(self) -> None:
         w, self._waiter = self._waiter, None
         if w is not None and not w.done():
@@ -136,7 +155,7 @@ class _StreamProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     async def drain(self) -> None:
-        while self._write_paused and not self.lost.done():
+        while self._write_paused and not self.is_lost():
             w = self._loop.create_future()
             self._drain_waiters.append(w)
             await w
@@ -182,7 +201,7 @@ class ZcrxStream(anyio.abc.SocketStream):
                 if p.eof:
                     if p.exc is not None:
                         raise anyio.BrokenResourceError from p.exc
-                    if p.lost.done() and self._closed:
+                    if p.is_lost() and self._closed:
                         raise anyio.ClosedResourceError
                     raise anyio.EndOfStream
                 await p.wait_data()
@@ -233,7 +252,7 @@ class ZcrxStream(anyio.abc.SocketStream):
         if self._sending:
             raise anyio.BusyResourceError("sending to")
         p = self._protocol
-        if p.lost.done() or self._transport.is_closing():
+        if p.is_lost() or self._transport.is_closing():
             raise anyio.BrokenResourceError from p.exc
         self._sending = True
         try:
@@ -257,7 +276,7 @@ class ZcrxStream(anyio.abc.SocketStream):
         """Closes the connection (flushing writes) and waits until it is gone.
         Views from ``receive_view`` stay valid until released."""
         if self._closed:
-            await asyncio.shield(self._protocol.lost)
+            await self._protocol.wait_lost()
             return
         self._closed = True
         p = self._protocol
@@ -265,8 +284,8 @@ class ZcrxStream(anyio.abc.SocketStream):
         p._wake()
         self._transport.close()
         try:
-            await asyncio.shield(p.lost)
-        except asyncio.CancelledError:
+            await p.wait_lost()
+        except BaseException:  # cancelled (or interrupted): end it now
             self._transport.abort()
             raise
 
@@ -282,9 +301,13 @@ class ZcrxStream(anyio.abc.SocketStream):
 async def connect_tcp(remote_host, remote_port: int, *, local_host=None,
                       read_high: int = _DEFAULT_READ_HIGH, **kw) -> ZcrxStream:
     """Like ``anyio.connect_tcp`` (no TLS). Keywords go to
-    ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...);
-    ``read_high``: bytes buffered before reading pauses."""
-    loop = _require_asyncio()
+    ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...; under
+    trio the Receiver's options only: ``engine=``, ``area_size=``,
+    ``receiver_options=``...); ``read_high``: bytes buffered before reading pauses."""
+    loop = _running_loop()
+    if loop is None:
+        from . import _trio
+        return await _trio.connect_tcp(remote_host, remote_port, local_host, read_high, kw)
     if local_host is not None:
         kw["local_addr"] = (local_host, 0)
     proto = _StreamProtocol(loop, read_high)
@@ -297,7 +320,9 @@ class ZcrxListener(anyio.abc.SocketListener):
     ``serve(handler)`` give ``ZcrxStream`` objects. With several listening sockets
     (host None: IPv4 and IPv6), socket extras describe the first."""
 
-    def __init__(self, server: ZcrxServer, queue: asyncio.Queue):
+    def __init__(self, server: ZcrxServer, queue: asyncio.Queue | None):
+        # under trio: server is an aiozcrx._trio.TrioServer, queue None (it accepts
+        # when asked)
         self._server = server
         self._queue = queue
         self._sock = server.sockets[0]
@@ -305,6 +330,8 @@ class ZcrxListener(anyio.abc.SocketListener):
 
     @property
     def server(self) -> ZcrxServer:
+        """The ``ZcrxServer`` (under trio, an object with the same ``receiver``,
+        ``sockets``, ``close()`` and ``wait_closed()``)."""
         return self._server
 
     @property
@@ -314,6 +341,8 @@ class ZcrxListener(anyio.abc.SocketListener):
     async def accept(self) -> ZcrxStream:
         if self._closed:
             raise anyio.ClosedResourceError
+        if self._queue is None:
+            return await self._server.accept()
         return await self._queue.get()
 
     async def aclose(self) -> None:
@@ -324,12 +353,12 @@ class ZcrxListener(anyio.abc.SocketListener):
             return
         self._closed = True
         self._server.close()
-        while not self._queue.empty():
+        while self._queue is not None and not self._queue.empty():
             stream = self._queue.get_nowait()
             stream._closed = True
             stream._protocol.drop()
             stream._transport.abort()
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     async def wait_closed(self) -> None:
         """Waits until every accepted stream is closed and the Receiver with them."""
@@ -340,8 +369,13 @@ async def create_tcp_listener(local_host=None, local_port: int = 0, *, backlog: 
                               reuse_port: bool = False, read_high: int = _DEFAULT_READ_HIGH,
                               **kw) -> ZcrxListener:
     """Like ``anyio.create_tcp_listener``. Keywords go to
-    ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...)."""
-    loop = _require_asyncio()
+    ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...; under trio the
+    Receiver's options only)."""
+    loop = _running_loop()
+    if loop is None:
+        from . import _trio
+        return await _trio.create_tcp_listener(local_host, local_port, min(backlog, 65536),
+                                               reuse_port, read_high, kw)
     queue: asyncio.Queue = asyncio.Queue()
 
     def factory():

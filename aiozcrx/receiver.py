@@ -77,11 +77,16 @@ class Receiver:
     # ------------------------------------------------------------ lifecycle
     def open(self) -> "Receiver":
         """Sets up the engine for the running loop. Called by ``async with``."""
+        return self._open_on(asyncio.get_running_loop())
+
+    def _open_on(self, loop) -> "Receiver":
+        """``open()`` on ``loop``: the running asyncio loop, or an object offering
+        the few loop calls engines and transports make (``aiozcrx._trio.TrioLoop``
+        under trio, for ``aiozcrx.anyio``)."""
         if self._engine is not None:
             raise RuntimeError("Receiver is already open")
         if self._closed:
             raise RuntimeError("Receiver is closed; make a new one")
-        loop = asyncio.get_running_loop()
         source = None
         if self._share_with is not None:
             src = self._share_with

@@ -4,6 +4,7 @@ zero-copy views (``receive_view``) and answers with the sha256 at EOF.
 Usage: python examples/anyio_stream.py serve [--host 127.0.0.1] [--port 8008]
        python examples/anyio_stream.py send --file PATH [--host ...] [--port ...]
        python examples/anyio_stream.py --selftest   # serve, send 16 MiB, verify, exit
+Add --backend trio to run it on anyio's trio backend (pip install 'aiozcrx[trio]').
 """
 
 from __future__ import annotations
@@ -86,10 +87,12 @@ if __name__ == "__main__":
     p.add_argument("--engine", default="auto")
     p.add_argument("--mib", type=int, default=16, help="selftest payload size")
     p.add_argument("--selftest", action="store_true")
+    p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio",
+                   help="anyio backend")
     a = p.parse_args()
     if a.cmd == "send" and not a.selftest and not a.file:
         p.error("send needs --file")
     try:
-        sys.exit(anyio.run(main, a))
+        sys.exit(anyio.run(main, a, backend=a.backend))
     except KeyboardInterrupt:
         pass
