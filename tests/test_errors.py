@@ -3,13 +3,14 @@ kernel is touched where possible, and no leaked fd or mapping either way."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import glob
 
 import pytest
 
 import aiozcrx
-from peers import mappings, open_fds
+from peers import mappings, open_fds, tcp_pair, wait_until
 
 
 
@@ -70,6 +71,33 @@ async def test_auto_falls_back_and_says_why(need_no_nodev):
         assert names == ["zcrx", "zcrx-copy", "uring"]
 
 
+@pytest.mark.parametrize("kwargs, why", [
+    (dict(interface="nosuch0", queue=16), "zcrx: unknown interface 'nosuch0': it is not in `ip link`"),
+    (dict(interface="lo", queue=99), "zcrx: queue 99 out of range: lo has"),
+])
+@pytest.mark.asyncio
+async def test_auto_with_a_nic_queue_this_machine_lacks_falls_back(kwargs, why):
+    """The snippets in the docs say interface="eth0", queue=16: where there is no such
+    interface or queue, "auto" still receives, and says why zcrx was passed over."""
+    fds, maps = open_fds(), len(mappings())
+    async with aiozcrx.Receiver(engine="auto", **kwargs) as rx:
+        assert rx.engines_tried[0][:2] == ("zcrx", False)
+        assert rx.fallback_reason.startswith(why)
+        assert rx.engine in ("zcrx-copy", "uring", "socket")
+        a, b = tcp_pair()
+        got = bytearray()
+
+        class Sink(asyncio.Protocol):
+            def data_received(self, view):
+                got.extend(view)
+
+        await rx.wrap(b, Sink)
+        a.sendall(b"over the fallback")
+        a.close()
+        await wait_until(lambda: bytes(got) == b"over the fallback", "the bytes sent")
+    assert open_fds() == fds and len(mappings()) == maps
+
+
 @pytest.mark.asyncio
 async def test_auto_without_interface_skips_zcrx_with_reason():
     async with aiozcrx.Receiver() as rx:
@@ -78,8 +106,9 @@ async def test_auto_without_interface_skips_zcrx_with_reason():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(interface="nosuch0"), "unknown interface 'nosuch0'"),
-    (dict(interface="lo", queue=99), "queue 99 out of range"),
+    (dict(engine="zcrx", interface="nosuch0", queue=0), "unknown interface 'nosuch0'"),
+    (dict(engine="zcrx", interface="lo", queue=99), "queue 99 out of range"),
+    (dict(engine="uring", interface="nosuch0"), "unknown interface 'nosuch0'"),
     (dict(interface="lo", queue=-1), "non-negative"),
     (dict(queue=0), "needs interface"),
     (dict(area_size=4096 * 10 + 1), "multiple of the page size"),

@@ -59,13 +59,25 @@ def test_wrong_types_are_type_errors(kw):
     ({"area_size": 1 << 32, "buf_size": 1 << 32}, "buf_size"),
     ({"cq_entries": 4}, "cq_entries"),
     ({"engine": "fast"}, "unknown engine"),
-    ({"interface": "no-such-if0"}, "unknown interface"),
+    ({"engine": "zcrx", "interface": "no-such-if0", "queue": 0}, "unknown interface"),
+    ({"engine": "uring", "interface": "no-such-if0"}, "unknown interface"),
+    ({"engine": "zcrx", "interface": "lo", "queue": 4096}, "queue 4096 out of range"),
+    ({"interface": "eth0/x"}, "interface name like"),
     ({"queue": 0}, "needs interface"),
     ({"engine": "zcrx"}, "needs interface= and queue="),
 ])
 def test_out_of_range_values_are_value_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         Config(**kw).validate()
+
+
+def test_auto_takes_an_interface_this_machine_lacks_and_names_it():
+    # "auto" passes over zcrx for it (Receiver.fallback_reason); by name it is an error
+    cfg = Config(interface="no-such-if0", queue=3).validate()
+    assert cfg.nic_problem() == "unknown interface 'no-such-if0': it is not in `ip link`"
+    assert "queue 4096 out of range: lo has" in Config(interface="lo", queue=4096).validate().nic_problem()
+    assert Config(interface="lo", queue=0).nic_problem() is None
+    assert Config().nic_problem() is None
 
 
 def test_receiver_rejects_before_touching_the_kernel(monkeypatch):

@@ -55,8 +55,8 @@ def choose_engine(interface: str | None = None, queue: int | None = None,
 
     Each engine is really opened (ring, area, registration) and closed again.
     """
-    from .. import engines as _engines  # noqa: PLC0415 - the compiled core, lazily
-    from ..config import Config  # noqa: PLC0415
+    from ..config import Config  # noqa: PLC0415 - the compiled core, lazily
+    from ..receiver import open_engine  # noqa: PLC0415
 
     # the same Config, validation and "auto" loop as a Receiver; a small area and
     # rings, no notifications: this only asks what would open
@@ -64,7 +64,7 @@ def choose_engine(interface: str | None = None, queue: int | None = None,
                  rq_entries=1024, cq_entries=1024, notifications=False).validate()
     loop = asyncio.new_event_loop()
     try:
-        eng, tried = _engines.open_engine(cfg, loop)
+        eng, tried = open_engine(cfg, loop)
         eng.close()
         return eng.name, tried
     finally:
