@@ -119,8 +119,10 @@ def _receiver_config(args: argparse.Namespace) -> Config:
     an interface or queue this machine lacks is an error here even with engine auto
     (it was typed on the command line: a typo, not a machine without the NIC)."""
     try:
-        cfg = Config(engine=args.engine, interface=args.interface, queue=args.queue,
-                     area_size=args.area_size, buf_size=args.buf_size).validate()
+        cfg = Config(engine=args.engine, interface=getattr(args, "interface", None),
+                     queue=getattr(args, "queue", None),
+                     area_size=getattr(args, "area_size", Config.area_size),
+                     buf_size=getattr(args, "buf_size", Config.buf_size)).validate()
     except (TypeError, ValueError) as exc:
         raise Failure(_option_names(str(exc)), EXIT_USAGE) from None
     problem = cfg.nic_problem()
@@ -312,7 +314,8 @@ def _parser() -> _Parser:
     engines = ("auto", *ENGINES)
     d = sub.add_parser("demo", help="loopback demo: `aiozcrx send` in a process, a verified receive here")
     d.add_argument("--mib", type=_mib, default=1024, help="MiB to send (default 1024)")
-    d.add_argument("--engine", default="auto", choices=engines)
+    # over loopback: no NIC queue, so no engine "zcrx"
+    d.add_argument("--engine", default="auto", choices=[e for e in engines if e != "zcrx"])
     r = sub.add_parser("recv", help="bulk sink for one connection (like liburing's examples/zcrx)")
     r.add_argument("--host", default="0.0.0.0")
     r.add_argument("--port", type=_port, default=9999, help="0: any free port (printed)")
@@ -337,12 +340,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.port == 0:
             raise Failure("--port: the port to send to must be 1..65535, got 0", EXIT_USAGE)
         return _send(args)
-    if args.cmd == "demo":
-        cfg = _receiver_config(argparse.Namespace(engine=args.engine, interface=None, queue=None,
-                                                  area_size=Config.area_size,
-                                                  buf_size=Config.buf_size))
-    else:
-        cfg = _receiver_config(args)
+    cfg = _receiver_config(args)  # demo has --engine only: the rest default
     why = _core_missing(args.cmd)
     if why:
         raise Failure(why, EXIT_USAGE)
