@@ -13,14 +13,16 @@ import argparse
 import hashlib
 import os
 import sys
+from collections.abc import Iterable
 
 import anyio
 import anyio.abc
 
-from aiozcrx.anyio import connect_tcp, create_tcp_listener
+from aiozcrx.anyio import ZcrxStream, connect_tcp, create_tcp_listener
 
 
-async def handle(stream) -> None:
+async def handle(stream: anyio.abc.SocketStream) -> None:
+    assert isinstance(stream, ZcrxStream)  # what a ZcrxListener hands its handler
     async with stream:
         h = hashlib.sha256()
         n = 0
@@ -35,7 +37,7 @@ async def handle(stream) -> None:
         await stream.send(f"{n} {h.hexdigest()}\n".encode())
 
 
-async def send(host: str, port: int, chunks) -> tuple[int, str, bytes]:
+async def send(host: str, port: int, chunks: Iterable[bytes]) -> tuple[int, str, bytes]:
     h = hashlib.sha256()
     n = 0
     async with await connect_tcp(host, port) as stream:
@@ -53,7 +55,7 @@ async def send(host: str, port: int, chunks) -> tuple[int, str, bytes]:
     return n, h.hexdigest(), reply
 
 
-async def main(args) -> int:
+async def main(args: argparse.Namespace) -> int:
     if args.selftest or args.cmd == "serve":
         listener = await create_tcp_listener(args.host, 0 if args.selftest else args.port,
                                              engine=args.engine)
