@@ -35,7 +35,9 @@ This module imports trio; ``aiozcrx.anyio`` imports it only under trio.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextvars
 import errno
 import heapq
 import itertools
@@ -43,20 +45,27 @@ import logging
 import math
 import socket
 from asyncio import trsock
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import anyio
+import anyio.abc
 import trio
 
-from .anyio import ZcrxStream, _StreamProtocol
+from .anyio import ZcrxStream, _StreamProtocolBase
 from .server import (_ACCEPT_RETRY_DELAY, _RESOURCE_ERRNOS, _bind_sockets, _check_unsupported,
                      _OwnedReceiver, _set_nodelay)
 
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
+    from .anyio import ZcrxListener
+
 logger = logging.getLogger("aiozcrx")
 
-_LOOP: trio.lowlevel.RunVar = trio.lowlevel.RunVar("aiozcrx_trio_loop", default=None)
+_LOOP: trio.lowlevel.RunVar[TrioLoop | None] = trio.lowlevel.RunVar("aiozcrx_trio_loop", default=None)
 
 
-def _fileno(fd) -> int:
+def _fileno(fd: FileDescriptorLike) -> int:
     return fd if isinstance(fd, int) else fd.fileno()
 
 
@@ -65,8 +74,8 @@ class _Handle:
 
     __slots__ = ("callback", "args", "cancelled")
 
-    def __init__(self, callback, args):
-        self.callback = callback
+    def __init__(self, callback: Callable[..., object], args: tuple[object, ...]):
+        self.callback: Callable[..., object] | None = callback  # None once cancelled
         self.args = args
         self.cancelled = False
 
@@ -86,8 +95,8 @@ class _Watch:
 
     __slots__ = ("callback", "args", "scope", "gone")
 
-    def __init__(self, callback, args):
-        self.callback = callback
+    def __init__(self, callback: Callable[..., object], args: tuple[object, ...]):
+        self.callback: Callable[..., object] | None = callback  # None once gone
         self.args = args
         self.scope = trio.CancelScope()
         self.gone = False
@@ -97,9 +106,9 @@ class TrioLoop:
     """The part of an asyncio event loop that engines and transports use, on
     the running trio run. Get it with ``current_loop()``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._ready: collections.deque[_Handle] = collections.deque()
-        self._timers: list = []            # heap of (when, seq, handle)
+        self._timers: list[tuple[float, int, _Handle]] = []  # heap of (when, seq, handle)
         self._seq = itertools.count()
         self._readers: dict[int, _Watch] = {}
         self._writers: dict[int, _Watch] = {}
@@ -115,17 +124,20 @@ class TrioLoop:
     def time(self) -> float:
         return trio.current_time()
 
-    def call_soon(self, callback, *args, context=None) -> _Handle:
+    def call_soon(self, callback: Callable[..., object], *args: object,
+                  context: contextvars.Context | None = None) -> _Handle:
         self._check_open()
         handle = _Handle(callback, args)
         self._ready.append(handle)
         self._poke()
         return handle
 
-    def call_later(self, delay: float, callback, *args, context=None) -> _Handle:
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object,
+                   context: contextvars.Context | None = None) -> _Handle:
         return self.call_at(trio.current_time() + delay, callback, *args)
 
-    def call_at(self, when: float, callback, *args, context=None) -> _Handle:
+    def call_at(self, when: float, callback: Callable[..., object], *args: object,
+                context: contextvars.Context | None = None) -> _Handle:
         self._check_open()
         handle = _Handle(callback, args)
         heapq.heappush(self._timers, (when, next(self._seq), handle))
@@ -165,6 +177,8 @@ class TrioLoop:
             timers.clear()
 
     def _call(self, handle: _Handle) -> None:
+        if handle.callback is None:  # cancelled (the caller skips those)
+            return
         try:
             handle.callback(*handle.args)
         except (SystemExit, KeyboardInterrupt):
@@ -173,7 +187,7 @@ class TrioLoop:
             self.call_exception_handler({"message": f"Exception in callback {handle!r}",
                                          "exception": exc})
 
-    def call_exception_handler(self, context: dict) -> None:
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
         """Logs what asyncio's default exception handler would (trio has no
         loop-level handler to hand it to)."""
         message = context.get("message") or "Unhandled exception in an aiozcrx callback"
@@ -184,19 +198,20 @@ class TrioLoop:
                      exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
 
     # ----------------------------------------------------------------- fds
-    def add_reader(self, fd, callback, *args) -> None:
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None:
         self._watch(self._readers, trio.lowlevel.wait_readable, _fileno(fd), callback, args)
 
-    def remove_reader(self, fd) -> bool:
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
         return self._unwatch(self._readers, _fileno(fd))
 
-    def add_writer(self, fd, callback, *args) -> None:
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None:
         self._watch(self._writers, trio.lowlevel.wait_writable, _fileno(fd), callback, args)
 
-    def remove_writer(self, fd) -> bool:
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
         return self._unwatch(self._writers, _fileno(fd))
 
-    def _watch(self, table: dict, wait, fd: int, callback, args) -> None:
+    def _watch(self, table: dict[int, _Watch], wait: Callable[[int], Awaitable[None]], fd: int,
+               callback: Callable[..., object], args: tuple[object, ...]) -> None:
         self._check_open()
         w = table.get(fd)
         if w is not None:  # as asyncio: a new callback replaces the old one
@@ -205,7 +220,7 @@ class TrioLoop:
         w = table[fd] = _Watch(callback, args)
         trio.lowlevel.spawn_system_task(self._watcher, fd, w, wait, name=f"aiozcrx fd {fd}")
 
-    def _unwatch(self, table: dict, fd: int) -> bool:
+    def _unwatch(self, table: dict[int, _Watch], fd: int) -> bool:
         w = table.pop(fd, None)
         if w is None:
             return False
@@ -216,7 +231,7 @@ class TrioLoop:
         w.callback, w.args = None, ()
         return True
 
-    async def _watcher(self, fd: int, w: _Watch, wait) -> None:
+    async def _watcher(self, fd: int, w: _Watch, wait: Callable[[int], Awaitable[None]]) -> None:
         with w.scope:
             while not w.gone:
                 try:
@@ -228,7 +243,7 @@ class TrioLoop:
                     self.call_exception_handler({"message": f"aiozcrx: cannot watch fd {fd}",
                                                  "exception": exc})
                     return
-                if w.gone:
+                if w.gone or w.callback is None:  # (None only once gone)
                     return
                 try:
                     w.callback(*w.args)
@@ -257,11 +272,13 @@ def in_trio() -> bool:
 
 
 # ----------------------------------------------------------------- streams
-class TrioStreamProtocol(_StreamProtocol):
+class TrioStreamProtocol(_StreamProtocolBase):
     """The anyio layer's protocol with trio's waits (events, not futures)."""
 
-    def _new_lost(self):
-        return trio.Event()
+    def __init__(self, read_high: int):
+        super().__init__(read_high)
+        self.lost = trio.Event()
+        self._waiter: trio.Event | None = None
 
     def is_lost(self) -> bool:
         return self.lost.is_set()
@@ -269,10 +286,12 @@ class TrioStreamProtocol(_StreamProtocol):
     async def wait_lost(self) -> None:
         await self.lost.wait()
 
-    def _set_lost(self, exc) -> None:
+    def _set_lost(self, exc: BaseException | None) -> None:
         # the transport closes the socket as soon as connection_lost returns:
         # a send() waiting on it must be woken first (trio's rule for closing)
-        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        transport: asyncio.BaseTransport | None = self.transport  # (asyncio's typed get_extra_info)
+        sock: trsock.TransportSocket | None = (transport.get_extra_info("socket")
+                                               if transport is not None else None)
         if sock is not None and sock.fileno() >= 0:
             trio.lowlevel.notify_closing(sock.fileno())
         self.lost.set()
@@ -289,13 +308,21 @@ class TrioStreamProtocol(_StreamProtocol):
         finally:
             self._waiter = None
 
+    # Sends go straight to the socket (TrioZcrxStream.send), so the transport's
+    # write buffer stays empty and never pauses writing: nothing to wait for.
+    async def drain(self) -> None:
+        return
+
+    def _release_drains(self) -> None:
+        return
+
 
 class TrioZcrxStream(ZcrxStream):
     """``ZcrxStream`` under trio: sends go straight to the socket."""
 
     _eof_sent = False
 
-    async def send(self, item) -> None:
+    async def send(self, item: bytes) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
         if self._sending:
@@ -351,7 +378,7 @@ RECEIVER_KW = frozenset({"engine", "interface", "queue", "area_size", "rq_entrie
                          "buf_size", "receiver_options"})
 
 
-def owned_receiver(kw: dict, what: str) -> _OwnedReceiver:
+def owned_receiver(kw: dict[str, Any], what: str) -> _OwnedReceiver:
     """A Receiver from ``kw`` (validated now, opened later), closed by its owner."""
     kw = dict(kw)
     _check_unsupported(kw.pop("ssl", None), {}, ())  # as on asyncio: ValueError for ssl=
@@ -367,14 +394,16 @@ def owned_receiver(kw: dict, what: str) -> _OwnedReceiver:
     return _OwnedReceiver(**kw, **options)
 
 
-async def connect_tcp(host, port: int, local_host, read_high: int, kw: dict) -> TrioZcrxStream:
+async def connect_tcp(host: anyio.abc.IPAddressType, port: int,
+                      local_host: anyio.abc.IPAddressType | None, read_high: int,
+                      kw: dict[str, Any]) -> TrioZcrxStream:
     """``aiozcrx.anyio.connect_tcp`` under trio: the connection owns its Receiver,
     closed right after connection_lost (as ``aiozcrx.create_connection`` does)."""
     rx = owned_receiver(kw, "connect_tcp")
     loop = current_loop()
     sock = await connect(str(host), port, None if local_host is None else str(local_host))
     _set_nodelay(sock)
-    proto = TrioStreamProtocol(loop, read_high)
+    proto = TrioStreamProtocol(read_high)
     try:
         rx._open_on(loop)
         transport, _ = await rx.wrap(sock, lambda: proto)
@@ -383,24 +412,28 @@ async def connect_tcp(host, port: int, local_host, read_high: int, kw: dict) -> 
         if rx.loop is not None:
             rx.close()
         raise
-    rx._on_forget = lambda: loop.call_soon(rx.close)
+
+    def forget() -> None:
+        # the one connection is gone: close the Receiver after connection_lost returns
+        loop.call_soon(rx.close)
+
+    rx._on_forget = forget
     return TrioZcrxStream(transport, proto)
 
 
-async def create_tcp_listener(host, port: int, backlog: int, reuse_port: bool, read_high: int,
-                              kw: dict):
+async def create_tcp_listener(host: anyio.abc.IPAddressType | None, port: int, backlog: int,
+                              reuse_port: bool, read_high: int, kw: dict[str, Any]) -> ZcrxListener:
     """``aiozcrx.anyio.create_tcp_listener`` under trio."""
     from .anyio import ZcrxListener
     rx = owned_receiver(kw, "create_tcp_listener")
-    loop = current_loop()
-    server = await create_server(lambda: TrioStreamProtocol(loop, read_high),
+    server = await create_server(lambda: TrioStreamProtocol(read_high),
                                  None if host is None else str(host), port, backlog=backlog,
                                  reuse_port=reuse_port, receiver=rx)
     return ZcrxListener(server, None)
 
 
 # -------------------------------------------------------------- connecting
-async def connect(host, port: int, local_host=None) -> socket.socket:
+async def connect(host: str, port: int, local_host: str | None = None) -> socket.socket:
     """A connected non-blocking TCP socket: the addresses of ``host`` in turn,
     as ``aiozcrx.create_connection`` tries them."""
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -447,7 +480,8 @@ class TrioServer:
     The Receiver is closed once the server is closed *and* its last connection is
     gone (``wait_closed()``), as ``ZcrxServer`` does."""
 
-    def __init__(self, loop: TrioLoop, sockets: list[socket.socket], receiver, protocol_factory):
+    def __init__(self, loop: TrioLoop, sockets: list[socket.socket], receiver: _OwnedReceiver,
+                 protocol_factory: Callable[[], TrioStreamProtocol]):
         self._loop = loop
         self._sockets = sockets
         self._receiver = receiver
@@ -458,12 +492,12 @@ class TrioServer:
         receiver._on_forget = self._maybe_finish
 
     @property
-    def receiver(self):
+    def receiver(self) -> _OwnedReceiver:
         """The Receiver shared by this server's connections."""
         return self._receiver
 
     @property
-    def sockets(self) -> tuple:
+    def sockets(self) -> tuple[trsock.TransportSocket, ...]:
         return tuple(trsock.TransportSocket(s) for s in self._sockets)
 
     def is_serving(self) -> bool:
@@ -510,7 +544,7 @@ class TrioServer:
                 pass  # close() said so; accept() raises anyio's ClosedResourceError
             return
 
-        async def one(sock, scope):
+        async def one(sock: socket.socket, scope: trio.CancelScope) -> None:
             try:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
@@ -549,8 +583,9 @@ class TrioServer:
         await self._done.wait()
 
 
-async def create_server(protocol_factory, host, port: int, *, backlog: int, reuse_port: bool,
-                        receiver):
+async def create_server(protocol_factory: Callable[[], TrioStreamProtocol], host: str | None,
+                        port: int, *, backlog: int, reuse_port: bool,
+                        receiver: _OwnedReceiver) -> TrioServer:
     """Binds and listens (as ``aiozcrx.create_server`` does: every address of
     ``host``, IPv6 sockets v6-only) and opens ``receiver`` on this run."""
     flags = socket.AI_PASSIVE

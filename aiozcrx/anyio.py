@@ -31,20 +31,25 @@ import asyncio
 import collections
 import socket
 import sys
-from typing import Any
+from asyncio import trsock
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
 from .server import ZcrxServer, create_connection, create_server
+from .transport import ZcrxTransport
+
+if TYPE_CHECKING:
+    from ._trio import TrioServer
 
 __all__ = ["ZcrxListener", "ZcrxStream", "connect_tcp", "create_tcp_listener"]
 
 _DEFAULT_READ_HIGH = 256 * 1024     # bytes held before reading is paused
 
 
-def _running_loop():
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     """The running asyncio loop, or None under trio."""
     try:
         return asyncio.get_running_loop()
@@ -59,32 +64,32 @@ def _running_loop():
                        "anyio.run(..., backend='asyncio') or backend='trio'")
 
 
-class _StreamProtocol(asyncio.Protocol):
+class _StreamProtocolBase(asyncio.Protocol):
     """Queues the views it is given (no copy) with read flow control; tracks write
-    flow control and the connection's end."""
+    flow control and the connection's end. The waits are the subclasses':
+    asyncio's futures (``_StreamProtocol``) or trio's events
+    (``aiozcrx._trio.TrioStreamProtocol``)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_high: int = _DEFAULT_READ_HIGH):
-        self._loop = loop
-        self.transport = None
-        self.chunks: collections.deque = collections.deque()
+    def __init__(self, read_high: int = _DEFAULT_READ_HIGH):
+        self.transport: ZcrxTransport | None = None
+        self.chunks: collections.deque[memoryview] = collections.deque()
         self.buffered = 0
         self.read_high = read_high
         self.read_paused = False
         self.eof = False
         self.exc: BaseException | None = None
-        self.lost = self._new_lost()
-        self._waiter: asyncio.Future | None = None
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future] = []
-        self.on_made = None
+        # called from connection_made with the transport (a listener queues its stream)
+        self.on_made: Callable[[ZcrxTransport], None] | None = None
 
     # asyncio callbacks ------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Receiver.wrap gives its protocols ZcrxTransports (this layer passes no ssl=)
+        self.transport = cast(ZcrxTransport, transport)
         if self.on_made is not None:
-            self.on_made(self)
+            self.on_made(self.transport)
 
-    def data_received(self, view) -> None:
+    def data_received(self, view: bytes | memoryview) -> None:  # views; bytes with copy=True
         if not isinstance(view, memoryview):
             view = memoryview(view)
         if not view.nbytes:
@@ -94,47 +99,89 @@ class _StreamProtocol(asyncio.Protocol):
         self._wake()
         if self.buffered >= self.read_high and not self.read_paused:
             self.read_paused = True
+            assert self.transport is not None  # data comes after connection_made
             self.transport.pause_reading()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         self.eof = True
         self._wake()
         return True  # keep the write side open; aclose() closes
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         self.exc = exc
         self.eof = True
         self._set_lost(exc)
         self._wake()
-        for w in self._drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self._drain_waiters.clear()
-
-    def _set_lost(self, exc) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
+        self._release_drains()
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        for w in self._drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self._drain_waiters.clear()
+        self._release_drains()
 
     # helpers ----------------------------------------------------------
-    # (the waits below are asyncio's; aiozcrx._trio.TrioStreamProtocol has trio's)
-    def _new_lost(self):
-        return self._loop.create_future()
+    def consumed(self, n: int) -> None:
+        self.buffered -= n
+        if self.read_paused and self.buffered < self.read_high // 2 and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def drop(self) -> None:
+        while self.chunks:
+            self.chunks.popleft().release()
+        self.buffered = 0
+
+    # the waits: asyncio's in _StreamProtocol, trio's in aiozcrx._trio.TrioStreamProtocol
+    def is_lost(self) -> bool:
+        """Whether connection_lost has run."""
+        raise NotImplementedError
+
+    async def wait_lost(self) -> None:
+        """Until connection_lost has run (a cancelled wait leaves it pending)."""
+        raise NotImplementedError
+
+    def _set_lost(self, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        """Wakes wait_data()."""
+        raise NotImplementedError
+
+    async def wait_data(self) -> None:
+        """Until data, EOF or the end of the connection (or a _wake())."""
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        """Until the transport's write buffer is below its high-water mark again,
+        or the connection is lost."""
+        raise NotImplementedError
+
+    def _release_drains(self) -> None:
+        """Wakes drain()."""
+        raise NotImplementedError
+
+
+class _StreamProtocol(_StreamProtocolBase):
+    """``_StreamProtocolBase`` with asyncio's waits (futures)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_high: int = _DEFAULT_READ_HIGH):
+        super().__init__(read_high)
+        self._loop = loop
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
 
     def is_lost(self) -> bool:
         return self.lost.done()
 
     async def wait_lost(self) -> None:
         await asyncio.shield(self.lost)
+
+    def _set_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
 
     def _wake(self) -> None:
         w, self._waiter = self._waiter, None
@@ -148,42 +195,41 @@ class _StreamProtocol(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    def consumed(self, n: int) -> None:
-        self.buffered -= n
-        if self.read_paused and self.buffered < self.read_high // 2 and self.transport is not None:
-            self.read_paused = False
-            self.transport.resume_reading()
-
     async def drain(self) -> None:
         while self._write_paused and not self.is_lost():
-            w = self._loop.create_future()
+            w: asyncio.Future[None] = self._loop.create_future()
             self._drain_waiters.append(w)
             await w
 
-    def drop(self) -> None:
-        while self.chunks:
-            self.chunks.popleft().release()
-        self.buffered = 0
+    def _release_drains(self) -> None:
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
 
 
 class ZcrxStream(anyio.abc.SocketStream):
     """An anyio ``SocketStream`` whose receive side is a ZcrxTransport."""
 
-    def __init__(self, transport, protocol: _StreamProtocol):
+    def __init__(self, transport: ZcrxTransport, protocol: _StreamProtocolBase):
         self._transport = transport
         self._protocol = protocol
         self._closed = False
         self._receiving = False
         self._sending = False
-        self._sock = transport.get_extra_info("socket")
+        base: asyncio.BaseTransport = transport  # (asyncio's typed get_extra_info)
+        self._sock: trsock.TransportSocket = base.get_extra_info("socket")
 
     @property
-    def transport(self):
+    def transport(self) -> ZcrxTransport:
         """The underlying ``ZcrxTransport`` (``transport.stats()``...)."""
         return self._transport
 
     @property
-    def _raw_socket(self):
+    def _raw_socket(self) -> trsock.TransportSocket:  # type: ignore[override]
+        # anyio declares a socket.socket; the transport hands out only asyncio's
+        # TransportSocket, which has what anyio's SocketAttribute extras call
+        # (family, getsockname, getpeername, fileno)
         return self._sock
 
     # ---------------------------------------------------------------- receive
@@ -246,7 +292,7 @@ class ZcrxStream(anyio.abc.SocketStream):
         return self._take(max_bytes)
 
     # ------------------------------------------------------------------- send
-    async def send(self, item) -> None:
+    async def send(self, item: bytes) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
         if self._sending:
@@ -289,7 +335,7 @@ class ZcrxStream(anyio.abc.SocketStream):
             self._transport.abort()
             raise
 
-    def __del__(self):
+    def __del__(self) -> None:
         t = getattr(self, "_transport", None)
         if t is not None and not getattr(self, "_closed", True) and not t.is_closing():
             try:
@@ -298,8 +344,9 @@ class ZcrxStream(anyio.abc.SocketStream):
                 pass
 
 
-async def connect_tcp(remote_host, remote_port: int, *, local_host=None,
-                      read_high: int = _DEFAULT_READ_HIGH, **kw) -> ZcrxStream:
+async def connect_tcp(remote_host: anyio.abc.IPAddressType, remote_port: int, *,
+                      local_host: anyio.abc.IPAddressType | None = None,
+                      read_high: int = _DEFAULT_READ_HIGH, **kw: Any) -> ZcrxStream:
     """Like ``anyio.connect_tcp`` (no TLS). Keywords go to
     ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...; under
     trio the Receiver's options only: ``engine=``, ``area_size=``,
@@ -312,7 +359,8 @@ async def connect_tcp(remote_host, remote_port: int, *, local_host=None,
         kw["local_addr"] = (local_host, 0)
     proto = _StreamProtocol(loop, read_high)
     transport, _ = await create_connection(lambda: proto, str(remote_host), remote_port, **kw)
-    return ZcrxStream(transport, proto)
+    # no ssl= here: create_connection returns the ZcrxTransport itself
+    return ZcrxStream(cast(ZcrxTransport, transport), proto)
 
 
 class ZcrxListener(anyio.abc.SocketListener):
@@ -320,29 +368,32 @@ class ZcrxListener(anyio.abc.SocketListener):
     ``serve(handler)`` give ``ZcrxStream`` objects. With several listening sockets
     (host None: IPv4 and IPv6), socket extras describe the first."""
 
-    def __init__(self, server: ZcrxServer, queue: asyncio.Queue | None):
+    def __init__(self, server: ZcrxServer | TrioServer, queue: asyncio.Queue[ZcrxStream] | None):
         # under trio: server is an aiozcrx._trio.TrioServer, queue None (it accepts
         # when asked)
         self._server = server
         self._queue = queue
-        self._sock = server.sockets[0]
+        self._sock: trsock.TransportSocket = server.sockets[0]
         self._closed = False
 
     @property
-    def server(self) -> ZcrxServer:
+    def server(self) -> ZcrxServer | TrioServer:
         """The ``ZcrxServer`` (under trio, an object with the same ``receiver``,
         ``sockets``, ``close()`` and ``wait_closed()``)."""
         return self._server
 
     @property
-    def _raw_socket(self):
+    def _raw_socket(self) -> trsock.TransportSocket:  # type: ignore[override]
+        # asyncio's TransportSocket, as ZcrxStream._raw_socket (see there)
         return self._sock
 
     async def accept(self) -> ZcrxStream:
         if self._closed:
             raise anyio.ClosedResourceError
         if self._queue is None:
-            return await self._server.accept()
+            server = self._server
+            assert not isinstance(server, ZcrxServer)  # no queue: the TrioServer accepts when asked
+            return await server.accept()
         return await self._queue.get()
 
     async def aclose(self) -> None:
@@ -365,9 +416,10 @@ class ZcrxListener(anyio.abc.SocketListener):
         await self._server.wait_closed()
 
 
-async def create_tcp_listener(local_host=None, local_port: int = 0, *, backlog: int = 65536,
+async def create_tcp_listener(local_host: anyio.abc.IPAddressType | None = None,
+                              local_port: int = 0, *, backlog: int = 65536,
                               reuse_port: bool = False, read_high: int = _DEFAULT_READ_HIGH,
-                              **kw) -> ZcrxListener:
+                              **kw: Any) -> ZcrxListener:
     """Like ``anyio.create_tcp_listener``. Keywords go to
     ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...; under trio the
     Receiver's options only)."""
@@ -376,11 +428,11 @@ async def create_tcp_listener(local_host=None, local_port: int = 0, *, backlog: 
         from . import _trio
         return await _trio.create_tcp_listener(local_host, local_port, min(backlog, 65536),
                                                reuse_port, read_high, kw)
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue[ZcrxStream] = asyncio.Queue()
 
-    def factory():
+    def factory() -> _StreamProtocol:
         p = _StreamProtocol(loop, read_high)
-        p.on_made = lambda proto: queue.put_nowait(ZcrxStream(proto.transport, proto))
+        p.on_made = lambda transport: queue.put_nowait(ZcrxStream(transport, p))
         return p
 
     server = await create_server(factory, None if local_host is None else str(local_host),

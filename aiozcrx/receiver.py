@@ -7,19 +7,48 @@ import logging
 import socket
 import threading
 import warnings
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
 from . import engines as _engines
 from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
                      DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, Config, socket_family)
 from .transport import ZcrxTransport
 
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
 logger = logging.getLogger("aiozcrx")
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
-def open_engine(config: Config, loop: asyncio.AbstractEventLoop, *,
+class _Cancellable(Protocol):
+    """What ``call_soon``/``call_later`` return, as engines use it."""
+
+    def cancel(self) -> None: ...
+
+
+class _EngineLoop(Protocol):
+    """The loop calls engines, a Receiver and its ZcrxTransports make while
+    connections run: every asyncio loop has them, and so has
+    ``aiozcrx._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> _Cancellable: ...
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> _Cancellable: ...
+
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
+
+    def remove_reader(self, fd: FileDescriptorLike) -> object: ...
+
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
+
+    def remove_writer(self, fd: FileDescriptorLike) -> object: ...
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None: ...
+
+
+def open_engine(config: Config, loop: _EngineLoop, *,
                 share_with: "_engines.ZcrxEngine | None" = None
                 ) -> tuple["_engines.Engine", list[tuple[str, bool, str]]]:
     """``engines.open_engine``, except that with ``engine="auto"`` an interface or
@@ -97,10 +126,10 @@ class Receiver:
         """Sets up the engine for the running loop. Called by ``async with``."""
         return self._open_on(asyncio.get_running_loop())
 
-    def _open_on(self, loop) -> "Receiver":
+    def _open_on(self, loop: _EngineLoop) -> "Receiver":
         """``open()`` on ``loop``: the running asyncio loop, or an object offering
-        the few loop calls engines and transports make (``aiozcrx._trio.TrioLoop``
-        under trio, for ``aiozcrx.anyio``)."""
+        the few loop calls engines and transports make (``_EngineLoop``:
+        ``aiozcrx._trio.TrioLoop`` under trio, for ``aiozcrx.anyio``)."""
         if self._engine is not None:
             raise RuntimeError("Receiver is already open")
         if self._closed:
@@ -112,7 +141,10 @@ class Receiver:
                 raise ValueError("share_with= must be an open zcrx Receiver on this event loop")
             source = src._engine
         self._engine, self.engines_tried = open_engine(self._config, loop, share_with=source)
-        self._loop = loop
+        # ``loop`` (and ZcrxTransport's) are typed as asyncio loops for their users;
+        # under trio this is a TrioLoop, which has only the _EngineLoop calls: the
+        # paths that need more (a transport's sendfile) are asyncio's own.
+        self._loop = cast(asyncio.AbstractEventLoop, loop)
         self._thread_id = threading.get_ident()
         return self
 
