@@ -75,6 +75,7 @@ struct azx_zcrx_info {
     uintptr_t region_addr;                 /* start of the refill region mapping */
     size_t region_len;
     int region_kernel;                     /* 1: kernel-allocated, mmap()ed from the ring fd */
+    uintptr_t stats;                       /* the kernel's struct zcrx_stats in the region (7.2), or 0 */
 };
 
 struct azx_query_zcrx {
@@ -104,7 +105,7 @@ int azx_dontfork(uintptr_t addr, size_t len);
 int azx_zcrx_register(struct azx_ring *ring, uint32_t if_idx, uint32_t if_rxq,
                       uint32_t rq_entries, uint32_t flags, uintptr_t area, size_t area_len,
                       int kernel_region, uint32_t rx_buf_len, uint64_t notif_user_data,
-                      uint32_t notif_mask, struct azx_zcrx_info *out);
+                      uint32_t notif_mask, int want_stats, struct azx_zcrx_info *out);
 int azx_zcrx_import(struct azx_ring *ring, int zcrx_fd, struct azx_zcrx_info *out);
 int azx_zcrx_ctrl(struct azx_ring *ring, uint32_t zcrx_id, uint32_t op, uint32_t arg0);
 int azx_zcrx_export(struct azx_ring *ring, uint32_t zcrx_id);
@@ -145,6 +146,7 @@ struct azx_zcrx_info {
     uintptr_t region_addr;
     size_t region_len;
     int region_kernel;
+    uintptr_t stats;
 };
 
 struct azx_query_zcrx {
@@ -326,7 +328,7 @@ static size_t azx_page_round(size_t n)
 int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
                       uint32_t rq_entries, uint32_t flags, uintptr_t area, size_t area_len,
                       int kernel_region, uint32_t rx_buf_len, uint64_t notif_user_data,
-                      uint32_t notif_mask, struct azx_zcrx_info *out)
+                      uint32_t notif_mask, int want_stats, struct azx_zcrx_info *out)
 {
     /* header page (head/tail) + the rqe array */
     size_t region_len = azx_page_round(rq_entries * sizeof(struct azx_zcrx_rqe) + (size_t)sysconf(_SC_PAGESIZE));
@@ -347,8 +349,13 @@ int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
     reg.if_idx = if_idx; reg.if_rxq = if_rxq; reg.rq_entries = rq_entries; reg.flags = flags;
     reg.area_ptr = (uintptr_t)&ar; reg.region_ptr = (uintptr_t)&rd;
     reg.rx_buf_len = rx_buf_len;
-    if (notif_mask) {
+    /* The statistics region (7.2) goes at the end of the refill region: the
+     * header and the rqe array take at most rq_entries * 16 + one page less the
+     * stats, and the kernel checks that they do not overlap (ERANGE). */
+    size_t stats_off = region_len - sizeof(struct azx_zcrx_stats);
+    if (notif_mask || want_stats) {
         nd.user_data = notif_user_data; nd.type_mask = notif_mask;
+        if (want_stats) { nd.flags = AZX_ZCRX_NOTIF_DESC_FLAG_STATS; nd.stats_offset = stats_off; }
         reg.notif_desc = (uintptr_t)&nd;
     }
     long ret = azx_sys_register(r->fd, AZX_REGISTER_ZCRX_IFQ, &reg, 1);
@@ -370,6 +377,7 @@ int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
     out->region_addr = (uintptr_t)region;
     out->region_len = region_len;
     out->region_kernel = kernel_region;
+    out->stats = want_stats ? (uintptr_t)region + stats_off : 0;
     return 0;
 }
 

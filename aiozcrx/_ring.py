@@ -210,6 +210,41 @@ def new_area(m: AreaMapping, buf_size: int) -> Area:
     return area
 
 
+class ZcrxStats:
+    """The statistics the kernel keeps for one zcrx instance (7.2): how often and
+    how much it copied into the area instead of placing data there (copy fallback:
+    every byte of a NODEV instance; on a NIC queue, a flow that is not steered to
+    it). The kernel writes them into our refill region as it copies.
+
+    The region belongs to the Area (unmapped with it): the engine reads only while
+    its ring is open and calls ``close()`` at teardown; after that ``read()``
+    returns the last values read.
+    """
+
+    def __init__(self, area: Area, addr: int):
+        self._area = area  # keeps the mapping's owner alive
+        self._p = ffi.cast("uint64_t *", addr)
+        self._last = (0, 0)
+
+    def read(self) -> tuple[int, int]:
+        """(copy_count, copy_bytes): copy-fallback events and bytes so far."""
+        if self._p is not None:
+            self._last = (int(self._p[0]), int(self._p[1]))
+        return self._last
+
+    def twin(self) -> "ZcrxStats":
+        """Another reader of the same counters (an imported instance's engine),
+        closed on its own."""
+        t = ZcrxStats.__new__(ZcrxStats)
+        t._area, t._p, t._last = self._area, self._p, self._last
+        return t
+
+    def close(self) -> None:
+        """No more reading (the memory may be unmapped already: no read here)."""
+        self._p = None
+        self._area = None
+
+
 @dataclass
 class ZcrxInfo:
     zcrx_id: int
@@ -217,28 +252,33 @@ class ZcrxInfo:
     rx_buf_len: int
     rq_area_token: int
     nodev: bool
+    stats: ZcrxStats | None = None
 
 
 def register_zcrx(ring: Ring, area: Area, mapping: AreaMapping, *, if_idx: int, rxq: int,
                   rq_entries: int, nodev: bool, kernel_region: bool = False,
-                  rx_buf_len: int = 0, notif_ud: int = 0, notif_mask: int = 0) -> ZcrxInfo:
+                  rx_buf_len: int = 0, notif_ud: int = 0, notif_mask: int = 0,
+                  stats: bool = False) -> ZcrxInfo:
     """IORING_REGISTER_ZCRX_IFQ; attaches the refill ring to ``area``.
 
     The refill region (user memory by default, kernel memory mapped from the ring
     when ``kernel_region``) becomes owned by ``area``: it is unmapped with it.
+    ``stats``: ask for the kernel's statistics region (7.2; kernels before refuse
+    the descriptor with EINVAL), read through ``ZcrxInfo.stats``.
     """
     out = ffi.new("struct azx_zcrx_info *")
     flags = ZCRX_REG_NODEV if nodev else 0
     dontfork(mapping)
     ret = lib.azx_zcrx_register(ring._r, if_idx, rxq, rq_entries, flags, mapping.addr,
                                 mapping.length, 1 if kernel_region else 0, rx_buf_len,
-                                notif_ud, notif_mask, out)
+                                notif_ud, notif_mask, 1 if stats else 0, out)
     _check(ret, "IORING_REGISTER_ZCRX_IFQ")
     area.own_mapping(int(out.region_addr), int(out.region_len))
     area.setup_zcrx(int(out.rq_head), int(out.rq_tail), int(out.rq_rqes), int(out.rq_entries),
                     int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev)
     return ZcrxInfo(int(out.zcrx_id), int(out.rq_entries), int(out.rx_buf_len),
-                    int(out.rq_area_token), nodev)
+                    int(out.rq_area_token), nodev,
+                    ZcrxStats(area, int(out.stats)) if out.stats else None)
 
 
 def zcrx_ctrl(ring: Ring, zcrx_id: int, op: int, arg0: int = 0) -> None:

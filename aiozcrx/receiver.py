@@ -285,7 +285,13 @@ class Receiver:
         ``zcrx_id``, ``rq_entries``, ``rx_buf_len``, ``nodev``, ``notifications``
         (``"on"`` or ``"unsupported"``) and, once they happened, ``stall_kicks``,
         ``notification_rearms``; an instance shared with ``share_with`` has
-        ``imported``."""
+        ``imported``. On 7.2+ they add the kernel's own statistics of the
+        instance: ``kernel_copy_count`` / ``kernel_copy_bytes``, how often and how
+        much the kernel copied into the area instead of placing data there (every
+        byte of ``zcrx-copy``; on a NIC queue, flows not steered to it: 0 is true
+        zero copy). Engine ``zcrx`` adds ``device_removed`` (the interface's name)
+        once its NIC went away: the connections then ended with
+        ``ZcrxDeviceRemoved``."""
         s: dict[str, Any] = {"engine": self.engine, "connections": len(self._transports)}
         if self._engine is not None:
             s.update(self._engine.snapshot_stats())
