@@ -24,7 +24,7 @@ test: test-host
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-pythons test-guest
 
 test-host: $(STAMP)
-	@scripts/ensure-apt.sh ip:iproute2 patchelf:patchelf insmod:kmod curl:curl
+	@scripts/ensure-apt.sh ip:iproute2 curl:curl
 	$(PYTEST)
 
 # The host suite again on every other CPython >= 3.10 the machine has (pyenv's, or
