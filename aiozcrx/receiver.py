@@ -291,7 +291,9 @@ class Receiver:
         byte of ``zcrx-copy``; on a NIC queue, flows not steered to it: 0 is true
         zero copy). Engine ``zcrx`` adds ``device_removed`` (the interface's name)
         once its NIC went away: the connections then ended with
-        ``ZcrxDeviceRemoved``."""
+        ``ZcrxDeviceRemoved``; and ``release_waits`` when opening waited for the
+        kernel to unbind the queue from a ring that had just closed (instead of
+        failing with EEXIST)."""
         s: dict[str, Any] = {"engine": self.engine, "connections": len(self._transports)}
         if self._engine is not None:
             s.update(self._engine.snapshot_stats())

@@ -26,6 +26,7 @@ import time
 import pytest
 
 import aiozcrx
+from aiozcrx.engines import ZcrxEngine
 from aiozcrx.tools import ethtool as et
 from peers import Listener, join, payload, start_many, start_sender, stream_sha256, wait_until
 from test_transport import MiB, Sink
@@ -433,6 +434,80 @@ async def test_close_with_views_outstanding_then_register_the_queue_again(sim_ni
         v.release()
     kept.clear()
     assert rx.stats()["buffers_outstanding"] == 0
+
+
+@pytest.mark.asyncio
+async def test_queue_reopened_right_after_close(sim_nic, zc, listen):
+    """Close a Receiver and open the next on the same queue at once, three times
+    over: the kernel unbinds the queue in the closed ring's exit work, a moment
+    later; the new Receiver waits for that (bounded, on the queue's io-uring
+    attribute) instead of failing with EEXIST. Each one receives, verified."""
+    q, port = 1, 9118
+    zc(q, port, "tcp4")
+    lst = listen(sim_nic.addr, port)
+    for i in range(3):
+        rx = aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q)
+        async with rx:
+            assert rx.engine == "zcrx"
+            proto = await receive_one(rx, lst, 120 + i, 2 * MiB, sim_nic)
+        assert proto.sha.hexdigest() == stream_sha256(120 + i, 2 * MiB)
+        # (whether the kernel's worker had unbound it by then is up to the scheduler)
+
+
+def io_uring_fds() -> set[int]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]":
+                out.add(int(fd))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.asyncio
+async def test_registration_waits_for_a_closing_ring_to_unbind(sim_nic, zc, listen, monkeypatch):
+    """A closed ring whose file is still referenced keeps its queue bound (as a
+    ring in its exit work does, or one a process that is exiting still holds):
+    the next Receiver on the queue meets EEXIST, watches the queue's io-uring
+    attribute, and registers once the old ring lets go: here, deterministically,
+    while it waits (the test's extra reference is dropped at its first pause)."""
+    q, port = 1, 9119
+    zc(q, port, "tcp4")
+    before = io_uring_fds()
+    rx1 = aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q)
+    rx1.open()
+    (ring_fd,) = io_uring_fds() - before
+    holder = [os.dup(ring_fd)]
+    rx1.close()
+    assert bound_queues(sim_nic.name) == [q]  # the extra reference keeps the ring
+
+    pauses = []
+    real_pause = ZcrxEngine._release_pause
+
+    def pause(seconds):
+        pauses.append(seconds)
+        if holder:
+            os.close(holder.pop())  # the old ring goes: the kernel unbinds the queue
+        real_pause(seconds)
+
+    monkeypatch.setattr(ZcrxEngine, "_release_pause", staticmethod(pause))
+    lst = listen(sim_nic.addr, port)
+    try:
+        async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q) as rx2:
+            assert rx2.engine == "zcrx" and rx2.stats()["release_waits"] == 1
+            proto = await receive_one(rx2, lst, 130, 4 * MiB, sim_nic)
+    finally:
+        for fd in holder:
+            os.close(fd)
+    assert pauses and proto.sha.hexdigest() == stream_sha256(130, 4 * MiB)
+
+    # a queue held by a Receiver of this process that is still open: EEXIST at once
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q):
+        del pauses[:]
+        with pytest.raises(aiozcrx.ZcrxUnavailable) as ei:
+            aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q).open()
+        assert ei.value.errno == errno.EEXIST and pauses == []
 
 
 @pytest.mark.asyncio

@@ -10,6 +10,7 @@ import os
 import socket
 import struct
 import termios
+import time
 import warnings
 
 from .. import _ring
@@ -18,6 +19,26 @@ from ..errors import ZcrxUnavailable
 from .advice import area_error, device_removed, zcrx_error
 from .linkwatch import LinkWatch, interface_exists
 from .ring import RingEngine
+
+
+# NIC queues this process has registered: (ifindex, queue) -> None while a ring of
+# ours holds it, else when (time.monotonic()) that ring was closed. Tells an
+# EEXIST that is only our own unbinding still under way (see _wait_released).
+_HELD = None
+_our_queues: dict[tuple[int, int], float | None] = {}
+
+
+def _queue_bound(ifname: str, queue: int) -> bool | None:
+    """Whether RX ``queue`` of ``ifname`` has an io_uring memory provider (the
+    netdev family's QUEUE_GET ``io-uring`` attribute, 6.15+); None if the kernel
+    cannot tell. (The netlink code lives with the tools, which need no compiled
+    core; imported here only on this error path.)"""
+    from ..tools import ethtool  # noqa: PLC0415
+    try:
+        queues = ethtool.netdev_queues(ifname)
+    except OSError:
+        return None
+    return any(q["type"] == "rx" and q["id"] == queue and q["io_uring"] for q in queues)
 
 
 def _ioctl_inq(fd: int) -> int:
@@ -69,15 +90,10 @@ class ZcrxEngine(RingEngine):
         if_idx = 0 if self.nodev else socket.if_nametoindex(cfg.interface)
         rxq = 0 if self.nodev else cfg.queue
         notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
-        # the notification descriptor also asks for the kernel's statistics (7.2)
-        err = self._try_register(mapping, if_idx, rxq, notif_mask, stats=True)
-        if err is not None and err.errno == errno.EINVAL:
-            # kernels before 7.2 reject the notification descriptor: go without
-            err = self._try_register(mapping, if_idx, rxq, 0, stats=False)
-            if notif_mask:
-                self.stats["notifications"] = "unsupported"
-        elif err is None and notif_mask:
-            self.stats["notifications"] = "on"
+        err = self._register(mapping, if_idx, rxq, notif_mask)
+        if err is not None and err.errno == errno.EEXIST and not self.nodev \
+                and self._wait_released(cfg.interface, if_idx, rxq):
+            err = self._register(mapping, if_idx, rxq, notif_mask)
         if err is not None:
             self.area.close()
             self.area = None  # last reference: the area is unmapped here
@@ -88,6 +104,7 @@ class ZcrxEngine(RingEngine):
         self._kstats = self.info.stats
         self._start_loop(loop)
         if not self.nodev:
+            _our_queues[(if_idx, rxq)] = _HELD
             self._watch_link(loop, (if_idx, cfg.interface, cfg.queue))
 
     def _open_imported(self, loop, source: "ZcrxEngine") -> None:
@@ -120,6 +137,50 @@ class ZcrxEngine(RingEngine):
         self._start_loop(loop)
         if source._link_target is not None:
             self._watch_link(loop, source._link_target)  # the same queue: the same device
+
+    def _register(self, mapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
+        # the notification descriptor also asks for the kernel's statistics (7.2)
+        err = self._try_register(mapping, if_idx, rxq, notif_mask, stats=True)
+        if err is not None and err.errno == errno.EINVAL:
+            # kernels before 7.2 reject the notification descriptor: go without
+            err = self._try_register(mapping, if_idx, rxq, 0, stats=False)
+            if notif_mask:
+                self.stats["notifications"] = "unsupported"
+        elif err is None and notif_mask:
+            self.stats["notifications"] = "on"
+        return err
+
+    # -- a queue whose last user just closed --
+    # The kernel unbinds a NIC queue in the closed ring's exit work
+    # (io_ring_exit_work, on a kernel worker), a moment after the ring's fd is
+    # closed: registering the queue again right after a Receiver on it closed
+    # meets EEXIST. On EEXIST, if the queue's binding is io_uring's (netdev
+    # QUEUE_GET) and no ring of this process holds it, wait for the attribute to
+    # go, then register again: up to RELEASE_WAIT_OURS after a ring of this
+    # process closed it, RELEASE_WAIT_OTHER otherwise (another process that just
+    # exited; one still running keeps it, and the wait ends in EEXIST). A queue
+    # held by a live Receiver of this process fails at once.
+    RELEASE_WAIT_OURS = 5.0
+    RELEASE_WAIT_OTHER = 1.0
+    RELEASE_POLL = 0.005
+
+    def _wait_released(self, ifname: str, if_idx: int, rxq: int) -> bool:
+        closed_at = _our_queues.get((if_idx, rxq), -1.0)
+        if closed_at is _HELD or _queue_bound(ifname, rxq) is not True:
+            return False  # ours and open, or not io_uring's binding (XDP, devmem), or unknown
+        t0 = time.monotonic()
+        recent = closed_at >= 0 and t0 - closed_at < 60
+        deadline = t0 + (self.RELEASE_WAIT_OURS if recent else self.RELEASE_WAIT_OTHER)
+        while time.monotonic() < deadline:
+            self._release_pause(self.RELEASE_POLL)
+            if _queue_bound(ifname, rxq) is False:
+                self.stats["release_waits"] = self.stats.get("release_waits", 0) + 1
+                return True
+        return False
+
+    @staticmethod
+    def _release_pause(seconds: float) -> None:
+        time.sleep(seconds)  # between two looks at the queue (a seam for the tests)
 
     def _try_register(self, mapping, if_idx: int, rxq: int, notif_mask: int, *,
                       stats: bool) -> OSError | None:
@@ -290,9 +351,14 @@ class ZcrxEngine(RingEngine):
         self._unwatch_link()
 
     def _teardown(self) -> None:
+        held = self.ring is not None and self.shared_from is None and self._link_target
         super()._teardown()  # its last stats() snapshot read the kernel's counters
         if self._kstats is not None:
             self._kstats.close()  # the region may be unmapped from now on
+        if held:
+            # the kernel unbinds the queue in the ring's exit work, shortly
+            ifindex, _name, queue = self._link_target
+            _our_queues[(ifindex, queue)] = time.monotonic()
 
     # -- the NIC's device going away --
     # The kernel unbinds a queue whose device is removed without telling io_uring:
