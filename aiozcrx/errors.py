@@ -60,7 +60,7 @@ class ZcrxDeviceRemoved(ZcrxUnavailable, ConnectionAbortedError):
     """
 
     def __init__(self, engine: str, err: int, cause: str, fix: str = "", *,
-                 interface: str = "", queue: int | None = None):
+                 interface: str = "", queue: int | None = None) -> None:
         self.interface = interface
         self.queue = queue
         super().__init__(engine, err, cause, fix)
