@@ -13,6 +13,7 @@ import socket
 import pytest
 
 import aiozcrx
+from aiozcrx.engines.ring import PUMP_BUSY, PUMP_PENDING
 from peers import Listener, join, queued, start_sender, stream_sha256, wait_until
 from test_transport import MiB, Sink
 
@@ -303,7 +304,10 @@ class SlowPathLog:
 
     def __call__(self, n, control, state):
         e = self.engine
-        self.calls.append({"control": control is not None, "state": state,
+        coming = e._scheduled or e._tw_timer is not None  # a pump is on its way already
+        self.calls.append({"control": control is not None,
+                           "busy": state == PUMP_BUSY,
+                           "pending": state == PUMP_PENDING and not coming,
                            "starved": bool(e.starved), "throttled": bool(e.throttled),
                            "closing": e.closed})
         return e._after_pump(n, control, state)
@@ -414,9 +418,10 @@ async def test_eventfd_read_falls_back_to_read2_when_the_sq_is_full():
 @pytest.mark.parametrize("engine", ["uring", pytest.param("zcrx-copy", marks=pytest.mark.guest)])
 async def test_slow_path_only_with_something_to_decide(engine, request):
     """A bulk stream through the engine: every call the dispatcher made into the
-    engine's Python had something to decide (a control list, a timer or kick to
-    schedule, starved or throttled connections, a close), every wake-up reset the
-    eventfd inside its enter, and every byte arrived."""
+    engine's Python had something to decide (a control list, a kick to schedule, a
+    recheck timer to set when none is on its way, starved or throttled connections,
+    a close), every wake-up reset the eventfd inside its enter, and every byte
+    arrived."""
     if engine == "zcrx-copy":
         request.getfixturevalue("need_zcrx_copy")
     total = 16 * MiB

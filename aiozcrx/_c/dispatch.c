@@ -54,6 +54,7 @@ typedef struct {
     PyObject *slow_path;
     int revive_wanted;          /* the engine has connections waiting for buffers */
     int unthrottle_wanted;      /* the engine has connections stopped over their share */
+    int recheck_pending;        /* the engine will pump again soon (a kick, a recheck timer) */
     unsigned long long slow_calls;
     int reuse_views;            /* see reusable_lease() */
     unsigned long long reused_views;
@@ -749,8 +750,9 @@ needs_slow_path(Dispatcher *d)
  * it only when told), and returns. It calls the engine's slow path,
  * slow_path(completions, control list or None, state), only when there is
  * something to decide: a control list (ends of requests, errors, a sink's
- * exception, notifications, over-share records), state PENDING or BUSY (a timer or
- * a kick to schedule), starved or throttled connections to bring back
+ * exception, notifications, over-share records), state BUSY (a kick to schedule)
+ * or PENDING (a timer to schedule, unless the engine has a pump coming already:
+ * recheck_pending), starved or throttled connections to bring back
  * (needs_slow_path), a halt (the engine was closed from inside a callback: its
  * deferred teardown runs in the slow path, after the pump has returned), or an
  * error while halted. busy is clear while the slow path runs: it pumps again
@@ -771,7 +773,9 @@ wake_impl(Dispatcher *d, int wake)
     int state;
     d->busy = 1;
     int bad = pump_core(d, wake, wake ? d->evfd : -1, &control, &total, &state);
-    if (!bad && !control && state == PUMP_IDLE && !d->halted && !needs_slow_path(d)) {
+    /* PENDING needs a timer, unless a pump is coming anyway */
+    int idle = state == PUMP_IDLE || (state == PUMP_PENDING && d->recheck_pending);
+    if (!bad && !control && idle && !d->halted && !needs_slow_path(d)) {
         if (d->area->kind == KIND_ZCRX && d->area->nodev)
             area_publish(d->area, 1);   /* the engine's _end_of_round, when it runs, does this */
         d->busy = 0;
@@ -862,11 +866,25 @@ Dispatcher_get_pumping(Dispatcher *d, void *Py_UNUSED(closure))
     return PyBool_FromLong(d->busy || d->in_slow);
 }
 
-/* revive_wanted / unthrottle_wanted: flags the engine keeps (closure: which) */
+/* revive_wanted / unthrottle_wanted / recheck_pending: flags the engine keeps
+ * (closure: which) */
+static int *
+flag_of(Dispatcher *d, void *closure)
+{
+    switch ((uintptr_t)closure) {
+    case 1:
+        return &d->unthrottle_wanted;
+    case 2:
+        return &d->recheck_pending;
+    default:
+        return &d->revive_wanted;
+    }
+}
+
 static PyObject *
 Dispatcher_get_flag(Dispatcher *d, void *closure)
 {
-    return PyBool_FromLong(closure ? d->unthrottle_wanted : d->revive_wanted);
+    return PyBool_FromLong(*flag_of(d, closure));
 }
 
 static int
@@ -875,10 +893,7 @@ Dispatcher_set_flag(Dispatcher *d, PyObject *v, void *closure)
     int on = v ? PyObject_IsTrue(v) : 0;
     if (on < 0)
         return -1;
-    if (closure)
-        d->unthrottle_wanted = on;
-    else
-        d->revive_wanted = on;
+    *flag_of(d, closure) = on;
     return 0;
 }
 
@@ -1027,6 +1042,9 @@ static PyGetSetDef Dispatcher_getset[] = {
     {"unthrottle_wanted", (getter)Dispatcher_get_flag, (setter)Dispatcher_set_flag,
      "the engine has connections over their share: on_wake calls the slow path when one came back under",
      (void *)1},
+    {"recheck_pending", (getter)Dispatcher_get_flag, (setter)Dispatcher_set_flag,
+     "the engine will pump again soon (a kick or a recheck timer): on_wake needs no slow path for PENDING",
+     (void *)2},
     {NULL},
 };
 

@@ -215,6 +215,13 @@ class RingEngine(Engine):
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self._process)
+            self._recheck_sync()
+
+    def _recheck_sync(self) -> None:
+        # a pump is coming (a kick, the recheck timer): on_wake then leaves a
+        # PENDING round to it instead of calling the slow path to set a timer
+        if self.dispatcher is not None:
+            self.dispatcher.recheck_pending = self._scheduled or self._tw_timer is not None
 
     # -- connections reset with data still queued --
     # A multishot RECV that drains the last queued bytes of a socket the peer has
@@ -265,6 +272,7 @@ class RingEngine(Engine):
     def _process(self) -> None:
         self._scheduled = False
         if not self.closed:
+            self._recheck_sync()
             self._pump()
 
     CONTROL_ROUNDS = 64
@@ -312,6 +320,7 @@ class RingEngine(Engine):
             # The kernel flags queued task work that an enter did not find (the
             # flag can lag): look again soon. A timer, never a busy loop.
             self._tw_timer = self.loop.call_later(self.TW_RECHECK, self._tw_recheck)
+            self._recheck_sync()
         self._end_of_round()
         # on_wake calls the slow path for these only while there are any
         self.dispatcher.revive_wanted = bool(self.starved)
@@ -347,7 +356,7 @@ class RingEngine(Engine):
 
     def _tw_recheck(self) -> None:
         self._tw_timer = None
-        self._process()
+        self._process()  # _recheck_sync() there
 
     def _end_of_round(self) -> None:
         pass
