@@ -145,7 +145,7 @@ class Ring:
         return lib.azx_probe_op(self._r, op) == 1
 
     def dispatcher(self, area: Area, slots: list, *, copy: bool) -> Dispatcher:
-        """The C completion dispatcher for this ring (see ``Dispatcher.pump``)."""
+        """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``)."""
         r = self._r
         d = Dispatcher(
             area, slots,

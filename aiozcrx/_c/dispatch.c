@@ -1,6 +1,7 @@
 /*
  * aiozcrx._leases, Dispatcher: drains the completion queue (drain),
- * one wake-up's enter/drain/publish rounds (pump), per-slot stats.
+ * one wake-up's enter/drain/publish rounds (pump_core), the loop's reader that
+ * runs them and calls the engine's Python only for decisions (on_wake), per-slot stats.
  *
  * Not compiled on its own: leases.c #includes it, so everything stays static in
  * one translation unit.
