@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from ._abi import ffi, lib
 from ._leases import Area, Dispatcher
@@ -122,7 +123,7 @@ class Ring:
             return 0  # CQ overflow backlog: retried on the next round
         return _check(ret, "io_uring_enter")
 
-    def _prep(self, fn, *args) -> None:
+    def _prep(self, fn: Callable[..., int], *args: int) -> None:
         ret = fn(self._r, *args)
         if ret == -errno.EBUSY:  # SQ full: submit what is queued, then retry once
             self.enter(0)
@@ -142,9 +143,9 @@ class Ring:
         self._prep(lib.azx_prep_nop, ud)
 
     def supports_op(self, op: int) -> bool:
-        return lib.azx_probe_op(self._r, op) == 1
+        return bool(lib.azx_probe_op(self._r, op) == 1)
 
-    def dispatcher(self, area: Area, slots: list, *, copy: bool) -> Dispatcher:
+    def dispatcher(self, area: Area, slots: list[Any], *, copy: bool) -> Dispatcher:
         """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``)."""
         r = self._r
         d = Dispatcher(
@@ -268,7 +269,7 @@ def zcrx_import(ring: Ring, zcrx_fd: int) -> int:
     return int(out.zcrx_id)
 
 
-def query_zcrx() -> dict | None:
+def query_zcrx() -> dict[str, int] | None:
     """IO_URING_QUERY_ZCRX (6.19+): None where the kernel cannot answer."""
     out = ffi.new("struct azx_query_zcrx *")
     if lib.azx_query_zcrx(out) < 0:

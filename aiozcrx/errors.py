@@ -37,7 +37,7 @@ class EngineUnavailable(AiozcrxError, OSError):
     @property
     def reason(self) -> str:
         """Short form used in fallback reasons: "EOPNOTSUPP: lo has no queue API"."""
-        return f"{errno_name(self.errno)}: {self.cause}"
+        return f"{errno_name(self.errno or 0)}: {self.cause}"
 
     def __str__(self) -> str:  # OSError's default prints "[Errno N] ..."
         return f"engine {self.engine!r} unavailable: {self.strerror}"

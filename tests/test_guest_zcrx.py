@@ -189,8 +189,12 @@ def test_non_root_small_memlock_names_the_limit():
     # 16 MiB area: the kernel cannot pin it
     code = "import resource; resource.setrlimit(resource.RLIMIT_MEMLOCK, (8 << 20, 8 << 20))\n" + \
         CHILD.replace("AREA", str(16 * MiB))
+    # CAP_DAC_READ_SEARCH too: nobody must read the checkout wherever it lies (a clone
+    # in a mode-0700 mktemp directory failed with ModuleNotFoundError); it does not
+    # touch the memlock accounting (only CAP_IPC_LOCK does)
+    caps = "+net_admin,+dac_read_search"
     r = _run_child(code, ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                          "--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"])
+                          "--inh-caps", caps, "--ambient-caps", caps])
     assert r.returncode == 0, r.stderr
     assert "ERRNO ENOMEM" in r.stdout, r.stdout
     assert "RLIMIT_MEMLOCK is 8388608 bytes" in r.stdout
