@@ -33,6 +33,7 @@ CDEF = r"""
 
 #define AZX_OP_NOP ...
 #define AZX_OP_ASYNC_CANCEL ...
+#define AZX_OP_READ ...
 #define AZX_OP_RECV ...
 #define AZX_OP_RECV_ZC ...
 
@@ -97,6 +98,9 @@ int azx_prep_recv_zc(struct azx_ring *ring, int fd, uint32_t zcrx_id, uint64_t u
 int azx_prep_recv_pbuf(struct azx_ring *ring, int fd, uint16_t bgid, uint64_t user_data);
 int azx_prep_cancel(struct azx_ring *ring, uint64_t target, uint64_t user_data);
 int azx_prep_nop(struct azx_ring *ring, uint64_t user_data);
+int azx_prep_read_nowait(struct azx_ring *ring, int fd, uintptr_t addr, uint32_t len,
+                         uint64_t user_data, uint32_t *pos);
+int azx_sqe_withdraw(struct azx_ring *ring, uint32_t pos);
 
 void *azx_mmap_anon(size_t len, int huge, int *err);
 int azx_munmap(uintptr_t addr, size_t len);
@@ -292,6 +296,36 @@ int azx_prep_nop(struct azx_ring *r, uint64_t user_data)
     s->opcode = AZX_OP_NOP; s->fd = -1; s->user_data = user_data;
     azx_publish_sqe(r);
     return 0;
+}
+
+/* A read that never waits (RWF_NOWAIT): it completes at submission, with the
+ * data or -EAGAIN, and is never left armed in the kernel. *pos: where it sits in
+ * the SQ, for azx_sqe_withdraw(). Used by the dispatcher to read the ring's
+ * eventfd inside the io_uring_enter it makes anyway (see dispatch.c). */
+int azx_prep_read_nowait(struct azx_ring *r, int fd, uintptr_t addr, uint32_t len,
+                         uint64_t user_data, uint32_t *pos)
+{
+    struct azx_sqe *s = azx_next_sqe(r);
+    if (!s) return -EBUSY;
+    s->opcode = AZX_OP_READ; s->fd = fd; s->addr = addr; s->len = len; s->off = 0;
+    s->op_flags = AZX_RWF_NOWAIT; s->user_data = user_data;
+    *pos = r->sq_local_tail;
+    azx_publish_sqe(r);
+    return 0;
+}
+
+/* If the SQE at SQ position pos has not been consumed by the kernel yet, turns
+ * it into a NOP (same user_data) and returns 1; 0 if the kernel took it. The
+ * kernel reads SQEs only inside io_uring_enter (no SQPOLL), from this thread. */
+int azx_sqe_withdraw(struct azx_ring *r, uint32_t pos)
+{
+    uint32_t head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
+    if ((int32_t)(pos - head) < 0) return 0;
+    struct azx_sqe *s = &r->sqes[pos & r->sq_mask];
+    uint64_t ud = s->user_data;
+    memset(s, 0, sizeof *s);
+    s->opcode = AZX_OP_NOP; s->fd = -1; s->user_data = ud;
+    return 1;
 }
 
 void *azx_mmap_anon(size_t len, int huge, int *err)

@@ -28,6 +28,7 @@ UD_CANCEL = 2
 UD_NOTIF = 3
 UD_NOP = 4
 UD_OVER_SHARE = 5  # made by the C dispatcher: a connection's views hold its share
+UD_EVFD = 6  # the C dispatcher's read of the ring's eventfd (never leaves the dispatcher)
 
 
 def user_data(kind: int, slot: int, gen: int) -> int:
@@ -54,6 +55,7 @@ ZCRX_NOTIF_NO_BUFFERS = lib.AZX_ZCRX_NOTIF_NO_BUFFERS
 ZCRX_NOTIF_COPY = lib.AZX_ZCRX_NOTIF_COPY
 OP_RECV_ZC = lib.AZX_OP_RECV_ZC
 OP_RECV = lib.AZX_OP_RECV
+OP_READ = lib.AZX_OP_READ
 
 
 def _check(ret: int, what: str) -> int:
@@ -144,7 +146,7 @@ class Ring:
         return bool(lib.azx_probe_op(self._r, op) == 1)
 
     def dispatcher(self, area: Area, slots: list[Any], *, copy: bool) -> Dispatcher:
-        """The C completion dispatcher for this ring (see ``Dispatcher.pump``)."""
+        """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``)."""
         r = self._r
         d = Dispatcher(
             area, slots,
@@ -163,6 +165,16 @@ class Ring:
             sq_entries=self.sq_entries, getevents=lib.AZX_ENTER_GETEVENTS,
             pending_mask=(lib.AZX_SQ_TASKRUN | lib.AZX_SQ_CQ_OVERFLOW) if flagged else 0,
             evfd_disabled_bit=lib.AZX_CQ_EVENTFD_DISABLED,
+        )
+        # A wake-up's eventfd read travels in the io_uring_enter the pump makes
+        # anyway (IORING_OP_READ, RWF_NOWAIT) instead of a read(2) of its own;
+        # without the opcode the dispatcher keeps read(2).
+        read_op = self.supports_op(OP_READ)
+        d.bind_eventfd(
+            self.eventfd,
+            prep_read=int(ffi.cast("uintptr_t", ffi.addressof(lib, "azx_prep_read_nowait"))) if read_op else 0,
+            withdraw=int(ffi.cast("uintptr_t", ffi.addressof(lib, "azx_sqe_withdraw"))) if read_op else 0,
+            user_data=user_data(UD_EVFD, 0, 0),
         )
         return d
 

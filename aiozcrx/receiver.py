@@ -278,6 +278,12 @@ class Receiver:
         for), ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
         (wake-ups that found nothing), ``eventfd_paused`` (whether the eventfd is
         switched off while completions are processed: x86 only),
+        ``eventfd_read`` (``"sqe"``: a wake-up resets the eventfd with a read in
+        its ``io_uring_enter``; ``"read(2)"`` where the kernel lacks
+        IORING_OP_READ), ``eventfd_reads`` (``read(2)`` calls on it),
+        ``eventfd_sqe_reads`` / ``eventfd_sqe_empty`` / ``eventfd_sqe_withdrawn`` /
+        ``eventfd_sqe_errors`` (how those reads ended), ``slow_path_calls``
+        (wake-ups and kicks that needed the engine's Python),
         ``reused_views`` (see "The fast path" in docs/concepts.md) and, once it
         happened, ``reset_kicks`` (requests re-armed to read a reset's error). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),

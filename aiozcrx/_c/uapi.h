@@ -56,12 +56,14 @@
 /* ---- opcodes: enum io_uring_op, IORING_OP_* ---- */
 #define AZX_OP_NOP               0           /* (5.1) */
 #define AZX_OP_ASYNC_CANCEL      14          /* (5.5) */
+#define AZX_OP_READ              22          /* (5.6) */
 #define AZX_OP_RECV              27          /* (5.6) */
 #define AZX_OP_RECV_ZC           58          /* (6.15) */
 
 /* ---- SQE flags and per-op flags ---- */
 #define AZX_SQE_BUFFER_SELECT (1U << 5)      /* IOSQE_BUFFER_SELECT (5.7) */
 #define AZX_RECV_MULTISHOT    (1U << 1)      /* IORING_RECV_MULTISHOT, in sqe->ioprio (6.0) */
+#define AZX_RWF_NOWAIT        0x00000008     /* RWF_NOWAIT (include/uapi/linux/fs.h), in sqe->rw_flags (4.14) */
 
 /* ---- CQE flags: IORING_CQE_F_*, IORING_CQE_BUFFER_SHIFT ---- */
 #define AZX_CQE_F_BUFFER          (1U << 0)  /* (5.7) */
