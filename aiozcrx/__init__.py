@@ -28,6 +28,7 @@ __all__ = [
     "ViewProtocol",
     "ZcrxTransport",
     "ZcrxServer",
+    "ZcrxDeviceRemoved",
     "ZcrxUnavailable",
     "create_connection",
     "create_server",
@@ -44,6 +45,7 @@ _LAZY = {
     "EngineUnavailable": "errors",
     "UringUnavailable": "errors",
     "ZcrxUnavailable": "errors",
+    "ZcrxDeviceRemoved": "errors",
     "Receiver": "receiver",
     "ZcrxServer": "server",
     "create_connection": "server",
@@ -58,7 +60,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from .config import ENGINES
-    from .errors import AiozcrxError, EngineUnavailable, UringUnavailable, ZcrxUnavailable
+    from .errors import (AiozcrxError, EngineUnavailable, UringUnavailable, ZcrxDeviceRemoved,
+                         ZcrxUnavailable)
     from .receiver import Receiver
     from .server import ZcrxServer, create_connection, create_server
     from .streams import open_connection, start_server

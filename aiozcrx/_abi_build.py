@@ -33,6 +33,7 @@ CDEF = r"""
 
 #define AZX_OP_NOP ...
 #define AZX_OP_ASYNC_CANCEL ...
+#define AZX_OP_READ ...
 #define AZX_OP_RECV ...
 #define AZX_OP_RECV_ZC ...
 
@@ -75,6 +76,7 @@ struct azx_zcrx_info {
     uintptr_t region_addr;                 /* start of the refill region mapping */
     size_t region_len;
     int region_kernel;                     /* 1: kernel-allocated, mmap()ed from the ring fd */
+    uintptr_t stats;                       /* the kernel's struct zcrx_stats in the region (7.2), or 0 */
 };
 
 struct azx_query_zcrx {
@@ -96,6 +98,9 @@ int azx_prep_recv_zc(struct azx_ring *ring, int fd, uint32_t zcrx_id, uint64_t u
 int azx_prep_recv_pbuf(struct azx_ring *ring, int fd, uint16_t bgid, uint64_t user_data);
 int azx_prep_cancel(struct azx_ring *ring, uint64_t target, uint64_t user_data);
 int azx_prep_nop(struct azx_ring *ring, uint64_t user_data);
+int azx_prep_read_nowait(struct azx_ring *ring, int fd, uintptr_t addr, uint32_t len,
+                         uint64_t user_data, uint32_t *pos);
+int azx_sqe_withdraw(struct azx_ring *ring, uint32_t pos);
 
 void *azx_mmap_anon(size_t len, int huge, int *err);
 int azx_munmap(uintptr_t addr, size_t len);
@@ -104,7 +109,7 @@ int azx_dontfork(uintptr_t addr, size_t len);
 int azx_zcrx_register(struct azx_ring *ring, uint32_t if_idx, uint32_t if_rxq,
                       uint32_t rq_entries, uint32_t flags, uintptr_t area, size_t area_len,
                       int kernel_region, uint32_t rx_buf_len, uint64_t notif_user_data,
-                      uint32_t notif_mask, struct azx_zcrx_info *out);
+                      uint32_t notif_mask, int want_stats, struct azx_zcrx_info *out);
 int azx_zcrx_import(struct azx_ring *ring, int zcrx_fd, struct azx_zcrx_info *out);
 int azx_zcrx_ctrl(struct azx_ring *ring, uint32_t zcrx_id, uint32_t op, uint32_t arg0);
 int azx_zcrx_export(struct azx_ring *ring, uint32_t zcrx_id);
@@ -145,6 +150,7 @@ struct azx_zcrx_info {
     uintptr_t region_addr;
     size_t region_len;
     int region_kernel;
+    uintptr_t stats;
 };
 
 struct azx_query_zcrx {
@@ -292,6 +298,36 @@ int azx_prep_nop(struct azx_ring *r, uint64_t user_data)
     return 0;
 }
 
+/* A read that never waits (RWF_NOWAIT): it completes at submission, with the
+ * data or -EAGAIN, and is never left armed in the kernel. *pos: where it sits in
+ * the SQ, for azx_sqe_withdraw(). Used by the dispatcher to read the ring's
+ * eventfd inside the io_uring_enter it makes anyway (see dispatch.c). */
+int azx_prep_read_nowait(struct azx_ring *r, int fd, uintptr_t addr, uint32_t len,
+                         uint64_t user_data, uint32_t *pos)
+{
+    struct azx_sqe *s = azx_next_sqe(r);
+    if (!s) return -EBUSY;
+    s->opcode = AZX_OP_READ; s->fd = fd; s->addr = addr; s->len = len; s->off = 0;
+    s->op_flags = AZX_RWF_NOWAIT; s->user_data = user_data;
+    *pos = r->sq_local_tail;
+    azx_publish_sqe(r);
+    return 0;
+}
+
+/* If the SQE at SQ position pos has not been consumed by the kernel yet, turns
+ * it into a NOP (same user_data) and returns 1; 0 if the kernel took it. The
+ * kernel reads SQEs only inside io_uring_enter (no SQPOLL), from this thread. */
+int azx_sqe_withdraw(struct azx_ring *r, uint32_t pos)
+{
+    uint32_t head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
+    if ((int32_t)(pos - head) < 0) return 0;
+    struct azx_sqe *s = &r->sqes[pos & r->sq_mask];
+    uint64_t ud = s->user_data;
+    memset(s, 0, sizeof *s);
+    s->opcode = AZX_OP_NOP; s->fd = -1; s->user_data = ud;
+    return 1;
+}
+
 void *azx_mmap_anon(size_t len, int huge, int *err)
 {
     int fl = MAP_PRIVATE | MAP_ANONYMOUS | (huge ? MAP_HUGETLB : 0);
@@ -326,7 +362,7 @@ static size_t azx_page_round(size_t n)
 int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
                       uint32_t rq_entries, uint32_t flags, uintptr_t area, size_t area_len,
                       int kernel_region, uint32_t rx_buf_len, uint64_t notif_user_data,
-                      uint32_t notif_mask, struct azx_zcrx_info *out)
+                      uint32_t notif_mask, int want_stats, struct azx_zcrx_info *out)
 {
     /* header page (head/tail) + the rqe array */
     size_t region_len = azx_page_round(rq_entries * sizeof(struct azx_zcrx_rqe) + (size_t)sysconf(_SC_PAGESIZE));
@@ -347,8 +383,13 @@ int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
     reg.if_idx = if_idx; reg.if_rxq = if_rxq; reg.rq_entries = rq_entries; reg.flags = flags;
     reg.area_ptr = (uintptr_t)&ar; reg.region_ptr = (uintptr_t)&rd;
     reg.rx_buf_len = rx_buf_len;
-    if (notif_mask) {
+    /* The statistics region (7.2) goes at the end of the refill region: the
+     * header and the rqe array take at most rq_entries * 16 + one page less the
+     * stats, and the kernel checks that they do not overlap (ERANGE). */
+    size_t stats_off = region_len - sizeof(struct azx_zcrx_stats);
+    if (notif_mask || want_stats) {
         nd.user_data = notif_user_data; nd.type_mask = notif_mask;
+        if (want_stats) { nd.flags = AZX_ZCRX_NOTIF_DESC_FLAG_STATS; nd.stats_offset = stats_off; }
         reg.notif_desc = (uintptr_t)&nd;
     }
     long ret = azx_sys_register(r->fd, AZX_REGISTER_ZCRX_IFQ, &reg, 1);
@@ -370,6 +411,7 @@ int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
     out->region_addr = (uintptr_t)region;
     out->region_len = region_len;
     out->region_kernel = kernel_region;
+    out->stats = want_stats ? (uintptr_t)region + stats_off : 0;
     return 0;
 }
 

@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from ._abi import ffi, lib
 from ._leases import Area, Dispatcher
@@ -27,6 +28,7 @@ UD_CANCEL = 2
 UD_NOTIF = 3
 UD_NOP = 4
 UD_OVER_SHARE = 5  # made by the C dispatcher: a connection's views hold its share
+UD_EVFD = 6  # the C dispatcher's read of the ring's eventfd (never leaves the dispatcher)
 
 
 def user_data(kind: int, slot: int, gen: int) -> int:
@@ -53,6 +55,7 @@ ZCRX_NOTIF_NO_BUFFERS = lib.AZX_ZCRX_NOTIF_NO_BUFFERS
 ZCRX_NOTIF_COPY = lib.AZX_ZCRX_NOTIF_COPY
 OP_RECV_ZC = lib.AZX_OP_RECV_ZC
 OP_RECV = lib.AZX_OP_RECV
+OP_READ = lib.AZX_OP_READ
 
 
 def _check(ret: int, what: str) -> int:
@@ -120,7 +123,7 @@ class Ring:
             return 0  # CQ overflow backlog: retried on the next round
         return _check(ret, "io_uring_enter")
 
-    def _prep(self, fn, *args) -> None:
+    def _prep(self, fn: Callable[..., int], *args: int) -> None:
         ret = fn(self._r, *args)
         if ret == -errno.EBUSY:  # SQ full: submit what is queued, then retry once
             self.enter(0)
@@ -140,10 +143,10 @@ class Ring:
         self._prep(lib.azx_prep_nop, ud)
 
     def supports_op(self, op: int) -> bool:
-        return lib.azx_probe_op(self._r, op) == 1
+        return bool(lib.azx_probe_op(self._r, op) == 1)
 
-    def dispatcher(self, area: Area, slots: list, *, copy: bool) -> Dispatcher:
-        """The C completion dispatcher for this ring (see ``Dispatcher.pump``)."""
+    def dispatcher(self, area: Area, slots: list[Any], *, copy: bool) -> Dispatcher:
+        """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``)."""
         r = self._r
         d = Dispatcher(
             area, slots,
@@ -162,6 +165,16 @@ class Ring:
             sq_entries=self.sq_entries, getevents=lib.AZX_ENTER_GETEVENTS,
             pending_mask=(lib.AZX_SQ_TASKRUN | lib.AZX_SQ_CQ_OVERFLOW) if flagged else 0,
             evfd_disabled_bit=lib.AZX_CQ_EVENTFD_DISABLED,
+        )
+        # A wake-up's eventfd read travels in the io_uring_enter the pump makes
+        # anyway (IORING_OP_READ, RWF_NOWAIT) instead of a read(2) of its own;
+        # without the opcode the dispatcher keeps read(2).
+        read_op = self.supports_op(OP_READ)
+        d.bind_eventfd(
+            self.eventfd,
+            prep_read=int(ffi.cast("uintptr_t", ffi.addressof(lib, "azx_prep_read_nowait"))) if read_op else 0,
+            withdraw=int(ffi.cast("uintptr_t", ffi.addressof(lib, "azx_sqe_withdraw"))) if read_op else 0,
+            user_data=user_data(UD_EVFD, 0, 0),
         )
         return d
 
@@ -209,6 +222,41 @@ def new_area(m: AreaMapping, buf_size: int) -> Area:
     return area
 
 
+class ZcrxStats:
+    """The statistics the kernel keeps for one zcrx instance (7.2): how often and
+    how much it copied into the area instead of placing data there (copy fallback:
+    every byte of a NODEV instance; on a NIC queue, a flow that is not steered to
+    it). The kernel writes them into our refill region as it copies.
+
+    The region belongs to the Area (unmapped with it): the engine reads only while
+    its ring is open and calls ``close()`` at teardown; after that ``read()``
+    returns the last values read.
+    """
+
+    def __init__(self, area: Area, addr: int):
+        self._area = area  # keeps the mapping's owner alive
+        self._p = ffi.cast("uint64_t *", addr)
+        self._last = (0, 0)
+
+    def read(self) -> tuple[int, int]:
+        """(copy_count, copy_bytes): copy-fallback events and bytes so far."""
+        if self._p is not None:
+            self._last = (int(self._p[0]), int(self._p[1]))
+        return self._last
+
+    def twin(self) -> "ZcrxStats":
+        """Another reader of the same counters (an imported instance's engine),
+        closed on its own."""
+        t = ZcrxStats.__new__(ZcrxStats)
+        t._area, t._p, t._last = self._area, self._p, self._last
+        return t
+
+    def close(self) -> None:
+        """No more reading (the memory may be unmapped already: no read here)."""
+        self._p = None
+        self._area = None
+
+
 @dataclass
 class ZcrxInfo:
     zcrx_id: int
@@ -216,28 +264,33 @@ class ZcrxInfo:
     rx_buf_len: int
     rq_area_token: int
     nodev: bool
+    stats: ZcrxStats | None = None
 
 
 def register_zcrx(ring: Ring, area: Area, mapping: AreaMapping, *, if_idx: int, rxq: int,
                   rq_entries: int, nodev: bool, kernel_region: bool = False,
-                  rx_buf_len: int = 0, notif_ud: int = 0, notif_mask: int = 0) -> ZcrxInfo:
+                  rx_buf_len: int = 0, notif_ud: int = 0, notif_mask: int = 0,
+                  stats: bool = False) -> ZcrxInfo:
     """IORING_REGISTER_ZCRX_IFQ; attaches the refill ring to ``area``.
 
     The refill region (user memory by default, kernel memory mapped from the ring
     when ``kernel_region``) becomes owned by ``area``: it is unmapped with it.
+    ``stats``: ask for the kernel's statistics region (7.2; kernels before refuse
+    the descriptor with EINVAL), read through ``ZcrxInfo.stats``.
     """
     out = ffi.new("struct azx_zcrx_info *")
     flags = ZCRX_REG_NODEV if nodev else 0
     dontfork(mapping)
     ret = lib.azx_zcrx_register(ring._r, if_idx, rxq, rq_entries, flags, mapping.addr,
                                 mapping.length, 1 if kernel_region else 0, rx_buf_len,
-                                notif_ud, notif_mask, out)
+                                notif_ud, notif_mask, 1 if stats else 0, out)
     _check(ret, "IORING_REGISTER_ZCRX_IFQ")
     area.own_mapping(int(out.region_addr), int(out.region_len))
     area.setup_zcrx(int(out.rq_head), int(out.rq_tail), int(out.rq_rqes), int(out.rq_entries),
                     int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev)
     return ZcrxInfo(int(out.zcrx_id), int(out.rq_entries), int(out.rx_buf_len),
-                    int(out.rq_area_token), nodev)
+                    int(out.rq_area_token), nodev,
+                    ZcrxStats(area, int(out.stats)) if out.stats else None)
 
 
 def zcrx_ctrl(ring: Ring, zcrx_id: int, op: int, arg0: int = 0) -> None:
@@ -256,7 +309,7 @@ def zcrx_import(ring: Ring, zcrx_fd: int) -> int:
     return int(out.zcrx_id)
 
 
-def query_zcrx() -> dict | None:
+def query_zcrx() -> dict[str, int] | None:
     """IO_URING_QUERY_ZCRX (6.19+): None where the kernel cannot answer."""
     out = ffi.new("struct azx_query_zcrx *")
     if lib.azx_query_zcrx(out) < 0:

@@ -1,4 +1,5 @@
-"""anyio byte streams over aiozcrx (anyio's asyncio backend).
+"""anyio byte streams over aiozcrx, on anyio's asyncio backend (stock loop or
+uvloop) and on its trio backend.
 
     stream = await aiozcrx.anyio.connect_tcp("127.0.0.1", 8000)
     data = await stream.receive()            # bytes, like any anyio ByteStream
@@ -13,9 +14,15 @@ kernel only when the view is released (``view.release()`` or ``with view:``), so
 release views promptly: views held unreleased stop receiving once the Receiver's
 area is used up. ``receive()`` copies and releases for you.
 
-trio is not supported: the Receiver drives an io_uring ring through the asyncio
-event loop (its reader callbacks and loop scheduling), which anyio's trio
-backend does not have; calling these under trio raises ``RuntimeError``.
+Under trio the same engines, Receiver and transports run over a small adapter
+(``aiozcrx._trio.TrioLoop``): the engine's wake-up fd (the ring's eventfd, or
+the socket engine's epoll fd) is waited on with ``trio.lowlevel.wait_readable``
+in a system task, and loop callbacks run in another. ``send()`` writes straight
+to the socket, waiting with ``trio.lowlevel.wait_writable`` when it is full.
+What differs from asyncio: ``receiver=`` (a Receiver of yours shared by
+connections) is asyncio only, and ``ZcrxListener.accept()`` raises
+``anyio.ClosedResourceError`` once the listener is closed. Exceptions from
+callbacks are logged (logger ``aiozcrx``), as asyncio's default handler does.
 """
 
 from __future__ import annotations
@@ -23,62 +30,66 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from typing import Any
+import sys
+from asyncio import trsock
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .server import ZcrxServer, create_connection, create_server
+from .transport import ZcrxTransport
+
+if TYPE_CHECKING:
+    from ._trio import TrioServer
 
 __all__ = ["ZcrxListener", "ZcrxStream", "connect_tcp", "create_tcp_listener"]
 
 _DEFAULT_READ_HIGH = 256 * 1024     # bytes held before reading is paused
 
 
-def _require_asyncio() -> asyncio.AbstractEventLoop:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None under trio."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         pass
-    backend = "unknown"
-    try:
-        from anyio._core._eventloop import get_async_backend
-        backend = get_async_backend().__name__
-    except Exception:
-        pass
-    raise RuntimeError(
-        "aiozcrx.anyio works on anyio's asyncio backend only; trio is not supported yet "
-        f"(current backend: {backend}): the aiozcrx Receiver runs its io_uring completion "
-        "queue from an asyncio event loop (loop.add_reader on the ring fd, loop callbacks), "
-        "which the trio backend does not provide. Use anyio.run(..., backend='asyncio').")
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        from . import _trio
+        if _trio.in_trio():
+            return None
+    raise RuntimeError("aiozcrx.anyio needs a running event loop: call it from "
+                       "anyio.run(..., backend='asyncio') or backend='trio'")
 
 
-class _StreamProtocol(asyncio.Protocol):
+class _StreamProtocolBase(asyncio.Protocol):
     """Queues the views it is given (no copy) with read flow control; tracks write
-    flow control and the connection's end."""
+    flow control and the connection's end. The waits are the subclasses':
+    asyncio's futures (``_StreamProtocol``) or trio's events
+    (``aiozcrx._trio.TrioStreamProtocol``)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_high: int = _DEFAULT_READ_HIGH):
-        self._loop = loop
-        self.transport = None
-        self.chunks: collections.deque = collections.deque()
+    def __init__(self, read_high: int = _DEFAULT_READ_HIGH):
+        self.transport: ZcrxTransport | None = None
+        self.chunks: collections.deque[memoryview] = collections.deque()
         self.buffered = 0
         self.read_high = read_high
         self.read_paused = False
         self.eof = False
         self.exc: BaseException | None = None
-        self.lost = loop.create_future()
-        self._waiter: asyncio.Future | None = None
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future] = []
-        self.on_made = None
+        # called from connection_made with the transport (a listener queues its stream)
+        self.on_made: Callable[[ZcrxTransport], None] | None = None
 
     # asyncio callbacks ------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Receiver.wrap gives its protocols ZcrxTransports (this layer passes no ssl=)
+        self.transport = cast(ZcrxTransport, transport)
         if self.on_made is not None:
-            self.on_made(self)
+            self.on_made(self.transport)
 
-    def data_received(self, view) -> None:
+    def data_received(self, view: bytes | memoryview) -> None:  # views; bytes with copy=True
         if not isinstance(view, memoryview):
             view = memoryview(view)
         if not view.nbytes:
@@ -88,35 +99,90 @@ class _StreamProtocol(asyncio.Protocol):
         self._wake()
         if self.buffered >= self.read_high and not self.read_paused:
             self.read_paused = True
+            assert self.transport is not None  # data comes after connection_made
             self.transport.pause_reading()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         self.eof = True
         self._wake()
         return True  # keep the write side open; aclose() closes
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         self.exc = exc
         self.eof = True
-        if not self.lost.done():
-            self.lost.set_result(exc)
+        self._set_lost(exc)
         self._wake()
-        for w in self._drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self._drain_waiters.clear()
+        self._release_drains()
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        for w in self._drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self._drain_waiters.clear()
+        self._release_drains()
 
     # helpers ----------------------------------------------------------
+    def consumed(self, n: int) -> None:
+        self.buffered -= n
+        if self.read_paused and self.buffered < self.read_high // 2 and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def drop(self) -> None:
+        while self.chunks:
+            self.chunks.popleft().release()
+        self.buffered = 0
+
+    # the waits: asyncio's in _StreamProtocol, trio's in aiozcrx._trio.TrioStreamProtocol
+    def is_lost(self) -> bool:
+        """Whether connection_lost has run."""
+        raise NotImplementedError
+
+    async def wait_lost(self) -> None:
+        """Until connection_lost has run (a cancelled wait leaves it pending)."""
+        raise NotImplementedError
+
+    def _set_lost(self, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        """Wakes wait_data()."""
+        raise NotImplementedError
+
+    async def wait_data(self) -> None:
+        """Until data, EOF or the end of the connection (or a _wake())."""
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        """Until the transport's write buffer is below its high-water mark again,
+        or the connection is lost."""
+        raise NotImplementedError
+
+    def _release_drains(self) -> None:
+        """Wakes drain()."""
+        raise NotImplementedError
+
+
+class _StreamProtocol(_StreamProtocolBase):
+    """``_StreamProtocolBase`` with asyncio's waits (futures)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_high: int = _DEFAULT_READ_HIGH):
+        super().__init__(read_high)
+        self._loop = loop
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    def is_lost(self) -> bool:
+        return self.lost.done()
+
+    async def wait_lost(self) -> None:
+        await asyncio.shield(self.lost)
+
+    def _set_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
     def _wake(self) -> None:
         w, self._waiter = self._waiter, None
         if w is not None and not w.done():
@@ -129,42 +195,41 @@ class _StreamProtocol(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    def consumed(self, n: int) -> None:
-        self.buffered -= n
-        if self.read_paused and self.buffered < self.read_high // 2 and self.transport is not None:
-            self.read_paused = False
-            self.transport.resume_reading()
-
     async def drain(self) -> None:
-        while self._write_paused and not self.lost.done():
-            w = self._loop.create_future()
+        while self._write_paused and not self.is_lost():
+            w: asyncio.Future[None] = self._loop.create_future()
             self._drain_waiters.append(w)
             await w
 
-    def drop(self) -> None:
-        while self.chunks:
-            self.chunks.popleft().release()
-        self.buffered = 0
+    def _release_drains(self) -> None:
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
 
 
 class ZcrxStream(anyio.abc.SocketStream):
     """An anyio ``SocketStream`` whose receive side is a ZcrxTransport."""
 
-    def __init__(self, transport, protocol: _StreamProtocol):
+    def __init__(self, transport: ZcrxTransport, protocol: _StreamProtocolBase):
         self._transport = transport
         self._protocol = protocol
         self._closed = False
         self._receiving = False
         self._sending = False
-        self._sock = transport.get_extra_info("socket")
+        base: asyncio.BaseTransport = transport  # (asyncio's typed get_extra_info)
+        self._sock: trsock.TransportSocket = base.get_extra_info("socket")
 
     @property
-    def transport(self):
+    def transport(self) -> ZcrxTransport:
         """The underlying ``ZcrxTransport`` (``transport.stats()``...)."""
         return self._transport
 
     @property
-    def _raw_socket(self):
+    def _raw_socket(self) -> trsock.TransportSocket:  # type: ignore[override]
+        # anyio declares a socket.socket; the transport hands out only asyncio's
+        # TransportSocket, which has what anyio's SocketAttribute extras call
+        # (family, getsockname, getpeername, fileno)
         return self._sock
 
     # ---------------------------------------------------------------- receive
@@ -182,7 +247,7 @@ class ZcrxStream(anyio.abc.SocketStream):
                 if p.eof:
                     if p.exc is not None:
                         raise anyio.BrokenResourceError from p.exc
-                    if p.lost.done() and self._closed:
+                    if p.is_lost() and self._closed:
                         raise anyio.ClosedResourceError
                     raise anyio.EndOfStream
                 await p.wait_data()
@@ -227,13 +292,13 @@ class ZcrxStream(anyio.abc.SocketStream):
         return self._take(max_bytes)
 
     # ------------------------------------------------------------------- send
-    async def send(self, item) -> None:
+    async def send(self, item: bytes) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
         if self._sending:
             raise anyio.BusyResourceError("sending to")
         p = self._protocol
-        if p.lost.done() or self._transport.is_closing():
+        if p.is_lost() or self._transport.is_closing():
             raise anyio.BrokenResourceError from p.exc
         self._sending = True
         try:
@@ -257,7 +322,7 @@ class ZcrxStream(anyio.abc.SocketStream):
         """Closes the connection (flushing writes) and waits until it is gone.
         Views from ``receive_view`` stay valid until released."""
         if self._closed:
-            await asyncio.shield(self._protocol.lost)
+            await self._protocol.wait_lost()
             return
         self._closed = True
         p = self._protocol
@@ -265,12 +330,12 @@ class ZcrxStream(anyio.abc.SocketStream):
         p._wake()
         self._transport.close()
         try:
-            await asyncio.shield(p.lost)
-        except asyncio.CancelledError:
+            await p.wait_lost()
+        except BaseException:  # cancelled (or interrupted): end it now
             self._transport.abort()
             raise
 
-    def __del__(self):
+    def __del__(self) -> None:
         t = getattr(self, "_transport", None)
         if t is not None and not getattr(self, "_closed", True) and not t.is_closing():
             try:
@@ -279,17 +344,23 @@ class ZcrxStream(anyio.abc.SocketStream):
                 pass
 
 
-async def connect_tcp(remote_host, remote_port: int, *, local_host=None,
-                      read_high: int = _DEFAULT_READ_HIGH, **kw) -> ZcrxStream:
+async def connect_tcp(remote_host: anyio.abc.IPAddressType, remote_port: int, *,
+                      local_host: anyio.abc.IPAddressType | None = None,
+                      read_high: int = _DEFAULT_READ_HIGH, **kw: Any) -> ZcrxStream:
     """Like ``anyio.connect_tcp`` (no TLS). Keywords go to
-    ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...);
-    ``read_high``: bytes buffered before reading pauses."""
-    loop = _require_asyncio()
+    ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...; under
+    trio the Receiver's options only: ``engine=``, ``area_size=``,
+    ``receiver_options=``...); ``read_high``: bytes buffered before reading pauses."""
+    loop = _running_loop()
+    if loop is None:
+        from . import _trio
+        return await _trio.connect_tcp(remote_host, remote_port, local_host, read_high, kw)
     if local_host is not None:
         kw["local_addr"] = (local_host, 0)
     proto = _StreamProtocol(loop, read_high)
     transport, _ = await create_connection(lambda: proto, str(remote_host), remote_port, **kw)
-    return ZcrxStream(transport, proto)
+    # no ssl= here: create_connection returns the ZcrxTransport itself
+    return ZcrxStream(cast(ZcrxTransport, transport), proto)
 
 
 class ZcrxListener(anyio.abc.SocketListener):
@@ -297,23 +368,32 @@ class ZcrxListener(anyio.abc.SocketListener):
     ``serve(handler)`` give ``ZcrxStream`` objects. With several listening sockets
     (host None: IPv4 and IPv6), socket extras describe the first."""
 
-    def __init__(self, server: ZcrxServer, queue: asyncio.Queue):
+    def __init__(self, server: ZcrxServer | TrioServer, queue: asyncio.Queue[ZcrxStream] | None):
+        # under trio: server is an aiozcrx._trio.TrioServer, queue None (it accepts
+        # when asked)
         self._server = server
         self._queue = queue
-        self._sock = server.sockets[0]
+        self._sock: trsock.TransportSocket = server.sockets[0]
         self._closed = False
 
     @property
-    def server(self) -> ZcrxServer:
+    def server(self) -> ZcrxServer | TrioServer:
+        """The ``ZcrxServer`` (under trio, an object with the same ``receiver``,
+        ``sockets``, ``close()`` and ``wait_closed()``)."""
         return self._server
 
     @property
-    def _raw_socket(self):
+    def _raw_socket(self) -> trsock.TransportSocket:  # type: ignore[override]
+        # asyncio's TransportSocket, as ZcrxStream._raw_socket (see there)
         return self._sock
 
     async def accept(self) -> ZcrxStream:
         if self._closed:
             raise anyio.ClosedResourceError
+        if self._queue is None:
+            server = self._server
+            assert not isinstance(server, ZcrxServer)  # no queue: the TrioServer accepts when asked
+            return await server.accept()
         return await self._queue.get()
 
     async def aclose(self) -> None:
@@ -324,29 +404,35 @@ class ZcrxListener(anyio.abc.SocketListener):
             return
         self._closed = True
         self._server.close()
-        while not self._queue.empty():
+        while self._queue is not None and not self._queue.empty():
             stream = self._queue.get_nowait()
             stream._closed = True
             stream._protocol.drop()
             stream._transport.abort()
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     async def wait_closed(self) -> None:
         """Waits until every accepted stream is closed and the Receiver with them."""
         await self._server.wait_closed()
 
 
-async def create_tcp_listener(local_host=None, local_port: int = 0, *, backlog: int = 65536,
+async def create_tcp_listener(local_host: anyio.abc.IPAddressType | None = None,
+                              local_port: int = 0, *, backlog: int = 65536,
                               reuse_port: bool = False, read_high: int = _DEFAULT_READ_HIGH,
-                              **kw) -> ZcrxListener:
+                              **kw: Any) -> ZcrxListener:
     """Like ``anyio.create_tcp_listener``. Keywords go to
-    ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...)."""
-    loop = _require_asyncio()
-    queue: asyncio.Queue = asyncio.Queue()
+    ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...; under trio the
+    Receiver's options only)."""
+    loop = _running_loop()
+    if loop is None:
+        from . import _trio
+        return await _trio.create_tcp_listener(local_host, local_port, min(backlog, 65536),
+                                               reuse_port, read_high, kw)
+    queue: asyncio.Queue[ZcrxStream] = asyncio.Queue()
 
-    def factory():
+    def factory() -> _StreamProtocol:
         p = _StreamProtocol(loop, read_high)
-        p.on_made = lambda proto: queue.put_nowait(ZcrxStream(proto.transport, proto))
+        p.on_made = lambda transport: queue.put_nowait(ZcrxStream(transport, p))
         return p
 
     server = await create_server(factory, None if local_host is None else str(local_host),

@@ -13,6 +13,7 @@ import dataclasses
 import glob
 import mmap
 import socket
+from typing import Any
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -86,7 +87,7 @@ class Config:
     views: str = "always"
     max_held: int | None = None
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
     @property
@@ -96,8 +97,9 @@ class Config:
         return self.max_held if self.max_held is not None else self.area_size // 4
 
     def validate(self) -> "Config":
-        """Raises TypeError (wrong type) or ValueError (out of range, unknown
-        interface/queue) naming the argument and what it accepts; returns self."""
+        """Raises TypeError (wrong type) or ValueError (out of range; an unknown
+        interface or queue unless ``engine="auto"``, see ``nic_problem``) naming the
+        argument and what it accepts; returns self."""
         if not isinstance(self.engine, str):
             raise TypeError(f"engine must be a str, got {type(self.engine).__name__}")
         if self.engine != "auto" and self.engine not in ENGINES:
@@ -140,20 +142,36 @@ class Config:
                 raise TypeError(f"interface must be a str like 'eth0', got {type(interface).__name__}")
             if not interface or "/" in interface or "\0" in interface:
                 raise ValueError(f"interface must be an interface name like 'eth0', got {interface!r}")
-            try:
-                socket.if_nametoindex(interface)
-            except OSError:
-                raise ValueError(f"unknown interface {interface!r}: it is not in `ip link`") from None
         if self.queue is not None:
             queue = _int("queue", self.queue)
             if queue < 0:
                 raise ValueError(f"queue must be a non-negative integer, got {queue!r}")
             if interface is None:
                 raise ValueError("queue= needs interface= (a queue is a hardware queue of one NIC)")
-            count = rx_queue_count(interface)
-            if count is not None and queue >= count:
-                raise ValueError(f"queue {queue} out of range: {interface} has {count} rx queue(s) "
-                                 f"(0..{count - 1}); see `ethtool -l {interface}`")
+        # an interface or queue this machine does not have: an error for an engine
+        # asked for by name; "auto" passes over zcrx and says why (Receiver.fallback_reason)
+        problem = self.nic_problem()
+        if problem is not None and self.engine != "auto":
+            raise ValueError(problem)
         if self.engine == "zcrx" and (interface is None or self.queue is None):
             raise ValueError("engine='zcrx' needs interface= and queue= (the NIC queue flows are steered to)")
         return self
+
+    def nic_problem(self) -> str | None:
+        """Why ``interface``/``queue`` name no NIC queue on this machine (an unknown
+        interface, a queue out of range), or None. ``validate()`` raises it as a
+        ValueError for an engine asked for by name; with ``engine="auto"`` the
+        Receiver passes over zcrx and gives it as the reason."""
+        interface = self.interface
+        if interface is None:
+            return None
+        try:
+            socket.if_nametoindex(interface)
+        except OSError:
+            return f"unknown interface {interface!r}: it is not in `ip link`"
+        if self.queue is not None:
+            count = rx_queue_count(interface)
+            if count is not None and self.queue >= count:
+                return (f"queue {self.queue} out of range: {interface} has {count} rx queue(s) "
+                        f"(0..{count - 1}); see `ethtool -l {interface}`")
+        return None

@@ -37,7 +37,7 @@ class EngineUnavailable(AiozcrxError, OSError):
     @property
     def reason(self) -> str:
         """Short form used in fallback reasons: "EOPNOTSUPP: lo has no queue API"."""
-        return f"{errno_name(self.errno)}: {self.cause}"
+        return f"{errno_name(self.errno or 0)}: {self.cause}"
 
     def __str__(self) -> str:  # OSError's default prints "[Errno N] ..."
         return f"engine {self.engine!r} unavailable: {self.strerror}"
@@ -45,6 +45,28 @@ class EngineUnavailable(AiozcrxError, OSError):
 
 class ZcrxUnavailable(EngineUnavailable):
     """The zcrx engines ("zcrx", "zcrx-copy") cannot register here."""
+
+
+class ZcrxDeviceRemoved(ZcrxUnavailable, ConnectionAbortedError):
+    """The network interface of a zcrx Receiver's queue went away while the queue
+    was bound (device unplugged or deleted, driver unbound, moved to another
+    network namespace): the kernel takes the queue back without telling io_uring,
+    and no more data reaches the Receiver's connections.
+
+    Every connection of that Receiver ends with ``connection_lost(exc)`` (a
+    ``ConnectionAbortedError`` too, so code that handles dropped connections
+    handles it), and ``Receiver.wrap()`` raises it. ``errno`` is ENODEV;
+    ``interface`` and ``queue`` say which queue it was.
+    """
+
+    def __init__(self, engine: str, err: int, cause: str, fix: str = "", *,
+                 interface: str = "", queue: int | None = None) -> None:
+        self.interface = interface
+        self.queue = queue
+        super().__init__(engine, err, cause, fix)
+
+    def __str__(self) -> str:
+        return f"engine {self.engine!r}: {self.strerror}"
 
 
 class UringUnavailable(EngineUnavailable):

@@ -7,13 +7,60 @@ import logging
 import socket
 import threading
 import warnings
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
 from . import engines as _engines
 from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
                      DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, Config, socket_family)
 from .transport import ZcrxTransport
 
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
 logger = logging.getLogger("aiozcrx")
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+class _Cancellable(Protocol):
+    """What ``call_soon``/``call_later`` return, as engines use it."""
+
+    def cancel(self) -> None: ...
+
+
+class _EngineLoop(Protocol):
+    """The loop calls engines, a Receiver and its ZcrxTransports make while
+    connections run: every asyncio loop has them, and so has
+    ``aiozcrx._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> _Cancellable: ...
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> _Cancellable: ...
+
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
+
+    def remove_reader(self, fd: FileDescriptorLike) -> object: ...
+
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
+
+    def remove_writer(self, fd: FileDescriptorLike) -> object: ...
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None: ...
+
+
+def open_engine(config: Config, loop: _EngineLoop, *,
+                share_with: "_engines.ZcrxEngine | None" = None
+                ) -> tuple["_engines.Engine", list[tuple[str, bool, str]]]:
+    """``engines.open_engine``, except that with ``engine="auto"`` an interface or
+    queue this machine does not have (``Config.nic_problem``) passes over zcrx with
+    that as its reason, as a missing ``interface=`` does: the engines never see it."""
+    problem = config.nic_problem() if config.engine == "auto" else None
+    if problem is None:
+        return _engines.open_engine(config, loop, share_with=share_with)
+    engine, tried = _engines.open_engine(config.replace(interface=None, queue=None), loop,
+                                         share_with=share_with)
+    return engine, [("zcrx", False, problem) if name == "zcrx" else (name, ok, why)
+                    for name, ok, why in tried]
 
 
 class Receiver:
@@ -77,26 +124,34 @@ class Receiver:
     # ------------------------------------------------------------ lifecycle
     def open(self) -> "Receiver":
         """Sets up the engine for the running loop. Called by ``async with``."""
+        return self._open_on(asyncio.get_running_loop())
+
+    def _open_on(self, loop: _EngineLoop) -> "Receiver":
+        """``open()`` on ``loop``: the running asyncio loop, or an object offering
+        the few loop calls engines and transports make (``_EngineLoop``:
+        ``aiozcrx._trio.TrioLoop`` under trio, for ``aiozcrx.anyio``)."""
         if self._engine is not None:
             raise RuntimeError("Receiver is already open")
         if self._closed:
             raise RuntimeError("Receiver is closed; make a new one")
-        loop = asyncio.get_running_loop()
         source = None
         if self._share_with is not None:
             src = self._share_with
             if not isinstance(src._engine, _engines.ZcrxEngine) or src._closed or src._loop is not loop:
                 raise ValueError("share_with= must be an open zcrx Receiver on this event loop")
             source = src._engine
-        self._engine, self.engines_tried = _engines.open_engine(self._config, loop, share_with=source)
-        self._loop = loop
+        self._engine, self.engines_tried = open_engine(self._config, loop, share_with=source)
+        # ``loop`` (and ZcrxTransport's) are typed as asyncio loops for their users;
+        # under trio this is a TrioLoop, which has only the _EngineLoop calls: the
+        # paths that need more (a transport's sendfile) are asyncio's own.
+        self._loop = cast(asyncio.AbstractEventLoop, loop)
         self._thread_id = threading.get_ident()
         return self
 
     async def __aenter__(self) -> "Receiver":
         return self.open()
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def close(self) -> None:
@@ -126,7 +181,8 @@ class Receiver:
                                "that thread (use loop.call_soon_threadsafe from others)")
 
     # ----------------------------------------------------------- connections
-    async def wrap(self, sock: socket.socket, protocol_factory):
+    async def wrap(self, sock: socket.socket, protocol_factory: Callable[[], _P]
+                   ) -> tuple[ZcrxTransport, _P]:
         """Attaches a connected stream socket; returns ``(transport, protocol)``.
 
         The transport owns the socket from now on (it closes it).
@@ -140,6 +196,8 @@ class Receiver:
         if self._engine.name.startswith("zcrx") and family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"engine {self._engine.name!r} receives TCP only (IORING_OP_RECV_ZC), "
                              f"not {socket.AddressFamily(family).name} sockets; use engine='uring' for those")
+        loop = self._loop
+        assert loop is not None  # open, so bound to its loop
         sock.setblocking(False)
         protocol = protocol_factory()
         transport = ZcrxTransport(self, sock, protocol)
@@ -154,7 +212,7 @@ class Receiver:
             # as asyncio (connection_made runs as a loop callback there): the
             # loop's exception handler hears of it and the connection goes on
             # (the same context as a failed loop callback: message and exception)
-            self._loop.call_exception_handler({
+            loop.call_exception_handler({
                 "message": f"Exception in callback {type(protocol).__name__}.connection_made({transport!r})",
                 "exception": exc})
         transport._start()
@@ -173,7 +231,7 @@ class Receiver:
             "drop-in loop) or area_size=; a protocol that keeps what it receives can take bytes "
             "instead (Receiver(views='opt-in')).", protocol_name, held, limit, self._config.area_size)
 
-    def _copies_for(self, protocol) -> bool:
+    def _copies_for(self, protocol: object) -> bool:
         """Whether ``protocol`` gets ``bytes`` rather than views (beyond copy=True,
         which the dispatcher does in C for everyone)."""
         if self._config.copy or self._config.views == "always":
@@ -197,10 +255,11 @@ class Receiver:
         return "; ".join(f"{name}: {why}" for name, ok, why in self.engines_tried if not ok)
 
     @property
-    def loop(self):
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the Receiver was opened on (None before ``open()``)."""
         return self._loop
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Counters for the whole Receiver, as a dict.
 
         Always: ``engine``, ``connections``, ``bytes``, ``completions``,
@@ -219,6 +278,12 @@ class Receiver:
         for), ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
         (wake-ups that found nothing), ``eventfd_paused`` (whether the eventfd is
         switched off while completions are processed: x86 only),
+        ``eventfd_read`` (``"sqe"``: a wake-up resets the eventfd with a read in
+        its ``io_uring_enter``; ``"read(2)"`` where the kernel lacks
+        IORING_OP_READ), ``eventfd_reads`` (``read(2)`` calls on it),
+        ``eventfd_sqe_reads`` / ``eventfd_sqe_empty`` / ``eventfd_sqe_withdrawn`` /
+        ``eventfd_sqe_errors`` (how those reads ended), ``slow_path_calls``
+        (wake-ups and kicks that needed the engine's Python),
         ``reused_views`` (see "The fast path" in docs/concepts.md) and, once it
         happened, ``reset_kicks`` (requests re-armed to read a reset's error). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),
@@ -226,8 +291,16 @@ class Receiver:
         ``zcrx_id``, ``rq_entries``, ``rx_buf_len``, ``nodev``, ``notifications``
         (``"on"`` or ``"unsupported"``) and, once they happened, ``stall_kicks``,
         ``notification_rearms``; an instance shared with ``share_with`` has
-        ``imported``."""
-        s = {"engine": self.engine, "connections": len(self._transports)}
+        ``imported``. On 7.2+ they add the kernel's own statistics of the
+        instance: ``kernel_copy_count`` / ``kernel_copy_bytes``, how often and how
+        much the kernel copied into the area instead of placing data there (every
+        byte of ``zcrx-copy``; on a NIC queue, flows not steered to it: 0 is true
+        zero copy). Engine ``zcrx`` adds ``device_removed`` (the interface's name)
+        once its NIC went away: the connections then ended with
+        ``ZcrxDeviceRemoved``; and ``release_waits`` when opening waited for the
+        kernel to unbind the queue from a ring that had just closed (instead of
+        failing with EEXIST)."""
+        s: dict[str, Any] = {"engine": self.engine, "connections": len(self._transports)}
         if self._engine is not None:
             s.update(self._engine.snapshot_stats())
             delivered = s.get("bytes", 0) - s.get("dropped_bytes", 0)
@@ -236,7 +309,7 @@ class Receiver:
             s["bytes_as_views"] = delivered - copied
         return s
 
-    def __del__(self, _warn=warnings.warn) -> None:
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         # like asyncio's transports: an unclosed Receiver keeps its ring (and its
         # registration) until the process ends; say so
         if getattr(self, "_engine", None) is not None and not self._closed:

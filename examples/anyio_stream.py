@@ -4,6 +4,7 @@ zero-copy views (``receive_view``) and answers with the sha256 at EOF.
 Usage: python examples/anyio_stream.py serve [--host 127.0.0.1] [--port 8008]
        python examples/anyio_stream.py send --file PATH [--host ...] [--port ...]
        python examples/anyio_stream.py --selftest   # serve, send 16 MiB, verify, exit
+Add --backend trio to run it on anyio's trio backend (pip install 'aiozcrx[trio]').
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import argparse
 import hashlib
 import os
 import sys
+from collections.abc import Iterable
 
 import anyio
 import anyio.abc
 
-from aiozcrx.anyio import connect_tcp, create_tcp_listener
+from aiozcrx.anyio import ZcrxStream, connect_tcp, create_tcp_listener
 
 
-async def handle(stream) -> None:
+async def handle(stream: anyio.abc.SocketStream) -> None:
+    assert isinstance(stream, ZcrxStream)  # what a ZcrxListener hands its handler
     async with stream:
         h = hashlib.sha256()
         n = 0
@@ -34,7 +37,7 @@ async def handle(stream) -> None:
         await stream.send(f"{n} {h.hexdigest()}\n".encode())
 
 
-async def send(host: str, port: int, chunks) -> tuple[int, str, bytes]:
+async def send(host: str, port: int, chunks: Iterable[bytes]) -> tuple[int, str, bytes]:
     h = hashlib.sha256()
     n = 0
     async with await connect_tcp(host, port) as stream:
@@ -52,7 +55,7 @@ async def send(host: str, port: int, chunks) -> tuple[int, str, bytes]:
     return n, h.hexdigest(), reply
 
 
-async def main(args) -> int:
+async def main(args: argparse.Namespace) -> int:
     if args.selftest or args.cmd == "serve":
         listener = await create_tcp_listener(args.host, 0 if args.selftest else args.port,
                                              engine=args.engine)
@@ -86,10 +89,12 @@ if __name__ == "__main__":
     p.add_argument("--engine", default="auto")
     p.add_argument("--mib", type=int, default=16, help="selftest payload size")
     p.add_argument("--selftest", action="store_true")
+    p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio",
+                   help="anyio backend")
     a = p.parse_args()
     if a.cmd == "send" and not a.selftest and not a.file:
         p.error("send needs --file")
     try:
-        sys.exit(anyio.run(main, a))
+        sys.exit(anyio.run(main, a, backend=a.backend))
     except KeyboardInterrupt:
         pass

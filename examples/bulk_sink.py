@@ -20,21 +20,22 @@ import aiozcrx
 
 
 class Sink(asyncio.Protocol):
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.sha = hashlib.sha256()
         self.bytes = 0
 
-    def data_received(self, view):
+    def data_received(self, view: bytes | memoryview) -> None:  # aiozcrx gives a memoryview
         self.sha.update(view)  # reads the area in place; the buffer returns after
         self.bytes += len(view)
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         self.transport.write(f"{self.bytes} {self.sha.hexdigest()}\n".encode())
         return False  # close after the reply is flushed
 
 
-async def send_one(host, port, size) -> bool:
+async def send_one(host: str, port: int, size: int) -> bool:
     data = os.urandom(size)
     reader, writer = await asyncio.open_connection(host, port)  # a plain asyncio client
     writer.write(data)
@@ -46,7 +47,7 @@ async def send_one(host, port, size) -> bool:
     return reply == [str(size), hashlib.sha256(data).hexdigest()]
 
 
-async def main(args) -> int:
+async def main(args: argparse.Namespace) -> int:
     server = await aiozcrx.create_server(Sink, args.host, 0 if args.selftest else args.port,
                                          engine=args.engine, interface=args.interface,
                                          queue=args.queue)

@@ -12,28 +12,29 @@ import hashlib
 import os
 import sys
 
-from aiozcrx.server import create_server
+from aiozcrx.server import ZcrxServer, create_server
 from aiozcrx.streams import open_connection
 
 
 class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, view):
+    def data_received(self, view: bytes | memoryview) -> None:  # aiozcrx gives a memoryview
         # write() copies what the socket does not take at once, so the view can go
         self.transport.write(view)
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         return False  # close once the write buffer is flushed
 
 
-async def selftest(server, size: int) -> bool:
+async def selftest(server: ZcrxServer, size: int) -> bool:
     host, port = server.sockets[0].getsockname()[:2]
     data = os.urandom(size)
     reader, writer = await open_connection(host, port)
 
-    async def send():
+    async def send() -> None:
         writer.write(data)
         await writer.drain()
         writer.write_eof()
@@ -48,7 +49,7 @@ async def selftest(server, size: int) -> bool:
     return ok
 
 
-async def main(args) -> int:
+async def main(args: argparse.Namespace) -> int:
     server = await create_server(Echo, args.host, 0 if args.selftest else args.port,
                                  engine=args.engine)
     rx = server.receiver

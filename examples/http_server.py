@@ -20,11 +20,12 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from http import HTTPStatus
 
 import h11
 
-from aiozcrx.server import create_server
+from aiozcrx.server import ZcrxServer, create_server
 
 SERVER_NAME = b"aiozcrx-h11-example"
 
@@ -49,15 +50,16 @@ class HttpProtocol(asyncio.Protocol):
         self.conn = h11.Connection(h11.SERVER)
         self.transport: asyncio.Transport | None = None
         self._request: h11.Request | None = None
-        self._hasher = None
+        self._hasher: hashlib._Hash | None = None
         self._body_len = 0
 
     # ------------------------------------------------------------ asyncio side
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.app.connections += 1
 
-    def data_received(self, view):
+    def data_received(self, view: bytes | memoryview) -> None:  # aiozcrx gives a memoryview
         # h11 keeps what it has not parsed yet, so it needs bytes it owns: copy the
         # view, then release it at once so its buffer goes back to the kernel. (Just
         # dropping it is not enough when an exception is raised below: the traceback
@@ -68,16 +70,16 @@ class HttpProtocol(asyncio.Protocol):
         self.conn.receive_data(data)
         self._process()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         self.conn.receive_data(b"")
         self._process()
         return False  # close once what we wrote is flushed
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
     # --------------------------------------------------------------- h11 side
-    def _send(self, event) -> None:
+    def _send(self, event: h11.Event) -> None:
         data = self.conn.send(event)
         if data and self.transport is not None:
             self.transport.write(data)
@@ -118,6 +120,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _finish_request(self) -> None:
         req, self._request = self._request, None
+        assert req is not None  # h11 sends EndOfMessage only after a Request
         method, target = req.method, req.target.split(b"?", 1)[0]
         if target == b"/":
             if method in (b"GET", b"HEAD"):
@@ -125,19 +128,19 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 status, body = 405, b"method not allowed\n"
         elif target == b"/sha256":
-            if method == b"POST":
+            if method == b"POST" and self._hasher is not None:
                 status, body = 200, (self._hasher.hexdigest() + "\n").encode()
             else:
                 status, body = 405, b"method not allowed\n"
         else:
             status, body = 404, b"not found\n"
-        extra = []
+        extra: list[tuple[bytes, bytes]] = []
         if status == 405:
             extra.append((b"allow", b"GET, HEAD" if target == b"/" else b"POST"))
         self._respond(status, body, extra, head=method == b"HEAD")
         self._hasher = None
 
-    def _respond(self, status: int, body: bytes, extra_headers=(), *, head: bool = False,
+    def _respond(self, status: int, body: bytes, extra_headers: Sequence[tuple[bytes, bytes]] = (), *, head: bool = False,
                  close: bool = False) -> None:
         headers = [(b"server", SERVER_NAME), (b"content-type", b"text/plain; charset=utf-8"),
                    (b"content-length", str(len(body)).encode()), *extra_headers]
@@ -148,7 +151,7 @@ class HttpProtocol(asyncio.Protocol):
         if body and not head:
             self._send(h11.Data(data=body))
         self._send(h11.EndOfMessage())
-        if self.conn.our_state is h11.MUST_CLOSE:
+        if self.conn.our_state is h11.MUST_CLOSE and self.transport is not None:
             self.transport.close()
 
     def _bad_request(self, exc: h11.RemoteProtocolError) -> None:
@@ -161,7 +164,8 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def start(host: str | None, port: int, engine: str = "auto", app: App | None = None):
+async def start(host: str | None, port: int, engine: str = "auto", app: App | None = None
+                ) -> tuple[ZcrxServer, App]:
     """Starts the server; returns ``(server, app)``."""
     app = app or App()
     server = await create_server(lambda: HttpProtocol(app), host, port, engine=engine)
@@ -175,10 +179,11 @@ async def curl(*args: str) -> tuple[int, str, str]:
         "curl", "--silent", "--show-error", "--max-time", "30", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
-    return proc.returncode, out.decode(), err.decode()
+    rc = await proc.wait()  # communicate() waited for the exit: this returns at once
+    return rc, out.decode(), err.decode()
 
 
-async def selftest(server, app: App, size: int) -> bool:
+async def selftest(server: ZcrxServer, app: App, size: int) -> bool:
     host, port = server.sockets[0].getsockname()[:2]
     base = f"http://{host}:{port}"
     ok = True
@@ -207,7 +212,7 @@ async def selftest(server, app: App, size: int) -> bool:
     return ok
 
 
-async def main(args) -> int:
+async def main(args: argparse.Namespace) -> int:
     server, app = await start(args.host, 0 if args.selftest else args.port, args.engine)
     rx = server.receiver
     print(f"engine: {rx.engine} ({rx.fallback_reason or 'first choice'})")

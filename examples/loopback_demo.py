@@ -29,19 +29,19 @@ def sender(port: int, total: int) -> None:
 
 
 class Sink(asyncio.Protocol):
-    def __init__(self, done: asyncio.Future):
+    def __init__(self, done: asyncio.Future[Exception | None]):
         self.done = done
         self.sha = hashlib.sha256()
         self.bytes = 0
 
-    def data_received(self, view: memoryview) -> None:
+    def data_received(self, view: bytes | memoryview) -> None:  # aiozcrx gives a memoryview
         self.sha.update(view)   # reads the registered area directly; no copy
         self.bytes += len(view)
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         return False
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
             self.done.set_result(exc)
 
@@ -59,7 +59,7 @@ async def main(mib: int, engine: str) -> None:
     async with aiozcrx.Receiver(engine=engine) as rx:
         print(f"engine: {rx.engine}")
         print(f"fallback reason: {rx.fallback_reason or '(none: first choice)'}")
-        done = loop.create_future()
+        done: asyncio.Future[Exception | None] = loop.create_future()
         t0 = time.perf_counter()
         transport, proto = await rx.wrap(conn, lambda: Sink(done))
         await done

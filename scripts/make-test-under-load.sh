@@ -12,6 +12,7 @@ log=/tmp/make-test-under-load.log
 echo "$runs runs of $sha with $(nproc) busy loops beside, started $(date)" > "$log"
 for i in $(seq 1 "$runs"); do
     dir=$(mktemp -d /tmp/aiozcrx-clean.XXXXXX)
+    chmod 755 "$dir"  # as a checkout usually is (mktemp makes it 0700)
     git clone -q "$repo" "$dir" && git -C "$dir" checkout -q "$sha" || exit 1
     hogs=()
     for _ in $(seq 1 "$(nproc)"); do python3 -c 'while 1: pass' & hogs+=($!); done

@@ -214,6 +214,96 @@ def test_split_reported_on_but_refused_by_the_kernel_is_a_fail():
     assert c["tcp-data-split"].status == PASS
 
 
+# --------------------------------------------------------------------------
+# never a fix this run found unavailable (issue 12)
+# --------------------------------------------------------------------------
+def fix_lines(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip().startswith("fix:")]
+
+
+def nic_config_fixes(checks) -> list[str]:
+    """Fixes that configure the NIC for zcrx: ethtool, `aiozcrx nic setup`."""
+    return [f"{c.name}: {c.fix}" for c in checks
+            if c.status != PASS and (c.fix.startswith("ethtool") or "nic setup" in c.fix)]
+
+
+def test_no_queue_api_suggests_no_nic_configuration():
+    """The kernel refused the queue (EOPNOTSUPP): header split, RSS, ntuple and a
+    rule would change settings for nothing, and `aiozcrx nic setup` with them."""
+    st = fresh()                         # split off, RSS over the queue, ntuple off
+    checks = doctor.interface_checks(st, 7, 9999, trial=(False, "EOPNOTSUPP: no queue API"))
+    assert nic_config_fixes(checks) == []
+    c = by_name(checks)
+    for name in ("tcp-data-split", "hds-thresh", "RSS", "ntuple", "steering"):
+        assert c[name].status == FAIL                   # the facts stay
+        assert c[name].fix == "none on eth1: eth1 has no queue API (the kernel answered EOPNOTSUPP)"
+    # the same NIC whose queue the kernel accepts gets every command
+    fixes = nic_config_fixes(doctor.interface_checks(st, 7, 9999, trial=(False, "EINVAL: split")))
+    assert any("aiozcrx nic setup" in f for f in fixes) and len(fixes) == 5
+
+
+@pytest.mark.parametrize("what,state", [
+    ("cannot split headers from payload", fresh(rings={"rx": 1024, "rx_max": 8192})),
+    ("cannot split headers from payload", fresh(rings=None, errors={"rings": "EOPNOTSUPP"})),
+    ("has no flow steering", fresh(ntuple_changeable=False)),
+], ids=["split-not-reported", "no-rings", "ntuple-fixed-off"])
+def test_nic_that_cannot_do_zcrx_gets_no_setup_commands(what, state):
+    checks = doctor.interface_checks(state, 7, 9999, trial=(False, "EINVAL: header split"))
+    assert nic_config_fixes(checks) == [], what
+    assert any(what in c.fix for c in checks if c.status == FAIL)
+
+
+def test_single_queue_nic_is_not_told_to_add_channels():
+    """No channel information: `ethtool -L` cannot add a queue either."""
+    st = fresh(channels=None, sysfs_rx_queues=1, rss={0: [0] * 8},
+               errors={"channels": "CHANNELS_GET: EOPNOTSUPP"})
+    c = by_name(doctor.interface_checks(st, 0, None))
+    assert c["queue"].status == FAIL and "ethtool -L" not in c["queue"].fix
+    assert "one RX queue" in c["queue"].fix
+    st = fresh(channels=None, sysfs_rx_queues=4, errors={"channels": "CHANNELS_GET: EOPNOTSUPP"})
+    c = by_name(doctor.interface_checks(st, 5, None))
+    assert c["queue"].fix.startswith("pick a queue of at most 3")
+
+
+@pytest.mark.parametrize("nodev,io_uring,want,unwanted", [
+    (True, True, ["engine='zcrx-copy' / 'uring'"], []),
+    (False, True, ["engine='uring'"], ["zcrx-copy"]),
+    (None, None, ["engine='uring'"], ["zcrx-copy"]),      # not probed: nothing promised
+    (False, False, ["engine='socket'"], ["zcrx-copy", "'uring'"]),
+])
+def test_other_engines_only_where_the_probes_found_them(nodev, io_uring, want, unwanted):
+    c = by_name(doctor.interface_checks(fresh(), 7, None, trial=(False, "EOPNOTSUPP: x"),
+                                        nodev=nodev, io_uring=io_uring))["driver"]
+    assert c.status == FAIL
+    for w in want:
+        assert w in c.fix
+    for u in unwanted:
+        assert u not in c.fix
+
+
+def test_run_takes_the_engines_from_the_core_probe(monkeypatch):
+    """Through run()/render(): a kernel without NODEV is never told to use zcrx-copy."""
+    core = dict(CORE_OK, engine="uring",
+                kernel=dict(CORE_OK["kernel"], zcrx_nodev=False),
+                tried=[["zcrx", False, "EOPNOTSUPP: eth1 (virtio_net) has no queue API"],
+                       ["zcrx-copy", False, "EINVAL: this kernel has no ZCRX_REG_NODEV"],
+                       ["uring", True, "works here"]])
+    monkeypatch.setattr(doctor, "gather_system", lambda: sysfacts(release="6.18.0"))
+    monkeypatch.setattr(doctor, "probe_core", lambda i, q: core)
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    monkeypatch.setattr(nic, "wait_queue_released", lambda i, q: None)
+    text = doctor.render(doctor.run("eth1", 7, 9999))
+    fixes = fix_lines(text)
+    assert fixes and not [f for f in fixes if "zcrx-copy" in f or "nic setup" in f
+                          or f.startswith("fix: ethtool")]
+    assert "fix: use a NIC whose driver has the queue API (bnxt, mlx5, gve, fbnic), or " \
+           "engine='uring'" in fixes
+    # NODEV there: it is offered
+    core["kernel"]["zcrx_nodev"] = True
+    core["tried"][1] = ["zcrx-copy", True, "works here"]
+    assert any("'zcrx-copy'" in f for f in fix_lines(doctor.render(doctor.run("eth1", 7, 9999))))
+
+
 def test_missing_interface():
     st = nic.NicState(ifname="nope", exists=False, errors={"interface": "ENODEV: no interface"})
     checks = doctor.interface_checks(st, 1, 9999)
@@ -283,6 +373,15 @@ def test_host_loopback_is_not_zcrx_capable(capsys):
     assert rc == 1
     assert "FAIL  driver" in out and "no queue API" in out
     assert out.rstrip().splitlines()[-1].startswith('result: engine="zcrx" cannot work on lo')
+    # lo has no queue API, no header split, one queue: nothing to configure on it
+    fixes = fix_lines(out)
+    assert not [f for f in fixes if "nic setup" in f or f.startswith("fix: ethtool")], fixes
+    # the engines offered instead are those the probe found working here
+    doctor.main(["--interface", "lo", "--queue", "0", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    works = {name: ok for name, ok, _why in rep["core"]["tried"]} if rep["core"]["available"] else {}
+    driver_fix = {c["name"]: c for c in rep["checks"]}["driver"]["fix"]
+    assert ("zcrx-copy" in driver_fix) == bool(works.get("zcrx-copy")), driver_fix
 
 
 # --------------------------------------------------------------------------
@@ -298,9 +397,12 @@ def test_doctor_on_veth_reports_driver_and_no_queue_api(netns):
     assert checks["driver"]["detail"].startswith("veth (from ETHTOOL_GDRVINFO): no queue API")
     assert rep["interface"]["driver"] == "veth"
     assert not rep["ok"]
-    text = netns.aiozcrx("doctor", "-i", "va", "-q", "0")
+    text = netns.aiozcrx("doctor", "-i", "va", "-q", "0", "-p", "9999")
     assert text.returncode == 1
     assert "veth" in text.stdout and "no queue API" in text.stdout
+    # a veth cannot host zcrx whatever its settings: no ethtool, no `nic setup`
+    fixes = fix_lines(text.stdout)
+    assert not [f for f in fixes if "nic setup" in f or f.startswith("fix: ethtool")], fixes
 
 
 # --------------------------------------------------------------------------
@@ -318,3 +420,8 @@ def test_guest_doctor_reports_nodev_zcrx(capsys):
     assert kernel["status"] == PASS
     assert "NODEV: available" in kernel["detail"]
     assert doctor.parse_release(rep["system"]["release"]) >= (7, 1)
+    # NODEV works here: instead of lo (no queue API), zcrx-copy is offered
+    doctor.main(["--interface", "lo", "--queue", "0", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    driver = {c["name"]: c for c in rep["checks"]}["driver"]
+    assert driver["status"] == FAIL and "'zcrx-copy'" in driver["fix"]

@@ -3,13 +3,17 @@ kernel is touched where possible, and no leaked fd or mapping either way."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import glob
 
 import pytest
 
 import aiozcrx
-from peers import mappings, open_fds
+from peers import has_rx_queues, mappings, open_fds, queued_interface, tcp_pair, wait_until
+
+QIF = queued_interface()  # lo, or the guest's simulated NIC
+NEEDS_QUEUES = pytest.mark.skipif(not has_rx_queues(QIF), reason="no interface here lists its rx queues in sysfs")
 
 
 
@@ -70,6 +74,38 @@ async def test_auto_falls_back_and_says_why(need_no_nodev):
         assert names == ["zcrx", "zcrx-copy", "uring"]
 
 
+@pytest.mark.parametrize("kwargs, why", [
+    (dict(interface="nosuch0", queue=16), "zcrx: unknown interface 'nosuch0': it is not in `ip link`"),
+    pytest.param(dict(interface=QIF, queue=99), f"zcrx: queue 99 out of range: {QIF} has", marks=NEEDS_QUEUES),
+])
+@pytest.mark.asyncio
+async def test_auto_with_a_nic_queue_this_machine_lacks_falls_back(kwargs, why):
+    """The snippets in the docs say interface="eth0", queue=16: where there is no such
+    interface or queue, "auto" still receives, and says why zcrx was passed over."""
+
+    async def receive_over_the_fallback() -> None:
+        async with aiozcrx.Receiver(engine="auto", **kwargs) as rx:
+            assert rx.engines_tried[0][:2] == ("zcrx", False)
+            assert rx.fallback_reason.startswith(why)
+            assert rx.engine in ("zcrx-copy", "uring", "socket")
+            a, b = tcp_pair()
+            got = bytearray()
+
+            class Sink(asyncio.Protocol):
+                def data_received(self, view):
+                    got.extend(view)
+
+            await rx.wrap(b, Sink)
+            a.sendall(b"over the fallback")
+            a.close()
+            await wait_until(lambda: bytes(got) == b"over the fallback", "the bytes sent")
+
+    await receive_over_the_fallback()  # warm-up: first-time imports and allocator growth
+    fds, maps = open_fds(), len(mappings())
+    await receive_over_the_fallback()
+    assert open_fds() == fds and len(mappings()) == maps
+
+
 @pytest.mark.asyncio
 async def test_auto_without_interface_skips_zcrx_with_reason():
     async with aiozcrx.Receiver() as rx:
@@ -78,8 +114,9 @@ async def test_auto_without_interface_skips_zcrx_with_reason():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(interface="nosuch0"), "unknown interface 'nosuch0'"),
-    (dict(interface="lo", queue=99), "queue 99 out of range"),
+    (dict(engine="zcrx", interface="nosuch0", queue=0), "unknown interface 'nosuch0'"),
+    pytest.param(dict(engine="zcrx", interface=QIF, queue=99), "queue 99 out of range", marks=NEEDS_QUEUES),
+    (dict(engine="uring", interface="nosuch0"), "unknown interface 'nosuch0'"),
     (dict(interface="lo", queue=-1), "non-negative"),
     (dict(queue=0), "needs interface"),
     (dict(area_size=4096 * 10 + 1), "multiple of the page size"),

@@ -31,8 +31,9 @@ def test_echo_server_selftest_socket_engine():
     assert "engine: socket" in out and "sha256 verified: True" in out
 
 
-def test_anyio_stream_selftest():
-    out = run_example("examples/anyio_stream.py", "--selftest")
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_anyio_stream_selftest(backend):
+    out = run_example("examples/anyio_stream.py", "--selftest", "--backend", backend)
     assert "sha256 verified: True" in out
 
 

@@ -13,6 +13,7 @@ import socket
 import pytest
 
 import aiozcrx
+from aiozcrx.engines.ring import PUMP_BUSY, PUMP_PENDING
 from peers import Listener, join, queued, start_sender, stream_sha256, wait_until
 from test_transport import MiB, Sink
 
@@ -282,4 +283,163 @@ async def test_reset_with_data_queued_still_reaches_connection_lost(engine, buf_
     assert isinstance(exc, ConnectionResetError), exc
     assert proto.bytes == total
     assert proto.sha.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert st["buffers_outstanding"] == 0
+
+
+# -- one wake-up, as cheap as the kernel allows ------------------------------
+# The loop's reader on the ring's eventfd is the C dispatcher's on_wake: it reads
+# the eventfd with an IORING_OP_READ that rides in the io_uring_enter it makes
+# anyway, pumps, and calls the engine's Python (its slow path) only when there is
+# something to decide. What is asserted: the counts the dispatcher keeps, and the
+# eventfd's state, never a time.
+
+class SlowPathLog:
+    """Stands between the dispatcher and the engine's slow path: records what
+    each call had to decide, then hands it on."""
+
+    def __init__(self, rx):
+        self.engine = rx._engine
+        self.calls = []
+        self.engine.dispatcher.set_slow_path(self)
+
+    def __call__(self, n, control, state):
+        e = self.engine
+        coming = e._scheduled or e._tw_timer is not None  # a pump is on its way already
+        self.calls.append({"control": control is not None,
+                           "busy": state == PUMP_BUSY,
+                           "pending": state == PUMP_PENDING and not coming,
+                           "starved": bool(e.starved), "throttled": bool(e.throttled),
+                           "closing": e.closed})
+        return e._after_pump(n, control, state)
+
+    def without_reason(self) -> list:
+        return [c for c in self.calls if not any(c.values())]
+
+
+def eventfd_readable(rx) -> bool:
+    import select
+
+    p = select.poll()
+    p.register(rx._engine.ring.eventfd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+@pytest.mark.parametrize("evfd_read", ["sqe", "read(2)"])
+async def test_data_only_wakeups_run_no_python_of_ours(evfd_read):
+    """The peer sends one record at a time, the next only once the last was
+    delivered: every wake-up then has nothing but data. None of them calls into
+    the engine's Python; each resets the eventfd inside the round (by the read
+    SQE in the enter, or by read(2)), so after a round it is not readable (no
+    wake-up that would find nothing). The end of the stream, which needs a
+    decision, does go through the slow path."""
+    size, records = 4096, 40
+    server_sock, client = connected_pair()
+    async with aiozcrx.Receiver(engine="uring") as rx:
+        want_sqe = evfd_read == "sqe"
+        if rx._engine.dispatcher.set_eventfd_sqe(want_sqe) != want_sqe:
+            pytest.skip("this kernel has no IORING_OP_READ: the eventfd is read with read(2)")
+        log = SlowPathLog(rx)
+        _, proto = await rx.wrap(server_sock, lambda: Acker(1 << 40, 1 << 40))
+        sent = b""
+
+        def send(i):
+            nonlocal sent
+            rec = bytes([i & 0xFF]) * size
+            client.sendall(rec)
+            sent += rec
+
+        send(0)  # the first may land before the request is armed: whatever path takes it
+        await wait_until(lambda: proto.bytes == len(sent), "the first record is delivered")
+        s0 = rx.stats()
+        calls0 = len(log.calls)
+        for i in range(1, records):
+            send(i)
+            await wait_until(lambda: proto.bytes == len(sent), f"record {i} is delivered")
+            if s0["eventfd_paused"]:
+                assert not eventfd_readable(rx), f"the eventfd is readable after record {i}'s round"
+        s1 = rx.stats()
+        assert len(log.calls) == calls0, log.calls[calls0:]
+        assert s1["slow_path_calls"] == s0["slow_path_calls"]
+        wakeups = s1["wakeups"] - s0["wakeups"]
+        assert wakeups >= 1
+        if want_sqe:
+            assert s1["eventfd_read"] == "sqe"
+            # every wake-up found the counter set and reset it inside the enter
+            assert s1["eventfd_sqe_reads"] - s0["eventfd_sqe_reads"] == wakeups
+            assert s1["eventfd_reads"] == s0["eventfd_reads"]
+        else:
+            assert s1["eventfd_read"] == "read(2)"
+            assert s1["eventfd_reads"] - s0["eventfd_reads"] == wakeups
+            assert s1["eventfd_sqe_reads"] == s0["eventfd_sqe_reads"]
+        client.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(proto.lost, 30) is None
+        st = rx.stats()
+    client.close()
+    assert proto.sha.hexdigest() == hashlib.sha256(sent).hexdigest()
+    assert st["slow_path_calls"] > s1["slow_path_calls"]  # the end of the stream
+    assert log.without_reason() == []
+    assert st["buffers_outstanding"] == 0
+
+
+async def test_eventfd_read_falls_back_to_read2_when_the_sq_is_full():
+    """No room in the SQ for the eventfd's read: that wake-up reads it with read(2),
+    before its enter, and the next ones ride in the enter again. Nothing is lost
+    and the eventfd is not left readable."""
+    from aiozcrx._ring import UD_NOP, user_data
+
+    size = 4096
+    server_sock, client = connected_pair()
+    async with aiozcrx.Receiver(engine="uring") as rx:
+        if rx.stats()["eventfd_read"] != "sqe":
+            pytest.skip("this kernel has no IORING_OP_READ: the eventfd is read with read(2)")
+        _, proto = await rx.wrap(server_sock, lambda: Acker(1 << 40, 1 << 40))
+        client.sendall(b"a" * size)
+        await wait_until(lambda: proto.bytes == size, "the first record is delivered")
+        s0 = rx.stats()
+        ring = rx._engine.ring
+        for _ in range(ring.sq_entries):  # the pump left the SQ empty: fill it, unsubmitted
+            ring.prep_nop(user_data(UD_NOP, 0, 0))
+        client.sendall(b"b" * size)
+        await wait_until(lambda: proto.bytes == 2 * size, "the second record is delivered")
+        s1 = rx.stats()
+        assert s1["eventfd_reads"] - s0["eventfd_reads"] == 1
+        if s1["eventfd_paused"]:
+            assert not eventfd_readable(rx)
+        client.sendall(b"c" * size)
+        await wait_until(lambda: proto.bytes == 3 * size, "the third record is delivered")
+        s2 = rx.stats()
+        assert s2["eventfd_reads"] == s1["eventfd_reads"]
+        assert s2["eventfd_sqe_reads"] - s1["eventfd_sqe_reads"] == s2["wakeups"] - s1["wakeups"] >= 1
+        client.close()
+        assert await asyncio.wait_for(proto.lost, 30) is None
+    assert proto.sha.hexdigest() == hashlib.sha256(b"a" * size + b"b" * size + b"c" * size).hexdigest()
+
+
+@pytest.mark.parametrize("engine", ["uring", pytest.param("zcrx-copy", marks=pytest.mark.guest)])
+async def test_slow_path_only_with_something_to_decide(engine, request):
+    """A bulk stream through the engine: every call the dispatcher made into the
+    engine's Python had something to decide (a control list, a kick to schedule, a
+    recheck timer to set when none is on its way, starved or throttled connections,
+    a close), every wake-up reset the eventfd inside its enter, and every byte
+    arrived."""
+    if engine == "zcrx-copy":
+        request.getfixturevalue("need_zcrx_copy")
+    total = 16 * MiB
+    lst = Listener()
+    proc = start_sender(lst.port, 31, total)
+    async with aiozcrx.Receiver(engine=engine) as rx:
+        log = SlowPathLog(rx)
+        _, proto = await rx.wrap(await lst.accept(), Sink)
+        assert await asyncio.wait_for(proto.lost, 120) is None
+        st = rx.stats()
+    lst.close()
+    assert await join(proc) == 0
+    assert proto.bytes == total
+    assert proto.sha.hexdigest() == stream_sha256(31, total)
+    assert log.without_reason() == []
+    assert st["slow_path_calls"] == len(log.calls) >= 1  # the end of the stream at least
+    assert st["wakeups"] >= 1
+    if st["eventfd_read"] == "sqe":
+        assert st["eventfd_sqe_reads"] == st["wakeups"]
+        assert st["eventfd_reads"] == 0
     assert st["buffers_outstanding"] == 0

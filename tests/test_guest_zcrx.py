@@ -17,6 +17,7 @@ import pytest
 
 import aiozcrx
 from peers import Listener, area_full, join, payload, start_many, start_sender, stream_sha256, wait_until
+from test_guest_nic import assert_copied
 from test_transport import MiB, Sink
 
 pytestmark = [pytest.mark.guest, pytest.mark.usefixtures("need_zcrx_copy")]
@@ -43,6 +44,28 @@ async def test_zcrx_copy_256mib_sha256():
     assert stats["completions"] >= total // 4096
     # a NODEV instance takes buffers back only through ZCRX_CTRL_FLUSH_RQ
     assert stats["refill_flushes"] > 0
+
+
+@pytest.mark.asyncio
+async def test_kernel_copy_statistics_count_what_nodev_copied():
+    """7.2's statistics region: a NODEV instance copies every byte it delivers,
+    and the kernel's counters (Receiver.stats() kernel_copy_*) say how many."""
+    total = 16 * MiB + 12345
+    lst = Listener()
+    proc = start_sender(lst.port, 41, total)
+    async with aiozcrx.Receiver(engine=ENGINE) as rx:
+        assert rx.stats()["kernel_copy_bytes"] == rx.stats()["kernel_copy_count"] == 0
+        _, proto = await rx.wrap(await lst.accept(), Sink)
+        assert await asyncio.wait_for(proto.lost, 300) is None
+        live = rx.stats()
+    stats = rx.stats()
+    lst.close()
+    assert await join(proc) == 0
+    assert proto.sha.hexdigest() == stream_sha256(41, total)
+    assert_copied(stats, total)
+    # the last counters survive close()
+    assert (live["kernel_copy_count"], live["kernel_copy_bytes"]) == \
+        (stats["kernel_copy_count"], stats["kernel_copy_bytes"])
 
 
 @pytest.mark.asyncio
@@ -189,8 +212,12 @@ def test_non_root_small_memlock_names_the_limit():
     # 16 MiB area: the kernel cannot pin it
     code = "import resource; resource.setrlimit(resource.RLIMIT_MEMLOCK, (8 << 20, 8 << 20))\n" + \
         CHILD.replace("AREA", str(16 * MiB))
+    # CAP_DAC_READ_SEARCH too: nobody must read the checkout wherever it lies (a clone
+    # in a mode-0700 mktemp directory failed with ModuleNotFoundError); it does not
+    # touch the memlock accounting (only CAP_IPC_LOCK does)
+    caps = "+net_admin,+dac_read_search"
     r = _run_child(code, ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                          "--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"])
+                          "--inh-caps", caps, "--ambient-caps", caps])
     assert r.returncode == 0, r.stderr
     assert "ERRNO ENOMEM" in r.stdout, r.stdout
     assert "RLIMIT_MEMLOCK is 8388608 bytes" in r.stdout

@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 import aiozcrx
 from aiozcrx.config import (MAX_BUF_SIZE, MAX_CQ_ENTRIES, MAX_RQ_ENTRIES, MIN_CQ_ENTRIES,
                             Config)
+from peers import has_rx_queues, queued_interface
+
+QIF = queued_interface()  # lo, or the guest's simulated NIC
+NEEDS_QUEUES = pytest.mark.skipif(not has_rx_queues(QIF), reason="no interface here lists its rx queues in sysfs")
 
 PAGE = mmap.PAGESIZE
 
@@ -59,13 +63,29 @@ def test_wrong_types_are_type_errors(kw):
     ({"area_size": 1 << 32, "buf_size": 1 << 32}, "buf_size"),
     ({"cq_entries": 4}, "cq_entries"),
     ({"engine": "fast"}, "unknown engine"),
-    ({"interface": "no-such-if0"}, "unknown interface"),
+    ({"engine": "zcrx", "interface": "no-such-if0", "queue": 0}, "unknown interface"),
+    ({"engine": "uring", "interface": "no-such-if0"}, "unknown interface"),
+    pytest.param({"engine": "zcrx", "interface": QIF, "queue": 4096}, "queue 4096 out of range",
+                 marks=NEEDS_QUEUES),
+    ({"interface": "eth0/x"}, "interface name like"),
     ({"queue": 0}, "needs interface"),
     ({"engine": "zcrx"}, "needs interface= and queue="),
 ])
 def test_out_of_range_values_are_value_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         Config(**kw).validate()
+
+
+def test_auto_takes_an_interface_this_machine_lacks_and_names_it():
+    # "auto" passes over zcrx for it (Receiver.fallback_reason); by name it is an error
+    cfg = Config(interface="no-such-if0", queue=3).validate()
+    assert cfg.nic_problem() == "unknown interface 'no-such-if0': it is not in `ip link`"
+    assert Config(interface="lo").nic_problem() is None
+    if has_rx_queues(QIF):
+        problem = Config(interface=QIF, queue=4096).validate().nic_problem()
+        assert problem is not None and f"queue 4096 out of range: {QIF} has" in problem
+        assert Config(interface=QIF, queue=0).nic_problem() is None
+    assert Config().nic_problem() is None
 
 
 def test_receiver_rejects_before_touching_the_kernel(monkeypatch):

@@ -20,6 +20,7 @@
 #define UD_GEN(ud)   ((uint32_t)((ud) >> 40))
 #define UD_KIND_RECV 1
 #define UD_KIND_OVER_SHARE 5   /* made by the dispatcher: a connection reached its share */
+#define UD_KIND_EVFD 6         /* the dispatcher's own read of the ring's eventfd */
 
 enum { KIND_ZCRX = 0, KIND_PBUF = 1, KIND_POOL = 2 };
 

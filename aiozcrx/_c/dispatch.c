@@ -1,6 +1,7 @@
 /*
  * aiozcrx._leases, Dispatcher: drains the completion queue (drain),
- * one wake-up's enter/drain/publish rounds (pump), per-slot stats.
+ * one wake-up's enter/drain/publish rounds (pump_core), the loop's reader that
+ * runs them and calls the engine's Python only for decisions (on_wake), per-slot stats.
  *
  * Not compiled on its own: leases.c #includes it, so everything stays static in
  * one translation unit.
@@ -25,6 +26,7 @@ typedef struct {
      * no more callbacks or control records; every buffer goes straight back */
     int halted;
     int busy;                           /* inside pump()/run(): they must not nest */
+    int in_slow;                        /* on_wake()/kick() is inside the engine's slow path */
     /* for the reset watch (engines/ring.py): per slot, bit 0 "got data this tick", bit 1
      * "got data last tick"; the slots with each bit set, listed once */
     uint8_t *slot_active;
@@ -39,6 +41,22 @@ typedef struct {
     uint32_t *sq_flags, *cq_flags;
     unsigned sq_entries, getevents, pending_mask, evfd_disabled_bit;
     unsigned long long wakeups, idle_wakeups, enters;
+    /* the ring's eventfd (bind_eventfd): a wake-up reads it with an IORING_OP_READ
+     * that rides in the wake-up's first io_uring_enter (see pump_core), or, where
+     * the kernel lacks the op or the SQ is full, with read(2) */
+    int evfd;
+    int evfd_sqe;
+    int (*prep_read)(void *ring, int fd, uintptr_t addr, uint32_t len, uint64_t ud, uint32_t *pos);
+    int (*withdraw)(void *ring, uint32_t pos);
+    uint64_t evfd_ud;
+    unsigned long long evfd_syscalls, evfd_sqe_reads, evfd_sqe_empty, evfd_sqe_errors, evfd_withdrawn;
+    /* on_wake(): the engine's Python slow path, called only when a wake-up leaves
+     * something to decide (see needs_slow_path) */
+    PyObject *slow_path;
+    int revive_wanted;          /* the engine has connections waiting for buffers */
+    int unthrottle_wanted;      /* the engine has connections stopped over their share */
+    int recheck_pending;        /* the engine will pump again soon (a kick, a recheck timer) */
+    unsigned long long slow_calls;
     int reuse_views;            /* see reusable_lease() */
     unsigned long long reused_views;
     /* benchmarks: time spent dispatching (drain + publish), clock_gettime per round */
@@ -83,6 +101,7 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
     d->cqe_shift = cqe_size == 32 ? 5 : 4;
     d->copy = copy;
     d->reuse_views = VIEW_REUSE && view_layout_ok;
+    d->evfd = -1;
     return 0;
 }
 
@@ -244,6 +263,22 @@ append_control(PyObject **control, uint64_t ud, int32_t res, uint32_t flags, PyO
     return r;
 }
 
+/* The completion of the eventfd read pump_core() queued (see there). */
+static void
+evfd_read_done(Dispatcher *d, int32_t res)
+{
+    if (res == (int32_t)sizeof(uint64_t))
+        d->evfd_sqe_reads++;
+    else if (res == -EAGAIN)
+        d->evfd_sqe_empty++;    /* the counter was zero: nothing to reset */
+    else if (res != 0) {        /* 0: withdrawn, a NOP */
+        /* this kernel will not read the eventfd for us: read(2) from now on. The
+         * counter was left as it was, so the loop calls again and reads it. */
+        d->evfd_sqe_errors++;
+        d->evfd_sqe = 0;
+    }
+}
+
 /* Drains the CQ: data completions for a live slot become slot_callback(view);
  * everything else (errors, EOF, ends of multishot requests, other ops, callback
  * exceptions) is appended to *control as (user_data, res, flags, exception)
@@ -279,6 +314,11 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 
         for (uint32_t i = 0; i < cnt; i++) {
             const cqe_rec *c = &batch[i];
+            if (UD_KIND(c->ud) == UD_KIND_EVFD) {
+                evfd_read_done(d, c->res);
+                (*n)--;         /* ours: not a completion anybody waits for */
+                continue;
+            }
             int is_recv = UD_KIND(c->ud) == UD_KIND_RECV;
             char *ptr;
             uint64_t ident;
@@ -480,11 +520,58 @@ Dispatcher_bind_ring(Dispatcher *d, PyObject *args, PyObject *kw)
 enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
 #define PUMP_ROUNDS 64
 
-/* pump(eventfd) -> (completions, control list or None, state)
+/* What the eventfd read lands in: nobody looks at the value. One static word for
+ * every dispatcher, so that no kernel write can ever find freed memory. */
+static uint64_t evfd_sink;
+
+/* bind_eventfd(fd, prep_read, withdraw, user_data): the ring's eventfd, and the
+ * two cffi functions (aiozcrx/_abi_build.py) that queue a never-waiting read of
+ * it and take that read back if no io_uring_enter consumed it. prep_read 0: the
+ * kernel has no IORING_OP_READ, read(2) it is. */
+static PyObject *
+Dispatcher_bind_eventfd(Dispatcher *d, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"fd", "prep_read", "withdraw", "user_data", NULL};
+    int fd;
+    unsigned long long prep_read, withdraw, ud;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iKKK", kwlist, &fd, &prep_read, &withdraw, &ud))
+        return NULL;
+    d->evfd = fd;
+    d->prep_read = (int (*)(void *, int, uintptr_t, uint32_t, uint64_t, uint32_t *))(uintptr_t)prep_read;
+    d->withdraw = (int (*)(void *, uint32_t))(uintptr_t)withdraw;
+    d->evfd_ud = ud;
+    d->evfd_sqe = prep_read && withdraw;
+    Py_RETURN_NONE;
+}
+
+static void
+evfd_read_now(Dispatcher *d, int fd)
+{
+    uint64_t v;
+    unsigned long long c0 = d->timing ? thread_cpu_ns() : 0;
+    d->evfd_syscalls++;
+    if (read(fd, &v, sizeof v) < 0) {
+        /* EAGAIN: already consumed; nothing else is expected */
+    }
+    if (d->timing)
+        d->area->syscall_cpu_ns += thread_cpu_ns() - c0;
+}
+
+/* One wake-up's work (wake: called because the eventfd was readable), or another
+ * round after Python handled a control list (wake 0): rounds of io_uring_enter
+ * (submit + run deferred task work) -> drain -> publish refills, until the kernel
+ * has nothing more for us.
  *
- * One wake-up's work in one call: read the eventfd (when given, >= 0), then
- * rounds of io_uring_enter (submit + run deferred task work) -> drain ->
- * publish refills, until the kernel has nothing more for us.
+ * The eventfd. A wake-up must reset its counter *before* the task work that
+ * posts completions runs: a signal that comes after the reset is then kept for
+ * the next wake-up, and none is lost. read(2) then io_uring_enter does that in
+ * two syscalls. Here the read travels as an SQE in the enter itself: io_uring
+ * issues SQEs before it runs task work, and a read with RWF_NOWAIT completes at
+ * once (8 bytes, counter reset; or -EAGAIN if it was already zero), so it is
+ * never left armed in the kernel where a later enter could reset the counter
+ * behind our back. If the enter consumed no SQE (it failed first), the read is
+ * withdrawn (turned into a NOP) and read(2) does the job, as before. The read's
+ * completion is ours (UD_KIND_EVFD): drain() counts it and moves on.
  *
  * While we work, the ring's eventfd is switched off (IORING_CQ_EVENTFD_DISABLED):
  * the kernel signals it for every batch of CQEs it posts, even those posted inside
@@ -492,37 +579,37 @@ enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
  * back on, IORING_SQ_TASKRUN tells whether work arrived meanwhile (the kernel sets
  * it before it would have signalled): then we go round again.
  *
- * state: PUMP_IDLE (the eventfd will tell us of new work), PUMP_PENDING (the
+ * *statep: PUMP_IDLE (the eventfd will tell us of new work), PUMP_PENDING (the
  * kernel says work is queued but an enter found none: look again later),
  * PUMP_BUSY (the round limit was reached: continue after other callbacks).
  * Returns early, with the control list, whenever there is something for Python
- * to decide; the caller handles it and calls pump(-1) again. */
-static PyObject *
-pump_impl(Dispatcher *d, PyObject *arg)
+ * to decide. 0, or -1 with an exception set (*controlp then NULL). */
+static int
+pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long long *totalp,
+          int *statep)
 {
-    long evfd = PyLong_AsLong(arg);
-    if (evfd == -1 && PyErr_Occurred())
-        return NULL;
-    if (!d->ring) {
-        PyErr_SetString(PyExc_RuntimeError, "pump: no ring bound");
-        return NULL;
-    }
-    if (d->halted)
-        return Py_BuildValue("(KOi)", 0ULL, Py_None, PUMP_IDLE);
     Area *a = d->area;
     PyObject *control = NULL;
     unsigned long long total = 0;
     int state = PUMP_BUSY;
+    int read_queued = 0;
+    uint32_t read_pos = 0;
 
-    if (evfd >= 0) {
-        uint64_t v;
-        unsigned long long c0 = d->timing ? thread_cpu_ns() : 0;
+    *controlp = NULL;
+    *totalp = 0;
+    *statep = PUMP_IDLE;
+    if (d->halted)
+        return 0;
+    if (wake) {
         d->wakeups++;
-        if (read((int)evfd, &v, sizeof v) < 0) {
-            /* EAGAIN: already consumed by an earlier round; nothing else is expected */
-        }
-        if (d->timing)
-            a->syscall_cpu_ns += thread_cpu_ns() - c0;
+        if (fd < 0)
+            ;                   /* no eventfd bound: nothing to reset */
+        else if (d->evfd_sqe && fd == d->evfd &&
+            d->prep_read(d->ring, fd, (uintptr_t)&evfd_sink, sizeof evfd_sink, d->evfd_ud,
+                         &read_pos) == 0)
+            read_queued = 1;
+        else
+            evfd_read_now(d, fd);  /* SQ full, or no IORING_OP_READ */
     }
     for (int round = 0; round < PUMP_ROUNDS; round++) {
         if (d->evfd_disabled_bit)
@@ -535,13 +622,22 @@ pump_impl(Dispatcher *d, PyObject *arg)
         if (d->timing)
             a->syscall_cpu_ns += thread_cpu_ns() - c0;
         d->enters++;
+        if (read_queued) {
+            read_queued = 0;
+            if (d->withdraw(d->ring, read_pos)) {
+                /* the enter took no SQE: read(2) now, before the next enter */
+                d->evfd_withdrawn++;
+                evfd_read_now(d, fd);
+            }
+        }
         if (ret < 0 && ret != -EAGAIN && ret != -EBUSY) {
             /* EAGAIN/EBUSY: CQ overflow backlog, retried next round */
             if (d->evfd_disabled_bit)
                 __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
             Py_XDECREF(control);
             errno = -ret;
-            return PyErr_SetFromErrno(PyExc_OSError);
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
         }
         unsigned long long n = 0;
         struct timespec t0, t1;
@@ -559,7 +655,7 @@ pump_impl(Dispatcher *d, PyObject *arg)
             __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
         if (bad) {
             Py_XDECREF(control);
-            return NULL;
+            return -1;
         }
         if (d->halted) {
             /* a callback closed the engine: return to it at once (with a
@@ -569,7 +665,7 @@ pump_impl(Dispatcher *d, PyObject *arg)
             state = PUMP_IDLE;
             break;
         }
-        if (evfd >= 0 && round == 0 && n == 0)
+        if (wake && round == 0 && n == 0)
             d->idle_wakeups++;
         total += n;
         int sq_pending = d->sq_space(d->ring) < d->sq_entries;
@@ -597,6 +693,32 @@ pump_impl(Dispatcher *d, PyObject *arg)
             break;
         }
     }
+    *controlp = control;
+    *totalp = total;
+    *statep = state;
+    return 0;
+}
+
+/* pump(eventfd) -> (completions, control list or None, state)
+ *
+ * pump_core() for Python: eventfd >= 0 for a wake-up (the eventfd is read
+ * first), -1 for another round (a kick, a timer, after a control list). The
+ * caller handles the control list and calls pump(-1) again. */
+static PyObject *
+pump_impl(Dispatcher *d, PyObject *arg)
+{
+    long evfd = PyLong_AsLong(arg);
+    if (evfd == -1 && PyErr_Occurred())
+        return NULL;
+    if (!d->ring) {
+        PyErr_SetString(PyExc_RuntimeError, "pump: no ring bound");
+        return NULL;
+    }
+    PyObject *control;
+    unsigned long long total;
+    int state;
+    if (pump_core(d, evfd >= 0, (int)evfd, &control, &total, &state) < 0)
+        return NULL;
     PyObject *ret = Py_BuildValue("(KOi)", total, control ? control : Py_None, state);
     Py_XDECREF(control);
     return ret;
@@ -610,6 +732,170 @@ Dispatcher_pump(Dispatcher *d, PyObject *arg)
     PyObject *r = pump_impl(d, arg);
     d->busy = 0;
     return r;
+}
+
+/* Whether a wake-up that delivered only data still needs the engine's Python:
+ * connections starved of buffers can be re-armed (the engine says it has some;
+ * we see that buffers are back), or a connection stopped over its fair share
+ * came back under it (the engine has some; Area.take_back() has slots). */
+static inline int
+needs_slow_path(Dispatcher *d)
+{
+    Area *a = d->area;
+    return (d->revive_wanted && a->outstanding < a->nbufs) || (d->unthrottle_wanted && a->nback);
+}
+
+/* on_wake(): the loop's reader callback for the ring's eventfd, in C, so that a
+ * wake-up with nothing but data to deliver runs no Python frame of ours: it
+ * pumps (pump_core), flushes a NODEV refill ring (the kernel takes refills from
+ * it only when told), and returns. It calls the engine's slow path,
+ * slow_path(completions, control list or None, state), only when there is
+ * something to decide: a control list (ends of requests, errors, a sink's
+ * exception, notifications, over-share records), state BUSY (a kick to schedule)
+ * or PENDING (a timer to schedule, unless the engine has a pump coming already:
+ * recheck_pending), starved or throttled connections to bring back
+ * (needs_slow_path), a halt (the engine was closed from inside a callback: its
+ * deferred teardown runs in the slow path, after the pump has returned), or an
+ * error while halted. busy is clear while the slow path runs: it pumps again
+ * (pump(-1)) and may close the dispatcher.
+ *
+ * kick(): the same without a wake-up (no eventfd read), for the engine's kicks
+ * (requests queued) and timers.
+ *
+ * A call while a pump or the slow path is running (a callback re-entered the
+ * loop) does nothing: the outer one goes on. */
+static PyObject *
+wake_impl(Dispatcher *d, int wake)
+{
+    if (d->busy || d->in_slow || !d->ring || !d->area)
+        Py_RETURN_NONE;
+    PyObject *control;
+    unsigned long long total;
+    int state;
+    d->busy = 1;
+    int bad = pump_core(d, wake, wake ? d->evfd : -1, &control, &total, &state);
+    /* PENDING needs a timer, unless a pump is coming anyway */
+    int idle = state == PUMP_IDLE || (state == PUMP_PENDING && d->recheck_pending);
+    if (!bad && !control && idle && !d->halted && !needs_slow_path(d)) {
+        if (d->area->kind == KIND_ZCRX && d->area->nodev)
+            area_publish(d->area, 1);   /* the engine's _end_of_round, when it runs, does this */
+        d->busy = 0;
+        Py_RETURN_NONE;
+    }
+    d->busy = 0;
+    if (bad && !d->halted)
+        return NULL;            /* as the Python pump did: the error goes to the loop */
+    PyObject *cb = d->slow_path;
+    if (!cb) {
+        Py_XDECREF(control);
+        if (bad)
+            return NULL;
+        PyErr_SetString(PyExc_RuntimeError, "on_wake: no slow path set (set_slow_path)");
+        return NULL;
+    }
+    /* halted with an error: the teardown runs all the same, and the error is kept */
+    PyObject *etype = NULL, *evalue = NULL, *etb = NULL;
+    if (bad)
+        PyErr_Fetch(&etype, &evalue, &etb);
+    d->slow_calls++;
+    d->in_slow = 1;
+    Py_INCREF(cb);
+    PyObject *r = PyObject_CallFunction(cb, "KOi", total, control ? control : Py_None, state);
+    Py_DECREF(cb);
+    d->in_slow = 0;
+    Py_XDECREF(control);
+    if (bad) {
+        if (r) {
+            Py_DECREF(r);
+            PyErr_Restore(etype, evalue, etb);
+        } else {
+            /* the slow path's own error wins; the pump's is dropped with it */
+            Py_XDECREF(etype);
+            Py_XDECREF(evalue);
+            Py_XDECREF(etb);
+        }
+        return NULL;
+    }
+    if (!r)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Dispatcher_on_wake(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    Py_INCREF(d);   /* the slow path's teardown removes the loop's reader, and its reference */
+    PyObject *r = wake_impl(d, 1);
+    Py_DECREF(d);
+    return r;
+}
+
+static PyObject *
+Dispatcher_kick(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    Py_INCREF(d);
+    PyObject *r = wake_impl(d, 0);
+    Py_DECREF(d);
+    return r;
+}
+
+static PyObject *
+Dispatcher_set_slow_path(Dispatcher *d, PyObject *cb)
+{
+    if (cb != Py_None && !PyCallable_Check(cb)) {
+        PyErr_SetString(PyExc_TypeError, "set_slow_path: a callable or None");
+        return NULL;
+    }
+    Py_XSETREF(d->slow_path, cb == Py_None ? NULL : Py_NewRef(cb));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Dispatcher_set_eventfd_sqe(Dispatcher *d, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    d->evfd_sqe = on && d->prep_read && d->withdraw;
+    return PyBool_FromLong(d->evfd_sqe);
+}
+
+static PyObject *
+Dispatcher_get_pumping(Dispatcher *d, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(d->busy || d->in_slow);
+}
+
+/* revive_wanted / unthrottle_wanted / recheck_pending: flags the engine keeps
+ * (closure: which) */
+static int *
+flag_of(Dispatcher *d, void *closure)
+{
+    switch ((uintptr_t)closure) {
+    case 1:
+        return &d->unthrottle_wanted;
+    case 2:
+        return &d->recheck_pending;
+    default:
+        return &d->revive_wanted;
+    }
+}
+
+static PyObject *
+Dispatcher_get_flag(Dispatcher *d, void *closure)
+{
+    return PyBool_FromLong(*flag_of(d, closure));
+}
+
+static int
+Dispatcher_set_flag(Dispatcher *d, PyObject *v, void *closure)
+{
+    int on = v ? PyObject_IsTrue(v) : 0;
+    if (on < 0)
+        return -1;
+    *flag_of(d, closure) = on;
+    return 0;
 }
 
 /* halt(): see Dispatcher.halted. Safe from inside a sink. */
@@ -632,8 +918,10 @@ Dispatcher_close(Dispatcher *d, PyObject *Py_UNUSED(ignored))
     }
     d->halted = 1;
     d->ring = NULL;
+    d->evfd = -1;
     Py_CLEAR(d->slots);
     Py_CLEAR(d->ring_owner);
+    Py_CLEAR(d->slow_path);
     Py_CLEAR(d->area);
     Py_RETURN_NONE;
 }
@@ -669,6 +957,19 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
                                 "wakeups", d->wakeups, "idle_wakeups", d->idle_wakeups,
                                 "enters", d->enters, "reused_views", d->reused_views,
                                 "eventfd_paused", d->evfd_disabled_bit ? Py_True : Py_False);
+    if (s) {
+        PyObject *v = Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K}",
+                                    "eventfd_read", d->evfd_sqe ? "sqe" : "read(2)",
+                                    "eventfd_reads", d->evfd_syscalls,
+                                    "eventfd_sqe_reads", d->evfd_sqe_reads,
+                                    "eventfd_sqe_empty", d->evfd_sqe_empty,
+                                    "eventfd_sqe_withdrawn", d->evfd_withdrawn,
+                                    "eventfd_sqe_errors", d->evfd_sqe_errors,
+                                    "slow_path_calls", d->slow_calls);
+        if (!v || PyDict_Update(s, v) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(v);
+    }
     if (s && d->timing) {
         PyObject *v = Py_BuildValue("{s:K,s:K}", "dispatch_ns", d->dispatch_ns,
                                     "syscall_cpu_ns", d->area ? d->area->syscall_cpu_ns : 0ULL);
@@ -684,6 +985,7 @@ Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
 {
     Py_VISIT(d->slots);
     Py_VISIT(d->ring_owner);
+    Py_VISIT(d->slow_path);
     return 0;
 }
 
@@ -692,6 +994,7 @@ Dispatcher_clear(Dispatcher *d)
 {
     Py_CLEAR(d->slots);
     Py_CLEAR(d->ring_owner);
+    Py_CLEAR(d->slow_path);
     d->ring = NULL;
     return 0;
 }
@@ -702,6 +1005,7 @@ Dispatcher_dealloc(Dispatcher *d)
     PyObject_GC_UnTrack(d);
     Py_CLEAR(d->slots);
     Py_CLEAR(d->ring_owner);
+    Py_CLEAR(d->slow_path);
     Py_CLEAR(d->area);
     PyMem_Free(d->slot_counts);
     PyMem_Free(d->slot_gen);
@@ -714,6 +1018,11 @@ Dispatcher_dealloc(Dispatcher *d)
 static PyMethodDef Dispatcher_methods[] = {
     {"run", (PyCFunction)Dispatcher_run, METH_NOARGS, "drain the CQ and dispatch"},
     {"pump", (PyCFunction)Dispatcher_pump, METH_O, "pump(eventfd): one wake-up's enter/drain/publish rounds"},
+    {"on_wake", (PyCFunction)Dispatcher_on_wake, METH_NOARGS, "the loop's reader for the ring's eventfd: pump, and the slow path only when needed"},
+    {"kick", (PyCFunction)Dispatcher_kick, METH_NOARGS, "on_wake() without a wake-up: submit what was queued, pump, slow path when needed"},
+    {"set_slow_path", (PyCFunction)Dispatcher_set_slow_path, METH_O, "set_slow_path(callable(completions, control, state) or None)"},
+    {"bind_eventfd", (PyCFunction)(void (*)(void))Dispatcher_bind_eventfd, METH_VARARGS | METH_KEYWORDS, "give the pump the ring's eventfd and the read-SQE helpers"},
+    {"set_eventfd_sqe", (PyCFunction)Dispatcher_set_eventfd_sqe, METH_O, "benchmarks/tests: read the eventfd in the enter (default where the kernel can) or with read(2); returns whether the SQE read is in effect"},
     {"bind_ring", (PyCFunction)(void (*)(void))Dispatcher_bind_ring, METH_VARARGS | METH_KEYWORDS, "give pump() the ring"},
     {"set_view_reuse", (PyCFunction)Dispatcher_set_view_reuse, METH_O, "benchmarks/tests: reuse unobservable views (default on); returns whether it is in effect"},
     {"set_timing", (PyCFunction)Dispatcher_set_timing, METH_O, "benchmarks: time dispatching (stats()['dispatch_ns'])"},
@@ -723,6 +1032,20 @@ static PyMethodDef Dispatcher_methods[] = {
     {"halt", (PyCFunction)Dispatcher_halt, METH_NOARGS, "no more callbacks; every buffer goes straight back"},
     {"close", (PyCFunction)Dispatcher_close, METH_NOARGS, "drop slots, ring and area"},
     {"take_quiet", (PyCFunction)Dispatcher_take_quiet, METH_NOARGS, "slots with data last tick and none since; starts a new tick"},
+    {NULL},
+};
+
+static PyGetSetDef Dispatcher_getset[] = {
+    {"pumping", (getter)Dispatcher_get_pumping, NULL,
+     "inside pump()/run(), or inside on_wake()/kick() including the slow path they called", NULL},
+    {"revive_wanted", (getter)Dispatcher_get_flag, (setter)Dispatcher_set_flag,
+     "the engine has starved connections: on_wake calls the slow path once buffers are back", NULL},
+    {"unthrottle_wanted", (getter)Dispatcher_get_flag, (setter)Dispatcher_set_flag,
+     "the engine has connections over their share: on_wake calls the slow path when one came back under",
+     (void *)1},
+    {"recheck_pending", (getter)Dispatcher_get_flag, (setter)Dispatcher_set_flag,
+     "the engine will pump again soon (a kick or a recheck timer): on_wake needs no slow path for PENDING",
+     (void *)2},
     {NULL},
 };
 
@@ -737,6 +1060,7 @@ static PyTypeObject DispatcherType = {
     .tp_traverse = (traverseproc)Dispatcher_traverse,
     .tp_clear = (inquiry)Dispatcher_clear,
     .tp_methods = Dispatcher_methods,
+    .tp_getset = Dispatcher_getset,
     .tp_doc = "Drains a completion queue in C and hands data to per-slot callbacks.",
 };
 

@@ -56,12 +56,14 @@
 /* ---- opcodes: enum io_uring_op, IORING_OP_* ---- */
 #define AZX_OP_NOP               0           /* (5.1) */
 #define AZX_OP_ASYNC_CANCEL      14          /* (5.5) */
+#define AZX_OP_READ              22          /* (5.6) */
 #define AZX_OP_RECV              27          /* (5.6) */
 #define AZX_OP_RECV_ZC           58          /* (6.15) */
 
 /* ---- SQE flags and per-op flags ---- */
 #define AZX_SQE_BUFFER_SELECT (1U << 5)      /* IOSQE_BUFFER_SELECT (5.7) */
 #define AZX_RECV_MULTISHOT    (1U << 1)      /* IORING_RECV_MULTISHOT, in sqe->ioprio (6.0) */
+#define AZX_RWF_NOWAIT        0x00000008     /* RWF_NOWAIT (include/uapi/linux/fs.h), in sqe->rw_flags (4.14) */
 
 /* ---- CQE flags: IORING_CQE_F_*, IORING_CQE_BUFFER_SHIFT ---- */
 #define AZX_CQE_F_BUFFER          (1U << 0)  /* (5.7) */
@@ -90,6 +92,7 @@
 #define AZX_ZCRX_NOTIF_NO_BUFFERS (1U << 0)  /* zcrx notification types (7.2) */
 #define AZX_ZCRX_NOTIF_COPY       (1U << 1)  /* (7.2) */
 #define AZX_ZCRX_FEATURE_NOTIFICATION (1U << 1)  /* io_uring_query_zcrx.features (7.2) */
+#define AZX_ZCRX_NOTIF_DESC_FLAG_STATS (1U << 0)  /* zcrx_event_desc.flags: stats_offset is valid (7.2) */
 
 /* ---- memory regions: IORING_MEM_REGION_TYPE_* ---- */
 #define AZX_MEM_REGION_TYPE_USER  1          /* (6.13) */
@@ -160,8 +163,12 @@ struct azx_zcrx_ifq_reg {
     uint64_t resv[2];
 };
 
-/* struct zcrx_notification_desc (7.2) */
+/* struct zcrx_notification_desc (7.2; the kernel's zcrx_event_desc) */
 struct azx_zcrx_notif_desc { uint64_t user_data; uint32_t type_mask, flags; uint64_t stats_offset, resv2[9]; };
+
+/* struct zcrx_stats (7.2): the statistics the kernel keeps, at stats_offset in the
+ * refill region; cumulative, written by the kernel as it copies (copy fallback) */
+struct azx_zcrx_stats { uint64_t copy_count, copy_bytes; };
 
 /* struct io_uring_zcrx_ctrl (6.19): u is the per-op union */
 struct azx_zcrx_ctrl { uint32_t zcrx_id, op; uint64_t resv[2]; uint64_t u[6]; };
@@ -205,6 +212,8 @@ _Static_assert(offsetof(struct azx_zcrx_ifq_reg, offsets) == 32, "ifq_reg.offset
 _Static_assert(offsetof(struct azx_zcrx_ifq_reg, zcrx_id) == 64, "ifq_reg.zcrx_id");
 _Static_assert(offsetof(struct azx_zcrx_ifq_reg, notif_desc) == 72, "ifq_reg.notif_desc");
 _Static_assert(sizeof(struct azx_zcrx_notif_desc) == 96, "notif_desc");
+_Static_assert(offsetof(struct azx_zcrx_notif_desc, stats_offset) == 16, "notif_desc.stats_offset");
+_Static_assert(sizeof(struct azx_zcrx_stats) == 16, "zcrx_stats");
 _Static_assert(sizeof(struct azx_zcrx_ctrl) == 72, "ctrl");
 _Static_assert(offsetof(struct azx_zcrx_ctrl, u) == 24, "ctrl.u");
 _Static_assert(sizeof(struct azx_query_hdr) == 40, "query_hdr");

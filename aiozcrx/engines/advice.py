@@ -10,7 +10,7 @@ import errno
 import os
 import resource
 
-from ..errors import EngineUnavailable, UringUnavailable, ZcrxUnavailable
+from ..errors import EngineUnavailable, UringUnavailable, ZcrxDeviceRemoved, ZcrxUnavailable
 
 KNOWN_ZCRX_DRIVERS = ("bnxt_en", "mlx5_core", "gve", "fbnic")
 
@@ -97,3 +97,16 @@ def area_error(engine: str, config, e: OSError, cls: type = EngineUnavailable) -
         cause = f"cannot map a {config.area_size}-byte area: {os.strerror(e.errno)}"
         fix = "pass a smaller area_size"
     return cls(engine, e.errno or errno.ENOMEM, cause, fix)
+
+
+def device_removed(engine: str, interface: str, queue: int, ifindex: int) -> ZcrxDeviceRemoved:
+    """The interface of a bound zcrx queue went away (engines/linkwatch.py)."""
+    return ZcrxDeviceRemoved(
+        engine, errno.ENODEV,
+        f"network interface {interface} (ifindex {ifindex}) was removed while its RX queue "
+        f"{queue} was bound to this Receiver (device deleted or unplugged, driver unbound, or "
+        f"moved to another network namespace): nothing more arrives on its connections",
+        f"close this Receiver; once {interface} is back, set it up again (`aiozcrx nic setup "
+        f"--interface {interface} --queue {queue}`) and open a new Receiver, or use "
+        f"engine='auto', which falls back to another engine meanwhile",
+        interface=interface, queue=queue)

@@ -1,16 +1,21 @@
 """Shared mechanics of the io_uring engines: the ring, the eventfd reader, the C
 dispatcher, per-connection records, and the watches that keep requests moving.
 
-One pump round (``_pump``), from the loop's reader on the ring's eventfd:
-  1. ``Dispatcher.pump`` (C): read the eventfd, io_uring_enter (submit + run the
-     deferred task work), drain the CQ -- each data completion for a live
-     connection of the right generation becomes ``sink(view)`` -- publish
-     refills; again while the kernel flags more work.
-  2. Whatever is not plain data (ends of requests, errors, exceptions raised by
-     a sink, notifications) comes back as a control list; ``_handle`` applies
-     ``decide()`` to each and tells the transport through ``ReadEvents``.
-  3. Connections that stopped for want of buffers are re-armed once buffers
-     are back.
+One pump round, from the loop's reader on the ring's eventfd, which is the C
+dispatcher's ``on_wake`` itself (no Python frame of ours when only data came),
+or from a kick or a timer (``_pump``: ``Dispatcher.kick``, the same without
+reading the eventfd):
+  1. ``Dispatcher.on_wake`` (C): io_uring_enter (the eventfd's read rides in it
+     as an SQE; submit + run the deferred task work), drain the CQ -- each data
+     completion for a live connection of the right generation becomes
+     ``sink(view)`` -- publish refills; again while the kernel flags more work.
+  2. Only when something needs deciding does it call the slow path
+     (``_after_pump``): whatever is not plain data (ends of requests, errors,
+     exceptions raised by a sink, notifications) comes back as a control list;
+     ``_handle`` applies ``decide()`` to each and tells the transport through
+     ``ReadEvents``.
+  3. Connections that stopped for want of buffers (``Dispatcher.revive_wanted``)
+     or over their share are re-armed once buffers are back.
 A teardown asked for from inside any of this (``Receiver.close()`` in
 ``data_received``) halts the dispatcher and runs once the pump has returned.
 """
@@ -42,7 +47,6 @@ class RingEngine(Engine):
         self._closed_conns: dict[int, Conn] = {}  # forgotten by close() inside a pump round
         self._scheduled = False
         self._reader_added = False
-        self._pumping = False
         self._close_pending = False
         self._tw_timer = None
         self._reset_timer = None
@@ -57,10 +61,11 @@ class RingEngine(Engine):
     def _start_loop(self, loop) -> None:
         self.loop = loop
         self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)
+        self.dispatcher.set_slow_path(self._after_pump)
         if not self.config.copy and getattr(self, "shared_from", None) is None:
             unit = self.area.stats()["buffer_size"]
             self.area.set_share(self.share_buffers(unit), self.ring.eventfd)
-        loop.add_reader(self.ring.eventfd, self._on_wake)
+        loop.add_reader(self.ring.eventfd, self.dispatcher.on_wake)
         self._reader_added = True
 
     # ------------------------------------------------------------- teardown
@@ -68,7 +73,8 @@ class RingEngine(Engine):
         if self.closed:
             return
         self.closed = True
-        if self._pumping:
+        pumping = self._in_pump()
+        if pumping:
             # the round's records may still carry a callback's exception for them
             self._closed_conns = dict(self.conns)
         for conn in list(self.conns.values()):
@@ -76,10 +82,16 @@ class RingEngine(Engine):
         self.starved.clear()
         if self.dispatcher is not None:
             self.dispatcher.halt()  # the pump (if running) stops after this callback
-        if self._pumping:
-            self._close_pending = True  # finished by _pump once the C pump returned
+        if pumping:
+            # finished once the C pump returned: by the slow path it then calls
+            # (on_wake), or by _pump
+            self._close_pending = True
             return
         self._teardown()
+
+    def _in_pump(self) -> bool:
+        """Inside a pump round: a callback the C pump made, or the slow path."""
+        return self.dispatcher is not None and self.dispatcher.pumping
 
     def _teardown(self) -> None:
         self._close_pending = False
@@ -193,6 +205,7 @@ class RingEngine(Engine):
 
     def _starve(self, conn: Conn) -> None:
         self.starved.add(conn)
+        self.dispatcher.revive_wanted = True  # on_wake comes to _after_pump once buffers are back
         self.stats["starved"] += 1
         self.area.set_wake(self.ring.eventfd, True)
         self.area.publish(True)
@@ -202,6 +215,13 @@ class RingEngine(Engine):
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self._process)
+            self._recheck_sync()
+
+    def _recheck_sync(self) -> None:
+        # a pump is coming (a kick, the recheck timer): on_wake then leaves a
+        # PENDING round to it instead of calling the slow path to set a timer
+        if self.dispatcher is not None:
+            self.dispatcher.recheck_pending = self._scheduled or self._tw_timer is not None
 
     # -- connections reset with data still queued --
     # A multishot RECV that drains the last queued bytes of a socket the peer has
@@ -247,34 +267,35 @@ class RingEngine(Engine):
             self._reset_timer = self.loop.call_later(self.RESET_TICK, self._reset_watch)
 
     # ---------------------------------------------------------- the loop side
-    def _on_wake(self) -> None:
-        self._pump(self.ring.eventfd)
+    # The loop's reader is Dispatcher.on_wake (C); see the module docstring.
 
     def _process(self) -> None:
         self._scheduled = False
         if not self.closed:
-            self._pump(-1)
+            self._recheck_sync()
+            self._pump()
 
     CONTROL_ROUNDS = 64
     TW_RECHECK = 0.01
 
-    def _pump(self, eventfd: int) -> None:
-        """One wake-up: the C dispatcher submits, runs task work, dispatches and
-        refills (``Dispatcher.pump``); Python decides only what it hands back
-        (ends of requests, errors, notifications) and what to re-arm."""
-        if self._pumping:  # a callback re-entered the loop's reader: let the outer pump finish
-            return
-        self._pumping = True
+    def _pump(self) -> None:
+        """A round started from Python (a kick, a timer): ``Dispatcher.kick``
+        submits what was queued, runs task work, dispatches and refills, and
+        comes to the slow path as on_wake does."""
+        self.dispatcher.kick()  # does nothing inside a round: the outer one goes on
+
+    def _after_pump(self, _n: int, control, state: int) -> None:
+        """The slow path: the C dispatcher (on_wake, kick) calls it, after its
+        pump has returned, when that pump left something to decide (see
+        wake_impl in aiozcrx/_c/dispatch.c)."""
         try:
-            self._pump_rounds(eventfd)
+            self._pump_rounds(control, state)
         finally:
-            self._pumping = False
             if self._close_pending:
                 self._teardown()
 
-    def _pump_rounds(self, eventfd: int) -> None:
+    def _pump_rounds(self, control, state: int) -> None:
         pump = self.dispatcher.pump
-        _n, control, state = pump(eventfd)
         rounds = 0
         while control is not None:
             self._handle(control)
@@ -299,7 +320,11 @@ class RingEngine(Engine):
             # The kernel flags queued task work that an enter did not find (the
             # flag can lag): look again soon. A timer, never a busy loop.
             self._tw_timer = self.loop.call_later(self.TW_RECHECK, self._tw_recheck)
+            self._recheck_sync()
         self._end_of_round()
+        # on_wake calls the slow path for these only while there are any
+        self.dispatcher.revive_wanted = bool(self.starved)
+        self.dispatcher.unthrottle_wanted = bool(self.throttled)
 
     # -- fair share --
     # A connection whose views hold its share of the area (Config.held_limit)
@@ -311,6 +336,7 @@ class RingEngine(Engine):
             return
         conn.throttled = True
         self.throttled.add(conn)
+        self.dispatcher.unthrottle_wanted = True  # on_wake comes to _after_pump when it is back under
         self.stats["share_stops"] = self.stats.get("share_stops", 0) + 1
         unit = self.area.stats()["buffer_size"]
         conn.events._over_share(held * unit, self.share_buffers(unit) * unit)
@@ -330,7 +356,7 @@ class RingEngine(Engine):
 
     def _tw_recheck(self) -> None:
         self._tw_timer = None
-        self._process()
+        self._process()  # _recheck_sync() there
 
     def _end_of_round(self) -> None:
         pass

@@ -10,13 +10,35 @@ import os
 import socket
 import struct
 import termios
+import time
 import warnings
 
 from .. import _ring
 from .._ring import UD_NOTIF, user_data
 from ..errors import ZcrxUnavailable
-from .advice import area_error, zcrx_error
+from .advice import area_error, device_removed, zcrx_error
+from .linkwatch import LinkWatch, interface_exists
 from .ring import RingEngine
+
+
+# NIC queues this process has registered: (ifindex, queue) -> None while a ring of
+# ours holds it, else when (time.monotonic()) that ring was closed. Tells an
+# EEXIST that is only our own unbinding still under way (see _wait_released).
+_HELD = None
+_our_queues: dict[tuple[int, int], float | None] = {}
+
+
+def _queue_bound(ifname: str, queue: int) -> bool | None:
+    """Whether RX ``queue`` of ``ifname`` has an io_uring memory provider (the
+    netdev family's QUEUE_GET ``io-uring`` attribute, 6.15+); None if the kernel
+    cannot tell. (The netlink code lives with the tools, which need no compiled
+    core; imported here only on this error path.)"""
+    from ..tools import ethtool  # noqa: PLC0415
+    try:
+        queues = ethtool.netdev_queues(ifname)
+    except OSError:
+        return None
+    return any(q["type"] == "rx" and q["id"] == queue and q["io_uring"] for q in queues)
 
 
 def _ioctl_inq(fd: int) -> int:
@@ -44,6 +66,11 @@ class ZcrxEngine(RingEngine):
         self._quiet_ticks = 0
         self._kick_pending = False
         self._copy_warned = False
+        self._kstats: _ring.ZcrxStats | None = None  # the kernel's copy counters (7.2)
+        # the NIC queue's device: watched for removal (see _watch_link)
+        self._link: LinkWatch | None = None
+        self._link_target: tuple[int, str, int] | None = None  # (ifindex, name, queue)
+        self.device_gone = False  # the device was removed (see _device_removed)
 
     def open(self, loop) -> None:
         if self.share_with is not None:
@@ -63,13 +90,10 @@ class ZcrxEngine(RingEngine):
         if_idx = 0 if self.nodev else socket.if_nametoindex(cfg.interface)
         rxq = 0 if self.nodev else cfg.queue
         notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
-        err = self._try_register(mapping, if_idx, rxq, notif_mask)
-        if err is not None and notif_mask and err.errno == errno.EINVAL:
-            # kernels before 7.2 reject the notification descriptor: go without
-            err = self._try_register(mapping, if_idx, rxq, 0)
-            self.stats["notifications"] = "unsupported"
-        elif err is None and notif_mask:
-            self.stats["notifications"] = "on"
+        err = self._register(mapping, if_idx, rxq, notif_mask)
+        if err is not None and err.errno == errno.EEXIST and not self.nodev \
+                and self._wait_released(cfg.interface, if_idx, rxq):
+            err = self._register(mapping, if_idx, rxq, notif_mask)
         if err is not None:
             self.area.close()
             self.area = None  # last reference: the area is unmapped here
@@ -77,7 +101,11 @@ class ZcrxEngine(RingEngine):
             self.ring = None
             raise zcrx_error(self.name, cfg, err, nodev=self.nodev)
         self.zcrx_id = self.info.zcrx_id
+        self._kstats = self.info.stats
         self._start_loop(loop)
+        if not self.nodev:
+            _our_queues[(if_idx, rxq)] = _HELD
+            self._watch_link(loop, (if_idx, cfg.interface, cfg.queue))
 
     def _open_imported(self, loop, source: "ZcrxEngine") -> None:
         """Receives through another ring's zcrx instance (ZCRX_CTRL_EXPORT, then
@@ -104,10 +132,58 @@ class ZcrxEngine(RingEngine):
         source.area.add_user()  # the area closes when both rings are done with it
         self.area = source.area
         self.info = source.info
+        self._kstats = source._kstats.twin() if source._kstats is not None else None
         self.stats["imported"] = True
         self._start_loop(loop)
+        if source._link_target is not None:
+            self._watch_link(loop, source._link_target)  # the same queue: the same device
 
-    def _try_register(self, mapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
+    def _register(self, mapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
+        # the notification descriptor also asks for the kernel's statistics (7.2)
+        err = self._try_register(mapping, if_idx, rxq, notif_mask, stats=True)
+        if err is not None and err.errno == errno.EINVAL:
+            # kernels before 7.2 reject the notification descriptor: go without
+            err = self._try_register(mapping, if_idx, rxq, 0, stats=False)
+            if notif_mask:
+                self.stats["notifications"] = "unsupported"
+        elif err is None and notif_mask:
+            self.stats["notifications"] = "on"
+        return err
+
+    # -- a queue whose last user just closed --
+    # The kernel unbinds a NIC queue in the closed ring's exit work
+    # (io_ring_exit_work, on a kernel worker), a moment after the ring's fd is
+    # closed: registering the queue again right after a Receiver on it closed
+    # meets EEXIST. On EEXIST, if the queue's binding is io_uring's (netdev
+    # QUEUE_GET) and no ring of this process holds it, wait for the attribute to
+    # go, then register again: up to RELEASE_WAIT_OURS after a ring of this
+    # process closed it, RELEASE_WAIT_OTHER otherwise (another process that just
+    # exited; one still running keeps it, and the wait ends in EEXIST). A queue
+    # held by a live Receiver of this process fails at once.
+    RELEASE_WAIT_OURS = 5.0
+    RELEASE_WAIT_OTHER = 1.0
+    RELEASE_POLL = 0.005
+
+    def _wait_released(self, ifname: str, if_idx: int, rxq: int) -> bool:
+        closed_at = _our_queues.get((if_idx, rxq), -1.0)
+        if closed_at is _HELD or _queue_bound(ifname, rxq) is not True:
+            return False  # ours and open, or not io_uring's binding (XDP, devmem), or unknown
+        t0 = time.monotonic()
+        recent = closed_at >= 0 and t0 - closed_at < 60
+        deadline = t0 + (self.RELEASE_WAIT_OURS if recent else self.RELEASE_WAIT_OTHER)
+        while time.monotonic() < deadline:
+            self._release_pause(self.RELEASE_POLL)
+            if _queue_bound(ifname, rxq) is False:
+                self.stats["release_waits"] = self.stats.get("release_waits", 0) + 1
+                return True
+        return False
+
+    @staticmethod
+    def _release_pause(seconds: float) -> None:
+        time.sleep(seconds)  # between two looks at the queue (a seam for the tests)
+
+    def _try_register(self, mapping, if_idx: int, rxq: int, notif_mask: int, *,
+                      stats: bool) -> OSError | None:
         """Registers; returns the kernel's refusal instead of raising it, with its
         traceback dropped: those frames hold the Area, and a caller keeping the
         exception must not keep the area mapped."""
@@ -116,7 +192,7 @@ class ZcrxEngine(RingEngine):
             self.info = _ring.register_zcrx(
                 self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.rq_entries,
                 nodev=self.nodev, kernel_region=cfg.kernel_region,
-                notif_ud=user_data(UD_NOTIF, 0, 0), notif_mask=notif_mask)
+                notif_ud=user_data(UD_NOTIF, 0, 0), notif_mask=notif_mask, stats=stats)
         except OSError as e:
             e.__traceback__ = None
             return e
@@ -168,6 +244,8 @@ class ZcrxEngine(RingEngine):
         return kicked
 
     def attach(self, fd: int, events):
+        if self.device_gone:
+            raise device_removed(self.name, *self._device_words())
         conn = super().attach(fd, events)
         if not self.nodev:
             # On a NIC queue, what waits in a socket's receive queue sits in our
@@ -270,6 +348,69 @@ class ZcrxEngine(RingEngine):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        self._unwatch_link()
+
+    def _teardown(self) -> None:
+        held = self.ring is not None and self.shared_from is None and self._link_target
+        super()._teardown()  # its last stats() snapshot read the kernel's counters
+        if self._kstats is not None:
+            self._kstats.close()  # the region may be unmapped from now on
+        if held:
+            # the kernel unbinds the queue in the ring's exit work, shortly
+            ifindex, _name, queue = self._link_target
+            _our_queues[(ifindex, queue)] = time.monotonic()
+
+    # -- the NIC's device going away --
+    # The kernel unbinds a queue whose device is removed without telling io_uring:
+    # armed requests stay armed and the sockets open, and the connections just
+    # stop. So the engine watches the device (rtnetlink link notifications, see
+    # linkwatch.py) and ends every connection with connection_lost(ZcrxDeviceRemoved)
+    # naming the interface and the fix; wrap() then raises it, stats() says
+    # "device_removed". The ring and the area are released by close() as usual.
+    def _watch_link(self, loop, target: tuple[int, str, int]) -> None:
+        self._link_target = target
+        try:
+            self._link = LinkWatch(target[0])
+        except OSError as e:
+            self.stats["device_watch"] = f"unavailable: {e.strerror}"
+            return
+        loop.add_reader(self._link.fileno(), self._on_link)
+        if not interface_exists(target[0]):  # removed before we subscribed
+            loop.call_soon(self._device_removed)
+
+    def _unwatch_link(self) -> None:
+        if self._link is not None:
+            self.loop.remove_reader(self._link.fileno())
+            self._link.close()
+            self._link = None
+
+    def _on_link(self) -> None:
+        try:
+            gone = self._link is not None and self._link.gone()
+        except OSError as e:  # the watch itself broke: stop watching, say so
+            self.stats["device_watch"] = f"failed: {e.strerror}"
+            self._unwatch_link()
+            return
+        if gone:
+            self._device_removed()
+
+    def _device_words(self) -> tuple[str, int, int]:
+        ifindex, name, queue = self._link_target
+        return name, queue, ifindex
+
+    def _device_removed(self) -> None:
+        if self.closed or self.device_gone:
+            return
+        self.device_gone = True
+        self.stats["device_removed"] = self._link_target[1]
+        self._unwatch_link()
+        for conn in list(self.conns.values()):
+            if conn.detached:
+                continue
+            conn.wanted = False
+            # a new exception per connection: each may be raised (and get a
+            # traceback) on its own, e.g. by a stream's read()
+            conn.events._read_error(device_removed(self.name, *self._device_words()))
 
     def export(self) -> int:
         return _ring.zcrx_export(self.ring, self.zcrx_id)
@@ -278,5 +419,10 @@ class ZcrxEngine(RingEngine):
         i = self.info
         if i is None:
             return {}
-        return {"zcrx_id": self.zcrx_id, "rq_entries": i.rq_entries, "rx_buf_len": i.rx_buf_len,
-                "nodev": i.nodev}
+        d = {"zcrx_id": self.zcrx_id, "rq_entries": i.rq_entries, "rx_buf_len": i.rx_buf_len,
+             "nodev": i.nodev}
+        if self._kstats is not None and self.ring is not None:
+            # the kernel's own count of what it copied instead of placing (7.2):
+            # all of NODEV; on a NIC queue, flows not steered to it
+            d["kernel_copy_count"], d["kernel_copy_bytes"] = self._kstats.read()
+        return d

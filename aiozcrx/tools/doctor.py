@@ -15,6 +15,13 @@ no FAIL, and the core probe says zcrx works.
 Facts are gathered first (``gather_*``), then judged by pure functions
 (``system_checks``, ``interface_checks``), so the judgement is tested without
 the machine it judges.
+
+A fix is only suggested where this run found nothing that rules it out: once the
+NIC is found unable to host zcrx (no queue API, no header/data split, no flow
+steering, a single queue), configuration commands (``ethtool``, ``aiozcrx nic
+setup``) are not offered for it, and the other engines are suggested only where
+the probes found them working (``engine='zcrx-copy'`` needs NODEV, ``'uring'`` a
+usable io_uring).
 """
 from __future__ import annotations
 
@@ -287,8 +294,22 @@ def trial_errno(trial: tuple[bool, str] | None) -> str | None:
     return trial[1].split(":", 1)[0].strip() or None
 
 
+def other_engines(nodev: bool | None, io_uring: bool | None) -> str:
+    """The engines to use instead of a NIC queue, as far as this run found them
+    working: ``zcrx-copy`` only where the probe found NODEV, ``uring`` unless the
+    probe found io_uring unusable (None: not probed)."""
+    names = []
+    if nodev:
+        names.append("'zcrx-copy'")
+    if io_uring is not False:
+        names.append("'uring'")
+    if not names:
+        return "engine='socket' (engine='auto' falls back to it)"
+    return "engine=" + " / ".join(names)
+
+
 def _driver_check(st: _nic.NicState, queue: int | None,
-                  trial: tuple[bool, str] | None) -> Check:
+                  trial: tuple[bool, str] | None, alternatives: str = "engine='uring'") -> Check:
     """Whether the queue can take a memory provider: the kernel's answer to a trial
     registration where there is one; the list of known drivers is only a hint."""
     I = "interface"
@@ -296,8 +317,7 @@ def _driver_check(st: _nic.NicState, queue: int | None,
     where = f"{drv} (from {st.driver_source})"
     hint = (f"a known zcrx driver ({_nic.KNOWN_ZCRX_DRIVERS[drv]})" if st.known_zcrx_driver
             else f"not one of the drivers known to support zcrx ({', '.join(sorted(KNOWN))})")
-    no_api_fix = "use a NIC whose driver has the queue API (bnxt, mlx5, gve, fbnic), " \
-                 "or engine='zcrx-copy' / 'uring'"
+    no_api_fix = f"use a NIC whose driver has the queue API (bnxt, mlx5, gve, fbnic), or {alternatives}"
     err = trial_errno(trial)
     if trial is not None and trial[0]:
         return Check(I, "driver", PASS, f"{where}: a trial zcrx registration on queue {queue} "
@@ -326,12 +346,15 @@ def _driver_check(st: _nic.NicState, queue: int | None,
 
 def interface_checks(st: _nic.NicState, queue: int | None, port: int | None,
                      flow_type: str = "tcp6", release: str = "",
-                     trial: tuple[bool, str] | None = None) -> list[Check]:
+                     trial: tuple[bool, str] | None = None, *,
+                     nodev: bool | None = None, io_uring: bool | None = None) -> list[Check]:
     """Judge a NIC snapshot for zcrx on ``queue`` (and ``port``'s steering).
 
     ``trial``: ``(ok, why)`` of a trial zcrx registration on (interface, queue)
     by the core, where it ran: the kernel's own answer, which overrides what the
-    driver's name and its reported settings suggest."""
+    driver's name and its reported settings suggest. ``nodev`` / ``io_uring``:
+    whether the core probe found ZCRX_REG_NODEV / a usable io_uring (None: not
+    probed); only engines found working are suggested instead of the NIC."""
     I = "interface"
     ifn = st.ifname
     out: list[Check] = []
@@ -340,7 +363,8 @@ def interface_checks(st: _nic.NicState, queue: int | None, port: int | None,
                          "ip -br link  # pick an existing interface"))
         return out
 
-    out.append(_driver_check(st, queue, trial))
+    alternatives = other_engines(nodev, io_uring)
+    out.append(_driver_check(st, queue, trial, alternatives))
 
     n = st.rx_queues
     ch = st.channels
@@ -357,8 +381,16 @@ def interface_checks(st: _nic.NicState, queue: int | None, port: int | None,
     else:
         need = max(queue + 1, 2)
         mx = st.rx_queues_max
-        fix = (f"ethtool -L {ifn} {kind} {need}" if mx is None or need <= mx else
-               f"pick a queue of at most {mx - 1}" if mx and mx >= 2 else "this NIC has one queue")
+        if not ch:
+            # the driver reports no channels: ethtool -L cannot change them either
+            fix = (f"pick a queue of at most {n - 1} (the driver cannot change its "
+                   f"channel count)" if n and n >= 2 else
+                   f"this NIC has one RX queue: use another NIC, or {alternatives}")
+        elif mx is None or need <= mx:
+            fix = f"ethtool -L {ifn} {kind} {need}"
+        else:
+            fix = (f"pick a queue of at most {mx - 1}" if mx and mx >= 2 else
+                   f"this NIC has one RX queue: use another NIC, or {alternatives}")
         out.append(Check(I, q_label, FAIL,
                          f"queue {queue} needs {need} RX queues, {ifn} has {n}; {ch_text}", fix))
 
@@ -454,7 +486,41 @@ def interface_checks(st: _nic.NicState, queue: int | None, port: int | None,
                              f"action {queue}"))
 
     out.append(_binding_check(st, queue, release))
+    return _without_moot_fixes(out, ifn, _blockers(st, out, trial))
+
+
+def _blockers(st: _nic.NicState, checks: list[Check],
+              trial: tuple[bool, str] | None) -> list[str]:
+    """What this run found that no setting of the NIC can change: with any of
+    these, configuring it for zcrx (ethtool, `aiozcrx nic setup`) cannot help."""
+    out = []
+    if trial_errno(trial) == "EOPNOTSUPP":
+        out.append(f"{st.ifname} has no queue API (the kernel answered EOPNOTSUPP)")
+    rings = st.rings
+    if rings is None or rings.get("tcp_data_split") is None:
+        out.append(f"{st.ifname} cannot split headers from payload (no tcp-data-split)")
+    if st.ntuple_active is False and st.ntuple_changeable is False:
+        out.append(f"{st.ifname} has no flow steering (ntuple fixed off)")
+    n, mx = st.rx_queues, st.rx_queues_max
+    if n is not None and n < 2 and (not st.channels or mx is None or mx < 2):
+        out.append(f"{st.ifname} has a single RX queue")
     return out
+
+
+def _is_nic_config(fix: str) -> bool:
+    return fix.startswith("ethtool ") or "aiozcrx nic setup" in fix
+
+
+def _without_moot_fixes(checks: list[Check], ifn: str, blockers: list[str]) -> list[Check]:
+    """Where the NIC cannot host zcrx at all, the configuration commands of the
+    other checks would change settings for nothing: they are replaced by why."""
+    if not blockers:
+        return checks
+    why = f"none on {ifn}: " + "; ".join(blockers)
+    for c in checks:
+        if c.status != PASS and c.fix and _is_nic_config(c.fix):
+            c.fix = why
+    return checks
 
 
 KNOWN = _nic.KNOWN_ZCRX_DRIVERS
@@ -535,6 +601,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def found_engines(core: dict) -> tuple[bool | None, bool | None]:
+    """(NODEV works, io_uring works) as the core probe found them; None where it
+    could not look."""
+    if not core.get("available"):
+        return None, None
+    kr = core.get("kernel") or {}
+    nodev = kr.get("zcrx_nodev")
+    for entry in core.get("tried") or []:
+        if entry and entry[0] == "zcrx-copy":
+            nodev = bool(entry[1])
+    return (None if nodev is None else bool(nodev),
+            None if kr.get("io_uring") is None else bool(kr.get("io_uring")))
+
+
 def run(interface: str | None, queue: int | None, port: int | None,
         flow_type: str = "tcp6") -> dict:
     sysf = gather_system()
@@ -550,7 +630,9 @@ def run(interface: str | None, queue: int | None, port: int | None,
         for entry in core.get("tried") or []:
             if queue is not None and entry and entry[0] == "zcrx":
                 trial = (bool(entry[1]), str(entry[2]))
-        checks += interface_checks(state, queue, port, flow_type, sysf["release"], trial)
+        nodev, io_uring = found_engines(core)
+        checks += interface_checks(state, queue, port, flow_type, sysf["release"], trial,
+                                   nodev=nodev, io_uring=io_uring)
     eng_lines, zcrx_ok = engine_section(core, interface, queue)
     fails = [c for c in checks if c.status == FAIL]
     ok = zcrx_ok and not fails and interface is not None and queue is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+from typing import Any
 
 from .doctor import read_int  # doctor stays importable without the compiled core
 
@@ -22,12 +23,12 @@ def load_core() -> None:
     from .. import _ring, config, engines, receiver  # noqa: F401, PLC0415 - the compiled core
 
 
-def kernel_report() -> dict:
+def kernel_report() -> dict[str, Any]:
     """Kernel release and io_uring/zcrx capabilities, each probed for real."""
     from .. import _ring  # noqa: PLC0415 - the compiled core, lazily
     from ..errors import errno_name  # noqa: PLC0415
 
-    rep: dict = {
+    rep: dict[str, Any] = {
         "release": platform.release(),
         "io_uring_disabled": read_int("/proc/sys/kernel/io_uring_disabled"),
         "io_uring": False,
@@ -38,7 +39,7 @@ def kernel_report() -> dict:
     try:
         ring = _ring.Ring(cq_entries=64, cqe32=True)
     except OSError as e:
-        rep["reason"] = f"io_uring_setup: {errno_name(e.errno)}: {e.strerror}"
+        rep["reason"] = f"io_uring_setup: {errno_name(e.errno or 0)}: {e.strerror}"
         return rep
     rep["io_uring"] = True
     rep["recv_zc_opcode"] = ring.supports_op(_ring.OP_RECV_ZC)
@@ -55,8 +56,8 @@ def choose_engine(interface: str | None = None, queue: int | None = None,
 
     Each engine is really opened (ring, area, registration) and closed again.
     """
-    from .. import engines as _engines  # noqa: PLC0415 - the compiled core, lazily
-    from ..config import Config  # noqa: PLC0415
+    from ..config import Config  # noqa: PLC0415 - the compiled core, lazily
+    from ..receiver import open_engine  # noqa: PLC0415
 
     # the same Config, validation and "auto" loop as a Receiver; a small area and
     # rings, no notifications: this only asks what would open
@@ -64,7 +65,7 @@ def choose_engine(interface: str | None = None, queue: int | None = None,
                  rq_entries=1024, cq_entries=1024, notifications=False).validate()
     loop = asyncio.new_event_loop()
     try:
-        eng, tried = _engines.open_engine(cfg, loop)
+        eng, tried = open_engine(cfg, loop)
         eng.close()
         return eng.name, tried
     finally:

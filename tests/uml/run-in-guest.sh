@@ -2,8 +2,8 @@
 # run-in-guest.sh -- run a command inside a Linux 7.x guest kernel that supports
 # io_uring zero-copy receive (zcrx, ZCRX_REG_NODEV), on a host whose kernel does not.
 #
-#   tests/uml/run-in-guest.sh [--kernel custom|debian] [--nic] --check
-#   tests/uml/run-in-guest.sh [--kernel custom|debian] [--nic [--nic-queues N]]
+#   tests/uml/run-in-guest.sh [--nic] --check
+#   tests/uml/run-in-guest.sh [--nic [--nic-queues N]]
 #                             [--timeout S] [--mem SIZE] [--rw DIR]... [--log FILE] -- COMMAND...
 #
 # Exit status: the guest command's; 124 time limit hit; 125 the guest produced no exit
@@ -14,21 +14,16 @@
 # * The guest kernel is User-Mode Linux (UML): Linux built as an ordinary host program,
 #   so no hypervisor is needed (this host's /dev/kvm cannot run stock kernels, and its
 #   own 6.18 kernel cannot register a zcrx instance).
-# * --kernel custom (the default): the project's own build (build-kernel.sh beside this
-#   file): Debian sid's linux-source-7.2 with a netdevsim extension that can host zcrx
-#   on a simulated NIC queue (netdevsim-zcrx.patch). Built once (minutes), then cached.
-# * --kernel debian: Debian sid's `user-mode-linux` package (no netdevsim, no DMA: zcrx
-#   in NODEV copy mode only).
-# * Both come from Debian's archive with `apt-get download` under a private apt
-#   configuration that only knows Debian sid (sid-apt.sh; the mirror is the host's own),
-#   unpacked with `dpkg -x`: nothing from sid is installed on the host, and the host's
-#   apt sources and state are never touched.
-# * The Debian UML binary wants glibc >= 2.38 and Debian 12 has 2.36, so sid's libc6 is
-#   unpacked beside it and patchelf points the binary's ELF interpreter and RUNPATH at
-#   it. (Running it through sid's ld.so instead does not work: UML re-executes
-#   /proc/self/exe.) The custom kernel is built against the host's own glibc.
+# * The kernel is the project's own build (build-kernel.sh beside this file): Debian
+#   sid's linux-source-7.2 with a netdevsim extension that can host zcrx on a simulated
+#   NIC queue (netdevsim-zcrx.patch), with everything the guest needs built in (no
+#   modules). Built once (minutes) against the host's own glibc, then cached.
+# * Its source comes from Debian's archive with `apt-get download` under a private apt
+#   configuration that only knows Debian sid (sid-apt.sh; the mirror is the host's own):
+#   nothing from sid is installed on the host, and the host's apt sources and state are
+#   never touched.
 # * --nic: the guest gets a linked pair of netdevsim NICs, the peer in a network
-#   namespace of its own (custom kernel only); see guest_setup_nic.
+#   namespace of its own; see guest_setup_nic.
 # * The guest's root is the host's / (hostfs, read-only) under a tmpfs overlay: the
 #   checkout, its .venv and the host's Pythons work unchanged, and every write made in
 #   the guest lands in guest RAM and is gone when the guest stops (except --rw DIRs).
@@ -55,22 +50,21 @@ usage() {
     local status=${1:-2}
     [ "$status" = 0 ] || exec >&2
     cat <<EOF
-usage: $0 [--kernel custom|debian] [--nic] --check
-       $0 [--kernel custom|debian] [--nic [--nic-queues N]] [--timeout SECONDS]
+usage: $0 [--nic] --check
+       $0 [--nic [--nic-queues N]] [--timeout SECONDS]
           [--mem SIZE] [--rw DIR]... [--log FILE] -- COMMAND...
 
 Runs COMMAND (joined with spaces, run by bash -c) as root in the current directory
 inside a User-Mode Linux 7.x guest, streams its output (stdout and stderr merged) to
 stdout and exits with its exit status.
 
-  --check        exit 0 if the guest can run here (builds or fetches the kernel if
-                 needed); else print one line saying why on stdout and exit 77
-  --kernel K     custom (default): the project's build with the netdevsim extension
-                 (build-kernel.sh: built once, minutes); debian: sid's user-mode-linux
+  --check        exit 0 if the guest can run here (builds the project's kernel if
+                 needed: build-kernel.sh, once, minutes); else print one line saying
+                 why on stdout and exit 77
   --nic          a linked pair of netdevsim NICs: $NIC_IF ($NIC_ADDR, $NIC_ADDR6) here,
                  $NIC_PEER_IF ($NIC_PEER_ADDR, $NIC_PEER_ADDR6) in network namespace
                  $NIC_PEER_NS; COMMAND gets AIOZCRX_NIC, AIOZCRX_NIC_ADDR(6),
-                 AIOZCRX_NIC_PEER_ADDR(6), AIOZCRX_NIC_PEER_NS (custom kernel only)
+                 AIOZCRX_NIC_PEER_ADDR(6), AIOZCRX_NIC_PEER_NS
   --nic-queues N RX/TX queues of each NIC (default 4; 2 to 64)
   --timeout S    kill the command S seconds after the guest starts booting (default
                  900); then print the console tail and exit 124
@@ -83,10 +77,11 @@ Exit status: the command's; 124 time limit; 125 no exit status from the guest (t
 reason and the console tail are printed on stderr); 77 cannot work here; 2 usage.
 
 Environment: AIOZCRX_UML_CACHE (cache dir, default \${XDG_CACHE_HOME:-\$HOME/.cache}/aiozcrx-uml),
-AIOZCRX_UML_KERNEL (the --kernel default), AIOZCRX_UML_LINUX (boot this UML binary
-instead, e.g. a kernel tree's ./linux), AIOZCRX_UML_MIRROR (Debian mirror; default:
-the host's own Debian archive), AIOZCRX_UML_DEBUG=1 (trace the guest init and
-print the whole console log), AIOZCRX_UML_KEEP=1 (keep the run directory),
+AIOZCRX_UML_LINUX (boot this UML binary instead, e.g. a kernel tree's ./linux),
+AIOZCRX_UML_MIRROR (Debian mirror for the kernel's source; default: the host's own
+Debian archive), AIOZCRX_UML_JOBS (parallel jobs of the kernel build),
+AIOZCRX_UML_DEBUG=1 (trace the guest init and print the whole console log),
+AIOZCRX_UML_KEEP=1 (keep the run directory),
 AIOZCRX_GUEST_ENV (names of extra variables to carry into the guest).
 See docs/guest-tier.md.
 EOF
@@ -103,12 +98,10 @@ unavailable() {
 
 parse_args() {
     MODE=run TIMEOUT=900 MEM=2G LOGFILE='' RW_DIRS=() COMMAND=''
-    KERNEL=${AIOZCRX_UML_KERNEL:-} NIC='' NIC_QUEUES=4
+    NIC='' NIC_QUEUES=4
     while [ $# -gt 0 ]; do
         case $1 in
             --check) MODE=check ;;
-            --kernel) [ $# -ge 2 ] || usage; KERNEL=$2; shift ;;
-            --kernel=*) KERNEL=${1#*=} ;;
             --nic) NIC=1 ;;
             --nic-queues) [ $# -ge 2 ] || usage; NIC_QUEUES=$2; shift ;;
             --nic-queues=*) NIC_QUEUES=${1#*=} ;;
@@ -128,13 +121,8 @@ parse_args() {
     done
     [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || { say "--timeout wants a whole number of seconds"; usage; }
     [[ $MEM =~ ^[1-9][0-9]*[KkMmGg]?$ ]] || { say "--mem wants a size like 512M or 2G"; usage; }
-    [ -n "$KERNEL" ] || KERNEL=custom
-    case $KERNEL in custom|debian) ;; *) say "--kernel wants custom or debian"; usage ;; esac
     [[ $NIC_QUEUES =~ ^[0-9]+$ ]] && [ "$NIC_QUEUES" -ge 2 ] && [ "$NIC_QUEUES" -le 64 ] \
         || { say "--nic-queues wants a number from 2 to 64"; usage; }
-    if [ -n "$NIC" ] && [ "$KERNEL" = debian ]; then
-        say "--nic needs the custom kernel (Debian's has no netdevsim)"; usage
-    fi
     if [ "$MODE" = run ] && [ -z "$COMMAND" ]; then say "no command given"; usage; fi
     local i d
     for i in "${!RW_DIRS[@]}"; do
@@ -166,13 +154,9 @@ setup_cache_paths() {
         *[[:space:],]*) unavailable "cache path '$CACHE' contains whitespace or a comma (set AIOZCRX_UML_CACHE)" ;;
         /dev|/dev/*|/proc/*|/sys/*|/run|/run/*) unavailable "cache path $CACHE is hidden in the guest (set AIOZCRX_UML_CACHE)" ;;
     esac
-    # the prepared kernel; appears complete or not at all
-    if [ "$KERNEL" = debian ]; then
-        KDIR=$CACHE/kernel
-    else
-        KDIR=$(AIOZCRX_UML_CACHE=$CACHE "$HERE/build-kernel.sh" --dir) \
-            || unavailable "tests/uml/build-kernel.sh --dir failed"
-    fi
+    # the built kernel (build-kernel.sh); appears complete or not at all
+    KDIR=$(AIOZCRX_UML_CACHE=$CACHE "$HERE/build-kernel.sh" --dir) \
+        || unavailable "tests/uml/build-kernel.sh --dir failed"
     mkdir -p "$CACHE/runs" "$CACHE/logs" || unavailable "cannot write to the cache $CACHE"
 }
 
@@ -186,11 +170,11 @@ check_platform() {
         || unavailable "the guest kernel is only built and used here on amd64, this is $(dpkg --print-architecture)"
 }
 
-# Host programs this script needs, as "command:package". insmod and ip also run *inside*
-# the guest, which uses the host's / as its root. They come from the host's own Debian
+# Host programs this script needs, as "command:package". ip also runs *inside* the
+# guest, which uses the host's / as its root. They come from the host's own Debian
 # sources (plain apt-get install, the host's configuration).
-HOST_TOOLS="patchelf:patchelf insmod:kmod ip:iproute2 flock:util-linux setsid:util-linux
-findmnt:util-linux mkfifo:coreutils"
+HOST_TOOLS="ip:iproute2 flock:util-linux setsid:util-linux findmnt:util-linux
+mkfifo:coreutils"
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 
@@ -221,14 +205,8 @@ ensure_host_tools() {
     hash -r
 }
 
-# True when $KDIR holds a kernel prepared for this cache location (the Debian binary's
-# ELF interpreter is an absolute path into $KDIR, so a moved cache needs a new one).
 kernel_ready() {
-    if [ "$KERNEL" = custom ]; then
-        [ -x "$KDIR/linux" ] && [ -s "$KDIR/info" ]
-    else
-        [ -x "$KDIR/linux" ] && grep -qxF "cache=$KDIR" "$KDIR/info" 2>/dev/null
-    fi
+    [ -x "$KDIR/linux" ] && [ -s "$KDIR/info" ]
 }
 
 prepare_kernel() {
@@ -237,87 +215,16 @@ prepare_kernel() {
         return 0
     fi
     kernel_ready && return 0
-    if [ "$KERNEL" = custom ]; then
-        # build-kernel.sh takes its own lock and says what it does, with timings (on
-        # stderr, passed through); its last line says why when it fails
-        local err=$CACHE/logs/build-kernel-$$.err why
-        if ! AIOZCRX_UML_CACHE=$CACHE "$HERE/build-kernel.sh" >/dev/null 2> >(tee "$err" >&2); then
-            sleep 0.2   # let tee finish
-            why=$(grep '^build-kernel:' "$err" | tail -1); rm -f "$err"
-            unavailable "building the guest kernel failed: ${why#build-kernel: }"
-        fi
-        rm -f "$err"
-        kernel_ready || unavailable "build-kernel.sh did not produce $KDIR"
-        return 0
+    # build-kernel.sh takes its own lock and says what it does, with timings (on
+    # stderr, passed through); its last line says why when it fails
+    local err=$CACHE/logs/build-kernel-$$.err why
+    if ! AIOZCRX_UML_CACHE=$CACHE "$HERE/build-kernel.sh" >/dev/null 2> >(tee "$err" >&2); then
+        sleep 0.2   # let tee finish
+        why=$(grep '^build-kernel:' "$err" | tail -1); rm -f "$err"
+        unavailable "building the guest kernel failed: ${why#build-kernel: }"
     fi
-    # One fetcher at a time; the others wait and then find the kernel ready. The lock
-    # dies with its holder, so an aborted fetch never blocks later runs.
-    exec 9>"$CACHE/.lock"
-    if ! flock -n 9; then
-        say "another runner is preparing the guest kernel; waiting"
-        flock -w 900 9 || unavailable "timed out waiting for the cache lock $CACHE/.lock"
-    fi
-    kernel_ready || fetch_kernel
-    exec 9>&-
-}
-
-# Download user-mode-linux and libc6 from Debian sid and assemble $KDIR:
-#   linux        UML kernel, interpreter/RUNPATH patched onto lib/
-#   lib/         sid's glibc shared objects
-#   modules/VER/ kernel modules (debug info stripped: 166 MB -> 35 MB)
-#   config.gz    the kernel's configuration
-#   info         versions, and the cache path it was built for
-# Everything is built in a temporary directory and renamed into place in one step.
-# Caller holds the cache lock.
-fetch_kernel() {
-    local t0=$SECONDS
-    rm -rf "$CACHE"/.build.*    # left by aborted fetches (we hold the lock)
-    local build; build=$(mktemp -d "$CACHE/.build.XXXXXX") || unavailable "cannot write to $CACHE"
-    local log=$build/fetch.log
-    say "fetching user-mode-linux and libc6 from Debian sid into $CACHE"
-
-    fetch_fail() {
-        local why; why=$(grep -E '^(dpkg|patchelf)' "$log" | tail -1)
-        rm -rf "$build"
-        unavailable "$1${why:+: $why}"
-    }
-    # shellcheck source=tests/uml/sid-apt.sh
-    . "$HERE/sid-apt.sh"
-    : >"$log"
-    sid_apt_download "$build" "$log" user-mode-linux libc6 || fetch_fail "$SID_APT_ERROR"
-
-    local deb x=$build/x out=$build/kernel
-    for deb in "$build"/*.deb; do dpkg -x "$deb" "$x" >>"$log" 2>&1 || fetch_fail "dpkg -x $deb failed"; done
-
-    local kver; kver=$(ls "$x/usr/lib/uml/modules" 2>/dev/null)
-    [ -n "$kver" ] && [ "$(echo "$kver" | wc -l)" = 1 ] && [ -f "$x/usr/bin/linux.uml" ] \
-        || fetch_fail "unexpected layout of the user-mode-linux package"
-    mkdir -p "$out/lib" "$out/modules"
-    mv "$x/usr/bin/linux.uml" "$out/linux"
-    mv "$x/usr/lib/uml/modules/$kver" "$out/modules/"
-    cp -a "$x"/usr/lib/x86_64-linux-gnu/*.so* "$out/lib/"
-    cp "$x/usr/share/doc/user-mode-linux/config.gz" "$out/" 2>/dev/null || true
-    # Debug info is 80% of the modules' size and the guest has no use for it.
-    if command -v strip >/dev/null; then
-        find "$out/modules" -name '*.ko' -print0 | xargs -0 -r strip --strip-debug 2>>"$log" || true
-    fi
-    # The interpreter path is absolute, pointing at where $out is about to be renamed to.
-    patchelf --set-interpreter "$KDIR/lib/ld-linux-x86-64.so.2" --set-rpath "$KDIR/lib" "$out/linux" >>"$log" 2>&1 \
-        || fetch_fail "patchelf on the UML binary failed"
-    if [ -f "$out/config.gz" ] && ! zgrep -qx 'CONFIG_IO_URING_ZCRX=y' "$out/config.gz"; then
-        fetch_fail "Debian's user-mode-linux $kver was built without CONFIG_IO_URING_ZCRX"
-    fi
-    {
-        echo "kernel=$kver"
-        for deb in "$build"/*.deb; do echo "$(dpkg-deb -f "$deb" Package)=$(dpkg-deb -f "$deb" Version)"; done
-        echo "fetched=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        echo "cache=$KDIR"
-    } >"$out/info"
-
-    rm -rf "$KDIR"          # a kernel prepared for another cache location, if any
-    mv -T "$out" "$KDIR" || fetch_fail "cannot rename the prepared kernel into $KDIR"
-    rm -rf "$build"
-    say "guest kernel $kver ready ($(du -sh "$KDIR" | cut -f1), $((SECONDS - t0)) s)"
+    rm -f "$err"
+    kernel_ready || unavailable "build-kernel.sh did not produce $KDIR"
 }
 
 # Directory for UML's guest-RAM backing file (it honours TMPDIR). It must allow
@@ -410,15 +317,12 @@ run_guest() {
     local log=${LOGFILE:-$RUN/console.log}
     : >"$log"
 
-    local linux=${AIOZCRX_UML_LINUX:-$KDIR/linux} kver mod
+    local linux=${AIOZCRX_UML_LINUX:-$KDIR/linux} kver
     if [ -n "${AIOZCRX_UML_LINUX:-}" ]; then
         kver=custom
     else
         kver=$(sed -n 's/^kernel=//p' "$KDIR/info")
     fi
-    # the Debian kernel's modules; the custom kernel has everything built in
-    mod=$KDIR/modules/$kver
-    [ -d "$mod" ] || mod=$RUN/no-modules
     # when the guest kills the command: wall-clock microseconds (the guest's clock is
     # the host's)
     local deadline=$(( ${EPOCHREALTIME/./} + TIMEOUT * 1000000 ))
@@ -435,12 +339,11 @@ run_guest() {
         uml_dir="$RUN"      # its pid file and mconsole socket; not in ~/.uml
         noreboot            # a guest reboot ends UML instead of booting again
         printk.time=1       # timestamps in the console log
-        aiozcrx.run="$RUN" aiozcrx.kver="$kver" aiozcrx.mod="$mod"
-        aiozcrx.deadline_us="$deadline")
+        aiozcrx.run="$RUN" aiozcrx.deadline_us="$deadline")
     [ -z "${AIOZCRX_UML_DEBUG:-}" ] || kargs+=(aiozcrx.debug=1)
     [ -z "$NIC" ] || kargs+=(aiozcrx.nic="$NIC_QUEUES")
     # built-in dummy and ifb drivers would each add devices (dummy0, ifb0, ifb1)
-    [ "$KERNEL" = debian ] || kargs+=(dummy.numdummies=0 ifb.numifbs=0)
+    kargs+=(dummy.numdummies=0 ifb.numifbs=0)
 
     # fd 4 is a pipe of our own (FIFO + cat) rather than our stdout: UML makes its
     # console fds non-blocking, and on a shared stdout that would leak to the caller.
@@ -520,7 +423,7 @@ self_test() {
     local out err rc
     err=$(mktemp)
     # shellcheck disable=SC2016   # expanded in the guest
-    local -a opts=(--kernel "$KERNEL")
+    local -a opts=()
     [ -z "$NIC" ] || opts+=(--nic --nic-queues "$NIC_QUEUES")
     out=$(cd / && "$SELF" "${opts[@]}" --timeout 120 --mem "$MEM" -- '
         set -e
@@ -552,7 +455,7 @@ self_test() {
     if [ -n "${AIOZCRX_UML_LINUX:-}" ]; then
         what="$AIOZCRX_UML_LINUX"
     else
-        what="$KERNEL: $(grep -E '^(user-mode-linux|libc6|linux-source-[0-9.]+)=' "$KDIR/info" | tr '\n' ' ')cache $KDIR"
+        what="$(grep -E '^linux-source-[0-9.]+=' "$KDIR/info" | tr '\n' ' ')cache $KDIR"
     fi
     echo "$ME: ok: guest kernel $kver${NIC:+ with the simulated NIC} ($what)"
 }
@@ -590,17 +493,12 @@ guest_poweroff() {
 
 # Build the guest's filesystem view: overlay (tmpfs over the host's /) as the new root.
 guest_setup_root() {
-    local run=$1 mod=$2 kver=$3
+    local run=$1
     mount -t tmpfs -o mode=755 guest /run || guest_fail "tmpfs on /run failed"
     mkdir -p /run/host /run/ovl/upper /run/ovl/work /run/root
     # The run directory, read-write on the host: command file in, exit status out.
     mount -t hostfs -o "$run" hostfs /run/host || guest_fail "cannot mount the run directory $run"
 
-    local a b has_overlay=    # lines: "nodev<TAB>name" or "<TAB>name"
-    while read -r a b; do [ "${b:-$a}" = overlay ] && has_overlay=1; done </proc/filesystems
-    if [ -z "$has_overlay" ]; then      # a module in Debian's build
-        insmod "$mod/kernel/fs/overlayfs/overlay.ko" || guest_fail "insmod overlay.ko failed"
-    fi
     mount -t overlay overlay -o lowerdir=/,upperdir=/run/ovl/upper,workdir=/run/ovl/work /run/root \
         || guest_fail "overlay mount over the host root failed"
     local m
@@ -629,8 +527,6 @@ guest_setup_root() {
             mount -t hostfs -o "$d" hostfs "$d" || guest_fail "--rw $d: hostfs mount failed"
         done </run/aiozcrx/rw
     fi
-    # So that `modprobe veth` etc. work in the guest
-    mkdir -p /lib/modules && ln -sfn "$mod" "/lib/modules/$kver"
 }
 
 guest_setup_system() {
@@ -731,22 +627,20 @@ guest_main() {
     mount -t sysfs sysfs /sys
     # Our parameters, aiozcrx.NAME=VALUE on the kernel command line (bash builtins only
     # here and below where it is easy: every fork+exec costs ~20 ms in UML)
-    local w run='' mod='' kver='' deadline='' nic=''
+    local w run='' deadline='' nic=''
     local -a words
     read -r -a words </proc/cmdline
     for w in "${words[@]}"; do
         case $w in
             aiozcrx.run=*) run=${w#*=} ;;
-            aiozcrx.mod=*) mod=${w#*=} ;;
-            aiozcrx.kver=*) kver=${w#*=} ;;
             aiozcrx.deadline_us=*) deadline=${w#*=} ;;
             aiozcrx.nic=*) nic=${w#*=} ;;
             aiozcrx.debug=1) PS4='+ $EPOCHREALTIME '; set -x ;;
         esac
     done
-    [ -n "$run" ] && [ -n "$mod" ] && [ -n "$kver" ] && [ -n "$deadline" ] \
+    [ -n "$run" ] && [ -n "$deadline" ] \
         || guest_fail "missing aiozcrx.* kernel parameters"
-    guest_setup_root "$run" "$mod" "$kver"
+    guest_setup_root "$run"
     guest_setup_system
     [ -z "$nic" ] || guest_setup_nic "$nic"
     guest_run_command "$deadline"
