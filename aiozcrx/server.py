@@ -64,6 +64,16 @@ def _set_nodelay(sock: socket.socket) -> None:
             pass
 
 
+def _check_unsupported(ssl: object, kwargs: dict[str, Any], allowed: Iterable[str]) -> None:
+    """For the layers that offer no TLS of their own (the anyio layer under trio):
+    ``ssl=`` is a ValueError naming what to use instead; unknown keywords a TypeError."""
+    if ssl:
+        raise ValueError("TLS (ssl=) is not offered here: wrap the stream in anyio's TLSStream "
+                         "(anyio.streams.tls), or on asyncio use aiozcrx.create_server/"
+                         "create_connection(ssl=...)")
+    _check_unknown(kwargs, allowed)
+
+
 def _check_unknown(kwargs: dict[str, Any], allowed: Iterable[str]) -> None:
     unknown = set(kwargs) - set(allowed)
     if unknown:
