@@ -38,7 +38,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .server import ZcrxServer, create_connection, create_server
+from .server import _check_unsupported, ZcrxServer, create_connection, create_server
 from .transport import ZcrxTransport
 
 if TYPE_CHECKING:
@@ -344,6 +344,15 @@ class ZcrxStream(anyio.abc.SocketStream):
                 pass
 
 
+def _refuse_ssl(kw: dict[str, Any]) -> None:
+    # anyio layers TLS over any byte stream (anyio.streams.tls.TLSStream/TLSListener),
+    # so this layer offers none of its own, on every backend: an ssl= passed on to
+    # aiozcrx.create_server would give a TLS transport under a protocol written for
+    # plain bytes (its eof_received return value, its views) on asyncio only
+    if "ssl" in kw:
+        _check_unsupported(kw.pop("ssl") or True, {}, ())
+
+
 async def connect_tcp(remote_host: anyio.abc.IPAddressType, remote_port: int, *,
                       local_host: anyio.abc.IPAddressType | None = None,
                       read_high: int = _DEFAULT_READ_HIGH, **kw: Any) -> ZcrxStream:
@@ -351,6 +360,7 @@ async def connect_tcp(remote_host: anyio.abc.IPAddressType, remote_port: int, *,
     ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...; under
     trio the Receiver's options only: ``engine=``, ``area_size=``,
     ``receiver_options=``...); ``read_high``: bytes buffered before reading pauses."""
+    _refuse_ssl(kw)
     loop = _running_loop()
     if loop is None:
         from . import _trio
@@ -423,6 +433,7 @@ async def create_tcp_listener(local_host: anyio.abc.IPAddressType | None = None,
     """Like ``anyio.create_tcp_listener``. Keywords go to
     ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...; under trio the
     Receiver's options only)."""
+    _refuse_ssl(kw)
     loop = _running_loop()
     if loop is None:
         from . import _trio

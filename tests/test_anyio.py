@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 
@@ -388,12 +389,12 @@ def test_bad_input_and_refused_connections(how):
             await connect_tcp("127.0.0.1", closed_port, no_such_option=1)
         with pytest.raises(ValueError, match="engine"):
             await create_tcp_listener("127.0.0.1", 0, engine="no-such-engine")
-        if how["backend"] == "trio":  # no TLS under trio: a ValueError naming anyio's TLSStream
-            with pytest.raises(ValueError, match="TLS"):
-                await create_tcp_listener("127.0.0.1", 0, ssl=True)
-        else:  # asyncio: ssl= goes to aiozcrx.create_server, which needs an SSLContext (as asyncio)
-            with pytest.raises(TypeError, match="SSLContext"):
-                await create_tcp_listener("127.0.0.1", 0, ssl=True)
+        # no TLS of this layer's own, on any backend: a ValueError naming anyio's TLSStream
+        for ssl_arg in (True, ssl.create_default_context()):
+            with pytest.raises(ValueError, match="TLSStream"):
+                await create_tcp_listener("127.0.0.1", 0, ssl=ssl_arg)
+            with pytest.raises(ValueError, match="TLSStream"):
+                await connect_tcp("127.0.0.1", closed_port, ssl=ssl_arg)
         from aiozcrx.errors import ZcrxUnavailable
         lst = socket.create_server(("127.0.0.1", 0))
         with pytest.raises(ZcrxUnavailable, match="no queue API"):  # lo is no NIC
