@@ -175,3 +175,19 @@ class Config:
                 return (f"queue {self.queue} out of range: {interface} has {count} rx queue(s) "
                         f"(0..{count - 1}); see `ethtool -l {interface}`")
         return None
+
+
+_SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """A size as people write it on a command line or in the environment:
+    ``33554432``, ``32M``, ``64K``, ``1GiB``. ValueError when it is none."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = _SIZE_SUFFIXES.get(t[-1:], 1)
+    if mult != 1:
+        t = t[:-1]
+    try:
+        return int(t) * mult
+    except ValueError:
+        raise ValueError(f"expected a size like 33554432, 32M or 64K, got {text!r}") from None

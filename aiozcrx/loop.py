@@ -39,7 +39,7 @@ import ssl as _ssl
 import weakref
 from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from .config import Config, socket_family
+from .config import Config, parse_size, socket_family
 
 if TYPE_CHECKING:
     from .receiver import Receiver
@@ -48,18 +48,13 @@ if TYPE_CHECKING:
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 ENV_PREFIX = "AIOZCRX_"
-_SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def _size(name: str, text: str) -> int:
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = _SIZE_SUFFIXES.get(t[-1:], 1)
-    if mult != 1:
-        t = t[:-1]
     try:
-        return int(t) * mult
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name}={text!r}: expected a size like 33554432, 32M or 64K") from None
+        return parse_size(text)
+    except ValueError as e:
+        raise ValueError(f"{ENV_PREFIX}{name}={text!r}: {e}") from None
 
 
 def config_from_env(environ: Mapping[str, str] = os.environ) -> tuple[Config, str]:

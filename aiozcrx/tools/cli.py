@@ -23,7 +23,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..config import ENGINES, Config
+from ..config import ENGINES, Config, parse_size
 
 if TYPE_CHECKING:
     from ..receiver import Receiver
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 BLOCK = 1 << 20
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-_SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 class Failure(Exception):
@@ -85,14 +84,10 @@ def _queue(text: str) -> int:
 
 
 def _size(text: str) -> int:
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = _SIZE_SUFFIXES.get(t[-1:], 1)
-    if mult != 1:
-        t = t[:-1]
     try:
-        return int(t) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 33554432, 32M or 64K, got {text!r}") from None
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _mib(text: str) -> int:
