@@ -192,7 +192,9 @@ async def test_200_connections_on_one_receiver(engine):
         for _ in range(n):
             _, p = await rx.wrap(await lst.accept(), lambda: Sink(keep=False))
             protos.append(p)
-        assert rx.stats()["connections"] == n
+        # the live count, not n: a short stream may already have ended while later
+        # ones were still being accepted (the guest under load got 1 of 200)
+        assert rx.stats()["connections"] == sum(not p.lost.done() for p in protos)
 
         async def done(p):
             return await asyncio.wait_for(p.lost, 60)
