@@ -160,16 +160,28 @@ class ZcrxEngine(RingEngine):
     # process closed it, RELEASE_WAIT_OTHER otherwise (another process that just
     # exited; one still running keeps it, and the wait ends in EEXIST). A queue
     # held by a live Receiver of this process fails at once.
-    RELEASE_WAIT_OURS = 5.0
+    # The bound after our own close is generous because it is not a timing
+    # assumption: it only ends a wait that the attribute ends first (a slow
+    # machine's kernel worker can take seconds; 5 s was seen to run out in the guest
+    # under load).
+    RELEASE_WAIT_OURS = 30.0
     RELEASE_WAIT_OTHER = 1.0
     RELEASE_POLL = 0.005
 
     def _wait_released(self, ifname: str, if_idx: int, rxq: int) -> bool:
+        """True: register again (the queue was released, or is now)."""
         closed_at = _our_queues.get((if_idx, rxq), -1.0)
-        if closed_at is _HELD or _queue_bound(ifname, rxq) is not True:
-            return False  # ours and open, or not io_uring's binding (XDP, devmem), or unknown
+        if closed_at is _HELD:
+            return False  # a ring of ours holds it open
         t0 = time.monotonic()
         recent = closed_at >= 0 and t0 - closed_at < 60
+        bound = _queue_bound(ifname, rxq)
+        if bound is None:
+            return False  # the kernel cannot tell
+        if bound is False:
+            # not io_uring's binding (XDP, devmem), or ours was released between the
+            # refused registration and this look: worth one more try only if ours
+            return recent
         deadline = t0 + (self.RELEASE_WAIT_OURS if recent else self.RELEASE_WAIT_OTHER)
         while time.monotonic() < deadline:
             self._release_pause(self.RELEASE_POLL)
