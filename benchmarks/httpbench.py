@@ -442,9 +442,9 @@ def report(res: dict, args) -> str:
         wrk_v = ", " + (wv.stdout + wv.stderr).strip().splitlines()[0].split(" [")[0]
     head = (f"{platform.uname().release}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {vers}{wrk_v}; "
             f"{args.rounds} rounds, {pinned}. Medians (min-max).")
-    up = (f"#### Uploads: {args.uploads} x {args.upload_mib} MiB POSTs on one connection, "
+    up = (f"### Uploads: {args.uploads} x {args.upload_mib} MiB POSTs on one connection, "
           f"streamed into sha256\n\n" + upload_table(results, order, ""))
-    rq = (f"#### Small requests: `wrk -t1 -c{args.conns} -d{max(1, round(args.wrk_seconds))}s`, "
+    rq = (f"### Small requests: `wrk -t1 -c{args.conns} -d{max(1, round(args.wrk_seconds))}s`, "
           f"GET / (Hello, world!)\n\n" + requests_table(results, order))
     return "\n\n".join([head, up, rq])
 

@@ -86,7 +86,7 @@ REFS = (("uvloop-buffered", "uvloop Buffered"), ("uvloop-protocol", "uvloop Prot
         ("asyncio-protocol", "asyncio Protocol"))
 # the syscalls a wake-up is made of, counted by name; the rest is "other"
 SYSCALLS = ("epoll_wait", "epoll_pwait", "read", "readv", "recvfrom", "recvmsg", "write", "sendto",
-            "io_uring_enter", "getrusage")
+            "io_uring_enter")
 
 
 # ------------------------------------------------------------------ pinning
@@ -389,7 +389,7 @@ def table(case_runs: dict[str, list[dict]], order: list[str]) -> str:
         s = summ[name]
         label = BY_NAME[name][1]
         if "skipped" in s:
-            lines.append(f"| {label} | not run: {s['skipped']} |" + " |" * (7 + len(REFS)))
+            lines.append(f"| {label} | not run: {s['skipped']} |" + " |" * (6 + len(REFS)))
             continue
         ratios = []
         for ref, _lbl in REFS:
@@ -404,31 +404,42 @@ def table(case_runs: dict[str, list[dict]], order: list[str]) -> str:
     return "\n".join(lines)
 
 
+def loop_waits(name: str, sc: dict) -> int:
+    """The loop's own poll calls: epoll_pwait for uvloop (libuv), epoll_wait for
+    asyncio. (Engine socket's own epoll instance adds epoll_wait calls of its own
+    on uvloop: they are syscalls of the wake-up, not wake-ups.)"""
+    if BY_NAME[name][2] == "uvloop" and sc.get("epoll_pwait"):
+        return sc["epoll_pwait"]
+    return max(1, sc.get("epoll_wait", 0))
+
+
 def profile_table(prof: dict[str, dict], order: list[str]) -> str:
     """Per wake-up (epoll_wait call) of the paced case: syscalls by name, Python frames."""
     shown = [s for s in SYSCALLS if any(prof[n].get("syscalls", {}).get(s) for n in prof if "syscalls" in prof[n])]
     lines = ["| receiver | records / wake-up | syscalls / wake-up | " + " | ".join(shown)
-             + " | other | Python frames / wake-up (records / wake-up in that run) | aiozcrx wake-ups (eventfd) / epoll_wait |",
-             "|" + "---|" * (5 + len(shown) + 1)]
+             + " | other | CPU us / wake-up | Python frames / wake-up (records / wake-up in that run) "
+             "| aiozcrx wake-ups (eventfd) / loop wake-up |",
+             "|" + "---|" * (6 + len(shown) + 1)]
     for name in order:
         p = prof.get(name)
         if not p or "syscalls" not in p:
             why = (p or {}).get("error", "not run")
-            lines.append(f"| {BY_NAME[name][1]} | not run: {why} |" + " |" * (3 + len(shown) + 1))
+            lines.append(f"| {BY_NAME[name][1]} | not run: {why} |" + " |" * (4 + len(shown) + 1))
             continue
         sc = p["syscalls"]
-        waits = max(1, sc.get("epoll_wait", 0) + sc.get("epoll_pwait", 0))
+        waits = loop_waits(name, sc)
         per = [sc.get(s, 0) / waits for s in shown]
         other = (sc.get("total", 0) - sum(sc.get(s, 0) for s in shown)) / waits
         fr = p.get("frames_run")
         if fr and "frames" in fr:
-            fw = max(1, fr["syscalls"].get("epoll_wait", 0) + fr["syscalls"].get("epoll_pwait", 0))
+            fw = loop_waits(name, fr["syscalls"])
             fcol = f"{sum(fr['frames'].values()) / fw:.1f} ({fr['bytes'] / RECORD / fw:.2f})"
         else:
             fcol = "not run: " + (fr or {}).get("error", "?")
         ew = f"{p['wakeups'] / waits:.2f}" if p.get("wakeups") else "-"
         lines.append(f"| {BY_NAME[name][1]} | {p['bytes'] / RECORD / waits:.2f} | {sc.get('total', 0) / waits:.2f} | "
-                     + " | ".join(f"{x:.2f}" for x in per) + f" | {other:.2f} | {fcol} | {ew} |")
+                     + " | ".join(f"{x:.2f}" for x in per) + f" | {other:.2f} | "
+                     f"{(p['user'] + p['sys']) / waits * 1e6:.1f} | {fcol} | {ew} |")
     return "\n".join(lines)
 
 
@@ -438,7 +449,7 @@ def top_frames(prof: dict[str, dict], order: list[str], k: int = 10) -> str:
         fr = (prof.get(name) or {}).get("frames_run")
         if not fr or "frames" not in fr:
             continue
-        waits = max(1, fr["syscalls"].get("epoll_wait", 0) + fr["syscalls"].get("epoll_pwait", 0))
+        waits = loop_waits(name, fr["syscalls"])
         top = sorted(fr["frames"].items(), key=lambda kv: -kv[1])[:k]
         out.append(f"- {BY_NAME[name][1]}: " + ", ".join(f"`{fn}` {n / waits:.2f}" for fn, n in top))
     return "\n".join(out)
@@ -481,6 +492,7 @@ def plots(all_runs: dict[str, dict[str, list[dict]]], order: list[str], outdir: 
 
 def run_all(args) -> dict:
     """Runs the cases (interleaved within each case) and the profile; returns everything."""
+    _cpus()  # before any child: the CPUs to pin to (BENCH_CPUS)
     order = [v[0] for v in VARIANTS]
     if args.only:
         order = [n for n in args.only.split(",") if n]
@@ -528,9 +540,9 @@ def report(res: dict, args) -> str:
         lates = [r["late"] / r["records"] for rs in runs.values() for r in rs if r.get("records")]
         extra = (f" Sender: {100 * med(lates):.1f} % of records later than 10 us behind schedule (median over runs)."
                  if CASES[case][2] and lates else "")
-        parts.append(f"#### {CASES[case][0]} (`--cases {case}`)\n\n{table(runs, order)}\n{extra}".rstrip())
+        parts.append(f"### {CASES[case][0]} (`--cases {case}`)\n\n{table(runs, order)}\n{extra}".rstrip())
     if res.get("profile") is not None:
-        parts.append("#### Per wake-up, paced case (`--profile`: perf stat syscall tracepoints and "
+        parts.append("### Per wake-up, paced case (`--profile`: perf stat syscall tracepoints and "
                      "sys.setprofile, one run each)\n\n" + profile_table(res["profile"], order)
                      + "\n\nPython frames per wake-up, the most frequent (frames run):\n\n"
                      + top_frames(res["profile"], order))
