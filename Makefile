@@ -61,7 +61,7 @@ $(VENV)/.bench-installed: $(STAMP)
 # BENCH_QUICK=1 make bench: every case once, tiny sizes, nothing written (< 1 minute)
 bench: $(VENV)/.bench-installed
 	@scripts/ensure-apt.sh wrk:wrk perf:linux-perf taskset:util-linux
-	$(BIN)/python benchmarks/run.py $(if $(BENCH_QUICK),--quick)
+	$(BIN)/python benchmarks/run.py $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .venv-3.* build *.egg-info aiozcrx/*.so aiozcrx/_abi.c
