@@ -4,7 +4,7 @@ Three cases, each a stream of 4 KiB records (one ``send()`` each, TCP_NODELAY):
 
 - ``paced``: one connection, one record every 10 us (the sender keeps an absolute
   schedule and busy-waits between records; 410 MB/s);
-- ``bulk``: one connection, records back to back;
+- ``unpaced``: one connection, records back to back;
 - ``conns64``: 64 connections, records round robin over them, back to back.
 
 Every receiver variant runs in a fresh process of its own; the sender is another
@@ -67,7 +67,7 @@ PERIOD_NS = 10_000
 CASES = {
     # name: (label, connections, paced)
     "paced": ("paced 4 KiB records, one every 10 us, one connection", 1, True),
-    "bulk": ("4 KiB records back to back, one connection", 1, False),
+    "unpaced": ("4 KiB records back to back, one connection", 1, False),
     "conns64": ("4 KiB records back to back, round robin over 64 connections", 64, False),
 }
 
