@@ -450,7 +450,7 @@ def top_frames(prof: dict[str, dict], order: list[str], k: int = 10) -> str:
         if not fr or "frames" not in fr:
             continue
         waits = loop_waits(name, fr["syscalls"])
-        top = sorted(fr["frames"].items(), key=lambda kv: -kv[1])[:k]
+        top = [kv for kv in sorted(fr["frames"].items(), key=lambda kv: -kv[1])[:k] if kv[1] / waits >= 0.05]
         out.append(f"- {BY_NAME[name][1]}: " + ", ".join(f"`{fn}` {n / waits:.2f}" for fn, n in top))
     return "\n".join(out)
 

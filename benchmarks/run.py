@@ -550,7 +550,7 @@ def main(argv=None) -> int:
             if order:
                 f.write(f"## Bulk (one connection, 1 MiB sends)\n\n{header}\n\n{tab}\n\n")
             for _case, title, cmd, text, _data in sections:
-                f.write(f"## {title} (`benchmarks/{cmd}`)\n\n{text}\n\n")
+                f.write(f"## {title} (`{cmd}`)\n\n{text}\n\n")
             if guest_text:
                 f.write("## In the 7.x guest (User-Mode Linux, `benchmarks/guest.py`)\n\n")
                 f.write(guest_text.strip() + "\n\n")
