@@ -60,8 +60,12 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,uvloop,anyio,bench]'
 	touch $@
 
+# wrk (the load generator of the small-request case) and perf (syscall counts per
+# wake-up) come from Debian; without them those rows say why they did not run.
+# BENCH_QUICK=1 make bench: every case once, tiny sizes, nothing written (< 1 minute)
 bench: $(VENV)/.bench-installed
-	$(BIN)/python benchmarks/run.py
+	@scripts/ensure-apt.sh wrk:wrk perf:linux-perf taskset:util-linux
+	$(BIN)/python benchmarks/run.py $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) .venv-3.* build *.egg-info aiozcrx/*.so aiozcrx/_abi.c

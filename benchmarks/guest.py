@@ -106,7 +106,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--only", default=VARIANTS)
     ap.add_argument("--no-nic", action="store_true", help="skip the table over the simulated NIC")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round x 0.5 s (the guest boots twice)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 1, 0.5
     status, text = run_guest(args.rounds, args.seconds, args.only)
     print(text)
     if not args.no_nic:

@@ -175,7 +175,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1_000_000, help="iterations of the pure floors")
     ap.add_argument("--no-reference", action="store_true", help="skip uvloop BufferedProtocol 4 KiB")
     ap.add_argument("--guest", action="store_true", help="run inside tests/uml/run-in-guest.sh with zcrx-copy")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 MiB, 1 run, 1000 floor iterations")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.mib, args.repeat, args.n = 8, 1, 1000
 
     if args.guest:
         runner = os.path.join(ROOT, "tests", "uml", "run-in-guest.sh")

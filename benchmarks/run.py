@@ -1,16 +1,25 @@
-"""Bulk loopback receive benchmark: aiozcrx against asyncio and uvloop receivers.
+"""``make bench``: receiver CPU of aiozcrx against asyncio and uvloop, case by case.
 
-One TCP connection over 127.0.0.1; the sender is its own process (``sendall`` of
+Cases (``--cases``, default all):
+
+- ``bulk`` (this file): bulk loopback receive, one TCP connection, 1 MiB sends;
+- ``records`` (``benchmarks/records.py --profile``): 4 KiB records, paced (one every
+  10 us), back to back, and over 64 connections; syscalls and Python frames per
+  wake-up of the paced case;
+- ``http`` (``benchmarks/httpbench.py``): aiohttp and uvicorn uploads and small
+  requests (wrk) through the drop-in loop against plain uvloop and asyncio.
+
+Bulk: one TCP connection over 127.0.0.1; the sender is its own process (``sendall`` of
 1 MiB blocks for ``--seconds``, or a fixed byte count with ``--quick``). Every
 receiver variant runs in a fresh process of its own, so the CPU time it reports
 (``getrusage(RUSAGE_SELF)`` of that process, taken from accept to EOF) is the receiver's
 alone. Variants are interleaved round by round (the order rotates each round);
 the table gives medians with min-max over the rounds.
 
-    .venv/bin/python benchmarks/run.py                 # 7 rounds x 3 s, + the guest, writes docs/
-    .venv/bin/python benchmarks/run.py --rounds 5 --seconds 5
-    .venv/bin/python benchmarks/run.py --quick         # smoke run, tiny sizes, 1 round
-    .venv/bin/python benchmarks/run.py --only uvloop-buffered,aiozcrx-uring-uvloop
+    .venv/bin/python benchmarks/run.py                 # every case (+ the guest), writes docs/
+    .venv/bin/python benchmarks/run.py --quick         # smoke run of every case, tiny sizes, 1 round, < 1 min
+    .venv/bin/python benchmarks/run.py --cases bulk --rounds 5 --seconds 5
+    .venv/bin/python benchmarks/run.py --only uvloop-buffered,aiozcrx-uring-uvloop   # bulk only
 
 A full run (not ``--quick``/``--no-write``/``--no-guest``) then runs engine zcrx-copy,
 which needs Linux 7.1+, against uvloop inside the User-Mode Linux 7.x guest
@@ -41,6 +50,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +75,12 @@ VARIANTS = [
     ("aiozcrx-zcrx-asyncio", "aiozcrx zcrx (NIC queue), asyncio", "asyncio", "aiozcrx", "zcrx"),
 ]
 BY_NAME = {v[0]: v for v in VARIANTS}
+# make bench's cases: bulk is this file; the others are scripts of their own, run in turn
+CASES = {
+    "bulk": (None, "bulk loopback receive, 1 MiB sends, one connection"),
+    "records": ("records.py", "4 KiB records: paced, back to back, 64 connections"),
+    "http": ("httpbench.py", "aiohttp and uvicorn through the drop-in loop"),
+}
 
 
 # ----------------------------------------------------------------- sender
@@ -396,7 +412,11 @@ def plots(summary: dict, order: list[str], outdir: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds of every case (default: 7 for bulk, the scripts' own for the others)")
+    ap.add_argument("--cases", default=None,
+                    help="comma-separated, of: " + ", ".join(f"{k} ({v[1]})" for k, v in CASES.items())
+                    + "; default all, only bulk with --only/--nic/--summary-json/--kernel-split")
     ap.add_argument("--seconds", type=float, default=3.0, help="sender duration per run")
     ap.add_argument("--bytes", type=int, default=0, help="send this many bytes instead of --seconds")
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 MiB per run, 1 round, no files written")
@@ -429,8 +449,18 @@ def main(argv=None) -> int:
     if args.child:
         child_main(args)
         return 0
+    explicit_rounds = args.rounds is not None
+    if args.rounds is None:
+        args.rounds = 7
     if args.quick:
         args.rounds, args.bytes, args.no_write = 1, 8 << 20, True
+    if args.cases is None:
+        narrow = args.only or args.nic or args.summary_json or args.kernel_split
+        args.cases = "bulk" if narrow else ",".join(CASES)
+    cases = [c for c in args.cases.split(",") if c]
+    bad = [c for c in cases if c not in CASES]
+    if bad:
+        ap.error(f"unknown case(s) {bad}; choose from {', '.join(CASES)}")
 
     order = [v[0] for v in VARIANTS if v[4] != "zcrx" or args.nic]
     if args.only:
@@ -438,6 +468,103 @@ def main(argv=None) -> int:
         unknown = [n for n in order if n not in BY_NAME]
         if unknown:
             ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(BY_NAME)}")
+    if "bulk" not in cases:
+        order = []
+    t_start = time.time()
+    what = f"{args.bytes} bytes" if args.bytes else f"{args.seconds:g} s"
+    uname = platform.uname()
+    header = tab = ""
+    results: dict[str, list[dict]] = {n: [] for n in order}
+    summary: dict = {}
+    if order:
+        results, summary, tab, header = bulk(args, order, what)
+    # the other cases, each its own script (benchmarks/records.py, benchmarks/httpbench.py)
+    sections = []
+    for case in cases:
+        if case == "bulk":
+            continue
+        script, title = CASES[case]
+        cmd = [sys.executable, os.path.join(HERE, script)]
+        if args.quick:
+            cmd.append("--quick")
+        elif explicit_rounds:
+            cmd += ["--rounds", str(args.rounds)]
+        if case == "records" and not args.quick:
+            cmd.append("--profile")
+        fd, raw = tempfile.mkstemp(prefix="aiozcrx-bench.", suffix=".json")
+        os.close(fd)
+        cmd += ["--json", raw]
+        print(f"\n# {title}: {' '.join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd[1:-2])}",
+              file=sys.stderr)
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            with open(raw) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            data = None
+        finally:
+            os.unlink(raw)
+        text = out.stdout.strip() if out.returncode == 0 else \
+            f"not run: `{os.path.basename(script)}` exited {out.returncode}\n\n{out.stdout.strip()[-2000:]}"
+        print()
+        print(f"## {title}")
+        print()
+        print(text)
+        sections.append((case, title, " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c
+                                               for c in cmd[1:-2]), text, data))
+    guest_text = ""
+    if not args.no_write and not args.no_guest and order:
+        # engine zcrx-copy needs 7.1+: its rows come from the 7.x guest (its own
+        # run, its own uvloop references: one CPU there, compare within it)
+        import guest
+        print("\n# the 7.x guest (benchmarks/guest.py) ...", file=sys.stderr)
+        status, text = guest.run_guest(args.rounds, args.seconds)
+        nic_status, nic_text = guest.run_guest_nic(args.rounds, args.seconds)
+        text += ("\n\nOver the simulated NIC (run-in-guest.sh --nic; sender in the peer "
+                 "namespace; engine zcrx on a NIC queue):\n" + nic_text)
+        guest_text = text
+        print()
+        print("In the 7.x guest (User-Mode Linux, benchmarks/guest.py):")
+        print(text)
+    if not args.no_write:
+        notes = [plots(summary, order, args.img)] if order else []
+        for case, _title, _cmd, _text, data in sections:
+            if data is None:
+                continue
+            if case == "records":
+                import records
+                notes.append(records.plots(data["runs"], data["order"], args.img))
+            elif case == "http":
+                import httpbench
+                notes.append(httpbench.plots(data["results"], data["order"], args.img))
+        note = "; ".join(notes)
+        print()
+        print(note)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        cmdline = "benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        with open(args.out, "w") as f:
+            f.write("# Benchmark results (generated by benchmarks/run.py)\n\n")
+            f.write(f"Command: `{cmdline.strip()}`, started "
+                    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t_start))} on {uname.system} "
+                    f"{uname.release} ({uname.machine}, {os.cpu_count()} CPUs)\n\n{note}\n\n")
+            if order:
+                f.write(f"## Bulk (one connection, 1 MiB sends)\n\n{header}\n\n{tab}\n\n")
+            for _case, title, cmd, text, _data in sections:
+                f.write(f"## {title} (`{cmd}`)\n\n{text}\n\n")
+            if guest_text:
+                f.write("## In the 7.x guest (User-Mode Linux, `benchmarks/guest.py`)\n\n")
+                f.write(guest_text.strip() + "\n\n")
+            f.write("Raw per-run results of the bulk case (JSON lines; the other cases: run their "
+                    "script with `--json`):\n\n```\n")
+            for name in order:
+                for res in results[name]:
+                    f.write(json.dumps(res) + "\n")
+            f.write("```\n")
+    return 0
+
+
+def bulk(args, order: list[str], what: str):
+    """The bulk case (1 MiB sends, one connection): runs, prints; (results, summary, table, header)."""
     # zcrx-copy: detect once (in a child, so nothing of it stays in this process)
     zc = [n for n in order if BY_NAME[n][4] == "zcrx-copy"]
     zc_why = None
@@ -457,7 +584,6 @@ def main(argv=None) -> int:
         for n in zc:
             results[n].append({"name": n, "unavailable": f"zcrx-copy unavailable here ({zc_why})"})
     runnable = [n for n in order if not (zc_why and n in zc)]
-    what = f"{args.bytes} bytes" if args.bytes else f"{args.seconds:g} s"
     print(f"# {len(runnable)} variants x {args.rounds} rounds, {what} each", file=sys.stderr)
     t_start = time.time()
     for r in range(args.rounds):
@@ -492,38 +618,7 @@ def main(argv=None) -> int:
             n: ({"skipped": s["skipped"]} if "skipped" in s else
                 {k: med(s[k]) for k in ("gbps", "user", "sys", "total", "outside_syscalls") if k in s})
             for n, s in summary.items()}))
-    guest_text = ""
-    if not args.no_write and not args.no_guest:
-        # engine zcrx-copy needs 7.1+: its rows come from the 7.x guest (its own
-        # run, its own uvloop references: one CPU there, compare within it)
-        import guest
-        print("\n# the 7.x guest (benchmarks/guest.py) ...", file=sys.stderr)
-        status, text = guest.run_guest(args.rounds, args.seconds)
-        nic_status, nic_text = guest.run_guest_nic(args.rounds, args.seconds)
-        text += ("\n\nOver the simulated NIC (run-in-guest.sh --nic; sender in the peer "
-                 "namespace; engine zcrx on a NIC queue):\n" + nic_text)
-        guest_text = text
-        print()
-        print("In the 7.x guest (User-Mode Linux, benchmarks/guest.py):")
-        print(text)
-    if not args.no_write:
-        note = plots(summary, order, args.img)
-        print()
-        print(note)
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        cmdline = "benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        with open(args.out, "w") as f:
-            f.write("# Benchmark results (generated by benchmarks/run.py)\n\n")
-            f.write(f"Command: `{cmdline.strip()}`\n\n{header}\n\n{tab}\n\n{note}\n\n")
-            if guest_text:
-                f.write("## In the 7.x guest (User-Mode Linux, `benchmarks/guest.py`)\n\n")
-                f.write(guest_text.strip() + "\n\n")
-            f.write("Raw per-run results (JSON lines):\n\n```\n")
-            for name in order:
-                for res in results[name]:
-                    f.write(json.dumps(res) + "\n")
-            f.write("```\n")
-    return 0
+    return results, summary, tab, header
 
 
 if __name__ == "__main__":

@@ -174,7 +174,10 @@ def main(argv=None) -> int:
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--heap", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20 connections x 16 KiB, 1 run")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.counts, args.kib, args.repeat = "20", 16, 1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.sender:

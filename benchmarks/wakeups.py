@@ -71,7 +71,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pings", type=int, default=2000)
     ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 200 pings")
     args = ap.parse_args()
+    if args.quick:
+        args.pings = 200
     print("| loop | messages | wake-ups / message | idle wake-ups | enters / wake-up | eventfd off in pump |")
     print("|---|---|---|---|---|---|")
     for name, factory in (("asyncio", asyncio.new_event_loop), ("uvloop", uvloop.new_event_loop)):
