@@ -17,51 +17,15 @@ Routes, the same on both servers:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import socket
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HELLO = b"Hello, world!"
-
-
-def aiozcrx_stats() -> dict:
-    loop = asyncio.get_running_loop()
-    rxs = loop.aiozcrx_receivers() if hasattr(loop, "aiozcrx_receivers") else []
-    stats = [rx.stats() for rx in rxs]
-    return {"loop": type(loop).__module__ + "." + type(loop).__name__,
-            "engines": sorted({s["engine"] for s in stats}),
-            "bytes": sum(s.get("bytes", 0) for s in stats),
-            "bytes_copied": sum(s.get("bytes_copied", 0) for s in stats)}
-
-
-async def asgi_app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    path = scope["path"]
-    if path == "/upload":
-        h = hashlib.sha256()
-        more = True
-        while more:
-            msg = await receive()
-            h.update(msg.get("body", b""))
-            more = msg.get("more_body", False)
-        body = h.hexdigest().encode()
-    elif path == "/stats":
-        body = json.dumps(aiozcrx_stats()).encode()
-    else:
-        body = HELLO
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+# the apps are the ones tests/test_dropin.py runs behind each server (one copy):
+# ASGI and aiohttp, answering GET / (hello), POST /upload (sha256), GET /stats
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from dropin_servers import aiohttp_app, asgi_app  # noqa: E402,F401  (uvicorn imports asgi_app by name)
 
 
 def run_uvicorn(loop: str, fd: int) -> None:
@@ -71,7 +35,7 @@ def run_uvicorn(loop: str, fd: int) -> None:
     # writes per response (head, body) would wait for wrk's delayed ACK (40 ms).
     import uvicorn
     loop_arg = {"aiozcrx": "aiozcrx:new_event_loop", "uvloop": "uvloop", "asyncio": "asyncio"}[loop]
-    config = uvicorn.Config("httpservers:asgi_app", loop=loop_arg, http="httptools", log_level="warning",
+    config = uvicorn.Config("dropin_servers:asgi_app", loop=loop_arg, http="httptools", log_level="warning",
                             access_log=False)
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
@@ -79,20 +43,7 @@ def run_uvicorn(loop: str, fd: int) -> None:
 def run_aiohttp(loop: str, fd: int) -> None:
     from aiohttp import web
 
-    async def hello(request):
-        return web.Response(body=HELLO, content_type="text/plain")
-
-    async def upload(request):
-        h = hashlib.sha256()
-        async for chunk in request.content.iter_chunked(1 << 16):
-            h.update(chunk)
-        return web.Response(text=h.hexdigest())
-
-    async def stats(request):
-        return web.json_response(aiozcrx_stats())
-
-    app = web.Application(client_max_size=1 << 40)
-    app.add_routes([web.get("/", hello), web.post("/upload", upload), web.get("/stats", stats)])
+    app = aiohttp_app()  # the app tests/test_dropin.py serves
     if loop == "aiozcrx":
         import aiozcrx
         ev = aiozcrx.new_event_loop()  # the line docs/dropin.md gives for aiohttp

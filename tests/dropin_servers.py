@@ -6,6 +6,7 @@ the test hands over (its fd number in DROPIN_FD). Used by tests/test_dropin.py (
 The ASGI app and the aiohttp app answer:
   POST /upload  -> the sha256 of the body, streamed (hex)
   GET  /stats   -> JSON: what the loop's aiozcrx Receivers received (bytes, engines)
+  GET  /        -> Hello, world! (the small request of benchmarks/httpbench.py)
   websocket /ws -> echo
 With DROPIN_TLS_CERT and DROPIN_TLS_KEY set, uvicorn and aiohttp serve HTTPS (their
 own TLS options: --ssl-certfile/--ssl-keyfile, ssl_context=).
@@ -26,6 +27,7 @@ FD = int(os.environ.get("DROPIN_FD", "3"))
 # HTTPS: the certificate and key (PEM files) when set (tests/test_tls.py)
 TLS_CERT = os.environ.get("DROPIN_TLS_CERT")
 TLS_KEY = os.environ.get("DROPIN_TLS_KEY")
+HELLO = b"Hello, world!"
 
 
 def ssl_context():
@@ -74,8 +76,10 @@ async def asgi_app(scope, receive, send):
             h.update(msg.get("body", b""))
             more = msg.get("more_body", False)
         body = h.hexdigest().encode()
-    else:
+    elif scope["path"] == "/stats":
         body = json.dumps(aiozcrx_stats()).encode()
+    else:
+        body = HELLO
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -101,8 +105,12 @@ def run(coro) -> None:
             loop.close()
 
 
-def run_aiohttp() -> None:
+def aiohttp_app():
+    """The aiohttp application (also benchmarks/httpservers.py's)."""
     from aiohttp import web
+
+    async def hello(request):
+        return web.Response(body=HELLO, content_type="text/plain")
 
     async def upload(request):
         h = hashlib.sha256()
@@ -121,9 +129,16 @@ def run_aiohttp() -> None:
         return sock
 
     app = web.Application(client_max_size=1 << 30)
-    app.add_routes([web.post("/upload", upload), web.get("/stats", stats), web.get("/ws", ws)])
+    app.add_routes([web.get("/", hello), web.post("/upload", upload), web.get("/stats", stats),
+                    web.get("/ws", ws)])
+    return app
+
+
+def run_aiohttp() -> None:
+    from aiohttp import web
+
     # the line docs/dropin.md gives for aiohttp:
-    web.run_app(app, sock=listening_socket(), loop=aiozcrx.new_event_loop(), print=None,
+    web.run_app(aiohttp_app(), sock=listening_socket(), loop=aiozcrx.new_event_loop(), print=None,
                 ssl_context=ssl_context())
 
 
