@@ -24,6 +24,8 @@ import traceback
 from asyncio import constants, sslproto, trsock
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Optional, Union, cast
 
+from ._leases import CopySink
+
 if TYPE_CHECKING:
     from .receiver import Receiver
 
@@ -47,18 +49,6 @@ def _tag(exc: BaseException, callback: str) -> None:
         setattr(exc, "_aiozcrx_callback", callback)
     except AttributeError:
         pass  # an exception type with __slots__: reported as data_received
-
-
-def _bytes_sink(data_received: Callable[[bytes], object], copied: list[int]) -> Sink:
-    """Feeds a protocol that has not opted in to views: ``bytes``, one copy. The
-    view itself is not released here: the dispatcher reuses it for the next
-    completion (see "The fast path" in docs/concepts.md)."""
-
-    def sink(view: Delivered) -> object:
-        copied[0] += len(view)
-        return data_received(bytes(view))
-
-    return sink
 
 
 def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list[int]) -> Sink:
@@ -198,7 +188,10 @@ class ZcrxTransport(_FlowControlBase):
         if isinstance(p, asyncio.BufferedProtocol):
             return _buffered_sink(p, self._receiver._copied)
         if self._receiver._copies_for(p):
-            return _bytes_sink(p.data_received, self._receiver._copied)
+            # ``data_received(bytes(view))``; the C dispatcher copies straight out of
+            # the buffer and makes no view at all (aiozcrx/_c/copysink.c)
+            copier: Sink = CopySink(p.data_received, self._receiver._copied)
+            return copier
         sink: Sink = p.data_received
         return sink
 
@@ -340,6 +333,8 @@ class ZcrxTransport(_FlowControlBase):
                 self._fatal_error(exc, "Fatal write error on socket transport")
                 return
             self._bytes_written += n
+            if n == len(data) and not isinstance(data, memoryview):
+                return  # all sent (the common case): no view to make
             data = memoryview(data).cast("B")[n:]
             if not data:
                 return

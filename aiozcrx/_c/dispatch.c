@@ -347,6 +347,35 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     area_return(a, ident, (uint32_t)c->res);
                     d->dropped++;
                     d->dropped_bytes += (unsigned long long)c->res;
+                } else if (Py_IS_TYPE(cb, &CopySinkType)) {
+                    /* a protocol that takes bytes: copy, give the buffer back, call */
+                    CopySink *s = (CopySink *)cb;
+                    PyObject *b = copysink_copy(s, ptr, c->res);
+                    a->outstanding++;
+                    area_return(a, ident, (uint32_t)c->res);
+                    if (!b)
+                        goto out;
+                    Py_INCREF(s);
+                    PyObject *r = s->data_received ? PyObject_CallOneArg(s->data_received, b) : NULL;
+                    if (!r && !s->data_received)
+                        PyErr_SetString(PyExc_RuntimeError, "CopySink is not initialised");
+                    Py_DECREF(s);
+                    Py_DECREF(b);
+                    if (r) {
+                        Py_DECREF(r);
+                    } else {
+                        /* as for a view sink below: nothing more for this slot */
+                        Py_CLEAR(spare);
+                        PyObject *exc = fetch_exception();
+                        if (slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
+                            Py_INCREF(Py_None);
+                            PyList_SetItem(d->slots, slot, Py_None);
+                        }
+                        int bad = append_control(controlp, c->ud, c->res, c->flags | AZX_CQE_F_MORE, exc);
+                        Py_XDECREF(exc);
+                        if (bad)
+                            goto out;
+                    }
                 } else {
                     PyObject *view;
                     if (d->copy) {

@@ -2,7 +2,7 @@
  * aiozcrx._leases: buffers handed to Python as read-only memoryviews, and given
  * back to the kernel when the last view over them is released.
  *
- * Three types:
+ * Four types:
  *   Area       - a memory area receive buffers live in, plus the ring that takes
  *                released buffers back: a zcrx refill ring, a provided-buffer ring,
  *                or a plain free list (socket engine). It owns the mappings and
@@ -14,6 +14,8 @@
  *                the "buffer released" hook: it queues the buffer for the kernel.
  *   Dispatcher - drains a completion queue in C: one memoryview and one callback
  *                call per data completion, everything else collected for Python.
+ *   CopySink   - a protocol's data_received fed bytes, not views: the dispatcher
+ *                copies and gives the buffer back at once, with no view made.
  *
  * Refill publishing is batched: a released buffer is written into the ring's
  * entry array right away, but the tail the kernel reads is stored (store-release)
@@ -29,6 +31,7 @@
  *   common.h   - macros, the Area and Lease structs, forward declarations
  *   area.c     - Area
  *   lease.c    - Lease, the lease cache, view reuse
+ *   copysink.c - CopySink: bytes for protocols that take no views
  *   dispatch.c - Dispatcher
  *   leases.c   - this file: the module
  */
@@ -47,6 +50,7 @@
 
 #include "area.c"
 #include "lease.c"
+#include "copysink.c"
 #include "dispatch.c"
 
 /* ---------------------------------------------------------------- module */
@@ -60,7 +64,7 @@ PyMODINIT_FUNC
 PyInit__leases(void)
 {
     if (PyType_Ready(&AreaType) < 0 || PyType_Ready(&LeaseType) < 0 ||
-        PyType_Ready(&DispatcherType) < 0)
+        PyType_Ready(&DispatcherType) < 0 || PyType_Ready(&CopySinkType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&leases_module);
     if (!m)
@@ -74,6 +78,8 @@ PyInit__leases(void)
     PyModule_AddObject(m, "Area", (PyObject *)&AreaType);
     Py_INCREF(&LeaseType);
     PyModule_AddObject(m, "Lease", (PyObject *)&LeaseType);
+    Py_INCREF(&CopySinkType);
+    PyModule_AddObject(m, "CopySink", (PyObject *)&CopySinkType);
     Py_INCREF(&DispatcherType);
     PyModule_AddObject(m, "Dispatcher", (PyObject *)&DispatcherType);
     return m;
