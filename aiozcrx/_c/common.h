@@ -91,6 +91,7 @@ typedef struct {
     Py_ssize_t len;
     uint64_t ident;             /* zcrx: offset in the area; pbuf/pool: buffer id */
     uint32_t slot, gen;         /* the connection it was delivered to (gen 0: none) */
+    int empty;                  /* its buffer went back already: a parked view (dispatch.c) */
 } Lease;
 
 static PyTypeObject AreaType;

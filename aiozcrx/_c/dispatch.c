@@ -59,6 +59,11 @@ typedef struct {
     unsigned long long slow_calls;
     int reuse_views;            /* see reusable_lease() */
     unsigned long long reused_views;
+    /* The last round's spare view, its buffer already given back (empty_view): the
+     * next round's first completion reuses it, so a wake-up with one completion
+     * (small messages, paced) makes no new memoryview either. Nobody else can
+     * reach it (reusable_lease held when it was parked). */
+    PyObject *parked;
     /* benchmarks: time spent dispatching (drain + publish), clock_gettime per round */
     int timing;
     unsigned long long dispatch_ns;
@@ -279,6 +284,22 @@ evfd_read_done(Dispatcher *d, int32_t res)
     }
 }
 
+/* The round is over: `spare`'s buffer goes back, and the view itself is kept for
+ * the next round when nobody else can see it (otherwise it is simply released). */
+static void
+park_view(Dispatcher *d, PyObject *spare)
+{
+#if VIEW_REUSE
+    Lease *l;
+    if (spare && d->reuse_views && !d->halted && (l = reusable_lease(spare)) && l->area == d->area) {
+        empty_view(spare, l);
+        Py_XSETREF(d->parked, spare);
+        return;
+    }
+#endif
+    Py_XDECREF(spare);
+}
+
 /* Drains the CQ: data completions for a live slot become slot_callback(view);
  * everything else (errors, EOF, ends of multishot requests, other ops, callback
  * exceptions) is appended to *control as (user_data, res, flags, exception)
@@ -288,8 +309,10 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 {
     Area *a = d->area;
     cqe_rec batch[BATCH];
-    PyObject *spare = NULL;     /* the last view handed out, if we hold its only reference */
+    PyObject *spare = d->parked;  /* the last view handed out, if we hold its only reference */
     int rc = -1;
+
+    d->parked = NULL;
 
     for (;;) {
         uint32_t head = *d->khead;
@@ -462,7 +485,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
     }
     rc = 0;
 out:
-    Py_XDECREF(spare);  /* its buffer goes back before the round's refill publish */
+    park_view(d, spare);  /* its buffer goes back before the round's refill publish */
     return rc;
 }
 
@@ -932,6 +955,7 @@ static PyObject *
 Dispatcher_halt(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
     d->halted = 1;
+    Py_CLEAR(d->parked);
     Py_RETURN_NONE;
 }
 
@@ -948,6 +972,7 @@ Dispatcher_close(Dispatcher *d, PyObject *Py_UNUSED(ignored))
     d->halted = 1;
     d->ring = NULL;
     d->evfd = -1;
+    Py_CLEAR(d->parked);
     Py_CLEAR(d->slots);
     Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->slow_path);
@@ -962,6 +987,8 @@ Dispatcher_set_view_reuse(Dispatcher *d, PyObject *arg)
     if (on < 0)
         return NULL;
     d->reuse_views = VIEW_REUSE && view_layout_ok && on;
+    if (!d->reuse_views)
+        Py_CLEAR(d->parked);
     return PyBool_FromLong(d->reuse_views);
 }
 
@@ -1015,6 +1042,7 @@ Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
     Py_VISIT(d->slots);
     Py_VISIT(d->ring_owner);
     Py_VISIT(d->slow_path);
+    Py_VISIT(d->parked);
     return 0;
 }
 
@@ -1024,6 +1052,7 @@ Dispatcher_clear(Dispatcher *d)
     Py_CLEAR(d->slots);
     Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->slow_path);
+    Py_CLEAR(d->parked);
     d->ring = NULL;
     return 0;
 }
@@ -1032,6 +1061,7 @@ static void
 Dispatcher_dealloc(Dispatcher *d)
 {
     PyObject_GC_UnTrack(d);
+    Py_CLEAR(d->parked);
     Py_CLEAR(d->slots);
     Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->slow_path);

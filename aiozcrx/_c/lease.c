@@ -23,8 +23,21 @@ lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_
     l->ident = ident;
     l->slot = slot;
     l->gen = gen;
+    l->empty = 0;
     a->outstanding++;
     area_hold(a, slot, gen);
+}
+
+/* The buffer goes back to the kernel (once): the view over it is gone, or about
+ * to be pointed elsewhere. */
+static inline void
+lease_give_back(Lease *l)
+{
+    if (l->empty)
+        return;
+    l->empty = 1;
+    area_unhold(l->area, l->slot, l->gen);
+    area_return(l->area, l->ident, (uint32_t)l->len);
 }
 
 static inline PyObject *
@@ -130,15 +143,32 @@ retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident,
               uint32_t slot, uint32_t gen)
 {
     PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
-    Area *a = l->area;
-    area_unhold(a, l->slot, l->gen);
-    area_return(a, l->ident, (uint32_t)l->len);
-    lease_take(l, a, ptr, len, ident, slot, gen);
+    lease_give_back(l);
+    lease_take(l, l->area, ptr, len, ident, slot, gen);
     MBUF(mv)->master.buf = ptr;
     MBUF(mv)->master.len = len;
     mv->view.buf = ptr;
     mv->view.len = len;
     mv->view.shape[0] = len;
+    mv->hash = -1;
+}
+
+/* A parked view has given its buffer back and points at no memory of the area
+ * (an empty static buffer) until retarget_view() gives it the next one. */
+static const char parked_nothing[1];
+
+static inline void
+empty_view(PyObject *v, Lease *l)
+{
+    PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
+    lease_give_back(l);
+    l->ptr = (char *)parked_nothing;
+    l->len = 0;
+    MBUF(mv)->master.buf = l->ptr;
+    MBUF(mv)->master.len = 0;
+    mv->view.buf = l->ptr;
+    mv->view.len = 0;
+    mv->view.shape[0] = 0;
     mv->hash = -1;
 }
 #else
@@ -158,8 +188,7 @@ static void
 Lease_dealloc(Lease *l)
 {
     Area *a = l->area;
-    area_unhold(a, l->slot, l->gen);
-    area_return(a, l->ident, (uint32_t)l->len);
+    lease_give_back(l);
     if (lease_cached < LEASE_CACHE)
         lease_cache[lease_cached++] = l;
     else
