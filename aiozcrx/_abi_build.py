@@ -57,6 +57,8 @@ CDEF = r"""
 #define AZX_MEM_REGION_TYPE_USER ...
 #define AZX_CQE_F_MORE ...
 #define AZX_CQE_F_BUFFER ...
+#define AZX_CQE_F_BUF_MORE ...
+#define AZX_PBUF_RING_INC ...
 
 /* What a ring looks like to Python: addresses as integers, for the C fast path
  * in aiozcrx._leases, and sizes for the record. */
@@ -115,7 +117,8 @@ int azx_zcrx_ctrl(struct azx_ring *ring, uint32_t zcrx_id, uint32_t op, uint32_t
 int azx_zcrx_export(struct azx_ring *ring, uint32_t zcrx_id);
 int azx_query_zcrx(struct azx_query_zcrx *out);
 
-int azx_pbuf_register(struct azx_ring *ring, uintptr_t ring_mem, uint32_t entries, uint16_t bgid);
+int azx_pbuf_register(struct azx_ring *ring, uintptr_t ring_mem, uint32_t entries, uint16_t bgid,
+                      uint16_t flags);
 int azx_pbuf_unregister(struct azx_ring *ring, uint16_t bgid);
 """
 
@@ -464,10 +467,11 @@ int azx_query_zcrx(struct azx_query_zcrx *out)
     return 0;
 }
 
-int azx_pbuf_register(struct azx_ring *r, uintptr_t ring_mem, uint32_t entries, uint16_t bgid)
+int azx_pbuf_register(struct azx_ring *r, uintptr_t ring_mem, uint32_t entries, uint16_t bgid,
+                      uint16_t flags)
 {
     struct azx_buf_reg b; memset(&b, 0, sizeof b);
-    b.ring_addr = ring_mem; b.ring_entries = entries; b.bgid = bgid;
+    b.ring_addr = ring_mem; b.ring_entries = entries; b.bgid = bgid; b.flags = flags;
     return (int)azx_sys_register(r->fd, AZX_REGISTER_PBUF_RING, &b, 1);
 }
 

@@ -326,11 +326,17 @@ def query_zcrx() -> dict[str, int] | None:
     }
 
 
-def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int, window: int) -> None:
+def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int, window: int, incremental: bool = True) -> bool:
     """A provided buffer ring for the buffers of ``area`` (IORING_REGISTER_PBUF_RING).
 
     Room for all of them; ``window`` of them posted at a time (``Area`` keeps the
     rest, most recently used first, and widens the window when the kernel runs out).
+
+    ``incremental``: ask for IOU_PBUF_RING_INC (6.12+), where the kernel fills a
+    buffer piece by piece instead of spending a whole buffer on each receive, so a
+    small message takes only its size and back-to-back pieces can be delivered as
+    one view. A kernel without it refuses the flag (EINVAL) and gets the plain ring.
+    Returns whether the ring is incremental.
     """
     entries = 1
     while entries < area.nbufs:
@@ -338,9 +344,14 @@ def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int, window: int) -> Non
     ring_len = max(PAGE_SIZE, entries * 16)
     m = map_area(ring_len)
     dontfork(m)
-    ret = lib.azx_pbuf_register(ring._r, m.addr, entries, bgid)
+    inc = incremental
+    ret = lib.azx_pbuf_register(ring._r, m.addr, entries, bgid, lib.AZX_PBUF_RING_INC if inc else 0)
+    if ret == -errno.EINVAL and inc:
+        inc = False
+        ret = lib.azx_pbuf_register(ring._r, m.addr, entries, bgid, 0)
     if ret < 0:
         unmap(m)
         _check(ret, "IORING_REGISTER_PBUF_RING")
     area.own_mapping(m.addr, m.length)
-    area.setup_pbuf(m.addr, entries, window)
+    area.setup_pbuf(m.addr, entries, window, inc)
+    return inc

@@ -268,7 +268,9 @@ class Receiver:
         once), ``stale_completions`` (ends of requests of a connection already
         gone, ignored), ``closed`` (after ``close()``, the counters are the last
         ones), ``buffers_total`` / ``buffers_outstanding`` (held by views) /
-        ``buffers_free`` / ``buffers_returned``, ``buffer_size``, ``area_size``,
+        ``buffers_free`` / ``buffers_returned``, ``views_outstanding`` (views not
+        yet released: the same as ``buffers_outstanding`` except with incremental
+        buffers, where a buffer can hold several), ``buffer_size``, ``area_size``,
         ``refill_publishes`` / ``refill_flushes`` / ``refill_queued`` /
         ``refill_errors``, ``rearms``, ``starved`` (times reception stopped for
         want of buffers), ``wakeups`` (eventfd wake-ups of the loop),
@@ -285,9 +287,13 @@ class Receiver:
         ``eventfd_sqe_errors`` (how those reads ended), ``slow_path_calls``
         (wake-ups and kicks that needed the engine's Python),
         ``reused_views`` (see "The fast path" in docs/concepts.md) and, once it
-        happened, ``reset_kicks`` (requests re-armed to read a reset's error). Engine ``uring`` adds ``post_window`` (buffers kept in
+        happened, ``reset_kicks`` (requests re-armed to read a reset's error),
+        ``merged_completions`` (completions delivered in the same view as the one
+        before). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),
-        ``post_window_grows`` / ``post_window_shrinks``. zcrx engines add
+        ``post_window_grows`` / ``post_window_shrinks``, and
+        ``incremental_buffers`` (True where the kernel fills buffers piece by
+        piece: Linux 6.12+; see "The fast path" in docs/concepts.md). zcrx engines add
         ``zcrx_id``, ``rq_entries``, ``rx_buf_len``, ``nodev``, ``notifications``
         (``"on"`` or ``"unsupported"``) and, once they happened, ``stall_kicks``,
         ``notification_rearms``; an instance shared with ``share_with`` has

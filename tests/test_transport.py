@@ -127,7 +127,10 @@ async def test_held_views_cap_at_area_then_delivery_resumes(engine):
         await wait_until(lambda: area_full(rx), "every buffer of the area is held")
         held = sum(len(v) for v in proto.kept)
         assert 0 < held <= area
-        assert rx.stats()["buffers_outstanding"] == len(proto.kept) <= area // buf
+        st = rx.stats()
+        # engine uring's buffers may hold several views each (incremental buffers)
+        assert st["views_outstanding"] == len(proto.kept)
+        assert st["buffers_outstanding"] <= min(len(proto.kept), area // buf)
         assert proto.bytes < total
         assert not proto.lost.done()
         # release everything held so far and keep releasing from now on

@@ -43,6 +43,19 @@ pbuf_put(Area *a, uint32_t bid)
     e->len = a->buf_size;
     e->bid = (uint16_t)bid;     /* not resv: in entry 0 that is the ring's tail */
     a->pbuf_local_tail++;
+    if (a->inc) {
+        a->buf_used[bid] = 0;
+        a->buf_kernel[bid] = 1;
+    }
+}
+
+/* A lease (a view) takes a piece of buffer `ident`: counted until area_return. */
+static inline void
+area_take(Area *a, uint64_t ident)
+{
+    a->outstanding++;
+    if (a->inc && !a->closed && a->buf_views[ident]++ == 0)
+        a->bufs_held++;
 }
 
 /* A buffer comes back from user space. Never fails: a zcrx return that cannot be
@@ -223,6 +236,16 @@ area_return(Area *a, uint64_t ident, uint32_t len)
                 a->flush_errors++;
         break;
     case KIND_PBUF:
+        if (a->inc) {
+            /* free once the kernel is done with it too (pbuf_kernel_done) */
+            if (--a->buf_views[ident] == 0) {
+                a->bufs_held--;
+                if (!a->buf_kernel[ident])
+                    a->freelist[a->nfree++] = (uint32_t)ident;
+            }
+            break;
+        }
+        /* fall through */
     case KIND_POOL:
         a->freelist[a->nfree++] = (uint32_t)ident;
         break;
@@ -236,6 +259,19 @@ area_return(Area *a, uint64_t ident, uint32_t len)
     }
 }
 
+/* Incremental pbuf: the kernel finished buffer `bid` (a completion without
+ * IORING_CQE_F_BUF_MORE); it is free once no view is left over it. */
+static inline void
+pbuf_kernel_done(Area *a, uint32_t bid)
+{
+    if (a->closed || !a->buf_kernel[bid])
+        return;
+    a->buf_kernel[bid] = 0;
+    if (a->posted)
+        a->posted--;
+    if (!a->buf_views[bid])
+        a->freelist[a->nfree++] = bid;
+}
 
 static int
 zcrx_flush(Area *a)
@@ -421,14 +457,27 @@ Area_setup_pbuf(Area *a, PyObject *args)
 {
     unsigned long long ring;
     unsigned int entries, window;
-    if (!PyArg_ParseTuple(args, "KII", &ring, &entries, &window))
+    int inc = 0;
+    if (!PyArg_ParseTuple(args, "KII|p", &ring, &entries, &window, &inc))
         return NULL;
     if (!entries || (entries & (entries - 1)) || entries < a->nbufs || a->nbufs > 32768) {
         PyErr_SetString(PyExc_ValueError, "pbuf ring entries must be a power of two >= buffers");
         return NULL;
     }
+    if (a->kind != -1) {
+        PyErr_SetString(PyExc_RuntimeError, "the area already has a ring");
+        return NULL;
+    }
     if (!(a->freelist = PyMem_Malloc(a->nbufs * sizeof(uint32_t))))
         return PyErr_NoMemory();
+    if (inc) {
+        a->buf_used = PyMem_Calloc(a->nbufs, sizeof(uint32_t));
+        a->buf_views = PyMem_Calloc(a->nbufs, sizeof(uint32_t));
+        a->buf_kernel = PyMem_Calloc(a->nbufs, 1);
+        if (!a->buf_used || !a->buf_views || !a->buf_kernel)
+            return PyErr_NoMemory();   /* freed at dealloc */
+        a->inc = 1;
+    }
     /* low ids on top: a small workload touches few pages */
     for (uint32_t i = 0; i < a->nbufs; i++)
         a->freelist[i] = a->nbufs - 1 - i;
@@ -563,6 +612,21 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
                                 "area_unmapped", a->unmapped ? Py_True : Py_False,
                                 "starved", a->starved,
                                 "area_addr", (unsigned long long)(uintptr_t)a->base);
+    if (s && a->inc) {
+        /* a view holds a piece of a buffer: count buffers, and views apart */
+        PyObject *p = Py_BuildValue("{s:K,s:I,s:I,s:O}", "views_outstanding", a->outstanding,
+                                    "buffers_outstanding", a->bufs_held,
+                                    "buffers_free", a->nbufs - a->bufs_held,
+                                    "incremental_buffers", Py_True);
+        if (!p || PyDict_Update(s, p) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(p);
+    } else if (s) {
+        PyObject *p = Py_BuildValue("{s:K}", "views_outstanding", a->outstanding);
+        if (!p || PyDict_Update(s, p) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(p);
+    }
     if (s && a->kind == KIND_PBUF) {
         PyObject *p = Py_BuildValue("{s:I,s:I,s:K,s:K}", "buffers_posted", a->posted,
                                     "post_window", a->window, "post_window_grows", a->window_grows,
@@ -596,6 +660,9 @@ Area_dealloc(Area *a)
     PyMem_Free(a->over);
     PyMem_Free(a->back);
     PyMem_Free(a->freelist);
+    PyMem_Free(a->buf_used);
+    PyMem_Free(a->buf_views);
+    PyMem_Free(a->buf_kernel);
     Py_TYPE(a)->tp_free((PyObject *)a);
 }
 

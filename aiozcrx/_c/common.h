@@ -60,6 +60,16 @@ typedef struct {
     uint32_t nfree;
     /* pbuf: buffers in the kernel's ring, and how many we keep there (see publish) */
     uint32_t posted, window, window_min, posted_mark, epoch_peak, epoch_rounds;
+    /* pbuf, incremental consumption (IOU_PBUF_RING_INC): the kernel fills a buffer
+     * piece by piece, one completion per piece, the pieces back to back; it says
+     * in each completion whether the buffer goes on (IORING_CQE_F_BUF_MORE). A
+     * buffer is free again once the kernel is done with it AND no view is left
+     * over any of its pieces. */
+    int inc;
+    uint32_t *buf_used;         /* per buffer: bytes the kernel has filled so far */
+    uint32_t *buf_views;        /* per buffer: leases (views) over its pieces */
+    uint8_t *buf_kernel;        /* per buffer: in the kernel's ring, not finished */
+    uint32_t bufs_held;         /* buffers with at least one view */
     unsigned long long window_grows, window_shrinks;
     /* wake-up when buffers return while starved */
     int wake_fd;

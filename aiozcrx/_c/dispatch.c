@@ -59,6 +59,7 @@ typedef struct {
     unsigned long long slow_calls;
     int reuse_views;            /* see reusable_lease() */
     unsigned long long reused_views;
+    unsigned long long merged;  /* completions delivered in the same view as the one before */
     /* The last round's spare view, its buffer already given back (empty_view): the
      * next round's first completion reuses it, so a wake-up with one completion
      * (small messages, paced) makes no new memoryview either. Nobody else can
@@ -234,6 +235,16 @@ cqe_buffer(Area *a, const cqe_rec *c, char **ptr, uint64_t *ident)
     uint32_t bid = c->flags >> AZX_CQE_BUFFER_SHIFT;
     if (bid >= a->nbufs || (uint32_t)c->res > a->buf_size)
         return 0;
+    if (a->inc) {
+        /* the piece starts where the kernel's last one in this buffer ended */
+        uint32_t off = a->buf_used[bid];
+        if (!a->buf_kernel[bid] || (uint64_t)off + (uint32_t)c->res > a->buf_size)
+            return 0;
+        a->buf_used[bid] = off + (uint32_t)c->res;
+        *ptr = a->base + (size_t)bid * a->buf_size + off;
+        *ident = bid;
+        return 1;           /* still posted until a completion without BUF_MORE */
+    }
     if (a->posted)
         a->posted--;            /* the kernel took it out of the ring */
     *ptr = a->base + (size_t)bid * a->buf_size;
@@ -348,8 +359,35 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
             if (is_recv && c->res > 0 && cqe_buffer(a, c, &ptr, &ident)) {
                 uint32_t slot = UD_SLOT(c->ud);
                 PyObject *cb = NULL;
+                int32_t res = c->res;
+                uint32_t flags = c->flags;
+                uint32_t pieces = 1;
                 d->completions++;
-                d->bytes += (unsigned long long)c->res;
+                d->bytes += (unsigned long long)res;
+                if (a->inc) {
+                    /* Pieces that follow on in the same buffer for the same request
+                     * are one delivery: one view over all of them. A piece that
+                     * ends the request (no F_MORE) or the buffer (no BUF_MORE)
+                     * closes the run; its flags are the delivery's. */
+                    while (i + 1 < cnt) {
+                        const cqe_rec *nx = &batch[i + 1];
+                        uint32_t end = a->buf_used[ident];
+                        if (nx->ud != c->ud || nx->res <= 0 || !(flags & AZX_CQE_F_MORE) ||
+                            !(flags & AZX_CQE_F_BUF_MORE) || !(nx->flags & AZX_CQE_F_BUFFER) ||
+                            (nx->flags >> AZX_CQE_BUFFER_SHIFT) != ident ||
+                            (uint64_t)end + (uint32_t)nx->res > a->buf_size ||
+                            ptr + res != a->base + (size_t)ident * a->buf_size + end)
+                            break;
+                        a->buf_used[ident] = end + (uint32_t)nx->res;
+                        res += nx->res;
+                        flags = nx->flags;
+                        d->completions++;
+                        d->bytes += (unsigned long long)nx->res;
+                        d->merged++;
+                        pieces++;
+                        i++;
+                    }
+                }
                 /* only the connection the request was issued for, and only while
                  * it takes data: a slot reused by another connection, a sink
                  * dropped by close()/abort()/an exception, or a halt all send the
@@ -357,8 +395,8 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                 if (!d->halted && slot < d->slot_cap && d->slot_gen[slot] == UD_GEN(c->ud)) {
                     if (slot < (uint32_t)PyList_GET_SIZE(d->slots))
                         cb = PyList_GET_ITEM(d->slots, slot);
-                    d->slot_counts[2 * slot]++;
-                    d->slot_counts[2 * slot + 1] += (unsigned long long)c->res;
+                    d->slot_counts[2 * slot] += pieces;
+                    d->slot_counts[2 * slot + 1] += (unsigned long long)res;
                     if (!(d->slot_active[slot] & 1)) {
                         d->slot_active[slot] |= 1;
                         d->active[d->nactive++] = slot;
@@ -366,16 +404,16 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                 }
                 if (cb == NULL || cb == Py_None) {
                     /* connection gone, stopped, or another's: straight back to the kernel */
-                    a->outstanding++;
-                    area_return(a, ident, (uint32_t)c->res);
+                    area_take(a, ident);
+                    area_return(a, ident, (uint32_t)res);
                     d->dropped++;
-                    d->dropped_bytes += (unsigned long long)c->res;
+                    d->dropped_bytes += (unsigned long long)res;
                 } else if (Py_IS_TYPE(cb, &CopySinkType)) {
                     /* a protocol that takes bytes: copy, give the buffer back, call */
                     CopySink *s = (CopySink *)cb;
-                    PyObject *b = copysink_copy(s, ptr, c->res);
-                    a->outstanding++;
-                    area_return(a, ident, (uint32_t)c->res);
+                    PyObject *b = copysink_copy(s, ptr, res);
+                    area_take(a, ident);
+                    area_return(a, ident, (uint32_t)res);
                     if (!b)
                         goto out;
                     Py_INCREF(s);
@@ -394,7 +432,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                             Py_INCREF(Py_None);
                             PyList_SetItem(d->slots, slot, Py_None);
                         }
-                        int bad = append_control(controlp, c->ud, c->res, c->flags | AZX_CQE_F_MORE, exc);
+                        int bad = append_control(controlp, c->ud, res, flags | AZX_CQE_F_MORE, exc);
                         Py_XDECREF(exc);
                         if (bad)
                             goto out;
@@ -402,15 +440,15 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                 } else {
                     PyObject *view;
                     if (d->copy) {
-                        view = PyBytes_FromStringAndSize(ptr, c->res);
-                        a->outstanding++;
-                        area_return(a, ident, (uint32_t)c->res);
+                        view = PyBytes_FromStringAndSize(ptr, res);
+                        area_take(a, ident);
+                        area_return(a, ident, (uint32_t)res);
                     } else {
                         view = NULL;
 #if VIEW_REUSE
                         Lease *l;
                         if (spare && d->reuse_views && (l = reusable_lease(spare))) {
-                            retarget_view(spare, l, ptr, c->res, ident, slot, UD_GEN(c->ud));
+                            retarget_view(spare, l, ptr, res, ident, slot, UD_GEN(c->ud));
                             view = spare;
                             spare = NULL;
                             d->reused_views++;
@@ -418,7 +456,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 #endif
                         if (!view) {
                             Py_CLEAR(spare);
-                            view = make_view(a, ptr, c->res, ident, slot, UD_GEN(c->ud));
+                            view = make_view(a, ptr, res, ident, slot, UD_GEN(c->ud));
                         }
                     }
                     if (!view)
@@ -457,21 +495,29 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                         }
                         /* reported even when halted (Receiver.close() in the same
                          * callback): asyncio reports it whatever the callback did */
-                        int bad = append_control(controlp, c->ud, c->res, c->flags | AZX_CQE_F_MORE, exc);
+                        int bad = append_control(controlp, c->ud, res, flags | AZX_CQE_F_MORE, exc);
                         Py_XDECREF(exc);
                         if (bad)
                             goto out;
                     }
                 }
-                if (!(c->flags & AZX_CQE_F_MORE) && !d->halted &&
-                    append_control(controlp, c->ud, c->res, c->flags, NULL))
+                if (a->inc && !(flags & AZX_CQE_F_BUF_MORE))
+                    pbuf_kernel_done(a, (uint32_t)ident);  /* after the view took its piece */
+                if (!(flags & AZX_CQE_F_MORE) && !d->halted &&
+                    append_control(controlp, c->ud, res, flags, NULL))
                     goto out;
                 continue;
             }
-            if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) &&
+            if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) && a->inc) {
+                /* a completion with no data in an incremental buffer: done with it
+                 * unless the kernel says it goes on */
+                uint32_t bid = c->flags >> AZX_CQE_BUFFER_SHIFT;
+                if (bid < a->nbufs && !(c->flags & AZX_CQE_F_BUF_MORE))
+                    pbuf_kernel_done(a, bid);
+            } else if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) &&
                 cqe_buffer(a, c, &ptr, &ident)) {
                 /* a buffer picked for a completion that carries no data */
-                a->outstanding++;
+                area_take(a, ident);
                 area_return(a, ident, 0);
             }
             if (is_recv && a->kind == KIND_PBUF && c->res == -ENOBUFS && a->window < a->nbufs) {
@@ -1014,7 +1060,8 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
                                 "enters", d->enters, "reused_views", d->reused_views,
                                 "eventfd_paused", d->evfd_disabled_bit ? Py_True : Py_False);
     if (s) {
-        PyObject *v = Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K}",
+        PyObject *v = Py_BuildValue("{s:K,s:s,s:K,s:K,s:K,s:K,s:K,s:K}",
+                                    "merged_completions", d->merged,
                                     "eventfd_read", d->evfd_sqe ? "sqe" : "read(2)",
                                     "eventfd_reads", d->evfd_syscalls,
                                     "eventfd_sqe_reads", d->evfd_sqe_reads,

@@ -24,7 +24,7 @@ lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_
     l->slot = slot;
     l->gen = gen;
     l->empty = 0;
-    a->outstanding++;
+    area_take(a, ident);
     area_hold(a, slot, gen);
 }
 

@@ -68,7 +68,11 @@
 /* ---- CQE flags: IORING_CQE_F_*, IORING_CQE_BUFFER_SHIFT ---- */
 #define AZX_CQE_F_BUFFER          (1U << 0)  /* (5.7) */
 #define AZX_CQE_F_MORE            (1U << 1)  /* (5.13) */
+#define AZX_CQE_F_BUF_MORE        (1U << 4)  /* incremental buffer: it goes on in the next completion (6.12) */
 #define AZX_CQE_BUFFER_SHIFT      16         /* buffer id in cqe->flags (5.7) */
+
+/* ---- struct io_uring_buf_reg flags: IOU_PBUF_RING_* ---- */
+#define AZX_PBUF_RING_INC         2          /* buffers consumed incrementally (6.12) */
 
 /* ---- io_uring_register() opcodes: enum io_uring_register_op, IORING_REGISTER_* ---- */
 #define AZX_REGISTER_EVENTFD      4          /* (5.1) */
