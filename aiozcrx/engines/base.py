@@ -21,15 +21,43 @@ from __future__ import annotations
 
 import enum
 import errno
-from typing import TYPE_CHECKING, Callable, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
 
 if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
     from .._ring import Delivery
     from ..config import Config
-    from ..receiver import _EngineLoop
 
 #: a sink takes one delivery (a memoryview, or bytes with copy=True)
 Sink = Callable[["Delivery"], object]
+
+
+class Cancellable(Protocol):
+    """What ``call_soon``/``call_later`` return, as engines use it."""
+
+    def cancel(self) -> None: ...
+
+
+class EngineLoop(Protocol):
+    """The loop calls engines, a Receiver and its ZcrxTransports make while
+    connections run: every asyncio loop has them, and so has
+    ``aiozcrx._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> Cancellable: ...
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> Cancellable: ...
+
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
+
+    def remove_reader(self, fd: FileDescriptorLike) -> object: ...
+
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
+
+    def remove_writer(self, fd: FileDescriptorLike) -> object: ...
+
+    # asyncio's context dict (typeshed: dict[str, Any]): "message", "exception", ...
+    def call_exception_handler(self, context: dict[str, Any]) -> None: ...
 
 
 class _Counters(TypedDict):
@@ -203,7 +231,7 @@ class Engine:
 
     def __init__(self, config: "Config"):
         self.config = config
-        self.loop: _EngineLoop | None = None
+        self.loop: EngineLoop | None = None
         self.conns: dict[int, Conn] = {}
         self.starved: set[Conn] = set()    # waiting for free buffers to be re-armed
         self.throttled: set[Conn] = set()  # over their share (see Config.held_limit)
@@ -213,7 +241,7 @@ class Engine:
         self._final_stats: dict[str, object] | None = None
 
     # -- lifecycle (Receiver) --
-    def open(self, loop: _EngineLoop) -> None:
+    def open(self, loop: EngineLoop) -> None:
         raise NotImplementedError
 
     def close(self) -> None:

@@ -29,11 +29,10 @@ from typing import TYPE_CHECKING
 from .. import _ring
 from .._ring import UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, ud_gen, ud_kind, ud_slot, user_data
 from .advice import uring_error
-from .base import Action, Conn, Engine, ReadEvents, Sink, Slots, decide
+from .base import Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..receiver import _Cancellable, _EngineLoop
 
 # Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
 PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
@@ -53,8 +52,8 @@ class RingEngine(Engine):
         self._scheduled = False
         self._reader_added = False
         self._close_pending = False
-        self._tw_timer: _Cancellable | None = None
-        self._reset_timer: _Cancellable | None = None
+        self._tw_timer: Cancellable | None = None
+        self._reset_timer: Cancellable | None = None
         self._reset_watch_slots: dict[int, int] = {}
 
     def _open_ring(self) -> None:
@@ -63,7 +62,7 @@ class RingEngine(Engine):
         except OSError as e:
             raise uring_error(self.name, e) from None
 
-    def _start_loop(self, loop: _EngineLoop) -> None:
+    def _start_loop(self, loop: EngineLoop) -> None:
         self.loop = loop
         assert self.ring is not None and self.area is not None  # opened by the subclass's open()
         self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 
 from .. import _ring
 from .advice import area_error
-from .base import Conn, Engine, ReadEvents, Sink, Slots
+from .base import Conn, Engine, EngineLoop, ReadEvents, Sink, Slots
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..receiver import _EngineLoop
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP  # EPOLLERR/EPOLLHUP are always reported
 
@@ -44,7 +43,7 @@ class SocketEngine(Engine):
         self.dropped = 0
         self.dropped_bytes = 0
 
-    def open(self, loop: _EngineLoop) -> None:
+    def open(self, loop: EngineLoop) -> None:
         self.loop = loop
         try:
             mapping = _ring.map_area(self.config.area_size, hugepages=self.config.hugepages)

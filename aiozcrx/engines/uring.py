@@ -4,15 +4,12 @@ buffer ring (any kernel with DEFER_TASKRUN, 6.1+)."""
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
 
 from .. import _ring
 from ..errors import UringUnavailable
 from .advice import area_error, uring_error
+from .base import EngineLoop
 from .ring import RingEngine
-
-if TYPE_CHECKING:
-    from ..receiver import _EngineLoop
 
 
 class UringEngine(RingEngine):
@@ -28,7 +25,7 @@ class UringEngine(RingEngine):
     def post_window(cls, buf_size: int, nbufs: int) -> int:
         return min(nbufs, max(cls.MIN_POSTED, cls.WARM_BYTES // buf_size))
 
-    def open(self, loop: _EngineLoop) -> None:
+    def open(self, loop: EngineLoop) -> None:
         cfg = self.config
         self._open_ring()
         assert self.ring is not None

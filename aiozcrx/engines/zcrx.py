@@ -19,12 +19,11 @@ from .._ring import UD_NOTIF, user_data
 from ..errors import ZcrxUnavailable
 from .advice import area_error, device_removed, zcrx_error
 from .linkwatch import LinkWatch, interface_exists
-from .base import Conn, ReadEvents
+from .base import Cancellable, Conn, EngineLoop, ReadEvents
 from .ring import RingEngine
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..receiver import _Cancellable, _EngineLoop
 
 
 # NIC queues this process has registered: (ifindex, queue) -> None while a ring of
@@ -68,7 +67,7 @@ class ZcrxEngine(RingEngine):
         self.shared_from: ZcrxEngine | None = None
         self.info: _ring.ZcrxInfo | None = None
         self.zcrx_id = 0
-        self._watchdog: _Cancellable | None = None
+        self._watchdog: Cancellable | None = None
         self._watch_marks: dict[int, int] = {}
         self._quiet_ticks = 0
         self._kick_pending = False
@@ -79,7 +78,7 @@ class ZcrxEngine(RingEngine):
         self._link_target: tuple[int, str, int] | None = None  # (ifindex, name, queue)
         self.device_gone = False  # the device was removed (see _device_removed)
 
-    def open(self, loop: _EngineLoop) -> None:
+    def open(self, loop: EngineLoop) -> None:
         if self.share_with is not None:
             return self._open_imported(loop, self.share_with)
         cfg = self.config
@@ -119,7 +118,7 @@ class ZcrxEngine(RingEngine):
             _our_queues[(if_idx, rxq)] = _HELD
             self._watch_link(loop, (if_idx, nic[0], nic[1]))
 
-    def _open_imported(self, loop: _EngineLoop, source: ZcrxEngine) -> None:
+    def _open_imported(self, loop: EngineLoop, source: ZcrxEngine) -> None:
         """Receives through another ring's zcrx instance (ZCRX_CTRL_EXPORT, then
         ZCRX_REG_IMPORT into a ring of our own). Area and refill ring stay the
         source's: buffers released from here go back through them."""
@@ -398,7 +397,7 @@ class ZcrxEngine(RingEngine):
     # linkwatch.py) and ends every connection with connection_lost(ZcrxDeviceRemoved)
     # naming the interface and the fix; wrap() then raises it, stats() says
     # "device_removed". The ring and the area are released by close() as usual.
-    def _watch_link(self, loop: _EngineLoop, target: tuple[int, str, int]) -> None:
+    def _watch_link(self, loop: EngineLoop, target: tuple[int, str, int]) -> None:
         self._link_target = target
         try:
             self._link = LinkWatch(target[0])
