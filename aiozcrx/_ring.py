@@ -13,10 +13,83 @@ import errno
 import mmap
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable, Literal, Protocol, Union
 
 from ._abi import ffi, lib
 from ._leases import Area, Dispatcher
+
+# -- the compiled objects' types --
+# aiozcrx._leases has no stubs (mypy sees Area and Dispatcher as Any): these
+# Protocols say what the engines call on them (aiozcrx/_c/area.c, dispatch.c), and
+# the functions below that make them return them as these types.
+
+#: what a slot's sink is given: a view over the area, bytes with copy=True
+Delivery = Union[memoryview, bytes]
+#: a slot's sink (read by the C dispatcher from the slots list), None: dropped
+SlotSink = Union[Callable[[Delivery], object], None]
+#: one record of the control list: (user_data, res, cqe flags, a sink's exception)
+Control = tuple[int, int, int, Union[BaseException, None]]
+#: the dispatcher's slow path: (completions, control list or None, pump state)
+SlowPath = Callable[[int, Union[list[Control], None], int], object]
+
+
+class AreaLike(Protocol):
+    """aiozcrx._leases.Area: the receive area, its buffers' leases and refills."""
+
+    @property
+    def outstanding(self) -> int: ...  # buffers held by user space
+
+    @property
+    def nbufs(self) -> int: ...
+
+    def own_mapping(self, addr: int, length: int, /) -> None: ...
+    def setup_zcrx(self, rq_head: int, rq_tail: int, rq_rqes: int, rq_entries: int,
+                   rq_area_token: int, zcrx_id: int, ring_fd: int, nodev: bool, /) -> None: ...
+    def setup_pbuf(self, addr: int, entries: int, window: int, incremental: bool = ..., /) -> None: ...
+    def setup_pool(self) -> None: ...
+    def publish(self, force: bool = ..., /) -> None: ...
+    # a view; b"" at EOF; False: every pooled buffer is held; None: nothing to read
+    def recv(self, fd: int, slot: int, gen: int, /) -> memoryview | Literal[b"", False] | None: ...
+    def set_share(self, buffers: int, wake_fd: int, /) -> None: ...
+    def bind_slot(self, slot: int, gen: int, /) -> None: ...
+    def over_share(self, slot: int, gen: int, /) -> bool: ...
+    def take_back(self) -> list[int]: ...
+    def held(self, slot: int, gen: int, /) -> int: ...
+    def set_wake(self, fd: int, starved: bool, /) -> None: ...
+    def add_user(self) -> None: ...
+    def close(self) -> None: ...
+    def stats(self) -> dict[str, int]: ...  # "closed", "area_unmapped": bool
+
+
+class DispatcherLike(Protocol):
+    """aiozcrx._leases.Dispatcher: the C completion dispatcher of one ring."""
+
+    @property
+    def pumping(self) -> bool: ...
+    # flags the engine sets for on_wake (see aiozcrx/_c/dispatch.c)
+    revive_wanted: bool
+    unthrottle_wanted: bool
+    recheck_pending: bool
+
+    # called by Ring.dispatcher: addresses of the ring and of the C helpers
+    def bind_ring(self, *, owner: object, ring: int, enter: int, sq_space: int, sq_flags: int,
+                  cq_flags: int, sq_entries: int, getevents: int, pending_mask: int,
+                  evfd_disabled_bit: int) -> None: ...
+    def bind_eventfd(self, fd: int, *, prep_read: int, withdraw: int, user_data: int) -> None: ...
+    def run(self) -> tuple[int, list[Control] | None]: ...
+    def pump(self, eventfd: int, /) -> tuple[int, list[Control] | None, int]: ...
+    def on_wake(self) -> None: ...
+    def kick(self) -> None: ...
+    def set_slow_path(self, slow_path: SlowPath | None, /) -> None: ...
+    def set_eventfd_sqe(self, on: bool, /) -> bool: ...
+    def set_view_reuse(self, on: bool, /) -> bool: ...
+    def set_timing(self, on: bool, /) -> None: ...
+    def stats(self) -> dict[str, int | str]: ...  # "eventfd_read": "sqe" or "read(2)"
+    def slot_stats(self, slot: int, /) -> tuple[int, int]: ...
+    def bind(self, slot: int, gen: int, /) -> None: ...
+    def halt(self) -> None: ...
+    def close(self) -> None: ...
+    def take_quiet(self) -> list[int]: ...
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -145,10 +218,10 @@ class Ring:
     def supports_op(self, op: int) -> bool:
         return bool(lib.azx_probe_op(self._r, op) == 1)
 
-    def dispatcher(self, area: Area, slots: list[Any], *, copy: bool) -> Dispatcher:
+    def dispatcher(self, area: AreaLike, slots: list[SlotSink], *, copy: bool) -> DispatcherLike:
         """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``)."""
         r = self._r
-        d = Dispatcher(
+        d: DispatcherLike = Dispatcher(
             area, slots,
             khead=int(r.cq_khead), ktail=int(r.cq_ktail),
             mask=int(r.cq_mask),
@@ -215,9 +288,9 @@ def unmap(m: AreaMapping) -> None:
     lib.azx_munmap(m.addr, m.length)
 
 
-def new_area(m: AreaMapping, buf_size: int) -> Area:
+def new_area(m: AreaMapping, buf_size: int) -> AreaLike:
     """An Area over a mapping it takes ownership of (unmapped when the Area dies)."""
-    area = Area(m.addr, m.length, buf_size)
+    area: AreaLike = Area(m.addr, m.length, buf_size)
     area.own_mapping(m.addr, m.length)
     return area
 
@@ -233,8 +306,8 @@ class ZcrxStats:
     returns the last values read.
     """
 
-    def __init__(self, area: Area, addr: int):
-        self._area = area  # keeps the mapping's owner alive
+    def __init__(self, area: AreaLike, addr: int):
+        self._area: AreaLike | None = area  # keeps the mapping's owner alive
         self._p = ffi.cast("uint64_t *", addr)
         self._last = (0, 0)
 
@@ -267,7 +340,7 @@ class ZcrxInfo:
     stats: ZcrxStats | None = None
 
 
-def register_zcrx(ring: Ring, area: Area, mapping: AreaMapping, *, if_idx: int, rxq: int,
+def register_zcrx(ring: Ring, area: AreaLike, mapping: AreaMapping, *, if_idx: int, rxq: int,
                   rq_entries: int, nodev: bool, kernel_region: bool = False,
                   rx_buf_len: int = 0, notif_ud: int = 0, notif_mask: int = 0,
                   stats: bool = False) -> ZcrxInfo:
@@ -326,7 +399,7 @@ def query_zcrx() -> dict[str, int] | None:
     }
 
 
-def register_pbuf_ring(ring: Ring, area: Area, *, bgid: int, window: int, incremental: bool = True) -> bool:
+def register_pbuf_ring(ring: Ring, area: AreaLike, *, bgid: int, window: int, incremental: bool = True) -> bool:
     """A provided buffer ring for the buffers of ``area`` (IORING_REGISTER_PBUF_RING).
 
     Room for all of them; ``window`` of them posted at a time (``Area`` keeps the

@@ -7,45 +7,17 @@ import logging
 import socket
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
+from typing import Any, Callable, TypeVar, cast
 
 from . import engines as _engines
 from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
                      DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, Config, socket_family)
+from .engines.base import EngineLoop as _EngineLoop
 from .transport import ZcrxTransport
-
-if TYPE_CHECKING:
-    from _typeshed import FileDescriptorLike
 
 logger = logging.getLogger("aiozcrx")
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
-
-
-class _Cancellable(Protocol):
-    """What ``call_soon``/``call_later`` return, as engines use it."""
-
-    def cancel(self) -> None: ...
-
-
-class _EngineLoop(Protocol):
-    """The loop calls engines, a Receiver and its ZcrxTransports make while
-    connections run: every asyncio loop has them, and so has
-    ``aiozcrx._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
-
-    def call_soon(self, callback: Callable[..., object], *args: object) -> _Cancellable: ...
-
-    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> _Cancellable: ...
-
-    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
-
-    def remove_reader(self, fd: FileDescriptorLike) -> object: ...
-
-    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
-
-    def remove_writer(self, fd: FileDescriptorLike) -> object: ...
-
-    def call_exception_handler(self, context: dict[str, Any]) -> None: ...
 
 
 def open_engine(config: Config, loop: _EngineLoop, *,

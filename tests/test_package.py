@@ -25,7 +25,8 @@ def _missing(*modules: str) -> list[str]:
 @pytest.mark.skipif(bool(_missing("mypy")), reason="mypy not installed: pip install -e '.[test]'")
 def test_examples_pass_mypy_strict():
     """What a user's type checker sees: every public name the examples use is typed
-    (the package ships py.typed). The configuration is pyproject's [tool.mypy]."""
+    (the package ships py.typed), and so are the engines beneath them (held to
+    --strict too). The configuration is pyproject's [tool.mypy]."""
     proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "examples/"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

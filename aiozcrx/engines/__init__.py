@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..config import ENGINES, Config
 from ..errors import EngineUnavailable
-from .base import Action, Conn, Engine, ReadEvents, decide
+from .base import Action, Conn, Engine, EngineLoop, ReadEvents, decide
 from .socket import SocketEngine
 from .uring import UringEngine
 from .zcrx import ZcrxEngine
@@ -36,7 +36,7 @@ def make_engine(name: str, config: Config, *, share_with: ZcrxEngine | None = No
     raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)} or 'auto'")
 
 
-def open_engine(config: Config, loop, *, share_with: ZcrxEngine | None = None
+def open_engine(config: Config, loop: EngineLoop, *, share_with: ZcrxEngine | None = None
                 ) -> tuple[Engine, list[tuple[str, bool, str]]]:
     """Opens the engine ``config`` asks for; for "auto", the best that works here.
 

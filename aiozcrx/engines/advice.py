@@ -9,8 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import resource
+from typing import TYPE_CHECKING
 
 from ..errors import EngineUnavailable, UringUnavailable, ZcrxDeviceRemoved, ZcrxUnavailable
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 KNOWN_ZCRX_DRIVERS = ("bnxt_en", "mlx5_core", "gve", "fbnic")
 
@@ -36,7 +40,7 @@ def _xdp_attached(iface: str) -> bool:
 
 def uring_error(engine: str, e: OSError) -> UringUnavailable:
     err = e.errno
-    causes = {
+    causes: dict[int | None, tuple[str, str]] = {
         errno.ENOSYS: ("this kernel has no io_uring", "use engine='socket'"),
         errno.EPERM: ("io_uring is disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp",
                       "set kernel.io_uring_disabled=0, or allow io_uring_* syscalls in the seccomp profile"),
@@ -53,9 +57,11 @@ def _memlock() -> str:
     return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
 
 
-def zcrx_error(engine: str, config, e: OSError, *, nodev: bool) -> ZcrxUnavailable:
+def zcrx_error(engine: str, config: Config, e: OSError, *, nodev: bool) -> ZcrxUnavailable:
     """Why registering a zcrx instance failed, for ``config``'s interface/queue."""
-    err = e.errno
+    # the kernel's refusals carry an errno (aiozcrx._ring raises OSError(errno, ...))
+    err = e.errno if e.errno is not None else errno.EIO
+    causes: dict[int, tuple[str, str]]
     if nodev:
         where = "ZCRX_REG_NODEV"
         causes = {
@@ -64,6 +70,7 @@ def zcrx_error(engine: str, config, e: OSError, *, nodev: bool) -> ZcrxUnavailab
         }
     else:
         iface, queue = config.interface, config.queue
+        assert iface is not None, "the zcrx engine opens only with interface= and queue="
         drv = interface_driver(iface)
         where = f"{iface} queue {queue}"
         causes = {
@@ -88,15 +95,17 @@ def zcrx_error(engine: str, config, e: OSError, *, nodev: bool) -> ZcrxUnavailab
     return ZcrxUnavailable(engine, err, cause, fix)
 
 
-def area_error(engine: str, config, e: OSError, cls: type = EngineUnavailable) -> EngineUnavailable:
+def area_error(engine: str, config: Config, e: OSError,
+               cls: type[EngineUnavailable] = EngineUnavailable) -> EngineUnavailable:
     """The receive area could not be mapped (mmap), for any engine."""
+    err = e.errno if e.errno is not None else errno.ENOMEM  # aiozcrx._ring.map_area sets it
     if config.hugepages:
-        cause = f"cannot map a {config.area_size}-byte area with huge pages: {os.strerror(e.errno)}"
+        cause = f"cannot map a {config.area_size}-byte area with huge pages: {os.strerror(err)}"
         fix = "reserve huge pages (sysctl vm.nr_hugepages) or pass hugepages=False"
     else:
-        cause = f"cannot map a {config.area_size}-byte area: {os.strerror(e.errno)}"
+        cause = f"cannot map a {config.area_size}-byte area: {os.strerror(err)}"
         fix = "pass a smaller area_size"
-    return cls(engine, e.errno or errno.ENOMEM, cause, fix)
+    return cls(engine, err or errno.ENOMEM, cause, fix)
 
 
 def device_removed(engine: str, interface: str, queue: int, ifindex: int) -> ZcrxDeviceRemoved:

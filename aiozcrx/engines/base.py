@@ -21,13 +21,71 @@ from __future__ import annotations
 
 import enum
 import errno
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
 
 if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
+    from .._ring import Delivery
     from ..config import Config
 
 #: a sink takes one delivery (a memoryview, or bytes with copy=True)
-Sink = Callable[[Any], object]
+Sink = Callable[["Delivery"], object]
+
+
+class Cancellable(Protocol):
+    """What ``call_soon``/``call_later`` return, as engines use it."""
+
+    def cancel(self) -> None: ...
+
+
+class EngineLoop(Protocol):
+    """The loop calls engines, a Receiver and its ZcrxTransports make while
+    connections run: every asyncio loop has them, and so has
+    ``aiozcrx._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> Cancellable: ...
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> Cancellable: ...
+
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
+
+    def remove_reader(self, fd: FileDescriptorLike) -> object: ...
+
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: object) -> None: ...
+
+    def remove_writer(self, fd: FileDescriptorLike) -> object: ...
+
+    # asyncio's context dict (typeshed: dict[str, Any]): "message", "exception", ...
+    def call_exception_handler(self, context: dict[str, Any]) -> None: ...
+
+
+class _Counters(TypedDict):
+    """The counters every engine keeps from the start."""
+
+    rearms: int
+    starved: int
+    notifications_no_buffers: int
+    notifications_copy: int
+    wakeups: int
+    stale_completions: int
+
+
+class EngineStats(_Counters, total=False):
+    """``Engine.stats``: the counters above, and those set once they happen
+    (they go into ``Receiver.stats()``, documented there)."""
+
+    reset_kicks: int
+    share_stops: int
+    stall_kicks: int
+    release_waits: int
+    notifications_unknown: int
+    notification_rearms: int
+    notification_rearm_errors: int
+    notifications: str   # zcrx: "on" or "unsupported"
+    imported: bool       # zcrx: an instance shared with share_with=
+    device_watch: str    # zcrx: why the NIC's device is not watched
+    device_removed: str  # zcrx: the name of the interface that went away
 
 
 class ReadEvents(Protocol):
@@ -94,7 +152,7 @@ class Slots:
 
     GEN_MASK = 0xFFFFFF  # 24 bits of user_data (see _ring.user_data)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._gens: list[int] = []
         self._free: list[int] = []
 
@@ -173,17 +231,17 @@ class Engine:
 
     def __init__(self, config: "Config"):
         self.config = config
-        self.loop = None
+        self.loop: EngineLoop | None = None
         self.conns: dict[int, Conn] = {}
         self.starved: set[Conn] = set()    # waiting for free buffers to be re-armed
         self.throttled: set[Conn] = set()  # over their share (see Config.held_limit)
         self.closed = False
-        self.stats = {"rearms": 0, "starved": 0, "notifications_no_buffers": 0,
+        self.stats: EngineStats = {"rearms": 0, "starved": 0, "notifications_no_buffers": 0,
                       "notifications_copy": 0, "wakeups": 0, "stale_completions": 0}
-        self._final_stats: dict | None = None
+        self._final_stats: dict[str, object] | None = None
 
     # -- lifecycle (Receiver) --
-    def open(self, loop) -> None:
+    def open(self, loop: EngineLoop) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -225,10 +283,10 @@ class Engine:
         return False
 
     # -- info --
-    def area_stats(self) -> dict:
+    def area_stats(self) -> dict[str, object]:
         raise NotImplementedError
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         return {}
 
     def share_buffers(self, unit: int) -> int:
@@ -236,7 +294,7 @@ class Engine:
         being delivered and the one the dispatcher keeps for reuse)."""
         return max(2, self.config.held_limit // unit)
 
-    def snapshot_stats(self) -> dict:
+    def snapshot_stats(self) -> dict[str, object]:
         """Receiver.stats(): live counters while open, the last ones after close."""
         if self._final_stats is not None:
             return self.area_stats()

@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import os
 import select
+from typing import TYPE_CHECKING
 
 from .. import _ring
 from .._ring import UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, ud_gen, ud_kind, ud_slot, user_data
 from .advice import uring_error
-from .base import Action, Conn, Engine, Slots, decide
+from .base import Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 # Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
 PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
@@ -37,19 +41,19 @@ PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
 class RingEngine(Engine):
     cqe32 = False
 
-    def __init__(self, config):
+    def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.ring: _ring.Ring | None = None
-        self.area = None
-        self.dispatcher = None
-        self.slots: list = []            # slot -> sink, read by the C dispatcher
+        self.area: _ring.AreaLike | None = None
+        self.dispatcher: _ring.DispatcherLike | None = None
+        self.slots: list[_ring.SlotSink] = []  # slot -> sink, read by the C dispatcher
         self.slot_table = Slots()
         self._closed_conns: dict[int, Conn] = {}  # forgotten by close() inside a pump round
         self._scheduled = False
         self._reader_added = False
         self._close_pending = False
-        self._tw_timer = None
-        self._reset_timer = None
+        self._tw_timer: Cancellable | None = None
+        self._reset_timer: Cancellable | None = None
         self._reset_watch_slots: dict[int, int] = {}
 
     def _open_ring(self) -> None:
@@ -58,8 +62,9 @@ class RingEngine(Engine):
         except OSError as e:
             raise uring_error(self.name, e) from None
 
-    def _start_loop(self, loop) -> None:
+    def _start_loop(self, loop: EngineLoop) -> None:
         self.loop = loop
+        assert self.ring is not None and self.area is not None  # opened by the subclass's open()
         self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)
         self.dispatcher.set_slow_path(self._after_pump)
         if not self.config.copy and getattr(self, "shared_from", None) is None:
@@ -98,6 +103,7 @@ class RingEngine(Engine):
         self._closed_conns = {}
         if self.ring is None:
             return
+        assert self.loop is not None and self.area is not None and self.dispatcher is not None
         if self._reader_added:
             self.loop.remove_reader(self.ring.eventfd)
             self._reader_added = False
@@ -131,9 +137,10 @@ class RingEngine(Engine):
         pass
 
     # ---------------------------------------------------------- connections
-    def attach(self, fd: int, events) -> Conn:
+    def attach(self, fd: int, events: ReadEvents) -> Conn:
         if self.closed:
             raise RuntimeError("engine is closed")
+        assert self.dispatcher is not None, "attach() before open()"
         slot, gen = self.slot_table.take()
         if slot == len(self.slots):
             self.slots.append(None)
@@ -143,7 +150,7 @@ class RingEngine(Engine):
         self.dispatcher.bind(slot, gen)
         return conn
 
-    def _set_sink(self, conn: Conn, sink) -> None:
+    def _set_sink(self, conn: Conn, sink: Sink | None) -> None:
         if not self.closed:
             self.slots[conn.slot] = sink
 
@@ -181,6 +188,7 @@ class RingEngine(Engine):
         raise NotImplementedError
 
     def _buffers_available(self) -> bool:
+        assert self.area is not None
         return self.area.outstanding < self.area.nbufs
 
     def _arm(self, conn: Conn) -> None:
@@ -189,6 +197,7 @@ class RingEngine(Engine):
         if not self._buffers_available():
             self._starve(conn)
             return
+        assert self.loop is not None
         self._prep_recv(conn.fd, user_data(UD_RECV, conn.slot, conn.gen))
         conn.armed = True
         self._kick()
@@ -199,11 +208,13 @@ class RingEngine(Engine):
         if self.closed:
             return
         conn.cancelling = True
+        assert self.ring is not None
         self.ring.prep_cancel(user_data(UD_RECV, conn.slot, conn.gen),
                               user_data(UD_CANCEL, conn.slot, conn.gen))
         self._kick()
 
     def _starve(self, conn: Conn) -> None:
+        assert self.ring is not None and self.area is not None and self.dispatcher is not None
         self.starved.add(conn)
         self.dispatcher.revive_wanted = True  # on_wake comes to _after_pump once buffers are back
         self.stats["starved"] += 1
@@ -214,6 +225,7 @@ class RingEngine(Engine):
         """Submit soon, once, however many requests were queued meanwhile."""
         if not self._scheduled:
             self._scheduled = True
+            assert self.loop is not None
             self.loop.call_soon(self._process)
             self._recheck_sync()
 
@@ -242,6 +254,7 @@ class RingEngine(Engine):
         self._reset_timer = None
         if self.closed:
             return
+        assert self.loop is not None and self.dispatcher is not None
         watch = self._reset_watch_slots
         for slot in self.dispatcher.take_quiet():
             watch[slot] = self.RESET_WATCH_TICKS
@@ -282,9 +295,10 @@ class RingEngine(Engine):
         """A round started from Python (a kick, a timer): ``Dispatcher.kick``
         submits what was queued, runs task work, dispatches and refills, and
         comes to the slow path as on_wake does."""
+        assert self.dispatcher is not None
         self.dispatcher.kick()  # does nothing inside a round: the outer one goes on
 
-    def _after_pump(self, _n: int, control, state: int) -> None:
+    def _after_pump(self, _n: int, control: list[_ring.Control] | None, state: int) -> None:
         """The slow path: the C dispatcher (on_wake, kick) calls it, after its
         pump has returned, when that pump left something to decide (see
         wake_impl in aiozcrx/_c/dispatch.c)."""
@@ -294,7 +308,8 @@ class RingEngine(Engine):
             if self._close_pending:
                 self._teardown()
 
-    def _pump_rounds(self, control, state: int) -> None:
+    def _pump_rounds(self, control: list[_ring.Control] | None, state: int) -> None:
+        assert self.loop is not None and self.dispatcher is not None
         pump = self.dispatcher.pump
         rounds = 0
         while control is not None:
@@ -334,6 +349,7 @@ class RingEngine(Engine):
     def _throttle(self, conn: Conn, held: int) -> None:
         if conn.throttled or conn.detached:
             return
+        assert self.area is not None and self.dispatcher is not None
         conn.throttled = True
         self.throttled.add(conn)
         self.dispatcher.unthrottle_wanted = True  # on_wake comes to _after_pump when it is back under
@@ -344,6 +360,7 @@ class RingEngine(Engine):
             self._cancel(conn)
 
     def _unthrottle(self) -> None:
+        assert self.area is not None
         for slot in self.area.take_back():
             conn = self.conns.get(slot)
             if conn is None or not conn.throttled:
@@ -363,6 +380,7 @@ class RingEngine(Engine):
 
     def _revive(self) -> None:
         """Buffers came back: re-arm connections that stopped for lack of them."""
+        assert self.area is not None
         self.area.publish(True)
         starved, self.starved = self.starved, set()
         for conn in starved:
@@ -370,8 +388,8 @@ class RingEngine(Engine):
                 self.stats["rearms"] += 1
                 self._arm(conn)
 
-    def _handle(self, control) -> None:
-        interrupt = None
+    def _handle(self, control: list[_ring.Control]) -> None:
+        interrupt: BaseException | None = None
         for ud, res, flags, exc in control:
             if self.closed:
                 # closed by a callback of this round: only a callback's exception
@@ -435,11 +453,13 @@ class RingEngine(Engine):
     def _notification(self, res: int) -> None:
         pass
 
-    def area_stats(self) -> dict:
+    def area_stats(self) -> dict[str, object]:
+        assert self.area is not None
         if self._final_stats is not None:
             # after close: the last counters, with the buffers' as they are now
             return {**self._final_stats, **self.area.stats()}
-        s = self.area.stats()
+        assert self.ring is not None and self.dispatcher is not None
+        s: dict[str, object] = dict(self.area.stats())
         s.update(self.stats)
         s.update(self.dispatcher.stats())  # wakeups are counted in C
         s["cq_entries"] = self.ring.cq_entries

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import os
 import select
+from typing import TYPE_CHECKING
 
 from .. import _ring
 from .advice import area_error
-from .base import Conn, Engine, Slots
+from .base import Conn, Engine, EngineLoop, ReadEvents, Sink, Slots
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP  # EPOLLERR/EPOLLHUP are always reported
 
@@ -25,12 +29,12 @@ class SocketEngine(Engine):
     name = "socket"
     READS_PER_WAKEUP = 16  # per connection and wake-up: fairness between connections
 
-    def __init__(self, config):
+    def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.area = None
+        self.area: _ring.AreaLike | None = None
         self.eventfd = -1
         self.epoll: select.epoll | None = None
-        self.sinks: dict[int, object] = {}
+        self.sinks: dict[int, Sink | None] = {}
         self.counts: dict[int, list[int]] = {}
         self.armed_fds: dict[int, Conn] = {}
         self.slot_table = Slots()
@@ -39,7 +43,7 @@ class SocketEngine(Engine):
         self.dropped = 0
         self.dropped_bytes = 0
 
-    def open(self, loop) -> None:
+    def open(self, loop: EngineLoop) -> None:
         self.loop = loop
         try:
             mapping = _ring.map_area(self.config.area_size, hugepages=self.config.hugepages)
@@ -69,6 +73,7 @@ class SocketEngine(Engine):
         self.closed = True
         for conn in list(self.conns.values()):
             self._forget(conn)
+        assert self.loop is not None and self.epoll is not None and self.area is not None
         self.loop.remove_reader(self.eventfd)
         self.loop.remove_reader(self.epoll.fileno())
         self._final_stats = self.area_stats()
@@ -78,9 +83,10 @@ class SocketEngine(Engine):
         self.area.close()  # unmapped now, or with the last view still out
 
     # ---------------------------------------------------------- connections
-    def attach(self, fd: int, events) -> Conn:
+    def attach(self, fd: int, events: ReadEvents) -> Conn:
         if self.closed:
             raise RuntimeError("engine is closed")
+        assert self.area is not None, "attach() before open()"
         slot, gen = self.slot_table.take()
         conn = Conn(self, slot, gen, fd, events)
         self.conns[slot] = conn
@@ -88,7 +94,7 @@ class SocketEngine(Engine):
         self.area.bind_slot(slot, gen)
         return conn
 
-    def _set_sink(self, conn: Conn, sink) -> None:
+    def _set_sink(self, conn: Conn, sink: Sink | None) -> None:
         self.sinks[conn.slot] = sink
 
     def _start(self, conn: Conn) -> None:
@@ -99,6 +105,7 @@ class SocketEngine(Engine):
     def _arm(self, conn: Conn) -> None:
         if self.closed or conn.throttled:
             return
+        assert self.epoll is not None
         self.epoll.register(conn.fd, _WATCH)
         self.armed_fds[conn.fd] = conn
         conn.armed = True
@@ -109,6 +116,7 @@ class SocketEngine(Engine):
             if self.armed_fds.get(conn.fd) is conn:
                 del self.armed_fds[conn.fd]
             if not self.closed:
+                assert self.epoll is not None
                 try:
                     self.epoll.unregister(conn.fd)
                 except OSError:
@@ -138,6 +146,7 @@ class SocketEngine(Engine):
     def _on_ready(self) -> None:
         if self.closed:
             return
+        assert self.epoll is not None
         self.stats["wakeups"] += 1
         for fd, _events in self.epoll.poll(0):
             conn = self.armed_fds.get(fd)
@@ -148,9 +157,11 @@ class SocketEngine(Engine):
 
     def _read_ready(self, conn: Conn) -> None:
         area = self.area
+        assert area is not None
         fd = conn.fd
         counts = self.counts[conn.slot]
         for _ in range(self.READS_PER_WAKEUP):
+            view: _ring.Delivery | bool | None
             try:
                 view = area.recv(fd, conn.slot, conn.gen)
             except OSError as e:
@@ -203,6 +214,7 @@ class SocketEngine(Engine):
 
     # -- fair share (see RingEngine._throttle) --
     def _throttle(self, conn: Conn) -> None:
+        assert self.area is not None
         conn.throttled = True
         self.throttled.add(conn)
         self._disarm(conn)
@@ -218,6 +230,7 @@ class SocketEngine(Engine):
             pass
         if self.closed:
             return
+        assert self.area is not None
         for slot in self.area.take_back():
             conn = self.conns.get(slot)
             if conn is not None and conn.throttled:
@@ -232,10 +245,11 @@ class SocketEngine(Engine):
                 self.stats["rearms"] += 1
                 self._arm(conn)
 
-    def area_stats(self) -> dict:
+    def area_stats(self) -> dict[str, object]:
+        assert self.area is not None
         if self._final_stats is not None:
             return {**self._final_stats, **self.area.stats()}
-        s = self.area.stats()
+        s: dict[str, object] = dict(self.area.stats())
         s.update({"completions": self.completions, "bytes": self.bytes,
                   "dropped_completions": self.dropped, "dropped_bytes": self.dropped_bytes})
         s.update(self.stats)

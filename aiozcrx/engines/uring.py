@@ -8,6 +8,7 @@ import errno
 from .. import _ring
 from ..errors import UringUnavailable
 from .advice import area_error, uring_error
+from .base import EngineLoop
 from .ring import RingEngine
 
 
@@ -24,9 +25,10 @@ class UringEngine(RingEngine):
     def post_window(cls, buf_size: int, nbufs: int) -> int:
         return min(nbufs, max(cls.MIN_POSTED, cls.WARM_BYTES // buf_size))
 
-    def open(self, loop) -> None:
+    def open(self, loop: EngineLoop) -> None:
         cfg = self.config
         self._open_ring()
+        assert self.ring is not None
         try:
             if not self.ring.supports_op(_ring.OP_RECV):
                 raise OSError(errno.EOPNOTSUPP, "IORING_OP_RECV not supported")
@@ -52,4 +54,5 @@ class UringEngine(RingEngine):
         self._start_loop(loop)
 
     def _prep_recv(self, fd: int, ud: int) -> None:
+        assert self.ring is not None
         self.ring.prep_recv_pbuf(fd, self.BGID, ud)

@@ -12,13 +12,18 @@ import struct
 import termios
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 from .. import _ring
 from .._ring import UD_NOTIF, user_data
 from ..errors import ZcrxUnavailable
 from .advice import area_error, device_removed, zcrx_error
 from .linkwatch import LinkWatch, interface_exists
+from .base import Cancellable, Conn, EngineLoop, ReadEvents
 from .ring import RingEngine
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 # NIC queues this process has registered: (ifindex, queue) -> None while a ring of
@@ -43,9 +48,10 @@ def _queue_bound(ifname: str, queue: int) -> bool | None:
 
 def _ioctl_inq(fd: int) -> int:
     try:
-        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        inq: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
     except OSError:
         return 0
+    return inq
 
 
 class ZcrxEngine(RingEngine):
@@ -53,7 +59,7 @@ class ZcrxEngine(RingEngine):
 
     cqe32 = True
 
-    def __init__(self, config, *, nodev: bool, share_with: "ZcrxEngine | None" = None):
+    def __init__(self, config: Config, *, nodev: bool, share_with: ZcrxEngine | None = None) -> None:
         super().__init__(config)
         self.nodev = nodev
         self.name = "zcrx-copy" if nodev else "zcrx"
@@ -61,7 +67,7 @@ class ZcrxEngine(RingEngine):
         self.shared_from: ZcrxEngine | None = None
         self.info: _ring.ZcrxInfo | None = None
         self.zcrx_id = 0
-        self._watchdog = None
+        self._watchdog: Cancellable | None = None
         self._watch_marks: dict[int, int] = {}
         self._quiet_ticks = 0
         self._kick_pending = False
@@ -72,14 +78,18 @@ class ZcrxEngine(RingEngine):
         self._link_target: tuple[int, str, int] | None = None  # (ifindex, name, queue)
         self.device_gone = False  # the device was removed (see _device_removed)
 
-    def open(self, loop) -> None:
+    def open(self, loop: EngineLoop) -> None:
         if self.share_with is not None:
             return self._open_imported(loop, self.share_with)
         cfg = self.config
-        if not self.nodev and (cfg.interface is None or cfg.queue is None):
-            raise ZcrxUnavailable(self.name, errno.EINVAL, "no interface= and queue= given",
-                                  "pass interface='eth0', queue=N (a queue set up with `aiozcrx nic setup`)")
+        nic: tuple[str, int] | None = None  # (interface, queue); None: NODEV
+        if not self.nodev:
+            if cfg.interface is None or cfg.queue is None:
+                raise ZcrxUnavailable(self.name, errno.EINVAL, "no interface= and queue= given",
+                                      "pass interface='eth0', queue=N (a queue set up with `aiozcrx nic setup`)")
+            nic = (cfg.interface, cfg.queue)
         self._open_ring()
+        assert self.ring is not None
         try:
             mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
         except OSError as e:
@@ -87,12 +97,12 @@ class ZcrxEngine(RingEngine):
             self.ring = None
             raise area_error(self.name, cfg, e, ZcrxUnavailable) from None
         self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
-        if_idx = 0 if self.nodev else socket.if_nametoindex(cfg.interface)
-        rxq = 0 if self.nodev else cfg.queue
+        if_idx = 0 if nic is None else socket.if_nametoindex(nic[0])
+        rxq = 0 if nic is None else nic[1]
         notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
         err = self._register(mapping, if_idx, rxq, notif_mask)
-        if err is not None and err.errno == errno.EEXIST and not self.nodev \
-                and self._wait_released(cfg.interface, if_idx, rxq):
+        if err is not None and err.errno == errno.EEXIST and nic is not None \
+                and self._wait_released(nic[0], if_idx, rxq):
             err = self._register(mapping, if_idx, rxq, notif_mask)
         if err is not None:
             self.area.close()
@@ -100,20 +110,22 @@ class ZcrxEngine(RingEngine):
             self.ring.close()
             self.ring = None
             raise zcrx_error(self.name, cfg, err, nodev=self.nodev)
+        assert self.info is not None  # set by a registration that succeeded
         self.zcrx_id = self.info.zcrx_id
         self._kstats = self.info.stats
         self._start_loop(loop)
-        if not self.nodev:
+        if nic is not None:
             _our_queues[(if_idx, rxq)] = _HELD
-            self._watch_link(loop, (if_idx, cfg.interface, cfg.queue))
+            self._watch_link(loop, (if_idx, nic[0], nic[1]))
 
-    def _open_imported(self, loop, source: "ZcrxEngine") -> None:
+    def _open_imported(self, loop: EngineLoop, source: ZcrxEngine) -> None:
         """Receives through another ring's zcrx instance (ZCRX_CTRL_EXPORT, then
         ZCRX_REG_IMPORT into a ring of our own). Area and refill ring stay the
         source's: buffers released from here go back through them."""
         if source.closed or source.area is None:
             raise ValueError("share_with= must be an open zcrx Receiver")
         self._open_ring()
+        assert self.ring is not None
         fd = -1
         try:
             step = "export the instance to share (ZCRX_CTRL_EXPORT)"
@@ -123,7 +135,7 @@ class ZcrxEngine(RingEngine):
         except OSError as e:
             self.ring.close()
             self.ring = None
-            raise ZcrxUnavailable(self.name, e.errno, f"cannot {step}: {e.strerror}",
+            raise ZcrxUnavailable(self.name, e.errno or errno.EIO, f"cannot {step}: {e.strerror}",
                                   "needs Linux 6.19+") from None
         finally:
             if fd >= 0:
@@ -138,7 +150,7 @@ class ZcrxEngine(RingEngine):
         if source._link_target is not None:
             self._watch_link(loop, source._link_target)  # the same queue: the same device
 
-    def _register(self, mapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
+    def _register(self, mapping: _ring.AreaMapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
         # the notification descriptor also asks for the kernel's statistics (7.2)
         err = self._try_register(mapping, if_idx, rxq, notif_mask, stats=True)
         if err is not None and err.errno == errno.EINVAL:
@@ -194,12 +206,13 @@ class ZcrxEngine(RingEngine):
     def _release_pause(seconds: float) -> None:
         time.sleep(seconds)  # between two looks at the queue (a seam for the tests)
 
-    def _try_register(self, mapping, if_idx: int, rxq: int, notif_mask: int, *,
+    def _try_register(self, mapping: _ring.AreaMapping, if_idx: int, rxq: int, notif_mask: int, *,
                       stats: bool) -> OSError | None:
         """Registers; returns the kernel's refusal instead of raising it, with its
         traceback dropped: those frames hold the Area, and a caller keeping the
         exception must not keep the area mapped."""
         cfg = self.config
+        assert self.ring is not None and self.area is not None
         try:
             self.info = _ring.register_zcrx(
                 self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.rq_entries,
@@ -211,6 +224,7 @@ class ZcrxEngine(RingEngine):
         return None
 
     def _prep_recv(self, fd: int, ud: int) -> None:
+        assert self.ring is not None
         self.ring.prep_recv_zc(fd, self.zcrx_id, ud)
 
     def _end_of_round(self) -> None:
@@ -240,7 +254,8 @@ class ZcrxEngine(RingEngine):
 
     def _kick_stalled(self, *, require_no_progress: bool) -> int:
         kicked = 0
-        marks = {}
+        marks: dict[int, int] = {}
+        assert self.dispatcher is not None
         for slot, conn in list(self.conns.items()):
             if not (conn.armed and not conn.cancelling and conn.wanted):
                 continue
@@ -255,7 +270,7 @@ class ZcrxEngine(RingEngine):
         self._watch_marks = marks
         return kicked
 
-    def attach(self, fd: int, events):
+    def attach(self, fd: int, events: ReadEvents) -> Conn:
         if self.device_gone:
             raise device_removed(self.name, *self._device_words())
         conn = super().attach(fd, events)
@@ -296,9 +311,10 @@ class ZcrxEngine(RingEngine):
         # NODEV and kernels without notifications need the watchdog throughout.
         always = (self.nodev or self.stats.get("notifications") != "on") and self.conns
         if self._quiet_ticks < self.QUIET_TICKS or always:
+            assert self.loop is not None
             self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
 
-    def _starve(self, conn) -> None:
+    def _starve(self, conn: Conn) -> None:
         super()._starve(conn)
         self._exhaustion_seen()
 
@@ -310,6 +326,7 @@ class ZcrxEngine(RingEngine):
 
     def _notification(self, res: int) -> None:
         """A zcrx notification CQE (7.2)."""
+        assert self.ring is not None and self.area is not None  # a pump round is running
         if res == self.EVENT_ALLOC_FAIL:
             bit = _ring.ZCRX_NOTIF_NO_BUFFERS
             self.stats["notifications_no_buffers"] += 1
@@ -368,6 +385,7 @@ class ZcrxEngine(RingEngine):
         if self._kstats is not None:
             self._kstats.close()  # the region may be unmapped from now on
         if held:
+            assert self._link_target is not None
             # the kernel unbinds the queue in the ring's exit work, shortly
             ifindex, _name, queue = self._link_target
             _our_queues[(ifindex, queue)] = time.monotonic()
@@ -379,7 +397,7 @@ class ZcrxEngine(RingEngine):
     # linkwatch.py) and ends every connection with connection_lost(ZcrxDeviceRemoved)
     # naming the interface and the fix; wrap() then raises it, stats() says
     # "device_removed". The ring and the area are released by close() as usual.
-    def _watch_link(self, loop, target: tuple[int, str, int]) -> None:
+    def _watch_link(self, loop: EngineLoop, target: tuple[int, str, int]) -> None:
         self._link_target = target
         try:
             self._link = LinkWatch(target[0])
@@ -392,6 +410,7 @@ class ZcrxEngine(RingEngine):
 
     def _unwatch_link(self) -> None:
         if self._link is not None:
+            assert self.loop is not None
             self.loop.remove_reader(self._link.fileno())
             self._link.close()
             self._link = None
@@ -407,6 +426,7 @@ class ZcrxEngine(RingEngine):
             self._device_removed()
 
     def _device_words(self) -> tuple[str, int, int]:
+        assert self._link_target is not None  # watched since open()
         ifindex, name, queue = self._link_target
         return name, queue, ifindex
 
@@ -414,6 +434,7 @@ class ZcrxEngine(RingEngine):
         if self.closed or self.device_gone:
             return
         self.device_gone = True
+        assert self._link_target is not None
         self.stats["device_removed"] = self._link_target[1]
         self._unwatch_link()
         for conn in list(self.conns.values()):
@@ -425,13 +446,14 @@ class ZcrxEngine(RingEngine):
             conn.events._read_error(device_removed(self.name, *self._device_words()))
 
     def export(self) -> int:
+        assert self.ring is not None
         return _ring.zcrx_export(self.ring, self.zcrx_id)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         i = self.info
         if i is None:
             return {}
-        d = {"zcrx_id": self.zcrx_id, "rq_entries": i.rq_entries, "rx_buf_len": i.rx_buf_len,
+        d: dict[str, object] = {"zcrx_id": self.zcrx_id, "rq_entries": i.rq_entries, "rx_buf_len": i.rx_buf_len,
              "nodev": i.nodev}
         if self._kstats is not None and self.ring is not None:
             # the kernel's own count of what it copied instead of placing (7.2):
