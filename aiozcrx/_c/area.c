@@ -320,14 +320,17 @@ area_publish(Area *a, int force)
                 a->publishes++;
             }
             /* A NODEV instance never drains the refill ring on its own: flush when a
-             * quarter of the ring (or of the area) waits, when asked, or when the
-             * ring is full and returns are piling up. */
+             * quarter of the ring (or of the area) waits, when asked, when the ring
+             * is full and returns are piling up, or when less than half of the
+             * area is left to the kernel (views held + returns not yet flushed),
+             * so that it never runs dry for want of a flush. */
             uint32_t threshold = a->rq_entries / 4;
             if (a->nbufs / 4 < threshold)
                 threshold = a->nbufs / 4;
             if (threshold == 0)
                 threshold = 1;
-            int want = a->nodev && queued && (force || queued >= threshold || a->npending);
+            int low = (a->outstanding + queued + a->npending) * 2 > a->nbufs;
+            int want = a->nodev && queued && (force || queued >= threshold || a->npending || low);
             if (!want || zcrx_flush(a) < 0)
                 break;
             if (!a->npending)

@@ -876,7 +876,11 @@ wake_impl(Dispatcher *d, int wake)
     int idle = state == PUMP_IDLE || (state == PUMP_PENDING && d->recheck_pending);
     if (!bad && !control && idle && !d->halted && !needs_slow_path(d)) {
         if (d->area->kind == KIND_ZCRX && d->area->nodev)
-            area_publish(d->area, 1);   /* the engine's _end_of_round, when it runs, does this */
+            /* the round's publishes flushed what passed the threshold; what is
+             * left waits for more, unless the kernel's share of the area is low
+             * (see area_publish). One FLUSH_RQ syscall per wake-up was the
+             * zcrx-copy wake-up's third syscall. */
+            area_publish(d->area, 0);
         d->busy = 0;
         Py_RETURN_NONE;
     }
