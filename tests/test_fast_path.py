@@ -537,3 +537,47 @@ async def test_incremental_buffers_pieces_kept_and_merged_stay_intact():
     assert st["completions"] - st["merged_completions"] == proto.calls, st
     # small messages share buffers: far fewer buffers than completions went round
     assert st["buffers_returned"] < st["completions"], st
+
+
+async def test_a_busy_stream_lets_the_loop_run_other_callbacks():
+    """However fast the data comes, one pump delivers at most a budget of
+    completions (PUMP_BUDGET, 1024, give or take the round it was passed in) and
+    then lets the loop's other callbacks run; the rest follows with a call_soon.
+    A ticker rescheduling itself with call_soon counts loop iterations; no
+    iteration may deliver more than two pumps' worth (the wake-up and a kick can
+    share one). On this host the receiver usually outruns the sender, so an
+    unbounded pump stays short here too; the guest's simulated NIC with its
+    64 MiB area is where one wake-up used to run for seconds."""
+    total = 256 * MiB
+    lst = Listener()
+    proc = start_sender(lst.port, 41, total)
+    loop = asyncio.get_running_loop()
+    per_tick = [0]
+    worst = [0]
+    ticking = [True]
+
+    def tick():
+        worst[0] = max(worst[0], per_tick[0])
+        per_tick[0] = 0
+        if ticking[0]:
+            loop.call_soon(tick)
+
+    class Counter(Sink):
+        def data_received(self, view):
+            per_tick[0] += 1
+            super().data_received(view)
+
+    async with aiozcrx.Receiver(engine="uring", buf_size=4096, cq_entries=256) as rx:
+        _, proto = await rx.wrap(await lst.accept(), Counter)
+        loop.call_soon(tick)
+        assert await asyncio.wait_for(proto.lost, 120) is None
+        ticking[0] = False
+        st = rx.stats()
+    lst.close()
+    assert await join(proc) == 0
+    assert proto.bytes == total
+    assert proto.sha.hexdigest() == stream_sha256(41, total)
+    assert proto.calls == st["completions"] - st["merged_completions"]
+    # per pump: the budget + one round past it (a CQ's worth, and what the CQ
+    # overflowed into: at most another CQ's worth); two pumps per iteration
+    assert worst[0] <= 2 * (1024 + 2 * 256), (worst[0], st)

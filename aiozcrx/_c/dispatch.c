@@ -617,6 +617,11 @@ Dispatcher_bind_ring(Dispatcher *d, PyObject *args, PyObject *kw)
 
 enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
 #define PUMP_ROUNDS 64
+/* Completions one pump may deliver before it lets the loop's other callbacks run
+ * (PUMP_BUSY: the engine continues with a call_soon). Without it a sender that
+ * never lets the area run dry (a NIC queue with a large area) kept one wake-up
+ * going for 64 full rounds: seconds of a blocked loop in the guest. */
+#define PUMP_BUDGET 1024
 
 /* What the eventfd read lands in: nobody looks at the value. One static word for
  * every dispatcher, so that no kernel write can ever find freed memory. */
@@ -771,6 +776,8 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
             state = PUMP_IDLE;  /* the caller comes back */
             break;
         }
+        if (total >= PUMP_BUDGET)
+            break;              /* PUMP_BUSY: the rest after the loop's other callbacks */
         if (sq_pending)
             continue;
         if (!d->pending_mask) {
