@@ -172,7 +172,8 @@ class Engine:
     name = "?"
 
     def __init__(self, config: "Config"):
-        self.config = config
+        # area_size / rq_entries not given take this engine's defaults (Config.for_engine)
+        self.config = config.for_engine(self.name)
         self.loop = None
         self.conns: dict[int, Conn] = {}
         self.starved: set[Conn] = set()    # waiting for free buffers to be re-armed

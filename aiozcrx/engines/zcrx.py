@@ -54,9 +54,14 @@ class ZcrxEngine(RingEngine):
     cqe32 = True
 
     def __init__(self, config, *, nodev: bool, share_with: "ZcrxEngine | None" = None):
+        self.name = "zcrx-copy" if nodev else "zcrx"  # before the base: it sizes by name
         super().__init__(config)
         self.nodev = nodev
-        self.name = "zcrx-copy" if nodev else "zcrx"
+        if not nodev:
+            # which of area_size / rq_entries took the NIC queue's larger default
+            # (stats()["nic_defaults"]); an imported instance has the other's area
+            self.stats["nic_defaults"] = (share_with.stats.get("nic_defaults", ()) if share_with is not None
+                                          else config.defaulted())
         self.share_with = share_with
         self.shared_from: ZcrxEngine | None = None
         self.info: _ring.ZcrxInfo | None = None
