@@ -93,9 +93,11 @@ def _shared_config(config: Config, source: "_engines.ZcrxEngine") -> Config:
             raise ValueError(
                 f"share_with= shares an instance whose {name} is {other}, but {name}={mine!r} was "
                 f"given here: area and refill ring are the other Receiver's; leave out {name}=")
-    config = config.replace(area_size=theirs.area_size, rq_entries=theirs.rq_entries)
-    if config.max_held is not None and config.max_held > theirs.area_size:
-        raise ValueError(f"max_held must be between 1 and area_size ({theirs.area_size}) bytes (the area "
+    area = theirs.area_size
+    assert area is not None  # an engine's settings have every size given (Config.for_engine)
+    config = config.replace(area_size=area, rq_entries=theirs.rq_entries)
+    if config.max_held is not None and config.max_held > area:
+        raise ValueError(f"max_held must be between 1 and area_size ({area}) bytes (the area "
                          f"of the Receiver shared), got {config.max_held!r}")
     return config
 
@@ -155,7 +157,7 @@ class Receiver:
                 other = share_with._config
                 interface = _same("interface", interface, other.interface, other)
                 queue = _same("queue", queue, other.queue, other)
-        self._config = Config(
+        self._config: Config = Config(
             engine=engine, interface=interface, queue=queue, area_size=area_size,
             rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
