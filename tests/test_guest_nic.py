@@ -506,7 +506,9 @@ async def main():
         print("MSG", e)
     async with aiozcrx.Receiver(interface=IFN, queue=QUEUE) as rx:
         print("AUTO", rx.engine, rx.stats()["area_size"], "|", rx.fallback_reason)
-    async with aiozcrx.Receiver(engine="zcrx", interface=IFN, queue=QUEUE, area_size=16 << 20) as rx:
+    # 8 MiB: the closed zcrx-copy ring's 32 MiB may still count against the limit
+    # for a moment (the kernel unpins in the ring's exit work, after close)
+    async with aiozcrx.Receiver(engine="zcrx", interface=IFN, queue=QUEUE, area_size=8 << 20) as rx:
         print("GIVEN", rx.engine, rx.stats()["area_size"], rx.stats()["nic_defaults"])
 asyncio.run(main())
 """
@@ -537,7 +539,7 @@ def test_nic_default_area_over_memlock_names_the_limit_and_the_size(sim_nic, zc)
     auto = next(ln for ln in r.stdout.splitlines() if ln.startswith("AUTO "))
     assert auto.startswith(f"AUTO zcrx-copy {DEFAULT_AREA_SIZE} | zcrx: ENOMEM"), auto
     assert f"{NIC_AREA_SIZE}-byte area" in auto
-    assert f"GIVEN zcrx {16 * MiB} ('rq_entries',)" in r.stdout, r.stdout
+    assert f"GIVEN zcrx {8 * MiB} ('rq_entries',)" in r.stdout, r.stdout
 
 
 # --------------------------------------------------------------------------
@@ -906,6 +908,20 @@ class OwnPair:
                 f.write(str(i))
 
 
+# Streams that cannot end before the device goes, however fast the NIC is: a
+# 1 GiB stream did, once the NIC queue's larger defaults stopped it dropping
+# packets (two of them arrived whole within the test's setup). The senders are
+# killed at the end.
+ENDLESS = 1 << 50
+# The old sizes (32 MiB, 4096), given: with the NIC defaults nothing slows a
+# sender down, and one wake-up's pump (64 rounds, each up to a completion queue's
+# worth) ran for 17-25 s in this guest, so the test's 10 ms poll of "data flows"
+# came after 60-150 s. (A pump is bounded in rounds, PUMP_ROUNDS in
+# aiozcrx/_c/dispatch.c, not in completions.) These tests are about the device
+# going away, not about sizes.
+REMOVAL_SIZES = {"area_size": 32 * MiB, "rq_entries": 4096}
+
+
 @pytest.mark.asyncio
 async def test_device_removed_while_bound(sim_nic, state_dir, kernel_log):
     """The NIC disappears under a bound queue with a connection streaming: the
@@ -916,9 +932,9 @@ async def test_device_removed_while_bound(sim_nic, state_dir, kernel_log):
                        "tcp4", state_dir=state_dir)
         assert r.returncode == 0, r.stdout + r.stderr
         lst = Listener(host=pair.addr, port=9200)
-        rx = aiozcrx.Receiver(engine="zcrx", interface=pair.name, queue=1)
+        rx = aiozcrx.Receiver(engine="zcrx", interface=pair.name, queue=1, **REMOVAL_SIZES)
         async with rx:
-            proc = start_sender(9200, 95, 1024 * MiB, host=pair.addr, netns=sim_nic.peer_ns)
+            proc = start_sender(9200, 95, ENDLESS, host=pair.addr, netns=sim_nic.peer_ns)
             _, proto = await rx.wrap(await lst.accept(), Sink)
             await wait_until(lambda: proto.bytes > 8 * MiB, "data flows")
             await asyncio.to_thread(pair.remove, 10)
@@ -945,9 +961,9 @@ async def test_device_removed_while_bound_reaches_connection_lost(sim_nic, state
                        "tcp4", state_dir=state_dir)
         assert r.returncode == 0, r.stdout + r.stderr
         lst = Listener(host=pair.addr, port=9201)
-        rx = aiozcrx.Receiver(engine="zcrx", interface=pair.name, queue=1)
+        rx = aiozcrx.Receiver(engine="zcrx", interface=pair.name, queue=1, **REMOVAL_SIZES)
         async with rx:
-            senders = [start_sender(9201, seed, 1024 * MiB, host=pair.addr, netns=sim_nic.peer_ns)
+            senders = [start_sender(9201, seed, ENDLESS, host=pair.addr, netns=sim_nic.peer_ns)
                        for seed in (97, 98)]
             protos = [(await rx.wrap(await lst.accept(), Sink))[1] for _ in senders]
             await wait_until(lambda: all(p.bytes > 4 * MiB for p in protos), "data flows")
@@ -961,7 +977,6 @@ async def test_device_removed_while_bound_reaches_connection_lost(sim_nic, state
                 text = str(exc)
                 assert f"{pair.name} (ifindex" in text and "was removed" in text
                 assert "fix:" in text and "aiozcrx nic setup" in text
-                assert proto.bytes < 1024 * MiB
             assert rx.stats()["device_removed"] == pair.name
             assert rx.stats()["connections"] == 0
             # a new connection is refused with the same cause (any TCP socket will do)
