@@ -27,6 +27,14 @@ VIEWS = ("always", "opt-in")
 
 DEFAULT_AREA_SIZE = 32 * 1024 * 1024
 DEFAULT_RQ_ENTRIES = 4096
+#: the defaults on a NIC queue (engine "zcrx"), where the NIC drops what arrives
+#: while the refill ring is empty: with 32 MiB / 4096 the simulated NIC of the
+#: guest tier dropped packets in about half the rounds of the guest benchmark,
+#: with 64 MiB / 16384 never (docs/nic-guide.md, "Area and refill ring sizes")
+NIC_AREA_SIZE = 64 * 1024 * 1024
+NIC_RQ_ENTRIES = 16384
+#: the settings whose default depends on the engine (``Config.for_engine``)
+SIZED_BY_ENGINE = ("area_size", "rq_entries")
 DEFAULT_BUF_SIZE = 64 * 1024
 DEFAULT_CQ_ENTRIES = 8192
 MAX_RQ_ENTRIES = 32768          # the kernel rejects more (without IORING_SETUP_CLAMP)
@@ -76,8 +84,9 @@ class Config:
     engine: str = "auto"
     interface: str | None = None
     queue: int | None = None
-    area_size: int = DEFAULT_AREA_SIZE
-    rq_entries: int = DEFAULT_RQ_ENTRIES
+    # None: not given; the engine that opens takes its default (``for_engine``)
+    area_size: int | None = None
+    rq_entries: int | None = None
     copy: bool = False
     buf_size: int = DEFAULT_BUF_SIZE
     hugepages: bool = False
@@ -90,16 +99,53 @@ class Config:
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
+    def for_engine(self, engine: str) -> "Config":
+        """These settings as ``engine`` runs them: ``area_size`` and ``rq_entries``
+        not given take their defaults, on a NIC queue (engine "zcrx") the larger
+        ``NIC_AREA_SIZE`` / ``NIC_RQ_ENTRIES``, else ``DEFAULT_AREA_SIZE`` /
+        ``DEFAULT_RQ_ENTRIES``. Values given always stay."""
+        nic = engine == "zcrx"
+        area = self.area_size if self.area_size is not None else \
+            (NIC_AREA_SIZE if nic else DEFAULT_AREA_SIZE)
+        rq = self.rq_entries if self.rq_entries is not None else \
+            (NIC_RQ_ENTRIES if nic else DEFAULT_RQ_ENTRIES)
+        return self.replace(area_size=area, rq_entries=rq)
+
+    @property
+    def area_bytes(self) -> int:
+        """``area_size`` of a config an engine runs (``for_engine`` filled it)."""
+        if self.area_size is None:
+            raise RuntimeError("area_size is decided per engine: use Config.for_engine()")
+        return self.area_size
+
+    @property
+    def refill_entries(self) -> int:
+        """``rq_entries`` of a config an engine runs (``for_engine`` filled it)."""
+        if self.rq_entries is None:
+            raise RuntimeError("rq_entries is decided per engine: use Config.for_engine()")
+        return self.rq_entries
+
+    def defaulted(self) -> tuple[str, ...]:
+        """The settings of ``SIZED_BY_ENGINE`` not given (their default depends on
+        the engine)."""
+        return tuple(name for name in SIZED_BY_ENGINE if getattr(self, name) is None)
+
     @property
     def held_limit(self) -> int:
         """Bytes one connection's views may hold (``max_held``; a quarter of the
-        area by default)."""
-        return self.max_held if self.max_held is not None else self.area_size // 4
+        area by default; engines see ``area_size`` given: ``for_engine``)."""
+        if self.max_held is not None:
+            return self.max_held
+        return (self.area_size if self.area_size is not None else DEFAULT_AREA_SIZE) // 4
 
-    def validate(self) -> "Config":
+    def validate(self, *, shared: bool = False) -> "Config":
         """Raises TypeError (wrong type) or ValueError (out of range; an unknown
         interface or queue unless ``engine="auto"``, see ``nic_problem``) naming the
-        argument and what it accepts; returns self."""
+        argument and what it accepts; returns self.
+
+        ``shared``: the settings of a Receiver made with ``share_with=``, whose
+        interface and queue come from the Receiver it shares (engine "zcrx" needs
+        neither given here)."""
         if not isinstance(self.engine, str):
             raise TypeError(f"engine must be a str, got {type(self.engine).__name__}")
         if self.engine != "auto" and self.engine not in ENGINES:
@@ -111,7 +157,10 @@ class Config:
         if self.views not in VIEWS:
             raise ValueError(f"views must be one of {', '.join(map(repr, VIEWS))}, got {self.views!r}")
 
-        area_size = _int("area_size", self.area_size)
+        # not given: the checks below hold for both defaults (DEFAULT_AREA_SIZE, the
+        # smaller, for buf_size; NIC_AREA_SIZE is a multiple of it with half as many
+        # buffers as MAX_BUFFERS allows at the smallest buf_size)
+        area_size = _int("area_size", self.area_size) if self.area_size is not None else DEFAULT_AREA_SIZE
         if area_size <= 0 or area_size % PAGE_SIZE:
             raise ValueError(f"area_size must be a positive multiple of the page size ({PAGE_SIZE}), got {area_size!r}")
         buf_size = _int("buf_size", self.buf_size)
@@ -123,7 +172,7 @@ class Config:
         if area_size // buf_size > MAX_BUFFERS:
             raise ValueError(f"area_size / buf_size must be at most {MAX_BUFFERS} buffers "
                              f"(buffer ring limit), got {area_size // buf_size}; raise buf_size")
-        rq_entries = _int("rq_entries", self.rq_entries)
+        rq_entries = _int("rq_entries", self.rq_entries) if self.rq_entries is not None else NIC_RQ_ENTRIES
         if not is_pow2(rq_entries) or rq_entries > MAX_RQ_ENTRIES:
             raise ValueError(f"rq_entries must be a power of two between 1 and {MAX_RQ_ENTRIES}, got {rq_entries!r}")
         cq_entries = _int("cq_entries", self.cq_entries)
@@ -133,8 +182,16 @@ class Config:
 
         if self.max_held is not None:
             max_held = _int("max_held", self.max_held)
+            if self.area_size is None and self.engine == "zcrx":
+                area_size = NIC_AREA_SIZE  # the area engine "zcrx" gets (or, shared, the other's: checked on open)
             if not 0 < max_held <= area_size:
-                raise ValueError(f"max_held must be between 1 and area_size ({area_size}) bytes, got {max_held!r}")
+                given = "" if self.area_size is not None else \
+                    (f" (the default for engine {self.engine!r}; pass a larger area_size= for more)"
+                     if self.engine != "auto" else
+                     " (the default unless the engine opened is 'zcrx' on a NIC queue: 64 MiB there; "
+                     "pass area_size= to be sure)")
+                raise ValueError(f"max_held must be between 1 and area_size ({area_size}) bytes{given}, "
+                                 f"got {max_held!r}")
 
         interface = self.interface
         if interface is not None:
@@ -153,7 +210,7 @@ class Config:
         problem = self.nic_problem()
         if problem is not None and self.engine != "auto":
             raise ValueError(problem)
-        if self.engine == "zcrx" and (interface is None or self.queue is None):
+        if self.engine == "zcrx" and not shared and (interface is None or self.queue is None):
             raise ValueError("engine='zcrx' needs interface= and queue= (the NIC queue flows are steered to)")
         return self
 

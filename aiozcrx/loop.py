@@ -18,7 +18,7 @@ Settings, from the environment (read when the loop is made, validated at once):
   AIOZCRX_ENGINE      auto (default), zcrx, zcrx-copy, uring, socket
   AIOZCRX_INTERFACE   NIC for engine zcrx, with AIOZCRX_QUEUE
   AIOZCRX_QUEUE       its hardware queue
-  AIOZCRX_AREA_SIZE   bytes per Receiver, e.g. 64M (default 32M)
+  AIOZCRX_AREA_SIZE   bytes per Receiver, e.g. 64M (default 32M; 64M on a NIC queue)
   AIOZCRX_BUF_SIZE    buffer size for engines uring/socket, e.g. 64K
   AIOZCRX_VIEWS       opt-in (default) or always
   AIOZCRX_MAX_HELD    bytes of views one connection may hold (default: area / 4)

@@ -11,7 +11,8 @@ from typing import Any, Callable, TypeVar, cast
 
 from . import engines as _engines
 from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
-                     DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, Config, socket_family)
+                     DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES, Config,
+                     socket_family)
 from .engines.base import EngineLoop as _EngineLoop
 from .transport import ZcrxTransport
 
@@ -35,6 +36,44 @@ def open_engine(config: Config, loop: _EngineLoop, *,
                     for name, ok, why in tried]
 
 
+def _same(name: str, mine: Any, theirs: Any, other: Config) -> Any:
+    """``name`` for a Receiver sharing another's zcrx instance: the other's, which a
+    value given here must equal."""
+    if mine is not None and theirs is not None and mine != theirs:
+        raise ValueError(
+            f"share_with= shares a zcrx instance on {other.interface} queue {other.queue}, but "
+            f"{name}={mine!r} was given here (the other's {name} is {theirs!r}): a shared instance "
+            f"receives on the other Receiver's queue; leave out {name}= or give {theirs!r}")
+    return theirs if theirs is not None else mine
+
+
+def _shared_config(config: Config, source: "_engines.ZcrxEngine") -> Config:
+    """``config`` for a Receiver importing ``source``'s instance: the same engine;
+    for "zcrx" the same interface and queue; always the same area and refill ring
+    (they are ``source``'s), so the fair share is a quarter of that area."""
+    theirs = source.config
+    if config.engine != source.name:
+        raise ValueError(
+            f"share_with= is an engine {source.name!r} Receiver, but engine={config.engine!r} was "
+            f"asked for here: the instance it shares is {source.name!r}; pass engine={source.name!r}")
+    if source.name == "zcrx":
+        config = config.replace(interface=_same("interface", config.interface, theirs.interface, theirs),
+                                queue=_same("queue", config.queue, theirs.queue, theirs))
+    for name in ("area_size", "rq_entries"):
+        mine, other = getattr(config, name), getattr(theirs, name)
+        if mine is not None and mine != other:
+            raise ValueError(
+                f"share_with= shares an instance whose {name} is {other}, but {name}={mine!r} was "
+                f"given here: area and refill ring are the other Receiver's; leave out {name}=")
+    area = theirs.area_size
+    assert area is not None  # an engine's settings have every size given (Config.for_engine)
+    config = config.replace(area_size=area, rq_entries=theirs.rq_entries)
+    if config.max_held is not None and config.max_held > area:
+        raise ValueError(f"max_held must be between 1 and area_size ({area}) bytes (the area "
+                         f"of the Receiver shared), got {config.max_held!r}")
+    return config
+
+
 class Receiver:
     """Receive side of aiozcrx for one event loop: ring, area, registration.
 
@@ -43,8 +82,12 @@ class Receiver:
     zcrx engines) naming the errno and cause when it cannot run.
     ``interface``/``queue``: the NIC queue for engine "zcrx".
     ``area_size``: bytes of receive memory shared by every connection; a protocol
-    that keeps views can hold at most this much before receiving stops.
-    ``rq_entries``: refill ring size (zcrx), a power of two <= 32768.
+    that keeps views can hold at most this much before receiving stops. Default
+    32 MiB; 64 MiB when the engine opened is "zcrx" on a NIC queue (a NIC drops
+    what arrives while the refill ring is empty, and the larger area and ring keep
+    it supplied; ``stats()["nic_defaults"]`` says which defaults it took).
+    ``rq_entries``: refill ring size (zcrx), a power of two <= 32768. Default
+    4096; 16384 for engine "zcrx" on a NIC queue. Given values always win.
     ``copy``: deliver ``bytes`` instead of views (buffers recycle at once).
     ``views``: ``"always"`` (every protocol gets views, unless ``copy``) or
     ``"opt-in"``: only protocols with ``aiozcrx_views = True`` (e.g. subclasses
@@ -59,30 +102,39 @@ class Receiver:
     so no protocol can stall the others by keeping what it is given; logged
     once per protocol class.
     ``share_with``: another open zcrx Receiver whose instance this one imports into
-    a ring of its own (export/import, 6.19+); the area stays the other's.
+    a ring of its own (export/import, 6.19+); the area stays the other's. Its
+    engine must be the other's; with engine "zcrx" the interface and queue are the
+    other's too (``interface=``/``queue=`` may be left out; different ones are a
+    ValueError naming both), as are area_size and rq_entries.
 
     Use ``async with Receiver(...) as rx`` (or ``open()``/``close()``) in the loop
     thread, then ``await rx.wrap(sock, protocol_factory)`` per connected socket.
     """
 
     def __init__(self, engine: str = "auto", interface: str | None = None, queue: int | None = None,
-                 area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
+                 area_size: int | None = None, rq_entries: int | None = None,
                  copy: bool = False, *, buf_size: int = DEFAULT_BUF_SIZE, hugepages: bool = False,
                  kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
                  notifications: bool = True, views: str = "always", max_held: int | None = None,
                  share_with: "Receiver | None" = None):
         # every argument is checked here, before any kernel object exists
-        self._config = Config(
-            engine=engine, interface=interface, queue=queue, area_size=area_size,
-            rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
-            kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
-            views=views, max_held=max_held,
-        ).validate()
         if share_with is not None:
             if not isinstance(share_with, Receiver):
                 raise TypeError(f"share_with must be an aiozcrx.Receiver, got {type(share_with).__name__}")
             if engine not in ("zcrx", "zcrx-copy"):
                 raise ValueError("share_with= needs engine='zcrx' or 'zcrx-copy' (it imports a zcrx instance)")
+            if engine == "zcrx":
+                # the queue is the other's: take what its settings name (checked
+                # again against the engine it opened, in open())
+                other = share_with._config
+                interface = _same("interface", interface, other.interface, other)
+                queue = _same("queue", queue, other.queue, other)
+        self._config: Config = Config(
+            engine=engine, interface=interface, queue=queue, area_size=area_size,
+            rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
+            kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
+            views=views, max_held=max_held,
+        ).validate(shared=share_with is not None)
         self._share_with = share_with
         self._engine: _engines.Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,12 +159,17 @@ class Receiver:
         if self._closed:
             raise RuntimeError("Receiver is closed; make a new one")
         source = None
+        config = self._config
         if self._share_with is not None:
             src = self._share_with
             if not isinstance(src._engine, _engines.ZcrxEngine) or src._closed or src._loop is not loop:
                 raise ValueError("share_with= must be an open zcrx Receiver on this event loop")
             source = src._engine
-        self._engine, self.engines_tried = open_engine(self._config, loop, share_with=source)
+            config = _shared_config(config, source)
+        self._engine, self.engines_tried = open_engine(config, loop, share_with=source)
+        # the settings as the engine runs them: area_size and rq_entries not given
+        # took its defaults (Config.for_engine); the fair share is a quarter of that area
+        self._config = self._engine.config
         # ``loop`` (and ZcrxTransport's) are typed as asyncio loops for their users;
         # under trio this is a TrioLoop, which has only the _EngineLoop calls: the
         # paths that need more (a transport's sendfile) are asyncio's own.
@@ -273,7 +330,12 @@ class Receiver:
         instance: ``kernel_copy_count`` / ``kernel_copy_bytes``, how often and how
         much the kernel copied into the area instead of placing data there (every
         byte of ``zcrx-copy``; on a NIC queue, flows not steered to it: 0 is true
-        zero copy). Engine ``zcrx`` adds ``device_removed`` (the interface's name)
+        zero copy). Engine ``zcrx`` (a NIC queue) adds ``nic_defaults``: which of
+        ``area_size`` / ``rq_entries`` took the NIC queue's larger default (64 MiB,
+        16384 entries, against 32 MiB / 4096 elsewhere) because it was not given,
+        e.g. ``("area_size", "rq_entries")``, ``()`` when both were (an imported
+        instance: the other Receiver's); ``area_size`` and ``rq_entries`` are the
+        values in effect. It adds ``device_removed`` (the interface's name)
         once its NIC went away: the connections then ended with
         ``ZcrxDeviceRemoved``; and ``release_waits`` when opening waited for the
         kernel to unbind the queue from a ring that had just closed (instead of

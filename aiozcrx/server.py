@@ -28,7 +28,7 @@ import ssl as _ssl
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from . import tls as _tls
-from .config import DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_RQ_ENTRIES, socket_family
+from .config import DEFAULT_BUF_SIZE, socket_family
 from .receiver import Receiver
 from .transport import ZcrxTransport
 
@@ -364,7 +364,7 @@ def _is_connected(sock: socket.socket) -> bool:
 async def create_server(protocol_factory: ProtocolFactory, host: Union[str, Sequence[str], None] = None,
                         port: Optional[int] = None, *, engine: str = "auto",
                         interface: str | None = None, queue: int | None = None,
-                        area_size: int = DEFAULT_AREA_SIZE, rq_entries: int = DEFAULT_RQ_ENTRIES,
+                        area_size: int | None = None, rq_entries: int | None = None,
                         copy: bool = False, buf_size: int = DEFAULT_BUF_SIZE,
                         receiver_options: dict[str, Any] | None = None,
                         family: int = socket.AF_UNSPEC, flags: int = socket.AI_PASSIVE,
@@ -433,8 +433,8 @@ async def create_server(protocol_factory: ProtocolFactory, host: Union[str, Sequ
 async def create_connection(protocol_factory: ProtocolFactory, host: Optional[str] = None,
                             port: Optional[int] = None, *, engine: str = "auto",
                             interface: str | None = None, queue: int | None = None,
-                            area_size: int = DEFAULT_AREA_SIZE,
-                            rq_entries: int = DEFAULT_RQ_ENTRIES, copy: bool = False,
+                            area_size: int | None = None,
+                            rq_entries: int | None = None, copy: bool = False,
                             buf_size: int = DEFAULT_BUF_SIZE, receiver: Receiver | None = None,
                             receiver_options: dict[str, Any] | None = None,
                             family: int = 0, proto: int = 0, flags: int = 0,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aiozcrx
-from aiozcrx.config import (MAX_BUF_SIZE, MAX_CQ_ENTRIES, MAX_RQ_ENTRIES, MIN_CQ_ENTRIES,
-                            Config)
+from aiozcrx.config import (DEFAULT_AREA_SIZE, DEFAULT_RQ_ENTRIES, MAX_BUF_SIZE, MAX_CQ_ENTRIES,
+                            MAX_RQ_ENTRIES, MIN_CQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES, Config)
 from peers import has_rx_queues, queued_interface
 
 QIF = queued_interface()  # lo, or the guest's simulated NIC
@@ -102,6 +102,65 @@ def test_receiver_rejects_before_touching_the_kernel(monkeypatch):
         aiozcrx.Receiver(engine="zcrx-copy", share_with=object())
     with pytest.raises(ValueError, match="share_with"):
         aiozcrx.Receiver(engine="uring", share_with=aiozcrx.Receiver(engine="zcrx-copy"))
+
+
+MiB = 1 << 20
+
+
+def test_sizes_not_given_take_the_opened_engines_default():
+    # a NIC queue (engine "zcrx") gets the larger area and refill ring; every other
+    # engine the old defaults; a value given always stays
+    assert (NIC_AREA_SIZE, NIC_RQ_ENTRIES, DEFAULT_AREA_SIZE, DEFAULT_RQ_ENTRIES) == \
+        (64 * MiB, 16384, 32 * MiB, 4096)
+    cfg = Config().validate()
+    assert (cfg.area_size, cfg.rq_entries) == (None, None)
+    assert cfg.defaulted() == ("area_size", "rq_entries")
+    nic = cfg.for_engine("zcrx")
+    assert (nic.area_size, nic.rq_entries, nic.held_limit) == (64 * MiB, 16384, 16 * MiB)
+    for engine in ("zcrx-copy", "uring", "socket"):
+        other = cfg.for_engine(engine)
+        assert (other.area_size, other.rq_entries, other.held_limit) == (32 * MiB, 4096, 8 * MiB)
+    given = Config(area_size=8 * MiB).validate()
+    assert given.defaulted() == ("rq_entries",)
+    assert (given.for_engine("zcrx").area_size, given.for_engine("zcrx").rq_entries) == (8 * MiB, 16384)
+    given = Config(rq_entries=2048, max_held=MiB).for_engine("zcrx")
+    assert (given.area_size, given.rq_entries, given.held_limit) == (64 * MiB, 2048, MiB)
+
+
+def test_max_held_is_checked_against_the_area_the_engine_gets():
+    # not given, the area is the engine's default: up to 64 MiB for engine "zcrx"
+    # (a NIC queue), 32 MiB for the others; "auto" may end on either
+    with pytest.raises(ValueError, match=r"area_size \(33554432\) bytes \(the default for engine 'uring'"):
+        Config(engine="uring", max_held=48 * MiB).validate()
+    with pytest.raises(ValueError, match="64 MiB there; pass area_size="):
+        Config(max_held=48 * MiB).validate()
+    Config(engine="uring", max_held=48 * MiB, area_size=64 * MiB).validate()
+    Config(engine="zcrx", max_held=48 * MiB).validate(shared=True)
+    with pytest.raises(ValueError, match=r"area_size \(67108864\)"):
+        Config(engine="zcrx", max_held=65 * MiB).validate(shared=True)
+
+
+@NEEDS_QUEUES
+def test_share_with_takes_the_queue_of_the_receiver_it_shares(monkeypatch):
+    # engine "zcrx" with share_with= needs no interface=/queue= (they are the other
+    # Receiver's); different ones are refused naming both; nothing touches the kernel
+    import aiozcrx._ring as ring
+    monkeypatch.setattr(ring, "Ring", lambda *a, **k: pytest.fail("a ring was made"))
+    monkeypatch.setattr(ring, "map_area", lambda *a, **k: pytest.fail("an area was mapped"))
+    src = aiozcrx.Receiver(engine="zcrx", interface=QIF, queue=0)
+    aiozcrx.Receiver(engine="zcrx", share_with=src)
+    aiozcrx.Receiver(engine="zcrx", interface=QIF, queue=0, share_with=src)  # the same: fine
+    aiozcrx.Receiver(engine="zcrx", queue=0, share_with=src)
+    with pytest.raises(ValueError) as ei:
+        aiozcrx.Receiver(engine="zcrx", queue=3, share_with=src)
+    assert f"on {QIF} queue 0, but queue=3 was given" in str(ei.value)
+    with pytest.raises(ValueError) as ei:
+        aiozcrx.Receiver(engine="zcrx", interface="no-such-if0", share_with=src)
+    assert f"on {QIF} queue 0, but interface='no-such-if0' was given" in str(ei.value)
+    assert f"leave out interface= or give {QIF!r}" in str(ei.value)
+    # without share_with= it still needs both
+    with pytest.raises(ValueError, match="needs interface= and queue="):
+        aiozcrx.Receiver(engine="zcrx")
 
 
 @pytest.mark.asyncio

@@ -11,6 +11,7 @@ import os
 import resource
 from typing import TYPE_CHECKING
 
+from ..config import NIC_AREA_SIZE
 from ..errors import EngineUnavailable, UringUnavailable, ZcrxDeviceRemoved, ZcrxUnavailable
 
 if TYPE_CHECKING:
@@ -89,8 +90,10 @@ def zcrx_error(engine: str, config: Config, e: OSError, *, nodev: bool) -> ZcrxU
         }
     causes[errno.EPERM] = ("registering zcrx needs CAP_NET_ADMIN",
                            "run as root or grant CAP_NET_ADMIN (setcap cap_net_admin+ep)")
+    smaller = "pass a smaller area_size" if nodev else \
+        f"pass a smaller area_size= (on a NIC queue the default is {NIC_AREA_SIZE >> 20} MiB)"
     causes[errno.ENOMEM] = (f"cannot pin a {config.area_size}-byte area: RLIMIT_MEMLOCK is {_memlock()}",
-                            "raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) or pass a smaller area_size")
+                            f"raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) or {smaller}")
     cause, fix = causes.get(err, (f"{where}: {e.strerror}", ""))
     return ZcrxUnavailable(engine, err, cause, fix)
 

@@ -86,6 +86,7 @@ class EngineStats(_Counters, total=False):
     imported: bool       # zcrx: an instance shared with share_with=
     device_watch: str    # zcrx: why the NIC's device is not watched
     device_removed: str  # zcrx: the name of the interface that went away
+    nic_defaults: tuple[str, ...]  # zcrx on a NIC queue: the sizes that took the NIC defaults
 
 
 class ReadEvents(Protocol):
@@ -230,7 +231,8 @@ class Engine:
     name = "?"
 
     def __init__(self, config: "Config"):
-        self.config = config
+        # area_size / rq_entries not given take this engine's defaults (Config.for_engine)
+        self.config = config.for_engine(self.name)
         self.loop: EngineLoop | None = None
         self.conns: dict[int, Conn] = {}
         self.starved: set[Conn] = set()    # waiting for free buffers to be re-armed

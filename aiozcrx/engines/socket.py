@@ -46,7 +46,7 @@ class SocketEngine(Engine):
     def open(self, loop: EngineLoop) -> None:
         self.loop = loop
         try:
-            mapping = _ring.map_area(self.config.area_size, hugepages=self.config.hugepages)
+            mapping = _ring.map_area(self.config.area_bytes, hugepages=self.config.hugepages)
         except OSError as e:
             raise area_error(self.name, self.config, e) from None
         self.area = _ring.new_area(mapping, self.config.buf_size)

@@ -33,7 +33,7 @@ class UringEngine(RingEngine):
             if not self.ring.supports_op(_ring.OP_RECV):
                 raise OSError(errno.EOPNOTSUPP, "IORING_OP_RECV not supported")
             try:
-                mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
+                mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
             except OSError as e:
                 raise area_error(self.name, cfg, e, UringUnavailable) from None
             self.area = _ring.new_area(mapping, cfg.buf_size)

@@ -60,9 +60,14 @@ class ZcrxEngine(RingEngine):
     cqe32 = True
 
     def __init__(self, config: Config, *, nodev: bool, share_with: ZcrxEngine | None = None) -> None:
+        self.name = "zcrx-copy" if nodev else "zcrx"  # before the base: it sizes by name
         super().__init__(config)
         self.nodev = nodev
-        self.name = "zcrx-copy" if nodev else "zcrx"
+        if not nodev:
+            # which of area_size / rq_entries took the NIC queue's larger default
+            # (stats()["nic_defaults"]); an imported instance has the other's area
+            self.stats["nic_defaults"] = (share_with.stats.get("nic_defaults", ()) if share_with is not None
+                                          else config.defaulted())
         self.share_with = share_with
         self.shared_from: ZcrxEngine | None = None
         self.info: _ring.ZcrxInfo | None = None
@@ -91,7 +96,7 @@ class ZcrxEngine(RingEngine):
         self._open_ring()
         assert self.ring is not None
         try:
-            mapping = _ring.map_area(cfg.area_size, hugepages=cfg.hugepages)
+            mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
         except OSError as e:
             self.ring.close()
             self.ring = None
@@ -215,7 +220,7 @@ class ZcrxEngine(RingEngine):
         assert self.ring is not None and self.area is not None
         try:
             self.info = _ring.register_zcrx(
-                self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.rq_entries,
+                self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.refill_entries,
                 nodev=self.nodev, kernel_region=cfg.kernel_region,
                 notif_ud=user_data(UD_NOTIF, 0, 0), notif_mask=notif_mask, stats=stats)
         except OSError as e:

@@ -116,7 +116,7 @@ def _receiver_config(args: argparse.Namespace) -> Config:
     try:
         cfg = Config(engine=args.engine, interface=getattr(args, "interface", None),
                      queue=getattr(args, "queue", None),
-                     area_size=getattr(args, "area_size", Config.area_size),
+                     area_size=getattr(args, "area_size", None),
                      buf_size=getattr(args, "buf_size", Config.buf_size)).validate()
     except (TypeError, ValueError) as exc:
         raise Failure(_option_names(str(exc)), EXIT_USAGE) from None
@@ -317,8 +317,8 @@ def _parser() -> _Parser:
     r.add_argument("--interface", help="the NIC whose queue receives (engine zcrx)")
     r.add_argument("--queue", type=_queue, help="its hardware RX queue (needs --interface)")
     r.add_argument("--engine", default="auto", choices=engines)
-    r.add_argument("--area-size", type=_size, default=Config.area_size,
-                   help="receive memory, e.g. 32M (default %(default)s)")
+    r.add_argument("--area-size", type=_size, default=None,
+                   help="receive memory, e.g. 32M (default 32M; 64M for engine zcrx on a NIC queue)")
     r.add_argument("--buf-size", type=_size, default=Config.buf_size,
                    help="buffer size of the uring/socket engines, e.g. 64K (default %(default)s)")
     r.add_argument("--verify", action="store_true",

@@ -35,6 +35,7 @@ import resource
 import sys
 from dataclasses import asdict, dataclass
 
+from ..config import NIC_AREA_SIZE
 from . import nic as _nic
 
 PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
@@ -277,10 +278,11 @@ def system_checks(sysf: dict, core: dict) -> list[Check]:
     elif soft == resource.RLIM_INFINITY:
         out.append(Check(S, "RLIMIT_MEMLOCK", PASS, "unlimited"))
     else:
-        status = WARN if soft < 64 << 20 else PASS
+        status = WARN if soft < NIC_AREA_SIZE else PASS
         out.append(Check(S, "RLIMIT_MEMLOCK", status,
                          f"soft {_fmt_bytes(soft)}, hard {_fmt_bytes(hard)}: the zcrx area "
-                         f"(and rings) must fit, else ENOMEM",
+                         f"({_fmt_bytes(NIC_AREA_SIZE)} by default on a NIC queue) and rings "
+                         f"must fit, else ENOMEM",
                          "" if status == PASS else
                          "ulimit -l unlimited (systemd: LimitMEMLOCK=infinity; "
                          "docker: --ulimit memlock=-1)"))
