@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Union
 
 from ._abi import ffi, lib
+from ._leases import PUMP_BUDGET as _PUMP_BUDGET
 from ._leases import Area, Dispatcher
 
 # -- the compiled objects' types --
@@ -92,6 +93,9 @@ class DispatcherLike(Protocol):
     def take_quiet(self) -> list[int]: ...
 
 PAGE_SIZE = mmap.PAGESIZE
+# Completions one Dispatcher pump delivers before the loop's other callbacks get a
+# turn (dispatch.c); the engine's slow path counts its rounds against it too.
+PUMP_BUDGET: int = _PUMP_BUDGET
 
 # user_data layout, shared with the C dispatcher (aiozcrx/_c/common.h):
 # bits 0..31 a slot, 32..39 the kind, 40..63 the generation of the connection

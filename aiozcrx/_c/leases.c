@@ -74,6 +74,8 @@ PyInit__leases(void)
 #endif
     /* whether views can be reused here at all (Dispatcher.set_view_reuse toggles it) */
     PyModule_AddIntConstant(m, "VIEW_REUSE", VIEW_REUSE && view_layout_ok);
+    /* completions one pump delivers before the loop's other callbacks get a turn */
+    PyModule_AddIntConstant(m, "PUMP_BUDGET", PUMP_BUDGET);
     Py_INCREF(&AreaType);
     PyModule_AddObject(m, "Area", (PyObject *)&AreaType);
     Py_INCREF(&LeaseType);

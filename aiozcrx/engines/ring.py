@@ -303,12 +303,12 @@ class RingEngine(Engine):
         pump has returned, when that pump left something to decide (see
         wake_impl in aiozcrx/_c/dispatch.c)."""
         try:
-            self._pump_rounds(control, state)
+            self._pump_rounds(_n, control, state)
         finally:
             if self._close_pending:
                 self._teardown()
 
-    def _pump_rounds(self, control: list[_ring.Control] | None, state: int) -> None:
+    def _pump_rounds(self, delivered: int, control: list[_ring.Control] | None, state: int) -> None:
         assert self.loop is not None and self.dispatcher is not None
         pump = self.dispatcher.pump
         rounds = 0
@@ -319,10 +319,13 @@ class RingEngine(Engine):
             if self.starved and self._buffers_available():
                 self._revive()
             rounds += 1
-            if rounds == self.CONTROL_ROUNDS:
+            # the pump's budget holds across these rounds too: each pump() call
+            # that returns a control list would otherwise start a fresh one
+            if rounds == self.CONTROL_ROUNDS or delivered >= _ring.PUMP_BUDGET:
                 state = PUMP_BUSY
                 break
-            _n, control, state = pump(-1)
+            n, control, state = pump(-1)
+            delivered += n
         if self.closed:
             return
         if self.starved and self._buffers_available():
