@@ -295,6 +295,23 @@ evfd_read_done(Dispatcher *d, int32_t res)
     }
 }
 
+/* A sink raised: as asyncio, nothing more is delivered to it (its slot loses the
+ * sink) and the exception goes to Python in a control record carrying F_MORE, so
+ * that it only reports it. Reported even when halted (Receiver.close() in the same
+ * callback): asyncio reports it whatever the callback did. */
+static int
+sink_failed(Dispatcher *d, PyObject **controlp, uint32_t slot, uint64_t ud, int32_t res, uint32_t flags)
+{
+    PyObject *exc = fetch_exception();
+    if (slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
+        Py_INCREF(Py_None);
+        PyList_SetItem(d->slots, slot, Py_None);
+    }
+    int bad = append_control(controlp, ud, res, flags | AZX_CQE_F_MORE, exc);
+    Py_XDECREF(exc);
+    return bad;
+}
+
 /* The round is over: `spare`'s buffer goes back, and the view itself is kept for
  * the next round when nobody else can see it (otherwise it is simply released). */
 static void
@@ -425,16 +442,8 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     if (r) {
                         Py_DECREF(r);
                     } else {
-                        /* as for a view sink below: nothing more for this slot */
                         Py_CLEAR(spare);
-                        PyObject *exc = fetch_exception();
-                        if (slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
-                            Py_INCREF(Py_None);
-                            PyList_SetItem(d->slots, slot, Py_None);
-                        }
-                        int bad = append_control(controlp, c->ud, res, flags | AZX_CQE_F_MORE, exc);
-                        Py_XDECREF(exc);
-                        if (bad)
+                        if (sink_failed(d, controlp, slot, c->ud, res, flags) < 0)
                             goto out;
                     }
                 } else {
@@ -488,16 +497,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                          * from the control record, which carries F_MORE so that it
                          * only reports the exception). */
                         Py_CLEAR(spare);  /* the view may be in the traceback */
-                        PyObject *exc = fetch_exception();
-                        if (slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
-                            Py_INCREF(Py_None);
-                            PyList_SetItem(d->slots, slot, Py_None);
-                        }
-                        /* reported even when halted (Receiver.close() in the same
-                         * callback): asyncio reports it whatever the callback did */
-                        int bad = append_control(controlp, c->ud, res, flags | AZX_CQE_F_MORE, exc);
-                        Py_XDECREF(exc);
-                        if (bad)
+                        if (sink_failed(d, controlp, slot, c->ud, res, flags) < 0)
                             goto out;
                     }
                 }
