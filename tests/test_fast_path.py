@@ -536,8 +536,6 @@ async def test_incremental_buffers_pieces_kept_and_merged_stay_intact():
     assert proto.sha.hexdigest() == hashlib.sha256(data).hexdigest()
     # each data_received call is one completion plus the pieces merged into it
     assert st["completions"] - st["merged_completions"] == proto.calls, st
-    # small messages share buffers: far fewer buffers than completions went round
-    assert st["buffers_returned"] < st["completions"], st
 
 
 async def test_a_busy_stream_lets_the_loop_run_other_callbacks():
