@@ -59,7 +59,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from run import BufferedSink, ProtoSink, med, fmt_range  # noqa: E402
+from run import VARIANTS as RUN_VARIANTS  # noqa: E402
+from run import BufferedSink, ProtoSink, fmt_range, med  # noqa: E402
 
 RECORD = 4096
 PERIOD_NS = 10_000
@@ -71,16 +72,11 @@ CASES = {
     "conns64": ("4 KiB records back to back, round robin over 64 connections", 64, False),
 }
 
-VARIANTS = [
-    # name, label, loop, kind, engine
-    ("asyncio-protocol", "asyncio Protocol", "asyncio", "protocol", None),
-    ("asyncio-buffered", "asyncio BufferedProtocol 256 KiB", "asyncio", "buffered", None),
-    ("uvloop-protocol", "uvloop Protocol", "uvloop", "protocol", None),
-    ("uvloop-buffered", "uvloop BufferedProtocol 256 KiB", "uvloop", "buffered", None),
-    ("aiozcrx-uring-uvloop", "aiozcrx uring, uvloop", "uvloop", "aiozcrx", "uring"),
-    ("aiozcrx-uring-asyncio", "aiozcrx uring, asyncio", "asyncio", "aiozcrx", "uring"),
-    ("aiozcrx-socket-uvloop", "aiozcrx socket, uvloop", "uvloop", "aiozcrx", "socket"),
-]
+# run.py's receivers (name, label, loop, kind, engine), the host ones this case
+# compares: the stock and uvloop protocols, uring on both loops, socket on uvloop
+RECORDS_VARIANTS = ("asyncio-protocol", "asyncio-buffered", "uvloop-protocol", "uvloop-buffered",
+                    "aiozcrx-uring-uvloop", "aiozcrx-uring-asyncio", "aiozcrx-socket-uvloop")
+VARIANTS = [v for v in RUN_VARIANTS if v[0] in RECORDS_VARIANTS]
 BY_NAME = {v[0]: v for v in VARIANTS}
 REFS = (("uvloop-buffered", "uvloop Buffered"), ("uvloop-protocol", "uvloop Protocol"),
         ("asyncio-protocol", "asyncio Protocol"))
