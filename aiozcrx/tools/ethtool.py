@@ -42,6 +42,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence, TypeAlias, TypedDict
 
 __all__ = [
     "EthtoolError", "NtupleRule", "ifindex", "driver_name", "sysfs_rx_queues",
@@ -64,6 +65,9 @@ def errname(err: int) -> str:
 
 class EthtoolError(OSError):
     """An operation the kernel or driver refused: ``errno`` plus the extack text."""
+
+    # OSError's errno may be None; ours is always the number __init__ passes on
+    errno: int
 
     def __init__(self, err: int, message: str = "", op: str = ""):
         self.message = message
@@ -110,6 +114,21 @@ NLMSGERR_ATTR_MSG = 1
 
 # attribute kinds for the tiny schema language below
 U8, U16, U32, U64, UINT, STR, BIN, FLAG = "u8", "u16", "u32", "u64", "uint", "str", "bin", "flag"
+_INT_FORMATS = {U8: "=B", U16: "=H", U32: "=I", U64: "=Q", UINT: "=Q"}
+
+# A schema maps an attribute's name to (its id, its kind): one of the kinds
+# above, or a nested schema for a nested attribute set.
+Schema: TypeAlias = "dict[str, tuple[int, str | Schema]]"
+# What encode_attrs takes for one attribute: an int (u8 ... uint; any value
+# for a flag, which is sent when true), a str, bytes (bin), or for a nested set
+# its own [(name, value), ...].
+AttrValue: TypeAlias = "int | str | bytes | Sequence[tuple[str, AttrValue]]"
+Attrs: TypeAlias = "Sequence[tuple[str, AttrValue]]"
+# What decode_attrs returns: {name: value}. Each value's type is set by its
+# schema entry at run time (int, str, True for a flag, bytes, a nested Reply, or
+# a list of these for a repeated attribute), not by anything a checker can see
+# from the key, hence Any.
+Reply: TypeAlias = "dict[str, Any]"
 
 
 def _align(n: int) -> int:
@@ -122,25 +141,33 @@ def _nla(kind_id: int, payload: bytes, nested: bool = False) -> bytes:
     return hdr + payload + b"\0" * (_align(len(payload)) - len(payload))
 
 
-def encode_attrs(schema: dict, values: list[tuple[str, object]]) -> bytes:
+def _bad_value(name: str, kind: str, want: str, value: object) -> TypeError:
+    return TypeError(f"netlink attribute {name!r} is {kind}: pass {want}, "
+                     f"not {type(value).__name__} {value!r}")
+
+
+def encode_attrs(schema: Schema, values: Attrs) -> bytes:
     """Encode ``[(name, value), ...]`` with ``schema = {name: (id, kind)}``;
-    a kind that is a dict is a nested attribute set."""
+    a kind that is a dict is a nested attribute set. A value of the wrong
+    type for its kind raises TypeError."""
     out = []
     for name, value in values:
         attr_id, kind = schema[name]
         if isinstance(kind, dict):
+            if isinstance(value, (int, str, bytes, bytearray, memoryview)):
+                raise _bad_value(name, "a nested set", "a list of (name, value) pairs", value)
             out.append(_nla(attr_id, encode_attrs(kind, value), nested=True))
-        elif kind == U8:
-            out.append(_nla(attr_id, struct.pack("=B", value)))
-        elif kind == U16:
-            out.append(_nla(attr_id, struct.pack("=H", value)))
-        elif kind in (U32,):
-            out.append(_nla(attr_id, struct.pack("=I", value)))
-        elif kind in (U64, UINT):
-            out.append(_nla(attr_id, struct.pack("=Q", value)))
+        elif kind in _INT_FORMATS:
+            if not isinstance(value, int):
+                raise _bad_value(name, kind, "an int", value)
+            out.append(_nla(attr_id, struct.pack(_INT_FORMATS[kind], value)))
         elif kind == STR:
+            if not isinstance(value, str):
+                raise _bad_value(name, kind, "a str", value)
             out.append(_nla(attr_id, value.encode() + b"\0"))
         elif kind == BIN:
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise _bad_value(name, kind, "bytes", value)
             out.append(_nla(attr_id, bytes(value)))
         elif kind == FLAG:
             if value:
@@ -150,7 +177,7 @@ def encode_attrs(schema: dict, values: list[tuple[str, object]]) -> bytes:
     return b"".join(out)
 
 
-def iter_attrs(data: bytes):
+def iter_attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
     off = 0
     while off + 4 <= len(data):
         length, typ = struct.unpack_from("=HH", data, off)
@@ -160,13 +187,14 @@ def iter_attrs(data: bytes):
         off += _align(length)
 
 
-def decode_attrs(schema: dict, data: bytes) -> dict:
+def decode_attrs(schema: Schema, data: bytes) -> Reply:
     """Decode into ``{name: value}``; attributes repeated in one set (bitset
     bits, string lists) become lists; unknown ids are kept as ``_<id>`` bytes."""
     by_id = {attr_id: (name, kind) for name, (attr_id, kind) in schema.items()}
-    out: dict = {}
+    out: Reply = {}
     for typ, payload in iter_attrs(data):
         name, kind = by_id.get(typ, (f"_{typ}", BIN))
+        value: int | str | bytes | Reply
         if isinstance(kind, dict):
             value = decode_attrs(kind, payload)
         elif kind == U8:
@@ -193,11 +221,11 @@ def decode_attrs(schema: dict, data: bytes) -> dict:
     return out
 
 
-class _Multi(list):
+class _Multi(list[Any]):  # the values of one repeated attribute (see decode_attrs)
     _multi = True
 
 
-def _as_list(value) -> list:
+def _as_list(value: object) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, _Multi):
@@ -207,14 +235,14 @@ def _as_list(value) -> list:
 
 CTRL_ATTR_OPS = 6
 CTRL_ATTR_OP_ID = 1
-_CTRL = {"family_id": (CTRL_ATTR_FAMILY_ID, U16), "family_name": (CTRL_ATTR_FAMILY_NAME, STR),
-         "ops": (CTRL_ATTR_OPS, BIN)}
+_CTRL: Schema = {"family_id": (CTRL_ATTR_FAMILY_ID, U16),
+                 "family_name": (CTRL_ATTR_FAMILY_NAME, STR), "ops": (CTRL_ATTR_OPS, BIN)}
 # (netns inode, family name) -> (family id, set of command ids the kernel has)
 _family_cache: dict[tuple[int, str], tuple[int, frozenset[int]]] = {}
 
 
 def _op_ids(raw: bytes | None) -> frozenset[int]:
-    ids = set()
+    ids: set[int] = set()
     for _idx, op in iter_attrs(raw or b""):
         for typ, payload in iter_attrs(op):
             if typ == CTRL_ATTR_OP_ID:
@@ -227,7 +255,7 @@ class GenlSocket:
     short (a few kernel round trips), so this is safe to call from inside a
     running event loop."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
             try:
@@ -242,13 +270,13 @@ class GenlSocket:
         except OSError:
             self._ns = 0
 
-    def close(self):
+    def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self):
+    def __enter__(self) -> GenlSocket:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def family(self, name: str) -> int:
@@ -273,8 +301,8 @@ class GenlSocket:
             _family_cache[key] = (replies[0]["family_id"], _op_ids(replies[0].get("ops")))
         return _family_cache[key]
 
-    def request(self, family: str, cmd: int, schema: dict, attrs: list, *,
-                dump: bool = False, version: int = 1, op: str = "") -> list[dict]:
+    def request(self, family: str, cmd: int, schema: Schema, attrs: Attrs, *,
+                dump: bool = False, version: int = 1, op: str = "") -> list[Reply]:
         try:
             fam = self.family(family)
         except EthtoolError as exc:
@@ -285,14 +313,15 @@ class GenlSocket:
         return self._request(fam, cmd, version, encode_attrs(schema, attrs), schema,
                              dump=dump, op=op)
 
-    def _request(self, fam, cmd, version, payload, schema, *, dump, op) -> list[dict]:
+    def _request(self, fam: int, cmd: int, version: int, payload: bytes, schema: Schema, *,
+                 dump: bool, op: str) -> list[Reply]:
         self.seq += 1
         seq = self.seq
         flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_DUMP if dump else 0)
         body = struct.pack("=BBH", cmd, version, 0) + payload
         msg = struct.pack("=IHHII", 16 + len(body), fam, flags, seq, 0) + body
         self.sock.send(msg)
-        replies: list[dict] = []
+        replies: list[Reply] = []
         while True:
             data = self.sock.recv(1 << 20)
             off = 0
@@ -332,7 +361,8 @@ def _extack_message(chunk: bytes, flags: int) -> str:
     return ""
 
 
-def _genl(family, cmd, schema, attrs, *, dump=False, op=""):
+def _genl(family: str, cmd: int, schema: Schema, attrs: Attrs, *, dump: bool = False,
+          op: str = "") -> list[Reply]:
     with GenlSocket() as s:
         return s.request(family, cmd, schema, attrs, dump=dump, op=op)
 
@@ -358,14 +388,14 @@ MSG_RSS_SET, MSG_RSS_CREATE_ACT, MSG_RSS_DELETE_ACT = 48, 49, 50  # 6.17+
 TCP_DATA_SPLIT_UNKNOWN, TCP_DATA_SPLIT_DISABLED, TCP_DATA_SPLIT_ENABLED = 0, 1, 2
 NTUPLE_FEATURE = "rx-ntuple-filter"  # NETIF_F_NTUPLE, `ethtool -K IF ntuple on`
 
-_HEADER = {"dev_index": (1, U32), "dev_name": (2, STR), "flags": (3, U32)}
-_BIT = {"index": (1, U32), "name": (2, STR), "value": (3, FLAG)}
-_BITS = {"bit": (1, _BIT)}
-_BITSET = {"nomask": (1, FLAG), "size": (2, U32), "bits": (3, _BITS),
+_HEADER: Schema = {"dev_index": (1, U32), "dev_name": (2, STR), "flags": (3, U32)}
+_BIT: Schema = {"index": (1, U32), "name": (2, STR), "value": (3, FLAG)}
+_BITS: Schema = {"bit": (1, _BIT)}
+_BITSET: Schema = {"nomask": (1, FLAG), "size": (2, U32), "bits": (3, _BITS),
            "value": (4, BIN), "mask": (5, BIN)}
-_FEATURES = {"header": (1, _HEADER), "hw": (2, _BITSET), "wanted": (3, _BITSET),
+_FEATURES: Schema = {"header": (1, _HEADER), "hw": (2, _BITSET), "wanted": (3, _BITSET),
              "active": (4, _BITSET), "nochange": (5, _BITSET)}
-_RINGS = {
+_RINGS: Schema = {
     "header": (1, _HEADER), "rx_max": (2, U32), "rx_mini_max": (3, U32),
     "rx_jumbo_max": (4, U32), "tx_max": (5, U32), "rx": (6, U32), "rx_mini": (7, U32),
     "rx_jumbo": (8, U32), "tx": (9, U32), "rx_buf_len": (10, U32),
@@ -373,27 +403,27 @@ _RINGS = {
     "rx_push": (14, U8), "tx_push_buf_len": (15, U32), "tx_push_buf_len_max": (16, U32),
     "hds_thresh": (17, U32), "hds_thresh_max": (18, U32),
 }
-_CHANNELS = {
+_CHANNELS: Schema = {
     "header": (1, _HEADER), "rx_max": (2, U32), "tx_max": (3, U32), "other_max": (4, U32),
     "combined_max": (5, U32), "rx_count": (6, U32), "tx_count": (7, U32),
     "other_count": (8, U32), "combined_count": (9, U32),
 }
-_RSS = {"header": (1, _HEADER), "context": (2, U32), "hfunc": (3, U32), "indir": (4, BIN),
+_RSS: Schema = {"header": (1, _HEADER), "context": (2, U32), "hfunc": (3, U32), "indir": (4, BIN),
         "hkey": (5, BIN), "input_xfrm": (6, U32), "start_context": (7, U32)}
 
 
-def _hdr(ifname: str, flags: int = 0) -> list:
-    h = [("dev_name", ifname)]
+def _hdr(ifname: str, flags: int = 0) -> list[tuple[str, AttrValue]]:
+    h: list[tuple[str, AttrValue]] = [("dev_name", ifname)]
     if flags:
         h.append(("flags", flags))
     return h
 
 
-def _strip(reply: dict) -> dict:
+def _strip(reply: Reply) -> Reply:
     return {k: v for k, v in reply.items() if k != "header" and not k.startswith("_")}
 
 
-def get_channels(ifname: str) -> dict:
+def get_channels(ifname: str) -> Reply:
     """CHANNELS_GET: ``{rx_max, tx_max, other_max, combined_max, rx_count, ...}``
     (absent keys: the driver does not report that kind of channel)."""
     r = _genl("ethtool", MSG_CHANNELS_GET, _CHANNELS, [("header", _hdr(ifname))],
@@ -401,13 +431,14 @@ def get_channels(ifname: str) -> dict:
     return _strip(r[0]) if r else {}
 
 
-def set_channels(ifname: str, **counts: int) -> None:
-    """CHANNELS_SET, e.g. ``set_channels("eth0", combined_count=4)``."""
-    attrs = [("header", _hdr(ifname))] + [(k, v) for k, v in counts.items() if v is not None]
+def set_channels(ifname: str, **counts: int | None) -> None:
+    """CHANNELS_SET, e.g. ``set_channels("eth0", combined_count=4)`` (a count
+    of None is left out)."""
+    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname))] + [(k, v) for k, v in counts.items() if v is not None]
     _genl("ethtool", MSG_CHANNELS_SET, _CHANNELS, attrs, op="CHANNELS_SET")
 
 
-def get_rings(ifname: str) -> dict:
+def get_rings(ifname: str) -> Reply:
     """RINGS_GET. ``tcp_data_split`` is absent when the driver does not report
     it; ``hds_thresh``/``hds_thresh_max`` are absent before kernel 6.13 or when
     the driver has no header-split threshold."""
@@ -417,7 +448,7 @@ def get_rings(ifname: str) -> dict:
 
 def set_rings(ifname: str, *, tcp_data_split: int | None = None,
               hds_thresh: int | None = None) -> None:
-    attrs: list = [("header", _hdr(ifname))]
+    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname))]
     if tcp_data_split is not None:
         attrs.append(("tcp_data_split", tcp_data_split))
     if hds_thresh is not None:
@@ -425,11 +456,11 @@ def set_rings(ifname: str, *, tcp_data_split: int | None = None,
     _genl("ethtool", MSG_RINGS_SET, _RINGS, attrs, op="RINGS_SET")
 
 
-def _bitset_names(bitset: dict | None) -> set[str]:
+def _bitset_names(bitset: Reply | None) -> set[str]:
     if not bitset:
         return set()
     bits = bitset.get("bits") or {}
-    names = set()
+    names: set[str] = set()
     for bit in _as_list(bits.get("bit")):
         if bitset.get("nomask") or bit.get("value"):
             if "name" in bit:
@@ -447,20 +478,21 @@ def get_features(ifname: str) -> dict[str, set[str]]:
 
 
 def set_features(ifname: str, wanted: dict[str, bool]) -> None:
-    bits = [("bit", [("name", name), ("value", bool(on))]) for name, on in wanted.items()]
-    attrs = [("header", _hdr(ifname, flags=2)),  # OMIT_REPLY
+    bits: list[tuple[str, AttrValue]] = [("bit", [("name", name), ("value", bool(on))])
+                                         for name, on in wanted.items()]
+    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname, flags=2)),  # OMIT_REPLY
              ("wanted", [("bits", bits)])]
     _genl("ethtool", MSG_FEATURES_SET, _FEATURES, attrs, op="FEATURES_SET")
 
 
-def _indir(raw) -> list[int]:
+def _indir(raw: bytes | None) -> list[int]:
     raw = raw or b""
     return list(struct.unpack(f"={len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
 
 
-def get_rss(ifname: str, context: int = 0) -> dict:
+def get_rss(ifname: str, context: int = 0) -> Reply:
     """RSS_GET for one context: ``{context, hfunc, indir: [queue, ...], ...}``."""
-    attrs: list = [("header", _hdr(ifname))]
+    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname))]
     if context:
         attrs.append(("context", context))
     r = _genl("ethtool", MSG_RSS_GET, _RSS, attrs, op="RSS_GET")
@@ -471,11 +503,11 @@ def get_rss(ifname: str, context: int = 0) -> dict:
     return out
 
 
-def dump_rss(ifname: str) -> dict[int, dict]:
+def dump_rss(ifname: str) -> dict[int, Reply]:
     """All RSS contexts of the device (RSS_GET dump, kernel 6.11+):
     ``{context_id: {indir, ...}}``; context 0 is the main table."""
     idx = ifindex(ifname)
-    out: dict[int, dict] = {}
+    out: dict[int, Reply] = {}
     for reply in _genl("ethtool", MSG_RSS_GET, _RSS, [("header", _hdr(ifname))],
                        dump=True, op="RSS_GET dump"):
         hdr = reply.get("header") or {}
@@ -497,7 +529,7 @@ def set_rss_indir(ifname: str, indir: list[int] | None, context: int = 0) -> Non
     """Set an RSS indirection table; ``None`` resets context 0 to the driver's
     default spread. Netlink RSS_SET where the kernel has it (6.17+), else the
     ETHTOOL_SRSSH ioctl."""
-    attrs: list = [("header", _hdr(ifname))]
+    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname))]
     if context:
         attrs.append(("context", context))
     attrs.append(("indir", _indir_bytes(indir or [])))
@@ -509,18 +541,19 @@ def set_rss_indir(ifname: str, indir: list[int] | None, context: int = 0) -> Non
 
 def create_rss_context(ifname: str, indir: list[int]) -> int:
     """Create an additional RSS context with this table; returns its id."""
-    attrs = [("header", _hdr(ifname)), ("indir", _indir_bytes(indir))]
+    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname)), ("indir", _indir_bytes(indir))]
     if not kernel_has_op("ethtool", MSG_RSS_CREATE_ACT):
         return _ioctl_srssh(ifname, ETH_RXFH_CONTEXT_ALLOC, indir)
     r = _genl("ethtool", MSG_RSS_CREATE_ACT, _RSS, attrs, op="RSS_CREATE_ACT")
     if r and "context" in r[0]:
-        return r[0]["context"]
+        context: int = r[0]["context"]
+        return context
     raise EthtoolError(_errno.EPROTO, "RSS_CREATE_ACT reply carried no context id",
                        "RSS_CREATE_ACT")
 
 
 def delete_rss_context(ifname: str, context: int) -> None:
-    attrs = [("header", _hdr(ifname)), ("context", context)]
+    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname)), ("context", context)]
     if kernel_has_op("ethtool", MSG_RSS_DELETE_ACT):
         _genl("ethtool", MSG_RSS_DELETE_ACT, _RSS, attrs, op="RSS_DELETE_ACT")
     else:
@@ -532,19 +565,29 @@ def delete_rss_context(ifname: str, context: int) -> None:
 # --------------------------------------------------------------------------
 NETDEV_CMD_PAGE_POOL_GET = 5
 NETDEV_CMD_QUEUE_GET = 10
-_QUEUE = {"id": (1, U32), "ifindex": (2, U32), "type": (3, U32), "napi_id": (4, U32),
+_QUEUE: Schema = {"id": (1, U32), "ifindex": (2, U32), "type": (3, U32), "napi_id": (4, U32),
           "dmabuf": (5, U32), "io_uring": (6, BIN), "xsk": (7, BIN)}
-_PAGE_POOL = {"id": (1, UINT), "ifindex": (2, U32), "napi_id": (3, UINT),
+_PAGE_POOL: Schema = {"id": (1, UINT), "ifindex": (2, U32), "napi_id": (3, UINT),
               "inflight": (4, UINT), "inflight_mem": (5, UINT), "detach_time": (6, UINT),
               "dmabuf": (7, U32), "io_uring": (8, BIN)}
 
 
-def netdev_queues(ifname: str) -> list[dict]:
+class NetdevQueue(TypedDict):
+    """One queue of :func:`netdev_queues`."""
+    id: int | None
+    type: str                # "rx" or "tx"
+    napi_id: int | None
+    io_uring: bool           # an io_uring zcrx instance is the queue's memory provider
+    dmabuf: int | None
+    xsk: bool
+
+
+def netdev_queues(ifname: str) -> list[NetdevQueue]:
     """netdev QUEUE_GET dump for this device: ``[{id, type: "rx"|"tx", napi_id,
     io_uring: bool, dmabuf, xsk: bool}]``. ``io_uring`` (kernel 6.15+) is set
     when an io_uring zcrx instance is bound to the queue as its memory provider."""
     idx = ifindex(ifname)
-    out = []
+    out: list[NetdevQueue] = []
     for q in _genl("netdev", NETDEV_CMD_QUEUE_GET, _QUEUE, [("ifindex", idx)], dump=True,
                    op="netdev QUEUE_GET"):
         if q.get("ifindex") not in (None, idx):
@@ -557,10 +600,10 @@ def netdev_queues(ifname: str) -> list[dict]:
     return out
 
 
-def netdev_page_pools(ifname: str) -> list[dict]:
+def netdev_page_pools(ifname: str) -> list[Reply]:
     """netdev PAGE_POOL_GET dump filtered to this device."""
     idx = ifindex(ifname)
-    out = []
+    out: list[Reply] = []
     for p in _genl("netdev", NETDEV_CMD_PAGE_POOL_GET, _PAGE_POOL, [], dump=True,
                    op="netdev PAGE_POOL_GET"):
         if p.get("ifindex") != idx:
@@ -608,7 +651,7 @@ _RULE_CNT = 184
 _RULE_LOCS = 188
 
 
-def _ioctl(ifname: str, cmd_buf: ctypes.Array, op: str) -> None:
+def _ioctl(ifname: str, cmd_buf: ctypes.Array[ctypes.c_char], op: str) -> None:
     name = ifname.encode()
     if len(name) >= 16:
         raise EthtoolError(_errno.EINVAL, f"interface name too long: {ifname}", op)
@@ -620,13 +663,13 @@ def _ioctl(ifname: str, cmd_buf: ctypes.Array, op: str) -> None:
             raise EthtoolError(exc.errno or _errno.EIO, "", op) from None
 
 
-def driver_info_ioctl(ifname: str) -> dict:
+def driver_info_ioctl(ifname: str) -> dict[str, str]:
     buf = ctypes.create_string_buffer(196)
     struct.pack_into("=I", buf, 0, ETHTOOL_GDRVINFO)
     _ioctl(ifname, buf, "ETHTOOL_GDRVINFO")
     raw = buf.raw
 
-    def s(off):
+    def s(off: int) -> str:
         return raw[off: off + 32].split(b"\0", 1)[0].decode(errors="replace")
     return {"driver": s(4), "version": s(36), "firmware": s(68), "bus_info": s(100)}
 
@@ -636,7 +679,8 @@ def get_rx_ring_count(ifname: str) -> int:
     buf = ctypes.create_string_buffer(_RXNFC_SIZE)
     struct.pack_into("=I", buf, 0, ETHTOOL_GRXRINGS)
     _ioctl(ifname, buf, "ETHTOOL_GRXRINGS")
-    return struct.unpack_from("=Q", buf, 8)[0]
+    rings: int = struct.unpack_from("=Q", buf, 8)[0]
+    return rings
 
 
 @dataclass
@@ -651,12 +695,12 @@ class NtupleRule:
     queue: int | None = None        # target queue (offset within context when rss_context)
     rss_context: int | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, int | str | None]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NtupleRule":
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+    def from_dict(cls, d: Mapping[str, Any]) -> NtupleRule:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def _parse_fs(raw: bytes, rss_ctx: int) -> NtupleRule:
@@ -706,7 +750,7 @@ def get_ntuple_rules(ifname: str) -> tuple[list[NtupleRule], int, bool]:
     _ioctl(ifname, buf, "ETHTOOL_GRXCLSRLALL")
     count = struct.unpack_from("=I", buf, _RULE_CNT)[0]
     locs = struct.unpack_from(f"={count}I", buf, _RULE_LOCS)
-    rules = []
+    rules: list[NtupleRule] = []
     for loc in locs:
         one = ctypes.create_string_buffer(_RXNFC_SIZE)
         struct.pack_into("=I", one, 0, ETHTOOL_GRXCLSRULE)
@@ -738,11 +782,12 @@ def insert_ntuple_rule(ifname: str, flow_type: str, dst_port: int, queue: int,
     buf = build_rule(flow_type, dst_port, queue, rss_context, location)
     struct.pack_into("=I", buf, 0, ETHTOOL_SRXCLSRLINS)
     _ioctl(ifname, buf, "ETHTOOL_SRXCLSRLINS")
-    return struct.unpack_from("=I", buf, _FS + 160)[0]
+    placed: int = struct.unpack_from("=I", buf, _FS + 160)[0]
+    return placed
 
 
 def build_rule(flow_type: str, dst_port: int, queue: int, rss_context: int | None,
-               location: int) -> ctypes.Array:
+               location: int) -> ctypes.Array[ctypes.c_char]:
     """A ``struct ethtool_rxnfc`` holding one rule (cmd left 0)."""
     buf = ctypes.create_string_buffer(_RXNFC_SIZE)
     ft = FLOW_TYPES[flow_type] | (FLOW_RSS if rss_context is not None else 0)
@@ -778,7 +823,8 @@ def _ioctl_srssh(ifname: str, context: int, indir: list[int]) -> int:
     if indir:
         struct.pack_into(f"={len(indir)}I", buf, 24, *indir)
     _ioctl(ifname, buf, "ETHTOOL_SRSSH")
-    return struct.unpack_from("=I", buf, 4)[0]
+    got: int = struct.unpack_from("=I", buf, 4)[0]
+    return got
 
 
 # --------------------------------------------------------------------------
