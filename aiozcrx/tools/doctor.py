@@ -34,8 +34,10 @@ import re
 import resource
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..config import NIC_AREA_SIZE
+from . import ethtool as et
 from . import nic as _nic
 
 PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
@@ -123,13 +125,13 @@ def core_not_loaded(exc: BaseException) -> str:
     return f"not checked: the compiled core could not be loaded ({reason})"
 
 
-def probe_core(interface: str | None, queue: int | None) -> dict:
+def probe_core(interface: str | None, queue: int | None) -> dict[str, Any]:
     """What the core library says: ``{"available", "error", "kernel",
     "engine", "engine_error", "tried"}``. Imported lazily: doctor must work
     without it (``available`` False, ``error`` says why: the io_uring/zcrx
     probes are then "not checked")."""
-    out: dict = {"available": False, "error": None, "kernel": None,
-                 "engine": None, "engine_error": None, "tried": []}
+    out: dict[str, Any] = {"available": False, "error": None, "kernel": None,
+                           "engine": None, "engine_error": None, "tried": []}
     try:
         from . import probe  # noqa: PLC0415 - loads no compiled code itself
         load_core = probe.load_core
@@ -157,7 +159,7 @@ def probe_core(interface: str | None, queue: int | None) -> dict:
     return out
 
 
-def gather_system() -> dict:
+def gather_system() -> dict[str, Any]:
     release = platform.release()
     status = read_proc_status()
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
@@ -176,7 +178,7 @@ def gather_system() -> dict:
 # --------------------------------------------------------------------------
 # judgement (pure)
 # --------------------------------------------------------------------------
-def _fmt_bytes(n: int) -> str:
+def _fmt_bytes(n: float) -> str:
     if n == resource.RLIM_INFINITY or n < 0:
         return "unlimited"
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -190,7 +192,7 @@ def _has_cap(cap_eff: int | None, bit: int) -> bool | None:
     return None if cap_eff is None else bool(cap_eff >> bit & 1)
 
 
-def system_checks(sysf: dict, core: dict) -> list[Check]:
+def system_checks(sysf: dict[str, Any], core: dict[str, Any]) -> list[Check]:
     out: list[Check] = []
     S = "system"
     rel = sysf["release"]
@@ -328,7 +330,7 @@ def _driver_check(st: _nic.NicState, queue: int | None,
         return Check(I, "driver", FAIL,
                      f"{where}: no queue API: a trial zcrx registration on queue {queue} gave "
                      f"EOPNOTSUPP (no queue management ops or no DMA device); {hint}", no_api_fix)
-    if err in ("EINVAL", "EEXIST", "EBUSY", "ERANGE"):
+    if trial is not None and err in ("EINVAL", "EEXIST", "EBUSY", "ERANGE"):
         return Check(I, "driver", PASS,
                      f"{where}: has the queue API (a trial registration on queue {queue} got past "
                      f"it, then {trial[1]}: see the checks below); {hint}")
@@ -528,7 +530,7 @@ def _without_moot_fixes(checks: list[Check], ifn: str, blockers: list[str]) -> l
 KNOWN = _nic.KNOWN_ZCRX_DRIVERS
 
 
-def _rule_text(r) -> str:
+def _rule_text(r: et.NtupleRule) -> str:
     match = f"{r.flow_type}" + (f" dst-port {r.dst_port}" if r.dst_port is not None else "") \
         + (f" src-port {r.src_port}" if r.src_port is not None else "") \
         + (" +more" if r.other_match else "")
@@ -571,7 +573,8 @@ def _binding_check(st: _nic.NicState, queue: int | None, release: str) -> Check:
     return Check(I, "memory provider", PASS, f"queue {queue} is free ({desc})")
 
 
-def engine_section(core: dict, interface: str | None, queue: int | None) -> tuple[list[str], bool]:
+def engine_section(core: dict[str, Any], interface: str | None,
+                   queue: int | None) -> tuple[list[str], bool]:
     """Lines about the engine choice, and whether zcrx works on (interface, queue)."""
     if not core.get("available"):
         return [f"engine: {core.get('error') or 'core probe unavailable'}: cannot tell which "
@@ -603,7 +606,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def found_engines(core: dict) -> tuple[bool | None, bool | None]:
+def found_engines(core: dict[str, Any]) -> tuple[bool | None, bool | None]:
     """(NODEV works, io_uring works) as the core probe found them; None where it
     could not look."""
     if not core.get("available"):
@@ -618,7 +621,7 @@ def found_engines(core: dict) -> tuple[bool | None, bool | None]:
 
 
 def run(interface: str | None, queue: int | None, port: int | None,
-        flow_type: str = "tcp6") -> dict:
+        flow_type: str = "tcp6") -> dict[str, Any]:
     sysf = gather_system()
     core = probe_core(interface, queue)
     if interface and queue is not None and any(t and t[0] == "zcrx" and t[1]
@@ -645,7 +648,7 @@ def run(interface: str | None, queue: int | None, port: int | None,
             "zcrx_ok": zcrx_ok, "queue": queue, "port": port}
 
 
-def render(report: dict) -> str:
+def render(report: dict[str, Any]) -> str:
     lines = []
     head = f"aiozcrx doctor: kernel {report['system']['release']}"
     if report["interface"]:

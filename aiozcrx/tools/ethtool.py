@@ -434,7 +434,8 @@ def get_channels(ifname: str) -> Reply:
 def set_channels(ifname: str, **counts: int | None) -> None:
     """CHANNELS_SET, e.g. ``set_channels("eth0", combined_count=4)`` (a count
     of None is left out)."""
-    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname))] + [(k, v) for k, v in counts.items() if v is not None]
+    attrs: list[tuple[str, AttrValue]] = [("header", _hdr(ifname))]
+    attrs += [(k, v) for k, v in counts.items() if v is not None]
     _genl("ethtool", MSG_CHANNELS_SET, _CHANNELS, attrs, op="CHANNELS_SET")
 
 

@@ -40,7 +40,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import IO, Any, Callable, Protocol
 
 from . import ethtool as et
 
@@ -67,15 +67,15 @@ class NicState:
     ifindex: int | None = None
     driver: str | None = None
     driver_source: str = "unknown"
-    channels: dict | None = None          # CHANNELS_GET: rx/tx/combined counts and maxima
+    channels: dict[str, Any] | None = None  # CHANNELS_GET: rx/tx/combined counts and maxima
     sysfs_rx_queues: int | None = None    # /sys/class/net/IF/queues/rx-*
-    rings: dict | None = None             # RINGS_GET: tcp_data_split, hds_thresh, ...
+    rings: dict[str, Any] | None = None     # RINGS_GET: tcp_data_split, hds_thresh, ...
     ntuple_active: bool | None = None     # feature rx-ntuple-filter on
     ntuple_changeable: bool | None = None
     rss: dict[int, list[int]] | None = None   # context id -> indirection table (0 = main)
     rules: list[et.NtupleRule] | None = None
     rule_table_size: int | None = None
-    queues: list[dict] | None = None      # netdev QUEUE_GET: id, type, io_uring, ...
+    queues: list[et.NetdevQueue] | None = None  # netdev QUEUE_GET: id, type, io_uring, ...
     errors: dict[str, str] = field(default_factory=dict)
 
     # ---- derived facts -------------------------------------------------
@@ -93,7 +93,7 @@ class NicState:
     def rx_queues(self) -> int | None:
         ch = self.channels
         if ch:
-            n = ch.get("combined_count", 0) + ch.get("rx_count", 0)
+            n: int = ch.get("combined_count", 0) + ch.get("rx_count", 0)
             if n:
                 return n
         return self.sysfs_rx_queues
@@ -104,7 +104,8 @@ class NicState:
         if not ch or not self.channel_kind:
             return None
         # combined and rx-only channels both carry an RX queue
-        return ch.get("combined_max", 0) + ch.get("rx_max", 0)
+        most: int = ch.get("combined_max", 0) + ch.get("rx_max", 0)
+        return most
 
     @property
     def known_zcrx_driver(self) -> bool:
@@ -116,14 +117,14 @@ class NicState:
             return None
         return self.rss.get(0) or None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rules"] = None if self.rules is None else [r.to_dict() for r in self.rules]
         d["rss"] = None if self.rss is None else {str(k): v for k, v in self.rss.items()}
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NicState":
+    def from_dict(cls, d: dict[str, Any]) -> NicState:
         d = dict(d)
         if d.get("rules") is not None:
             d["rules"] = [et.NtupleRule.from_dict(r) for r in d["rules"]]
@@ -192,7 +193,7 @@ class Op:
     context id, a rule location) and are filled in when the plan runs."""
 
     kind: str
-    args: dict = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -220,7 +221,7 @@ class Plan:
     def ok(self) -> bool:
         return not self.problems
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -247,7 +248,9 @@ def _rss_command(ifname: str, nqueues: int, queue: int) -> str:
 
 
 def _split_word(v: int | None) -> str:
-    return {et.TCP_DATA_SPLIT_ENABLED: "on", et.TCP_DATA_SPLIT_DISABLED: "off"}.get(v, "auto")
+    words: dict[int | None, str] = {et.TCP_DATA_SPLIT_ENABLED: "on",
+                                    et.TCP_DATA_SPLIT_DISABLED: "off"}
+    return words.get(v, "auto")
 
 
 def matching_rules(state: NicState, port: int, flow_type: str) -> list[et.NtupleRule]:
@@ -269,7 +272,7 @@ def rule_target_queues(state: NicState, rule: et.NtupleRule) -> list[int] | None
     return sorted({q + rule.queue for q in table})
 
 
-def port_steering(state: NicState, port: int, flow_type: str = "tcp6") -> dict:
+def port_steering(state: NicState, port: int, flow_type: str = "tcp6") -> dict[str, Any]:
     """Where a ``flow_type`` flow to ``port`` lands: by a rule, or by RSS."""
     for rule in matching_rules(state, port, flow_type):
         return {"by": "rule", "location": rule.location, "rss_context": rule.rss_context,
@@ -355,8 +358,8 @@ def plan_setup(state: NicState, queue: int, port: int, *, rss_context: bool = Fa
                      f"a threshold): zcrx needs it to be 0, the default when unsupported")
         need_rings = prev_split != et.TCP_DATA_SPLIT_ENABLED or bool(prev_hds)
     if need_rings:
-        args: dict = {"tcp_data_split": et.TCP_DATA_SPLIT_ENABLED}
-        inv: dict = {"tcp_data_split": prev_split or et.TCP_DATA_SPLIT_UNKNOWN}
+        args: dict[str, Any] = {"tcp_data_split": et.TCP_DATA_SPLIT_ENABLED}
+        inv: dict[str, Any] = {"tcp_data_split": prev_split or et.TCP_DATA_SPLIT_UNKNOWN}
         cmd = f"ethtool -G {ifn} tcp-data-split on"
         inv_cmd = f"ethtool -G {ifn} tcp-data-split {_split_word(prev_split)}"
         if has_hds:
@@ -489,17 +492,17 @@ class KernelExecutor:
         self.ifname = ifname
 
     def run(self, op: Op) -> Any:
-        fn: Callable = getattr(self, "_op_" + op.kind)
+        fn: Callable[..., Any] = getattr(self, "_op_" + op.kind)
         return fn(**op.args)
 
-    def _op_channels(self, kind: str, count: int):
+    def _op_channels(self, kind: str, count: int) -> None:
         et.set_channels(self.ifname, **{f"{kind}_count": count})
         got = et.get_channels(self.ifname).get(f"{kind}_count")
         if got != count:
             raise et.EthtoolError(_errno.EIO, f"{kind} channels are {got} after setting {count}",
                                   "CHANNELS_SET")
 
-    def _op_rings(self, tcp_data_split: int | None = None, hds_thresh: int | None = None):
+    def _op_rings(self, tcp_data_split: int | None = None, hds_thresh: int | None = None) -> None:
         et.set_rings(self.ifname, tcp_data_split=tcp_data_split, hds_thresh=hds_thresh)
         got = et.get_rings(self.ifname)
         if tcp_data_split == et.TCP_DATA_SPLIT_ENABLED and \
@@ -509,7 +512,7 @@ class KernelExecutor:
             raise et.EthtoolError(_errno.EINVAL, f"hds-thresh is {got.get('hds_thresh')} "
                                   f"after setting {hds_thresh}", "RINGS_SET")
 
-    def _op_features(self, **wanted: bool):
+    def _op_features(self, **wanted: bool) -> None:
         et.set_features(self.ifname, wanted)
         active = et.get_features(self.ifname)["active"]
         for name, on in wanted.items():
@@ -526,27 +529,27 @@ class KernelExecutor:
             raise et.EthtoolError(_errno.EOPNOTSUPP, "the driver reports no RSS table", "RSS_GET")
         return size
 
-    def _op_rss_exclude(self, queue: int, queues: int, size: int | None):
+    def _op_rss_exclude(self, queue: int, queues: int, size: int | None) -> None:
         et.set_rss_indir(self.ifname, exclude_table(self._table_size(size), queues, queue))
 
-    def _op_rss_indir(self, indir: list[int] | None, context: int = 0):
+    def _op_rss_indir(self, indir: list[int] | None, context: int = 0) -> None:
         et.set_rss_indir(self.ifname, indir, context)
 
     def _op_rss_create(self, queue: int, size: int | None) -> int:
         return et.create_rss_context(self.ifname, [queue] * self._table_size(size))
 
-    def _op_rss_delete(self, context: int):
+    def _op_rss_delete(self, context: int) -> None:
         et.delete_rss_context(self.ifname, context)
 
     def _op_ntuple_insert(self, flow_type: str, dst_port: int, queue: int,
                           rss_context: int | None = None) -> int:
         return et.insert_ntuple_rule(self.ifname, flow_type, dst_port, queue, rss_context)
 
-    def _op_ntuple_delete(self, location: int):
+    def _op_ntuple_delete(self, location: int) -> None:
         et.delete_ntuple_rule(self.ifname, location)
 
 
-def _resolve(value: Any, results: dict, own: Any) -> Any:
+def _resolve(value: Any, results: dict[str, Any], own: Any) -> Any:
     if isinstance(value, str) and value.startswith("@"):
         key = value[1:]
         return own if key == "" else results[key]
@@ -555,7 +558,7 @@ def _resolve(value: Any, results: dict, own: Any) -> Any:
     return value
 
 
-def _resolve_text(text: str, results: dict) -> str:
+def _resolve_text(text: str, results: dict[str, Any]) -> str:
     for key, val in results.items():
         text = text.replace("{@" + key + "}", str(val))
     return text
@@ -569,7 +572,7 @@ def state_path(ifname: str) -> str:
     return os.path.join(state_dir(), f"nic-{ifname}.json")
 
 
-def _write_record(path: str, record: dict) -> None:
+def _write_record(path: str, record: dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -578,10 +581,11 @@ def _write_record(path: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_record(path: str) -> dict | None:
+def load_record(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as f:
-            return json.load(f)
+            record: dict[str, Any] = json.load(f)
+            return record
     except FileNotFoundError:
         return None
 
@@ -612,9 +616,9 @@ def apply_plan(plan: Plan, executor: Executor, record_path: str | None) -> Outco
     ``record_path``; on the first failure undo the done steps newest first."""
     out = Outcome(ok=True, record_path=record_path)
     results: dict[str, Any] = {}
-    record = {"version": 1, "interface": plan.ifname, "queue": plan.queue, "port": plan.port,
-              "mode": plan.mode, "flow_type": plan.flow_type, "created": time.time(),
-              "steps": []}
+    record: dict[str, Any] = {
+        "version": 1, "interface": plan.ifname, "queue": plan.queue, "port": plan.port,
+        "mode": plan.mode, "flow_type": plan.flow_type, "created": time.time(), "steps": []}
     for step in plan.steps:
         try:
             result = executor.run(Op(step.apply.kind, _resolve(step.apply.args, results, None)))
@@ -625,9 +629,9 @@ def apply_plan(plan: Plan, executor: Executor, record_path: str | None) -> Outco
             out.error, out.errno = _describe(exc)
             break
         results[step.id] = result
-        entry = {"id": step.id, "title": step.title,
-                 "command": _resolve_text(step.command, results),
-                 "inverse": None, "inverse_command": _resolve_text(step.inverse_command, results)}
+        entry: dict[str, Any] = {
+            "id": step.id, "title": step.title, "command": _resolve_text(step.command, results),
+            "inverse": None, "inverse_command": _resolve_text(step.inverse_command, results)}
         if step.inverse is not None:
             entry["inverse"] = {"kind": step.inverse.kind,
                                 "args": _resolve(step.inverse.args, results, result)}
@@ -648,9 +652,9 @@ def apply_plan(plan: Plan, executor: Executor, record_path: str | None) -> Outco
     return out
 
 
-def _undo(entries: list[dict], executor: Executor, out: Outcome) -> list[dict]:
+def _undo(entries: list[dict[str, Any]], executor: Executor, out: Outcome) -> list[dict[str, Any]]:
     """Run the inverses newest first; return the entries that could not be undone."""
-    left = []
+    left: list[dict[str, Any]] = []
     for entry in reversed(entries):
         inv = entry.get("inverse")
         if inv is None:
@@ -703,7 +707,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_plan(plan: Plan, file=None) -> None:
+def _print_plan(plan: Plan, file: IO[str] | None = None) -> None:
     file = file or sys.stdout
     print(f"plan for {plan.ifname}: {plan.flow_type} dst-port {plan.port} -> queue "
           f"{plan.queue} ({plan.mode})", file=file)
@@ -720,12 +724,12 @@ def _print_plan(plan: Plan, file=None) -> None:
         print(re.sub(r"\{@([\w-]+)\}", r"<\1>", text), file=file)
 
 
-def _setup(args) -> int:
+def _setup(args: argparse.Namespace) -> int:
     state = read_state(args.interface)
     plan = plan_setup(state, args.queue, args.port, rss_context=args.rss_context,
                       flow_type=args.flow_type)
     path = state_path(args.interface)
-    result: dict = {"plan": plan.to_dict(), "state_file": path}
+    result: dict[str, Any] = {"plan": plan.to_dict(), "state_file": path}
     if args.json and (args.dry_run or not plan.ok or not plan.steps):
         result["applied"] = False
         print(json.dumps(result, indent=2))
@@ -780,7 +784,7 @@ def wait_queue_released(interface: str, queue: int, timeout: float = 5.0) -> Non
         time.sleep(0.02)
 
 
-def _teardown(args) -> int:
+def _teardown(args: argparse.Namespace) -> int:
     if args.interface:
         paths = [state_path(args.interface)]
     else:
