@@ -108,6 +108,9 @@ void *azx_mmap_anon(size_t len, int huge, int *err);
 int azx_munmap(uintptr_t addr, size_t len);
 int azx_dontfork(uintptr_t addr, size_t len);
 
+int azx_timerfd_create(void);
+int azx_timerfd_period(int fd, long long period_ns);
+
 int azx_zcrx_register(struct azx_ring *ring, uint32_t if_idx, uint32_t if_rxq,
                       uint32_t rq_entries, uint32_t flags, uintptr_t area, size_t area_len,
                       int kernel_region, uint32_t rx_buf_len, uint64_t notif_user_data,
@@ -130,6 +133,7 @@ SOURCE = r"""
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 
 /* the kernel UAPI: structs, constants, syscall numbers (aiozcrx/_c/uapi.h) */
 #include "uapi.h"
@@ -346,6 +350,25 @@ void *azx_mmap_anon(size_t len, int huge, int *err)
 int azx_dontfork(uintptr_t addr, size_t len)
 {
     return madvise((void *)addr, len, MADV_DONTFORK) < 0 ? -errno : 0;
+}
+
+/* A periodic timer the event loop watches as a reader (see _ring.PeriodicTimer:
+ * os.timerfd_* is Python 3.13+ only). */
+int azx_timerfd_create(void)
+{
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+/* Expires every period_ns from now on; 0 disarms. */
+int azx_timerfd_period(int fd, long long period_ns)
+{
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    its.it_interval.tv_sec = (time_t)(period_ns / 1000000000LL);
+    its.it_interval.tv_nsec = (long)(period_ns % 1000000000LL);
+    its.it_value = its.it_interval;
+    return timerfd_settime(fd, 0, &its, NULL) < 0 ? -errno : 0;
 }
 
 int azx_munmap(uintptr_t addr, size_t len)

@@ -279,12 +279,19 @@ def perf_events() -> list[str]:
     return ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{s}" for s in SYSCALLS]
 
 
-def run_one(name: str, case: str, args, profile: str | None = None) -> dict:
-    """One receiver run and its sender; profile None, "syscalls" or "frames"."""
+def run_one(name: str, case: str, args, profile: str | None = None,
+            command: list[str] | None = None) -> dict:
+    """One receiver run and its sender; profile None, "syscalls" or "frames".
+    ``command``: another receiver program (wakefloor.py's C receivers), its
+    arguments with "{fd}" for the listening socket and "{conns}" for how many
+    connections to accept; it prints the same JSON line as ours."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=128)
     port = listener.getsockname()[1]
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--case", case,
-           "--fd", str(listener.fileno())]
+    if command is not None:
+        cmd = [a.format(fd=listener.fileno(), conns=CASES[case][1]) for a in command]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--case", case,
+               "--fd", str(listener.fileno())]
     tmp = None
     if profile:
         tmp = tempfile.mkdtemp(prefix="aiozcrx-bench-perf.")

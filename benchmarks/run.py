@@ -7,7 +7,10 @@ Cases (``--cases``, default all):
   10 us), back to back, and over 64 connections; syscalls and Python frames per
   wake-up of the paced case;
 - ``http`` (``benchmarks/httpbench.py``): aiohttp and uvicorn uploads and small
-  requests (wrk) through the drop-in loop against plain uvloop and asyncio.
+  requests (wrk) through the drop-in loop against plain uvloop and asyncio;
+- ``floor`` (``benchmarks/wakefloor.py``): the paced case received by small C
+  programs (epoll + read(2); io_uring woken through its eventfd, as aiozcrx is;
+  the ring fd in epoll) beside uvloop and aiozcrx: what the kernel alone charges.
 
 Bulk: one TCP connection over 127.0.0.1; the sender is its own process (``sendall`` of
 1 MiB blocks for ``--seconds``, or a fixed byte count with ``--quick``). Every
@@ -80,6 +83,7 @@ CASES = {
     "bulk": (None, "bulk loopback receive, 1 MiB sends, one connection"),
     "records": ("records.py", "4 KiB records: paced, back to back, 64 connections"),
     "http": ("httpbench.py", "aiohttp and uvicorn through the drop-in loop"),
+    "floor": ("wakefloor.py", "the kernel's floor under the paced case: C receivers beside ours"),
 }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import select
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .. import _ring
 from .._ring import UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, ud_gen, ud_kind, ud_slot, user_data
@@ -36,6 +36,47 @@ if TYPE_CHECKING:
 
 # Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
 PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
+
+
+class Ticker:
+    """Calls ``callback()`` every ``period`` seconds while started, from the loop's
+    reader on a periodic timerfd, never from a loop timer: a pending loop timer
+    costs every wake-up of the loop (see ``_ring.PeriodicTimer``), and the watches
+    below tick for as long as connections exist."""
+
+    def __init__(self, loop: EngineLoop, period: float, callback: Callable[[], object]) -> None:
+        self._timer = _ring.PeriodicTimer()
+        self._loop = loop
+        self._period = period
+        self._callback = callback
+        self.ticks = 0
+        try:
+            loop.add_reader(self._timer.fd, self._on_ready)
+        except BaseException:
+            self._timer.close()
+            raise
+
+    @property
+    def running(self) -> bool:
+        return self._timer.armed
+
+    def start(self) -> None:
+        """Starts ticking (a running ticker keeps its phase)."""
+        if not self._timer.armed and self._timer.fd >= 0:
+            self._timer.arm(self._period)
+
+    def stop(self) -> None:
+        self._timer.disarm()  # timerfd_settime also drops an expiration not yet read
+
+    def _on_ready(self) -> None:
+        if self._timer.expirations() and self._timer.armed:
+            self.ticks += 1
+            self._callback()
+
+    def close(self) -> None:
+        if self._timer.fd >= 0:
+            self._loop.remove_reader(self._timer.fd)
+            self._timer.close()
 
 
 class RingEngine(Engine):
@@ -53,7 +94,7 @@ class RingEngine(Engine):
         self._reader_added = False
         self._close_pending = False
         self._tw_timer: Cancellable | None = None
-        self._reset_timer: Cancellable | None = None
+        self._reset_ticker: Ticker | None = None
         self._reset_watch_slots: dict[int, int] = {}
 
     def _open_ring(self) -> None:
@@ -70,6 +111,7 @@ class RingEngine(Engine):
         if not self.config.copy and getattr(self, "shared_from", None) is None:
             unit = self.area.stats()["buffer_size"]
             self.area.set_share(self.share_buffers(unit), self.ring.eventfd)
+        self._reset_ticker = Ticker(loop, self.RESET_TICK, self._reset_watch)
         loop.add_reader(self.ring.eventfd, self.dispatcher.on_wake)
         self._reader_added = True
 
@@ -107,11 +149,12 @@ class RingEngine(Engine):
         if self._reader_added:
             self.loop.remove_reader(self.ring.eventfd)
             self._reader_added = False
-        for attr in ("_tw_timer", "_reset_timer"):
-            timer = getattr(self, attr)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, attr, None)
+        if self._tw_timer is not None:
+            self._tw_timer.cancel()
+            self._tw_timer = None
+        if self._reset_ticker is not None:
+            self._reset_ticker.close()
+            self._reset_ticker = None
         self._stop_timers()
         # Completions still queued carry buffers: the halted dispatcher gives them
         # straight back, so outstanding counts stay exact.
@@ -201,8 +244,8 @@ class RingEngine(Engine):
         self._prep_recv(conn.fd, user_data(UD_RECV, conn.slot, conn.gen))
         conn.armed = True
         self._kick()
-        if self._reset_timer is None:
-            self._reset_timer = self.loop.call_later(self.RESET_TICK, self._reset_watch)
+        if self._reset_ticker is not None:
+            self._reset_ticker.start()
 
     def _cancel(self, conn: Conn) -> None:
         if self.closed:
@@ -247,11 +290,12 @@ class RingEngine(Engine):
     # socket reports an error or hang-up while its request is still armed is
     # cancelled, and the re-armed request reads the error. Idle connections cost
     # nothing here: a reset that finds nothing queued wakes the request itself.
+    # The tick is a Ticker (a timerfd), not a loop timer: it runs for as long as
+    # connections exist, and a pending loop timer taxes every wake-up.
     RESET_TICK = 0.2
     RESET_WATCH_TICKS = 5
 
     def _reset_watch(self) -> None:
-        self._reset_timer = None
         if self.closed:
             return
         assert self.loop is not None and self.dispatcher is not None
@@ -276,8 +320,8 @@ class RingEngine(Engine):
                         self.stats["reset_kicks"] = self.stats.get("reset_kicks", 0) + 1
                         self._cancel(conn)
                         watch.pop(conn.slot, None)
-        if self.conns:
-            self._reset_timer = self.loop.call_later(self.RESET_TICK, self._reset_watch)
+        if not self.conns and self._reset_ticker is not None:
+            self._reset_ticker.stop()
 
     # ---------------------------------------------------------- the loop side
     # The loop's reader is Dispatcher.on_wake (C); see the module docstring.

@@ -19,8 +19,8 @@ from .._ring import UD_NOTIF, user_data
 from ..errors import ZcrxUnavailable
 from .advice import area_error, device_removed, zcrx_error
 from .linkwatch import LinkWatch, interface_exists
-from .base import Cancellable, Conn, EngineLoop, ReadEvents
-from .ring import RingEngine
+from .base import Conn, EngineLoop, ReadEvents
+from .ring import RingEngine, Ticker
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -72,7 +72,7 @@ class ZcrxEngine(RingEngine):
         self.shared_from: ZcrxEngine | None = None
         self.info: _ring.ZcrxInfo | None = None
         self.zcrx_id = 0
-        self._watchdog: Cancellable | None = None
+        self._watchdog: Ticker | None = None  # made on first use (see _exhaustion_seen)
         self._watch_marks: dict[int, int] = {}
         self._quiet_ticks = 0
         self._kick_pending = False
@@ -301,13 +301,16 @@ class ZcrxEngine(RingEngine):
             s.close()
 
     def _exhaustion_seen(self) -> None:
-        if self._watchdog is None and self.loop is not None and not self.closed:
+        if self.loop is None or self.closed:
+            return
+        if self._watchdog is None:
+            self._watchdog = Ticker(self.loop, self.WATCHDOG_TICK, self._watch)
+        if not self._watchdog.running:
             self._watch_marks = {}
             self._quiet_ticks = 0
-            self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
+            self._watchdog.start()
 
     def _watch(self) -> None:
-        self._watchdog = None
         if self.closed:
             return
         stuck = self._kick_stalled(require_no_progress=True)
@@ -315,9 +318,8 @@ class ZcrxEngine(RingEngine):
         # Exhaustion is notified (ALLOC_FAIL) only from a NIC queue's page pool;
         # NODEV and kernels without notifications need the watchdog throughout.
         always = (self.nodev or self.stats.get("notifications") != "on") and self.conns
-        if self._quiet_ticks < self.QUIET_TICKS or always:
-            assert self.loop is not None
-            self._watchdog = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
+        if not (self._quiet_ticks < self.QUIET_TICKS or always) and self._watchdog is not None:
+            self._watchdog.stop()
 
     def _starve(self, conn: Conn) -> None:
         super()._starve(conn)
@@ -380,7 +382,7 @@ class ZcrxEngine(RingEngine):
 
     def _stop_timers(self) -> None:
         if self._watchdog is not None:
-            self._watchdog.cancel()
+            self._watchdog.close()
             self._watchdog = None
         self._unwatch_link()
 
