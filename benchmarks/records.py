@@ -70,7 +70,11 @@ CASES = {
     "paced": ("paced 4 KiB records, one every 10 us, one connection", 1, True),
     "unpaced": ("4 KiB records back to back, one connection", 1, False),
     "conns64": ("4 KiB records back to back, round robin over 64 connections", 64, False),
+    # not in the default set: run.py's bulk case covers it; here for wakefloor.py's C floor
+    "bulk": ("1 MiB sends back to back, one connection", 1, False),
 }
+DEFAULT_CASES = ("paced", "unpaced", "conns64")
+SEND_SIZE = {"bulk": 1 << 20}  # bytes per send(); RECORD for the others
 
 # run.py's receivers (name, label, loop, kind, engine), the host ones this case
 # compares: the stock and uvloop protocols, uring on both loops, socket on uvloop
@@ -124,12 +128,13 @@ def sender_main(port: int, case: str, seconds: float, total: int) -> None:
     for s in socks:
         if s.recv(1) != b"g":
             raise SystemExit("receiver went away before the start")
-    rec = bytes(range(256)) * (RECORD // 256)
+    size = SEND_SIZE.get(case, RECORD)
+    rec = bytes(range(256)) * (size // 256)
     sent = late = 0
     clock = time.perf_counter_ns
     t0 = clock()
     deadline = t0 + int(seconds * 1e9)
-    limit = total // RECORD if total else None
+    limit = total // size if total else None
     if paced:
         s = socks[0]
         send = s.sendall
@@ -163,7 +168,7 @@ def sender_main(port: int, case: str, seconds: float, total: int) -> None:
         while s.recv(65536):  # until the receiver closes: it has seen everything
             pass
         s.close()
-    print(json.dumps({"records": sent, "bytes": sent * RECORD, "late": late,
+    print(json.dumps({"records": sent, "bytes": sent * size, "late": late,
                       "seconds": (t1 - t0) / 1e9}))
 
 
@@ -557,7 +562,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0, help="sender duration per run")
     ap.add_argument("--bytes", type=int, default=0, help="send this many bytes instead of --seconds")
-    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    ap.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated: " + ", ".join(CASES))
     ap.add_argument("--only", default="", help="comma-separated variants: " + ", ".join(BY_NAME))
     ap.add_argument("--profile", action="store_true", help="also syscalls and Python frames per wake-up (paced)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 MiB per run, 1 round, with --profile")

@@ -98,7 +98,7 @@ def label(name: str) -> str:
 def table(runs: dict[str, list[dict]], order: list[str]) -> str:
     summ = {n: records.summarize(runs[n]) for n in order}
     refs = [r for r in ("c-read", "uvloop-buffered") if r in order]
-    head = ("| receiver | MB/s | CPU s/GB user | CPU s/GB sys | CPU s/GB total | CPU us/record "
+    head = ("| receiver | MB/s | CPU s/GB user | CPU s/GB sys | CPU s/GB total | CPU us / 4 KiB "
             "| completions/wake-up | " + " | ".join(f"paired vs {label(r).split(' (')[0]}" for r in refs) + " |")
     lines = [head, "|" + "---|" * (7 + len(refs))]
     for name in order:
@@ -106,7 +106,7 @@ def table(runs: dict[str, list[dict]], order: list[str]) -> str:
         if "skipped" in s:
             lines.append(f"| {label(name)} | not run: {s['skipped']} |" + " |" * (5 + len(refs)))
             continue
-        per_rec = [t * records.RECORD / 1e3 for t in s["total"]]  # s/GB -> us per 4 KiB record
+        per_rec = [t * 4096 / 1e3 for t in s["total"]]  # s/GB -> us per 4 KiB
         pw = fmt_range(s["per_wakeup"], 1) if "per_wakeup" in s else "-"
         cols = []
         for ref in refs:

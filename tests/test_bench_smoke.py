@@ -64,3 +64,26 @@ def test_bench_tls_runs():
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| TLS, ")]
     assert len(rows) == len(variants) and all("TLS_" in r for r in rows), out.stdout
+
+
+def test_wakefloor_c_receivers_get_every_byte(tmp_path):
+    """benchmarks/wakefloor.py builds its C receivers with the system's cc and runs
+    them against records.py's sender: every run must receive exactly the bytes sent
+    (run_one turns a short count into an error row), in C as in Python."""
+    import json
+
+    raw = tmp_path / "floor.json"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "wakefloor.py"), "--quick",
+                          "--cases", "paced,conns64", "--json", str(raw)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(raw.read_text())
+    try:
+        uring_off = int(open("/proc/sys/kernel/io_uring_disabled").read()) != 0
+    except OSError:
+        uring_off = False
+    for case, runs in data["runs"].items():
+        for name, results in runs.items():
+            if uring_off and ("uring" in name):
+                continue  # io_uring switched off here: those rows say why
+            assert results and all(r.get("bytes") for r in results), (case, name, results)
