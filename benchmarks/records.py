@@ -498,6 +498,23 @@ def plots(all_runs: dict[str, dict[str, list[dict]]], order: list[str], outdir: 
     return f"plot: {os.path.relpath(p, ROOT)}"
 
 
+def run_rounds(case: str, order: list[str], args, command_of=None) -> dict[str, list[dict]]:
+    """args.rounds rounds of every receiver in order, the order rotating by one each
+    round; command_of(name): another receiver program for run_one, or None."""
+    runs: dict[str, list[dict]] = {n: [] for n in order}
+    for r in range(args.rounds):
+        k = r % len(order)
+        for name in order[k:] + order[:k]:
+            res = run_one(name, case, args, command=command_of(name) if command_of else None)
+            runs[name].append(res)
+            if res.get("bytes"):
+                print(f"  {case} round {r + 1} {name}: {(res['user'] + res['sys']) / (res['bytes'] / 1e9):.3f} "
+                      f"CPU s/GB, {res['bytes'] / res['wall'] / 1e6:.0f} MB/s", file=sys.stderr)
+            else:
+                print(f"  {case} round {r + 1} {name}: {res.get('error')}", file=sys.stderr)
+    return runs
+
+
 def run_all(args) -> dict:
     """Runs the cases (interleaved within each case) and the profile; returns everything."""
     _cpus()  # before any child: the CPUs to pin to (BENCH_CPUS)
@@ -507,18 +524,7 @@ def run_all(args) -> dict:
     cases = [c for c in args.cases.split(",") if c]
     all_runs: dict[str, dict[str, list[dict]]] = {}
     for case in cases:
-        runs = {n: [] for n in order}
-        for r in range(args.rounds):
-            k = r % len(order)
-            for name in order[k:] + order[:k]:
-                res = run_one(name, case, args)
-                runs[name].append(res)
-                if res.get("bytes"):
-                    print(f"  {case} round {r + 1} {name}: {(res['user'] + res['sys']) / (res['bytes'] / 1e9):.3f} "
-                          f"CPU s/GB, {res['bytes'] / res['wall'] / 1e6:.0f} MB/s", file=sys.stderr)
-                else:
-                    print(f"  {case} round {r + 1} {name}: {res.get('error')}", file=sys.stderr)
-        all_runs[case] = runs
+        all_runs[case] = run_rounds(case, order, args)
     prof = None
     if args.profile:
         prof = {}
@@ -557,12 +563,17 @@ def report(res: dict, args) -> str:
     return "\n\n".join(parts)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_args(ap: argparse.ArgumentParser, cases: str) -> None:
+    """The options of a run of cases (records.py's, wakefloor.py's)."""
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0, help="sender duration per run")
     ap.add_argument("--bytes", type=int, default=0, help="send this many bytes instead of --seconds")
-    ap.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated: " + ", ".join(CASES))
+    ap.add_argument("--cases", default=cases, help="comma-separated: " + ", ".join(CASES))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_args(ap, ",".join(DEFAULT_CASES))
     ap.add_argument("--only", default="", help="comma-separated variants: " + ", ".join(BY_NAME))
     ap.add_argument("--profile", action="store_true", help="also syscalls and Python frames per wake-up (paced)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 MiB per run, 1 round, with --profile")

@@ -131,6 +131,27 @@ static void go(int *socks, int n)
             die("write g", errno);
 }
 
+/* An epoll instance watching fd for input. */
+static int epoll_on(int fd)
+{
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN};
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev))
+        die("epoll", errno);
+    return ep;
+}
+
+/* Sleeps until the one fd of ep is ready (or TIMEOUT); counts a wake-up. */
+static void wait_one(int ep, struct counters *c)
+{
+    struct epoll_event ev;
+    while (epoll_wait(ep, &ev, 1, TIMEOUT) < 0) {
+        if (errno != EINTR)
+            die("epoll_wait", errno);
+    }
+    c->wakeups++;
+}
+
 /* ------------------------------------------------------------ readiness + read */
 static void run_read(int *socks, int n, struct counters *c)
 {
@@ -372,18 +393,11 @@ static void run_uring_evfd(int *socks, int n, struct counters *c, int sqe_reset)
     for (int i = 0; i < n; i++)
         arm_recv(&r, socks[i], (unsigned)i);
     enter(&r, IORING_ENTER_GETEVENTS, c);
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN};
-    epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev);
+    int ep = epoll_on(efd);
     go(socks, n);
     uint64_t val;
     while (c->open) {
-        if (epoll_wait(ep, &ev, 1, TIMEOUT) < 0) {
-            if (errno == EINTR)
-                continue;
-            die("epoll_wait", errno);
-        }
-        c->wakeups++;
+        wait_one(ep, c);
         if (sqe_reset)
             arm_evfd_read(&r, efd, &val);
         else if (read(efd, &val, sizeof val) < 0 && errno != EAGAIN)
@@ -417,17 +431,10 @@ static void run_uring_ringfd(int *socks, int n, struct counters *c)
     for (int i = 0; i < n; i++)
         arm_recv(&r, socks[i], (unsigned)i);
     enter(&r, 0, c);
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN};
-    epoll_ctl(ep, EPOLL_CTL_ADD, r.fd, &ev);
+    int ep = epoll_on(r.fd);
     go(socks, n);
     while (c->open) {
-        if (epoll_wait(ep, &ev, 1, TIMEOUT) < 0) {
-            if (errno == EINTR)
-                continue;
-            die("epoll_wait", errno);
-        }
-        c->wakeups++;
+        wait_one(ep, c);
         drain(&r, socks, c);
         if (r.sq_pending)
             enter(&r, 0, c);

@@ -120,10 +120,7 @@ def table(runs: dict[str, list[dict]], order: list[str]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=2.0, help="sender duration per run")
-    ap.add_argument("--bytes", type=int, default=0, help="send this many bytes instead of --seconds")
-    ap.add_argument("--cases", default="paced", help="comma-separated: " + ", ".join(records.CASES))
+    records.add_run_args(ap, "paced")
     ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
                     help="C receivers: " + ", ".join(C_MODES) + "; MODE@opt+opt sets wakefloor.c's "
                     "WF_ options (inc, rewind, thp, timing, bufs=N, size=B, timeout=MS)")
@@ -152,18 +149,8 @@ def main(argv=None) -> int:
                f"receiver pinned to CPU {records.cpu_of('receiver')}, sender to CPU {records.cpu_of('sender')}. "
                "Medians (min-max)."]
         for case in cases:
-            runs: dict[str, list[dict]] = {n: [] for n in order}
-            for r in range(args.rounds):
-                k = r % len(order)
-                for name in order[k:] + order[:k]:
-                    cmd = command(exe, name[2:]) if name.startswith("c-") else None
-                    res = records.run_one(name, case, args, command=cmd)
-                    runs[name].append(res)
-                    if res.get("bytes"):
-                        print(f"  {case} round {r + 1} {name}: "
-                              f"{(res['user'] + res['sys']) / (res['bytes'] / 1e9):.3f} CPU s/GB", file=sys.stderr)
-                    else:
-                        print(f"  {case} round {r + 1} {name}: {res.get('error')}", file=sys.stderr)
+            runs = records.run_rounds(case, order, args,
+                                      lambda name: command(exe, name[2:]) if name.startswith("c-") else None)
             all_runs[case] = runs
             out.append(f"### {records.CASES[case][0]} (`--cases {case}`)\n\n{table(runs, order)}")
         print("\n\n".join(out))
