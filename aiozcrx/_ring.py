@@ -150,7 +150,8 @@ class Ring:
     which is what ``loop.add_reader`` waits on.
     """
 
-    def __init__(self, *, sq_entries: int = 256, cq_entries: int = 8192, cqe32: bool = False):
+    def __init__(self, *, sq_entries: int = 256, cq_entries: int = 8192, cqe32: bool = False,
+                 timers: int = 0):
         # The CQ size asked for is the one we get: the kernel wants cq >= sq, so a
         # small CQ gets a small SQ (a full SQ is submitted and retried, see _prep).
         sq_entries = min(sq_entries, cq_entries)
@@ -179,9 +180,15 @@ class Ring:
         self.cq_entries: int = self._r.cq_entries
         self.cqe_size: int = self._r.cqe_size
         self.eventfd = -1
+        # the engine's periodic watches (engines.ring.Ticker): made with the ring so
+        # that running out of fds fails here, where the caller cleans up, and they
+        # go with the ring
+        self.timers: list[PeriodicTimer] = []
         try:
             self.eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             _check(lib.azx_register_eventfd(self._r, self.eventfd), "IORING_REGISTER_EVENTFD")
+            for _ in range(timers):
+                self.timers.append(PeriodicTimer())
         except BaseException:
             self.close()
             raise
@@ -264,6 +271,8 @@ class Ring:
         if self.eventfd >= 0:
             os.close(self.eventfd)
             self.eventfd = -1
+        for timer in self.timers:
+            timer.close()
 
 
 @dataclass

@@ -185,3 +185,45 @@ def test_errors_are_oserrors_with_errno():
     assert e.errno == errno.EPERM
     assert e.reason == "EPERM: registering zcrx needs CAP_NET_ADMIN"
     assert "fix: run as root" in str(e)
+
+
+@pytest.mark.parametrize("engine", [
+    "uring", "socket",
+    pytest.param("zcrx-copy", marks=pytest.mark.guest),
+])
+@pytest.mark.asyncio
+async def test_running_out_of_fds_while_opening_is_typed_and_leaks_nothing(engine, request):
+    """With the process's fd limit only a few above what is open, a Receiver needs
+    more fds than there are (its ring, eventfd and timerfds, or the socket engine's
+    epoll): opening either works or fails with a typed error naming the cause, and
+    either way no fd or mapping it made is left behind."""
+    import os
+    import resource
+
+    if engine == "zcrx-copy":
+        request.getfixturevalue("need_zcrx_copy")  # skips, with the reason, without 7.1+
+    async with aiozcrx.Receiver(engine=engine):  # warm-up: imports, allocator growth
+        pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fds, maps = open_fds(), len(mappings())
+    used = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    free = [n for n in range(max(used) + 8) if n not in used]  # new fds take the lowest
+    failed = []
+    try:
+        for spare in range(0, 6):
+            # exactly `spare` fds can be made: the limit is the next free number after them
+            resource.setrlimit(resource.RLIMIT_NOFILE, (free[spare], hard))
+            try:
+                async with aiozcrx.Receiver(engine=engine):
+                    pass
+            except aiozcrx.EngineUnavailable as e:
+                assert e.errno == errno.EMFILE, e
+                assert "RLIMIT_NOFILE" in str(e) and "ulimit -n" in str(e), e
+                failed.append(spare)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            assert open_fds() == fds, spare
+            assert len(mappings()) == maps, spare
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert 0 in failed  # no spare fd at all: it cannot open

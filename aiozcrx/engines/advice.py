@@ -39,9 +39,24 @@ def _xdp_attached(iface: str) -> bool:
         return False
 
 
+# Running out of file descriptors, whichever engine's set-up met it
+FD_CAUSES: dict[int | None, tuple[str, str]] = {
+    errno.EMFILE: ("this process has no file descriptor left (RLIMIT_NOFILE)",
+                   "raise `ulimit -n`, or close the fds the process does not need"),
+    errno.ENFILE: ("the system's file table is full", "raise sysctl fs.file-max"),
+}
+
+
+def fd_error(engine: str, e: OSError) -> EngineUnavailable:
+    """An engine's fds (eventfd, epoll, timerfd) could not be made."""
+    cause, fix = FD_CAUSES.get(e.errno, (f"{e.strerror}", ""))
+    return EngineUnavailable(engine, e.errno or errno.EIO, cause, fix)
+
+
 def uring_error(engine: str, e: OSError) -> UringUnavailable:
     err = e.errno
     causes: dict[int | None, tuple[str, str]] = {
+        **FD_CAUSES,
         errno.ENOSYS: ("this kernel has no io_uring", "use engine='socket'"),
         errno.EPERM: ("io_uring is disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp",
                       "set kernel.io_uring_disabled=0, or allow io_uring_* syscalls in the seccomp profile"),

@@ -44,17 +44,14 @@ class Ticker:
     costs every wake-up of the loop (see ``_ring.PeriodicTimer``), and the watches
     below tick for as long as connections exist."""
 
-    def __init__(self, loop: EngineLoop, period: float, callback: Callable[[], object]) -> None:
-        self._timer = _ring.PeriodicTimer()
+    def __init__(self, loop: EngineLoop, timer: _ring.PeriodicTimer, period: float,
+                 callback: Callable[[], object]) -> None:
+        self._timer = timer  # the ring's: it closes the fd
         self._loop = loop
         self._period = period
         self._callback = callback
         self.ticks = 0
-        try:
-            loop.add_reader(self._timer.fd, self._on_ready)
-        except BaseException:
-            self._timer.close()
-            raise
+        loop.add_reader(timer.fd, self._on_ready)
 
     @property
     def running(self) -> bool:
@@ -76,11 +73,12 @@ class Ticker:
     def close(self) -> None:
         if self._timer.fd >= 0:
             self._loop.remove_reader(self._timer.fd)
-            self._timer.close()
+            self._timer.disarm()
 
 
 class RingEngine(Engine):
     cqe32 = False
+    TIMERS = 1  # periodic watches (Tickers): the reset watch
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -99,7 +97,8 @@ class RingEngine(Engine):
 
     def _open_ring(self) -> None:
         try:
-            self.ring = _ring.Ring(cq_entries=self.config.cq_entries, cqe32=self.cqe32)
+            self.ring = _ring.Ring(cq_entries=self.config.cq_entries, cqe32=self.cqe32,
+                                   timers=self.TIMERS)
         except OSError as e:
             raise uring_error(self.name, e) from None
 
@@ -111,7 +110,7 @@ class RingEngine(Engine):
         if not self.config.copy and getattr(self, "shared_from", None) is None:
             unit = self.area.stats()["buffer_size"]
             self.area.set_share(self.share_buffers(unit), self.ring.eventfd)
-        self._reset_ticker = Ticker(loop, self.RESET_TICK, self._reset_watch)
+        self._reset_ticker = Ticker(loop, self.ring.timers[0], self.RESET_TICK, self._reset_watch)
         loop.add_reader(self.ring.eventfd, self.dispatcher.on_wake)
         self._reader_added = True
 

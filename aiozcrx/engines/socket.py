@@ -16,7 +16,7 @@ import select
 from typing import TYPE_CHECKING
 
 from .. import _ring
-from .advice import area_error
+from .advice import area_error, fd_error
 from .base import Conn, Engine, EngineLoop, ReadEvents, Sink, Slots
 
 if TYPE_CHECKING:
@@ -54,12 +54,13 @@ class SocketEngine(Engine):
         try:
             self.eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self.epoll = select.epoll()
-        except OSError:
+        except OSError as e:
             if self.eventfd >= 0:
                 os.close(self.eventfd)
+                self.eventfd = -1
             self.area.close()
             self.area = None
-            raise
+            raise fd_error(self.name, e) from None
         if not self.config.copy:
             self.area.set_share(self.share_buffers(self.config.buf_size), self.eventfd)
         loop.add_reader(self.eventfd, self._on_buffers_back)

@@ -58,6 +58,7 @@ class ZcrxEngine(RingEngine):
     """RECV_ZC into a registered area; "zcrx" on a NIC queue, "zcrx-copy" with NODEV."""
 
     cqe32 = True
+    TIMERS = 2  # the reset watch and the stall watchdog
 
     def __init__(self, config: Config, *, nodev: bool, share_with: ZcrxEngine | None = None) -> None:
         self.name = "zcrx-copy" if nodev else "zcrx"  # before the base: it sizes by name
@@ -304,7 +305,8 @@ class ZcrxEngine(RingEngine):
         if self.loop is None or self.closed:
             return
         if self._watchdog is None:
-            self._watchdog = Ticker(self.loop, self.WATCHDOG_TICK, self._watch)
+            assert self.ring is not None
+            self._watchdog = Ticker(self.loop, self.ring.timers[1], self.WATCHDOG_TICK, self._watch)
         if not self._watchdog.running:
             self._watch_marks = {}
             self._quiet_ticks = 0
