@@ -391,10 +391,7 @@ async def test_area_exhausted_by_held_views_nic_drops_then_tcp_recovers(sim_nic,
                          "the NIC drops for want of buffers", timeout=120)
         assert rx.stats()["buffers_outstanding"] > rx.stats()["buffers_total"] // 2
         assert proto.bytes < total
-        for v in proto.kept:
-            v.release()
-        proto.kept.clear()
-        proto.keep = False
+        proto.release_kept()
         try:
             assert await asyncio.wait_for(proto.lost, 300) is None
         except asyncio.TimeoutError:
@@ -482,10 +479,7 @@ async def test_nic_default_share_is_a_quarter_of_the_64mib_area(sim_nic, zc, lis
         warned = [r.getMessage() for r in caplog.records if "its share" in r.getMessage()]
         assert len(warned) == 1
         assert f"its share (max_held={16 * MiB}) of the {64 * MiB}-byte area" in warned[0]
-        for v in proto.kept:
-            v.release()
-        proto.kept.clear()
-        proto.keep = False
+        proto.release_kept()
         assert await asyncio.wait_for(proto.lost, 300) is None
         stats = rx.stats()
     assert await join(proc) == 0

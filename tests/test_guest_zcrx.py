@@ -106,10 +106,7 @@ async def test_zcrx_copy_held_views_exhaust_area_then_recover():
         await wait_until(lambda: area_full(rx), "every buffer of the area is held", timeout=120)
         assert 0 < sum(len(v) for v in proto.kept) <= area
         assert proto.bytes < total
-        for v in proto.kept:
-            v.release()
-        proto.kept.clear()
-        proto.keep = False
+        proto.release_kept()
         assert await asyncio.wait_for(proto.lost, 120) is None
         stats = rx.stats()
     lst.close()
@@ -263,9 +260,7 @@ async def test_notifications_are_counted_and_rearmed():
         _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         for _ in range(3):  # exhaust, release, exhaust again ...
             await wait_until(lambda: area_full(rx), "every buffer of the area is held", timeout=120)
-            for v in proto.kept:
-                v.release()
-            proto.kept.clear()
+            proto.release_kept(keep=True)
         proto.keep = False
         assert await asyncio.wait_for(proto.lost, 120) is None
         s = rx.stats()

@@ -54,6 +54,13 @@ class Sink(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(exc)
 
+    def release_kept(self, *, keep: bool = False) -> None:
+        """Releases every view kept so far; ``keep``: go on keeping new ones."""
+        for v in self.kept:
+            v.release()
+        self.kept.clear()
+        self.keep = keep
+
 
 async def receive_stream(engine: str, total: int, seed: int = 1, **rx_kw):
     lst = Listener()
@@ -139,10 +146,7 @@ async def test_held_views_cap_at_area_then_delivery_resumes(engine):
         assert proto.bytes < total
         assert not proto.lost.done()
         # release everything held so far and keep releasing from now on
-        for v in proto.kept:
-            v.release()
-        proto.kept.clear()
-        proto.keep = False
+        proto.release_kept()
         exc = await asyncio.wait_for(proto.lost, 60)
         assert exc is None
         assert proto.bytes == total
