@@ -123,6 +123,9 @@ int azx_query_zcrx(struct azx_query_zcrx *out);
 int azx_pbuf_register(struct azx_ring *ring, uintptr_t ring_mem, uint32_t entries, uint16_t bgid,
                       uint16_t flags);
 int azx_pbuf_unregister(struct azx_ring *ring, uint16_t bgid);
+
+/* aiozcrx/_c/wakeprobe.c: 1 the kernel signals the eventfd inline, 0 deferred, -errno */
+int azx_probe_eventfd_inline(void);
 """
 
 SOURCE = r"""
@@ -511,8 +514,11 @@ C_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_c")
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("aiozcrx._abi", SOURCE, include_dirs=[C_DIR],
-                      depends=[os.path.join(C_DIR, "uapi.h")],
+# C that needs no cdef'd struct lives in aiozcrx/_c/ as real C files, compiled here
+C_SOURCES = [os.path.join(C_DIR, "wakeprobe.c")]
+
+ffibuilder.set_source("aiozcrx._abi", SOURCE, include_dirs=[C_DIR], sources=C_SOURCES,
+                      depends=[os.path.join(C_DIR, "uapi.h"), *C_SOURCES],
                       extra_compile_args=["-O2", "-Wall"])
 
 if __name__ == "__main__":

@@ -25,6 +25,21 @@ ENGINES = ("zcrx", "zcrx-copy", "uring", "socket")
 #: the others get ``bytes`` ("opt-in", what the drop-in event loop uses)
 VIEWS = ("always", "opt-in")
 
+#: how the ring engines learn of new completions (``aiozcrx/engines/wake.py``):
+#: ``"auto"`` asks the kernel once per process
+WAKE_PATHS = ("eventfd", "socket")
+WAKE_CHOICES = ("auto", *WAKE_PATHS)
+
+
+def check_wake(name: str, value: object) -> str:
+    """``value`` if it is a wake-up choice, else TypeError/ValueError naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if value not in WAKE_CHOICES:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, WAKE_CHOICES))}, got {value!r}")
+    return value
+
+
 DEFAULT_AREA_SIZE = 32 * 1024 * 1024
 DEFAULT_RQ_ENTRIES = 4096
 #: the defaults on a NIC queue (engine "zcrx"), where the NIC drops what arrives
@@ -95,6 +110,7 @@ class Config:
     notifications: bool = True
     views: str = "always"
     max_held: int | None = None
+    wake: str = "auto"
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -156,6 +172,7 @@ class Config:
             raise TypeError(f"views must be a str, got {type(self.views).__name__}")
         if self.views not in VIEWS:
             raise ValueError(f"views must be one of {', '.join(map(repr, VIEWS))}, got {self.views!r}")
+        check_wake("wake", self.wake)
 
         # not given: the checks below hold for both defaults (DEFAULT_AREA_SIZE, the
         # smaller, for buf_size; NIC_AREA_SIZE is a multiple of it with half as many

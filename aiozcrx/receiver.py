@@ -101,6 +101,12 @@ class Receiver:
     the area). A connection over it stops receiving until it releases views,
     so no protocol can stall the others by keeping what it is given; logged
     once per protocol class.
+    ``wake``: how the ring engines learn of new completions: ``"auto"`` (the
+    default: asks the kernel once), ``"eventfd"`` (the ring's eventfd) or
+    ``"socket"`` (each armed connection's socket). ``stats()["wake"]`` and
+    ``stats()["wake_reason"]`` say which one runs and why; ``AIOZCRX_WAKE`` in
+    the environment forces one where this is ``"auto"`` (docs/concepts.md,
+    "Wake-ups").
     ``share_with``: another open zcrx Receiver whose instance this one imports into
     a ring of its own (export/import, 6.19+); the area stays the other's. Its
     engine must be the other's; with engine "zcrx" the interface and queue are the
@@ -116,7 +122,7 @@ class Receiver:
                  copy: bool = False, *, buf_size: int = DEFAULT_BUF_SIZE, hugepages: bool = False,
                  kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
                  notifications: bool = True, views: str = "always", max_held: int | None = None,
-                 share_with: "Receiver | None" = None):
+                 share_with: "Receiver | None" = None, wake: str = "auto"):
         # every argument is checked here, before any kernel object exists
         if share_with is not None:
             if not isinstance(share_with, Receiver):
@@ -133,7 +139,7 @@ class Receiver:
             engine=engine, interface=interface, queue=queue, area_size=area_size,
             rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
-            views=views, max_held=max_held,
+            views=views, max_held=max_held, wake=wake,
         ).validate(shared=share_with is not None)
         self._share_with = share_with
         self._engine: _engines.Engine | None = None
@@ -280,8 +286,24 @@ class Receiver:
     def fallback_reason(self) -> str:
         """Why better engines were not used, e.g. "zcrx: no interface= given; zcrx-copy:
         EINVAL: this kernel has no ZCRX_REG_NODEV (needs Linux 7.1+)". Empty when the
-        first choice worked."""
-        return "; ".join(f"{name}: {why}" for name, ok, why in self.engines_tried if not ok)
+        first choice worked. Where the kernel signals the ring's eventfd late and
+        the engine wakes on its sockets instead, that is said too ("wake: socket:
+        this kernel signals the ring's eventfd late ..."; see ``wake``)."""
+        parts = [f"{name}: {why}" for name, ok, why in self.engines_tried if not ok]
+        wake = getattr(self._engine, "wake", None)
+        if wake == "socket" and getattr(self._engine, "wake_forced_by_kernel", False):
+            parts.append(f"wake: socket: {getattr(self._engine, 'wake_reason', '')}")
+        return "; ".join(parts)
+
+    @property
+    def wake(self) -> str | None:
+        """How the engine learns of new completions: ``"eventfd"`` (the ring's
+        eventfd), ``"socket"`` (each armed connection's socket; where the kernel
+        signals the eventfd late), ``"epoll"`` (engine ``socket``), None before
+        ``open()``. ``stats()["wake_reason"]`` says why."""
+        if self._engine is None:
+            return None
+        return cast(str, getattr(self._engine, "wake", "epoll"))
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -315,7 +337,16 @@ class Receiver:
         ``eventfd_sqe_reads`` / ``eventfd_sqe_empty`` / ``eventfd_sqe_withdrawn`` /
         ``eventfd_sqe_errors`` (how those reads ended), ``slow_path_calls``
         (wake-ups and kicks that needed the engine's Python),
-        ``reused_views`` (see "The fast path" in docs/concepts.md) and, once it
+        ``reused_views`` (see "The fast path" in docs/concepts.md), ``wake``
+        (``"eventfd"`` or ``"socket"``: see ``Receiver.wake``), ``wake_reason``,
+        ``kernel_eventfd`` (what the start-up probe found: the eventfd
+        "signalled inline" or "DEFERRED" for socket completions),
+        ``socket_wakeups`` / ``socket_idle_wakeups`` (socket wake-ups, and those
+        that found their connection nothing), ``socket_idle_reports`` (a socket
+        that kept waking us for nothing: its request is cancelled if the socket
+        has an error, else the socket is parked for a tick, ``socket_parks``),
+        ``found_by_eventfd`` / ``found_by_socket`` / ``found_by_kick`` (completions
+        the first pump of each kind of wake-up delivered) and, once it
         happened, ``reset_kicks`` (requests re-armed to read a reset's error),
         ``merged_completions`` (completions delivered in the same view as the one
         before). Engine ``uring`` adds ``post_window`` (buffers kept in

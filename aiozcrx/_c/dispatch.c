@@ -41,6 +41,16 @@ typedef struct {
     uint32_t *sq_flags, *cq_flags;
     unsigned sq_entries, getevents, pending_mask, evfd_disabled_bit;
     unsigned long long wakeups, idle_wakeups, enters;
+    /* socket_wake(slot): the loop's reader for an armed connection's own socket,
+     * the wake-up source where the kernel signals the eventfd late (engines/ring.py,
+     * "Wake-ups"). Per slot, how many socket wake-ups in a row delivered it nothing:
+     * at SOCKET_IDLE_LIMIT the engine is told (UD_KIND_SOCK_IDLE), so that a socket
+     * that stays readable while its request cannot consume it (an error the request
+     * does not read, a zcrx request waiting for buffers) never becomes a busy loop. */
+    uint8_t *slot_idle;
+    unsigned long long socket_wakeups, socket_idle_wakeups, socket_idle_reports;
+    /* completions delivered by the first pump of each kind of wake-up */
+    unsigned long long found_eventfd, found_socket, found_kick;
     /* the ring's eventfd (bind_eventfd): a wake-up reads it with an IORING_OP_READ
      * that rides in the wake-up's first io_uring_enter (see pump_core), or, where
      * the kernel lacks the op or the SQ is full, with read(2) */
@@ -138,6 +148,13 @@ grow_slots(Dispatcher *d, uint32_t slot)
     }
     memset(f + d->slot_cap, 0, cap - d->slot_cap);
     d->slot_active = f;
+    f = PyMem_Realloc(d->slot_idle, cap);
+    if (!f) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(f + d->slot_cap, 0, cap - d->slot_cap);
+    d->slot_idle = f;
     uint32_t *l = PyMem_Realloc(d->active, (size_t)cap * sizeof(*l));
     if (!l) {
         PyErr_NoMemory();
@@ -215,6 +232,7 @@ Dispatcher_bind(Dispatcher *d, PyObject *args)
         return NULL;
     d->slot_gen[slot] = gen;
     d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
+    d->slot_idle[slot] = 0;
     Py_RETURN_NONE;
 }
 
@@ -869,16 +887,25 @@ needs_slow_path(Dispatcher *d)
  *
  * A call while a pump or the slow path is running (a callback re-entered the
  * loop) does nothing: the outer one goes on. */
+enum { WAKE_KICK = 0, WAKE_EVENTFD = 1, WAKE_SOCKET = 2 };
+
+static PyObject *call_slow_path(Dispatcher *d, unsigned long long total, PyObject *control,
+                                int state, int bad);
+
 static PyObject *
-wake_impl(Dispatcher *d, int wake)
+wake_impl(Dispatcher *d, int source)
 {
     if (d->busy || d->in_slow || !d->ring || !d->area)
         Py_RETURN_NONE;
     PyObject *control;
     unsigned long long total;
     int state;
+    int wake = source == WAKE_EVENTFD;
     d->busy = 1;
     int bad = pump_core(d, wake, wake ? d->evfd : -1, &control, &total, &state);
+    if (!bad)
+        *(source == WAKE_EVENTFD ? &d->found_eventfd :
+          source == WAKE_SOCKET ? &d->found_socket : &d->found_kick) += total;
     /* PENDING needs a timer, unless a pump is coming anyway */
     int idle = state == PUMP_IDLE || (state == PUMP_PENDING && d->recheck_pending);
     if (!bad && !control && idle && !d->halted && !needs_slow_path(d)) {
@@ -894,9 +921,18 @@ wake_impl(Dispatcher *d, int wake)
     d->busy = 0;
     if (bad && !d->halted)
         return NULL;            /* as the Python pump did: the error goes to the loop */
+    PyObject *r = call_slow_path(d, total, control, state, bad);
+    Py_XDECREF(control);
+    return r;
+}
+
+/* slow_path(completions, control list or None, state); the pump's error (bad)
+ * is kept across it unless the slow path raises its own. */
+static PyObject *
+call_slow_path(Dispatcher *d, unsigned long long total, PyObject *control, int state, int bad)
+{
     PyObject *cb = d->slow_path;
     if (!cb) {
-        Py_XDECREF(control);
         if (bad)
             return NULL;
         PyErr_SetString(PyExc_RuntimeError, "on_wake: no slow path set (set_slow_path)");
@@ -912,7 +948,6 @@ wake_impl(Dispatcher *d, int wake)
     PyObject *r = PyObject_CallFunction(cb, "KOi", total, control ? control : Py_None, state);
     Py_DECREF(cb);
     d->in_slow = 0;
-    Py_XDECREF(control);
     if (bad) {
         if (r) {
             Py_DECREF(r);
@@ -935,7 +970,7 @@ static PyObject *
 Dispatcher_on_wake(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
     Py_INCREF(d);   /* the slow path's teardown removes the loop's reader, and its reference */
-    PyObject *r = wake_impl(d, 1);
+    PyObject *r = wake_impl(d, WAKE_EVENTFD);
     Py_DECREF(d);
     return r;
 }
@@ -944,7 +979,54 @@ static PyObject *
 Dispatcher_kick(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
     Py_INCREF(d);
-    PyObject *r = wake_impl(d, 0);
+    PyObject *r = wake_impl(d, WAKE_KICK);
+    Py_DECREF(d);
+    return r;
+}
+
+/* Socket wake-ups in a row that delivered a slot nothing before the engine hears
+ * of it. One or two happen when the socket's readiness reaches the loop before
+ * io_uring has queued the task work of the same wake-up (both hang on the
+ * socket's wait queue); level-triggered readiness then wakes us again. */
+#define SOCKET_IDLE_LIMIT 4
+
+/* socket_wake(slot): the loop's reader for an armed connection's socket (see
+ * slot_idle). A pump like kick(); when SOCKET_IDLE_LIMIT wake-ups in a row found
+ * nothing for the slot, the slow path gets a UD_KIND_SOCK_IDLE record for it. */
+static PyObject *
+Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
+{
+    unsigned long slot = PyLong_AsUnsignedLong(arg);
+    if (slot == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    if (d->busy || d->in_slow || !d->ring || !d->area)
+        Py_RETURN_NONE;
+    d->socket_wakeups++;
+    int known = slot < d->slot_cap;
+    unsigned long long before = known ? d->slot_counts[2 * slot] : 0;
+    Py_INCREF(d);
+    PyObject *r = wake_impl(d, WAKE_SOCKET);
+    if (r && known && !d->halted && d->area && d->slot_idle) {
+        if (d->slot_counts[2 * slot] != before) {
+            d->slot_idle[slot] = 0;
+        } else {
+            d->socket_idle_wakeups++;
+            if (++d->slot_idle[slot] >= SOCKET_IDLE_LIMIT && !d->busy && !d->in_slow) {
+                d->slot_idle[slot] = 0;
+                d->socket_idle_reports++;
+                PyObject *control = NULL;
+                uint64_t ud = ((uint64_t)d->slot_gen[slot] << 40) |
+                              ((uint64_t)UD_KIND_SOCK_IDLE << 32) | (uint32_t)slot;
+                if (append_control(&control, ud, 0, 0, NULL) < 0) {
+                    Py_CLEAR(r);
+                } else {
+                    Py_DECREF(r);
+                    r = call_slow_path(d, 0, control, PUMP_IDLE, 0);
+                    Py_XDECREF(control);
+                }
+            }
+        }
+    }
     Py_DECREF(d);
     return r;
 }
@@ -1084,6 +1166,18 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
             Py_CLEAR(s);
         Py_XDECREF(v);
     }
+    if (s) {
+        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}",
+                                    "socket_wakeups", d->socket_wakeups,
+                                    "socket_idle_wakeups", d->socket_idle_wakeups,
+                                    "socket_idle_reports", d->socket_idle_reports,
+                                    "found_by_eventfd", d->found_eventfd,
+                                    "found_by_socket", d->found_socket,
+                                    "found_by_kick", d->found_kick);
+        if (!v || PyDict_Update(s, v) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(v);
+    }
     if (s && d->timing) {
         PyObject *v = Py_BuildValue("{s:K,s:K}", "dispatch_ns", d->dispatch_ns,
                                     "syscall_cpu_ns", d->area ? d->area->syscall_cpu_ns : 0ULL);
@@ -1127,6 +1221,7 @@ Dispatcher_dealloc(Dispatcher *d)
     PyMem_Free(d->slot_counts);
     PyMem_Free(d->slot_gen);
     PyMem_Free(d->slot_active);
+    PyMem_Free(d->slot_idle);
     PyMem_Free(d->active);
     PyMem_Free(d->was_active);
     Py_TYPE(d)->tp_free((PyObject *)d);
@@ -1136,6 +1231,7 @@ static PyMethodDef Dispatcher_methods[] = {
     {"run", (PyCFunction)Dispatcher_run, METH_NOARGS, "drain the CQ and dispatch"},
     {"pump", (PyCFunction)Dispatcher_pump, METH_O, "pump(eventfd): one wake-up's enter/drain/publish rounds"},
     {"on_wake", (PyCFunction)Dispatcher_on_wake, METH_NOARGS, "the loop's reader for the ring's eventfd: pump, and the slow path only when needed"},
+    {"socket_wake", (PyCFunction)Dispatcher_socket_wake, METH_O, "socket_wake(slot): the loop's reader for an armed connection's socket: kick(), and tell the slow path of a socket that keeps waking us for nothing"},
     {"kick", (PyCFunction)Dispatcher_kick, METH_NOARGS, "on_wake() without a wake-up: submit what was queued, pump, slow path when needed"},
     {"set_slow_path", (PyCFunction)Dispatcher_set_slow_path, METH_O, "set_slow_path(callable(completions, control, state) or None)"},
     {"bind_eventfd", (PyCFunction)(void (*)(void))Dispatcher_bind_eventfd, METH_VARARGS | METH_KEYWORDS, "give the pump the ring's eventfd and the read-SQE helpers"},

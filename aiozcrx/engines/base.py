@@ -178,7 +178,8 @@ class Conn:
     methods; only the engine changes its fields."""
 
     __slots__ = ("engine", "slot", "gen", "fd", "events", "wanted", "armed", "cancelling",
-                 "throttled", "detached", "final_counts", "__weakref__")
+                 "throttled", "detached", "final_counts", "sock_watched", "sock_parked",
+                 "__weakref__")
 
     def __init__(self, engine: "Engine", slot: int, gen: int, fd: int, events: ReadEvents):
         self.engine = engine
@@ -192,6 +193,10 @@ class Conn:
         self.throttled = False    # its views hold its share of the area: not re-armed until released
         self.detached = False     # final: nothing reaches this connection any more
         self.final_counts = (0, 0)  # stats() once detached
+        # wake path "socket" (engines/ring.py, "Wake-ups"): the socket is a loop
+        # reader while the request is armed, unless parked for waking us for nothing
+        self.sock_watched = False
+        self.sock_parked = False
 
     # -- the transport's interface --
     def set_sink(self, sink: Sink | None) -> None:

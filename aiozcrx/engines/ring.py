@@ -27,15 +27,25 @@ import select
 from typing import TYPE_CHECKING, Callable
 
 from .. import _ring
-from .._ring import UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, ud_gen, ud_kind, ud_slot, user_data
+from .._ring import (UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, UD_SOCK_IDLE, ud_gen, ud_kind,
+                     ud_slot, user_data)
 from .advice import uring_error
 from .base import Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide
+from .wake import WAKE_ENV, choose_wake, kernel_wake
 
 if TYPE_CHECKING:
     from ..config import Config
 
 # Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
 PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
+
+
+def _poll_now(fd: int) -> int:
+    """The socket's poll(2) events right now (0 if none)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    ready = poller.poll(0)
+    return ready[0][1] if ready else 0
 
 
 class Ticker:
@@ -94,6 +104,10 @@ class RingEngine(Engine):
         self._tw_timer: Cancellable | None = None
         self._reset_ticker: Ticker | None = None
         self._reset_watch_slots: dict[int, int] = {}
+        self.wake, self.wake_reason = "eventfd", ""
+        self.wake_forced_by_kernel = False
+        self._sock_wake: Callable[[int], None] | None = None  # wake "socket": the dispatcher's socket_wake
+        self._parked: set[Conn] = set()
 
     def _open_ring(self) -> None:
         try:
@@ -111,6 +125,15 @@ class RingEngine(Engine):
             unit = self.area.stats()["buffer_size"]
             self.area.set_share(self.share_buffers(unit), self.ring.eventfd)
         self._reset_ticker = Ticker(loop, self.ring.timers[0], self.RESET_TICK, self._reset_watch)
+        self.wake, self.wake_reason = choose_wake(self.config.wake)
+        # "auto" took the socket path because of what the kernel does (not asked
+        # for): Receiver.fallback_reason says so
+        self.wake_forced_by_kernel = self.wake == "socket" and self.config.wake == "auto" \
+            and os.environ.get(WAKE_ENV, "auto").strip() in ("", "auto")
+        if self.wake == "socket":
+            self._sock_wake = self.dispatcher.socket_wake
+        # the eventfd is read on either path: on "socket" it is the backstop for
+        # completions that do not start at a socket (cancels, notifications)
         loop.add_reader(self.ring.eventfd, self.dispatcher.on_wake)
         self._reader_added = True
 
@@ -215,6 +238,10 @@ class RingEngine(Engine):
     def _forget(self, conn: Conn) -> None:
         """The record leaves the engine; its slot is free at once (late
         completions of its request carry the old generation)."""
+        # before the transport closes the socket: a loop keeps a closed fd's reader
+        self._unwatch_socket(conn)
+        conn.sock_parked = False
+        self._parked.discard(conn)
         if self._retire(conn) and not self.closed:
             self.slots[conn.slot] = None
             self.slot_table.free(conn.slot)
@@ -242,6 +269,12 @@ class RingEngine(Engine):
         assert self.loop is not None
         self._prep_recv(conn.fd, user_data(UD_RECV, conn.slot, conn.gen))
         conn.armed = True
+        if self._sock_wake is not None:
+            # a new request: a socket parked for the old one is watched again
+            if conn.sock_parked:
+                conn.sock_parked = False
+                self._parked.discard(conn)
+            self._watch_socket(conn)
         self._kick()
         if self._reset_ticker is not None:
             self._reset_ticker.start()
@@ -277,6 +310,59 @@ class RingEngine(Engine):
         if self.dispatcher is not None:
             self.dispatcher.recheck_pending = self._scheduled or self._tw_timer is not None
 
+    # -- Wake-ups (engines/wake.py says which path runs and why) --
+    # Path "eventfd": the ring's eventfd is the loop's only reader (on_wake).
+    # Path "socket": an armed connection's socket is also a loop reader whose
+    # callback is the dispatcher's socket_wake(slot) (C: no Python frame of ours
+    # per wake-up). Level-triggered, as every asyncio loop's add_reader is, on
+    # purpose: the readiness can reach the loop a moment before io_uring has
+    # queued the task work of the same socket wake-up, and the socket then stays
+    # readable until the request has taken its data, so the next epoll_wait wakes
+    # us again instead of the data waiting for the late eventfd. The reader is
+    # there only while a request is armed (a socket nobody consumes would keep
+    # the loop spinning): added in _arm, removed once the request ends (_handle)
+    # and in _forget. A socket that stays readable while its armed request takes
+    # nothing (an error the multishot request does not read, a zcrx request
+    # waiting for buffers) would still spin: the dispatcher counts socket
+    # wake-ups that delivered its slot nothing and, after a few in a row, sends a
+    # UD_SOCK_IDLE record. _socket_idle then cancels a request whose socket has an
+    # error (as the reset watch does; the re-armed request reads it), or parks the
+    # reader until the next re-arm or the next reset tick (RESET_TICK): at most a
+    # few empty wake-ups per tick, the eventfd meanwhile.
+    def _watch_socket(self, conn: Conn) -> None:
+        if self._sock_wake is not None and not conn.sock_watched and not conn.sock_parked \
+                and not conn.detached and self.loop is not None:
+            self.loop.add_reader(conn.fd, self._sock_wake, conn.slot)
+            conn.sock_watched = True
+
+    def _unwatch_socket(self, conn: Conn) -> None:
+        if conn.sock_watched:
+            conn.sock_watched = False
+            if self.loop is not None:
+                self.loop.remove_reader(conn.fd)
+
+    def _socket_idle(self, conn: Conn) -> None:
+        if not conn.sock_watched:
+            return
+        events = _poll_now(conn.fd)
+        if events & (select.POLLERR | select.POLLHUP) and conn.armed and not conn.cancelling:
+            self.stats["reset_kicks"] = self.stats.get("reset_kicks", 0) + 1
+            self._cancel(conn)
+            return
+        self._unwatch_socket(conn)
+        conn.sock_parked = True
+        self._parked.add(conn)
+        self.stats["socket_parks"] = self.stats.get("socket_parks", 0) + 1
+        if self._reset_ticker is not None:
+            self._reset_ticker.start()
+
+    def _unpark_sockets(self) -> None:
+        parked, self._parked = self._parked, set()
+        for conn in parked:
+            conn.sock_parked = False
+            if conn.armed and not conn.detached:
+                self._watch_socket(conn)
+
     # -- connections reset with data still queued --
     # A multishot RECV that drains the last queued bytes of a socket the peer has
     # already reset goes back to wait for a wake-up that never comes: the kernel's
@@ -298,6 +384,8 @@ class RingEngine(Engine):
         if self.closed:
             return
         assert self.loop is not None and self.dispatcher is not None
+        if self._parked:
+            self._unpark_sockets()
         watch = self._reset_watch_slots
         for slot in self.dispatcher.take_quiet():
             watch[slot] = self.RESET_WATCH_TICKS
@@ -468,6 +556,7 @@ class RingEngine(Engine):
                 if not more:
                     conn.armed = False
                     conn.cancelling = False
+                    self._unwatch_socket(conn)
                 self._apply(conn, decide(res, more, conn.wanted), res)
             elif kind == UD_OVER_SHARE:
                 conn = self.conns.get(ud_slot(ud))
@@ -475,6 +564,10 @@ class RingEngine(Engine):
                     self._throttle(conn, held=res)
             elif kind == UD_NOTIF:
                 self._notification(res)
+            elif kind == UD_SOCK_IDLE:
+                conn = self.conns.get(ud_slot(ud))
+                if conn is not None and conn.gen == ud_gen(ud):
+                    self._socket_idle(conn)
         if interrupt is not None:
             raise interrupt
 
@@ -509,4 +602,10 @@ class RingEngine(Engine):
         s.update(self.stats)
         s.update(self.dispatcher.stats())  # wakeups are counted in C
         s["cq_entries"] = self.ring.cq_entries
+        s.update(self.describe_wake())
         return s
+
+    def describe_wake(self) -> dict[str, object]:
+        """stats()'s wake-up keys: the path, why, and what the kernel does."""
+        return {"wake": self.wake, "wake_reason": self.wake_reason,
+                "kernel_eventfd": kernel_wake().summary}
