@@ -335,6 +335,12 @@ class RingEngine(Engine):
             self.loop.add_reader(conn.fd, self._sock_wake, conn.slot)
             conn.sock_watched = True
 
+    def wake_fds(self) -> list[int]:
+        """The fds the loop waits on for this ring's completions: the eventfd,
+        and on path "socket" every watched socket (tests read their state)."""
+        fds = [self.ring.eventfd] if self.ring is not None else []
+        return fds + [c.fd for c in self.conns.values() if c.sock_watched]
+
     def _unwatch_socket(self, conn: Conn) -> None:
         if conn.sock_watched:
             conn.sock_watched = False
