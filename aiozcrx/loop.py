@@ -23,6 +23,8 @@ Settings, from the environment (read when the loop is made, validated at once):
   AIOZCRX_VIEWS       opt-in (default) or always
   AIOZCRX_MAX_HELD    bytes of views one connection may hold (default: area / 4)
   AIOZCRX_LOOP        uvloop (default when installed) or asyncio
+  AIOZCRX_WAKE        auto (default), eventfd, socket: how the ring engines wake
+                      (read by every Receiver with wake="auto"; engines/wake.py)
 
 TLS (``ssl=``, ``loop.start_tls``) over TCP is asyncio's own SSL protocol on a
 ZcrxTransport (on either base loop): the ciphertext is copied once out of the

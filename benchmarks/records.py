@@ -248,9 +248,13 @@ async def receive(variant, socks, perf: PerfControl, frames: FrameCounter | None
     if rx is not None:
         st = rx.stats()
         stats = {"engine": rx.engine}
-        for k in ("completions", "wakeups", "idle_wakeups", "enters"):
+        for k in ("completions", "wakeups", "idle_wakeups", "enters", "socket_wakeups"):
             if k in st:
                 stats[k] = st[k] - st0.get(k, 0)
+        # wake-ups of either path (the eventfd's, and the sockets' where the kernel
+        # signals the eventfd late: docs/concepts.md, "Wake-ups")
+        stats["wakeups"] = stats.get("wakeups", 0) + stats.pop("socket_wakeups", 0)
+        stats["wake"] = st.get("wake")
         await rx.__aexit__(None, None, None)
     return {"name": name, "bytes": sum(p.bytes for p in protos), "calls": sum(p.calls for p in protos),
             "wall": t1 - t0, "user": c1.ru_utime - c0.ru_utime, "sys": c1.ru_stime - c0.ru_stime, **stats}

@@ -230,8 +230,10 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
             c1 = resource.getrusage(resource.RUSAGE_SELF)
             t1 = time.perf_counter()
             st = rx.stats()
-            stats = {"completions": st.get("completions"), "wakeups": st.get("wakeups"),
-                     "engine": rx.engine}
+            # wake-ups of either path (eventfd, or the sockets': concepts, "Wake-ups")
+            stats = {"completions": st.get("completions"),
+                     "wakeups": st.get("wakeups", 0) + st.get("socket_wakeups", 0),
+                     "engine": rx.engine, "wake": st.get("wake")}
             if engine == "zcrx":
                 stats["refill_flushes"] = st.get("refill_flushes")
             if "syscall_cpu_ns" in st:

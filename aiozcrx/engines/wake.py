@@ -85,3 +85,16 @@ def choose_wake(asked: str) -> tuple[str, str]:
     if k.inline is True:
         return "eventfd", "this kernel signals the ring's eventfd inline: one reader for the whole ring"
     return "socket", f"the kernel's eventfd signal is {k.summary}: the sockets' readiness works either way"
+
+
+def other_path() -> str:
+    """The path ``"auto"`` does not take on this kernel (the suite forces it
+    through ``AIOZCRX_WAKE`` so that both paths run on every machine)."""
+    env = os.environ.pop(WAKE_ENV, None)
+    try:
+        chosen, _why = choose_wake("auto")
+    finally:
+        if env is not None:
+            os.environ[WAKE_ENV] = env
+    return WAKE_PATHS[1 - WAKE_PATHS.index(chosen)]
+

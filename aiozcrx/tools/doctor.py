@@ -225,6 +225,18 @@ def system_checks(sysf: dict[str, Any], core: dict[str, Any]) -> list[Check]:
         else:
             out.append(Check(S, "kernel", PASS, detail))
 
+    if core.get("available") and kr.get("eventfd_wake"):
+        # the eventfd's timing decides how the ring engines wake (engines/wake.py):
+        # never a failure, but where it is late the socket path must be in use
+        late = kr.get("eventfd_inline") is False
+        path = kr.get("wake", "?")
+        out.append(Check(S, "wake-ups", WARN if late and path != "socket" else PASS,
+                         f"the ring's eventfd is {kr['eventfd_wake']}; ring engines wake on "
+                         f"{'the sockets' if path == 'socket' else 'the eventfd'} "
+                         f"({kr.get('wake_reason', '')})",
+                         "unset AIOZCRX_WAKE (or set it to socket): the eventfd path is "
+                         "12-20 ms late on this kernel" if late and path != "socket" else ""))
+
     dis = sysf.get("io_uring_disabled")
     if dis is None:
         out.append(Check(S, "io_uring_disabled", PASS,

@@ -44,6 +44,11 @@ def kernel_report() -> dict[str, Any]:
     rep["io_uring"] = True
     rep["recv_zc_opcode"] = ring.supports_op(_ring.OP_RECV_ZC)
     ring.close()
+    from ..engines.wake import choose_wake, kernel_wake  # noqa: PLC0415
+    k = kernel_wake()
+    rep["eventfd_inline"] = k.inline
+    rep["eventfd_wake"] = k.summary
+    rep["wake"], rep["wake_reason"] = choose_wake("auto")
     engine, tried = choose_engine()
     rep["zcrx_nodev"] = any(name == "zcrx-copy" and ok for name, ok, _ in tried)
     rep["reason"] = "; ".join(f"{n}: {why}" for n, ok, why in tried if not ok)
