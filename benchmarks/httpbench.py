@@ -5,9 +5,11 @@ Two measurements per server process (``benchmarks/httpservers.py``):
 - **upload**: ``--uploads`` POSTs of ``--upload-mib`` MiB, one after another on one
   keep-alive connection; the server streams each body into sha256 and answers with
   the digest, which must match (else the run is an error). Server CPU per GB.
-- **small requests**: ``wrk -t1 -c50 -d<s>`` on ``GET /`` (``Hello, world!``):
-  requests/s and server CPU per request. wrk comes from Debian (``make bench``
-  installs it); without it these rows say so.
+- **small requests**: ``wrk -t1 -c50 -d<s> --latency`` on ``GET /`` (``Hello, world!``):
+  requests/s, server CPU per request, and wrk's median and p99 latency (with 50
+  connections always busy the median is mostly queueing: about 50 / requests/s;
+  ``benchmarks/latency.py`` measures one round trip at a time). wrk comes from
+  Debian (``make bench`` installs it); without it these rows say so.
 
 Every (server, loop) runs in a fresh server process per round, the order rotating
 each round; a warm-up upload of 1 MiB and 20 small requests run before anything
@@ -46,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from records import cpu_of, pin  # noqa: E402
-from run import fmt_range, med  # noqa: E402
+from run import emit, fmt_range, med  # noqa: E402
 
 BLOCK = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -184,7 +186,7 @@ def wait_ready(port: int, proc, timeout: float = 60) -> None:
 
 def wrk(port: int, seconds: float, conns: int) -> dict:
     """Runs wrk pinned to the client CPU; requests, req/s, errors and wrk's own CPU."""
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", f"http://127.0.0.1:{port}/"]
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", f"http://127.0.0.1:{port}/"]
     cpu = cpu_of("client")
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", cpu] + cmd
@@ -203,8 +205,12 @@ def wrk(port: int, seconds: float, conns: int) -> dict:
     bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     sock_err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(bad.group(1)) if bad else 0) + (sum(int(x) for x in sock_err.groups()) if sock_err else 0)
+    # --latency: "50%  5.44ms" ... "99%  14.14ms" (us, ms or s)
+    lat = {q: float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
+           for q, v, u in re.findall(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     return {"requests": int(m.group(1)), "rps": float(rps.group(1)), "errors": errors,
-            "wrk_cpu": (ru.ru_utime + ru.ru_stime) / wall}
+            "wrk_cpu": (ru.ru_utime + ru.ru_stime) / wall,
+            **({"p50_us": lat["50"], "p99_us": lat["99"]} if len(lat) == 2 else {})}
 
 
 def run_one(name: str, args, block: bytes, digest: str) -> dict:
@@ -331,8 +337,9 @@ def upload_table(results: dict[str, list[dict]], order: list[str], upload_desc: 
 
 def requests_table(results: dict[str, list[dict]], order: list[str]) -> str:
     lines = ["| server, loop | requests/s | server CPU us/request | server CPU busy | wrk CPU busy | errors "
-             "| req/s vs uvloop | req/s vs asyncio | paired req/s vs uvloop (per round) | CPU/request vs uvloop |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| req/s vs uvloop | req/s vs asyncio | paired req/s vs uvloop (per round) | CPU/request vs uvloop "
+             "| latency median ms | latency p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def rps(r):
         q = r.get("requests", {}) if r and "error" not in r else {}
@@ -343,7 +350,7 @@ def requests_table(results: dict[str, list[dict]], order: list[str]) -> str:
         label = BY_NAME[name][1]
         good = _ok_req(runs)
         if not good:
-            lines.append(f"| {label} | not run: {_why(runs, 'requests')} | | | | | | | | |")
+            lines.append(f"| {label} | not run: {_why(runs, 'requests')} | | | | | | | | | | |")
             continue
         q = [r["requests"] for r in good]
         r_s = [x["rps"] for x in q]
@@ -361,9 +368,11 @@ def requests_table(results: dict[str, list[dict]], order: list[str]) -> str:
         rg = _ok_req(results.get(ref, []))
         cpu_ratio = (f"{med(us) / med([r['requests']['cpu'] / max(1, r['requests']['requests']) * 1e6 for r in rg]):.2f}"
                      if rg else "n/a")
+        lat = [fmt_range([x[k] / 1e3 for x in q], 2) if all(k in x for x in q) else "-"
+               for k in ("p50_us", "p99_us")]
         lines.append(f"| {label} | {fmt_range(r_s, 0)} | {fmt_range(us, 1)} | {fmt_range(busy, 0)} % | "
                      f"{fmt_range(wbusy, 0)} % | {errors} | {ratios[0]} | {ratios[1]} | "
-                     f"{fmt_range(pr, 2) if pr else '-'} | {cpu_ratio} |")
+                     f"{fmt_range(pr, 2) if pr else '-'} | {cpu_ratio} | {lat[0]} | {lat[1]} |")
     return "\n".join(lines)
 
 
@@ -444,7 +453,7 @@ def report(res: dict, args) -> str:
             f"{args.rounds} rounds, {pinned}. Medians (min-max).")
     up = (f"### Uploads: {args.uploads} x {args.upload_mib} MiB POSTs on one connection, "
           f"streamed into sha256\n\n" + upload_table(results, order, ""))
-    rq = (f"### Small requests: `wrk -t1 -c{args.conns} -d{max(1, round(args.wrk_seconds))}s`, "
+    rq = (f"### Small requests: `wrk -t1 -c{args.conns} -d{max(1, round(args.wrk_seconds))}s --latency`, "
           f"GET / (Hello, world!)\n\n" + requests_table(results, order))
     return "\n\n".join([head, up, rq])
 
@@ -467,11 +476,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(BY_NAME)}")
     res = run_all(args)
-    print(report(res, args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f)
-    return 0
+    return emit(res, report(res, args), args.json)
 
 
 if __name__ == "__main__":

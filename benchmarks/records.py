@@ -60,7 +60,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from run import VARIANTS as RUN_VARIANTS  # noqa: E402
-from run import BufferedSink, ProtoSink, fmt_range, med  # noqa: E402
+from run import BufferedSink, ProtoSink, emit, fmt_range, med  # noqa: E402
 
 RECORD = 4096
 PERIOD_NS = 10_000
@@ -603,11 +603,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variant(s) or case(s) {unknown}")
     res = run_all(args)
-    print(report(res, args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f)
-    return 0
+    return emit(res, report(res, args), args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ Cases (``--cases``, default all):
   requests (wrk) through the drop-in loop against plain uvloop and asyncio;
 - ``floor`` (``benchmarks/wakefloor.py``): the paced case received by small C
   programs (epoll + read(2); io_uring woken through its eventfd, as aiozcrx is;
-  the ring fd in epoll) beside uvloop and aiozcrx: what the kernel alone charges.
+  the ring fd in epoll) beside uvloop and aiozcrx: what the kernel alone charges;
+- ``latency`` (``benchmarks/latency.py``): 64-byte echo round trips, one at a time,
+  through plain asyncio / uvloop servers and aiozcrx servers (engine uring with each
+  wake-up path, engine socket): median, p90, p99 and round trips/s.
 
 Bulk: one TCP connection over 127.0.0.1; the sender is its own process (``sendall`` of
 1 MiB blocks for ``--seconds``, or a fixed byte count with ``--quick``). Every
@@ -84,6 +87,7 @@ CASES = {
     "records": ("records.py", "4 KiB records: paced, back to back, 64 connections"),
     "http": ("httpbench.py", "aiohttp and uvicorn through the drop-in loop"),
     "floor": ("wakefloor.py", "the kernel's floor under the paced case: C receivers beside ours"),
+    "latency": ("latency.py", "request/response round trips: 64 B echo"),
 }
 
 
@@ -343,6 +347,16 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
         if outside and len(outside) == len(good):
             summary[name]["outside_syscalls"] = outside
     return summary
+
+
+def emit(res: dict, text: str, json_path: str | None) -> int:
+    """How a case script ends (records.py, httpbench.py, latency.py): its report on
+    stdout (run.py's section text), its raw runs in ``--json``'s file; exit status 0."""
+    print(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(res, f)
+    return 0
 
 
 def fmt_range(xs, nd=3):

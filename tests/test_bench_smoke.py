@@ -87,3 +87,27 @@ def test_wakefloor_c_receivers_get_every_byte(tmp_path):
             if uring_off and ("uring" in name):
                 continue  # io_uring switched off here: those rows say why
             assert results and all(r.get("bytes") for r in results), (case, name, results)
+
+
+def test_latency_quick_prints_every_server(tmp_path):
+    """benchmarks/latency.py (case latency of make bench): a row for every server,
+    the plain loops' rows measured; a handful of round trips, no numbers checked."""
+    import json
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import latency
+    finally:
+        sys.path.pop(0)
+    raw = tmp_path / "latency.json"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "latency.py"), "--quick",
+                          "--count", "20", "--warmup", "5", "--slow-count", "5", "--slow-warmup", "2",
+                          "--json", str(raw)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert "kernel eventfd signal: " in lines[0] and 'wake="auto" takes: ' in lines[0], out.stdout
+    for _name, label, *_ in latency.VARIANTS:
+        assert any(ln.startswith(f"| {label} |") for ln in lines), (label, out.stdout)
+    data = json.loads(raw.read_text())
+    for name in ("asyncio-protocol", "uvloop-protocol"):
+        assert all(r.get("n") for r in data["runs"]["echo"][name]), data["runs"]["echo"][name]
