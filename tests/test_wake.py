@@ -20,9 +20,10 @@ import aiozcrx
 from aiozcrx import _ring
 from aiozcrx.engines.wake import WAKE_ENV, choose_wake, kernel_wake
 from peers import Listener, join, queued, start_sender, stream_sha256, tcp_pair, wait_until
+from test_fast_path import connected_pair
 from test_transport import MiB, Sink
 
-pytestmark = [pytest.mark.engines, pytest.mark.asyncio]
+pytestmark = [pytest.mark.engines]
 
 WAKES = ["eventfd", "socket"]
 RING_ENGINES = ["uring", pytest.param("zcrx-copy", marks=pytest.mark.guest)]
@@ -82,6 +83,7 @@ def test_a_wrong_wake_is_a_clear_error(bad, error):
 
 # -- the path in use never relies on a signal this kernel defers ----------------
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("engine", RING_ENGINES)
 @pytest.mark.parametrize("wake", ["auto", *WAKES])
 async def test_the_chosen_wake_source_is_ready_when_the_peers_send_returns(engine, wake, request,
@@ -121,6 +123,7 @@ async def test_the_chosen_wake_source_is_ready_when_the_peers_send_returns(engin
 
 # -- both paths deliver everything ------------------------------------------------
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("engine", RING_ENGINES)
 @pytest.mark.parametrize("wake", WAKES)
 async def test_echo_round_trips_on_each_path(engine, wake, request):
@@ -151,6 +154,7 @@ async def test_echo_round_trips_on_each_path(engine, wake, request):
     assert st["buffers_outstanding"] == 0
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("engine", RING_ENGINES)
 @pytest.mark.parametrize("wake", WAKES)
 async def test_many_connections_in_bulk_on_each_path(engine, wake, request):
@@ -177,6 +181,7 @@ async def test_many_connections_in_bulk_on_each_path(engine, wake, request):
     assert st["wake"] == wake
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("engine", RING_ENGINES)
 @pytest.mark.parametrize("wake", WAKES)
 async def test_pause_and_resume_on_each_path(engine, wake, request):
@@ -211,6 +216,7 @@ async def test_pause_and_resume_on_each_path(engine, wake, request):
     assert st["buffers_outstanding"] == 0
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("engine", RING_ENGINES)
 @pytest.mark.parametrize("wake", WAKES)
 async def test_reset_with_data_queued_reaches_connection_lost_on_each_path(engine, wake, request):
@@ -222,7 +228,7 @@ async def test_reset_with_data_queued_reaches_connection_lost_on_each_path(engin
     need_engine(engine, request)
     total = 1 * MiB
     data = os.urandom(total)
-    a, b = tcp_pair()
+    a, b = connected_pair(rcvbuf=16 * MiB)
     b.sendall(data)
     await wait_until(lambda: queued(a, total) >= total, "all of it in our receive queue")
     b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

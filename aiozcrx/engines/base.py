@@ -76,6 +76,7 @@ class EngineStats(_Counters, total=False):
     (they go into ``Receiver.stats()``, documented there)."""
 
     reset_kicks: int
+    socket_parks: int    # wake path "socket": readers parked for waking the loop for nothing
     share_stops: int
     stall_kicks: int
     release_waits: int
