@@ -783,3 +783,42 @@ async def test_open_connection_area_unmapped_after_writer_closed(engine):
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("engine", ["uring", "socket", pytest.param("zcrx-copy", marks=pytest.mark.guest)])
+async def test_stats_stay_live_after_close(engine, request):
+    """Issue 21: after Receiver.close(), stats() kept buffers_outstanding at its
+    value at close even once every view was released and the area unmapped (with
+    incremental buffers). It is the number users read to find a leak."""
+    if engine == "zcrx-copy":
+        request.getfixturevalue("need_zcrx_copy")
+
+    class Keep(asyncio.Protocol):
+        def __init__(self):
+            self.kept = []
+
+        def data_received(self, view):
+            self.kept.append(view)
+
+    a, b = tcp_pair()
+    total = 100_000
+    rx = aiozcrx.Receiver(engine=engine)
+    async with rx:
+        _, proto = await rx.wrap(a, Keep)
+        b.sendall(b"x" * total)
+        while sum(len(v) for v in proto.kept) < total:
+            await asyncio.sleep(0.01)
+        held = rx.stats()
+    b.close()
+    closed = rx.stats()
+    assert closed["closed"] is True
+    assert held["buffers_outstanding"] > 0 and closed["buffers_outstanding"] == held["buffers_outstanding"]
+    for v in proto.kept:
+        v.release()
+    proto.kept.clear()
+    gc.collect()
+    after = rx.stats()
+    assert after["buffers_outstanding"] == 0
+    assert after["views_outstanding"] == 0
+    if engine != "socket":
+        assert after["area_unmapped"] is True

@@ -225,6 +225,10 @@ area_return(Area *a, uint64_t ident, uint32_t len)
     a->outstanding--;
     a->returned++;
     if (a->closed) {
+        /* stats() stay live after close: buffers_outstanding is what users read
+         * to find a leak (incremental buffers count buffers, not views) */
+        if (a->inc && a->buf_views && a->buf_views[ident] && --a->buf_views[ident] == 0)
+            a->bufs_held--;
         if (!a->outstanding)
             area_unmap(a);  /* the last view of a closed area: its memory goes now */
         return;
