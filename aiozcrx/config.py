@@ -25,6 +25,12 @@ ENGINES = ("zcrx", "zcrx-copy", "uring", "socket")
 #: the others get ``bytes`` ("opt-in", what the drop-in event loop uses)
 VIEWS = ("always", "opt-in")
 
+#: what happens to a connection whose views hold its share of the area
+#: (``max_held``): its further data comes as ``bytes`` copies, its buffers back
+#: at once ("copy", the default: asyncio never stops a protocol that did not ask
+#: for it), or it stops receiving until it releases views ("pause")
+OVER_SHARE = ("copy", "pause")
+
 #: how the ring engines learn of new completions (``aiozcrx/engines/wake.py``):
 #: ``"auto"`` asks the kernel once per process
 WAKE_PATHS = ("eventfd", "socket")
@@ -111,6 +117,7 @@ class Config:
     views: str = "always"
     max_held: int | None = None
     wake: str = "auto"
+    over_share: str = "copy"
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -173,6 +180,11 @@ class Config:
         if self.views not in VIEWS:
             raise ValueError(f"views must be one of {', '.join(map(repr, VIEWS))}, got {self.views!r}")
         check_wake("wake", self.wake)
+        if not isinstance(self.over_share, str):
+            raise TypeError(f"over_share must be a str, got {type(self.over_share).__name__}")
+        if self.over_share not in OVER_SHARE:
+            raise ValueError(f"over_share must be one of {', '.join(map(repr, OVER_SHARE))}, "
+                             f"got {self.over_share!r}")
 
         # not given: the checks below hold for both defaults (DEFAULT_AREA_SIZE, the
         # smaller, for buf_size; NIC_AREA_SIZE is a multiple of it with half as many

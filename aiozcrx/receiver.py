@@ -98,9 +98,13 @@ class Receiver:
     ``hugepages``: back the area with huge pages (MAP_HUGETLB).
     ``kernel_region``: let the kernel allocate the refill ring (zcrx).
     ``max_held``: bytes of views one connection may hold (default: a quarter of
-    the area). A connection over it stops receiving until it releases views,
-    so no protocol can stall the others by keeping what it is given; logged
-    once per protocol class.
+    the area), so that no protocol can take the area from the others by keeping
+    what it is given. ``over_share``: what a connection over it gets:
+    ``"copy"`` (the default) goes on receiving, its further data as ``bytes``
+    copies whose buffers go back at once, until its views are back under half
+    its share (``stats()["share_copies"]``); ``"pause"`` stops receiving until
+    it releases views (its bytes wait in its socket). Logged once per protocol
+    class.
     ``wake``: how the ring engines learn of new completions: ``"auto"`` (the
     default: asks the kernel once), ``"eventfd"`` (the ring's eventfd) or
     ``"socket"`` (each armed connection's socket). ``stats()["wake"]`` and
@@ -122,7 +126,8 @@ class Receiver:
                  copy: bool = False, *, buf_size: int = DEFAULT_BUF_SIZE, hugepages: bool = False,
                  kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
                  notifications: bool = True, views: str = "always", max_held: int | None = None,
-                 share_with: "Receiver | None" = None, wake: str = "auto"):
+                 share_with: "Receiver | None" = None, wake: str = "auto",
+                 over_share: str = "copy"):
         # every argument is checked here, before any kernel object exists
         if share_with is not None:
             if not isinstance(share_with, Receiver):
@@ -139,7 +144,7 @@ class Receiver:
             engine=engine, interface=interface, queue=queue, area_size=area_size,
             rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
-            views=views, max_held=max_held, wake=wake,
+            views=views, max_held=max_held, wake=wake, over_share=over_share,
         ).validate(shared=share_with is not None)
         self._share_with = share_with
         self._engine: _engines.Engine | None = None
@@ -254,11 +259,20 @@ class Receiver:
         return transport, protocol
 
     def _warn_over_share(self, protocol_name: str, held: int, limit: int) -> None:
-        """Once per Receiver and protocol class: a connection stopped receiving
-        because its views hold its share of the area."""
+        """Once per Receiver and protocol class: a connection's views hold its
+        share of the area: it now gets copies (over_share="copy"), or it stopped
+        receiving (over_share="pause")."""
         if protocol_name in self._share_warned:
             return
         self._share_warned.add(protocol_name)
+        if self._config.over_share == "copy":
+            logger.warning(
+                "aiozcrx: a %s connection holds %d bytes of views, its share (max_held=%d) of the "
+                "%d-byte area; what it receives from now on comes as bytes (one copy each, its "
+                "buffer back at once) until it releases views (drop them or call view.release()). "
+                "If it must keep more views, raise max_held= or area_size=; over_share='pause' stops "
+                "such a connection instead.", protocol_name, held, limit, self._config.area_size)
+            return
         logger.warning(
             "aiozcrx: a %s connection holds %d bytes of views, its share (max_held=%d) of the "
             "%d-byte area; it stops receiving until it releases views (drop them or call "
@@ -349,7 +363,9 @@ class Receiver:
         the first pump of each kind of wake-up delivered) and, once it
         happened, ``reset_kicks`` (requests re-armed to read a reset's error),
         ``merged_completions`` (completions delivered in the same view as the one
-        before). Engine ``uring`` adds ``post_window`` (buffers kept in
+        before), ``share_copies`` / ``share_copied_bytes`` (deliveries made as
+        ``bytes`` copies to connections over their share, ``over_share="copy"``;
+        all engines). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),
         ``post_window_grows`` / ``post_window_shrinks``, and
         ``incremental_buffers`` (True where the kernel fills buffers piece by
@@ -375,7 +391,8 @@ class Receiver:
         if self._engine is not None:
             s.update(self._engine.snapshot_stats())
             delivered = s.get("bytes", 0) - s.get("dropped_bytes", 0)
-            copied = delivered if self._config.copy else min(self._copied[0], delivered)
+            copied = delivered if self._config.copy else \
+                min(self._copied[0] + s.get("share_copied_bytes", 0), delivered)
             s["bytes_copied"] = copied
             s["bytes_as_views"] = delivered - copied
         return s

@@ -1,9 +1,11 @@
 """No protocol can stall the others by keeping what it is given: each connection's
-views may hold at most its share of the area (max_held, a quarter by default);
-over it, that connection stops receiving (its bytes wait in its socket) until it
-releases views, and the library says so once, naming the protocol class and the
-setting. Driven through the real kernel: a 64 MiB upload into a chunk-keeping
-protocol beside small request/response connections on the same Receiver."""
+views may hold at most its share of the area (max_held, a quarter by default).
+Over it (over_share="copy", the default) that connection goes on receiving, as
+asyncio's would, its further data as bytes copies whose buffers go back at once;
+with over_share="pause" it stops receiving (its bytes wait in its socket) until it
+releases views. The library says so once, naming the protocol class and the
+setting. Driven through the real kernel: uploads into chunk-keeping protocols
+beside small request/response connections on the same Receiver."""
 
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ async def test_a_chunk_keeper_cannot_stall_other_connections(engine, caplog):
     lst = Listener()
     proc = start_sender(lst.port, 71, total)
     caplog.set_level(logging.WARNING, logger="aiozcrx")
-    async with aiozcrx.Receiver(engine=engine, area_size=area) as rx:
+    async with aiozcrx.Receiver(engine=engine, area_size=area, over_share="pause") as rx:
         share = area // 4
         _, keeper = await rx.wrap(await lst.accept(), Keeper)
         # the keeper stops at its share, with the area far from full
@@ -107,6 +109,56 @@ async def test_a_chunk_keeper_cannot_stall_other_connections(engine, caplog):
         assert rx.stats()["buffers_outstanding"] == 0
     lst.close()
     assert await join(proc) == 0
+
+
+@pytest.mark.parametrize("engine", HOST_ENGINES)
+async def test_a_keeper_of_four_areas_gets_every_byte(engine, caplog):
+    """Issue 21: a protocol that keeps every chunk and joins them at EOF (upload
+    handlers, parsers waiting for a whole message) used to stop receiving for ever
+    at its share. With the default over_share="copy" it gets every byte of 4x the
+    area: views up to its share, copies after, its views never more than its share,
+    and small requests on other connections of the same Receiver go on meanwhile."""
+    area = 4 * MiB
+    total = 4 * area
+    lst = Listener()
+    proc = start_sender(lst.port, 73, total)
+    caplog.set_level(logging.WARNING, logger="aiozcrx")
+    async with aiozcrx.Receiver(engine=engine, area_size=area) as rx:
+        share = area // 4
+        _, keeper = await rx.wrap(await lst.accept(), Keeper)
+        pongs = socket.create_server(("127.0.0.1", 0))
+        pongs.setblocking(False)
+        port = pongs.getsockname()[1]
+        loop = asyncio.get_running_loop()
+
+        async def serve(n):
+            for _ in range(n):
+                conn, _ = await loop.sock_accept(pongs)
+                await rx.wrap(conn, Pong)
+
+        server = asyncio.ensure_future(serve(10))
+        got = await asyncio.wait_for(asyncio.to_thread(ping, port, 10), 60)
+        await server
+        pongs.close()
+        assert got == [b"pong:%d" % i for i in range(10)]
+        assert await asyncio.wait_for(keeper.lost, 240) is None
+        st = rx.stats()
+        held_views = sum(len(v) for v in keeper.kept if isinstance(v, memoryview))
+        joined = b"".join(keeper.kept)
+    lst.close()
+    assert await join(proc) == 0
+    assert keeper.bytes == len(joined) == total
+    assert keeper.sha.hexdigest() == stream_sha256(73, total)
+    assert keeper.types <= {memoryview, bytes} and bytes in keeper.types
+    # its views never went past its share (a buffer's worth of slack: the view
+    # that reached it); everything after came as copies, counted
+    assert held_views <= share + st["buffer_size"]
+    assert st["share_copies"] > 0 and st["share_copied_bytes"] >= total - share - st["buffer_size"]
+    assert st["bytes_copied"] >= st["share_copied_bytes"]
+    assert st.get("share_stops", 0) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "aiozcrx"]
+    assert len(warnings) == 1 and "Keeper" in warnings[0] and "comes as bytes" in warnings[0]
+    keeper.release_kept()
 
 
 @pytest.mark.parametrize("engine", HOST_ENGINES)

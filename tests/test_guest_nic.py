@@ -466,7 +466,7 @@ async def test_nic_default_share_is_a_quarter_of_the_64mib_area(sim_nic, zc, lis
     zc(q, port, "tcp4")
     lst = listen(sim_nic.addr, port)
     caplog.set_level(logging.WARNING, logger="aiozcrx")
-    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q) as rx:
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, over_share="pause") as rx:
         proc = start_sender(lst.port, 99, total, host=sim_nic.addr, netns=sim_nic.peer_ns)
         _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         await wait_until(lambda: rx.stats().get("share_stops", 0) >= 1,
@@ -1025,3 +1025,25 @@ async def test_nic_queue_streams_on_each_wake_path(sim_nic, zc, listen, wake):
     assert stats["kernel_copy_bytes"] == 0
     if wake == "socket":
         assert stats["socket_wakeups"] > 0
+
+
+@pytest.mark.asyncio
+async def test_nic_queue_keeper_of_four_areas_gets_every_byte(sim_nic, zc, listen):
+    """Issue 21 on a NIC queue: a protocol keeping every chunk of 4x a 4 MiB area
+    gets every byte (views up to its share, then copies, over_share="copy")."""
+    q, port, area = 1, 9132, 4 * MiB
+    total = 4 * area
+    zc(q, port, "tcp4")
+    lst = listen(sim_nic.addr, port)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, area_size=area) as rx:
+        proc = start_sender(lst.port, 98, total, host=sim_nic.addr, netns=sim_nic.peer_ns)
+        _, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
+        assert await asyncio.wait_for(proto.lost, 300) is None
+        stats = rx.stats()
+        held = sum(len(v) for v in proto.kept if isinstance(v, memoryview))
+        proto.release_kept()
+    assert await join(proc) == 0
+    assert proto.bytes == total
+    assert proto.sha.hexdigest() == stream_sha256(98, total)
+    assert held <= area // 4 + stats["buffer_size"]
+    assert stats["share_copies"] > 0 and stats.get("share_stops", 0) == 0

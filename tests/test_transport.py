@@ -57,7 +57,8 @@ class Sink(asyncio.Protocol):
     def release_kept(self, *, keep: bool = False) -> None:
         """Releases every view kept so far; ``keep``: go on keeping new ones."""
         for v in self.kept:
-            v.release()
+            if isinstance(v, memoryview):  # (copies: bytes, over_share="copy")
+                v.release()
         self.kept.clear()
         self.keep = keep
 

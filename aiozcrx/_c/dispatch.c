@@ -70,6 +70,11 @@ typedef struct {
     int reuse_views;            /* see reusable_lease() */
     unsigned long long reused_views;
     unsigned long long merged;  /* completions delivered in the same view as the one before */
+    /* over_share="copy": a connection whose views hold its share gets copies (bytes,
+     * its buffer back at once) until it is back under (area_unhold), instead of
+     * being stopped: asyncio never stops a protocol that did not ask for it */
+    int share_copy;
+    unsigned long long share_copies, share_copied_bytes;
     /* The last round's spare view, its buffer already given back (empty_view): the
      * next round's first completion reuses it, so a wake-up with one completion
      * (small messages, paced) makes no new memoryview either. Nobody else can
@@ -466,10 +471,16 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     }
                 } else {
                     PyObject *view;
-                    if (d->copy) {
+                    int over = d->share_copy && a->share && slot < a->held_cap &&
+                               a->held_gen[slot] == UD_GEN(c->ud) && (a->over[slot] & OVER_SHARE);
+                    if (d->copy || over) {
                         view = PyBytes_FromStringAndSize(ptr, res);
                         area_take(a, ident);
                         area_return(a, ident, (uint32_t)res);
+                        if (over) {
+                            d->share_copies++;
+                            d->share_copied_bytes += (unsigned long long)res;
+                        }
                     } else {
                         view = NULL;
 #if VIEW_REUSE
@@ -491,7 +502,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     Py_INCREF(cb);
                     PyObject *r = PyObject_CallOneArg(cb, view);
                     Py_DECREF(cb);
-                    if (VIEW_REUSE && d->reuse_views && !d->copy)
+                    if (VIEW_REUSE && d->reuse_views && !d->copy && !over)
                         spare = view;   /* released at the next completion or below */
                     else
                         Py_DECREF(view);
@@ -1132,6 +1143,16 @@ Dispatcher_set_view_reuse(Dispatcher *d, PyObject *arg)
 }
 
 static PyObject *
+Dispatcher_set_share_copy(Dispatcher *d, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    d->share_copy = on;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Dispatcher_set_timing(Dispatcher *d, PyObject *arg)
 {
     int on = PyObject_IsTrue(arg);
@@ -1167,7 +1188,9 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
         Py_XDECREF(v);
     }
     if (s) {
-        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}",
+        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+                                    "share_copies", d->share_copies,
+                                    "share_copied_bytes", d->share_copied_bytes,
                                     "socket_wakeups", d->socket_wakeups,
                                     "socket_idle_wakeups", d->socket_idle_wakeups,
                                     "socket_idle_reports", d->socket_idle_reports,
@@ -1238,6 +1261,7 @@ static PyMethodDef Dispatcher_methods[] = {
     {"set_eventfd_sqe", (PyCFunction)Dispatcher_set_eventfd_sqe, METH_O, "benchmarks/tests: read the eventfd in the enter (default where the kernel can) or with read(2); returns whether the SQE read is in effect"},
     {"bind_ring", (PyCFunction)(void (*)(void))Dispatcher_bind_ring, METH_VARARGS | METH_KEYWORDS, "give pump() the ring"},
     {"set_view_reuse", (PyCFunction)Dispatcher_set_view_reuse, METH_O, "benchmarks/tests: reuse unobservable views (default on); returns whether it is in effect"},
+    {"set_share_copy", (PyCFunction)Dispatcher_set_share_copy, METH_O, "over_share='copy': a connection over its share gets bytes (its buffer back at once) instead of being stopped"},
     {"set_timing", (PyCFunction)Dispatcher_set_timing, METH_O, "benchmarks: time dispatching (stats()['dispatch_ns'])"},
     {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},
     {"slot_stats", (PyCFunction)Dispatcher_slot_stats, METH_O, "(completions, bytes) of a slot"},

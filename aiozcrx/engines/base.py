@@ -77,6 +77,8 @@ class EngineStats(_Counters, total=False):
 
     reset_kicks: int
     socket_parks: int    # wake path "socket": readers parked for waking the loop for nothing
+    share_copies: int    # socket engine, over_share="copy": deliveries copied over the share
+    share_copied_bytes: int
     share_stops: int
     stall_kicks: int
     release_waits: int
@@ -179,7 +181,7 @@ class Conn:
     methods; only the engine changes its fields."""
 
     __slots__ = ("engine", "slot", "gen", "fd", "events", "wanted", "armed", "cancelling",
-                 "throttled", "detached", "final_counts", "sock_watched", "sock_parked",
+                 "throttled", "detached", "final_counts", "sock_watched", "sock_parked", "share_said",
                  "__weakref__")
 
     def __init__(self, engine: "Engine", slot: int, gen: int, fd: int, events: ReadEvents):
@@ -198,6 +200,7 @@ class Conn:
         # reader while the request is armed, unless parked for waking us for nothing
         self.sock_watched = False
         self.sock_parked = False
+        self.share_said = False   # over_share="copy": the socket engine said it once
 
     # -- the transport's interface --
     def set_sink(self, sink: Sink | None) -> None:

@@ -121,6 +121,7 @@ class RingEngine(Engine):
         assert self.ring is not None and self.area is not None  # opened by the subclass's open()
         self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)
         self.dispatcher.set_slow_path(self._after_pump)
+        self.dispatcher.set_share_copy(self.config.over_share == "copy")
         if not self.config.copy and getattr(self, "shared_from", None) is None:
             unit = self.area.stats()["buffer_size"]
             self.area.set_share(self.share_buffers(unit), self.ring.eventfd)
@@ -483,13 +484,21 @@ class RingEngine(Engine):
 
     # -- fair share --
     # A connection whose views hold its share of the area (Config.held_limit)
-    # stops receiving: its request is cancelled and not re-armed, so its bytes
-    # wait in its socket (TCP closes its window) while the other connections
-    # keep the rest of the area. Released views bring it back at half its share.
+    # must not take the rest from the others. over_share="copy" (the default):
+    # it goes on receiving, and the C dispatcher hands it bytes copies (buffer
+    # back at once) until released views bring it under half its share: nothing
+    # stops, as with asyncio. over_share="pause": it stops receiving: its request
+    # is cancelled and not re-armed, so its bytes wait in its socket (TCP closes
+    # its window) until released views bring it back at half its share.
     def _throttle(self, conn: Conn, held: int) -> None:
         if conn.throttled or conn.detached:
             return
         assert self.area is not None and self.dispatcher is not None
+        if self.config.over_share == "copy":
+            # the dispatcher now hands it copies until it is back under (C): said once
+            unit = self.area.stats()["buffer_size"]
+            conn.events._over_share(held * unit, self.share_buffers(unit) * unit)
+            return
         conn.throttled = True
         self.throttled.add(conn)
         self.dispatcher.unthrottle_wanted = True  # on_wake comes to _after_pump when it is back under

@@ -192,10 +192,17 @@ class SocketEngine(Engine):
                 self.dropped += 1
                 del view
                 continue
-            if self.config.copy:
+            # over_share="copy": past its share (this view counted), a copy
+            over = self.config.over_share == "copy" and \
+                area.held(conn.slot, conn.gen) > self.share_buffers(self.config.buf_size)
+            if self.config.copy or over:
+                # (over its share with over_share="copy": a copy, the buffer back now)
                 data = bytes(view)
                 view.release()
                 view = data
+                if over:
+                    self.stats["share_copies"] = self.stats.get("share_copies", 0) + 1
+                    self.stats["share_copied_bytes"] = self.stats.get("share_copied_bytes", 0) + len(data)
             try:
                 sink(view)
             except (SystemExit, KeyboardInterrupt):
@@ -211,11 +218,20 @@ class SocketEngine(Engine):
                 return
             if area.over_share(conn.slot, conn.gen):
                 self._throttle(conn)
-                return
+                if conn.throttled:
+                    return
 
     # -- fair share (see RingEngine._throttle) --
     def _throttle(self, conn: Conn) -> None:
         assert self.area is not None
+        if self.config.over_share == "copy":
+            # it goes on, with copies (_read_ready) until it is back under: said once
+            if not conn.share_said:
+                conn.share_said = True
+                unit = self.config.buf_size
+                conn.events._over_share(self.area.held(conn.slot, conn.gen) * unit,
+                                        self.share_buffers(unit) * unit)
+            return
         conn.throttled = True
         self.throttled.add(conn)
         self._disarm(conn)
