@@ -169,9 +169,10 @@ async def test_max_held_is_a_setting(engine):
     proc = start_sender(lst.port, 72, 8 * MiB)
     async with aiozcrx.Receiver(engine=engine, area_size=2 * MiB, max_held=2 * MiB) as rx:
         _, keeper = await rx.wrap(await lst.accept(), Keeper)
-        await wait_until(lambda: rx.stats()["buffers_free"] == 0 or rx.stats().get("share_stops", 0),
-                         "the keeper holds the whole area")
-        assert sum(len(v) for v in keeper.kept) > 2 * MiB // 2  # well past the default quarter
+        # well past the default quarter (how close to all of it depends on how many
+        # buffers the kernel keeps for itself: zcrx-copy keeps a few)
+        await wait_until(lambda: sum(len(v) for v in keeper.kept) > 2 * MiB // 2,
+                         "the keeper holds more than half the area")
         for v in keeper.kept:
             v.release()
         keeper.kept.clear()

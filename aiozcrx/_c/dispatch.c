@@ -48,6 +48,12 @@ typedef struct {
      * that stays readable while its request cannot consume it (an error the request
      * does not read, a zcrx request waiting for buffers) never becomes a busy loop. */
     uint8_t *slot_idle;
+    /* per slot: its completion count at its last socket wake-up. With many
+     * connections ready in one epoll batch, the first reader's pump delivers the
+     * others' data too: their own wake-ups then find nothing, and that is no sign
+     * of a stuck socket. Idle means: nothing for the slot since its previous
+     * socket wake-up, whoever pumped. */
+    unsigned long long *slot_seen;
     unsigned long long socket_wakeups, socket_idle_wakeups, socket_idle_reports;
     /* completions delivered by the first pump of each kind of wake-up */
     unsigned long long found_eventfd, found_socket, found_kick;
@@ -160,6 +166,13 @@ grow_slots(Dispatcher *d, uint32_t slot)
     }
     memset(f + d->slot_cap, 0, cap - d->slot_cap);
     d->slot_idle = f;
+    unsigned long long *seen = PyMem_Realloc(d->slot_seen, (size_t)cap * sizeof(*seen));
+    if (!seen) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(seen + d->slot_cap, 0, (size_t)(cap - d->slot_cap) * sizeof(*seen));
+    d->slot_seen = seen;
     uint32_t *l = PyMem_Realloc(d->active, (size_t)cap * sizeof(*l));
     if (!l) {
         PyErr_NoMemory();
@@ -238,6 +251,7 @@ Dispatcher_bind(Dispatcher *d, PyObject *args)
     d->slot_gen[slot] = gen;
     d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
     d->slot_idle[slot] = 0;
+    d->slot_seen[slot] = 0;
     Py_RETURN_NONE;
 }
 
@@ -1013,12 +1027,11 @@ Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
     if (d->busy || d->in_slow || !d->ring || !d->area)
         Py_RETURN_NONE;
     d->socket_wakeups++;
-    int known = slot < d->slot_cap;
-    unsigned long long before = known ? d->slot_counts[2 * slot] : 0;
     Py_INCREF(d);
     PyObject *r = wake_impl(d, WAKE_SOCKET);
-    if (r && known && !d->halted && d->area && d->slot_idle) {
-        if (d->slot_counts[2 * slot] != before) {
+    if (r && slot < d->slot_cap && !d->halted && d->area) {
+        if (d->slot_counts[2 * slot] != d->slot_seen[slot]) {
+            d->slot_seen[slot] = d->slot_counts[2 * slot];
             d->slot_idle[slot] = 0;
         } else {
             d->socket_idle_wakeups++;
@@ -1245,6 +1258,7 @@ Dispatcher_dealloc(Dispatcher *d)
     PyMem_Free(d->slot_gen);
     PyMem_Free(d->slot_active);
     PyMem_Free(d->slot_idle);
+    PyMem_Free(d->slot_seen);
     PyMem_Free(d->active);
     PyMem_Free(d->was_active);
     Py_TYPE(d)->tp_free((PyObject *)d);
