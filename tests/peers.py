@@ -216,3 +216,13 @@ def queued(sock: socket.socket, limit: int) -> int:
         return len(sock.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except BlockingIOError:
         return 0
+
+
+async def accept_sinks(rx, lst: Listener, n: int, factory) -> list:
+    """Accepts n connections on ``lst`` and wraps each in ``rx`` with ``factory``;
+    the protocols, in accept order."""
+    protos = []
+    for _ in range(n):
+        _, p = await rx.wrap(await lst.accept(), factory)
+        protos.append(p)
+    return protos

@@ -63,6 +63,26 @@ def ping(port: int, n: int) -> list[bytes]:
     return out
 
 
+async def pings_through(rx, n: int) -> list[bytes]:
+    """n small request/response connections served by ``rx`` (Pong), one after
+    another from a client thread; their answers."""
+    pongs = socket.create_server(("127.0.0.1", 0))
+    pongs.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def serve():
+        for _ in range(n):
+            conn, _ = await loop.sock_accept(pongs)
+            await rx.wrap(conn, Pong)
+
+    server = asyncio.ensure_future(serve())
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(ping, pongs.getsockname()[1], n), 60)
+    finally:
+        await server
+        pongs.close()
+
+
 @pytest.mark.parametrize("engine", HOST_ENGINES)
 async def test_a_chunk_keeper_cannot_stall_other_connections(engine, caplog):
     area, total = 4 * MiB, 64 * MiB
@@ -78,20 +98,7 @@ async def test_a_chunk_keeper_cannot_stall_other_connections(engine, caplog):
         assert 0 < held and keeper.bytes < total
         assert rx.stats()["buffers_outstanding"] * rx.stats()["buffer_size"] < area
         # meanwhile small requests on other connections of the same Receiver complete
-        pongs = socket.create_server(("127.0.0.1", 0))
-        pongs.setblocking(False)
-        port = pongs.getsockname()[1]
-        loop = asyncio.get_running_loop()
-
-        async def serve(n):
-            for _ in range(n):
-                conn, _ = await loop.sock_accept(pongs)
-                await rx.wrap(conn, Pong)
-
-        server = asyncio.ensure_future(serve(20))
-        got = await asyncio.wait_for(asyncio.to_thread(ping, port, 20), 60)
-        await server
-        pongs.close()
+        got = await pings_through(rx, 20)
         assert got == [b"pong:%d" % i for i in range(20)]
         assert keeper.bytes < total and not keeper.lost.done()  # still stopped, nothing lost
         # said once, naming the protocol and the setting
@@ -126,20 +133,7 @@ async def test_a_keeper_of_four_areas_gets_every_byte(engine, caplog):
     async with aiozcrx.Receiver(engine=engine, area_size=area) as rx:
         share = area // 4
         _, keeper = await rx.wrap(await lst.accept(), Keeper)
-        pongs = socket.create_server(("127.0.0.1", 0))
-        pongs.setblocking(False)
-        port = pongs.getsockname()[1]
-        loop = asyncio.get_running_loop()
-
-        async def serve(n):
-            for _ in range(n):
-                conn, _ = await loop.sock_accept(pongs)
-                await rx.wrap(conn, Pong)
-
-        server = asyncio.ensure_future(serve(10))
-        got = await asyncio.wait_for(asyncio.to_thread(ping, port, 10), 60)
-        await server
-        pongs.close()
+        got = await pings_through(rx, 10)
         assert got == [b"pong:%d" % i for i in range(10)]
         assert await asyncio.wait_for(keeper.lost, 240) is None
         st = rx.stats()

@@ -31,7 +31,7 @@ import aiozcrx
 from aiozcrx.config import DEFAULT_AREA_SIZE, DEFAULT_RQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES
 from aiozcrx.engines import ZcrxEngine
 from aiozcrx.tools import ethtool as et
-from peers import Listener, join, payload, start_many, start_sender, stream_sha256, wait_until
+from peers import Listener, accept_sinks, join, payload, start_many, start_sender, stream_sha256, wait_until
 from test_transport import MiB, Sink
 
 pytestmark = pytest.mark.nic
@@ -295,10 +295,7 @@ async def test_64_connections_steered_ipv6(sim_nic, zc, listen):
     lst = listen(sim_nic.addr6, port)
     async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q) as rx:
         proc = start_many(port, sizes, seeds, host=sim_nic.addr6, netns=sim_nic.peer_ns)
-        protos = []
-        for _ in range(n):
-            _, p = await rx.wrap(await lst.accept(), Sink)
-            protos.append(p)
+        protos = await accept_sinks(rx, lst, n, Sink)
         results = await asyncio.wait_for(asyncio.gather(*(p.lost for p in protos)), 600)
         assert all(r is None for r in results)
         stats = rx.stats()
@@ -1010,10 +1007,7 @@ async def test_nic_queue_streams_on_each_wake_path(sim_nic, zc, listen, wake):
     lst = listen(sim_nic.addr, port)
     async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, wake=wake) as rx:
         proc = start_many(port, sizes, seeds, host=sim_nic.addr, netns=sim_nic.peer_ns)
-        protos = []
-        for _ in range(n):
-            _, p = await rx.wrap(await lst.accept(), Sink)
-            protos.append(p)
+        protos = await accept_sinks(rx, lst, n, Sink)
         results = await asyncio.wait_for(asyncio.gather(*(p.lost for p in protos)), 600)
         stats = rx.stats()
     await join(proc)

@@ -19,7 +19,7 @@ import pytest
 import aiozcrx
 from aiozcrx import _ring
 from aiozcrx.engines.wake import WAKE_ENV, choose_wake, kernel_wake
-from peers import Listener, join, queued, start_sender, stream_sha256, tcp_pair, wait_until
+from peers import Listener, accept_sinks, join, queued, start_sender, stream_sha256, tcp_pair, wait_until
 from test_fast_path import connected_pair
 from test_transport import MiB, Sink
 
@@ -170,10 +170,7 @@ async def test_many_connections_in_bulk_on_each_path(engine, wake, request):
     conns, total = 16, 4 * MiB
     procs = [start_sender(lst.port, 100 + i, total) for i in range(conns)]
     async with aiozcrx.Receiver(engine=engine, wake=wake, area_size=8 * MiB) as rx:
-        protos = []
-        for _ in range(conns):
-            _, p = await rx.wrap(await lst.accept(), Sink)
-            protos.append(p)
+        protos = await accept_sinks(rx, lst, conns, Sink)
         results = await asyncio.wait_for(asyncio.gather(*(p.lost for p in protos)), 180)
         st = rx.stats()
     lst.close()
