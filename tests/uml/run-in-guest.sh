@@ -81,6 +81,8 @@ AIOZCRX_UML_LINUX (boot this UML binary instead, e.g. a kernel tree's ./linux),
 AIOZCRX_UML_MIRROR (Debian mirror for the kernel's source; default: the host's own
 Debian archive), AIOZCRX_UML_JOBS (parallel jobs of the kernel build),
 AIOZCRX_UML_DEBUG=1 (trace the guest init and print the whole console log),
+AIOZCRX_UML_MODULES (the module tree of an AIOZCRX_UML_LINUX kernel that has overlayfs
+as a module, e.g. Debian bookworm's user-mode-linux 6.1: its /usr/lib/uml/modules/6.1.*),
 AIOZCRX_UML_KEEP=1 (keep the run directory),
 AIOZCRX_GUEST_ENV (names of extra variables to carry into the guest).
 See docs/guest-tier.md.
@@ -341,6 +343,7 @@ run_guest() {
         printk.time=1       # timestamps in the console log
         aiozcrx.run="$RUN" aiozcrx.deadline_us="$deadline")
     [ -z "${AIOZCRX_UML_DEBUG:-}" ] || kargs+=(aiozcrx.debug=1)
+    [ -z "${AIOZCRX_UML_MODULES:-}" ] || kargs+=("aiozcrx.modules=$AIOZCRX_UML_MODULES")
     [ -z "$NIC" ] || kargs+=(aiozcrx.nic="$NIC_QUEUES")
     # built-in dummy and ifb drivers would each add devices (dummy0, ifb0, ifb1)
     kargs+=(dummy.numdummies=0 ifb.numifbs=0)
@@ -499,6 +502,9 @@ guest_setup_root() {
     # The run directory, read-write on the host: command file in, exit status out.
     mount -t hostfs -o "$run" hostfs /run/host || guest_fail "cannot mount the run directory $run"
 
+    # a kernel with overlayfs as a module (Debian's own user-mode-linux packages,
+    # booted with AIOZCRX_UML_LINUX / AIOZCRX_UML_MODULES)
+    [ -z "${GUEST_MODULES:-}" ] || insmod "$GUEST_MODULES"/kernel/fs/overlayfs/overlay.ko* 2>/dev/null
     mount -t overlay overlay -o lowerdir=/,upperdir=/run/ovl/upper,workdir=/run/ovl/work /run/root \
         || guest_fail "overlay mount over the host root failed"
     local m
@@ -636,6 +642,7 @@ guest_main() {
             aiozcrx.deadline_us=*) deadline=${w#*=} ;;
             aiozcrx.nic=*) nic=${w#*=} ;;
             aiozcrx.debug=1) PS4='+ $EPOCHREALTIME '; set -x ;;
+            aiozcrx.modules=*) GUEST_MODULES=${w#*=} ;;
         esac
     done
     [ -n "$run" ] && [ -n "$deadline" ] \
