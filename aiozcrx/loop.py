@@ -35,6 +35,7 @@ payload). Unix sockets go through the base loop's own transports.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import ssl as _ssl
@@ -174,32 +175,39 @@ class _ZcrxLoopMixin(_LoopBase):
                         ssl_handshake_timeout: Optional[float] = None,
                         ssl_shutdown_timeout: Optional[float] = None) -> asyncio.Transport:
         """ZcrxTransports are upgraded by ``aiozcrx.start_tls`` (uvloop's own
-        refuses them); other transports by the base loop."""
+        refuses them); other transports by the base loop. The arguments are
+        checked in the base loop's order (the context first)."""
+        from .tls import check_context, delegate_start_tls, start_tls
         from .transport import ZcrxTransport
-        if isinstance(transport, ZcrxTransport):
-            from .tls import start_tls
-            return await start_tls(transport, protocol, sslcontext, server_side=server_side,
-                                   server_hostname=server_hostname,
-                                   ssl_handshake_timeout=ssl_handshake_timeout,
-                                   ssl_shutdown_timeout=ssl_shutdown_timeout)
-        if not isinstance(transport, asyncio.WriteTransport):
-            raise TypeError(f"start_tls() needs a stream transport, got {transport!r}")
-        upgraded = await super().start_tls(
-            transport, protocol, sslcontext, server_side=server_side,
-            server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
-            **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
-               if ssl_shutdown_timeout is not None else {}))
-        assert upgraded is not None  # None only for a closed transport on old Pythons
-        return upgraded
+        check_context(sslcontext)
+        upgrade = start_tls if isinstance(transport, ZcrxTransport) else \
+            functools.partial(delegate_start_tls, super().start_tls)
+        return await upgrade(transport, protocol, sslcontext, server_side=server_side,
+                             server_hostname=server_hostname,
+                             ssl_handshake_timeout=ssl_handshake_timeout,
+                             ssl_shutdown_timeout=ssl_shutdown_timeout)
 
     async def sendfile(self, transport: asyncio.WriteTransport, file: IO[bytes],
                        offset: int = 0, count: Optional[int] = None, *,
                        fallback: bool = True) -> int:
+        """ZcrxTransports: os.sendfile, as the stock loop's native path (on either
+        base; uvloop has none of its own), and where the file cannot go that way
+        (``asyncio.SendfileNotAvailableError``) the stock loop's fallback through
+        write(), or that error with ``fallback=False``."""
         from .transport import ZcrxTransport
-        if isinstance(transport, ZcrxTransport):
+        if not isinstance(transport, ZcrxTransport):
+            return await super().sendfile(transport, file, offset, count, fallback=fallback)
+        if transport.is_closing():
+            raise RuntimeError("Transport is closing")
+        try:
             return await transport._sendfile_native(file, offset, count)
-        return await super().sendfile(
-            transport, file, offset, count, fallback=fallback)
+        except asyncio.SendfileNotAvailableError:
+            if not fallback:
+                raise
+        # asyncio's own fallback (a loop method that needs only run_in_executor)
+        fallback_path = asyncio.base_events.BaseEventLoop._sendfile_fallback  # type: ignore[attr-defined]
+        sent: int = await fallback_path(self, transport, file, offset, count)
+        return sent
 
     def _client_receiver(self) -> "Receiver":
         """One Receiver per loop for client connections (made on first use)."""

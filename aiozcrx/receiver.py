@@ -227,6 +227,12 @@ class Receiver:
 
         The transport owns the socket from now on (it closes it).
         """
+        return self._wrap_now(sock, protocol_factory)
+
+    def _wrap_now(self, sock: socket.socket, protocol_factory: Callable[[], _P]
+                  ) -> tuple[ZcrxTransport, _P]:
+        """``wrap`` without a coroutine: for the accept path of servers, which has
+        no task to run it in (a task left pending would be destroyed with the loop)."""
         self._check_thread()
         if self._engine is None or self._closed:
             raise RuntimeError("Receiver is not open (use `async with Receiver(...)`)")

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import socket
 import ssl as _ssl
+import sys
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from . import tls as _tls
@@ -103,7 +105,7 @@ class ZcrxServer(asyncio.AbstractServer):
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._serving = False
         self._closed = False
-        self._pending: set[asyncio.Task[None]] = set()   # attaches (and TLS handshakes) under way
+        self._pending: set[asyncio.Future[None]] = set()   # TLS handshakes under way
         self._retry_handles: list[asyncio.TimerHandle] = []
         self._serving_forever: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] = loop.create_future()  # receiver closed
@@ -167,67 +169,72 @@ class ZcrxServer(asyncio.AbstractServer):
                         "socket": asyncio.trsock.TransportSocket(sock)})
                 return
             _set_nodelay(conn)
-            task = self._loop.create_task(self._attach(conn))
-            self._pending.add(task)
-            task.add_done_callback(self._attach_done)
+            self._attach(conn)
 
     def _resume_accept(self, sock: socket.socket) -> None:
         if self._serving and self._sockets is not None and sock in self._sockets:
             self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
 
-    async def _attach(self, conn: socket.socket) -> None:
+    # An accepted connection is attached here and now, with no task: uvloop's way.
+    # A task per connection (asyncio's) is left pending for as long as a TLS
+    # handshake waits, and a loop closed meanwhile destroys it ("Task was destroyed
+    # but it is pending!"); a handshake under way is a future and a callback.
+    def _attach(self, conn: socket.socket) -> None:
         if self._ssl is not None:
-            await self._attach_tls(conn, self._ssl)
+            self._attach_tls(conn, self._ssl)
             return
+        self._attach_or_report(conn, self._protocol_factory)
+
+    def _attach_or_report(self, conn: socket.socket, factory: ProtocolFactory
+                          ) -> Optional[ZcrxTransport]:
+        """The transport, or None when the factory (or making the transport)
+        failed: the loop's exception handler hears of it, the socket is closed."""
         try:
-            await self._receiver.wrap(conn, self._protocol_factory)
+            transport, _ = self._receiver._wrap_now(conn, factory)
+            return transport
         except (SystemExit, KeyboardInterrupt):
             conn.close()
             raise
         except BaseException as exc:
             conn.close()
-            if not isinstance(exc, asyncio.CancelledError):
-                self._setup_failed(exc)
+            self._setup_failed(exc)
+            return None
 
-    async def _attach_tls(self, conn: socket.socket, ctx: _ssl.SSLContext) -> None:
-        """Attaches with asyncio's SSL protocol; the application's protocol is
-        connected once the handshake is done. A failed handshake (a client that
-        does not trust us, a port scanner) closes that connection and, as with
-        asyncio, is reported only in debug mode."""
-        factory_failed: list[BaseException] = []
+    def _attach_tls(self, conn: socket.socket, ctx: _ssl.SSLContext) -> None:
+        """Attaches with asyncio's SSL protocol, which connects the application's
+        protocol once the handshake is done. A failed handshake (a client that does
+        not trust us, a port scanner) closes that connection and, as with asyncio,
+        is reported only in debug mode."""
+        handshake: asyncio.Future[None] = self._loop.create_future()
 
-        def factory() -> asyncio.BaseProtocol:
-            try:
-                return self._protocol_factory()
-            except BaseException as exc:
-                factory_failed.append(exc)
-                raise
+        def ssl_protocol() -> asyncio.BaseProtocol:
+            return _tls.make_protocol(self._loop, self._protocol_factory(), ctx, handshake,
+                                      server_side=True, server_hostname=None,
+                                      ssl_handshake_timeout=self._ssl_handshake_timeout,
+                                      ssl_shutdown_timeout=self._ssl_shutdown_timeout)
 
-        try:  # _tls.wrap owns conn from here: it closes it (or its transport) on failure
-            await _tls.wrap(self._receiver, conn, factory, ctx, server_side=True,
-                            ssl_handshake_timeout=self._ssl_handshake_timeout,
-                            ssl_shutdown_timeout=self._ssl_shutdown_timeout)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                return
-            if factory_failed:
-                self._setup_failed(exc)
-            elif self._loop.get_debug():
+        transport = self._attach_or_report(conn, ssl_protocol)
+        if transport is None:
+            return
+        self._pending.add(handshake)
+        handshake.add_done_callback(functools.partial(self._handshake_done, transport))
+
+    def _handshake_done(self, transport: ZcrxTransport, handshake: asyncio.Future[None]) -> None:
+        self._pending.discard(handshake)
+        exc = asyncio.CancelledError() if handshake.cancelled() else handshake.exception()
+        if exc is not None:
+            transport.close()
+            if self._loop.get_debug():
                 self._loop.call_exception_handler({
                     "message": "Error on transport creation for incoming connection "
                                "(TLS handshake)", "exception": exc})
+        self._maybe_finish()
 
     def _setup_failed(self, exc: BaseException) -> None:
         self._loop.call_exception_handler({
             "message": "aiozcrx server: could not set up an accepted connection "
                        "(protocol_factory() or connection_made() failed)",
             "exception": exc})
-
-    def _attach_done(self, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
-        self._maybe_finish()
 
     async def serve_forever(self) -> None:
         if self._serving_forever is not None:
@@ -455,8 +462,9 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
     ``ssl``: an ``ssl.SSLContext`` or True (the default context); the certificate
     is checked against ``server_hostname`` (default: ``host``). The handshake is
     done when this returns (``ssl_handshake_timeout``); the protocol gets
-    plaintext ``bytes``. ``happy_eyeballs_delay``/``interleave``/``all_errors``
-    are accepted and ignored (addresses are tried one after the other).
+    plaintext ``bytes``. ``happy_eyeballs_delay``/``interleave`` are accepted and
+    ignored (addresses are tried one after the other); ``all_errors=True`` raises an
+    ``ExceptionGroup`` of every address's error, as asyncio's (3.11+).
     """
     _check_unknown(kwargs, ("happy_eyeballs_delay", "interleave", "all_errors"))
     ctx, tls, server_hostname = _tls.client_context(ssl, host, server_hostname,
@@ -478,7 +486,8 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
     else:
         if host is None or port is None:
             raise ValueError("host and port are needed when sock is not given")
-        sock = await _connect(loop, host, port, family, proto, flags, local_addr)
+        sock = await _connect(loop, host, port, family, proto, flags, local_addr,
+                              bool(kwargs.get("all_errors")))
     _set_nodelay(sock)
 
     async def attach(conn: socket.socket) -> tuple[asyncio.Transport, Any]:
@@ -518,7 +527,12 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
 
 
 async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, family: int, proto: int,
-                   flags: int, local_addr: Optional[tuple[str, int]]) -> socket.socket:
+                   flags: int, local_addr: Optional[tuple[str, int]],
+                   all_errors: bool = False) -> socket.socket:
+    """Connects to the first address of ``host`` that answers, as
+    ``loop.create_connection`` does: the same errors (a local address in use is
+    its ``OSError`` with ``errno`` EADDRINUSE), ``all_errors=True`` an
+    ``ExceptionGroup`` of them all (3.11+)."""
     infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
                                    proto=proto, flags=flags)
     if not infos:
@@ -530,35 +544,44 @@ async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, family
         if not local_infos:
             raise OSError("getaddrinfo() returned empty list")
     exceptions: list[OSError] = []
-    for fam, type_, pro, _canon, address in infos:
-        sock = None
+    for info in infos:
         try:
-            sock = socket.socket(fam, type_, pro)
-            sock.setblocking(False)
-            if local_infos is not None:
-                for lfam, _, _, _, laddr in local_infos:
-                    if lfam != fam:
-                        continue
-                    try:
-                        sock.bind(laddr)
-                        break
-                    except OSError as exc:
-                        exceptions.append(OSError(exc.errno, f"error while attempting to bind on "
-                                                             f"address {laddr!r}: {exc.strerror}"))
-                else:
-                    raise OSError(f"no matching local address with family={fam} found")
-            await loop.sock_connect(sock, address)
-            return sock
+            return await _connect_one(loop, info, local_infos)
         except OSError as exc:
             exceptions.append(exc)
-            if sock is not None:
-                sock.close()
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            raise
-    if len(exceptions) == 1:
-        raise exceptions[0]
+    if all_errors and sys.version_info >= (3, 11):
+        raise ExceptionGroup("create_connection failed", exceptions)  # noqa: F821 - 3.11+
     if len({str(e) for e in exceptions}) == 1:
         raise exceptions[0]
     raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in exceptions)}")
+
+
+async def _connect_one(loop: asyncio.AbstractEventLoop, info: Any,
+                       local_infos: Optional[list[Any]]) -> socket.socket:
+    """One address of ``_connect``: the socket, bound to the first local address of
+    its family that is free, connected; or the error asyncio would give."""
+    fam, type_, pro, _canon, address = info
+    sock = socket.socket(fam, type_, pro)
+    try:
+        sock.setblocking(False)
+        if local_infos is not None:
+            bind_errors: list[OSError] = []
+            for lfam, _, _, _, laddr in local_infos:
+                if lfam != fam:
+                    continue
+                try:
+                    sock.bind(laddr)
+                    break
+                except OSError as exc:
+                    bind_errors.append(OSError(exc.errno, f"error while attempting to bind on "
+                                                          f"address {laddr!r}: "
+                                                          f"{(exc.strerror or '').lower()}"))
+            else:
+                if bind_errors:
+                    raise bind_errors[-1]
+                raise OSError(f"no matching local address with family={fam!r} found")
+        await loop.sock_connect(sock, address)
+        return sock
+    except BaseException:
+        sock.close()
+        raise

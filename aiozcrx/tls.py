@@ -24,7 +24,7 @@ import socket
 import ssl as _ssl
 import sys
 from asyncio import sslproto
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Union
 
 if TYPE_CHECKING:
     from .receiver import Receiver
@@ -40,15 +40,22 @@ HAS_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
 
 def check_timeouts(tls: bool, ssl_handshake_timeout: Optional[float],
                    ssl_shutdown_timeout: Optional[float]) -> None:
-    """The timeouts' rules, as the loop's own methods have them."""
+    """The timeouts' rules, as the loop's own methods have them (and their messages)."""
     for name, value in (("ssl_handshake_timeout", ssl_handshake_timeout),
                         ("ssl_shutdown_timeout", ssl_shutdown_timeout)):
         if value is None:
             continue
         if not tls:
-            raise ValueError(f"{name} is only meaningful with ssl (pass ssl=an SSLContext)")
+            raise ValueError(f"{name} is only meaningful with ssl")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{name} should be a positive number of seconds, got {value!r}")
+            raise ValueError(f"{name} should be a positive number, got {value}")
+
+
+def check_context(sslcontext: object) -> None:
+    """``loop.start_tls``'s first check, with its message (asyncio's and uvloop's)."""
+    if not isinstance(sslcontext, _ssl.SSLContext):
+        raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                        f"got {sslcontext!r}")
 
 
 def server_context(ssl: SSLArg) -> Optional[_ssl.SSLContext]:
@@ -151,6 +158,23 @@ async def wrap(receiver: "Receiver", sock: socket.socket, protocol_factory: Prot
     return app_transport(proto), app_protocol
 
 
+async def delegate_start_tls(start_tls: Callable[..., Awaitable[Optional[asyncio.Transport]]],
+                             transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol,
+                             sslcontext: _ssl.SSLContext, *, server_side: bool,
+                             server_hostname: Optional[str], ssl_handshake_timeout: Optional[float],
+                             ssl_shutdown_timeout: Optional[float]) -> asyncio.Transport:
+    """A transport that is not a ZcrxTransport, upgraded by a loop's own
+    ``start_tls`` (which checks it); ``ssl_shutdown_timeout`` passed only when
+    given (3.10's has none)."""
+    upgraded = await start_tls(transport, protocol, sslcontext, server_side=server_side,
+                               server_hostname=server_hostname,
+                               ssl_handshake_timeout=ssl_handshake_timeout,
+                               **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
+                                  if ssl_shutdown_timeout is not None else {}))
+    assert upgraded is not None  # None only for a closed transport on old Pythons
+    return upgraded
+
+
 async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol,
                     sslcontext: _ssl.SSLContext, *, server_side: bool = False,
                     server_hostname: Optional[str] = None,
@@ -169,18 +193,12 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProt
     from .transport import ZcrxTransport
 
     loop = asyncio.get_running_loop()
+    check_context(sslcontext)
     if not isinstance(transport, ZcrxTransport):
-        if not isinstance(transport, asyncio.WriteTransport):
-            raise TypeError(f"start_tls() needs a stream transport, got {transport!r}")
-        upgraded = await loop.start_tls(transport, protocol, sslcontext, server_side=server_side,
-                                        server_hostname=server_hostname,
+        return await delegate_start_tls(loop.start_tls, transport, protocol, sslcontext,
+                                        server_side=server_side, server_hostname=server_hostname,
                                         ssl_handshake_timeout=ssl_handshake_timeout,
-                                        **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
-                                           if ssl_shutdown_timeout is not None else {}))
-        assert upgraded is not None  # None only for a closed transport on old Pythons
-        return upgraded
-    if not isinstance(sslcontext, _ssl.SSLContext):
-        raise TypeError(f"sslcontext must be an ssl.SSLContext, got {type(sslcontext).__name__}")
+                                        ssl_shutdown_timeout=ssl_shutdown_timeout)
     check_timeouts(True, ssl_handshake_timeout, ssl_shutdown_timeout)
     if transport.is_closing():
         raise RuntimeError(f"cannot start TLS on a closing transport {transport!r}")

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import os
 import socket
 import ssl
+import sys
 import traceback
 from asyncio import constants, sslproto, trsock
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Optional, Union, cast
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from .receiver import Receiver
 
 _DEFAULT_HIGH = 64 * 1024
+# asyncio's socket transport has a writelines() of its own from 3.12 on, with its
+# own messages; before, writelines() is write() and says so
+_WRITELINES_OWN_ERRORS = sys.version_info >= (3, 12)
 
 Delivered = Union[memoryview, bytes]
 """What a sink is given: a view over the area (``bytes`` with ``copy=True``)."""
@@ -110,6 +115,21 @@ def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
     return sink
 
 
+def _check_sendfile_params(file: IO[bytes], offset: object, count: object) -> None:
+    """``loop.sendfile``'s checks of its arguments, with its errors and messages."""
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if count is not None:
+        if not isinstance(count, int):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+
+
 class ViewProtocol(asyncio.Protocol):
     """Base class of protocols that take memoryviews: ``data_received(view)``.
 
@@ -173,6 +193,7 @@ class ZcrxTransport(_FlowControlBase):
         self._low_water = _DEFAULT_HIGH // 4
         self._bytes_written = 0
         self._drain_waiters: list[asyncio.Future[None]] = []  # sendfile() waiting for the buffer
+        self._sendfile_active = False  # _sendfile_native is sending: write() is refused
         self._extra: dict[str, Any] = {"socket": trsock.TransportSocket(sock)}
         for key, fn in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
             try:
@@ -317,6 +338,8 @@ class ZcrxTransport(_FlowControlBase):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof_written:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self._sendfile_active:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
         if self._conn_lost:
@@ -343,6 +366,11 @@ class ZcrxTransport(_FlowControlBase):
         self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Iterable[Union[bytes, bytearray, memoryview]]) -> None:
+        if _WRITELINES_OWN_ERRORS:
+            if self._eof_written:
+                raise RuntimeError("Cannot call writelines() after write_eof()")
+            if self._sendfile_active:
+                raise RuntimeError("unable to writelines; sendfile is in progress")
         for data in list_of_data:
             self.write(data)
 
@@ -382,38 +410,66 @@ class ZcrxTransport(_FlowControlBase):
     # The stock loop's loop.sendfile() sends through write() with flow control
     # (its "fallback" path) for transports that say so; the drop-in loop
     # (aiozcrx.new_event_loop, either base) calls _sendfile_native: os.sendfile
-    # straight from the file to the socket once the write buffer has drained.
+    # straight from the file to the socket, as the stock loop's native path for its
+    # own transports (and with the same rules: see _sendfile_native).
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     # the stock loop's loop.start_tls() layers its SSL protocol on transports that
     # say so; on uvloop (which refuses other transports) use aiozcrx.start_tls
     _start_tls_compatible = True
 
     async def _sendfile_native(self, file: IO[bytes], offset: int = 0, count: int | None = None) -> int:
+        """os.sendfile from ``file`` to the socket, as the stock loop's native path
+        (``loop.sendfile`` on its socket transports): the arguments checked as it
+        checks them; a file os.sendfile cannot take (no ``fileno()``, or a first
+        call that fails) is ``asyncio.SendfileNotAvailableError``, for the loop to
+        fall back on write(); reading is paused until it returns (nothing is
+        delivered meanwhile, and the peer's end is seen after it) and write() is
+        refused meanwhile (it would land in the middle of the file); what was
+        written before goes first."""
         if self._closing:
             raise RuntimeError("Transport is closing")
-        if self._eof_written:
-            raise RuntimeError("Cannot call sendfile() after write_eof()")
-        if count is not None and count <= 0:
-            return 0
-        fileno = file.fileno()
-        while self._write_buffer:  # what was written before goes first
-            await self._wait_writable()
+        if self._sendfile_active:
+            raise RuntimeError("sendfile is already in progress on this transport")
+        _check_sendfile_params(file, offset, count)
+        try:
+            fileno = file.fileno()
+            fsize = os.fstat(fileno).st_size
+        except (AttributeError, io.UnsupportedOperation, OSError):
+            raise asyncio.SendfileNotAvailableError("not a regular file") from None
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0  # an empty file
+        resume_reading = self.is_reading()
+        self.pause_reading()
+        self._sendfile_active = True
         total = 0
         try:
+            while self._write_buffer:
+                await self._wait_writable()
             while count is None or total < count:
-                block = 1 << 30 if count is None else min(count - total, 1 << 30)
+                if self._conn_lost:  # closed by the application meanwhile
+                    raise ConnectionResetError("the connection was closed during sendfile()")
+                if count:
+                    blocksize = count - total
                 try:
-                    n = os.sendfile(self._fileno, fileno, offset + total, block)
+                    n = os.sendfile(self._fileno, fileno, offset + total, blocksize)
                 except (BlockingIOError, InterruptedError):
                     await self._wait_writable()
                     continue
+                except OSError as exc:
+                    if total == 0:  # as asyncio: the loop may fall back on write()
+                        raise asyncio.SendfileNotAvailableError("os.sendfile call failed") from exc
+                    raise
                 if n == 0:
                     break  # end of file
                 total += n
+                self._bytes_written += n
         finally:
+            self._sendfile_active = False
             if total:
                 file.seek(offset + total)
-            self._bytes_written += total
+            if resume_reading:
+                self.resume_reading()
         return total
 
     async def _wait_writable(self) -> None:
