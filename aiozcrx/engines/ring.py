@@ -241,8 +241,7 @@ class RingEngine(Engine):
         completions of its request carry the old generation)."""
         # before the transport closes the socket: a loop keeps a closed fd's reader
         self._unwatch_socket(conn)
-        conn.sock_parked = False
-        self._parked.discard(conn)
+        self._unpark(conn)
         if self._retire(conn) and not self.closed:
             self.slots[conn.slot] = None
             self.slot_table.free(conn.slot)
@@ -271,10 +270,7 @@ class RingEngine(Engine):
         self._prep_recv(conn.fd, user_data(UD_RECV, conn.slot, conn.gen))
         conn.armed = True
         if self._sock_wake is not None:
-            # a new request: a socket parked for the old one is watched again
-            if conn.sock_parked:
-                conn.sock_parked = False
-                self._parked.discard(conn)
+            self._unpark(conn)  # a new request: a socket parked for the old one is watched again
             self._watch_socket(conn)
         self._kick()
         if self._reset_ticker is not None:
@@ -363,11 +359,14 @@ class RingEngine(Engine):
         if self._reset_ticker is not None:
             self._reset_ticker.start()
 
+    def _unpark(self, conn: Conn) -> None:
+        conn.sock_parked = False
+        self._parked.discard(conn)
+
     def _unpark_sockets(self) -> None:
-        parked, self._parked = self._parked, set()
-        for conn in parked:
-            conn.sock_parked = False
-            if conn.armed and not conn.detached:
+        for conn in list(self._parked):
+            self._unpark(conn)
+            if conn.armed:
                 self._watch_socket(conn)
 
     # -- connections reset with data still queued --
