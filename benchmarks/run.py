@@ -11,6 +11,9 @@ Cases (``--cases``, default all):
 - ``floor`` (``benchmarks/wakefloor.py``): the paced case received by small C
   programs (epoll + read(2); io_uring woken through its eventfd, as aiozcrx is;
   the ring fd in epoll) beside uvloop and aiozcrx: what the kernel alone charges.
+- ``starve`` (``benchmarks/starve.py``): 256 connections on an area of 64
+  buffers, consumers that keep their views a while: CPU per GB and GB/s against
+  uvloop BufferedProtocol, starved episodes and re-arms per GB.
 
 Bulk: one TCP connection over 127.0.0.1; the sender is its own process (``sendall`` of
 1 MiB blocks for ``--seconds``, or a fixed byte count with ``--quick``). Every
@@ -84,6 +87,7 @@ CASES = {
     "records": ("records.py", "4 KiB records: paced, back to back, 64 connections"),
     "http": ("httpbench.py", "aiohttp and uvicorn through the drop-in loop"),
     "floor": ("wakefloor.py", "the kernel's floor under the paced case: C receivers beside ours"),
+    "starve": ("starve.py", "256 connections on 64 buffers, slow consumers: the starved buffer ring"),
 }
 
 
