@@ -43,6 +43,9 @@ class AreaLike(Protocol):
     @property
     def nbufs(self) -> int: ...
 
+    @property
+    def free_in_kernel(self) -> int: ...  # buffers the kernel can take now (see area.c)
+
     def own_mapping(self, addr: int, length: int, /) -> None: ...
     def setup_zcrx(self, rq_head: int, rq_tail: int, rq_rqes: int, rq_entries: int,
                    rq_area_token: int, zcrx_id: int, ring_fd: int, nodev: bool, /) -> None: ...
@@ -71,6 +74,12 @@ class DispatcherLike(Protocol):
     revive_wanted: bool
     unthrottle_wanted: bool
     recheck_pending: bool
+    # re-arming starved connections (revive_budget in aiozcrx/_c/dispatch.c)
+    revive_after: int  # the oldest starved connection's mark
+
+    def starve_mark(self, at_enter: bool, /) -> int: ...
+    def revive_budget(self) -> int: ...
+    def revive_took(self, n: int, /) -> None: ...
 
     # called by Ring.dispatcher: addresses of the ring and of the C helpers
     def bind_ring(self, *, owner: object, ring: int, enter: int, sq_space: int, sq_flags: int,

@@ -339,12 +339,20 @@ class Receiver:
         once), ``stale_completions`` (ends of requests of a connection already
         gone, ignored), ``closed`` (after ``close()``, the counters are the last
         ones), ``buffers_total`` / ``buffers_outstanding`` (held by views) /
-        ``buffers_free`` / ``buffers_returned``, ``views_outstanding`` (views not
+        ``buffers_free`` / ``buffers_returned``, ``buffers_given`` (ring engines:
+        buffers handed to the kernel: put in its buffer ring, or taken back from
+        the refill ring), ``views_outstanding`` (views not
         yet released: the same as ``buffers_outstanding`` except with incremental
         buffers, where a buffer can hold several), ``buffer_size``, ``area_size``,
         ``refill_publishes`` / ``refill_flushes`` / ``refill_queued`` /
-        ``refill_errors``, ``rearms``, ``starved`` (times reception stopped for
-        want of buffers), ``wakeups`` (eventfd wake-ups of the loop),
+        ``refill_errors``, ``rearms`` (receive requests armed again: after a
+        cancel, the end of a multishot request, a stop over the fair share, or
+        starvation), ``starved`` (episodes: times a connection stopped receiving
+        for want of buffers; stopping again before it received anything is the
+        same episode), ``starved_rearms`` (the re-arms of those connections: one
+        only once a buffer came back for it, the longest waiting first; see
+        "What holding a view costs" in docs/concepts.md), ``wakeups`` (eventfd
+        wake-ups of the loop),
         ``notifications_no_buffers`` / ``notifications_copy`` (zcrx, 7.2+).
 
         Ring engines add ``cq_entries`` (the completion queue's size, as asked
@@ -378,7 +386,10 @@ class Receiver:
         piece: Linux 6.12+; see "The fast path" in docs/concepts.md). zcrx engines add
         ``zcrx_id``, ``rq_entries``, ``rx_buf_len``, ``nodev``, ``notifications``
         (``"on"`` or ``"unsupported"``) and, once they happened, ``stall_kicks``,
-        ``notification_rearms``; an instance shared with ``share_with`` has
+        ``notification_rearms``, ``starve_retries`` / ``starve_tick_rearms``
+        (connections the kernel refused buffers while, by the area's counts, it
+        had some: re-armed at once, once an episode, or by the stall watchdog's
+        tick); an instance shared with ``share_with`` has
         ``imported``. On 7.2+ they add the kernel's own statistics of the
         instance: ``kernel_copy_count`` / ``kernel_copy_bytes``, how often and how
         much the kernel copied into the area instead of placing data there (every

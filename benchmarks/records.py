@@ -72,9 +72,27 @@ CASES = {
     "conns64": ("4 KiB records back to back, round robin over 64 connections", 64, False),
     # not in the default set: run.py's bulk case covers it; here for wakefloor.py's C floor
     "bulk": ("1 MiB sends back to back, one connection", 1, False),
+    # starve.py's (its --conns: set_conns)
+    "starve": ("64 KiB sends back to back, round robin over 256 connections", 256, False),
 }
 DEFAULT_CASES = ("paced", "unpaced", "conns64")
-SEND_SIZE = {"bulk": 1 << 20}  # bytes per send(); RECORD for the others
+SEND_SIZE = {"bulk": 1 << 20, "starve": 64 << 10}  # bytes per send(); RECORD for the others
+
+
+def set_conns(case: str, n: int) -> None:
+    """Another number of connections for ``case``, here and in the processes this
+    one starts (the sender reads it from the environment)."""
+    os.environ[f"BENCH_CONNS_{case.upper()}"] = str(n)
+    _conns_from_env()
+
+
+def _conns_from_env() -> None:
+    for case, (label, n, paced) in CASES.items():
+        n = int(os.environ.get(f"BENCH_CONNS_{case.upper()}", n))
+        CASES[case] = (label.replace(f" {CASES[case][1]} connections", f" {n} connections"), n, paced)
+
+
+_conns_from_env()
 
 # run.py's receivers (name, label, loop, kind, engine), the host ones this case
 # compares: the stock and uvloop protocols, uring on both loops, socket on uvloop
@@ -235,13 +253,7 @@ async def receive(variant, socks, perf: PerfControl, frames: FrameCounter | None
     perf.enable()
     if frames is not None:
         sys.setprofile(frames)
-    t0 = time.perf_counter()
-    c0 = resource.getrusage(resource.RUSAGE_SELF)
-    for p in protos:
-        p.transport.write(b"g")
-    await asyncio.gather(*dones)
-    c1 = resource.getrusage(resource.RUSAGE_SELF)
-    t1 = time.perf_counter()
+    window = await measured(protos, dones)
     if frames is not None:
         sys.setprofile(None)
     perf.disable()
@@ -257,7 +269,21 @@ async def receive(variant, socks, perf: PerfControl, frames: FrameCounter | None
         stats["wake"] = st.get("wake")
         await rx.__aexit__(None, None, None)
     return {"name": name, "bytes": sum(p.bytes for p in protos), "calls": sum(p.calls for p in protos),
-            "wall": t1 - t0, "user": c1.ru_utime - c0.ru_utime, "sys": c1.ru_stime - c0.ru_stime, **stats}
+            **window, **stats}
+
+
+async def measured(protos, dones) -> dict:
+    """The measured window: writes the start byte ``g`` on every connection (the
+    sender starts then) and waits for every end of stream; its wall time and the
+    receiver's CPU (user, sys) in seconds."""
+    t0 = time.perf_counter()
+    c0 = resource.getrusage(resource.RUSAGE_SELF)
+    for p in protos:
+        p.transport.write(b"g")
+    await asyncio.gather(*dones)
+    c1 = resource.getrusage(resource.RUSAGE_SELF)
+    t1 = time.perf_counter()
+    return {"wall": t1 - t0, "user": c1.ru_utime - c0.ru_utime, "sys": c1.ru_stime - c0.ru_stime}
 
 
 def child_main(args) -> None:
@@ -294,7 +320,7 @@ def run_one(name: str, case: str, args, profile: str | None = None,
     ``command``: another receiver program (wakefloor.py's C receivers), its
     arguments with "{fd}" for the listening socket and "{conns}" for how many
     connections to accept; it prints the same JSON line as ours."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=max(128, CASES[case][1]))
     port = listener.getsockname()[1]
     if command is not None:
         cmd = [a.format(fd=listener.fileno(), conns=CASES[case][1]) for a in command]

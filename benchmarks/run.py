@@ -13,7 +13,10 @@ Cases (``--cases``, default all):
   the ring fd in epoll) beside uvloop and aiozcrx: what the kernel alone charges;
 - ``latency`` (``benchmarks/latency.py``): 64-byte echo round trips, one at a time,
   through plain asyncio / uvloop servers and aiozcrx servers (engine uring with each
-  wake-up path, engine socket): median, p90, p99 and round trips/s.
+  wake-up path, engine socket): median, p90, p99 and round trips/s;
+- ``starve`` (``benchmarks/starve.py``): 256 connections on an area of 64
+  buffers, consumers that keep their views a while: CPU per GB and GB/s against
+  uvloop BufferedProtocol, starved episodes and re-arms per GB.
 
 Bulk: one TCP connection over 127.0.0.1; the sender is its own process (``sendall`` of
 1 MiB blocks for ``--seconds``, or a fixed byte count with ``--quick``). Every
@@ -88,6 +91,7 @@ CASES = {
     "http": ("httpbench.py", "aiohttp and uvicorn through the drop-in loop"),
     "floor": ("wakefloor.py", "the kernel's floor under the paced case: C receivers beside ours"),
     "latency": ("latency.py", "request/response round trips: 64 B echo"),
+    "starve": ("starve.py", "256 connections on 64 buffers, slow consumers: the starved buffer ring"),
 }
 
 

@@ -111,3 +111,25 @@ def test_latency_quick_prints_every_server(tmp_path):
     data = json.loads(raw.read_text())
     for name in ("asyncio-protocol", "uvloop-protocol"):
         assert all(r.get("n") for r in data["runs"]["echo"][name]), data["runs"]["echo"][name]
+
+
+def test_starve_case_runs_and_every_receiver_gets_every_byte(tmp_path):
+    """benchmarks/starve.py (make bench's case starve): more connections than
+    buffers, slow consumers. Every run receives exactly the bytes sent (run_one
+    turns a short count into an error row), and aiozcrx's rows carry its starved
+    and re-arm counts. No numbers are checked."""
+    import json
+
+    raw = tmp_path / "starve.json"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "starve.py"), "--quick",
+                          "--conns", "96", "--json", str(raw)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| aiozcrx uring")]
+    assert len(rows) == 2 and all("not run" not in r for r in rows), out.stdout
+    data = json.loads(raw.read_text())
+    assert data["conns"] == 96
+    for name, results in data["runs"]["starve"].items():
+        assert results and all(r.get("bytes") for r in results), (name, results)
+        if name.startswith("aiozcrx"):
+            assert all("starved_rearms" in r for r in results), (name, results)

@@ -43,6 +43,7 @@ pbuf_put(Area *a, uint32_t bid)
     e->len = a->buf_size;
     e->bid = (uint16_t)bid;     /* not resv: in entry 0 that is the ring's tail */
     a->pbuf_local_tail++;
+    a->given++;
     if (a->inc) {
         a->buf_used[bid] = 0;
         a->buf_kernel[bid] = 1;
@@ -293,6 +294,10 @@ zcrx_flush(Area *a)
         a->flush_errors++;
         return -errno;
     }
+    /* the entries it took are free buffers of the kernel's now */
+    uint32_t head = LOAD_ACQ32(a->rq_khead);
+    a->given += head - a->rq_seen_head;
+    a->rq_seen_head = head;
     return 0;
 }
 
@@ -320,6 +325,8 @@ area_publish(Area *a, int force)
             }
             uint32_t queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
             if (queued && *a->rq_ktail != a->rq_local_tail) {
+                if (!a->nodev)  /* a NIC queue's page pool takes them from here */
+                    a->given += a->rq_local_tail - *a->rq_ktail;
                 STORE_REL32(a->rq_ktail, a->rq_local_tail);
                 a->publishes++;
             }
@@ -375,6 +382,34 @@ area_publish(Area *a, int force)
             a->publishes++;
         }
     }
+}
+
+/* ------------------------------------------------ starved connections */
+
+/* Buffers the kernel can take right now, as far as we can see: pbuf, those in its
+ * ring (a partly filled incremental buffer included); zcrx NODEV, the rest of the
+ * area (neither held by a view nor waiting in the refill ring); on a NIC queue,
+ * those no view holds (the page pool takes the refill ring's entries when it
+ * likes, and a request needs no free buffer for what already sits in its socket);
+ * the pool, its free list. */
+static unsigned long long
+area_free_in_kernel(Area *a)
+{
+    if (a->closed)
+        return 0;
+    switch (a->kind) {
+    case KIND_PBUF:
+        return a->posted;
+    case KIND_ZCRX: {
+        unsigned long long busy = a->outstanding;
+        if (a->nodev)
+            busy += a->npending + (uint32_t)(a->rq_local_tail - LOAD_ACQ32(a->rq_khead));
+        return busy < a->nbufs ? a->nbufs - busy : 0;
+    }
+    case KIND_POOL:
+        return a->nfree;
+    }
+    return 0;
 }
 
 static PyObject *
@@ -449,6 +484,7 @@ Area_setup_zcrx(Area *a, PyObject *args)
     a->rq_entries = entries;
     a->rq_mask = entries - 1;
     a->rq_local_tail = *a->rq_ktail;
+    a->rq_seen_head = *a->rq_khead;
     a->token = token;
     a->zcrx_id = zcrx_id;
     a->ring_fd = ring_fd;
@@ -634,6 +670,13 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
             Py_CLEAR(s);
         Py_XDECREF(p);
     }
+    if (s && a->kind != KIND_POOL) {
+        /* handed to the kernel (see revive_budget in dispatch.c) */
+        PyObject *p = Py_BuildValue("{s:K}", "buffers_given", a->given);
+        if (!p || PyDict_Update(s, p) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(p);
+    }
     if (s && a->kind == KIND_PBUF) {
         PyObject *p = Py_BuildValue("{s:I,s:I,s:K,s:K}", "buffers_posted", a->posted,
                                     "post_window", a->window, "post_window_grows", a->window_grows,
@@ -655,6 +698,12 @@ static PyObject *
 Area_get_nbufs(Area *a, void *c)
 {
     return PyLong_FromUnsignedLong(a->nbufs);
+}
+
+static PyObject *
+Area_get_free_in_kernel(Area *a, void *c)
+{
+    return PyLong_FromUnsignedLongLong(area_free_in_kernel(a));
 }
 
 static void
@@ -695,6 +744,8 @@ static PyMethodDef Area_methods[] = {
 static PyGetSetDef Area_getset[] = {
     {"outstanding", (getter)Area_get_outstanding, NULL, "buffers held by user space", NULL},
     {"nbufs", (getter)Area_get_nbufs, NULL, "buffers in the area", NULL},
+    {"free_in_kernel", (getter)Area_get_free_in_kernel, NULL,
+     "buffers the kernel can take now (pbuf: in its ring; zcrx: neither held nor waiting for refill)", NULL},
     {NULL},
 };
 

@@ -75,6 +75,11 @@ typedef struct {
     /* wake-up when buffers return while starved */
     int wake_fd;
     int starved;
+    /* buffers handed to the kernel so far (pbuf: put in its ring; zcrx: taken
+     * from the refill ring by a flush (NODEV), published (NIC)): what starved
+     * connections wait for (see revive_budget in dispatch.c) */
+    unsigned long long given;
+    uint32_t rq_seen_head;      /* zcrx NODEV: the refill ring's head at the last look */
     int closed;
     int users;                  /* engines receiving into it; the last close() closes it */
     /* Fair share: buffers each connection's views hold, per slot and generation

@@ -72,6 +72,13 @@ typedef struct {
     int revive_wanted;          /* the engine has connections waiting for buffers */
     int unthrottle_wanted;      /* the engine has connections stopped over their share */
     int recheck_pending;        /* the engine will pump again soon (a kick, a recheck timer) */
+    /* Starved connections (see revive_budget): the area's `given` at this ring's
+     * last io_uring_enter, the oldest starved connection's mark (nothing to re-arm
+     * until `given` passes it), how far re-arms have used `given` up (NIC), and
+     * what the re-arms queued since the last enter count for (reserved). Per ring:
+     * an imported zcrx instance shares the area with another ring. */
+    unsigned long long given_at_enter, revive_after, granted;
+    unsigned long long reserved;
     unsigned long long slow_calls;
     int reuse_views;            /* see reusable_lease() */
     unsigned long long reused_views;
@@ -99,6 +106,75 @@ typedef struct {
 } cqe_rec;
 
 #define BATCH 256
+
+/* A re-armed connection takes what its socket holds, often more than one buffer
+ * (a multishot request goes on while there are data and buffers): each re-arm is
+ * counted against a fair share (max_held) of the buffers the kernel can take. */
+static inline uint32_t
+revive_unit(Area *a)
+{
+    return a->share ? a->share : 1;
+}
+
+/* How many starved connections may be re-armed now. A request ends with ENOBUFS
+ * (ENOMEM for zcrx) when the kernel had no buffer for it; re-armed before one came
+ * back, it ends the same way at once: a busy loop through the kernel (issue 25).
+ * So nothing until a buffer was handed to the kernel after the longest-waiting
+ * connection starved (the area's `given` passed its mark, revive_after), and then
+ * one re-arm per fair share (revive_unit, rounded up) of the buffers the kernel
+ * can take now (area_free_in_kernel), less what the re-arms queued for the next
+ * enter count for (reserved). A re-arm then either finds buffers, or finds that
+ * another connection took them (which brings them back later), or waits for data
+ * with the buffers left in the kernel. On a NIC queue, where what the kernel can
+ * take is not known, one re-arm per buffer handed back since. */
+static unsigned long long
+revive_budget(Dispatcher *d)
+{
+    Area *a = d->area;
+    if (!a || a->closed || a->given <= d->revive_after)
+        return 0;
+    if (a->kind == KIND_ZCRX && !a->nodev) {
+        unsigned long long from = d->granted > d->revive_after ? d->granted : d->revive_after;
+        return a->given > from ? a->given - from : 0;
+    }
+    unsigned long long f = area_free_in_kernel(a);
+    return f > d->reserved ? (f - d->reserved + revive_unit(a) - 1) / revive_unit(a) : 0;
+}
+
+/* revive_budget() -> starved connections to re-arm now */
+static PyObject *
+Dispatcher_revive_budget(Dispatcher *d, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLongLong(revive_budget(d));
+}
+
+/* revive_took(n): n starved connections were re-armed (queued for the next enter) */
+static PyObject *
+Dispatcher_revive_took(Dispatcher *d, PyObject *args)
+{
+    unsigned int n;
+    if (!PyArg_ParseTuple(args, "I", &n))
+        return NULL;
+    if (!d->area)
+        Py_RETURN_NONE;
+    d->reserved += (unsigned long long)n * revive_unit(d->area);
+    if (d->granted < d->revive_after && d->revive_after != ~0ULL)
+        d->granted = d->revive_after;
+    d->granted = d->granted + n < d->area->given ? d->granted + n : d->area->given;
+    Py_RETURN_NONE;
+}
+
+/* starve_mark(at_enter) -> the mark of a connection that starves now: the
+ * buffers given up to the enter that ended its request (at_enter), or up to now
+ * (the engine found none free before arming it); re-armed only past it. */
+static PyObject *
+Dispatcher_starve_mark(Dispatcher *d, PyObject *args)
+{
+    int at_enter;
+    if (!PyArg_ParseTuple(args, "p", &at_enter))
+        return NULL;
+    return PyLong_FromUnsignedLongLong(at_enter ? d->given_at_enter : d->area ? d->area->given : 0);
+}
 
 static int
 Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
@@ -129,6 +205,7 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
     d->copy = copy;
     d->reuse_views = VIEW_REUSE && view_layout_ok;
     d->evfd = -1;
+    d->revive_after = ~0ULL;    /* nobody starved */
     return 0;
 }
 
@@ -768,6 +845,9 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
         if (d->timing)
             a->syscall_cpu_ns += thread_cpu_ns() - c0;
         d->enters++;
+        /* what was queued is submitted: re-arms from here on see the kernel as it is */
+        d->given_at_enter = a->given;
+        d->reserved = 0;
         if (read_queued) {
             read_queued = 0;
             if (d->withdraw(d->ring, read_pos)) {
@@ -884,13 +964,15 @@ Dispatcher_pump(Dispatcher *d, PyObject *arg)
 
 /* Whether a wake-up that delivered only data still needs the engine's Python:
  * connections starved of buffers can be re-armed (the engine says it has some;
- * we see that buffers are back), or a connection stopped over its fair share
- * came back under it (the engine has some; Area.take_back() has slots). */
+ * a buffer was handed to the kernel since the longest-waiting one starved and
+ * the kernel has one for it: revive_budget), or a connection stopped over
+ * its fair share came back under it (the engine has some; Area.take_back() has
+ * slots). */
 static inline int
 needs_slow_path(Dispatcher *d)
 {
     Area *a = d->area;
-    return (d->revive_wanted && a->outstanding < a->nbufs) || (d->unthrottle_wanted && a->nback);
+    return (d->revive_wanted && revive_budget(d)) || (d->unthrottle_wanted && a->nback);
 }
 
 /* on_wake(): the loop's reader callback for the ring's eventfd, in C, so that a
@@ -1098,6 +1180,22 @@ flag_of(Dispatcher *d, void *closure)
 }
 
 static PyObject *
+Dispatcher_get_revive_after(Dispatcher *d, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(d->revive_after);
+}
+
+static int
+Dispatcher_set_revive_after(Dispatcher *d, PyObject *v, void *Py_UNUSED(closure))
+{
+    unsigned long long after = v ? PyLong_AsUnsignedLongLong(v) : ~0ULL;
+    if (after == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    d->revive_after = after;
+    return 0;
+}
+
+static PyObject *
 Dispatcher_get_flag(Dispatcher *d, void *closure)
 {
     return PyBool_FromLong(*flag_of(d, closure));
@@ -1283,6 +1381,9 @@ static PyMethodDef Dispatcher_methods[] = {
     {"halt", (PyCFunction)Dispatcher_halt, METH_NOARGS, "no more callbacks; every buffer goes straight back"},
     {"close", (PyCFunction)Dispatcher_close, METH_NOARGS, "drop slots, ring and area"},
     {"take_quiet", (PyCFunction)Dispatcher_take_quiet, METH_NOARGS, "slots with data last tick and none since; starts a new tick"},
+    {"starve_mark", (PyCFunction)Dispatcher_starve_mark, METH_VARARGS, "starve_mark(at_enter): buffers given up to the last enter, or up to now"},
+    {"revive_budget", (PyCFunction)Dispatcher_revive_budget, METH_NOARGS, "starved connections that may be re-armed now"},
+    {"revive_took", (PyCFunction)Dispatcher_revive_took, METH_VARARGS, "revive_took(n): n starved connections were re-armed"},
     {NULL},
 };
 
@@ -1294,6 +1395,8 @@ static PyGetSetDef Dispatcher_getset[] = {
     {"unthrottle_wanted", (getter)Dispatcher_get_flag, (setter)Dispatcher_set_flag,
      "the engine has connections over their share: on_wake calls the slow path when one came back under",
      (void *)1},
+    {"revive_after", (getter)Dispatcher_get_revive_after, (setter)Dispatcher_set_revive_after,
+     "the oldest starved connection's mark (starve_mark): no re-arm until a buffer is given past it", NULL},
     {"recheck_pending", (getter)Dispatcher_get_flag, (setter)Dispatcher_set_flag,
      "the engine will pump again soon (a kick or a recheck timer): on_wake needs no slow path for PENDING",
      (void *)2},

@@ -64,7 +64,8 @@ class _Counters(TypedDict):
     """The counters every engine keeps from the start."""
 
     rearms: int
-    starved: int
+    starved: int          # episodes: a connection stopped for want of buffers
+    starved_rearms: int   # re-arms of such connections once buffers were back
     notifications_no_buffers: int
     notifications_copy: int
     wakeups: int
@@ -81,6 +82,8 @@ class EngineStats(_Counters, total=False):
     share_copied_bytes: int
     share_stops: int
     stall_kicks: int
+    starve_retries: int       # zcrx: refused with buffers free, re-armed at once (once an episode)
+    starve_tick_rearms: int   # zcrx: re-armed by the watchdog's tick, the same case again
     release_waits: int
     notifications_unknown: int
     notification_rearms: int
@@ -182,7 +185,7 @@ class Conn:
 
     __slots__ = ("engine", "slot", "gen", "fd", "events", "wanted", "armed", "cancelling",
                  "throttled", "detached", "final_counts", "sock_watched", "sock_parked", "share_said",
-                 "__weakref__")
+                 "starved_at", "__weakref__")
 
     def __init__(self, engine: "Engine", slot: int, gen: int, fd: int, events: ReadEvents):
         self.engine = engine
@@ -201,6 +204,9 @@ class Conn:
         self.sock_watched = False
         self.sock_parked = False
         self.share_said = False   # over_share="copy": the socket engine said it once
+        # its completions when it last stopped for want of buffers (-1: never):
+        # stopping again with nothing received since is the same episode
+        self.starved_at = -1
 
     # -- the transport's interface --
     def set_sink(self, sink: Sink | None) -> None:
@@ -244,11 +250,14 @@ class Engine:
         self.config = config.for_engine(self.name)
         self.loop: EngineLoop | None = None
         self.conns: dict[int, Conn] = {}
-        self.starved: set[Conn] = set()    # waiting for free buffers to be re-armed
+        # waiting for free buffers to be re-armed, the longest waiting first; the
+        # value: the engine's mark for when it stopped (see RingEngine._starve)
+        self.starved: dict[Conn, int] = {}
         self.throttled: set[Conn] = set()  # over their share (see Config.held_limit)
         self.closed = False
-        self.stats: EngineStats = {"rearms": 0, "starved": 0, "notifications_no_buffers": 0,
-                      "notifications_copy": 0, "wakeups": 0, "stale_completions": 0}
+        self.stats: EngineStats = {"rearms": 0, "starved": 0, "starved_rearms": 0,
+                                   "notifications_no_buffers": 0, "notifications_copy": 0,
+                                   "wakeups": 0, "stale_completions": 0}
         self._final_stats: dict[str, object] | None = None
 
     # -- lifecycle (Receiver) --
@@ -286,12 +295,30 @@ class Engine:
             conn.final_counts = self._conn_stats(conn)
         conn.detached = True
         conn.wanted = False
-        self.starved.discard(conn)
+        self.starved.pop(conn, None)
         self.throttled.discard(conn)
         if self.conns.get(conn.slot) is conn:
             del self.conns[conn.slot]
             return True
         return False
+
+    def _starved(self, conn: Conn, mark: int) -> None:
+        """The connection stopped for want of buffers: it joins the end of the
+        queue of those waiting."""
+        self._new_starve_episode(conn)
+        self.starved.pop(conn, None)
+        self.starved[conn] = mark
+
+    def _new_starve_episode(self, conn: Conn) -> bool:
+        """Counts the stop (``stats["starved"]`` counts episodes: stopping again
+        with nothing received since, a re-arm that found no buffer either, is the
+        same one); True if it starts a new one."""
+        done = self._conn_stats(conn)[0]
+        if conn.starved_at == done:
+            return False
+        conn.starved_at = done
+        self.stats["starved"] += 1
+        return True
 
     # -- info --
     def area_stats(self) -> dict[str, object]:

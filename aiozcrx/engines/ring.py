@@ -15,7 +15,8 @@ reading the eventfd):
      ``_handle`` applies ``decide()`` to each and tells the transport through
      ``ReadEvents``.
   3. Connections that stopped for want of buffers (``Dispatcher.revive_wanted``)
-     or over their share are re-armed once buffers are back.
+     are re-armed as buffers come back to the kernel, the longest waiting first
+     (``_revive``); those over their share once they released views.
 A teardown asked for from inside any of this (``Receiver.close()`` in
 ``data_received``) halts the dispatcher and runs once the pump has returned.
 """
@@ -108,6 +109,7 @@ class RingEngine(Engine):
         self.wake_forced_by_kernel = False
         self._sock_wake: Callable[[int], None] | None = None  # wake "socket": the dispatcher's socket_wake
         self._parked: set[Conn] = set()
+        self._last_mark = 0  # the newest starved connection's mark (marks never go back)
 
     def _open_ring(self) -> None:
         try:
@@ -228,7 +230,7 @@ class RingEngine(Engine):
 
     def _stop(self, conn: Conn) -> None:
         conn.wanted = False
-        self.starved.discard(conn)
+        self.starved.pop(conn, None)
         if conn.armed and not conn.cancelling:
             self._cancel(conn)
 
@@ -256,15 +258,13 @@ class RingEngine(Engine):
     def _prep_recv(self, fd: int, ud: int) -> None:
         raise NotImplementedError
 
-    def _buffers_available(self) -> bool:
-        assert self.area is not None
-        return self.area.outstanding < self.area.nbufs
-
     def _arm(self, conn: Conn) -> None:
         if self.closed or conn.throttled:
             return  # a throttled connection is re-armed when it releases views
-        if not self._buffers_available():
-            self._starve(conn)
+        assert self.area is not None
+        if not self.area.free_in_kernel:
+            # it would end at once for want of buffers: wait for one to come back
+            self._starve(conn, at_enter=False)
             return
         assert self.loop is not None
         self._prep_recv(conn.fd, user_data(UD_RECV, conn.slot, conn.gen))
@@ -285,13 +285,37 @@ class RingEngine(Engine):
                               user_data(UD_CANCEL, conn.slot, conn.gen))
         self._kick()
 
-    def _starve(self, conn: Conn) -> None:
+    # -- connections starved of buffers --
+    # A request that ends with ENOBUFS (uring: the provided buffer ring was empty)
+    # or ENOMEM (zcrx: the area had no free buffer) would end the same way at once
+    # if re-armed before a buffer came back: with many connections and slow
+    # consumers that was a busy loop through the kernel (issue 25: 85,000 re-arms
+    # a second). So a starved connection joins a queue (self.starved, oldest
+    # first) with a mark: the buffers handed to the kernel up to the enter that
+    # ended its request (Dispatcher.starve_mark). It is re-armed only once a
+    # buffer was handed to the kernel past its mark, and then one connection per
+    # fair share (max_held) of the buffers the kernel can take, less what the
+    # re-arms not yet submitted count for (on a NIC queue: one per buffer handed
+    # back; Dispatcher.revive_budget): the longest waiting first, and one that
+    # starves again queues behind those waiting, so none waits for ever while the
+    # others get every buffer that comes back. The next returned buffer wakes the
+    # loop (Area.set_wake); the C dispatcher calls the slow path only when the
+    # budget allows a re-arm (needs_slow_path).
+    def _starve(self, conn: Conn, *, at_enter: bool = True) -> None:
         assert self.ring is not None and self.area is not None and self.dispatcher is not None
-        self.starved.add(conn)
-        self.dispatcher.revive_wanted = True  # on_wake comes to _after_pump once buffers are back
-        self.stats["starved"] += 1
-        self.area.set_wake(self.ring.eventfd, True)
-        self.area.publish(True)
+        # marks never go back: the queue's head has the oldest
+        self._last_mark = max(self.dispatcher.starve_mark(at_enter), self._last_mark)
+        self._starved(conn, self._last_mark)
+        self._starved_sync()
+
+    def _starved_sync(self) -> None:
+        """Tells the C side about the queue: whether on_wake needs the slow path
+        for it, and from which mark."""
+        assert self.ring is not None and self.area is not None and self.dispatcher is not None
+        if self.starved:
+            self.dispatcher.revive_after = next(iter(self.starved.values()))
+            self.area.set_wake(self.ring.eventfd, True)  # the next returned buffer wakes the loop
+        self.dispatcher.revive_wanted = bool(self.starved)
 
     def _kick(self) -> None:
         """Submit soon, once, however many requests were queued meanwhile."""
@@ -453,7 +477,7 @@ class RingEngine(Engine):
             self._handle(control)
             if self.closed:
                 return
-            if self.starved and self._buffers_available():
+            if self.starved:
                 self._revive()
             rounds += 1
             # the pump's budget holds across these rounds too: each pump() call
@@ -465,7 +489,7 @@ class RingEngine(Engine):
             delivered += n
         if self.closed:
             return
-        if self.starved and self._buffers_available():
+        if self.starved:
             self._revive()
         if self.throttled:
             self._unthrottle()
@@ -527,14 +551,43 @@ class RingEngine(Engine):
         pass
 
     def _revive(self) -> None:
-        """Buffers came back: re-arm connections that stopped for lack of them."""
-        assert self.area is not None
-        self.area.publish(True)
-        starved, self.starved = self.starved, set()
-        for conn in starved:
-            if conn.wanted and not conn.armed and not conn.detached:
+        """Re-arms starved connections, the longest waiting first, as many as
+        buffers came back for them (see _starve)."""
+        assert self.area is not None and self.dispatcher is not None
+        self.area.publish(True)  # buffers released since the last round go to the kernel first
+        budget = self.dispatcher.revive_budget()
+        if not budget:
+            return
+        given = self.dispatcher.starve_mark(False)
+        leaving: list[Conn] = []
+        rearm: list[Conn] = []
+        for conn, mark in self.starved.items():
+            if len(rearm) == budget or mark >= given:
+                break  # marks only grow: none further on has seen a buffer come back
+            leaving.append(conn)
+            if self._wants_rearm(conn):
+                rearm.append(conn)
+        for conn in leaving:
+            del self.starved[conn]
+        self.dispatcher.revive_took(self._rearm_starved(rearm))
+        self._starved_sync()
+
+    @staticmethod
+    def _wants_rearm(conn: Conn) -> bool:
+        # one stopped over its share meanwhile comes back with _unthrottle
+        return conn.wanted and not conn.armed and not conn.detached and not conn.throttled
+
+    def _rearm_starved(self, conns: list[Conn]) -> int:
+        """Re-arms those of ``conns`` (taken out of the starved queue) that still
+        want data; returns how many."""
+        n = 0
+        for conn in conns:
+            if self._wants_rearm(conn):
+                n += 1
                 self.stats["rearms"] += 1
+                self.stats["starved_rearms"] += 1
                 self._arm(conn)
+        return n
 
     def _handle(self, control: list[_ring.Control]) -> None:
         interrupt: BaseException | None = None
@@ -592,9 +645,7 @@ class RingEngine(Engine):
             self.stats["rearms"] += 1
             self._arm(conn)
         elif action is Action.STARVE:
-            self._starve(conn)
-            if self._buffers_available():
-                self._revive()
+            self._starve(conn)  # re-armed by _revive, after this round's records
         elif action is Action.EOF:
             conn.wanted = False
             conn.events._read_eof()

@@ -125,7 +125,7 @@ class SocketEngine(Engine):
 
     def _stop(self, conn: Conn) -> None:
         conn.wanted = False
-        self.starved.discard(conn)
+        self.starved.pop(conn, None)
         self._disarm(conn)
 
     def _detach(self, conn: Conn) -> None:
@@ -174,8 +174,7 @@ class SocketEngine(Engine):
             if view is False:
                 # every pooled buffer is held by user code: wait for one to return
                 self._disarm(conn)
-                self.starved.add(conn)
-                self.stats["starved"] += 1
+                self._starved(conn, 0)
                 area.set_wake(self.eventfd, True)
                 return
             if not view:  # b"": EOF
@@ -256,10 +255,11 @@ class SocketEngine(Engine):
                 if conn.wanted and not conn.armed and conn not in self.starved:
                     self.stats["rearms"] += 1
                     self._arm(conn)
-        starved, self.starved = self.starved, set()
+        starved, self.starved = self.starved, {}
         for conn in starved:
             if conn.wanted and not conn.armed and not conn.detached:
                 self.stats["rearms"] += 1
+                self.stats["starved_rearms"] += 1
                 self._arm(conn)
 
     def area_stats(self) -> dict[str, object]:

@@ -76,6 +76,7 @@ class ZcrxEngine(RingEngine):
         self._watchdog: Ticker | None = None  # made on first use (see _exhaustion_seen)
         self._watch_marks: dict[int, int] = {}
         self._quiet_ticks = 0
+        self._waiting_head: tuple[Conn, int] | None = None  # the starved queue's head at the last tick
         self._kick_pending = False
         self._copy_warned = False
         self._kstats: _ring.ZcrxStats | None = None  # the kernel's copy counters (7.2)
@@ -250,11 +251,25 @@ class ZcrxEngine(RingEngine):
     #    pool), once the round's refills are flushed, every armed request whose
     #    socket holds data is cancelled; the cancellation's completion re-arms it.
     #    The notification is re-armed before that: no gap.
-    #  - NODEV (never notified of exhaustion), kernels without notifications (7.1),
-    #    and after ENOMEM/starvation: a watchdog ticks and cancels armed requests
-    #    that hold data but made no progress for a tick; for NODEV and 7.1 it runs
-    #    as long as connections are attached. (Earlier sessions read 7.2's COPY
-    #    events, one per re-arm in NODEV, as exhaustion: they were copies.)
+    #  - NODEV (never notified of exhaustion), kernels without notifications
+    #    (7.1), and on a NIC queue while connections wait for buffers: a watchdog
+    #    ticks and cancels armed requests that hold data but made no progress for a
+    #    tick; for NODEV and 7.1 it runs as long as connections are attached.
+    #    (Earlier sessions read 7.2's COPY events, one per re-arm in NODEV, as
+    #    exhaustion: they were copies.)
+    # A request that ended with ENOMEM waits in the starved queue until buffers
+    # come back to the kernel (RingEngine._starve), not polled. But the kernel
+    # can refuse while, as far as we can see, it has buffers: on 7.2 a NODEV
+    # RECV_ZC ends with ENOMEM about once per area's worth of copies with the
+    # whole area flushed back to it, and a re-arm then gets data. Nothing comes
+    # back then that would re-arm it, so (_starve, _retry_refused):
+    #  - a connection refused while the kernel has buffers (Area.free_in_kernel)
+    #    is re-armed at once, once per episode (stats()["starve_retries"]): a
+    #    second refusal before it received anything queues it;
+    #  - a connection that waited at the head of the queue for a whole tick while
+    #    the kernel has buffers is re-armed by the tick: one a tick at most
+    #    (stats()["starve_tick_rearms"]).
+    # Neither can become a busy loop.
     WATCHDOG_TICK = 0.05
     QUIET_TICKS = 20
 
@@ -316,6 +331,7 @@ class ZcrxEngine(RingEngine):
         if self.closed:
             return
         stuck = self._kick_stalled(require_no_progress=True)
+        self._retry_refused()
         self._quiet_ticks = 0 if stuck or self.starved else self._quiet_ticks + 1
         # Exhaustion is notified (ALLOC_FAIL) only from a NIC queue's page pool;
         # NODEV and kernels without notifications need the watchdog throughout.
@@ -323,9 +339,27 @@ class ZcrxEngine(RingEngine):
         if not (self._quiet_ticks < self.QUIET_TICKS or always) and self._watchdog is not None:
             self._watchdog.stop()
 
-    def _starve(self, conn: Conn) -> None:
-        super()._starve(conn)
-        self._exhaustion_seen()
+    def _retry_refused(self) -> None:
+        """The tick's part in the starved queue (see "stalls after exhaustion")."""
+        head = next(iter(self.starved.items()), None)
+        waited, self._waiting_head = self._waiting_head, head
+        if head is None or head != waited or self.area is None or not self.area.free_in_kernel:
+            return
+        conn = head[0]
+        del self.starved[conn]
+        self._waiting_head = None
+        if self._rearm_starved([conn]):
+            self.stats["starve_tick_rearms"] = self.stats.get("starve_tick_rearms", 0) + 1
+        self._starved_sync()
+
+    def _starve(self, conn: Conn, *, at_enter: bool = True) -> None:
+        assert self.area is not None
+        if at_enter and self.area.free_in_kernel and self._new_starve_episode(conn):
+            self.stats["starve_retries"] = self.stats.get("starve_retries", 0) + 1
+            self._rearm_starved([conn])
+            return
+        super()._starve(conn, at_enter=at_enter)
+        self._exhaustion_seen()  # on a NIC queue: the tick above (elsewhere it runs anyway)
 
     # 7.2 posts a notification's event *type* in its CQE's res (ZCRX_EVENT_*),
     # not a mask: ALLOC_FAIL = 0 (the area ran dry), COPY = 1 (the kernel copied
@@ -377,10 +411,6 @@ class ZcrxEngine(RingEngine):
             break
         else:
             self.stats["notification_rearm_errors"] = self.stats.get("notification_rearm_errors", 0) + 1
-
-    def _revive(self) -> None:
-        super()._revive()
-        self._exhaustion_seen()  # armed requests may have stalled meanwhile
 
     def _stop_timers(self) -> None:
         if self._watchdog is not None:
