@@ -379,7 +379,8 @@ class Receiver:
         ``merged_completions`` (completions delivered in the same view as the one
         before), ``share_copies`` / ``share_copied_bytes`` (deliveries made as
         ``bytes`` copies to connections over their share, ``over_share="copy"``;
-        all engines). Engine ``uring`` adds ``post_window`` (buffers kept in
+        all engines) and ``share_reached`` (times a connection's views reached
+        its share with ``over_share="copy"``). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),
         ``post_window_grows`` / ``post_window_shrinks``, and
         ``incremental_buffers`` (True where the kernel fills buffers piece by

@@ -153,9 +153,11 @@ async def test_held_views_cap_at_area_then_delivery_resumes(engine):
         assert proto.bytes == total
         assert proto.sha.hexdigest() == stream_sha256(11, total)
         assert rx.stats()["buffers_outstanding"] == 0
-        # reception stopped at least once: for want of buffers, or (socket engine,
-        # whose check comes first) because this connection held all of them
-        assert rx.stats()["starved"] + rx.stats().get("share_stops", 0) >= 1
+        # reception stopped at least once for want of buffers, or (socket engine,
+        # whose check comes first) this connection's views reached its share (all
+        # of the area): stopped there (over_share="pause") or went on with copies
+        st = rx.stats()
+        assert st["starved"] + st.get("share_stops", 0) + st.get("share_reached", 0) >= 1, st
     lst.close()
     assert await join(proc) == 0
 

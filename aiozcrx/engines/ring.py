@@ -519,6 +519,7 @@ class RingEngine(Engine):
         assert self.area is not None and self.dispatcher is not None
         if self.config.over_share == "copy":
             # the dispatcher now hands it copies until it is back under (C): said once
+            self.stats["share_reached"] = self.stats.get("share_reached", 0) + 1
             unit = self.area.stats()["buffer_size"]
             conn.events._over_share(held * unit, self.share_buffers(unit) * unit)
             return

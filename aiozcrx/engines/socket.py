@@ -227,6 +227,7 @@ class SocketEngine(Engine):
             # it goes on, with copies (_read_ready) until it is back under: said once
             if not conn.share_said:
                 conn.share_said = True
+                self.stats["share_reached"] = self.stats.get("share_reached", 0) + 1
                 unit = self.config.buf_size
                 conn.events._over_share(self.area.held(conn.slot, conn.gen) * unit,
                                         self.share_buffers(unit) * unit)
