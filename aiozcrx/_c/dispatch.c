@@ -12,6 +12,7 @@
 typedef struct {
     PyObject_HEAD
     Area *area;
+    uint32_t user;              /* the area user (engine) this dispatcher delivers for */
     PyObject *slots;            /* list: slot -> callable(view) or None */
     uint32_t *khead, *ktail;
     char *cqes;
@@ -92,20 +93,26 @@ typedef struct {
 static int
 Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"area", "slots", "khead", "ktail", "mask", "cqes", "cqe_size", "copy", NULL};
+    static char *kwlist[] = {"area", "slots", "khead", "ktail", "mask", "cqes", "cqe_size", "copy",
+                             "user", NULL};
     Area *area;
     PyObject *slots;
     unsigned long long khead, ktail, mask, cqes;
-    unsigned int cqe_size;
+    unsigned int cqe_size, user = 0;
     int copy = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!KKKKI|p", kwlist, &AreaType, &area,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!KKKKI|pI", kwlist, &AreaType, &area,
                                      &PyList_Type, &slots, &khead, &ktail, &mask, &cqes,
-                                     &cqe_size, &copy))
+                                     &cqe_size, &copy, &user))
         return -1;
     if (cqe_size != 16 && cqe_size != 32) {
         PyErr_SetString(PyExc_ValueError, "cqe_size must be 16 or 32");
         return -1;
     }
+    if (!area_user(area, user)) {
+        PyErr_Format(PyExc_ValueError, "area user %u is not open", user);
+        return -1;
+    }
+    d->user = user;
     Py_INCREF(area);
     Py_XSETREF(d->area, area);
     Py_INCREF(slots);
@@ -228,7 +235,7 @@ Dispatcher_bind(Dispatcher *d, PyObject *args)
     }
     if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
         return NULL;
-    if (area_bind_slot(d->area, slot, gen) < 0)
+    if (area_bind_slot(d->area, d->user, slot, gen) < 0)
         return NULL;
     d->slot_gen[slot] = gen;
     d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
@@ -475,7 +482,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 #if VIEW_REUSE
                         Lease *l;
                         if (spare && d->reuse_views && (l = reusable_lease(spare))) {
-                            retarget_view(spare, l, ptr, res, ident, slot, UD_GEN(c->ud));
+                            retarget_view(spare, l, ptr, res, ident, d->user, slot, UD_GEN(c->ud));
                             view = spare;
                             spare = NULL;
                             d->reused_views++;
@@ -483,7 +490,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 #endif
                         if (!view) {
                             Py_CLEAR(spare);
-                            view = make_view(a, ptr, res, ident, slot, UD_GEN(c->ud));
+                            view = make_view(a, ptr, res, ident, d->user, slot, UD_GEN(c->ud));
                         }
                     }
                     if (!view)
@@ -501,11 +508,12 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                          * its callback returned reached its share. Said once (the
                          * engine stops its request); said again only after it came
                          * back under (area_unhold). */
-                        if (a->share && slot < a->held_cap && a->held_gen[slot] == UD_GEN(c->ud) &&
-                            a->held[slot] >= a->share && !(a->over[slot] & OVER_SHARE) && !d->halted) {
-                            a->over[slot] |= OVER_SHARE;
+                        AreaUser *u = conn_of(a, d->user, slot, UD_GEN(c->ud));
+                        if (u && u->share && u->held[slot] >= u->share &&
+                            !(u->over[slot] & OVER_SHARE) && !d->halted) {
+                            u->over[slot] |= OVER_SHARE;
                             uint64_t ud = (c->ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_OVER_SHARE << 32);
-                            if (append_control(controlp, ud, (int32_t)a->held[slot], AZX_CQE_F_MORE, NULL))
+                            if (append_control(controlp, ud, (int32_t)u->held[slot], AZX_CQE_F_MORE, NULL))
                                 goto out;
                         }
                     } else {
@@ -865,7 +873,9 @@ static inline int
 needs_slow_path(Dispatcher *d)
 {
     Area *a = d->area;
-    return (d->revive_wanted && a->outstanding < a->nbufs) || (d->unthrottle_wanted && a->nback);
+    AreaUser *u;
+    return (d->revive_wanted && a->outstanding < a->nbufs) ||
+        (d->unthrottle_wanted && (u = area_user(a, d->user)) && u->nback);
 }
 
 /* on_wake(): the loop's reader callback for the ring's eventfd, in C, so that a

@@ -13,19 +13,21 @@
 static Lease *lease_cache[LEASE_CACHE];
 static int lease_cached;
 
-/* Points a lease at a buffer delivered to connection (slot, gen), which now
- * holds it. */
+/* Points a lease at a buffer delivered through area user `user` to its
+ * connection (slot, gen), which now holds it. */
 static inline void
-lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uint32_t gen)
+lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t user,
+           uint32_t slot, uint32_t gen)
 {
     l->ptr = ptr;
     l->len = len;
     l->ident = ident;
+    l->user = user;
     l->slot = slot;
     l->gen = gen;
     l->empty = 0;
     area_take(a, ident);
-    area_hold(a, slot, gen);
+    area_hold(a, user, slot, gen);
 }
 
 /* The buffer goes back to the kernel (once): the view over it is gone, or about
@@ -36,12 +38,13 @@ lease_give_back(Lease *l)
     if (l->empty)
         return;
     l->empty = 1;
-    area_unhold(l->area, l->slot, l->gen);
+    area_unhold(l->area, l->user, l->slot, l->gen);
     area_return(l->area, l->ident, (uint32_t)l->len);
 }
 
 static inline PyObject *
-make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uint32_t gen)
+make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t user, uint32_t slot,
+          uint32_t gen)
 {
     Lease *l;
     if (lease_cached)
@@ -52,7 +55,7 @@ make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uin
         return NULL;
     Py_INCREF(a);
     l->area = a;
-    lease_take(l, a, ptr, len, ident, slot, gen);
+    lease_take(l, a, ptr, len, ident, user, slot, gen);
     PyObject *v = PyMemoryView_FromObject((PyObject *)l);
     Py_DECREF(l);   /* the view holds the lease now; on failure this returns the buffer */
     return v;
@@ -140,11 +143,11 @@ check_view_layout(void)
 /* Points an unobservable view (see reusable_lease) at a new buffer of the same area. */
 static inline void
 retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident,
-              uint32_t slot, uint32_t gen)
+              uint32_t user, uint32_t slot, uint32_t gen)
 {
     PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
     lease_give_back(l);
-    lease_take(l, l->area, ptr, len, ident, slot, gen);
+    lease_take(l, l->area, ptr, len, ident, user, slot, gen);
     MBUF(mv)->master.buf = ptr;
     MBUF(mv)->master.len = len;
     mv->view.buf = ptr;

@@ -94,6 +94,9 @@ class RingEngine(Engine):
         super().__init__(config)
         self.ring: _ring.Ring | None = None
         self.area: _ring.AreaLike | None = None
+        # which user of the area this engine is: 0 made it; an engine importing
+        # another's zcrx instance is a user of its own (Area.add_user)
+        self.area_user = 0
         self.dispatcher: _ring.DispatcherLike | None = None
         self.slots: list[_ring.SlotSink] = []  # slot -> sink, read by the C dispatcher
         self.slot_table = Slots()
@@ -119,11 +122,14 @@ class RingEngine(Engine):
     def _start_loop(self, loop: EngineLoop) -> None:
         self.loop = loop
         assert self.ring is not None and self.area is not None  # opened by the subclass's open()
-        self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)
+        self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy,
+                                               user=self.area_user)
         self.dispatcher.set_slow_path(self._after_pump)
-        if not self.config.copy and getattr(self, "shared_from", None) is None:
+        if not self.config.copy:
+            # this engine's connections' limit, and its own wake-up (its eventfd
+            # leaves the area with its close: Area.close(user))
             unit = self.area.stats()["buffer_size"]
-            self.area.set_share(self.share_buffers(unit), self.ring.eventfd)
+            self.area.set_share(self.share_buffers(unit), self.ring.eventfd, self.area_user)
         self._reset_ticker = Ticker(loop, self.ring.timers[0], self.RESET_TICK, self._reset_watch)
         self.wake, self.wake_reason = choose_wake(self.config.wake)
         # "auto" took the socket path because of what the kernel does (not asked
@@ -192,7 +198,7 @@ class RingEngine(Engine):
         # its memory is unmapped now if no view is out, else with the last view,
         # whoever still holds this engine. Only the small Area object stays, for
         # the buffer counters in stats().
-        self.area.close()  # an imported instance's area: one user fewer (see _open_imported)
+        self.area.close(self.area_user)  # this engine's wake-ups go; the last user closes the area
         self.dispatcher.close()  # drops the protocols' sinks
         self.dispatcher = None
         self.ring = None
@@ -293,7 +299,7 @@ class RingEngine(Engine):
         self.starved.add(conn)
         self.dispatcher.revive_wanted = True  # on_wake comes to _after_pump once buffers are back
         self.stats["starved"] += 1
-        self.area.set_wake(self.ring.eventfd, True)
+        self.area.set_wake(self.ring.eventfd, True, self.area_user)
         self.area.publish(True)
 
     def _kick(self) -> None:
@@ -501,7 +507,7 @@ class RingEngine(Engine):
 
     def _unthrottle(self) -> None:
         assert self.area is not None
-        for slot in self.area.take_back():
+        for slot in self.area.take_back(self.area_user):
             conn = self.conns.get(slot)
             if conn is None or not conn.throttled:
                 continue

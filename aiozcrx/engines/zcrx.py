@@ -147,7 +147,10 @@ class ZcrxEngine(RingEngine):
             if fd >= 0:
                 os.close(fd)
         self.shared_from = source
-        source.area.add_user()  # the area closes when both rings are done with it
+        # a user of the area of its own: its wake-ups, its connections' state and
+        # its ring (refills are flushed through a live user's) are its alone, and
+        # the area closes when every user is done with it
+        self.area_user = source.area.add_user(self.ring.fd, self.zcrx_id)
         self.area = source.area
         self.info = source.info
         self._kstats = source._kstats.twin() if source._kstats is not None else None
@@ -347,7 +350,7 @@ class ZcrxEngine(RingEngine):
                 # and no data arrives to start one (the NIC drops it): the next
                 # release must wake the loop, which publishes (seen on the
                 # simulated NIC: a stall with every buffer returned, none published).
-                self.area.set_wake(self.ring.eventfd, True)
+                self.area.set_wake(self.ring.eventfd, True, self.area_user)
                 self.area.publish(True)
         elif res == self.EVENT_COPY:
             bit = _ring.ZCRX_NOTIF_COPY

@@ -1,0 +1,203 @@
+"""Regression tests for the security review (issue 20): each test reproduces one
+finding on the code it was found on (commit 9722297) and holds the fix.
+
+What the library promises, and against whom: docs/security.md."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import socket
+
+import pytest
+
+import aiozcrx
+from peers import Listener, join, start_sender, stream_sha256, tcp_pair, wait_until
+from test_transport import MiB, Sink
+
+KiB = 1 << 10
+
+
+def _pool_area(nbufs: int = 16, buf_size: int = 4096):
+    """A free-list Area (the socket engine's kind) over memory of its own."""
+    from aiozcrx import _ring
+
+    area = _ring.new_area(_ring.map_area(nbufs * buf_size), buf_size)
+    area.setup_pool()
+    return area
+
+
+def _recv_views(area, pair: tuple[socket.socket, socket.socket], n: int, slot: int = 0,
+                gen: int = 1) -> list[memoryview]:
+    """``n`` one-byte views received by connection (slot, gen) through Area.recv."""
+    sock, peer = pair
+    views = []
+    for _ in range(n):
+        peer.sendall(b"x")
+        v = None
+        while v is None:  # the byte may not have arrived yet: wait for it, not for a time
+            select.select([sock], [], [])
+            v = area.recv(sock.fileno(), slot, gen)
+        assert isinstance(v, memoryview) and len(v) == 1
+        views.append(v)
+    return views
+
+
+def _file_at(path, fd: int) -> None:
+    """Opens a new regular file at ``path`` as fd number ``fd`` (closed before)."""
+    new = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if new != fd:
+        os.dup2(new, fd, inheritable=False)
+        os.close(new)
+
+
+@pytest.fixture
+def conn():
+    a, b = tcp_pair()
+    a.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+# -- 1. a closed user's wake-up fd is never written ---------------------------
+# An Area shared by two engines (share_with=) kept one wake-up fd, the one of the
+# engine that set it: when that engine closed first, the fd number stayed in the
+# area, and a later release wrote 8 bytes into whatever held that number then.
+
+@pytest.mark.parametrize("wake", ["share", "starved"])
+def test_closed_users_wakeup_fd_is_never_written(wake, conn, tmp_path):
+    area = _pool_area()
+    evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    if wake == "share":
+        area.set_share(2, evfd)  # the first user's fair share and its wake-up
+    area.add_user()  # a second engine receives into the area (share_with=)
+    area.bind_slot(0, 1)
+    views = _recv_views(area, conn, 2)
+    if wake == "share":
+        assert area.over_share(0, 1)  # the connection holds its share: stopped
+    else:
+        area.set_wake(evfd, True)  # the first user waits for a buffer to come back
+    # the first user closes: its ring and its eventfd go; the area lives on for
+    # the second user
+    os.close(evfd)
+    area.close()
+    victim = tmp_path / "victim"
+    _file_at(victim, evfd)  # an unrelated file now holds that fd number
+    try:
+        for v in views:
+            v.release()  # back under the share / a buffer back: nobody to wake
+    finally:
+        os.close(evfd)
+    assert victim.stat().st_size == 0
+    area.close()
+
+
+@pytest.mark.guest
+@pytest.mark.asyncio
+async def test_share_with_source_closed_first_never_writes_its_old_eventfd(need_zcrx_copy, tmp_path):
+    """The Receiver an instance was shared from closes first, while a connection of
+    the importing Receiver is stopped over its share; releasing that connection's
+    views writes nothing into the file that took the closed eventfd's number, and
+    wakes the importer's own loop reader instead: its stream completes."""
+    total, held = 4 * MiB, 256 * KiB
+    lst = Listener()
+    proc = start_sender(lst.port, 61, total)
+    rx1 = aiozcrx.Receiver(engine="zcrx-copy", area_size=2 * MiB, max_held=held)
+    rx1.open()
+    rx2 = aiozcrx.Receiver(engine="zcrx-copy", share_with=rx1, max_held=held)
+    rx2.open()
+    try:
+        _, keeper = await rx2.wrap(await lst.accept(), lambda: Sink(keep=True))
+        await wait_until(lambda: rx2.stats().get("share_stops", 0) >= 1, "the importer's connection is stopped")
+        old_evfd = rx1._engine.ring.eventfd
+        rx1.close()
+        victim = tmp_path / "victim"
+        _file_at(victim, old_evfd)
+        try:
+            keeper.release_kept()  # back under its share: its engine is woken
+        finally:
+            os.close(old_evfd)
+        assert victim.stat().st_size == 0
+        assert await asyncio.wait_for(keeper.lost, 120) is None
+    finally:
+        rx2.close()
+        rx1.close()
+    lst.close()
+    assert await join(proc) == 0
+    assert keeper.sha.hexdigest() == stream_sha256(61, total)
+
+
+# -- 3. one area, two engines: each owns its connections' state ---------------
+# Both engines' slot tables start at slot 0, generation 1: the area's per-connection
+# state (views held, over the share, back under it) was keyed by (slot, gen) alone,
+# so the two engines' first connections were one entry. And a NODEV flush went
+# through the ring of the Receiver the instance came from, closed or not.
+
+@pytest.mark.guest
+@pytest.mark.asyncio
+async def test_share_with_two_engines_first_connections_are_throttled_and_resumed_apart(need_zcrx_copy):
+    total, held = 4 * MiB, 256 * KiB
+    lst = Listener()
+    async with aiozcrx.Receiver(engine="zcrx-copy", area_size=2 * MiB, max_held=held) as rx1:
+        async with aiozcrx.Receiver(engine="zcrx-copy", share_with=rx1, max_held=held) as rx2:
+            p1 = start_sender(lst.port, 71, total)
+            _, k1 = await rx1.wrap(await lst.accept(), lambda: Sink(keep=True))
+            p2 = start_sender(lst.port, 73, total)
+            _, k2 = await rx2.wrap(await lst.accept(), lambda: Sink(keep=True))
+            for rx in (rx1, rx2):  # each engine stops its own connection at its share
+                await wait_until(lambda: rx.stats().get("share_stops", 0) >= 1,
+                                 f"{rx.engine} stopped its connection at its share")
+            k1.release_kept()
+            k2.release_kept()
+            assert await asyncio.wait_for(k1.lost, 120) is None
+            assert await asyncio.wait_for(k2.lost, 120) is None
+        await join(p1)
+        await join(p2)
+    lst.close()
+    assert k1.sha.hexdigest() == stream_sha256(71, total)
+    assert k2.sha.hexdigest() == stream_sha256(73, total)
+
+
+@pytest.mark.guest
+@pytest.mark.asyncio
+async def test_share_with_source_closed_mid_stream_importer_refills_through_its_own_ring(need_zcrx_copy):
+    total = 8 * MiB  # four times the area: the kernel needs the refills flushed
+    lst = Listener()
+    proc = start_sender(lst.port, 75, total)
+    rx1 = aiozcrx.Receiver(engine="zcrx-copy", area_size=2 * MiB)
+    rx1.open()
+    try:
+        async with aiozcrx.Receiver(engine="zcrx-copy", share_with=rx1) as rx2:
+            _, sink = await rx2.wrap(await lst.accept(), Sink)
+            await sink.got_data.wait()
+            rx1.close()  # its ring goes; the instance lives on in rx2's
+            assert await asyncio.wait_for(sink.lost, 120) is None
+            stats = rx2.stats()
+    finally:
+        rx1.close()
+    lst.close()
+    assert await join(proc) == 0
+    assert sink.sha.hexdigest() == stream_sha256(75, total)
+    assert stats["refill_errors"] == 0
+
+
+def test_area_users_keep_their_connections_apart(conn):
+    """The same (slot, generation) in two users of one area: two connections."""
+    area = _pool_area()
+    other = area.add_user()
+    area.bind_slot(0, 1)
+    area.bind_slot(0, 1, other)  # the second engine's first connection
+    views = _recv_views(area, conn, 2)
+    assert area.held(0, 1) == 2
+    assert area.held(0, 1, other) == 0
+    area.set_share(2, -1)
+    area.set_share(2, -1, other)
+    assert area.over_share(0, 1) and not area.over_share(0, 1, other)
+    for v in views:
+        v.release()
+    assert area.take_back(other) == []
+    assert area.take_back() == [0]
+    area.close(other)
+    area.close()
