@@ -76,6 +76,7 @@ class EngineStats(_Counters, total=False):
     (they go into ``Receiver.stats()``, documented there)."""
 
     reset_kicks: int
+    socket_parks: int    # wake "socket": sockets parked after waking us for nothing
     share_stops: int
     stall_kicks: int
     release_waits: int
