@@ -18,6 +18,7 @@ from typing import Callable, Literal, Protocol, Union
 from ._abi import ffi, lib
 from ._leases import PUMP_BUDGET as _PUMP_BUDGET
 from ._leases import Area, Dispatcher
+from .errors import process_forked
 
 # -- the compiled objects' types --
 # aiozcrx._leases has no stubs (mypy sees Area and Dispatcher as Any): these
@@ -177,6 +178,7 @@ class Ring:
             base |= lib.AZX_SETUP_CQE32
         self._r = ffi.new("struct azx_ring *")
         self._r.fd = -1
+        self._pid = os.getpid()  # a forked child never submits to or enters it (_check_process)
         ret = -errno.EINVAL
         # optional flags first; older kernels reject them with EINVAL
         # TASKRUN_FLAG matters: one io_uring_enter runs only a bounded batch of
@@ -214,8 +216,15 @@ class Ring:
     def closed(self) -> bool:
         return self.fd < 0
 
+    def _check_process(self) -> None:
+        # the SQ and CQ are mapped MAP_SHARED: a forked child would write the
+        # parent's SQEs and take its completions (docs/security.md)
+        if os.getpid() != self._pid:
+            raise process_forked("ring")
+
     def enter(self, min_complete: int = 0) -> int:
         """Submits queued SQEs and runs deferred task work (posting completions)."""
+        self._check_process()
         while True:
             ret = lib.azx_enter(self._r, min_complete, lib.AZX_ENTER_GETEVENTS)
             if ret != -errno.EINTR:
@@ -225,6 +234,7 @@ class Ring:
         return _check(ret, "io_uring_enter")
 
     def _prep(self, fn: Callable[..., int], *args: int) -> None:
+        self._check_process()
         ret = fn(self._r, *args)
         if ret == -errno.EBUSY:  # SQ full: submit what is queued, then retry once
             self.enter(0)

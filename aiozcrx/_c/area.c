@@ -484,6 +484,8 @@ Area_publish(Area *a, PyObject *args)
     int force = 0;
     if (!PyArg_ParseTuple(args, "|p", &force))
         return NULL;
+    if (forked(a->fork_gen))
+        return raise_forked();
     area_publish(a, force);
     Py_RETURN_NONE;
 }
@@ -668,6 +670,8 @@ Area_recv(Area *a, PyObject *args)
     unsigned int slot, gen;
     if (!PyArg_ParseTuple(args, "iII", &fd, &slot, &gen))
         return NULL;
+    if (forked(a->fork_gen))
+        return raise_forked();  /* the parent's socket: its data is not ours */
     if (a->kind != KIND_POOL || a->closed) {
         PyErr_SetString(PyExc_RuntimeError, "recv on a closed or non-pool area");
         return NULL;
@@ -774,9 +778,32 @@ Area_get_nbufs(Area *a, void *c)
     return PyLong_FromUnsignedLong(a->nbufs);
 }
 
+/* Every Area is listed (all_areas) from the start, for the forked child's
+ * at_fork_child; an Area made without __init__ has no ring and no memory. */
+static PyObject *
+Area_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Area *a = (Area *)type->tp_alloc(type, 0);
+    if (!a)
+        return NULL;
+    a->fork_gen = fork_gen;
+    a->kind = -1;
+    a->next_area = all_areas;
+    if (all_areas)
+        all_areas->prev_area = &a->next_area;
+    a->prev_area = &all_areas;
+    all_areas = a;
+    return (PyObject *)a;
+}
+
 static void
 Area_dealloc(Area *a)
 {
+    if (a->prev_area) {
+        *a->prev_area = a->next_area;
+        if (a->next_area)
+            a->next_area->prev_area = a->prev_area;
+    }
     area_unmap(a);
     PyMem_Free(a->pending);
     for (uint32_t i = 0; i < a->nusers; i++) {
@@ -821,7 +848,7 @@ static PyTypeObject AreaType = {
     .tp_name = "aiozcrx._leases.Area",
     .tp_basicsize = sizeof(Area),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Area_new,
     .tp_init = (initproc)Area_init,
     .tp_dealloc = (destructor)Area_dealloc,
     .tp_methods = Area_methods,

@@ -61,8 +61,12 @@ typedef struct {
     uint32_t zcrx_id;
 } AreaUser;
 
-typedef struct {
+typedef struct Area {
     PyObject_HEAD
+    /* fork (see leases.c, "fork"): the process generation it was made in, and
+     * its place in the list of every Area, which a forked child makes inert */
+    unsigned long fork_gen;
+    struct Area *next_area, **prev_area;
     int kind;
     char *base;
     size_t len;
@@ -128,6 +132,18 @@ typedef struct {
 
 static PyTypeObject AreaType;
 static PyTypeObject LeaseType;
+
+/* fork (leases.c): bumped in every forked child, before any Python runs there.
+ * An Area or Dispatcher made in an older generation is the parent's: the child
+ * never touches its ring (calls raise ProcessForked; a lease's release does
+ * nothing). */
+static unsigned long fork_gen;
+static inline int
+forked(unsigned long gen)
+{
+    return gen != fork_gen;
+}
+static PyObject *raise_forked(void);
 
 /* lease.c: a new memoryview over a new lease (used by Area.recv in area.c) */
 static inline PyObject *make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident,

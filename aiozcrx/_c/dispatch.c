@@ -11,6 +11,7 @@
 
 typedef struct {
     PyObject_HEAD
+    unsigned long fork_gen;     /* made in this process generation (see leases.c, "fork") */
     Area *area;
     uint32_t user;              /* the area user (engine) this dispatcher delivers for */
     PyObject *slots;            /* list: slot -> callable(view) or None */
@@ -108,10 +109,15 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "cqe_size must be 16 or 32");
         return -1;
     }
+    if (forked(area->fork_gen)) {
+        raise_forked();
+        return -1;
+    }
     if (!area_user(area, user)) {
         PyErr_Format(PyExc_ValueError, "area user %u is not open", user);
         return -1;
     }
+    d->fork_gen = fork_gen;
     d->user = user;
     Py_INCREF(area);
     Py_XSETREF(d->area, area);
@@ -567,6 +573,10 @@ out:
 static int
 enter_busy(Dispatcher *d)
 {
+    if (forked(d->fork_gen)) {
+        raise_forked();
+        return -1;
+    }
     if (!d->area) {
         PyErr_SetString(PyExc_RuntimeError, "dispatcher is closed");
         return -1;
@@ -905,6 +915,8 @@ static PyObject *call_slow_path(Dispatcher *d, unsigned long long total, PyObjec
 static PyObject *
 wake_impl(Dispatcher *d, int source)
 {
+    if (forked(d->fork_gen))
+        return raise_forked();
     if (d->busy || d->in_slow || !d->ring || !d->area)
         Py_RETURN_NONE;
     PyObject *control;
@@ -1009,6 +1021,8 @@ Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
     unsigned long slot = PyLong_AsUnsignedLong(arg);
     if (slot == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
+    if (forked(d->fork_gen))
+        return raise_forked();
     if (d->busy || d->in_slow || !d->ring || !d->area)
         Py_RETURN_NONE;
     d->socket_wakeups++;

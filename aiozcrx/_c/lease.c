@@ -38,6 +38,8 @@ lease_give_back(Lease *l)
     if (l->empty)
         return;
     l->empty = 1;
+    if (forked(l->area->fork_gen))
+        return;     /* inherited across fork: the buffer is the parent's to return */
     area_unhold(l->area, l->user, l->slot, l->gen);
     area_return(l->area, l->ident, (uint32_t)l->len);
 }
@@ -184,6 +186,10 @@ empty_view(PyObject *v, Lease *l)
 static int
 Lease_getbuffer(Lease *l, Py_buffer *view, int flags)
 {
+    if (forked(l->area->fork_gen)) {
+        raise_forked();
+        return -1;
+    }
     return PyBuffer_FillInfo(view, (PyObject *)l, l->ptr, l->len, 1, flags);
 }
 
