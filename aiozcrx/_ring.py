@@ -113,6 +113,7 @@ UD_NOP = 4
 UD_OVER_SHARE = 5  # made by the C dispatcher: a connection's views hold its share
 UD_EVFD = 6  # the C dispatcher's read of the ring's eventfd (never leaves the dispatcher)
 UD_SOCK_IDLE = 7  # made by the C dispatcher: a connection's socket keeps waking us for nothing
+UD_NOMEM = 8  # made by the C dispatcher: a delivery to the connection failed for want of memory
 
 
 def user_data(kind: int, slot: int, gen: int) -> int:

@@ -361,7 +361,11 @@ class Receiver:
         the first pump of each kind of wake-up delivered) and, once it
         happened, ``reset_kicks`` (requests re-armed to read a reset's error),
         ``merged_completions`` (completions delivered in the same view as the one
-        before). Engine ``uring`` adds ``post_window`` (buffers kept in
+        before), ``nomem_failures`` (deliveries that could not be made for want of
+        memory: their buffers went straight back) and, once it happened,
+        ``nomem_connections`` (connections that ended with ENOMEM for it),
+        ``nomem_stalls`` (times the completions' records waited for memory to be
+        handed over: nothing is lost, they come at the next pump). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),
         ``post_window_grows`` / ``post_window_shrinks``, and
         ``incremental_buffers`` (True where the kernel fills buffers piece by

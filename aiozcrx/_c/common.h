@@ -22,6 +22,7 @@
 #define UD_KIND_OVER_SHARE 5   /* made by the dispatcher: a connection reached its share */
 #define UD_KIND_EVFD 6         /* the dispatcher's own read of the ring's eventfd */
 #define UD_KIND_SOCK_IDLE 7    /* made by the dispatcher: a connection's socket wakes us for nothing */
+#define UD_KIND_NOMEM 8        /* made by the dispatcher: a delivery failed for want of memory */
 
 enum { KIND_ZCRX = 0, KIND_PBUF = 1, KIND_POOL = 2 };
 

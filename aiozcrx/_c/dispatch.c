@@ -80,6 +80,16 @@ typedef struct {
     /* benchmarks: time spent dispatching (drain + publish), clock_gettime per round */
     int timing;
     unsigned long long dispatch_ns;
+    /* Control records (see push_control) wait here, in completion order, until
+     * take_control() hands them to Python as a list: drain() itself allocates no
+     * Python object for them, and a list that cannot be made for want of memory
+     * leaves them here for the next pump. Room for a batch is made before the
+     * batch is taken from the CQ (make_room); a CQ that must wait for room stays
+     * in the kernel (stalled). */
+    struct ctl_rec *ctl;
+    uint32_t nctl, ctl_cap;
+    int stalled;
+    unsigned long long nomem_failures, nomem_stalls;
 } Dispatcher;
 
 typedef struct {
@@ -88,6 +98,13 @@ typedef struct {
     uint32_t flags;
     uint64_t zc_off;
 } cqe_rec;
+
+struct ctl_rec {
+    uint64_t ud;
+    int32_t res;
+    uint32_t flags;
+    PyObject *exc;              /* a sink's exception (a reference), or NULL */
+};
 
 #define BATCH 256
 
@@ -116,6 +133,15 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
     if (!area_user(area, user)) {
         PyErr_Format(PyExc_ValueError, "area user %u is not open", user);
         return -1;
+    }
+    if (!d->ctl) {
+        /* a batch's worth from the start: a drain never waits for memory to
+         * record what one batch says */
+        if (!(d->ctl = PyMem_Malloc(2 * BATCH * sizeof(*d->ctl)))) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        d->ctl_cap = 2 * BATCH;
     }
     d->fork_gen = fork_gen;
     d->user = user;
@@ -297,19 +323,6 @@ fetch_exception(void)
     return value;
 }
 
-static int
-append_control(PyObject **control, uint64_t ud, int32_t res, uint32_t flags, PyObject *exc)
-{
-    if (!*control && !(*control = PyList_New(0)))
-        return -1;
-    PyObject *t = Py_BuildValue("(KiIO)", (unsigned long long)ud, res, flags, exc ? exc : Py_None);
-    if (!t)
-        return -1;
-    int r = PyList_Append(*control, t);
-    Py_DECREF(t);
-    return r;
-}
-
 /* The completion of the eventfd read pump_core() queued (see there). */
 static void
 evfd_read_done(Dispatcher *d, int32_t res)
@@ -326,21 +339,141 @@ evfd_read_done(Dispatcher *d, int32_t res)
     }
 }
 
+/* ------------------------------------------------- control records
+ *
+ * What a drain has for Python (ends of requests, errors, a sink's exception, a
+ * connection over its share or out of memory, other completions) is kept in
+ * d->ctl, in completion order, and handed over as one list by take_control():
+ * under memory pressure nothing a completion said is lost, it waits (see the
+ * Dispatcher struct). */
+
+/* Makes room for `want` more records; returns how many fit (fewer only when
+ * memory is short). */
+static uint32_t
+make_room(Dispatcher *d, uint32_t want)
+{
+    if (d->ctl_cap - d->nctl >= want)
+        return want;
+    uint32_t cap = d->ctl_cap * 2;
+    while (cap - d->nctl < want)
+        cap *= 2;
+    struct ctl_rec *p = PyMem_Realloc(d->ctl, (size_t)cap * sizeof(*p));
+    if (!p)
+        return d->ctl_cap - d->nctl;    /* make do: the rest waits in the CQ */
+    d->ctl = p;
+    d->ctl_cap = cap;
+    return want;
+}
+
+/* Records one control record (room was made for it: never fails). `exc` is
+ * stolen. */
+static inline void
+push_control(Dispatcher *d, uint64_t ud, int32_t res, uint32_t flags, PyObject *exc)
+{
+    struct ctl_rec *r = &d->ctl[d->nctl++];
+    r->ud = ud;
+    r->res = res;
+    r->flags = flags;
+    r->exc = exc;
+}
+
+/* The records kept so far as a list of (user_data, res, flags, exception or
+ * None), or None if there are none; the records stay kept until
+ * control_handed() says the list reached its taker. NULL with MemoryError set
+ * (every record still kept). */
+static PyObject *
+control_list(Dispatcher *d)
+{
+    if (!d->nctl)
+        Py_RETURN_NONE;
+    PyObject *list = PyList_New(d->nctl);
+    if (!list)
+        return NULL;
+    for (uint32_t i = 0; i < d->nctl; i++) {
+        struct ctl_rec *r = &d->ctl[i];
+        PyObject *t = Py_BuildValue("(KiIO)", (unsigned long long)r->ud, r->res, r->flags,
+                                    r->exc ? r->exc : Py_None);
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+static void
+control_handed(Dispatcher *d)
+{
+    for (uint32_t i = 0; i < d->nctl; i++)
+        Py_CLEAR(d->ctl[i].exc);
+    d->nctl = 0;
+}
+
+/* (completions, control list or None[, state]) for whoever takes the records:
+ * they are forgotten only once this tuple exists. NULL: out of memory, every
+ * record kept for the next try. */
+static PyObject *
+control_result(Dispatcher *d, unsigned long long n, int with_state, int state)
+{
+    PyObject *control = control_list(d);
+    if (!control)
+        return NULL;
+    PyObject *r = with_state ? Py_BuildValue("(KOi)", n, control, state)
+                             : Py_BuildValue("(KO)", n, control);
+    Py_DECREF(control);
+    if (r)
+        control_handed(d);
+    return r;
+}
+
+/* Records kept, or completions left in the CQ, that could not go to Python for
+ * want of memory: the loop calls on_wake again (the eventfd is ours to signal),
+ * and they go then. No memory needed for that, and nothing is lost meanwhile. */
+static void
+come_back(Dispatcher *d)
+{
+    if ((d->nctl || d->stalled) && !d->halted && d->evfd >= 0) {
+        d->nomem_stalls++;
+        wake(d->evfd);
+    }
+}
+
+/* The slot gets nothing more (a raised sink, a delivery that could not be made). */
+static void
+drop_sink(Dispatcher *d, uint32_t slot)
+{
+    if (d->slots && slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
+        Py_INCREF(Py_None);
+        PyList_SetItem(d->slots, slot, Py_None);
+    }
+}
+
 /* A sink raised: as asyncio, nothing more is delivered to it (its slot loses the
  * sink) and the exception goes to Python in a control record carrying F_MORE, so
  * that it only reports it. Reported even when halted (Receiver.close() in the same
  * callback): asyncio reports it whatever the callback did. */
-static int
-sink_failed(Dispatcher *d, PyObject **controlp, uint32_t slot, uint64_t ud, int32_t res, uint32_t flags)
+static void
+sink_failed(Dispatcher *d, uint32_t slot, uint64_t ud, int32_t res, uint32_t flags)
 {
     PyObject *exc = fetch_exception();
-    if (slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
-        Py_INCREF(Py_None);
-        PyList_SetItem(d->slots, slot, Py_None);
-    }
-    int bad = append_control(controlp, ud, res, flags | AZX_CQE_F_MORE, exc);
-    Py_XDECREF(exc);
-    return bad;
+    drop_sink(d, slot);
+    push_control(d, ud, res, flags | AZX_CQE_F_MORE, exc);
+}
+
+/* A delivery could not be made for want of memory (its view, its bytes): the
+ * buffer has gone back, so the connection has lost bytes. It gets nothing more,
+ * and Python hears of it (UD_KIND_NOMEM, carrying F_MORE: the request itself
+ * goes on until the engine stops it) and ends it with ENOMEM. */
+static void
+delivery_failed(Dispatcher *d, uint32_t slot, uint64_t ud)
+{
+    PyErr_Clear();
+    d->nomem_failures++;
+    drop_sink(d, slot);
+    if (!d->halted)
+        push_control(d, (ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_NOMEM << 32), -ENOMEM,
+                     AZX_CQE_F_MORE, NULL);
 }
 
 /* The round is over: `spare`'s buffer goes back, and the view itself is kept for
@@ -361,17 +494,19 @@ park_view(Dispatcher *d, PyObject *spare)
 
 /* Drains the CQ: data completions for a live slot become slot_callback(view);
  * everything else (errors, EOF, ends of multishot requests, other ops, callback
- * exceptions) is appended to *control as (user_data, res, flags, exception)
- * tuples, in completion order. Adds the number of CQEs seen to *n. */
-static int
-drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
+ * exceptions) becomes a control record (push_control), in completion order. Adds
+ * the number of CQEs seen to *n. Every CQE taken from the CQ is dealt with, out
+ * of memory or not: a delivery that cannot be made fails its connection
+ * (delivery_failed), never the rest of the batch. */
+static void
+drain(Dispatcher *d, unsigned long long *n)
 {
     Area *a = d->area;
     cqe_rec batch[BATCH];
     PyObject *spare = d->parked;  /* the last view handed out, if we hold its only reference */
-    int rc = -1;
 
     d->parked = NULL;
+    d->stalled = 0;
 
     for (;;) {
         uint32_t head = *d->khead;
@@ -381,6 +516,15 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
             break;
         if (cnt > BATCH)
             cnt = BATCH;
+        /* a CQE makes two records at most: room for them before it leaves the CQ */
+        uint32_t room = make_room(d, 2 * cnt) / 2;
+        if (room < cnt)
+            cnt = room;
+        if (!cnt) {
+            d->stalled = 1;     /* no memory for more records: the rest waits in the CQ */
+            d->nomem_stalls++;
+            break;
+        }
         for (uint32_t i = 0; i < cnt; i++) {
             const struct azx_cqe *c = (const struct azx_cqe *)
                 (d->cqes + ((size_t)((head + i) & d->mask) << d->cqe_shift));
@@ -462,8 +606,10 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     PyObject *b = copysink_copy(s, ptr, res);
                     area_take(a, ident);
                     area_return(a, ident, (uint32_t)res);
-                    if (!b)
-                        goto out;
+                    if (!b) {
+                        delivery_failed(d, slot, c->ud);
+                        goto request_end;
+                    }
                     Py_INCREF(s);
                     PyObject *r = s->data_received ? PyObject_CallOneArg(s->data_received, b) : NULL;
                     if (!r && !s->data_received)
@@ -474,8 +620,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                         Py_DECREF(r);
                     } else {
                         Py_CLEAR(spare);
-                        if (sink_failed(d, controlp, slot, c->ud, res, flags) < 0)
-                            goto out;
+                        sink_failed(d, slot, c->ud, res, flags);
                     }
                 } else {
                     PyObject *view;
@@ -499,8 +644,11 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                             view = make_view(a, ptr, res, ident, d->user, slot, UD_GEN(c->ud));
                         }
                     }
-                    if (!view)
-                        goto out;
+                    if (!view) {
+                        /* make_view gave the buffer back (its lease's dealloc) */
+                        delivery_failed(d, slot, c->ud);
+                        goto request_end;
+                    }
                     Py_INCREF(cb);
                     PyObject *r = PyObject_CallOneArg(cb, view);
                     Py_DECREF(cb);
@@ -519,8 +667,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                             !(u->over[slot] & OVER_SHARE) && !d->halted) {
                             u->over[slot] |= OVER_SHARE;
                             uint64_t ud = (c->ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_OVER_SHARE << 32);
-                            if (append_control(controlp, ud, (int32_t)u->held[slot], AZX_CQE_F_MORE, NULL))
-                                goto out;
+                            push_control(d, ud, (int32_t)u->held[slot], AZX_CQE_F_MORE, NULL);
                         }
                     } else {
                         /* As asyncio: after a protocol callback raised, nothing more
@@ -529,15 +676,14 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                          * from the control record, which carries F_MORE so that it
                          * only reports the exception). */
                         Py_CLEAR(spare);  /* the view may be in the traceback */
-                        if (sink_failed(d, controlp, slot, c->ud, res, flags) < 0)
-                            goto out;
+                        sink_failed(d, slot, c->ud, res, flags);
                     }
                 }
+            request_end:
                 if (a->inc && !(flags & AZX_CQE_F_BUF_MORE))
                     pbuf_kernel_done(a, (uint32_t)ident);  /* after the view took its piece */
-                if (!(flags & AZX_CQE_F_MORE) && !d->halted &&
-                    append_control(controlp, c->ud, res, flags, NULL))
-                    goto out;
+                if (!(flags & AZX_CQE_F_MORE) && !d->halted)
+                    push_control(d, c->ud, res, flags, NULL);
                 continue;
             }
             if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) && a->inc) {
@@ -557,14 +703,11 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                 a->window = a->window * 2 > a->nbufs ? a->nbufs : a->window * 2;
                 a->window_grows++;
             }
-            if (!d->halted && append_control(controlp, c->ud, c->res, c->flags, NULL))
-                goto out;
+            if (!d->halted)
+                push_control(d, c->ud, c->res, c->flags, NULL);
         }
     }
-    rc = 0;
-out:
     park_view(d, spare);  /* its buffer goes back before the round's refill publish */
-    return rc;
 }
 
 /* pump() and run() call into Python (the sinks), and Python could call them
@@ -595,17 +738,10 @@ Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
     if (enter_busy(d) < 0)
         return NULL;
-    PyObject *control = NULL;
     unsigned long long n = 0;
-    int bad = drain(d, &control, &n);
+    drain(d, &n);
     d->busy = 0;
-    if (bad) {
-        Py_XDECREF(control);
-        return NULL;
-    }
-    PyObject *ret = Py_BuildValue("(KO)", n, control ? control : Py_None);
-    Py_XDECREF(control);
-    return ret;
+    return control_result(d, n, 0, 0);
 }
 
 /* Switching the eventfd off while we work relies on the kernel's "set
@@ -721,20 +857,19 @@ evfd_read_now(Dispatcher *d, int fd)
  * *statep: PUMP_IDLE (the eventfd will tell us of new work), PUMP_PENDING (the
  * kernel says work is queued but an enter found none: look again later),
  * PUMP_BUSY (the round limit was reached: continue after other callbacks).
- * Returns early, with the control list, whenever there is something for Python
- * to decide. 0, or -1 with an exception set (*controlp then NULL). */
+ * Returns early whenever there is something for Python to decide: control
+ * records kept (d->nctl, see push_control), or a CQ that waits for memory to
+ * record what it says (d->stalled: PUMP_BUSY, so that the engine comes back).
+ * 0, or -1 with an exception set. */
 static int
-pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long long *totalp,
-          int *statep)
+pump_core(Dispatcher *d, int wake, int fd, unsigned long long *totalp, int *statep)
 {
     Area *a = d->area;
-    PyObject *control = NULL;
     unsigned long long total = 0;
     int state = PUMP_BUSY;
     int read_queued = 0;
     uint32_t read_pos = 0;
 
-    *controlp = NULL;
     *totalp = 0;
     *statep = PUMP_IDLE;
     if (d->halted)
@@ -773,7 +908,6 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
             /* EAGAIN/EBUSY: CQ overflow backlog, retried next round */
             if (d->evfd_disabled_bit)
                 __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
-            Py_XDECREF(control);
             errno = -ret;
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
@@ -782,9 +916,8 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
         struct timespec t0, t1;
         if (d->timing)
             clock_gettime(CLOCK_MONOTONIC, &t0);
-        int bad = drain(d, &control, &n);
-        if (!bad)
-            area_publish(a, 0);
+        drain(d, &n);
+        area_publish(a, 0);
         if (d->timing) {
             clock_gettime(CLOCK_MONOTONIC, &t1);
             d->dispatch_ns += (unsigned long long)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
@@ -792,10 +925,6 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
         }
         if (d->evfd_disabled_bit)
             __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
-        if (bad) {
-            Py_XDECREF(control);
-            return -1;
-        }
         if (d->halted) {
             /* a callback closed the engine: return to it at once (with a
              * callback's exception, if any, in control); the ring stays mapped
@@ -808,7 +937,9 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
             d->idle_wakeups++;
         total += n;
         int sq_pending = d->sq_space(d->ring) < d->sq_entries;
-        if (control) {
+        if (d->stalled)
+            break;              /* PUMP_BUSY: the engine comes back for the rest */
+        if (d->nctl) {
             state = PUMP_IDLE;  /* the caller comes back */
             break;
         }
@@ -834,7 +965,6 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
             break;
         }
     }
-    *controlp = control;
     *totalp = total;
     *statep = state;
     return 0;
@@ -855,14 +985,14 @@ pump_impl(Dispatcher *d, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "pump: no ring bound");
         return NULL;
     }
-    PyObject *control;
     unsigned long long total;
     int state;
-    if (pump_core(d, evfd >= 0, (int)evfd, &control, &total, &state) < 0)
+    if (pump_core(d, evfd >= 0, (int)evfd, &total, &state) < 0)
         return NULL;
-    PyObject *ret = Py_BuildValue("(KOi)", total, control ? control : Py_None, state);
-    Py_XDECREF(control);
-    return ret;
+    PyObject *r = control_result(d, total, 1, state);
+    if (!r)
+        come_back(d);
+    return r;
 }
 
 static PyObject *
@@ -909,8 +1039,7 @@ needs_slow_path(Dispatcher *d)
  * loop) does nothing: the outer one goes on. */
 enum { WAKE_KICK = 0, WAKE_EVENTFD = 1, WAKE_SOCKET = 2 };
 
-static PyObject *call_slow_path(Dispatcher *d, unsigned long long total, PyObject *control,
-                                int state, int bad);
+static PyObject *call_slow_path(Dispatcher *d, unsigned long long total, int state, int bad);
 
 static PyObject *
 wake_impl(Dispatcher *d, int source)
@@ -919,18 +1048,17 @@ wake_impl(Dispatcher *d, int source)
         return raise_forked();
     if (d->busy || d->in_slow || !d->ring || !d->area)
         Py_RETURN_NONE;
-    PyObject *control;
     unsigned long long total;
     int state;
     int wake = source == WAKE_EVENTFD;
     d->busy = 1;
-    int bad = pump_core(d, wake, wake ? d->evfd : -1, &control, &total, &state);
+    int bad = pump_core(d, wake, wake ? d->evfd : -1, &total, &state);
     if (!bad)
         *(source == WAKE_EVENTFD ? &d->found_eventfd :
           source == WAKE_SOCKET ? &d->found_socket : &d->found_kick) += total;
     /* PENDING needs a timer, unless a pump is coming anyway */
     int idle = state == PUMP_IDLE || (state == PUMP_PENDING && d->recheck_pending);
-    if (!bad && !control && idle && !d->halted && !needs_slow_path(d)) {
+    if (!bad && !d->nctl && idle && !d->halted && !needs_slow_path(d)) {
         if (d->area->kind == KIND_ZCRX && d->area->nodev)
             /* the round's publishes flushed what passed the threshold; what is
              * left waits for more, unless the kernel's share of the area is low
@@ -943,15 +1071,15 @@ wake_impl(Dispatcher *d, int source)
     d->busy = 0;
     if (bad && !d->halted)
         return NULL;            /* as the Python pump did: the error goes to the loop */
-    PyObject *r = call_slow_path(d, total, control, state, bad);
-    Py_XDECREF(control);
-    return r;
+    return call_slow_path(d, total, state, bad);
 }
 
-/* slow_path(completions, control list or None, state); the pump's error (bad)
- * is kept across it unless the slow path raises its own. */
+/* slow_path(completions, control list or None, state), the list made of the
+ * records kept (they go once the arguments exist; out of memory before that,
+ * they stay, and come_back() makes sure the loop calls again). The pump's error
+ * (bad) is kept across it unless the slow path raises its own. */
 static PyObject *
-call_slow_path(Dispatcher *d, unsigned long long total, PyObject *control, int state, int bad)
+call_slow_path(Dispatcher *d, unsigned long long total, int state, int bad)
 {
     PyObject *cb = d->slow_path;
     if (!cb) {
@@ -964,10 +1092,21 @@ call_slow_path(Dispatcher *d, unsigned long long total, PyObject *control, int s
     PyObject *etype = NULL, *evalue = NULL, *etb = NULL;
     if (bad)
         PyErr_Fetch(&etype, &evalue, &etb);
+    PyObject *args = control_result(d, total, 1, state);
+    if (!args) {
+        come_back(d);
+        if (bad) {
+            /* the pump's own error is the one to report */
+            PyErr_Clear();
+            PyErr_Restore(etype, evalue, etb);
+        }
+        return NULL;
+    }
     d->slow_calls++;
     d->in_slow = 1;
     Py_INCREF(cb);
-    PyObject *r = PyObject_CallFunction(cb, "KOi", total, control ? control : Py_None, state);
+    PyObject *r = PyObject_Call(cb, args, NULL);
+    Py_DECREF(args);
     Py_DECREF(cb);
     d->in_slow = 0;
     if (bad) {
@@ -1038,15 +1177,12 @@ Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
             if (++d->slot_idle[slot] >= SOCKET_IDLE_LIMIT && !d->busy && !d->in_slow) {
                 d->slot_idle[slot] = 0;
                 d->socket_idle_reports++;
-                PyObject *control = NULL;
                 uint64_t ud = ((uint64_t)d->slot_gen[slot] << 40) |
                               ((uint64_t)UD_KIND_SOCK_IDLE << 32) | (uint32_t)slot;
-                if (append_control(&control, ud, 0, 0, NULL) < 0) {
-                    Py_CLEAR(r);
-                } else {
+                if (make_room(d, 1)) {  /* no room: only a hint lost, the next idle wake-up says it */
+                    push_control(d, ud, 0, 0, NULL);
                     Py_DECREF(r);
-                    r = call_slow_path(d, 0, control, PUMP_IDLE, 0);
-                    Py_XDECREF(control);
+                    r = call_slow_path(d, 0, PUMP_IDLE, 0);
                 }
             }
         }
@@ -1191,7 +1327,9 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
         Py_XDECREF(v);
     }
     if (s) {
-        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}",
+        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+                                    "nomem_failures", d->nomem_failures,
+                                    "nomem_stalls", d->nomem_stalls,
                                     "socket_wakeups", d->socket_wakeups,
                                     "socket_idle_wakeups", d->socket_idle_wakeups,
                                     "socket_idle_reports", d->socket_idle_reports,
@@ -1215,6 +1353,8 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 static int
 Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
 {
+    for (uint32_t i = 0; i < d->nctl; i++)
+        Py_VISIT(d->ctl[i].exc);
     Py_VISIT(d->slots);
     Py_VISIT(d->ring_owner);
     Py_VISIT(d->slow_path);
@@ -1229,6 +1369,7 @@ Dispatcher_clear(Dispatcher *d)
     Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->slow_path);
     Py_CLEAR(d->parked);
+    control_handed(d);
     d->ring = NULL;
     return 0;
 }
@@ -1248,6 +1389,8 @@ Dispatcher_dealloc(Dispatcher *d)
     PyMem_Free(d->slot_idle);
     PyMem_Free(d->active);
     PyMem_Free(d->was_active);
+    control_handed(d);  /* records nobody took: their exceptions go */
+    PyMem_Free(d->ctl);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 

@@ -53,14 +53,18 @@ make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t user, uin
         l = (Lease *)PyObject_Init((PyObject *)lease_cache[--lease_cached], &LeaseType);
     else
         l = PyObject_New(Lease, &LeaseType);
-    if (!l)
+    if (!l) {
+        /* out of memory: the buffer goes straight back, as when the view fails */
+        area_take(a, ident);
+        area_return(a, ident, (uint32_t)len);
         return NULL;
+    }
     Py_INCREF(a);
     l->area = a;
     lease_take(l, a, ptr, len, ident, user, slot, gen);
     PyObject *v = PyMemoryView_FromObject((PyObject *)l);
     Py_DECREF(l);   /* the view holds the lease now; on failure this returns the buffer */
-    return v;
+    return v;       /* NULL: the buffer is back, MemoryError set */
 }
 
 /* View reuse. Making a memoryview costs two GC-tracked allocations (the managed

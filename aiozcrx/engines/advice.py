@@ -137,3 +137,10 @@ def device_removed(engine: str, interface: str, queue: int, ifindex: int) -> Zcr
         f"--interface {interface} --queue {queue}`) and open a new Receiver, or use "
         f"engine='auto', which falls back to another engine meanwhile",
         interface=interface, queue=queue)
+
+
+def out_of_memory_error() -> OSError:
+    """A connection that lost received bytes because memory ran out while they
+    were being delivered (its buffer went back to the kernel): it ends with this."""
+    return OSError(errno.ENOMEM, "out of memory while delivering received data: bytes of this "
+                   "connection were lost, so it is closed (the other connections go on)")

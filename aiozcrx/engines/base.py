@@ -77,6 +77,7 @@ class EngineStats(_Counters, total=False):
 
     reset_kicks: int
     socket_parks: int    # wake "socket": sockets parked after waking us for nothing
+    nomem_connections: int  # connections ended with ENOMEM (a delivery failed for want of memory)
     share_stops: int
     stall_kicks: int
     release_waits: int

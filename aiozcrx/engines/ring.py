@@ -27,9 +27,9 @@ import select
 from typing import TYPE_CHECKING, Callable
 
 from .. import _ring
-from .._ring import (UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, UD_SOCK_IDLE, ud_gen, ud_kind,
-                     ud_slot, user_data)
-from .advice import uring_error
+from .._ring import (UD_CANCEL, UD_NOMEM, UD_NOTIF, UD_OVER_SHARE, UD_RECV, UD_SOCK_IDLE, ud_gen,
+                     ud_kind, ud_slot, user_data)
+from .advice import out_of_memory_error, uring_error
 from .base import Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide
 from .wake import WAKE_ENV, choose_wake, kernel_wake
 
@@ -580,6 +580,10 @@ class RingEngine(Engine):
                 conn = self.conns.get(ud_slot(ud))
                 if conn is not None and conn.gen == ud_gen(ud):
                     self._socket_idle(conn)
+            elif kind == UD_NOMEM:
+                conn = self.conns.get(ud_slot(ud))
+                if conn is not None and conn.gen == ud_gen(ud):
+                    self._out_of_memory(conn)
         if interrupt is not None:
             raise interrupt
 
@@ -603,6 +607,14 @@ class RingEngine(Engine):
 
     def _notification(self, res: int) -> None:
         pass
+
+    def _out_of_memory(self, conn: Conn) -> None:
+        """A delivery to ``conn`` could not be made for want of memory: its buffer
+        went back to the kernel, so the stream has a gap, and the connection ends
+        with ENOMEM (the dispatcher delivers nothing more to it)."""
+        self.stats["nomem_connections"] = self.stats.get("nomem_connections", 0) + 1
+        conn.wanted = False
+        conn.events._read_error(out_of_memory_error())
 
     def area_stats(self) -> dict[str, object]:
         assert self.area is not None
