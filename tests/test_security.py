@@ -526,3 +526,99 @@ async def test_a_delivery_out_of_memory_ends_its_connection_with_enomem(engine):
         await wait_until(lambda: other.bytes == 5, "the other connection got its data")
     for s in (b, d):
         s.close()
+
+
+# -- 5. low: the C types are safe whatever Python does with them --------------
+
+UNINIT = r'''
+import sys
+from aiozcrx._leases import Area, CopySink, Dispatcher, Lease
+from fakering import FakeZcrx
+
+# raw-address entry points (own_mapping, setup_*, bind_ring, bind_eventfd) are
+# given no address: an uninitialised object must refuse them before it looks
+ARGS = [(), (0,), (1,), (0, 0), (1, 1), (0, 0, 0), (1, 1, 1), (0, 0, 0, 0), (1, 0, 1, 0),
+        (0, 0, 0, 0, 0, 0, 0, 0), (None,), ([],), (-1,), (-1, -1)]
+
+
+def poke(obj):
+    for name in sorted(dir(obj)):
+        if name.startswith("__") and name != "__call__":
+            continue
+        try:
+            attr = getattr(obj, name)
+        except Exception:
+            continue
+        if not callable(attr):
+            continue
+        for args in ARGS:
+            try:
+                attr(*args)
+            except Exception:
+                pass
+    for view in (lambda: memoryview(obj), lambda: repr(obj)):
+        try:
+            view()
+        except Exception:
+            pass
+
+
+for t in (Area, Dispatcher, CopySink):
+    poke(t.__new__(t))
+    print("poked", t.__name__, flush=True)
+try:
+    Lease.__new__(Lease)
+    sys.exit("Lease.__new__ made a Lease")
+except TypeError:
+    pass
+# an uninitialised CopySink given as a connection's sink
+z = FakeZcrx()
+z.connect(CopySink.__new__(CopySink))
+z.data(0, b"x" * 10)
+n, control = z.run()
+assert control and control[0][3] is not None, control  # its failure is reported
+# an Area or Dispatcher cannot be initialised twice under the objects made from it
+for again in (lambda: z.area.__init__(z.area_addr, 4096, 4096),
+              lambda: z.d.__init__(z.area, [], khead=z.khead, ktail=z.ktail, mask=63, cqes=z.cqes,
+                                   cqe_size=32)):
+    try:
+        again()
+        sys.exit("initialised twice")
+    except RuntimeError:
+        pass
+print("ALL OK", flush=True)
+'''
+
+
+def test_c_types_made_without_their_constructor_raise_instead_of_crashing():
+    r = _run_script(UNINIT)
+    assert r.returncode == 0 and "ALL OK" in r.stdout, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+
+
+CLEARED = r'''
+import ctypes, gc, sys
+from aiozcrx._leases import Dispatcher
+from fakering import FakeZcrx
+
+# tp_clear is what the garbage collector calls on an object of a reference cycle;
+# another object of the cycle may still call it afterwards
+TP_CLEAR = 24 + 8 * 21  # its offset in PyTypeObject (64-bit CPython 3.8+)
+clear = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.py_object).from_address(id(Dispatcher) + TP_CLEAR)
+z = FakeZcrx()
+kept = []
+z.connect(kept.append)
+z.data(0, b"x" * 10)
+clear(z.d)
+for call in (z.d.run, z.d.kick, z.d.on_wake, lambda: z.d.pump(-1), lambda: z.d.socket_wake(0),
+             lambda: z.d.bind(0, 2), z.d.stats, z.d.take_quiet, lambda: z.d.slot_stats(0), z.d.close):
+    try:
+        call()
+    except Exception:
+        pass
+print("ALL OK", flush=True)
+'''
+
+
+def test_dispatcher_used_after_the_garbage_collectors_clear_does_not_crash():
+    r = _run_script(CLEARED)
+    assert r.returncode == 0 and "ALL OK" in r.stdout, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])

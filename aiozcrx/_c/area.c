@@ -63,6 +63,23 @@ area_take(Area *a, uint64_t ident)
  * the area one buffer, never correctness. */
 /* -------------------------------------------------------- users */
 
+/* Whether `a` was initialised (Area(base, length, buf_size)): a type that
+ * Python can make without calling __init__ (Area.__new__(Area)) must refuse,
+ * not crash. 0 with RuntimeError set if not. */
+static int
+area_ready(Area *a)
+{
+    if (a->users)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError,
+                    "aiozcrx._leases.Area is not initialised: make it with Area(base, length, buf_size)");
+    return 0;
+}
+
+/* Slots (connections) one engine may number: their tables grow to the highest
+ * slot used. 2^24, as the generation's bits (far above any real count). */
+#define MAX_SLOTS (1U << 24)
+
 /* The user an Area method names (its optional last argument, 0 by default: the
  * engine that made the area), or NULL with an exception set. */
 static AreaUser *
@@ -145,6 +162,10 @@ area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
         PyErr_Format(PyExc_ValueError, "area user %u is not open", user);
         return -1;
     }
+    if (slot >= MAX_SLOTS) {
+        PyErr_Format(PyExc_ValueError, "slot %u out of range (< %u)", slot, MAX_SLOTS);
+        return -1;
+    }
     if (slot >= u->held_cap) {
         uint32_t cap = u->held_cap ? u->held_cap : 64;
         while (cap <= slot)
@@ -222,6 +243,8 @@ area_unhold(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
 static PyObject *
 Area_set_share(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned int share, user = 0;
     int fd;
     if (!PyArg_ParseTuple(args, "Ii|I", &share, &fd, &user))
@@ -238,6 +261,8 @@ Area_set_share(Area *a, PyObject *args)
 static PyObject *
 Area_bind_slot(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned int slot, gen, user = 0;
     if (!PyArg_ParseTuple(args, "II|I", &slot, &gen, &user))
         return NULL;
@@ -251,6 +276,8 @@ Area_bind_slot(Area *a, PyObject *args)
 static PyObject *
 Area_over_share(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned int slot, gen, user = 0;
     if (!PyArg_ParseTuple(args, "II|I", &slot, &gen, &user))
         return NULL;
@@ -267,6 +294,8 @@ Area_over_share(Area *a, PyObject *args)
 static PyObject *
 Area_take_back(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned int user = 0;
     if (!PyArg_ParseTuple(args, "|I", &user))
         return NULL;
@@ -297,6 +326,8 @@ Area_take_back(Area *a, PyObject *args)
 static PyObject *
 Area_held(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned int slot, gen, user = 0;
     if (!PyArg_ParseTuple(args, "II|I", &slot, &gen, &user))
         return NULL;
@@ -481,6 +512,8 @@ area_publish(Area *a, int force)
 static PyObject *
 Area_publish(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     int force = 0;
     if (!PyArg_ParseTuple(args, "|p", &force))
         return NULL;
@@ -499,6 +532,11 @@ Area_init(Area *a, PyObject *args, PyObject *kw)
     unsigned int buf_size;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "KnI", kwlist, &base, &length, &buf_size))
         return -1;
+    if (a->users) {
+        /* leases and dispatchers point into it already */
+        PyErr_SetString(PyExc_RuntimeError, "Area is initialised already");
+        return -1;
+    }
     if (!base || length <= 0 || !buf_size || (size_t)length % buf_size) {
         PyErr_SetString(PyExc_ValueError, "Area: length must be a positive multiple of buf_size");
         return -1;
@@ -508,7 +546,7 @@ Area_init(Area *a, PyObject *args, PyObject *kw)
     a->buf_size = buf_size;
     a->nbufs = (uint32_t)((size_t)length / buf_size);
     a->kind = -1;
-    if (!a->nusers && area_add_user(a, -1, 0) < 0)   /* user 0: the engine that made it */
+    if (area_add_user(a, -1, 0) < 0)   /* user 0: the engine that made it */
         return -1;
     return 0;
 }
@@ -516,6 +554,8 @@ Area_init(Area *a, PyObject *args, PyObject *kw)
 static PyObject *
 Area_own_mapping(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned long long addr;
     Py_ssize_t len;
     if (!PyArg_ParseTuple(args, "Kn", &addr, &len))
@@ -533,6 +573,8 @@ Area_own_mapping(Area *a, PyObject *args)
 static PyObject *
 Area_setup_zcrx(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned long long head, tail, rqes, token;
     unsigned int entries, zcrx_id;
     int ring_fd, nodev;
@@ -541,6 +583,14 @@ Area_setup_zcrx(Area *a, PyObject *args)
         return NULL;
     if (!entries || (entries & (entries - 1))) {
         PyErr_SetString(PyExc_ValueError, "rq_entries must be a power of two");
+        return NULL;
+    }
+    if (!head || !tail || !rqes) {
+        PyErr_SetString(PyExc_ValueError, "setup_zcrx: null address");
+        return NULL;
+    }
+    if (a->kind != -1) {
+        PyErr_SetString(PyExc_RuntimeError, "the area already has a ring");
         return NULL;
     }
     a->kind = KIND_ZCRX;
@@ -563,6 +613,8 @@ Area_setup_zcrx(Area *a, PyObject *args)
 static PyObject *
 Area_setup_pbuf(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned long long ring;
     unsigned int entries, window;
     int inc = 0;
@@ -570,6 +622,10 @@ Area_setup_pbuf(Area *a, PyObject *args)
         return NULL;
     if (!entries || (entries & (entries - 1)) || entries < a->nbufs || a->nbufs > 32768) {
         PyErr_SetString(PyExc_ValueError, "pbuf ring entries must be a power of two >= buffers");
+        return NULL;
+    }
+    if (!ring) {
+        PyErr_SetString(PyExc_ValueError, "setup_pbuf: null address");
         return NULL;
     }
     if (a->kind != -1) {
@@ -606,6 +662,12 @@ Area_setup_pbuf(Area *a, PyObject *args)
 static PyObject *
 Area_setup_pool(Area *a, PyObject *Py_UNUSED(ignored))
 {
+    if (!area_ready(a))
+        return NULL;
+    if (a->kind != -1) {
+        PyErr_SetString(PyExc_RuntimeError, "the area already has a ring");
+        return NULL;
+    }
     a->kind = KIND_POOL;
     a->freelist = PyMem_Malloc(a->nbufs * sizeof(uint32_t));
     if (!a->freelist)
@@ -647,6 +709,8 @@ Area_close(Area *a, PyObject *args)
 static PyObject *
 Area_add_user(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     int ring_fd = -1;
     unsigned int zcrx_id = 0;
     if (!PyArg_ParseTuple(args, "|iI", &ring_fd, &zcrx_id))
@@ -666,6 +730,8 @@ Area_add_user(Area *a, PyObject *args)
 static PyObject *
 Area_recv(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     int fd;
     unsigned int slot, gen;
     if (!PyArg_ParseTuple(args, "iII", &fd, &slot, &gen))
@@ -704,6 +770,8 @@ Area_recv(Area *a, PyObject *args)
 static PyObject *
 Area_set_wake(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     int fd, starved;
     unsigned int user = 0;
     if (!PyArg_ParseTuple(args, "ip|I", &fd, &starved, &user))

@@ -126,6 +126,15 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "cqe_size must be 16 or 32");
         return -1;
     }
+    if (d->ctl) {
+        /* a pump or its views may be using what it points at */
+        PyErr_SetString(PyExc_RuntimeError, "Dispatcher is initialised already");
+        return -1;
+    }
+    if (!khead || !ktail || !cqes || (mask & (mask + 1))) {
+        PyErr_SetString(PyExc_ValueError, "Dispatcher: null CQ address or a mask that is not 2^n - 1");
+        return -1;
+    }
     if (forked(area->fork_gen)) {
         raise_forked();
         return -1;
@@ -163,6 +172,10 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
 static int
 grow_slots(Dispatcher *d, uint32_t slot)
 {
+    if (slot >= MAX_SLOTS) {
+        PyErr_Format(PyExc_ValueError, "slot %u out of range (< %u)", slot, MAX_SLOTS);
+        return -1;
+    }
     uint32_t cap = d->slot_cap ? d->slot_cap : 64;
     while (cap <= slot)
         cap *= 2;
@@ -585,7 +598,7 @@ drain(Dispatcher *d, unsigned long long *n)
                  * dropped by close()/abort()/an exception, or a halt all send the
                  * buffer straight back */
                 if (!d->halted && slot < d->slot_cap && d->slot_gen[slot] == UD_GEN(c->ud)) {
-                    if (slot < (uint32_t)PyList_GET_SIZE(d->slots))
+                    if (d->slots && slot < (uint32_t)PyList_GET_SIZE(d->slots))
                         cb = PyList_GET_ITEM(d->slots, slot);
                     d->slot_counts[2 * slot] += pieces;
                     d->slot_counts[2 * slot + 1] += (unsigned long long)res;
@@ -1362,15 +1375,21 @@ Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
     return 0;
 }
 
+/* The garbage collector's clear (a reference cycle): as close(), so that
+ * whoever in the cycle still calls a method finds a closed dispatcher, not a
+ * half-cleared one (slots gone, area still there). */
 static int
 Dispatcher_clear(Dispatcher *d)
 {
+    d->halted = 1;
+    d->ring = NULL;
+    d->evfd = -1;
     Py_CLEAR(d->slots);
     Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->slow_path);
     Py_CLEAR(d->parked);
     control_handed(d);
-    d->ring = NULL;
+    Py_CLEAR(d->area);
     return 0;
 }
 
