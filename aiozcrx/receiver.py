@@ -340,7 +340,9 @@ class Receiver:
         ``notifications_no_buffers`` / ``notifications_copy`` (zcrx, 7.2+).
 
         Ring engines add ``cq_entries`` (the completion queue's size, as asked
-        for), ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
+        for), ``unknown_completions`` (completions of a kind the engine never
+        issues: a bug, or an SQE that is not ours; delivered to nobody, their
+        buffers go back; it should stay 0), ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
         (wake-ups that found nothing), ``eventfd_paused`` (whether the eventfd is
         switched off while completions are processed: x86 only),
         ``eventfd_read`` (``"sqe"``: a wake-up resets the eventfd with a read in

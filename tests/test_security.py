@@ -622,3 +622,25 @@ print("ALL OK", flush=True)
 def test_dispatcher_used_after_the_garbage_collectors_clear_does_not_crash():
     r = _run_script(CLEARED)
     assert r.returncode == 0 and "ALL OK" in r.stdout, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+
+
+def test_a_completion_of_unknown_kind_is_counted_and_its_buffer_goes_back():
+    """user_data of no kind we issue (a bug, or an SQE that is not ours): it reaches
+    no connection, even one whose slot and generation it names, any buffer it
+    carries goes back to the kernel, and stats() counts it."""
+    from fakering import PAGE, FakeZcrx, user_data
+
+    z = FakeZcrx()
+    kept = []
+    z.connect(kept.append, slot=0, gen=1)
+    z.post(user_data(0, 1, kind=0x42), 100, 0, 3 * PAGE)   # names connection (0, 1), with data
+    z.post(user_data(5, 0, kind=0), 0, 0)                   # nothing
+    z.data(1, b"mine")                                      # the connection's own
+    n, control = z.run()
+    assert [bytes(v) for v in kept] == [b"mine"]
+    assert control is None  # nothing for the engine to decide
+    assert z.d.stats()["unknown_completions"] == 2
+    kept.clear()
+    z.area.publish(True)
+    assert sorted(off // PAGE for off, _ in z.consume_refills()) == [1, 3]
+    assert z.area.outstanding == 0

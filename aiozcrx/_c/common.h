@@ -19,6 +19,9 @@
 #define UD_SLOT(ud)  ((uint32_t)(ud))
 #define UD_GEN(ud)   ((uint32_t)((ud) >> 40))
 #define UD_KIND_RECV 1
+#define UD_KIND_CANCEL 2
+#define UD_KIND_NOTIF 3           /* zcrx notifications */
+#define UD_KIND_NOP 4
 #define UD_KIND_OVER_SHARE 5   /* made by the dispatcher: a connection reached its share */
 #define UD_KIND_EVFD 6         /* the dispatcher's own read of the ring's eventfd */
 #define UD_KIND_SOCK_IDLE 7    /* made by the dispatcher: a connection's socket wakes us for nothing */

@@ -21,6 +21,7 @@ typedef struct {
     unsigned cqe_shift;
     int copy;
     unsigned long long completions, bytes, dropped, dropped_bytes;
+    unsigned long long unknown;         /* completions of a kind we never issue */
     unsigned long long *slot_counts;   /* per slot: completions, bytes */
     uint32_t *slot_gen;                /* per slot: generation of the connection using it */
     uint32_t slot_cap;
@@ -558,7 +559,17 @@ drain(Dispatcher *d, unsigned long long *n)
                 (*n)--;         /* ours: not a completion anybody waits for */
                 continue;
             }
-            int is_recv = UD_KIND(c->ud) == UD_KIND_RECV;
+            /* A kind we never issue (a bug, or an SQE that is not ours): counted
+             * (stats()["unknown_completions"]), delivered to nobody, not handed to
+             * the engine; a buffer it carries goes back to the kernel, as a
+             * receive's for a connection that is gone (the area's buffers are
+             * handed out only by our receives). */
+            uint32_t kind = UD_KIND(c->ud);
+            int unknown = kind != UD_KIND_RECV && kind != UD_KIND_CANCEL &&
+                          kind != UD_KIND_NOTIF && kind != UD_KIND_NOP;
+            if (unknown)
+                d->unknown++;
+            int is_recv = kind == UD_KIND_RECV || unknown;
             char *ptr;
             uint64_t ident;
             if (is_recv && c->res > 0 && cqe_buffer(a, c, &ptr, &ident)) {
@@ -597,7 +608,7 @@ drain(Dispatcher *d, unsigned long long *n)
                  * it takes data: a slot reused by another connection, a sink
                  * dropped by close()/abort()/an exception, or a halt all send the
                  * buffer straight back */
-                if (!d->halted && slot < d->slot_cap && d->slot_gen[slot] == UD_GEN(c->ud)) {
+                if (!unknown && !d->halted && slot < d->slot_cap && d->slot_gen[slot] == UD_GEN(c->ud)) {
                     if (d->slots && slot < (uint32_t)PyList_GET_SIZE(d->slots))
                         cb = PyList_GET_ITEM(d->slots, slot);
                     d->slot_counts[2 * slot] += pieces;
@@ -695,7 +706,7 @@ drain(Dispatcher *d, unsigned long long *n)
             request_end:
                 if (a->inc && !(flags & AZX_CQE_F_BUF_MORE))
                     pbuf_kernel_done(a, (uint32_t)ident);  /* after the view took its piece */
-                if (!(flags & AZX_CQE_F_MORE) && !d->halted)
+                if (!(flags & AZX_CQE_F_MORE) && !d->halted && !unknown)
                     push_control(d, c->ud, res, flags, NULL);
                 continue;
             }
@@ -716,7 +727,7 @@ drain(Dispatcher *d, unsigned long long *n)
                 a->window = a->window * 2 > a->nbufs ? a->nbufs : a->window * 2;
                 a->window_grows++;
             }
-            if (!d->halted)
+            if (!d->halted && !unknown)
                 push_control(d, c->ud, c->res, c->flags, NULL);
         }
     }
@@ -1340,7 +1351,8 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
         Py_XDECREF(v);
     }
     if (s) {
-        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+                                    "unknown_completions", d->unknown,
                                     "nomem_failures", d->nomem_failures,
                                     "nomem_stalls", d->nomem_stalls,
                                     "socket_wakeups", d->socket_wakeups,
