@@ -644,3 +644,27 @@ def test_a_completion_of_unknown_kind_is_counted_and_its_buffer_goes_back():
     z.area.publish(True)
     assert sorted(off // PAGE for off, _ in z.consume_refills()) == [1, 3]
     assert z.area.outstanding == 0
+
+
+BLOCKING_RECV = r'''
+from peers import tcp_pair
+from test_security import _pool_area
+
+area = _pool_area()
+area.bind_slot(0, 1)
+a, b = tcp_pair()  # blocking sockets, nothing sent
+assert a.getblocking()
+print("RESULT", area.recv(a.fileno(), 0, 1), flush=True)  # "would block", at once
+'''
+
+
+def test_area_recv_never_blocks_even_on_a_blocking_socket():
+    """Area.recv (the socket engine's read) holds the GIL: on a socket left in
+    blocking mode it must not wait for data (it would stop every thread)."""
+    import subprocess
+
+    try:
+        r = _run_script(BLOCKING_RECV)
+    except subprocess.TimeoutExpired:
+        pytest.fail("Area.recv waited for data on a blocking socket")
+    assert r.returncode == 0 and "RESULT None" in r.stdout, (r.stdout, r.stderr)

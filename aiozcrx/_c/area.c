@@ -724,7 +724,7 @@ Area_add_user(Area *a, PyObject *args)
 }
 
 
-/* socket engine: recv() into a free pool buffer.
+/* socket engine: recv() into a free pool buffer, never waiting.
  * Returns a memoryview, None (would block), b"" (EOF), or False (no free buffer:
  * the area is marked starved and wakes wake_fd when one comes back). */
 static PyObject *
@@ -751,8 +751,10 @@ Area_recv(Area *a, PyObject *args)
     uint32_t bid = a->freelist[a->nfree - 1];
     char *ptr = a->base + (size_t)bid * a->buf_size;
     ssize_t n;
+    /* MSG_DONTWAIT: never wait, whatever mode the socket is in (this runs with
+     * the GIL held: a wait here would stop every thread of the process) */
     do {
-        n = recv((int)fd, ptr, a->buf_size, 0);
+        n = recv((int)fd, ptr, a->buf_size, MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
         a->nfree--;
