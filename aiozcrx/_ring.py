@@ -322,9 +322,13 @@ def map_area(length: int, *, hugepages: bool = False) -> AreaMapping:
     return AreaMapping(int(ffi.cast("uintptr_t", p)), length)
 
 
+#: how the OSError of a failed madvise(MADV_DONTFORK) begins (engines.advice reads it)
+DONTFORK = "madvise(MADV_DONTFORK)"
+
+
 def dontfork(m: AreaMapping) -> None:
     """Keeps memory the kernel pins out of fork()ed children (see _abi_build.py)."""
-    _check(lib.azx_dontfork(m.addr, m.length), "madvise(MADV_DONTFORK)")
+    _check(lib.azx_dontfork(m.addr, m.length), DONTFORK)
 
 
 class PeriodicTimer:
@@ -438,7 +442,7 @@ def register_zcrx(ring: Ring, area: AreaLike, mapping: AreaMapping, *, if_idx: i
     ret = lib.azx_zcrx_register(ring._r, if_idx, rxq, rq_entries, flags, mapping.addr,
                                 mapping.length, 1 if kernel_region else 0, rx_buf_len,
                                 notif_ud, notif_mask, 1 if stats else 0, out)
-    _check(ret, "IORING_REGISTER_ZCRX_IFQ")
+    _check(ret, DONTFORK + " of the refill region" if out.dontfork_failed else "IORING_REGISTER_ZCRX_IFQ")
     area.own_mapping(int(out.region_addr), int(out.region_len))
     area.setup_zcrx(int(out.rq_head), int(out.rq_tail), int(out.rq_rqes), int(out.rq_entries),
                     int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev)
@@ -497,7 +501,11 @@ def register_pbuf_ring(ring: Ring, area: AreaLike, *, bgid: int, window: int, in
         entries <<= 1
     ring_len = max(PAGE_SIZE, entries * 16)
     m = map_area(ring_len)
-    dontfork(m)
+    try:
+        dontfork(m)
+    except BaseException:
+        unmap(m)
+        raise
     inc = incremental
     ret = lib.azx_pbuf_register(ring._r, m.addr, entries, bgid, lib.AZX_PBUF_RING_INC if inc else 0)
     if ret == -errno.EINVAL and inc:

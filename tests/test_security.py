@@ -668,3 +668,96 @@ def test_area_recv_never_blocks_even_on_a_blocking_socket():
     except subprocess.TimeoutExpired:
         pytest.fail("Area.recv waited for data on a blocking socket")
     assert r.returncode == 0 and "RESULT None" in r.stdout, (r.stdout, r.stderr)
+
+
+# -- low: nothing leaks, nothing is ignored, when registration fails ---------
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("engine,step,exc", [
+    ("zcrx-copy", "register_zcrx", RuntimeError("not an OSError")),
+    ("zcrx-copy", "register_zcrx", MemoryError()),
+    ("zcrx-copy", "register_zcrx", KeyboardInterrupt()),
+    ("uring", "register_pbuf_ring", RuntimeError("not an OSError")),
+    ("uring", "register_pbuf_ring", KeyboardInterrupt()),
+])
+async def test_a_registration_failing_with_any_exception_releases_ring_and_area(engine, step, exc, monkeypatch):
+    """The step of open() that registers with the kernel raising anything, not only
+    an OSError (the ring fd leaked then, and the area stayed mapped): the error
+    goes up as it was, and every fd and mapping open() made is gone."""
+    from aiozcrx import _ring
+    from peers import is_mapped, open_fds
+
+    made = []
+    real_map = _ring.map_area
+
+    def map_area(length, **kw):
+        m = real_map(length, **kw)
+        made.append(m.addr)
+        return m
+
+    def fail(*args, **kw):
+        raise exc
+
+    monkeypatch.setattr(_ring, "map_area", map_area)
+    monkeypatch.setattr(_ring, step, fail)
+    fds = open_fds()
+    with pytest.raises(type(exc)):
+        aiozcrx.Receiver(engine=engine).open()
+    assert open_fds() == fds
+    assert made and not any(is_mapped(a) for a in made)  # the area went with it
+
+
+FAIL_DONTFORK = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+/* madvise(MADV_DONTFORK) call number $FAIL_DONTFORK_CALL fails with ENOMEM */
+int madvise(void *addr, size_t len, int advice)
+{
+    static int (*real)(void *, size_t, int);
+    static int calls;
+    if (!real)
+        real = (int (*)(void *, size_t, int))dlsym(RTLD_NEXT, "madvise");
+    const char *n = getenv("FAIL_DONTFORK_CALL");
+    if (advice == MADV_DONTFORK && n && ++calls == atoi(n)) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return real(addr, len, advice);
+}
+"""
+
+OPEN_ZCRX = r'''
+import asyncio, errno, aiozcrx
+async def main():
+    try:
+        async with aiozcrx.Receiver(engine="zcrx-copy"):
+            print("OPENED", flush=True)
+    except aiozcrx.ZcrxUnavailable as e:
+        print("ERRNO", errno.errorcode[e.errno], "|", e, flush=True)
+asyncio.run(main())
+'''
+
+
+@pytest.mark.guest
+@pytest.mark.parametrize("call,what", [(1, "the area"), (2, "the refill region")])
+def test_madvise_dontfork_failing_fails_the_registration(call, what, need_zcrx_copy, tmp_path):
+    """MADV_DONTFORK keeps pinned memory out of forked children (docs/security.md):
+    when it fails, for the area (call 1) or for the refill region registration
+    maps (call 2, in C), opening fails with the error instead of going on."""
+    import shutil
+    import subprocess
+    import sys
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler for the LD_PRELOAD shim")
+    (tmp_path / "shim.c").write_text(FAIL_DONTFORK)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "shim.so"), str(tmp_path / "shim.c"), "-ldl"],
+                   check=True)
+    env = dict(os.environ, LD_PRELOAD=str(tmp_path / "shim.so"), FAIL_DONTFORK_CALL=str(call))
+    r = subprocess.run([sys.executable, "-c", OPEN_ZCRX], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ERRNO ENOMEM" in r.stdout and "MADV_DONTFORK" in r.stdout, (what, r.stdout)

@@ -119,6 +119,17 @@ class RingEngine(Engine):
         except OSError as e:
             raise uring_error(self.name, e) from None
 
+    def _abandon_open(self) -> None:
+        """open() failed part-way, whatever the exception: the area (this
+        engine's own, or its user of another's) and the ring go; the area is
+        unmapped now (it has no view yet)."""
+        if self.area is not None:
+            self.area.close(self.area_user)
+            self.area = None
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
     def _start_loop(self, loop: EngineLoop) -> None:
         self.loop = loop
         assert self.ring is not None and self.area is not None  # opened by the subclass's open()

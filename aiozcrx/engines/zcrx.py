@@ -95,14 +95,31 @@ class ZcrxEngine(RingEngine):
                                       "pass interface='eth0', queue=N (a queue set up with `aiozcrx nic setup`)")
             nic = (cfg.interface, cfg.queue)
         self._open_ring()
+        try:
+            if_idx, rxq = self._register_area(nic)
+        except BaseException:
+            self._abandon_open()  # whatever it was: nothing of this engine stays
+            raise
+        self._start_loop(loop)
+        if nic is not None:
+            _our_queues[(if_idx, rxq)] = _HELD
+            self._watch_link(loop, (if_idx, nic[0], nic[1]))
+
+    def _register_area(self, nic: tuple[str, int] | None) -> tuple[int, int]:
+        """Maps the area and registers the instance (NIC queue ``nic``, or NODEV);
+        returns (ifindex, queue). Raises the typed error; the caller releases
+        what was made on any exception (``_abandon_open``)."""
+        cfg = self.config
         assert self.ring is not None
         try:
             mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
         except OSError as e:
-            self.ring.close()
-            self.ring = None
             raise area_error(self.name, cfg, e, ZcrxUnavailable) from None
-        self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
+        try:
+            self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
+        except BaseException:
+            _ring.unmap(mapping)  # not the Area's yet
+            raise
         if_idx = 0 if nic is None else socket.if_nametoindex(nic[0])
         rxq = 0 if nic is None else nic[1]
         notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
@@ -111,18 +128,11 @@ class ZcrxEngine(RingEngine):
                 and self._wait_released(nic[0], if_idx, rxq):
             err = self._register(mapping, if_idx, rxq, notif_mask)
         if err is not None:
-            self.area.close()
-            self.area = None  # last reference: the area is unmapped here
-            self.ring.close()
-            self.ring = None
             raise zcrx_error(self.name, cfg, err, nodev=self.nodev)
         assert self.info is not None  # set by a registration that succeeded
         self.zcrx_id = self.info.zcrx_id
         self._kstats = self.info.stats
-        self._start_loop(loop)
-        if nic is not None:
-            _our_queues[(if_idx, rxq)] = _HELD
-            self._watch_link(loop, (if_idx, nic[0], nic[1]))
+        return if_idx, rxq
 
     def _open_imported(self, loop: EngineLoop, source: ZcrxEngine) -> None:
         """Receives through another ring's zcrx instance (ZCRX_CTRL_EXPORT, then
@@ -139,10 +149,14 @@ class ZcrxEngine(RingEngine):
             step = "import the shared instance (ZCRX_REG_IMPORT)"
             self.zcrx_id = _ring.zcrx_import(self.ring, fd)
         except OSError as e:
-            self.ring.close()
-            self.ring = None
+            self._abandon_open()
+            fix = ("run as root or grant CAP_NET_ADMIN (importing needs it as registering does)"
+                   if e.errno == errno.EPERM else "needs Linux 6.19+")
             raise ZcrxUnavailable(self.name, e.errno or errno.EIO, f"cannot {step}: {e.strerror}",
-                                  "needs Linux 6.19+") from None
+                                  fix) from None
+        except BaseException:
+            self._abandon_open()
+            raise
         finally:
             if fd >= 0:
                 os.close(fd)
