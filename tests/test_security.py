@@ -761,3 +761,19 @@ def test_madvise_dontfork_failing_fails_the_registration(call, what, need_zcrx_c
     r = subprocess.run([sys.executable, "-c", OPEN_ZCRX], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "ERRNO ENOMEM" in r.stdout and "MADV_DONTFORK" in r.stdout, (what, r.stdout)
+
+
+def test_fuzz_the_c_types():
+    """tests/fuzz_leases.py: hypothesis drives the Dispatcher and Area through a
+    fake kernel (completions of every sort, connections coming and going, views
+    released in any order) and Area's calls with any numbers; a few seconds, in a
+    subprocess (a crash fails the test, not the run)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("hypothesis")
+    here = os.path.dirname(__file__)
+    env = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, os.path.join(here, "fuzz_leases.py"), "60"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, (r.returncode, r.stdout[-3000:], r.stderr[-3000:])
