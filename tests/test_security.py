@@ -380,6 +380,13 @@ def _run_script(script: str, *args: str):
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+def _script_ok(script: str, *args: str, marker: str = "ALL OK") -> None:
+    """``script`` in a subprocess (a crash is its exit status): it must exit 0 and
+    print ``marker``."""
+    r = _run_script(script, *args)
+    assert r.returncode == 0 and marker in r.stdout, (r.returncode, r.stdout[-4000:], r.stderr[-4000:])
+
+
 @pytest.mark.parametrize("region", ["user", "kernel"])
 def test_forked_child_never_touches_the_parents_zcrx_refill_ring(region):
     r = _run_script(FAKE_FORK, region)
@@ -480,8 +487,7 @@ sys.exit(1 if bad else 0)
 
 def test_out_of_memory_inside_drain_loses_no_completion():
     pytest.importorskip("_testcapi", reason="needs CPython's _testcapi (set_nomemory)")
-    r = _run_script(NOMEM)
-    assert r.returncode == 0 and "ALL OK" in r.stdout, (r.returncode, r.stdout[-4000:], r.stderr[-4000:])
+    _script_ok(NOMEM)
 
 
 class _RecvRunsOutOfMemory:
@@ -591,8 +597,7 @@ print("ALL OK", flush=True)
 
 
 def test_c_types_made_without_their_constructor_raise_instead_of_crashing():
-    r = _run_script(UNINIT)
-    assert r.returncode == 0 and "ALL OK" in r.stdout, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    _script_ok(UNINIT)
 
 
 CLEARED = r'''
@@ -620,8 +625,7 @@ print("ALL OK", flush=True)
 
 
 def test_dispatcher_used_after_the_garbage_collectors_clear_does_not_crash():
-    r = _run_script(CLEARED)
-    assert r.returncode == 0 and "ALL OK" in r.stdout, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    _script_ok(CLEARED)
 
 
 def test_a_completion_of_unknown_kind_is_counted_and_its_buffer_goes_back():
