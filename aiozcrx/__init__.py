@@ -23,6 +23,7 @@ __all__ = [
     "ENGINES",
     "AiozcrxError",
     "EngineUnavailable",
+    "ProcessForked",
     "Receiver",
     "UringUnavailable",
     "ViewProtocol",
@@ -43,6 +44,7 @@ _LAZY = {
     "ENGINES": "config",
     "AiozcrxError": "errors",
     "EngineUnavailable": "errors",
+    "ProcessForked": "errors",
     "UringUnavailable": "errors",
     "ZcrxUnavailable": "errors",
     "ZcrxDeviceRemoved": "errors",
@@ -60,8 +62,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from .config import ENGINES
-    from .errors import (AiozcrxError, EngineUnavailable, UringUnavailable, ZcrxDeviceRemoved,
-                         ZcrxUnavailable)
+    from .errors import (AiozcrxError, EngineUnavailable, ProcessForked, UringUnavailable,
+                         ZcrxDeviceRemoved, ZcrxUnavailable)
     from .receiver import Receiver
     from .server import ZcrxServer, create_connection, create_server
     from .streams import open_connection, start_server

@@ -79,6 +79,7 @@ struct azx_zcrx_info {
     size_t region_len;
     int region_kernel;                     /* 1: kernel-allocated, mmap()ed from the ring fd */
     uintptr_t stats;                       /* the kernel's struct zcrx_stats in the region (7.2), or 0 */
+    int dontfork_failed;                   /* the error returned is madvise(MADV_DONTFORK)'s */
 };
 
 struct azx_query_zcrx {
@@ -161,6 +162,7 @@ struct azx_zcrx_info {
     size_t region_len;
     int region_kernel;
     uintptr_t stats;
+    int dontfork_failed;
 };
 
 struct azx_query_zcrx {
@@ -404,7 +406,12 @@ int azx_zcrx_register(struct azx_ring *r, uint32_t if_idx, uint32_t if_rxq,
     if (!kernel_region) {
         region = mmap(NULL, region_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (region == MAP_FAILED) return -errno;
-        azx_dontfork((uintptr_t)region, region_len);
+        int e = azx_dontfork((uintptr_t)region, region_len);
+        if (e < 0) {            /* pinned memory must stay out of forked children */
+            munmap(region, region_len);
+            out->dontfork_failed = 1;
+            return e;
+        }
         rd.user_addr = (uintptr_t)region;
         rd.flags = AZX_MEM_REGION_TYPE_USER;
     }

@@ -18,6 +18,7 @@ from typing import Callable, Literal, Protocol, Union
 from ._abi import ffi, lib
 from ._leases import PUMP_BUDGET as _PUMP_BUDGET
 from ._leases import Area, Dispatcher
+from .errors import process_forked
 
 # -- the compiled objects' types --
 # aiozcrx._leases has no stubs (mypy sees Area and Dispatcher as Any): these
@@ -52,16 +53,20 @@ class AreaLike(Protocol):
     def setup_pbuf(self, addr: int, entries: int, window: int, incremental: bool = ..., /) -> None: ...
     def setup_pool(self) -> None: ...
     def publish(self, force: bool = ..., /) -> None: ...
-    # a view; b"" at EOF; False: every pooled buffer is held; None: nothing to read
+    # a view (for user 0's connection); b"" at EOF; False: every pooled buffer is
+    # held; None: nothing to read
     def recv(self, fd: int, slot: int, gen: int, /) -> memoryview | Literal[b"", False] | None: ...
-    def set_share(self, buffers: int, wake_fd: int, /) -> None: ...
-    def bind_slot(self, slot: int, gen: int, /) -> None: ...
-    def over_share(self, slot: int, gen: int, /) -> bool: ...
-    def take_back(self) -> list[int]: ...
-    def held(self, slot: int, gen: int, /) -> int: ...
-    def set_wake(self, fd: int, starved: bool, /) -> None: ...
-    def add_user(self) -> None: ...
-    def close(self) -> None: ...
+    # `user`: the engine the call is for (0: the one that made the area; an engine
+    # sharing it has the index add_user() gave it): each owns its wake-ups and its
+    # connections' (slot, gen) state (see AreaUser in aiozcrx/_c/common.h)
+    def set_share(self, buffers: int, wake_fd: int, user: int = ..., /) -> None: ...
+    def bind_slot(self, slot: int, gen: int, user: int = ..., /) -> None: ...
+    def over_share(self, slot: int, gen: int, user: int = ..., /) -> bool: ...
+    def take_back(self, user: int = ..., /) -> list[int]: ...
+    def held(self, slot: int, gen: int, user: int = ..., /) -> int: ...
+    def set_wake(self, fd: int, starved: bool, user: int = ..., /) -> None: ...
+    def add_user(self, ring_fd: int = ..., zcrx_id: int = ..., /) -> int: ...
+    def close(self, user: int = ..., /) -> None: ...
     def stats(self) -> dict[str, int]: ...  # "closed", "area_unmapped": bool
 
 
@@ -118,6 +123,7 @@ UD_NOP = 4
 UD_OVER_SHARE = 5  # made by the C dispatcher: a connection's views hold its share
 UD_EVFD = 6  # the C dispatcher's read of the ring's eventfd (never leaves the dispatcher)
 UD_SOCK_IDLE = 7  # made by the C dispatcher: a connection's socket keeps waking us for nothing
+UD_NOMEM = 8  # made by the C dispatcher: a delivery to the connection failed for want of memory
 
 
 def user_data(kind: int, slot: int, gen: int) -> int:
@@ -183,6 +189,7 @@ class Ring:
             base |= lib.AZX_SETUP_CQE32
         self._r = ffi.new("struct azx_ring *")
         self._r.fd = -1
+        self._pid = os.getpid()  # a forked child never submits to or enters it (_check_process)
         ret = -errno.EINVAL
         # optional flags first; older kernels reject them with EINVAL
         # TASKRUN_FLAG matters: one io_uring_enter runs only a bounded batch of
@@ -220,8 +227,15 @@ class Ring:
     def closed(self) -> bool:
         return self.fd < 0
 
+    def _check_process(self) -> None:
+        # the SQ and CQ are mapped MAP_SHARED: a forked child would write the
+        # parent's SQEs and take its completions (docs/security.md)
+        if os.getpid() != self._pid:
+            raise process_forked("ring")
+
     def enter(self, min_complete: int = 0) -> int:
         """Submits queued SQEs and runs deferred task work (posting completions)."""
+        self._check_process()
         while True:
             ret = lib.azx_enter(self._r, min_complete, lib.AZX_ENTER_GETEVENTS)
             if ret != -errno.EINTR:
@@ -231,6 +245,7 @@ class Ring:
         return _check(ret, "io_uring_enter")
 
     def _prep(self, fn: Callable[..., int], *args: int) -> None:
+        self._check_process()
         ret = fn(self._r, *args)
         if ret == -errno.EBUSY:  # SQ full: submit what is queued, then retry once
             self.enter(0)
@@ -252,14 +267,16 @@ class Ring:
     def supports_op(self, op: int) -> bool:
         return bool(lib.azx_probe_op(self._r, op) == 1)
 
-    def dispatcher(self, area: AreaLike, slots: list[SlotSink], *, copy: bool) -> DispatcherLike:
-        """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``)."""
+    def dispatcher(self, area: AreaLike, slots: list[SlotSink], *, copy: bool,
+                   user: int = 0) -> DispatcherLike:
+        """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``),
+        delivering for area user ``user`` (see ``AreaLike``)."""
         r = self._r
         d: DispatcherLike = Dispatcher(
             area, slots,
             khead=int(r.cq_khead), ktail=int(r.cq_ktail),
             mask=int(r.cq_mask),
-            cqes=int(r.cq_cqes), cqe_size=self.cqe_size, copy=copy,
+            cqes=int(r.cq_cqes), cqe_size=self.cqe_size, copy=copy, user=user,
         )
         # Without TASKRUN_FLAG the kernel cannot tell us that work is left, and the
         # eventfd must then stay on: pending_mask 0 makes pump() keep both simple.
@@ -315,9 +332,13 @@ def map_area(length: int, *, hugepages: bool = False) -> AreaMapping:
     return AreaMapping(int(ffi.cast("uintptr_t", p)), length)
 
 
+#: how the OSError of a failed madvise(MADV_DONTFORK) begins (engines.advice reads it)
+DONTFORK = "madvise(MADV_DONTFORK)"
+
+
 def dontfork(m: AreaMapping) -> None:
     """Keeps memory the kernel pins out of fork()ed children (see _abi_build.py)."""
-    _check(lib.azx_dontfork(m.addr, m.length), "madvise(MADV_DONTFORK)")
+    _check(lib.azx_dontfork(m.addr, m.length), DONTFORK)
 
 
 class PeriodicTimer:
@@ -431,7 +452,7 @@ def register_zcrx(ring: Ring, area: AreaLike, mapping: AreaMapping, *, if_idx: i
     ret = lib.azx_zcrx_register(ring._r, if_idx, rxq, rq_entries, flags, mapping.addr,
                                 mapping.length, 1 if kernel_region else 0, rx_buf_len,
                                 notif_ud, notif_mask, 1 if stats else 0, out)
-    _check(ret, "IORING_REGISTER_ZCRX_IFQ")
+    _check(ret, DONTFORK + " of the refill region" if out.dontfork_failed else "IORING_REGISTER_ZCRX_IFQ")
     area.own_mapping(int(out.region_addr), int(out.region_len))
     area.setup_zcrx(int(out.rq_head), int(out.rq_tail), int(out.rq_rqes), int(out.rq_entries),
                     int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev)
@@ -490,7 +511,11 @@ def register_pbuf_ring(ring: Ring, area: AreaLike, *, bgid: int, window: int, in
         entries <<= 1
     ring_len = max(PAGE_SIZE, entries * 16)
     m = map_area(ring_len)
-    dontfork(m)
+    try:
+        dontfork(m)
+    except BaseException:
+        unmap(m)
+        raise
     inc = incremental
     ret = lib.azx_pbuf_register(ring._r, m.addr, entries, bgid, lib.AZX_PBUF_RING_INC if inc else 0)
     if ret == -errno.EINVAL and inc:

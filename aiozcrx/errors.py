@@ -69,6 +69,27 @@ class ZcrxDeviceRemoved(ZcrxUnavailable, ConnectionAbortedError):
         return f"engine {self.engine!r}: {self.strerror}"
 
 
+class ProcessForked(AiozcrxError, RuntimeError):
+    """A Receiver, one of its transports, or its ring, used in a process forked
+    from the one that opened it ("opened in another process (fork)").
+
+    The child shares the parent's ring and sockets: whatever it did with them
+    would take the parent's completions or data, or write into the parent's
+    refill ring. So in the child every Receiver and transport method raises this,
+    and views inherited across the fork are inert (their release does nothing;
+    they read as zeros). Open a Receiver of the child's own instead; copy what it
+    needs of a view (``bytes(view)``) before forking. See docs/security.md.
+    """
+
+
+def process_forked(what: str) -> ProcessForked:
+    """The error for ``what`` (e.g. "Receiver") used in a forked child."""
+    return ProcessForked(
+        f"aiozcrx: this {what} was opened in another process (fork): a forked child cannot use "
+        "it, its ring, its transports or its views (they are the parent's); open a Receiver of "
+        "its own in the child")
+
+
 class UringUnavailable(EngineUnavailable):
     """io_uring itself cannot be used (disabled, blocked by seccomp, too old)."""
 

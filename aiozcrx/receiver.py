@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 import warnings
@@ -14,6 +15,7 @@ from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  #
                      DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES, Config,
                      socket_family)
 from .engines.base import EngineLoop as _EngineLoop
+from .errors import process_forked
 from .transport import ZcrxTransport
 
 logger = logging.getLogger("aiozcrx")
@@ -150,6 +152,7 @@ class Receiver:
         self._engine: _engines.Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
+        self._pid: int | None = None  # the process that opened it (see _check_process)
         self._transports: set[ZcrxTransport] = set()
         self.engines_tried: list[tuple[str, bool, str]] = []
         self._closed = False
@@ -166,6 +169,7 @@ class Receiver:
         the few loop calls engines and transports make (``_EngineLoop``:
         ``aiozcrx._trio.TrioLoop`` under trio, for ``aiozcrx.anyio``)."""
         if self._engine is not None:
+            self._check_process()
             raise RuntimeError("Receiver is already open")
         if self._closed:
             raise RuntimeError("Receiver is closed; make a new one")
@@ -186,6 +190,7 @@ class Receiver:
         # paths that need more (a transport's sendfile) are asyncio's own.
         self._loop = cast(asyncio.AbstractEventLoop, loop)
         self._thread_id = threading.get_ident()
+        self._pid = os.getpid()
         return self
 
     async def __aenter__(self) -> "Receiver":
@@ -215,7 +220,14 @@ class Receiver:
         self.close()
         await asyncio.sleep(0)  # let connection_lost callbacks run
 
+    def _check_process(self) -> None:
+        """A forked child must not touch the parent's ring, area or sockets: every
+        method raises ProcessForked there (docs/security.md)."""
+        if self._pid is not None and os.getpid() != self._pid:
+            raise process_forked("Receiver")
+
     def _check_thread(self) -> None:
+        self._check_process()
         if self._thread_id is not None and threading.get_ident() != self._thread_id:
             raise RuntimeError("aiozcrx.Receiver is bound to its event loop's thread; call it from "
                                "that thread (use loop.call_soon_threadsafe from others)")
@@ -356,7 +368,9 @@ class Receiver:
         ``notifications_no_buffers`` / ``notifications_copy`` (zcrx, 7.2+).
 
         Ring engines add ``cq_entries`` (the completion queue's size, as asked
-        for), ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
+        for), ``unknown_completions`` (completions of a kind the engine never
+        issues: a bug, or an SQE that is not ours; delivered to nobody, their
+        buffers go back; it should stay 0), ``enters`` (``io_uring_enter`` calls), ``idle_wakeups``
         (wake-ups that found nothing), ``eventfd_paused`` (whether the eventfd is
         switched off while completions are processed: x86 only),
         ``eventfd_read`` (``"sqe"``: a wake-up resets the eventfd with a read in
@@ -380,7 +394,11 @@ class Receiver:
         before), ``share_copies`` / ``share_copied_bytes`` (deliveries made as
         ``bytes`` copies to connections over their share, ``over_share="copy"``;
         all engines) and ``share_reached`` (times a connection's views reached
-        its share with ``over_share="copy"``). Engine ``uring`` adds ``post_window`` (buffers kept in
+        its share with ``over_share="copy"``), ``nomem_failures`` (deliveries that could not be made for want of
+        memory: their buffers went straight back) and, once it happened,
+        ``nomem_connections`` (connections that ended with ENOMEM for it),
+        ``nomem_stalls`` (times the completions' records waited for memory to be
+        handed over: nothing is lost, they come at the next pump). Engine ``uring`` adds ``post_window`` (buffers kept in
         the kernel's ring), ``buffers_posted`` (there now),
         ``post_window_grows`` / ``post_window_shrinks``, and
         ``incremental_buffers`` (True where the kernel fills buffers piece by
@@ -405,6 +423,7 @@ class Receiver:
         ``ZcrxDeviceRemoved``; and ``release_waits`` when opening waited for the
         kernel to unbind the queue from a ring that had just closed (instead of
         failing with EEXIST)."""
+        self._check_process()
         s: dict[str, Any] = {"engine": self.engine, "connections": len(self._transports)}
         if self._engine is not None:
             s.update(self._engine.snapshot_stats())
@@ -418,7 +437,9 @@ class Receiver:
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         # like asyncio's transports: an unclosed Receiver keeps its ring (and its
         # registration) until the process ends; say so
-        if getattr(self, "_engine", None) is not None and not self._closed:
+        # (not in a forked child: the Receiver is the parent's to close)
+        if getattr(self, "_engine", None) is not None and not self._closed \
+                and getattr(self, "_pid", None) == os.getpid():
             _warn(f"unclosed {self!r}", ResourceWarning, source=self)
 
     def __repr__(self) -> str:

@@ -27,6 +27,7 @@ from asyncio import constants, sslproto, trsock
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Optional, Union, cast
 
 from ._leases import CopySink
+from .errors import process_forked
 
 if TYPE_CHECKING:
     from .receiver import Receiver
@@ -167,6 +168,7 @@ class ZcrxTransport(_FlowControlBase):
         if engine is None or loop is None:
             raise RuntimeError("Receiver is not open (use `async with Receiver(...)`)")
         self._receiver = receiver
+        self._pid = os.getpid()  # a forked child gets ProcessForked (see _check_process)
         self._engine_name: str = engine.name
         self._loop: asyncio.AbstractEventLoop = loop
         self._sock = sock
@@ -200,6 +202,12 @@ class ZcrxTransport(_FlowControlBase):
                 self._extra[key] = fn()
             except OSError:
                 self._extra[key] = None
+
+    def _check_process(self) -> None:
+        """In a forked child the connection is the parent's: its socket, ring and
+        views are not the child's to use (docs/security.md)."""
+        if os.getpid() != self._pid:
+            raise process_forked("transport's Receiver")
 
     # ------------------------------------------------------------ start / sink
     def _sink(self) -> Sink:
@@ -235,6 +243,7 @@ class ZcrxTransport(_FlowControlBase):
     def pause_reading(self) -> None:
         """No ``data_received`` calls until ``resume_reading``; nothing is lost:
         completions already under way are kept and delivered first on resume."""
+        self._check_process()
         if self._closing or self._paused:
             return
         self._paused = True
@@ -243,6 +252,7 @@ class ZcrxTransport(_FlowControlBase):
             self._conn.stop()
 
     def resume_reading(self) -> None:
+        self._check_process()
         if self._closing or not self._paused:
             return
         self._paused = False
@@ -334,6 +344,7 @@ class ZcrxTransport(_FlowControlBase):
 
     # ------------------------------------------------------------ write side
     def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        self._check_process()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof_written:
@@ -426,6 +437,7 @@ class ZcrxTransport(_FlowControlBase):
         delivered meanwhile, and the peer's end is seen after it) and write() is
         refused meanwhile (it would land in the middle of the file); what was
         written before goes first."""
+        self._check_process()
         if self._closing:
             raise RuntimeError("Transport is closing")
         if self._sendfile_active:
@@ -492,6 +504,7 @@ class ZcrxTransport(_FlowControlBase):
                 self._loop.remove_writer(self._fileno)
 
     def write_eof(self) -> None:
+        self._check_process()
         if self._closing or self._eof_written:
             return
         self._eof_written = True
@@ -511,6 +524,7 @@ class ZcrxTransport(_FlowControlBase):
         return (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high: Optional[int] = None, low: Optional[int] = None) -> None:
+        self._check_process()
         if high is None:
             high = _DEFAULT_HIGH if low is None else 4 * low
         if low is None:
@@ -553,6 +567,7 @@ class ZcrxTransport(_FlowControlBase):
         """Stops reading (unread data is dropped, as in asyncio), flushes the write
         buffer, then calls ``connection_lost(None)``. Views already delivered stay
         readable: their memory lives until the last of them is released."""
+        self._check_process()
         if self._closing:
             return
         self._closing = True
@@ -561,6 +576,7 @@ class ZcrxTransport(_FlowControlBase):
             self._call_connection_lost_soon(None)
 
     def abort(self) -> None:
+        self._check_process()
         self._force_close(None)
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
@@ -613,12 +629,14 @@ class ZcrxTransport(_FlowControlBase):
         ``connection_made`` is not called). Nothing is lost or repeated: a switch
         inside ``data_received`` takes effect from the next delivery, and what a
         pause kept back goes to the new protocol on resume."""
+        self._check_process()
         self._protocol = protocol
         if self._started and not self._closing and not self._paused and not self._backlog:
             self._conn.set_sink(self._sink())
 
     def stats(self) -> dict[str, int]:
         """Per-connection counters: bytes and completions received, bytes written."""
+        self._check_process()
         completions, nbytes = self._conn.stats()
         return {"bytes_received": nbytes, "completions": completions,
                 "bytes_written": self._bytes_written, "backlog": len(self._backlog)}

@@ -387,6 +387,96 @@ def test_teardown_without_record_is_a_noop(tmp_path):
     assert nic.teardown(str(tmp_path / "nic-x.json"), FakeNic()).ok
 
 
+# -- the state file and interruptions (issue 20; see docs/security.md) -------
+# `nic setup` runs with CAP_NET_ADMIN and may write into a shared directory
+# (AIOZCRX_STATE_DIR); `nic teardown` replays what the file says, with the same
+# privilege. The file is written atomically (a new temporary name, O_EXCL, no
+# symlink followed, 0600, then rename), read only if it is a regular file of
+# ours that nobody else can write; an interruption (Ctrl-C, SIGTERM) part-way
+# through a setup rolls back what was done before the signal takes effect.
+
+def test_state_file_is_0600_and_never_written_through_a_planted_symlink(tmp_path):
+    plan = plan_setup(fresh(), 11, 9999)
+    path = tmp_path / "nic-eth1.json"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "nic-eth1.json.tmp").symlink_to(victim)  # the old fixed temporary name
+    old = os.umask(0)
+    try:
+        out = nic.apply_plan(plan, FakeNic(), str(path))
+    finally:
+        os.umask(old)
+    assert out.ok
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink() and (path.stat().st_mode & 0o777) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()] == []
+
+
+def _planted_record(path, **kw) -> None:
+    """A record someone else put there: its 'undo' would change the NIC."""
+    rec = {"version": 1, "interface": "eth1", "queue": 1, "port": 1, "steps": [
+        {"id": "x", "title": "planted", "command": "", "inverse_command": "ethtool -L eth1 combined 1",
+         "inverse": {"kind": "channels", "args": {"kind": "combined", "count": 1}}}]}
+    path.write_text(json.dumps(rec))
+
+
+@pytest.mark.parametrize("how", ["symlink", "group-writable", "world-writable", "not ours"])
+def test_a_record_not_safely_ours_is_refused_and_replays_nothing(tmp_path, how):
+    path = tmp_path / "nic-eth1.json"
+    if how == "symlink":
+        real = tmp_path / "elsewhere.json"
+        _planted_record(real)
+        path.symlink_to(real)
+    else:
+        _planted_record(path)
+        if how == "not ours":
+            if os.geteuid() != 0:
+                pytest.skip("needs root to give the file to another user")
+            os.chown(path, 65534, 65534)
+        else:
+            path.chmod(0o620 if how == "group-writable" else 0o602)
+    with pytest.raises(nic.StateFileError, match="nic-eth1.json"):
+        nic.load_record(str(path))
+    fake = FakeNic()
+    with pytest.raises(nic.StateFileError):
+        nic.teardown(str(path), fake)
+    assert fake.log == []
+
+
+@pytest.mark.parametrize("how", ["signal", "exception"])
+def test_ctrl_c_part_way_through_setup_rolls_back(tmp_path, how):
+    """SIGINT while the third step runs (it completes, then everything is undone),
+    or a KeyboardInterrupt out of it (it did not happen; the two before are
+    undone): newest first, nothing stays recorded, and the interruption then goes
+    on (KeyboardInterrupt)."""
+    import signal
+
+    plan = plan_setup(fresh(), 11, 9999)
+    path = tmp_path / "nic-eth1.json"
+
+    class Interrupted(FakeNic):
+        def run(self, op):
+            if op.kind == "features" and op.args.get("rx-ntuple-filter") is True:
+                if how == "exception":
+                    self.log.append((op.kind, dict(op.args)))
+                    raise KeyboardInterrupt
+                r = super().run(op)
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while the step runs
+                return r
+            return super().run(op)
+
+    fake = Interrupted()
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nic.apply_plan(plan, fake, str(path))
+    finally:
+        signal.signal(signal.SIGINT, old)
+    undone = ["features", "rings", "channels"] if how == "signal" else ["rings", "channels"]
+    assert [k for k, _ in fake.log] == ["channels", "rings", "features", *undone]
+    assert not path.exists()
+
+
 # --------------------------------------------------------------------------
 # CLI (snapshot and executor replaced)
 # --------------------------------------------------------------------------

@@ -62,130 +62,254 @@ area_take(Area *a, uint64_t ident)
 /* A buffer comes back from user space. Never fails: a zcrx return that cannot be
  * queued (out of memory for the pending list) is dropped and counted, which costs
  * the area one buffer, never correctness. */
+/* -------------------------------------------------------- users */
+
+/* Whether `a` was initialised (Area(base, length, buf_size)): a type that
+ * Python can make without calling __init__ (Area.__new__(Area)) must refuse,
+ * not crash. 0 with RuntimeError set if not. */
+static int
+area_ready(Area *a)
+{
+    if (a->users)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError,
+                    "aiozcrx._leases.Area is not initialised: make it with Area(base, length, buf_size)");
+    return 0;
+}
+
+/* Slots (connections) one engine may number: their tables grow to the highest
+ * slot used. 2^24, as the generation's bits (far above any real count). */
+#define MAX_SLOTS (1U << 24)
+
+/* The user an Area method names (its optional last argument, 0 by default: the
+ * engine that made the area), or NULL with an exception set. */
+static AreaUser *
+user_arg(Area *a, unsigned int user)
+{
+    AreaUser *u = area_user(a, user);
+    if (!u)
+        PyErr_Format(PyExc_ValueError, "area user %u is not open", user);
+    return u;
+}
+
+static AreaUser *
+user_new(int ring_fd, uint32_t zcrx_id)
+{
+    AreaUser *u = PyMem_Calloc(1, sizeof(AreaUser));
+    if (!u)
+        return NULL;
+    u->live = 1;
+    u->wake_fd = u->share_wake_fd = -1;
+    u->ring_fd = ring_fd;
+    u->zcrx_id = zcrx_id;
+    return u;
+}
+
+/* A user's own state goes with its close(): its fds are forgotten (they are
+ * closed by their engine right after), its tables freed. The struct stays (its
+ * index is never reused) until the area goes. */
+static void
+user_close(AreaUser *u)
+{
+    u->live = 0;
+    u->wake_fd = u->share_wake_fd = u->ring_fd = -1;
+    u->starved = 0;
+    u->share = 0;
+    PyMem_Free(u->held);
+    PyMem_Free(u->held_gen);
+    PyMem_Free(u->over);
+    PyMem_Free(u->back);
+    u->held = u->held_gen = u->back = NULL;
+    u->over = NULL;
+    u->held_cap = u->nback = 0;
+}
+
+/* Adds a user; its index, or -1 with an exception set. */
+static long
+area_add_user(Area *a, int ring_fd, uint32_t zcrx_id)
+{
+    AreaUser **v = PyMem_Realloc(a->users, (a->nusers + 1) * sizeof(*v));
+    if (!v) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    a->users = v;
+    if (!(v[a->nusers] = user_new(ring_fd, zcrx_id))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    a->live_users++;
+    return (long)a->nusers++;
+}
+
+/* Writes 1 to an eventfd (a user's wake-up). */
+static inline void
+wake(int fd)
+{
+    uint64_t one = 1;
+    if (write(fd, &one, sizeof one) < 0) {
+        /* counter saturated: the loop is awake anyway */
+    }
+}
+
 /* -------------------------------------------------------- fair share */
 
-/* A new connection takes `slot` (generation `gen`): it holds nothing yet. */
+/* A new connection of `user` takes `slot` (generation `gen`): it holds nothing yet. */
 static int
-area_bind_slot(Area *a, uint32_t slot, uint32_t gen)
+area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
 {
-    if (slot >= a->held_cap) {
-        uint32_t cap = a->held_cap ? a->held_cap : 64;
+    AreaUser *u = area_user(a, user);
+    if (!u) {
+        PyErr_Format(PyExc_ValueError, "area user %u is not open", user);
+        return -1;
+    }
+    if (slot >= MAX_SLOTS) {
+        PyErr_Format(PyExc_ValueError, "slot %u out of range (< %u)", slot, MAX_SLOTS);
+        return -1;
+    }
+    if (slot >= u->held_cap) {
+        uint32_t cap = u->held_cap ? u->held_cap : 64;
         while (cap <= slot)
             cap *= 2;
-        uint32_t *h = PyMem_Realloc(a->held, (size_t)cap * sizeof(*h));
+        uint32_t *h = PyMem_Realloc(u->held, (size_t)cap * sizeof(*h));
         if (!h)
             goto nomem;
-        a->held = h;
-        uint32_t *g = PyMem_Realloc(a->held_gen, (size_t)cap * sizeof(*g));
+        u->held = h;
+        uint32_t *g = PyMem_Realloc(u->held_gen, (size_t)cap * sizeof(*g));
         if (!g)
             goto nomem;
-        a->held_gen = g;
-        uint8_t *o = PyMem_Realloc(a->over, cap);
+        u->held_gen = g;
+        uint8_t *o = PyMem_Realloc(u->over, cap);
         if (!o)
             goto nomem;
-        a->over = o;
-        uint32_t *b = PyMem_Realloc(a->back, (size_t)cap * sizeof(*b));
+        u->over = o;
+        uint32_t *b = PyMem_Realloc(u->back, (size_t)cap * sizeof(*b));
         if (!b)
             goto nomem;
-        a->back = b;
-        memset(a->held + a->held_cap, 0, (cap - a->held_cap) * sizeof(*h));
-        memset(a->held_gen + a->held_cap, 0, (cap - a->held_cap) * sizeof(*g));
-        memset(a->over + a->held_cap, 0, cap - a->held_cap);
-        a->held_cap = cap;
+        u->back = b;
+        memset(u->held + u->held_cap, 0, (cap - u->held_cap) * sizeof(*h));
+        memset(u->held_gen + u->held_cap, 0, (cap - u->held_cap) * sizeof(*g));
+        memset(u->over + u->held_cap, 0, cap - u->held_cap);
+        u->held_cap = cap;
     }
-    a->held[slot] = 0;
-    a->held_gen[slot] = gen;
-    a->over[slot] &= OVER_LISTED;  /* a stale listing stays listed: never twice in back[] */
+    u->held[slot] = 0;
+    u->held_gen[slot] = gen;
+    u->over[slot] &= OVER_LISTED;  /* a stale listing stays listed: never twice in back[] */
     return 0;
 nomem:
     PyErr_NoMemory();
     return -1;
 }
 
-static inline void
-area_hold(Area *a, uint32_t slot, uint32_t gen)
+/* The live user's table entry for connection (slot, gen), or NULL. */
+static inline AreaUser *
+conn_of(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
 {
-    if (gen && slot < a->held_cap && a->held_gen[slot] == gen)
-        a->held[slot]++;
+    AreaUser *u = area_user(a, user);
+    return u && gen && slot < u->held_cap && u->held_gen[slot] == gen ? u : NULL;
 }
 
-/* A view of (slot, gen) was released: one buffer fewer held by that connection.
- * A connection over its share is let go again at half of it (hysteresis, so it
- * does not flap at the limit): listed for take_back() and the loop woken. */
 static inline void
-area_unhold(Area *a, uint32_t slot, uint32_t gen)
+area_hold(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
 {
-    if (!gen || slot >= a->held_cap || a->held_gen[slot] != gen || !a->held[slot])
+    AreaUser *u = conn_of(a, user, slot, gen);
+    if (u)
+        u->held[slot]++;
+}
+
+/* A view of (user, slot, gen) was released: one buffer fewer held by that
+ * connection. A connection over its share is let go again at half of it
+ * (hysteresis, so it does not flap at the limit): listed for take_back() and its
+ * own engine's loop woken. */
+static inline void
+area_unhold(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
+{
+    AreaUser *u = conn_of(a, user, slot, gen);
+    if (!u || !u->held[slot])
         return;
-    a->held[slot]--;
-    if ((a->over[slot] & OVER_SHARE) && a->held[slot] <= a->share / 2) {
-        a->over[slot] &= ~OVER_SHARE;
-        if (!(a->over[slot] & OVER_LISTED)) {
-            a->over[slot] |= OVER_LISTED;
-            a->back[a->nback++] = slot;   /* once per slot: OVER_LISTED */
+    u->held[slot]--;
+    if ((u->over[slot] & OVER_SHARE) && u->held[slot] <= u->share / 2) {
+        u->over[slot] &= ~OVER_SHARE;
+        if (!(u->over[slot] & OVER_LISTED)) {
+            u->over[slot] |= OVER_LISTED;
+            u->back[u->nback++] = slot;   /* once per slot: OVER_LISTED */
         }
-        if (a->share_wake_fd >= 0 && !a->closed) {
-            uint64_t one = 1;
-            if (write(a->share_wake_fd, &one, sizeof one) < 0) {
-                /* counter saturated: the loop is awake anyway */
-            }
-        }
+        if (u->share_wake_fd >= 0 && !a->closed)
+            wake(u->share_wake_fd);
     }
 }
 
-/* set_share(buffers, wake_fd): how many buffers one connection's views may hold
- * (0: no limit), and the fd to write when one comes back under. */
+/* set_share(buffers, wake_fd[, user]): how many buffers one connection's views
+ * may hold (0: no limit), and the fd to write when one comes back under. */
 static PyObject *
 Area_set_share(Area *a, PyObject *args)
 {
-    unsigned int share;
-    int fd;
-    if (!PyArg_ParseTuple(args, "Ii", &share, &fd))
+    if (!area_ready(a))
         return NULL;
-    a->share = share;
-    a->share_wake_fd = fd;
+    unsigned int share, user = 0;
+    int fd;
+    if (!PyArg_ParseTuple(args, "Ii|I", &share, &fd, &user))
+        return NULL;
+    AreaUser *u = user_arg(a, user);
+    if (!u)
+        return NULL;
+    u->share = share;
+    u->share_wake_fd = fd;
     Py_RETURN_NONE;
 }
 
-/* bind_slot(slot, gen): for engines without a dispatcher (socket). */
+/* bind_slot(slot, gen[, user]): for engines without a dispatcher (socket). */
 static PyObject *
 Area_bind_slot(Area *a, PyObject *args)
 {
-    unsigned int slot, gen;
-    if (!PyArg_ParseTuple(args, "II", &slot, &gen))
+    if (!area_ready(a))
         return NULL;
-    if (area_bind_slot(a, slot, gen) < 0)
+    unsigned int slot, gen, user = 0;
+    if (!PyArg_ParseTuple(args, "II|I", &slot, &gen, &user))
+        return NULL;
+    if (area_bind_slot(a, user, slot, gen) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-/* over_share(slot, gen) -> bool: whether that connection holds its share now (and
- * is marked so; the socket engine asks after each delivery). */
+/* over_share(slot, gen[, user]) -> bool: whether that connection holds its share
+ * now (and is marked so; the socket engine asks after each delivery). */
 static PyObject *
 Area_over_share(Area *a, PyObject *args)
 {
-    unsigned int slot, gen;
-    if (!PyArg_ParseTuple(args, "II", &slot, &gen))
+    if (!area_ready(a))
         return NULL;
-    if (a->share && slot < a->held_cap && a->held_gen[slot] == gen && a->held[slot] >= a->share) {
-        a->over[slot] |= OVER_SHARE;
+    unsigned int slot, gen, user = 0;
+    if (!PyArg_ParseTuple(args, "II|I", &slot, &gen, &user))
+        return NULL;
+    AreaUser *u = conn_of(a, user, slot, gen);
+    if (u && u->share && u->held[slot] >= u->share) {
+        u->over[slot] |= OVER_SHARE;
         Py_RETURN_TRUE;
     }
     Py_RETURN_FALSE;
 }
 
-/* take_back() -> list of slots that came back under their share since last
- * time (and are not over it again) */
+/* take_back([user]) -> list of that user's slots that came back under their
+ * share since last time (and are not over it again) */
 static PyObject *
-Area_take_back(Area *a, PyObject *Py_UNUSED(ignored))
+Area_take_back(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
+    unsigned int user = 0;
+    if (!PyArg_ParseTuple(args, "|I", &user))
+        return NULL;
+    AreaUser *u = user_arg(a, user);
+    if (!u)
+        return NULL;
     PyObject *out = PyList_New(0);
     if (!out)
         return NULL;
-    for (uint32_t i = 0; i < a->nback; i++) {
-        uint32_t slot = a->back[i];
-        a->over[slot] &= ~OVER_LISTED;
-        if (a->over[slot] & OVER_SHARE)
+    for (uint32_t i = 0; i < u->nback; i++) {
+        uint32_t slot = u->back[i];
+        u->over[slot] &= ~OVER_LISTED;
+        if (u->over[slot] & OVER_SHARE)
             continue;
         PyObject *v = PyLong_FromUnsignedLong(slot);
         if (!v || PyList_Append(out, v) < 0) {
@@ -195,19 +319,21 @@ Area_take_back(Area *a, PyObject *Py_UNUSED(ignored))
         }
         Py_DECREF(v);
     }
-    a->nback = 0;
+    u->nback = 0;
     return out;
 }
 
-/* held(slot, gen) -> buffers that connection's views hold now */
+/* held(slot, gen[, user]) -> buffers that connection's views hold now */
 static PyObject *
 Area_held(Area *a, PyObject *args)
 {
-    unsigned int slot, gen;
-    if (!PyArg_ParseTuple(args, "II", &slot, &gen))
+    if (!area_ready(a))
         return NULL;
-    unsigned long n = slot < a->held_cap && a->held_gen[slot] == gen ? a->held[slot] : 0;
-    return PyLong_FromUnsignedLong(n);
+    unsigned int slot, gen, user = 0;
+    if (!PyArg_ParseTuple(args, "II|I", &slot, &gen, &user))
+        return NULL;
+    AreaUser *u = conn_of(a, user, slot, gen);
+    return PyLong_FromUnsignedLong(u ? u->held[slot] : 0);
 }
 
 /* Unmaps every mapping the area owns, once. */
@@ -255,11 +381,12 @@ area_return(Area *a, uint64_t ident, uint32_t len)
         a->freelist[a->nfree++] = (uint32_t)ident;
         break;
     }
-    if (a->starved && a->wake_fd >= 0) {
-        uint64_t one = 1;
-        a->starved = 0;
-        if (write(a->wake_fd, &one, sizeof one) < 0) {
-            /* eventfd counter saturated or fd closed: the loop is awake anyway */
+    /* every live user waiting for a buffer: its own wake-up */
+    for (uint32_t i = 0; i < a->nusers; i++) {
+        AreaUser *u = a->users[i];
+        if (u->live && u->starved && u->wake_fd >= 0) {
+            u->starved = 0;
+            wake(u->wake_fd);
         }
     }
 }
@@ -278,15 +405,24 @@ pbuf_kernel_done(Area *a, uint32_t bid)
         a->freelist[a->nfree++] = bid;
 }
 
+/* Tells the kernel to take the refill ring's entries (NODEV), through the ring
+ * of a live user: any ring the instance is registered in reaches the same refill
+ * ring, and a closed user's ring fd may be anybody's by now. */
 static int
 zcrx_flush(Area *a)
 {
+    AreaUser *u = NULL;
+    for (uint32_t i = 0; i < a->nusers && !u; i++)
+        if (a->users[i]->live && a->users[i]->ring_fd >= 0)
+            u = a->users[i];
+    if (!u)
+        return -EBADF;
     struct azx_zcrx_ctrl c;
     memset(&c, 0, sizeof c);
-    c.zcrx_id = a->zcrx_id;
+    c.zcrx_id = u->zcrx_id;
     c.op = AZX_ZCRX_CTRL_FLUSH_RQ;
     unsigned long long c0 = a->timing ? thread_cpu_ns() : 0;
-    long r = syscall(__NR_io_uring_register, a->ring_fd, AZX_REGISTER_ZCRX_CTRL, &c, 0);
+    long r = syscall(__NR_io_uring_register, u->ring_fd, AZX_REGISTER_ZCRX_CTRL, &c, 0);
     if (a->timing)
         a->syscall_cpu_ns += thread_cpu_ns() - c0;
     a->flushes++;
@@ -415,9 +551,13 @@ area_free_in_kernel(Area *a)
 static PyObject *
 Area_publish(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     int force = 0;
     if (!PyArg_ParseTuple(args, "|p", &force))
         return NULL;
+    if (forked(a->fork_gen))
+        return raise_forked();
     area_publish(a, force);
     Py_RETURN_NONE;
 }
@@ -431,6 +571,11 @@ Area_init(Area *a, PyObject *args, PyObject *kw)
     unsigned int buf_size;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "KnI", kwlist, &base, &length, &buf_size))
         return -1;
+    if (a->users) {
+        /* leases and dispatchers point into it already */
+        PyErr_SetString(PyExc_RuntimeError, "Area is initialised already");
+        return -1;
+    }
     if (!base || length <= 0 || !buf_size || (size_t)length % buf_size) {
         PyErr_SetString(PyExc_ValueError, "Area: length must be a positive multiple of buf_size");
         return -1;
@@ -440,16 +585,16 @@ Area_init(Area *a, PyObject *args, PyObject *kw)
     a->buf_size = buf_size;
     a->nbufs = (uint32_t)((size_t)length / buf_size);
     a->kind = -1;
-    a->wake_fd = -1;
-    a->ring_fd = -1;
-    a->share_wake_fd = -1;
-    a->users = 1;
+    if (area_add_user(a, -1, 0) < 0)   /* user 0: the engine that made it */
+        return -1;
     return 0;
 }
 
 static PyObject *
 Area_own_mapping(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned long long addr;
     Py_ssize_t len;
     if (!PyArg_ParseTuple(args, "Kn", &addr, &len))
@@ -467,6 +612,8 @@ Area_own_mapping(Area *a, PyObject *args)
 static PyObject *
 Area_setup_zcrx(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned long long head, tail, rqes, token;
     unsigned int entries, zcrx_id;
     int ring_fd, nodev;
@@ -475,6 +622,14 @@ Area_setup_zcrx(Area *a, PyObject *args)
         return NULL;
     if (!entries || (entries & (entries - 1))) {
         PyErr_SetString(PyExc_ValueError, "rq_entries must be a power of two");
+        return NULL;
+    }
+    if (!head || !tail || !rqes) {
+        PyErr_SetString(PyExc_ValueError, "setup_zcrx: null address");
+        return NULL;
+    }
+    if (a->kind != -1) {
+        PyErr_SetString(PyExc_RuntimeError, "the area already has a ring");
         return NULL;
     }
     a->kind = KIND_ZCRX;
@@ -486,8 +641,8 @@ Area_setup_zcrx(Area *a, PyObject *args)
     a->rq_local_tail = *a->rq_ktail;
     a->rq_seen_head = *a->rq_khead;
     a->token = token;
-    a->zcrx_id = zcrx_id;
-    a->ring_fd = ring_fd;
+    a->users[0]->zcrx_id = zcrx_id;   /* the ring that registered it is user 0's */
+    a->users[0]->ring_fd = ring_fd;
     a->nodev = nodev;
     Py_RETURN_NONE;
 }
@@ -498,6 +653,8 @@ Area_setup_zcrx(Area *a, PyObject *args)
 static PyObject *
 Area_setup_pbuf(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     unsigned long long ring;
     unsigned int entries, window;
     int inc = 0;
@@ -505,6 +662,10 @@ Area_setup_pbuf(Area *a, PyObject *args)
         return NULL;
     if (!entries || (entries & (entries - 1)) || entries < a->nbufs || a->nbufs > 32768) {
         PyErr_SetString(PyExc_ValueError, "pbuf ring entries must be a power of two >= buffers");
+        return NULL;
+    }
+    if (!ring) {
+        PyErr_SetString(PyExc_ValueError, "setup_pbuf: null address");
         return NULL;
     }
     if (a->kind != -1) {
@@ -541,6 +702,12 @@ Area_setup_pbuf(Area *a, PyObject *args)
 static PyObject *
 Area_setup_pool(Area *a, PyObject *Py_UNUSED(ignored))
 {
+    if (!area_ready(a))
+        return NULL;
+    if (a->kind != -1) {
+        PyErr_SetString(PyExc_RuntimeError, "the area already has a ring");
+        return NULL;
+    }
     a->kind = KIND_POOL;
     a->freelist = PyMem_Malloc(a->nbufs * sizeof(uint32_t));
     if (!a->freelist)
@@ -552,68 +719,86 @@ Area_setup_pool(Area *a, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* close([user]): that user (engine) is done with the area: its wake-ups, its
+ * connections' state and its ring go (user_close); the last user closes the
+ * area. After that, returned buffers are only counted: the ring they would go to
+ * is gone. The mappings go with the last lease (area_return), or now if none is
+ * out: not at dealloc, which may be much later if Python objects keep the Area.
+ * Closing a user twice does nothing. */
 static PyObject *
-Area_close(Area *a, PyObject *Py_UNUSED(ignored))
+Area_close(Area *a, PyObject *args)
 {
-    /* One user (engine) fewer; the last one closes the area. After close,
-     * returned buffers are only counted: the ring they would go to is gone. The
-     * mappings go with the last lease (area_return), or now if none is out: not
-     * at dealloc, which may be much later if Python objects keep the Area. */
-    if (a->closed)
+    unsigned int user = 0;
+    if (!PyArg_ParseTuple(args, "|I", &user))
+        return NULL;
+    AreaUser *u = area_user(a, user);
+    if (!u || a->closed)
         Py_RETURN_NONE;
-    if (a->users > 1) {
-        a->users--;
+    user_close(u);
+    if (--a->live_users)
         Py_RETURN_NONE;
-    }
-    a->users = 0;
     a->closed = 1;
-    a->wake_fd = -1;
     if (!a->outstanding)
         area_unmap(a);
     Py_RETURN_NONE;
 }
 
-/* add_user(): another engine receives into this area (a zcrx instance imported
- * into a second ring); each user calls close() once. */
+/* add_user(ring_fd=-1, zcrx_id=0) -> int: another engine receives into this area
+ * (a zcrx instance imported into its ring, where it has id zcrx_id); returns its
+ * user index, which it passes to the calls that are its own and closes once. */
 static PyObject *
-Area_add_user(Area *a, PyObject *Py_UNUSED(ignored))
+Area_add_user(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
+    int ring_fd = -1;
+    unsigned int zcrx_id = 0;
+    if (!PyArg_ParseTuple(args, "|iI", &ring_fd, &zcrx_id))
+        return NULL;
     if (a->closed) {
         PyErr_SetString(PyExc_RuntimeError, "area is closed");
         return NULL;
     }
-    a->users++;
-    Py_RETURN_NONE;
+    long user = area_add_user(a, ring_fd, zcrx_id);
+    return user < 0 ? NULL : PyLong_FromLong(user);
 }
 
 
-/* socket engine: recv() into a free pool buffer.
+/* socket engine: recv() into a free pool buffer, never waiting.
  * Returns a memoryview, None (would block), b"" (EOF), or False (no free buffer:
  * the area is marked starved and wakes wake_fd when one comes back). */
 static PyObject *
 Area_recv(Area *a, PyObject *args)
 {
+    if (!area_ready(a))
+        return NULL;
     int fd;
     unsigned int slot, gen;
     if (!PyArg_ParseTuple(args, "iII", &fd, &slot, &gen))
         return NULL;
+    if (forked(a->fork_gen))
+        return raise_forked();  /* the parent's socket: its data is not ours */
     if (a->kind != KIND_POOL || a->closed) {
         PyErr_SetString(PyExc_RuntimeError, "recv on a closed or non-pool area");
         return NULL;
     }
     if (!a->nfree) {
-        a->starved = 1;
+        AreaUser *u = area_user(a, 0);
+        if (u)
+            u->starved = 1;
         Py_RETURN_FALSE;
     }
     uint32_t bid = a->freelist[a->nfree - 1];
     char *ptr = a->base + (size_t)bid * a->buf_size;
     ssize_t n;
+    /* MSG_DONTWAIT: never wait, whatever mode the socket is in (this runs with
+     * the GIL held: a wait here would stop every thread of the process) */
     do {
-        n = recv((int)fd, ptr, a->buf_size, 0);
+        n = recv((int)fd, ptr, a->buf_size, MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
         a->nfree--;
-        return make_view(a, ptr, n, bid, slot, gen);
+        return make_view(a, ptr, n, bid, 0, slot, gen);
     }
     if (n == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
@@ -622,15 +807,22 @@ Area_recv(Area *a, PyObject *args)
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
-/* Marks the area starved: the next returned buffer writes the wake fd. */
+/* set_wake(fd, starved[, user]): marks that user starved: the next returned
+ * buffer writes its wake fd. */
 static PyObject *
 Area_set_wake(Area *a, PyObject *args)
 {
-    int fd, starved;
-    if (!PyArg_ParseTuple(args, "ip", &fd, &starved))
+    if (!area_ready(a))
         return NULL;
-    a->wake_fd = fd;
-    a->starved = starved;
+    int fd, starved;
+    unsigned int user = 0;
+    if (!PyArg_ParseTuple(args, "ip|I", &fd, &starved, &user))
+        return NULL;
+    AreaUser *u = user_arg(a, user);
+    if (!u)
+        return NULL;
+    u->wake_fd = fd;
+    u->starved = starved;
     Py_RETURN_NONE;
 }
 
@@ -638,6 +830,9 @@ static PyObject *
 Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
 {
     uint32_t queued = 0;
+    int starved = 0;
+    for (uint32_t i = 0; i < a->nusers; i++)
+        starved |= a->users[i]->live && a->users[i]->starved;
     if (a->kind == KIND_ZCRX && !a->closed)
         queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
     PyObject *s = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:n,s:I,s:I,s:O,s:O,s:i,s:K}",
@@ -653,7 +848,7 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
                                 "buffers_free", a->nbufs - (uint32_t)a->outstanding,
                                 "closed", a->closed ? Py_True : Py_False,
                                 "area_unmapped", a->unmapped ? Py_True : Py_False,
-                                "starved", a->starved,
+                                "starved", starved,
                                 "area_addr", (unsigned long long)(uintptr_t)a->base);
     if (s && a->inc) {
         /* a view holds a piece of a buffer: count buffers, and views apart */
@@ -706,15 +901,39 @@ Area_get_free_in_kernel(Area *a, void *c)
     return PyLong_FromUnsignedLongLong(area_free_in_kernel(a));
 }
 
+/* Every Area is listed (all_areas) from the start, for the forked child's
+ * at_fork_child; an Area made without __init__ has no ring and no memory. */
+static PyObject *
+Area_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Area *a = (Area *)type->tp_alloc(type, 0);
+    if (!a)
+        return NULL;
+    a->fork_gen = fork_gen;
+    a->kind = -1;
+    a->next_area = all_areas;
+    if (all_areas)
+        all_areas->prev_area = &a->next_area;
+    a->prev_area = &all_areas;
+    all_areas = a;
+    return (PyObject *)a;
+}
+
 static void
 Area_dealloc(Area *a)
 {
+    if (a->prev_area) {
+        *a->prev_area = a->next_area;
+        if (a->next_area)
+            a->next_area->prev_area = a->prev_area;
+    }
     area_unmap(a);
     PyMem_Free(a->pending);
-    PyMem_Free(a->held);
-    PyMem_Free(a->held_gen);
-    PyMem_Free(a->over);
-    PyMem_Free(a->back);
+    for (uint32_t i = 0; i < a->nusers; i++) {
+        user_close(a->users[i]);
+        PyMem_Free(a->users[i]);
+    }
+    PyMem_Free(a->users);
     PyMem_Free(a->freelist);
     PyMem_Free(a->buf_used);
     PyMem_Free(a->buf_views);
@@ -729,14 +948,14 @@ static PyMethodDef Area_methods[] = {
     {"setup_pool", (PyCFunction)Area_setup_pool, METH_NOARGS, "use a user-space free list"},
     {"publish", (PyCFunction)Area_publish, METH_VARARGS, "publish queued returns (one tail store)"},
     {"recv", (PyCFunction)Area_recv, METH_VARARGS, "recv(fd, slot, gen) into a pool buffer, for that connection"},
-    {"set_share", (PyCFunction)Area_set_share, METH_VARARGS, "set_share(buffers, wake_fd): one connection's limit"},
-    {"bind_slot", (PyCFunction)Area_bind_slot, METH_VARARGS, "bind_slot(slot, gen): a new connection holds nothing"},
-    {"over_share", (PyCFunction)Area_over_share, METH_VARARGS, "over_share(slot, gen): holds its share now?"},
-    {"take_back", (PyCFunction)Area_take_back, METH_NOARGS, "slots back under their share since last call"},
-    {"held", (PyCFunction)Area_held, METH_VARARGS, "held(slot, gen): buffers its views hold"},
-    {"set_wake", (PyCFunction)Area_set_wake, METH_VARARGS, "set_wake(fd, starved)"},
-    {"add_user", (PyCFunction)Area_add_user, METH_NOARGS, "another engine shares this area; it calls close() too"},
-    {"close", (PyCFunction)Area_close, METH_NOARGS, "stop returning buffers to the ring"},
+    {"set_share", (PyCFunction)Area_set_share, METH_VARARGS, "set_share(buffers, wake_fd[, user]): one connection's limit, that user's wake-up"},
+    {"bind_slot", (PyCFunction)Area_bind_slot, METH_VARARGS, "bind_slot(slot, gen[, user]): a new connection holds nothing"},
+    {"over_share", (PyCFunction)Area_over_share, METH_VARARGS, "over_share(slot, gen[, user]): holds its share now?"},
+    {"take_back", (PyCFunction)Area_take_back, METH_VARARGS, "take_back([user]): that user's slots back under their share since last call"},
+    {"held", (PyCFunction)Area_held, METH_VARARGS, "held(slot, gen[, user]): buffers its views hold"},
+    {"set_wake", (PyCFunction)Area_set_wake, METH_VARARGS, "set_wake(fd, starved[, user])"},
+    {"add_user", (PyCFunction)Area_add_user, METH_VARARGS, "add_user(ring_fd=-1, zcrx_id=0) -> user: another engine shares this area; it calls close(user)"},
+    {"close", (PyCFunction)Area_close, METH_VARARGS, "close([user]): that user is done; the last one stops returning buffers to the ring"},
     {"stats", (PyCFunction)Area_stats, METH_NOARGS, "counters"},
     {NULL},
 };
@@ -754,7 +973,7 @@ static PyTypeObject AreaType = {
     .tp_name = "aiozcrx._leases.Area",
     .tp_basicsize = sizeof(Area),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Area_new,
     .tp_init = (initproc)Area_init,
     .tp_dealloc = (destructor)Area_dealloc,
     .tp_methods = Area_methods,

@@ -19,20 +19,58 @@
 #define UD_SLOT(ud)  ((uint32_t)(ud))
 #define UD_GEN(ud)   ((uint32_t)((ud) >> 40))
 #define UD_KIND_RECV 1
+#define UD_KIND_CANCEL 2
+#define UD_KIND_NOTIF 3           /* zcrx notifications */
+#define UD_KIND_NOP 4
 #define UD_KIND_OVER_SHARE 5   /* made by the dispatcher: a connection reached its share */
 #define UD_KIND_EVFD 6         /* the dispatcher's own read of the ring's eventfd */
 #define UD_KIND_SOCK_IDLE 7    /* made by the dispatcher: a connection's socket wakes us for nothing */
+#define UD_KIND_NOMEM 8        /* made by the dispatcher: a delivery failed for want of memory */
 
 enum { KIND_ZCRX = 0, KIND_PBUF = 1, KIND_POOL = 2 };
 
 #define MAX_MAPPINGS 4
 
-/* Area.over[] bits (fair share) */
+/* AreaUser.over[] bits (fair share) */
 #define OVER_SHARE  1   /* the connection holds its share: its request was stopped */
 #define OVER_LISTED 2   /* listed in back[] (came back under), not yet taken */
 
+/* One engine receiving into an area. An area has one user, or more when a zcrx
+ * instance is imported into other rings (share_with=): each importing engine is a
+ * user of its own. What belongs to one engine lives here and nowhere else: its
+ * wake-up fds (its ring's eventfd), its connections' fair-share state, keyed by
+ * its own (slot, generation), and the ring it reaches the instance through. Its
+ * close() (Area.close(user)) takes all of it away at once: after that no fd of
+ * its is ever written or used, whatever still refers to the area (a lease keeps
+ * its user's index, and finds the user closed). Indices are never reused, so a
+ * late lease can never reach another engine's state. */
 typedef struct {
+    int live;                   /* added and not closed */
+    /* wake-up when buffers return while starved (Area.set_wake) */
+    int wake_fd;
+    int starved;
+    /* Fair share: buffers each connection's views hold, per slot and generation
+     * (a lease remembers both), and how many one connection may hold. A slot
+     * over its share is flagged (over[]); when it comes back under half of it,
+     * it is listed in back[] and share_wake_fd is written (see Area.set_share). */
+    int share_wake_fd;
+    uint32_t share;
+    uint32_t *held, *held_gen;
+    uint8_t *over;
+    uint32_t held_cap;
+    uint32_t *back, nback;
+    /* zcrx: the ring this user reaches the instance through, and its id there
+     * (a NODEV refill flush goes through a live user's ring) */
+    int ring_fd;
+    uint32_t zcrx_id;
+} AreaUser;
+
+typedef struct Area {
     PyObject_HEAD
+    /* fork (see leases.c, "fork"): the process generation it was made in, and
+     * its place in the list of every Area, which a forked child makes inert */
+    unsigned long fork_gen;
+    struct Area *next_area, **prev_area;
     int kind;
     char *base;
     size_t len;
@@ -45,8 +83,6 @@ typedef struct {
     struct azx_zcrx_rqe *rqes;
     uint32_t rq_mask, rq_entries, rq_local_tail;
     uint64_t token;
-    int ring_fd;
-    uint32_t zcrx_id;
     int nodev;                  /* the kernel consumes refill entries only on FLUSH_RQ */
     /* provided buffer ring */
     struct azx_buf *pbufs;
@@ -72,25 +108,17 @@ typedef struct {
     uint8_t *buf_kernel;        /* per buffer: in the kernel's ring, not finished */
     uint32_t bufs_held;         /* buffers with at least one view */
     unsigned long long window_grows, window_shrinks;
-    /* wake-up when buffers return while starved */
-    int wake_fd;
-    int starved;
     /* buffers handed to the kernel so far (pbuf: put in its ring; zcrx: taken
      * from the refill ring by a flush (NODEV), published (NIC)): what starved
      * connections wait for (see revive_budget in dispatch.c) */
     unsigned long long given;
     uint32_t rq_seen_head;      /* zcrx NODEV: the refill ring's head at the last look */
     int closed;
-    int users;                  /* engines receiving into it; the last close() closes it */
-    /* Fair share: buffers each connection's views hold, per slot and generation
-     * (a lease remembers both), and how many one connection may hold. A slot
-     * over its share is flagged (over[]); when it comes back under half of it,
-     * it is listed in back[] and share_wake_fd is written (see Area.set_share). */
-    uint32_t *held, *held_gen;
-    uint8_t *over;
-    uint32_t held_cap, share;
-    uint32_t *back, nback;
-    int share_wake_fd;
+    /* the engines receiving into it (see AreaUser): user 0 is the one that made
+     * it; the last user's close() closes the area */
+    AreaUser **users;
+    uint32_t nusers;            /* ever added (indices are never reused) */
+    uint32_t live_users;
     int unmapped;               /* closed and no lease left: the memory is gone */
     /* stats */
     unsigned long long outstanding, returned, publishes, flushes, flush_errors;
@@ -106,19 +134,40 @@ typedef struct {
     char *ptr;
     Py_ssize_t len;
     uint64_t ident;             /* zcrx: offset in the area; pbuf/pool: buffer id */
-    uint32_t slot, gen;         /* the connection it was delivered to (gen 0: none) */
+    uint32_t user;              /* the area user (engine) it was delivered through */
+    uint32_t slot, gen;         /* that engine's connection it went to (gen 0: none) */
     int empty;                  /* its buffer went back already: a parked view (dispatch.c) */
 } Lease;
 
 static PyTypeObject AreaType;
 static PyTypeObject LeaseType;
 
+/* fork (leases.c): bumped in every forked child, before any Python runs there.
+ * An Area or Dispatcher made in an older generation is the parent's: the child
+ * never touches its ring (calls raise ProcessForked; a lease's release does
+ * nothing). */
+static unsigned long fork_gen;
+static inline int
+forked(unsigned long gen)
+{
+    return gen != fork_gen;
+}
+static PyObject *raise_forked(void);
+
 /* lease.c: a new memoryview over a new lease (used by Area.recv in area.c) */
 static inline PyObject *make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident,
-                                  uint32_t slot, uint32_t gen);
-static inline void area_hold(Area *a, uint32_t slot, uint32_t gen);
-static inline void area_unhold(Area *a, uint32_t slot, uint32_t gen);
-static int area_bind_slot(Area *a, uint32_t slot, uint32_t gen);
+                                  uint32_t user, uint32_t slot, uint32_t gen);
+static inline void area_hold(Area *a, uint32_t user, uint32_t slot, uint32_t gen);
+static inline void area_unhold(Area *a, uint32_t user, uint32_t slot, uint32_t gen);
+static int area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen);
+
+/* The live user `user` of `a`, or NULL (never added, or closed). */
+static inline AreaUser *
+area_user(Area *a, uint32_t user)
+{
+    AreaUser *u = user < a->nusers ? a->users[user] : NULL;
+    return u && u->live ? u : NULL;
+}
 
 /* CLOCK_THREAD_CPUTIME_ID is exact (the scheduler's runtime, not tick samples),
  * so bracketing a syscall with it measures the kernel time that syscall cost even

@@ -49,6 +49,8 @@ CopySink_init(CopySink *s, PyObject *args, PyObject *kw)
 static void
 copysink_count(CopySink *s, Py_ssize_t n)
 {
+    if (!s->copied)
+        return;     /* made without __init__, or cleared */
     PyObject *old = PyList_GET_ITEM(s->copied, 0);
     PyObject *add = PyLong_FromSsize_t(n);
     PyObject *sum = add ? PyNumber_Add(old, add) : NULL;

@@ -11,7 +11,9 @@
 
 typedef struct {
     PyObject_HEAD
+    unsigned long fork_gen;     /* made in this process generation (see leases.c, "fork") */
     Area *area;
+    uint32_t user;              /* the area user (engine) this dispatcher delivers for */
     PyObject *slots;            /* list: slot -> callable(view) or None */
     uint32_t *khead, *ktail;
     char *cqes;
@@ -19,6 +21,7 @@ typedef struct {
     unsigned cqe_shift;
     int copy;
     unsigned long long completions, bytes, dropped, dropped_bytes;
+    unsigned long long unknown;         /* completions of a kind we never issue */
     unsigned long long *slot_counts;   /* per slot: completions, bytes */
     uint32_t *slot_gen;                /* per slot: generation of the connection using it */
     uint32_t slot_cap;
@@ -96,6 +99,16 @@ typedef struct {
     /* benchmarks: time spent dispatching (drain + publish), clock_gettime per round */
     int timing;
     unsigned long long dispatch_ns;
+    /* Control records (see push_control) wait here, in completion order, until
+     * take_control() hands them to Python as a list: drain() itself allocates no
+     * Python object for them, and a list that cannot be made for want of memory
+     * leaves them here for the next pump. Room for a batch is made before the
+     * batch is taken from the CQ (make_room); a CQ that must wait for room stays
+     * in the kernel (stalled). */
+    struct ctl_rec *ctl;
+    uint32_t nctl, ctl_cap;
+    int stalled;
+    unsigned long long nomem_failures, nomem_stalls;
 } Dispatcher;
 
 typedef struct {
@@ -105,15 +118,23 @@ typedef struct {
     uint64_t zc_off;
 } cqe_rec;
 
+struct ctl_rec {
+    uint64_t ud;
+    int32_t res;
+    uint32_t flags;
+    PyObject *exc;              /* a sink's exception (a reference), or NULL */
+};
+
 #define BATCH 256
 
 /* A re-armed connection takes what its socket holds, often more than one buffer
  * (a multishot request goes on while there are data and buffers): each re-arm is
  * counted against a fair share (max_held) of the buffers the kernel can take. */
 static inline uint32_t
-revive_unit(Area *a)
+revive_unit(Dispatcher *d)
 {
-    return a->share ? a->share : 1;
+    AreaUser *u = d->area ? area_user(d->area, d->user) : NULL;  /* this engine's share */
+    return u && u->share ? u->share : 1;
 }
 
 /* How many starved connections may be re-armed now. A request ends with ENOBUFS
@@ -138,7 +159,7 @@ revive_budget(Dispatcher *d)
         return a->given > from ? a->given - from : 0;
     }
     unsigned long long f = area_free_in_kernel(a);
-    return f > d->reserved ? (f - d->reserved + revive_unit(a) - 1) / revive_unit(a) : 0;
+    return f > d->reserved ? (f - d->reserved + revive_unit(d) - 1) / revive_unit(d) : 0;
 }
 
 /* revive_budget() -> starved connections to re-arm now */
@@ -157,7 +178,7 @@ Dispatcher_revive_took(Dispatcher *d, PyObject *args)
         return NULL;
     if (!d->area)
         Py_RETURN_NONE;
-    d->reserved += (unsigned long long)n * revive_unit(d->area);
+    d->reserved += (unsigned long long)n * revive_unit(d);
     if (d->granted < d->revive_after && d->revive_after != ~0ULL)
         d->granted = d->revive_after;
     d->granted = d->granted + n < d->area->given ? d->granted + n : d->area->given;
@@ -179,20 +200,49 @@ Dispatcher_starve_mark(Dispatcher *d, PyObject *args)
 static int
 Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"area", "slots", "khead", "ktail", "mask", "cqes", "cqe_size", "copy", NULL};
+    static char *kwlist[] = {"area", "slots", "khead", "ktail", "mask", "cqes", "cqe_size", "copy",
+                             "user", NULL};
     Area *area;
     PyObject *slots;
     unsigned long long khead, ktail, mask, cqes;
-    unsigned int cqe_size;
+    unsigned int cqe_size, user = 0;
     int copy = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!KKKKI|p", kwlist, &AreaType, &area,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!KKKKI|pI", kwlist, &AreaType, &area,
                                      &PyList_Type, &slots, &khead, &ktail, &mask, &cqes,
-                                     &cqe_size, &copy))
+                                     &cqe_size, &copy, &user))
         return -1;
     if (cqe_size != 16 && cqe_size != 32) {
         PyErr_SetString(PyExc_ValueError, "cqe_size must be 16 or 32");
         return -1;
     }
+    if (d->ctl) {
+        /* a pump or its views may be using what it points at */
+        PyErr_SetString(PyExc_RuntimeError, "Dispatcher is initialised already");
+        return -1;
+    }
+    if (!khead || !ktail || !cqes || (mask & (mask + 1))) {
+        PyErr_SetString(PyExc_ValueError, "Dispatcher: null CQ address or a mask that is not 2^n - 1");
+        return -1;
+    }
+    if (forked(area->fork_gen)) {
+        raise_forked();
+        return -1;
+    }
+    if (!area_user(area, user)) {
+        PyErr_Format(PyExc_ValueError, "area user %u is not open", user);
+        return -1;
+    }
+    if (!d->ctl) {
+        /* a batch's worth from the start: a drain never waits for memory to
+         * record what one batch says */
+        if (!(d->ctl = PyMem_Malloc(2 * BATCH * sizeof(*d->ctl)))) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        d->ctl_cap = 2 * BATCH;
+    }
+    d->fork_gen = fork_gen;
+    d->user = user;
     Py_INCREF(area);
     Py_XSETREF(d->area, area);
     Py_INCREF(slots);
@@ -212,6 +262,10 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
 static int
 grow_slots(Dispatcher *d, uint32_t slot)
 {
+    if (slot >= MAX_SLOTS) {
+        PyErr_Format(PyExc_ValueError, "slot %u out of range (< %u)", slot, MAX_SLOTS);
+        return -1;
+    }
     uint32_t cap = d->slot_cap ? d->slot_cap : 64;
     while (cap <= slot)
         cap *= 2;
@@ -323,7 +377,7 @@ Dispatcher_bind(Dispatcher *d, PyObject *args)
     }
     if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
         return NULL;
-    if (area_bind_slot(d->area, slot, gen) < 0)
+    if (area_bind_slot(d->area, d->user, slot, gen) < 0)
         return NULL;
     d->slot_gen[slot] = gen;
     d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
@@ -380,19 +434,6 @@ fetch_exception(void)
     return value;
 }
 
-static int
-append_control(PyObject **control, uint64_t ud, int32_t res, uint32_t flags, PyObject *exc)
-{
-    if (!*control && !(*control = PyList_New(0)))
-        return -1;
-    PyObject *t = Py_BuildValue("(KiIO)", (unsigned long long)ud, res, flags, exc ? exc : Py_None);
-    if (!t)
-        return -1;
-    int r = PyList_Append(*control, t);
-    Py_DECREF(t);
-    return r;
-}
-
 /* The completion of the eventfd read pump_core() queued (see there). */
 static void
 evfd_read_done(Dispatcher *d, int32_t res)
@@ -409,21 +450,141 @@ evfd_read_done(Dispatcher *d, int32_t res)
     }
 }
 
+/* ------------------------------------------------- control records
+ *
+ * What a drain has for Python (ends of requests, errors, a sink's exception, a
+ * connection over its share or out of memory, other completions) is kept in
+ * d->ctl, in completion order, and handed over as one list by take_control():
+ * under memory pressure nothing a completion said is lost, it waits (see the
+ * Dispatcher struct). */
+
+/* Makes room for `want` more records; returns how many fit (fewer only when
+ * memory is short). */
+static uint32_t
+make_room(Dispatcher *d, uint32_t want)
+{
+    if (d->ctl_cap - d->nctl >= want)
+        return want;
+    uint32_t cap = d->ctl_cap * 2;
+    while (cap - d->nctl < want)
+        cap *= 2;
+    struct ctl_rec *p = PyMem_Realloc(d->ctl, (size_t)cap * sizeof(*p));
+    if (!p)
+        return d->ctl_cap - d->nctl;    /* make do: the rest waits in the CQ */
+    d->ctl = p;
+    d->ctl_cap = cap;
+    return want;
+}
+
+/* Records one control record (room was made for it: never fails). `exc` is
+ * stolen. */
+static inline void
+push_control(Dispatcher *d, uint64_t ud, int32_t res, uint32_t flags, PyObject *exc)
+{
+    struct ctl_rec *r = &d->ctl[d->nctl++];
+    r->ud = ud;
+    r->res = res;
+    r->flags = flags;
+    r->exc = exc;
+}
+
+/* The records kept so far as a list of (user_data, res, flags, exception or
+ * None), or None if there are none; the records stay kept until
+ * control_handed() says the list reached its taker. NULL with MemoryError set
+ * (every record still kept). */
+static PyObject *
+control_list(Dispatcher *d)
+{
+    if (!d->nctl)
+        Py_RETURN_NONE;
+    PyObject *list = PyList_New(d->nctl);
+    if (!list)
+        return NULL;
+    for (uint32_t i = 0; i < d->nctl; i++) {
+        struct ctl_rec *r = &d->ctl[i];
+        PyObject *t = Py_BuildValue("(KiIO)", (unsigned long long)r->ud, r->res, r->flags,
+                                    r->exc ? r->exc : Py_None);
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+static void
+control_handed(Dispatcher *d)
+{
+    for (uint32_t i = 0; i < d->nctl; i++)
+        Py_CLEAR(d->ctl[i].exc);
+    d->nctl = 0;
+}
+
+/* (completions, control list or None[, state]) for whoever takes the records:
+ * they are forgotten only once this tuple exists. NULL: out of memory, every
+ * record kept for the next try. */
+static PyObject *
+control_result(Dispatcher *d, unsigned long long n, int with_state, int state)
+{
+    PyObject *control = control_list(d);
+    if (!control)
+        return NULL;
+    PyObject *r = with_state ? Py_BuildValue("(KOi)", n, control, state)
+                             : Py_BuildValue("(KO)", n, control);
+    Py_DECREF(control);
+    if (r)
+        control_handed(d);
+    return r;
+}
+
+/* Records kept, or completions left in the CQ, that could not go to Python for
+ * want of memory: the loop calls on_wake again (the eventfd is ours to signal),
+ * and they go then. No memory needed for that, and nothing is lost meanwhile. */
+static void
+come_back(Dispatcher *d)
+{
+    if ((d->nctl || d->stalled) && !d->halted && d->evfd >= 0) {
+        d->nomem_stalls++;
+        wake(d->evfd);
+    }
+}
+
+/* The slot gets nothing more (a raised sink, a delivery that could not be made). */
+static void
+drop_sink(Dispatcher *d, uint32_t slot)
+{
+    if (d->slots && slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
+        Py_INCREF(Py_None);
+        PyList_SetItem(d->slots, slot, Py_None);
+    }
+}
+
 /* A sink raised: as asyncio, nothing more is delivered to it (its slot loses the
  * sink) and the exception goes to Python in a control record carrying F_MORE, so
  * that it only reports it. Reported even when halted (Receiver.close() in the same
  * callback): asyncio reports it whatever the callback did. */
-static int
-sink_failed(Dispatcher *d, PyObject **controlp, uint32_t slot, uint64_t ud, int32_t res, uint32_t flags)
+static void
+sink_failed(Dispatcher *d, uint32_t slot, uint64_t ud, int32_t res, uint32_t flags)
 {
     PyObject *exc = fetch_exception();
-    if (slot < (uint32_t)PyList_GET_SIZE(d->slots)) {
-        Py_INCREF(Py_None);
-        PyList_SetItem(d->slots, slot, Py_None);
-    }
-    int bad = append_control(controlp, ud, res, flags | AZX_CQE_F_MORE, exc);
-    Py_XDECREF(exc);
-    return bad;
+    drop_sink(d, slot);
+    push_control(d, ud, res, flags | AZX_CQE_F_MORE, exc);
+}
+
+/* A delivery could not be made for want of memory (its view, its bytes): the
+ * buffer has gone back, so the connection has lost bytes. It gets nothing more,
+ * and Python hears of it (UD_KIND_NOMEM, carrying F_MORE: the request itself
+ * goes on until the engine stops it) and ends it with ENOMEM. */
+static void
+delivery_failed(Dispatcher *d, uint32_t slot, uint64_t ud)
+{
+    PyErr_Clear();
+    d->nomem_failures++;
+    drop_sink(d, slot);
+    if (!d->halted)
+        push_control(d, (ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_NOMEM << 32), -ENOMEM,
+                     AZX_CQE_F_MORE, NULL);
 }
 
 /* The round is over: `spare`'s buffer goes back, and the view itself is kept for
@@ -444,17 +605,19 @@ park_view(Dispatcher *d, PyObject *spare)
 
 /* Drains the CQ: data completions for a live slot become slot_callback(view);
  * everything else (errors, EOF, ends of multishot requests, other ops, callback
- * exceptions) is appended to *control as (user_data, res, flags, exception)
- * tuples, in completion order. Adds the number of CQEs seen to *n. */
-static int
-drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
+ * exceptions) becomes a control record (push_control), in completion order. Adds
+ * the number of CQEs seen to *n. Every CQE taken from the CQ is dealt with, out
+ * of memory or not: a delivery that cannot be made fails its connection
+ * (delivery_failed), never the rest of the batch. */
+static void
+drain(Dispatcher *d, unsigned long long *n)
 {
     Area *a = d->area;
     cqe_rec batch[BATCH];
     PyObject *spare = d->parked;  /* the last view handed out, if we hold its only reference */
-    int rc = -1;
 
     d->parked = NULL;
+    d->stalled = 0;
 
     for (;;) {
         uint32_t head = *d->khead;
@@ -464,6 +627,15 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
             break;
         if (cnt > BATCH)
             cnt = BATCH;
+        /* a CQE makes two records at most: room for them before it leaves the CQ */
+        uint32_t room = make_room(d, 2 * cnt) / 2;
+        if (room < cnt)
+            cnt = room;
+        if (!cnt) {
+            d->stalled = 1;     /* no memory for more records: the rest waits in the CQ */
+            d->nomem_stalls++;
+            break;
+        }
         for (uint32_t i = 0; i < cnt; i++) {
             const struct azx_cqe *c = (const struct azx_cqe *)
                 (d->cqes + ((size_t)((head + i) & d->mask) << d->cqe_shift));
@@ -484,7 +656,17 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                 (*n)--;         /* ours: not a completion anybody waits for */
                 continue;
             }
-            int is_recv = UD_KIND(c->ud) == UD_KIND_RECV;
+            /* A kind we never issue (a bug, or an SQE that is not ours): counted
+             * (stats()["unknown_completions"]), delivered to nobody, not handed to
+             * the engine; a buffer it carries goes back to the kernel, as a
+             * receive's for a connection that is gone (the area's buffers are
+             * handed out only by our receives). */
+            uint32_t kind = UD_KIND(c->ud);
+            int unknown = kind != UD_KIND_RECV && kind != UD_KIND_CANCEL &&
+                          kind != UD_KIND_NOTIF && kind != UD_KIND_NOP;
+            if (unknown)
+                d->unknown++;
+            int is_recv = kind == UD_KIND_RECV || unknown;
             char *ptr;
             uint64_t ident;
             if (is_recv && c->res > 0 && cqe_buffer(a, c, &ptr, &ident)) {
@@ -523,8 +705,8 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                  * it takes data: a slot reused by another connection, a sink
                  * dropped by close()/abort()/an exception, or a halt all send the
                  * buffer straight back */
-                if (!d->halted && slot < d->slot_cap && d->slot_gen[slot] == UD_GEN(c->ud)) {
-                    if (slot < (uint32_t)PyList_GET_SIZE(d->slots))
+                if (!unknown && !d->halted && slot < d->slot_cap && d->slot_gen[slot] == UD_GEN(c->ud)) {
+                    if (d->slots && slot < (uint32_t)PyList_GET_SIZE(d->slots))
                         cb = PyList_GET_ITEM(d->slots, slot);
                     d->slot_counts[2 * slot] += pieces;
                     d->slot_counts[2 * slot + 1] += (unsigned long long)res;
@@ -545,8 +727,10 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     PyObject *b = copysink_copy(s, ptr, res);
                     area_take(a, ident);
                     area_return(a, ident, (uint32_t)res);
-                    if (!b)
-                        goto out;
+                    if (!b) {
+                        delivery_failed(d, slot, c->ud);
+                        goto request_end;
+                    }
                     Py_INCREF(s);
                     PyObject *r = s->data_received ? PyObject_CallOneArg(s->data_received, b) : NULL;
                     if (!r && !s->data_received)
@@ -557,13 +741,12 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                         Py_DECREF(r);
                     } else {
                         Py_CLEAR(spare);
-                        if (sink_failed(d, controlp, slot, c->ud, res, flags) < 0)
-                            goto out;
+                        sink_failed(d, slot, c->ud, res, flags);
                     }
                 } else {
                     PyObject *view;
-                    int over = d->share_copy && a->share && slot < a->held_cap &&
-                               a->held_gen[slot] == UD_GEN(c->ud) && (a->over[slot] & OVER_SHARE);
+                    AreaUser *cu = d->share_copy ? conn_of(a, d->user, slot, UD_GEN(c->ud)) : NULL;
+                    int over = cu && cu->share && (cu->over[slot] & OVER_SHARE);
                     if (d->copy || over) {
                         view = PyBytes_FromStringAndSize(ptr, res);
                         area_take(a, ident);
@@ -577,7 +760,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 #if VIEW_REUSE
                         Lease *l;
                         if (spare && d->reuse_views && (l = reusable_lease(spare))) {
-                            retarget_view(spare, l, ptr, res, ident, slot, UD_GEN(c->ud));
+                            retarget_view(spare, l, ptr, res, ident, d->user, slot, UD_GEN(c->ud));
                             view = spare;
                             spare = NULL;
                             d->reused_views++;
@@ -585,11 +768,14 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
 #endif
                         if (!view) {
                             Py_CLEAR(spare);
-                            view = make_view(a, ptr, res, ident, slot, UD_GEN(c->ud));
+                            view = make_view(a, ptr, res, ident, d->user, slot, UD_GEN(c->ud));
                         }
                     }
-                    if (!view)
-                        goto out;
+                    if (!view) {
+                        /* make_view gave the buffer back (its lease's dealloc) */
+                        delivery_failed(d, slot, c->ud);
+                        goto request_end;
+                    }
                     Py_INCREF(cb);
                     PyObject *r = PyObject_CallOneArg(cb, view);
                     Py_DECREF(cb);
@@ -603,12 +789,12 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                          * its callback returned reached its share. Said once (the
                          * engine stops its request); said again only after it came
                          * back under (area_unhold). */
-                        if (a->share && slot < a->held_cap && a->held_gen[slot] == UD_GEN(c->ud) &&
-                            a->held[slot] >= a->share && !(a->over[slot] & OVER_SHARE) && !d->halted) {
-                            a->over[slot] |= OVER_SHARE;
+                        AreaUser *u = conn_of(a, d->user, slot, UD_GEN(c->ud));
+                        if (u && u->share && u->held[slot] >= u->share &&
+                            !(u->over[slot] & OVER_SHARE) && !d->halted) {
+                            u->over[slot] |= OVER_SHARE;
                             uint64_t ud = (c->ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_OVER_SHARE << 32);
-                            if (append_control(controlp, ud, (int32_t)a->held[slot], AZX_CQE_F_MORE, NULL))
-                                goto out;
+                            push_control(d, ud, (int32_t)u->held[slot], AZX_CQE_F_MORE, NULL);
                         }
                     } else {
                         /* As asyncio: after a protocol callback raised, nothing more
@@ -617,15 +803,14 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                          * from the control record, which carries F_MORE so that it
                          * only reports the exception). */
                         Py_CLEAR(spare);  /* the view may be in the traceback */
-                        if (sink_failed(d, controlp, slot, c->ud, res, flags) < 0)
-                            goto out;
+                        sink_failed(d, slot, c->ud, res, flags);
                     }
                 }
+            request_end:
                 if (a->inc && !(flags & AZX_CQE_F_BUF_MORE))
                     pbuf_kernel_done(a, (uint32_t)ident);  /* after the view took its piece */
-                if (!(flags & AZX_CQE_F_MORE) && !d->halted &&
-                    append_control(controlp, c->ud, res, flags, NULL))
-                    goto out;
+                if (!(flags & AZX_CQE_F_MORE) && !d->halted && !unknown)
+                    push_control(d, c->ud, res, flags, NULL);
                 continue;
             }
             if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) && a->inc) {
@@ -645,14 +830,11 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                 a->window = a->window * 2 > a->nbufs ? a->nbufs : a->window * 2;
                 a->window_grows++;
             }
-            if (!d->halted && append_control(controlp, c->ud, c->res, c->flags, NULL))
-                goto out;
+            if (!d->halted && !unknown)
+                push_control(d, c->ud, c->res, c->flags, NULL);
         }
     }
-    rc = 0;
-out:
     park_view(d, spare);  /* its buffer goes back before the round's refill publish */
-    return rc;
 }
 
 /* pump() and run() call into Python (the sinks), and Python could call them
@@ -661,6 +843,10 @@ out:
 static int
 enter_busy(Dispatcher *d)
 {
+    if (forked(d->fork_gen)) {
+        raise_forked();
+        return -1;
+    }
     if (!d->area) {
         PyErr_SetString(PyExc_RuntimeError, "dispatcher is closed");
         return -1;
@@ -679,17 +865,10 @@ Dispatcher_run(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 {
     if (enter_busy(d) < 0)
         return NULL;
-    PyObject *control = NULL;
     unsigned long long n = 0;
-    int bad = drain(d, &control, &n);
+    drain(d, &n);
     d->busy = 0;
-    if (bad) {
-        Py_XDECREF(control);
-        return NULL;
-    }
-    PyObject *ret = Py_BuildValue("(KO)", n, control ? control : Py_None);
-    Py_XDECREF(control);
-    return ret;
+    return control_result(d, n, 0, 0);
 }
 
 /* Switching the eventfd off while we work relies on the kernel's "set
@@ -805,20 +984,19 @@ evfd_read_now(Dispatcher *d, int fd)
  * *statep: PUMP_IDLE (the eventfd will tell us of new work), PUMP_PENDING (the
  * kernel says work is queued but an enter found none: look again later),
  * PUMP_BUSY (the round limit was reached: continue after other callbacks).
- * Returns early, with the control list, whenever there is something for Python
- * to decide. 0, or -1 with an exception set (*controlp then NULL). */
+ * Returns early whenever there is something for Python to decide: control
+ * records kept (d->nctl, see push_control), or a CQ that waits for memory to
+ * record what it says (d->stalled: PUMP_BUSY, so that the engine comes back).
+ * 0, or -1 with an exception set. */
 static int
-pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long long *totalp,
-          int *statep)
+pump_core(Dispatcher *d, int wake, int fd, unsigned long long *totalp, int *statep)
 {
     Area *a = d->area;
-    PyObject *control = NULL;
     unsigned long long total = 0;
     int state = PUMP_BUSY;
     int read_queued = 0;
     uint32_t read_pos = 0;
 
-    *controlp = NULL;
     *totalp = 0;
     *statep = PUMP_IDLE;
     if (d->halted)
@@ -860,7 +1038,6 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
             /* EAGAIN/EBUSY: CQ overflow backlog, retried next round */
             if (d->evfd_disabled_bit)
                 __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
-            Py_XDECREF(control);
             errno = -ret;
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
@@ -869,9 +1046,8 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
         struct timespec t0, t1;
         if (d->timing)
             clock_gettime(CLOCK_MONOTONIC, &t0);
-        int bad = drain(d, &control, &n);
-        if (!bad)
-            area_publish(a, 0);
+        drain(d, &n);
+        area_publish(a, 0);
         if (d->timing) {
             clock_gettime(CLOCK_MONOTONIC, &t1);
             d->dispatch_ns += (unsigned long long)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
@@ -879,10 +1055,6 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
         }
         if (d->evfd_disabled_bit)
             __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
-        if (bad) {
-            Py_XDECREF(control);
-            return -1;
-        }
         if (d->halted) {
             /* a callback closed the engine: return to it at once (with a
              * callback's exception, if any, in control); the ring stays mapped
@@ -895,7 +1067,9 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
             d->idle_wakeups++;
         total += n;
         int sq_pending = d->sq_space(d->ring) < d->sq_entries;
-        if (control) {
+        if (d->stalled)
+            break;              /* PUMP_BUSY: the engine comes back for the rest */
+        if (d->nctl) {
             state = PUMP_IDLE;  /* the caller comes back */
             break;
         }
@@ -921,7 +1095,6 @@ pump_core(Dispatcher *d, int wake, int fd, PyObject **controlp, unsigned long lo
             break;
         }
     }
-    *controlp = control;
     *totalp = total;
     *statep = state;
     return 0;
@@ -942,14 +1115,14 @@ pump_impl(Dispatcher *d, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "pump: no ring bound");
         return NULL;
     }
-    PyObject *control;
     unsigned long long total;
     int state;
-    if (pump_core(d, evfd >= 0, (int)evfd, &control, &total, &state) < 0)
+    if (pump_core(d, evfd >= 0, (int)evfd, &total, &state) < 0)
         return NULL;
-    PyObject *ret = Py_BuildValue("(KOi)", total, control ? control : Py_None, state);
-    Py_XDECREF(control);
-    return ret;
+    PyObject *r = control_result(d, total, 1, state);
+    if (!r)
+        come_back(d);
+    return r;
 }
 
 static PyObject *
@@ -972,7 +1145,9 @@ static inline int
 needs_slow_path(Dispatcher *d)
 {
     Area *a = d->area;
-    return (d->revive_wanted && revive_budget(d)) || (d->unthrottle_wanted && a->nback);
+    AreaUser *u;
+    return (d->revive_wanted && revive_budget(d)) ||
+        (d->unthrottle_wanted && (u = area_user(a, d->user)) && u->nback);
 }
 
 /* on_wake(): the loop's reader callback for the ring's eventfd, in C, so that a
@@ -996,26 +1171,26 @@ needs_slow_path(Dispatcher *d)
  * loop) does nothing: the outer one goes on. */
 enum { WAKE_KICK = 0, WAKE_EVENTFD = 1, WAKE_SOCKET = 2 };
 
-static PyObject *call_slow_path(Dispatcher *d, unsigned long long total, PyObject *control,
-                                int state, int bad);
+static PyObject *call_slow_path(Dispatcher *d, unsigned long long total, int state, int bad);
 
 static PyObject *
 wake_impl(Dispatcher *d, int source)
 {
+    if (forked(d->fork_gen))
+        return raise_forked();
     if (d->busy || d->in_slow || !d->ring || !d->area)
         Py_RETURN_NONE;
-    PyObject *control;
     unsigned long long total;
     int state;
     int wake = source == WAKE_EVENTFD;
     d->busy = 1;
-    int bad = pump_core(d, wake, wake ? d->evfd : -1, &control, &total, &state);
+    int bad = pump_core(d, wake, wake ? d->evfd : -1, &total, &state);
     if (!bad)
         *(source == WAKE_EVENTFD ? &d->found_eventfd :
           source == WAKE_SOCKET ? &d->found_socket : &d->found_kick) += total;
     /* PENDING needs a timer, unless a pump is coming anyway */
     int idle = state == PUMP_IDLE || (state == PUMP_PENDING && d->recheck_pending);
-    if (!bad && !control && idle && !d->halted && !needs_slow_path(d)) {
+    if (!bad && !d->nctl && idle && !d->halted && !needs_slow_path(d)) {
         if (d->area->kind == KIND_ZCRX && d->area->nodev)
             /* the round's publishes flushed what passed the threshold; what is
              * left waits for more, unless the kernel's share of the area is low
@@ -1028,15 +1203,15 @@ wake_impl(Dispatcher *d, int source)
     d->busy = 0;
     if (bad && !d->halted)
         return NULL;            /* as the Python pump did: the error goes to the loop */
-    PyObject *r = call_slow_path(d, total, control, state, bad);
-    Py_XDECREF(control);
-    return r;
+    return call_slow_path(d, total, state, bad);
 }
 
-/* slow_path(completions, control list or None, state); the pump's error (bad)
- * is kept across it unless the slow path raises its own. */
+/* slow_path(completions, control list or None, state), the list made of the
+ * records kept (they go once the arguments exist; out of memory before that,
+ * they stay, and come_back() makes sure the loop calls again). The pump's error
+ * (bad) is kept across it unless the slow path raises its own. */
 static PyObject *
-call_slow_path(Dispatcher *d, unsigned long long total, PyObject *control, int state, int bad)
+call_slow_path(Dispatcher *d, unsigned long long total, int state, int bad)
 {
     PyObject *cb = d->slow_path;
     if (!cb) {
@@ -1049,10 +1224,21 @@ call_slow_path(Dispatcher *d, unsigned long long total, PyObject *control, int s
     PyObject *etype = NULL, *evalue = NULL, *etb = NULL;
     if (bad)
         PyErr_Fetch(&etype, &evalue, &etb);
+    PyObject *args = control_result(d, total, 1, state);
+    if (!args) {
+        come_back(d);
+        if (bad) {
+            /* the pump's own error is the one to report */
+            PyErr_Clear();
+            PyErr_Restore(etype, evalue, etb);
+        }
+        return NULL;
+    }
     d->slow_calls++;
     d->in_slow = 1;
     Py_INCREF(cb);
-    PyObject *r = PyObject_CallFunction(cb, "KOi", total, control ? control : Py_None, state);
+    PyObject *r = PyObject_Call(cb, args, NULL);
+    Py_DECREF(args);
     Py_DECREF(cb);
     d->in_slow = 0;
     if (bad) {
@@ -1106,6 +1292,8 @@ Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
     unsigned long slot = PyLong_AsUnsignedLong(arg);
     if (slot == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
+    if (forked(d->fork_gen))
+        return raise_forked();
     if (d->busy || d->in_slow || !d->ring || !d->area)
         Py_RETURN_NONE;
     d->socket_wakeups++;
@@ -1120,15 +1308,12 @@ Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
             if (++d->slot_idle[slot] >= SOCKET_IDLE_LIMIT && !d->busy && !d->in_slow) {
                 d->slot_idle[slot] = 0;
                 d->socket_idle_reports++;
-                PyObject *control = NULL;
                 uint64_t ud = ((uint64_t)d->slot_gen[slot] << 40) |
                               ((uint64_t)UD_KIND_SOCK_IDLE << 32) | (uint32_t)slot;
-                if (append_control(&control, ud, 0, 0, NULL) < 0) {
-                    Py_CLEAR(r);
-                } else {
+                if (make_room(d, 1)) {  /* no room: only a hint lost, the next idle wake-up says it */
+                    push_control(d, ud, 0, 0, NULL);
                     Py_DECREF(r);
-                    r = call_slow_path(d, 0, control, PUMP_IDLE, 0);
-                    Py_XDECREF(control);
+                    r = call_slow_path(d, 0, PUMP_IDLE, 0);
                 }
             }
         }
@@ -1299,9 +1484,12 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
         Py_XDECREF(v);
     }
     if (s) {
-        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+        PyObject *v = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
                                     "share_copies", d->share_copies,
                                     "share_copied_bytes", d->share_copied_bytes,
+                                    "unknown_completions", d->unknown,
+                                    "nomem_failures", d->nomem_failures,
+                                    "nomem_stalls", d->nomem_stalls,
                                     "socket_wakeups", d->socket_wakeups,
                                     "socket_idle_wakeups", d->socket_idle_wakeups,
                                     "socket_idle_reports", d->socket_idle_reports,
@@ -1325,6 +1513,8 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
 static int
 Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
 {
+    for (uint32_t i = 0; i < d->nctl; i++)
+        Py_VISIT(d->ctl[i].exc);
     Py_VISIT(d->slots);
     Py_VISIT(d->ring_owner);
     Py_VISIT(d->slow_path);
@@ -1332,14 +1522,21 @@ Dispatcher_traverse(Dispatcher *d, visitproc visit, void *arg)
     return 0;
 }
 
+/* The garbage collector's clear (a reference cycle): as close(), so that
+ * whoever in the cycle still calls a method finds a closed dispatcher, not a
+ * half-cleared one (slots gone, area still there). */
 static int
 Dispatcher_clear(Dispatcher *d)
 {
+    d->halted = 1;
+    d->ring = NULL;
+    d->evfd = -1;
     Py_CLEAR(d->slots);
     Py_CLEAR(d->ring_owner);
     Py_CLEAR(d->slow_path);
     Py_CLEAR(d->parked);
-    d->ring = NULL;
+    control_handed(d);
+    Py_CLEAR(d->area);
     return 0;
 }
 
@@ -1359,6 +1556,8 @@ Dispatcher_dealloc(Dispatcher *d)
     PyMem_Free(d->slot_seen);
     PyMem_Free(d->active);
     PyMem_Free(d->was_active);
+    control_handed(d);  /* records nobody took: their exceptions go */
+    PyMem_Free(d->ctl);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 

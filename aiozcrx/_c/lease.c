@@ -13,19 +13,21 @@
 static Lease *lease_cache[LEASE_CACHE];
 static int lease_cached;
 
-/* Points a lease at a buffer delivered to connection (slot, gen), which now
- * holds it. */
+/* Points a lease at a buffer delivered through area user `user` to its
+ * connection (slot, gen), which now holds it. */
 static inline void
-lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uint32_t gen)
+lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t user,
+           uint32_t slot, uint32_t gen)
 {
     l->ptr = ptr;
     l->len = len;
     l->ident = ident;
+    l->user = user;
     l->slot = slot;
     l->gen = gen;
     l->empty = 0;
     area_take(a, ident);
-    area_hold(a, slot, gen);
+    area_hold(a, user, slot, gen);
 }
 
 /* The buffer goes back to the kernel (once): the view over it is gone, or about
@@ -36,26 +38,33 @@ lease_give_back(Lease *l)
     if (l->empty)
         return;
     l->empty = 1;
-    area_unhold(l->area, l->slot, l->gen);
+    if (forked(l->area->fork_gen))
+        return;     /* inherited across fork: the buffer is the parent's to return */
+    area_unhold(l->area, l->user, l->slot, l->gen);
     area_return(l->area, l->ident, (uint32_t)l->len);
 }
 
 static inline PyObject *
-make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t slot, uint32_t gen)
+make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t user, uint32_t slot,
+          uint32_t gen)
 {
     Lease *l;
     if (lease_cached)
         l = (Lease *)PyObject_Init((PyObject *)lease_cache[--lease_cached], &LeaseType);
     else
         l = PyObject_New(Lease, &LeaseType);
-    if (!l)
+    if (!l) {
+        /* out of memory: the buffer goes straight back, as when the view fails */
+        area_take(a, ident);
+        area_return(a, ident, (uint32_t)len);
         return NULL;
+    }
     Py_INCREF(a);
     l->area = a;
-    lease_take(l, a, ptr, len, ident, slot, gen);
+    lease_take(l, a, ptr, len, ident, user, slot, gen);
     PyObject *v = PyMemoryView_FromObject((PyObject *)l);
     Py_DECREF(l);   /* the view holds the lease now; on failure this returns the buffer */
-    return v;
+    return v;       /* NULL: the buffer is back, MemoryError set */
 }
 
 /* View reuse. Making a memoryview costs two GC-tracked allocations (the managed
@@ -140,11 +149,11 @@ check_view_layout(void)
 /* Points an unobservable view (see reusable_lease) at a new buffer of the same area. */
 static inline void
 retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident,
-              uint32_t slot, uint32_t gen)
+              uint32_t user, uint32_t slot, uint32_t gen)
 {
     PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
     lease_give_back(l);
-    lease_take(l, l->area, ptr, len, ident, slot, gen);
+    lease_take(l, l->area, ptr, len, ident, user, slot, gen);
     MBUF(mv)->master.buf = ptr;
     MBUF(mv)->master.len = len;
     mv->view.buf = ptr;
@@ -181,6 +190,10 @@ empty_view(PyObject *v, Lease *l)
 static int
 Lease_getbuffer(Lease *l, Py_buffer *view, int flags)
 {
+    if (forked(l->area->fork_gen)) {
+        raise_forked();
+        return -1;
+    }
     return PyBuffer_FillInfo(view, (PyObject *)l, l->ptr, l->len, 1, flags);
 }
 

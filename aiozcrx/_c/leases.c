@@ -43,10 +43,57 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common.h"
+
+/* ------------------------------------------------------------------ fork
+ *
+ * A child forked while a Receiver is open shares the parent's ring (its fd, and
+ * the SQ/CQ mapped MAP_SHARED), sees a kernel-allocated refill region MAP_SHARED
+ * too, and has no area or user refill region at all (MADV_DONTFORK: they are
+ * unmapped in the child). Whatever the child does with what it inherited must
+ * never reach the parent's ring: so, in every child, before any Python runs
+ * there (pthread_atfork), the process generation is bumped, which makes every
+ * Area and Dispatcher made before inert, and each inherited Area's mappings are
+ * replaced by zero pages, read-only: an inherited view reads as zeros in the
+ * child, never crashes, and never reaches the parent's memory. The C objects
+ * check the generation where they would touch a ring (Area.publish/recv,
+ * Dispatcher.run/pump/on_wake/kick/socket_wake: ProcessForked) or the area (a
+ * lease's release: nothing happens). The Python layers check too (Receiver,
+ * ZcrxTransport, _ring.Ring), with the same error. docs/security.md says what a
+ * child may do. */
+
+static Area *all_areas;         /* every Area alive in this process (see Area_new) */
+static PyObject *forked_error;  /* aiozcrx.errors.ProcessForked */
+
+static PyObject *
+raise_forked(void)
+{
+    PyErr_SetString(forked_error ? forked_error : PyExc_RuntimeError,
+                    "aiozcrx: this Receiver was opened in another process (fork): a forked "
+                    "child cannot use it, its ring, its transports or its views (they are the "
+                    "parent's); open a Receiver of its own in the child");
+    return NULL;
+}
+
+/* pthread_atfork's child handler: runs in the child only, right after fork(),
+ * with one thread; only system calls here. */
+static void
+at_fork_child(void)
+{
+    fork_gen++;
+    for (Area *a = all_areas; a; a = a->next_area)
+        for (int i = 0; i < a->nmaps; i++)
+            if (mmap(a->maps[i].addr, a->maps[i].len, PROT_READ,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+                /* out of memory in a new child: the range stays as fork left it
+                 * (absent, or the parent's copy); the generation check still
+                 * keeps every write of ours away from it */
+            }
+}
 
 #include "area.c"
 #include "lease.c"
@@ -69,6 +116,26 @@ PyInit__leases(void)
     PyObject *m = PyModule_Create(&leases_module);
     if (!m)
         return NULL;
+    /* the typed error of a forked child (aiozcrx.errors needs no compiled core) */
+    PyObject *errors = PyImport_ImportModule("aiozcrx.errors");
+    if (errors) {
+        forked_error = PyObject_GetAttrString(errors, "ProcessForked");
+        Py_DECREF(errors);
+    }
+    if (!forked_error) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    static int at_fork_set;
+    if (!at_fork_set) {
+        int e = pthread_atfork(NULL, NULL, at_fork_child);
+        if (e) {
+            Py_DECREF(m);
+            errno = e;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        at_fork_set = 1;
+    }
 #if VIEW_REUSE
     check_view_layout();
 #endif

@@ -109,6 +109,10 @@ def zcrx_error(engine: str, config: Config, e: OSError, *, nodev: bool) -> ZcrxU
         f"pass a smaller area_size= (on a NIC queue the default is {NIC_AREA_SIZE >> 20} MiB)"
     causes[errno.ENOMEM] = (f"cannot pin a {config.area_size}-byte area: RLIMIT_MEMLOCK is {_memlock()}",
                             f"raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) or {smaller}")
+    if (e.strerror or "").startswith("madvise(MADV_DONTFORK)"):  # aiozcrx._ring.DONTFORK
+        # not the kernel's refusal: the memory it would pin could not be kept out
+        # of forked children, and it is not registered without that
+        causes[err] = (e.strerror or "madvise(MADV_DONTFORK) failed", "")
     cause, fix = causes.get(err, (f"{where}: {e.strerror}", ""))
     return ZcrxUnavailable(engine, err, cause, fix)
 
@@ -137,3 +141,10 @@ def device_removed(engine: str, interface: str, queue: int, ifindex: int) -> Zcr
         f"--interface {interface} --queue {queue}`) and open a new Receiver, or use "
         f"engine='auto', which falls back to another engine meanwhile",
         interface=interface, queue=queue)
+
+
+def out_of_memory_error() -> OSError:
+    """A connection that lost received bytes because memory ran out while they
+    were being delivered (its buffer went back to the kernel): it ends with this."""
+    return OSError(errno.ENOMEM, "out of memory while delivering received data: bytes of this "
+                   "connection were lost, so it is closed (the other connections go on)")

@@ -81,6 +81,7 @@ class EngineStats(_Counters, total=False):
     share_copies: int    # socket engine, over_share="copy": deliveries copied over the share
     share_copied_bytes: int
     share_reached: int   # over_share="copy": times a connection's views reached its share
+    nomem_connections: int  # connections ended with ENOMEM (a delivery failed for want of memory)
     share_stops: int
     stall_kicks: int
     starve_retries: int       # zcrx: refused with buffers free, re-armed at once (once an episode)

@@ -28,9 +28,9 @@ import select
 from typing import TYPE_CHECKING, Callable
 
 from .. import _ring
-from .._ring import (UD_CANCEL, UD_NOTIF, UD_OVER_SHARE, UD_RECV, UD_SOCK_IDLE, ud_gen, ud_kind,
-                     ud_slot, user_data)
-from .advice import uring_error
+from .._ring import (UD_CANCEL, UD_NOMEM, UD_NOTIF, UD_OVER_SHARE, UD_RECV, UD_SOCK_IDLE, ud_gen,
+                     ud_kind, ud_slot, user_data)
+from .advice import out_of_memory_error, uring_error
 from .base import Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide
 from .wake import WAKE_ENV, choose_wake, kernel_wake
 
@@ -95,6 +95,9 @@ class RingEngine(Engine):
         super().__init__(config)
         self.ring: _ring.Ring | None = None
         self.area: _ring.AreaLike | None = None
+        # which user of the area this engine is: 0 made it; an engine importing
+        # another's zcrx instance is a user of its own (Area.add_user)
+        self.area_user = 0
         self.dispatcher: _ring.DispatcherLike | None = None
         self.slots: list[_ring.SlotSink] = []  # slot -> sink, read by the C dispatcher
         self.slot_table = Slots()
@@ -118,15 +121,29 @@ class RingEngine(Engine):
         except OSError as e:
             raise uring_error(self.name, e) from None
 
+    def _abandon_open(self) -> None:
+        """open() failed part-way, whatever the exception: the area (this
+        engine's own, or its user of another's) and the ring go; the area is
+        unmapped now (it has no view yet)."""
+        if self.area is not None:
+            self.area.close(self.area_user)
+            self.area = None
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
     def _start_loop(self, loop: EngineLoop) -> None:
         self.loop = loop
         assert self.ring is not None and self.area is not None  # opened by the subclass's open()
-        self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy)
+        self.dispatcher = self.ring.dispatcher(self.area, self.slots, copy=self.config.copy,
+                                               user=self.area_user)
         self.dispatcher.set_slow_path(self._after_pump)
         self.dispatcher.set_share_copy(self.config.over_share == "copy")
-        if not self.config.copy and getattr(self, "shared_from", None) is None:
+        if not self.config.copy:
+            # this engine's connections' limit, and its own wake-up (its eventfd
+            # leaves the area with its close: Area.close(user))
             unit = self.area.stats()["buffer_size"]
-            self.area.set_share(self.share_buffers(unit), self.ring.eventfd)
+            self.area.set_share(self.share_buffers(unit), self.ring.eventfd, self.area_user)
         self._reset_ticker = Ticker(loop, self.ring.timers[0], self.RESET_TICK, self._reset_watch)
         self.wake, self.wake_reason = choose_wake(self.config.wake)
         # "auto" took the socket path because of what the kernel does (not asked
@@ -195,7 +212,7 @@ class RingEngine(Engine):
         # its memory is unmapped now if no view is out, else with the last view,
         # whoever still holds this engine. Only the small Area object stays, for
         # the buffer counters in stats().
-        self.area.close()  # an imported instance's area: one user fewer (see _open_imported)
+        self.area.close(self.area_user)  # this engine's wake-ups go; the last user closes the area
         self.dispatcher.close()  # drops the protocols' sinks
         self.dispatcher = None
         self.ring = None
@@ -314,7 +331,7 @@ class RingEngine(Engine):
         assert self.ring is not None and self.area is not None and self.dispatcher is not None
         if self.starved:
             self.dispatcher.revive_after = next(iter(self.starved.values()))
-            self.area.set_wake(self.ring.eventfd, True)  # the next returned buffer wakes the loop
+            self.area.set_wake(self.ring.eventfd, True, self.area_user)  # the next returned buffer wakes the loop
         self.dispatcher.revive_wanted = bool(self.starved)
 
     def _kick(self) -> None:
@@ -534,7 +551,7 @@ class RingEngine(Engine):
 
     def _unthrottle(self) -> None:
         assert self.area is not None
-        for slot in self.area.take_back():
+        for slot in self.area.take_back(self.area_user):
             conn = self.conns.get(slot)
             if conn is None or not conn.throttled:
                 continue
@@ -636,6 +653,10 @@ class RingEngine(Engine):
                 conn = self.conns.get(ud_slot(ud))
                 if conn is not None and conn.gen == ud_gen(ud):
                     self._socket_idle(conn)
+            elif kind == UD_NOMEM:
+                conn = self.conns.get(ud_slot(ud))
+                if conn is not None and conn.gen == ud_gen(ud):
+                    self._out_of_memory(conn)
         if interrupt is not None:
             raise interrupt
 
@@ -657,6 +678,14 @@ class RingEngine(Engine):
 
     def _notification(self, res: int) -> None:
         pass
+
+    def _out_of_memory(self, conn: Conn) -> None:
+        """A delivery to ``conn`` could not be made for want of memory: its buffer
+        went back to the kernel, so the stream has a gap, and the connection ends
+        with ENOMEM (the dispatcher delivers nothing more to it)."""
+        self.stats["nomem_connections"] = self.stats.get("nomem_connections", 0) + 1
+        conn.wanted = False
+        conn.events._read_error(out_of_memory_error())
 
     def area_stats(self) -> dict[str, object]:
         assert self.area is not None

@@ -16,7 +16,7 @@ import select
 from typing import TYPE_CHECKING
 
 from .. import _ring
-from .advice import area_error, fd_error
+from .advice import area_error, fd_error, out_of_memory_error
 from .base import Conn, Engine, EngineLoop, ReadEvents, Sink, Slots
 
 if TYPE_CHECKING:
@@ -168,6 +168,13 @@ class SocketEngine(Engine):
             except OSError as e:
                 self._stop(conn)
                 conn.events._read_error(e)
+                return
+            except MemoryError:
+                # the bytes recv() took are gone with the view that could not be
+                # made: the connection ends, as a ring engine's does (UD_NOMEM)
+                self._stop(conn)
+                self.stats["nomem_connections"] = self.stats.get("nomem_connections", 0) + 1
+                conn.events._read_error(out_of_memory_error())
                 return
             if view is None:
                 return

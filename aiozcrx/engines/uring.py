@@ -36,21 +36,23 @@ class UringEngine(RingEngine):
                 mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
             except OSError as e:
                 raise area_error(self.name, cfg, e, UringUnavailable) from None
-            self.area = _ring.new_area(mapping, cfg.buf_size)
+            try:
+                self.area = _ring.new_area(mapping, cfg.buf_size)
+            except BaseException:
+                _ring.unmap(mapping)  # not the Area's yet
+                raise
             _ring.register_pbuf_ring(self.ring, self.area, bgid=self.BGID,
                                      window=self.post_window(cfg.buf_size, self.area.nbufs))
         except UringUnavailable:
-            self.ring.close()
-            self.ring = None
+            self._abandon_open()
             raise
         except OSError as e:
-            if self.area is not None:
-                self.area.close()
-                self.area = None
-            self.ring.close()
-            self.ring = None
+            self._abandon_open()
             e.__traceback__ = None  # its frames hold the Area (see ZcrxEngine._try_register)
             raise uring_error(self.name, e) from None
+        except BaseException:
+            self._abandon_open()  # whatever it was: nothing of this engine stays
+            raise
         self._start_loop(loop)
 
     def _prep_recv(self, fd: int, ud: int) -> None:

@@ -96,14 +96,31 @@ class ZcrxEngine(RingEngine):
                                       "pass interface='eth0', queue=N (a queue set up with `aiozcrx nic setup`)")
             nic = (cfg.interface, cfg.queue)
         self._open_ring()
+        try:
+            if_idx, rxq = self._register_area(nic)
+        except BaseException:
+            self._abandon_open()  # whatever it was: nothing of this engine stays
+            raise
+        self._start_loop(loop)
+        if nic is not None:
+            _our_queues[(if_idx, rxq)] = _HELD
+            self._watch_link(loop, (if_idx, nic[0], nic[1]))
+
+    def _register_area(self, nic: tuple[str, int] | None) -> tuple[int, int]:
+        """Maps the area and registers the instance (NIC queue ``nic``, or NODEV);
+        returns (ifindex, queue). Raises the typed error; the caller releases
+        what was made on any exception (``_abandon_open``)."""
+        cfg = self.config
         assert self.ring is not None
         try:
             mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
         except OSError as e:
-            self.ring.close()
-            self.ring = None
             raise area_error(self.name, cfg, e, ZcrxUnavailable) from None
-        self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
+        try:
+            self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
+        except BaseException:
+            _ring.unmap(mapping)  # not the Area's yet
+            raise
         if_idx = 0 if nic is None else socket.if_nametoindex(nic[0])
         rxq = 0 if nic is None else nic[1]
         notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
@@ -112,18 +129,11 @@ class ZcrxEngine(RingEngine):
                 and self._wait_released(nic[0], if_idx, rxq):
             err = self._register(mapping, if_idx, rxq, notif_mask)
         if err is not None:
-            self.area.close()
-            self.area = None  # last reference: the area is unmapped here
-            self.ring.close()
-            self.ring = None
             raise zcrx_error(self.name, cfg, err, nodev=self.nodev)
         assert self.info is not None  # set by a registration that succeeded
         self.zcrx_id = self.info.zcrx_id
         self._kstats = self.info.stats
-        self._start_loop(loop)
-        if nic is not None:
-            _our_queues[(if_idx, rxq)] = _HELD
-            self._watch_link(loop, (if_idx, nic[0], nic[1]))
+        return if_idx, rxq
 
     def _open_imported(self, loop: EngineLoop, source: ZcrxEngine) -> None:
         """Receives through another ring's zcrx instance (ZCRX_CTRL_EXPORT, then
@@ -140,15 +150,22 @@ class ZcrxEngine(RingEngine):
             step = "import the shared instance (ZCRX_REG_IMPORT)"
             self.zcrx_id = _ring.zcrx_import(self.ring, fd)
         except OSError as e:
-            self.ring.close()
-            self.ring = None
+            self._abandon_open()
+            fix = ("run as root or grant CAP_NET_ADMIN (importing needs it as registering does)"
+                   if e.errno == errno.EPERM else "needs Linux 6.19+")
             raise ZcrxUnavailable(self.name, e.errno or errno.EIO, f"cannot {step}: {e.strerror}",
-                                  "needs Linux 6.19+") from None
+                                  fix) from None
+        except BaseException:
+            self._abandon_open()
+            raise
         finally:
             if fd >= 0:
                 os.close(fd)
         self.shared_from = source
-        source.area.add_user()  # the area closes when both rings are done with it
+        # a user of the area of its own: its wake-ups, its connections' state and
+        # its ring (refills are flushed through a live user's) are its alone, and
+        # the area closes when every user is done with it
+        self.area_user = source.area.add_user(self.ring.fd, self.zcrx_id)
         self.area = source.area
         self.info = source.info
         self._kstats = source._kstats.twin() if source._kstats is not None else None
@@ -381,7 +398,7 @@ class ZcrxEngine(RingEngine):
                 # and no data arrives to start one (the NIC drops it): the next
                 # release must wake the loop, which publishes (seen on the
                 # simulated NIC: a stall with every buffer returned, none published).
-                self.area.set_wake(self.ring.eventfd, True)
+                self.area.set_wake(self.ring.eventfd, True, self.area_user)
                 self.area.publish(True)
         elif res == self.EVENT_COPY:
             bit = _ring.ZCRX_NOTIF_COPY

@@ -27,7 +27,13 @@ The module is split the sans-IO way:
 * :func:`teardown` replays the recorded inverses, newest first.
 
 State files live in ``$AIOZCRX_STATE_DIR`` (default ``/run/aiozcrx``), one per
-interface: ``nic-IF.json``.
+interface: ``nic-IF.json``. They are written atomically (a new temporary file,
+O_EXCL and mode 0600, renamed over the old one: a symlink planted in a shared
+directory is never followed) and read only when they are a regular file of this
+user that nobody else can write (``StateFileError`` otherwise): ``teardown``
+runs what the file says with CAP_NET_ADMIN. SIGINT and SIGTERM are held while
+the NIC is being changed, so that an interruption rolls back what a setup did
+(docs/security.md).
 """
 from __future__ import annotations
 
@@ -37,7 +43,11 @@ import errno as _errno
 import json
 import os
 import re
+import signal
+import stat
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Callable, Protocol
@@ -52,6 +62,7 @@ DEFAULT_STATE_DIR = "/run/aiozcrx"
 EXIT_OK = 0
 EXIT_FAILED = 1      # a step failed (rolled back), or teardown left something behind
 EXIT_REFUSED = 3     # the plan has problems; nothing was changed
+EXIT_INTERRUPTED = 130  # Ctrl-C: what was done is rolled back
 
 
 # --------------------------------------------------------------------------
@@ -572,22 +583,86 @@ def state_path(ifname: str) -> str:
     return os.path.join(state_dir(), f"nic-{ifname}.json")
 
 
+class StateFileError(Exception):
+    """A state file that is not safely ours: not read, nothing replayed from it."""
+
+
 def _write_record(path: str, record: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Atomically: a new temporary file (mkstemp: O_EXCL, so never through a
+    symlink, mode 0600) in the same directory, synced, renamed over ``path``
+    (rename replaces a symlink there, it does not follow it)."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".nic-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def load_record(path: str) -> dict[str, Any] | None:
+    """The record at ``path``, None if there is none. ``StateFileError`` if it is
+    a symlink, not a regular file, not this user's, or writable by others:
+    whoever could write it would choose what ``teardown`` does to the NIC."""
     try:
-        with open(path) as f:
-            record: dict[str, Any] = json.load(f)
-            return record
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        if e.errno == _errno.ELOOP:
+            raise StateFileError(f"{path} is a symbolic link: not read (a state file is never "
+                                 "followed elsewhere); remove it if it is not yours") from None
+        raise
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        why = ("is not a regular file" if not stat.S_ISREG(st.st_mode) else
+               f"belongs to uid {st.st_uid}, not {os.geteuid()}" if st.st_uid != os.geteuid() else
+               "is writable by others" if st.st_mode & 0o022 else None)
+        if why:
+            raise StateFileError(f"{path} {why}: not read (its undo steps would run with "
+                                 "CAP_NET_ADMIN); check and remove it")
+        record: dict[str, Any] = json.load(f)
+        return record
+
+
+class _HeldSignals:
+    """SIGINT and SIGTERM are held (recorded, not acted on) while the NIC is
+    being changed, so that a step is never cut in half and a setup can roll back;
+    on leaving, a held signal is raised again with its own handler (Ctrl-C:
+    KeyboardInterrupt). A signal the process ignores stays ignored. Only the main
+    thread can install handlers: elsewhere this holds nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _hold(self, signum: int, _frame: object) -> None:
+        if self.caught is None:
+            self.caught = signum
+
+    def __enter__(self) -> "_HeldSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored one stays ignored
+                    self._old[sig] = signal.signal(sig, self._hold)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        if self.caught is not None and exc[0] is None:
+            signal.raise_signal(self.caught)
 
 
 @dataclass
@@ -613,20 +688,39 @@ def _describe(exc: BaseException) -> tuple[str, int | None]:
 
 def apply_plan(plan: Plan, executor: Executor, record_path: str | None) -> Outcome:
     """Run ``plan``; record each done step (with its resolved inverse) in
-    ``record_path``; on the first failure undo the done steps newest first."""
+    ``record_path``; on the first failure, or an interruption (SIGINT, SIGTERM,
+    KeyboardInterrupt), undo the done steps newest first. An interruption goes
+    on once the rollback is over."""
+    with _HeldSignals() as held:
+        out, interrupt = _apply_steps(plan, executor, record_path, held)
+    if interrupt is not None:
+        raise interrupt
+    return out
+
+
+def _apply_steps(plan: Plan, executor: Executor, record_path: str | None,
+                 held: _HeldSignals) -> tuple[Outcome, BaseException | None]:
     out = Outcome(ok=True, record_path=record_path)
+    interrupt: BaseException | None = None
     results: dict[str, Any] = {}
     record: dict[str, Any] = {
         "version": 1, "interface": plan.ifname, "queue": plan.queue, "port": plan.port,
         "mode": plan.mode, "flow_type": plan.flow_type, "created": time.time(), "steps": []}
     for step in plan.steps:
+        if held.caught is not None:
+            out.ok = False
+            out.failed_step = step.title
+            out.error = f"interrupted ({signal.Signals(held.caught).name}) before this step"
+            break
         try:
             result = executor.run(Op(step.apply.kind, _resolve(step.apply.args, results, None)))
-        except Exception as exc:  # noqa: BLE001 - every failure must trigger rollback
+        except BaseException as exc:  # noqa: BLE001 - every failure, and an interruption, rolls back
             out.ok = False
             out.failed_step = step.title
             out.failed_command = _resolve_text(step.command, results)
             out.error, out.errno = _describe(exc)
+            if not isinstance(exc, Exception):
+                interrupt = exc
             break
         results[step.id] = result
         entry: dict[str, Any] = {
@@ -639,8 +733,13 @@ def apply_plan(plan: Plan, executor: Executor, record_path: str | None) -> Outco
         out.done.append(step.id)
         if record_path:
             _write_record(record_path, record)
+    if out.ok and held.caught is not None:
+        # the signal came with the last step: the setup is whole, but it was asked
+        # to stop; undo it all, as for any interruption
+        out.ok = False
+        out.error = f"interrupted ({signal.Signals(held.caught).name})"
     if out.ok:
-        return out
+        return out, None
     remaining = _undo(record["steps"], executor, out)
     out.done = [e["id"] for e in remaining]
     if record_path:
@@ -649,7 +748,7 @@ def apply_plan(plan: Plan, executor: Executor, record_path: str | None) -> Outco
             _write_record(record_path, record)
         elif os.path.exists(record_path):
             os.unlink(record_path)
-    return out
+    return out, interrupt
 
 
 def _undo(entries: list[dict[str, Any]], executor: Executor, out: Outcome) -> list[dict[str, Any]]:
@@ -675,13 +774,14 @@ def teardown(record_path: str, executor: Executor) -> Outcome:
     record = load_record(record_path)
     if record is None:
         return out
-    left = _undo(record.get("steps", []), executor, out)
-    if left:
-        out.ok = False
-        record["steps"] = left
-        _write_record(record_path, record)
-    else:
-        os.unlink(record_path)
+    with _HeldSignals():  # a teardown is finished, and recorded, before an interruption acts
+        left = _undo(record.get("steps", []), executor, out)
+        if left:
+            out.ok = False
+            record["steps"] = left
+            _write_record(record_path, record)
+        else:
+            os.unlink(record_path)
     return out
 
 
@@ -741,7 +841,12 @@ def _setup(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     if args.dry_run or not plan.steps:
         return EXIT_OK
-    if load_record(path) is not None:
+    try:
+        earlier = load_record(path)
+    except StateFileError as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    if earlier is not None:
         msg = (f"{path} records an earlier setup of {args.interface}; run "
                f"`aiozcrx nic teardown --interface {args.interface}` first")
         if args.json:
@@ -749,7 +854,11 @@ def _setup(args: argparse.Namespace) -> int:
         else:
             print(f"refused: {msg}", file=sys.stderr)
         return EXIT_REFUSED
-    out = apply_plan(plan, KernelExecutor(args.interface), path)
+    try:
+        out = apply_plan(plan, KernelExecutor(args.interface), path)
+    except KeyboardInterrupt:
+        print("interrupted: what was done is rolled back", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps({**result, "applied": out.ok, "outcome": asdict(out)}, indent=2))
     elif out.ok:
@@ -796,7 +905,12 @@ def _teardown(args: argparse.Namespace) -> int:
     rc = EXIT_OK
     report = []
     for path in paths:
-        record = load_record(path)
+        try:
+            record = load_record(path)
+        except StateFileError as e:
+            print(f"refused: {e}", file=sys.stderr)
+            rc = EXIT_FAILED
+            continue
         if record is None:
             if not args.json:
                 print(f"nothing recorded in {path}")
