@@ -49,7 +49,7 @@ import sys
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from contract import BIG_SEND, MAX_CONN_BYTES
@@ -272,11 +272,29 @@ def contract_settings(examples: int):
 
 
 # ------------------------------------------------------------------- tests
+def _conn(made: list, lost: list) -> dict:
+    return {"buffered": False, "bufsize": 4096, "made": made,
+            "eof": {"keep": True, "actions": []}, "lost": lost, "limits": None}
+
+
+# Found by the drawn scripts (engine socket under uvloop): connection 2's
+# connection_made closes connection 1, whose connection_lost closes the Receiver;
+# asyncio's transport begins reading after the callbacks connection_made
+# scheduled, so connection 2 never sees the 100 bytes waiting for it.
+READ_AFTER_MADE_CALLBACKS = {
+    "conns": [_conn([], []), _conn([], [["rx_close", 1]]),
+              _conn([["close", 1]], [])],
+    "steps": [{"op": "attach", "c": 0}, {"op": "send", "c": 2, "n": 100, "on_data": []},
+              {"op": "attach", "c": 1}, {"op": "attach", "c": 2}],
+    "rx": {"buf_size": 4096, "copy": False}}
+
+
 @pytest.mark.engines
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("engine", ["uring", "socket"])
 @contract_settings(EXAMPLES)
 @given(script=scripts())
+@example(script=READ_AFTER_MADE_CALLBACKS)
 def test_contract(engine, loop_kind, script):
     compare(script, engine, run_in_worker(loop_kind, script, engine))
 
