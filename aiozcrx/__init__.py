@@ -35,6 +35,7 @@ __all__ = [
     "create_server",
     "new_event_loop",
     "open_connection",
+    "run",
     "start_server",
     "start_tls",
 ]
@@ -58,6 +59,7 @@ _LAZY = {
     "ZcrxTransport": "transport",
     "ViewProtocol": "transport",
     "new_event_loop": "loop",
+    "run": "loop",
 }
 
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
@@ -67,7 +69,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from .receiver import Receiver
     from .server import ZcrxServer, create_connection, create_server
     from .streams import open_connection, start_server
-    from .loop import new_event_loop
+    from .loop import new_event_loop, run
     from .tls import start_tls
     from .transport import ViewProtocol, ZcrxTransport
 

@@ -1,7 +1,8 @@
 """The drop-in event loop: unmodified servers receive through aiozcrx.
 
+    aiozcrx.run(main())                                         # asyncio.run, this loop
     uvicorn app:app --loop aiozcrx:new_event_loop
-    asyncio.run(main(), loop_factory=aiozcrx.new_event_loop)
+    asyncio.run(main(), loop_factory=aiozcrx.new_event_loop)    # 3.12+
     web.run_app(app, loop=aiozcrx.new_event_loop())            # aiohttp
 
 ``new_event_loop()`` makes a loop (uvloop's when it is installed, else asyncio's
@@ -39,8 +40,9 @@ import functools
 import os
 import socket
 import ssl as _ssl
+import sys
 import weakref
-from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Optional, TypeVar
 
 from .config import Config, parse_size, socket_family
 
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 ENV_PREFIX = "AIOZCRX_"
+_T = TypeVar("_T")
 
 
 def _size(name: str, text: str) -> int:
@@ -268,8 +271,67 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-    """For code that sets a policy instead of passing a loop factory."""
+def run(main: Coroutine[Any, Any, _T], *, debug: Optional[bool] = None) -> _T:
+    """Runs ``main`` on a new drop-in loop, then closes the loop, as
+    ``asyncio.run(main, loop_factory=aiozcrx.new_event_loop)`` (3.12+) on every
+    Python from 3.10 on: the tasks still pending are cancelled, asynchronous
+    generators and the default executor shut down. asyncio's event loop policies
+    are not used (they are deprecated in Python 3.14 and go in 3.16): nothing is
+    set as the current loop, the running loop is the loop.
 
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:  # noqa: D102
-        return new_event_loop()
+        aiozcrx.run(main())
+    """
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+            return runner.run(main)
+    # 3.10: asyncio.run without its set_event_loop() calls
+    if asyncio.events._get_running_loop() is not None:
+        raise RuntimeError("aiozcrx.run() cannot be called from a running event loop")
+    if not asyncio.iscoroutine(main):
+        raise ValueError(f"a coroutine was expected, got {main!r}")
+    loop = new_event_loop()
+    try:
+        if debug is not None:
+            loop.set_debug(debug)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio.run does with the tasks left when ``main`` returns (3.10)."""
+    cancel: Callable[[asyncio.AbstractEventLoop], None] = \
+        asyncio.runners._cancel_all_tasks  # type: ignore[attr-defined]
+    cancel(loop)
+
+
+# The policy class is made on first use: asyncio's policy classes are deprecated in
+# Python 3.14 (using one warns) and go in 3.16, and importing aiozcrx must do neither.
+if TYPE_CHECKING:
+    class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+        """For code that sets a policy instead of passing a loop factory
+        (deprecated with asyncio's policies: use ``aiozcrx.run`` or
+        ``loop_factory=aiozcrx.new_event_loop``)."""
+
+        def new_event_loop(self) -> asyncio.AbstractEventLoop: ...
+else:
+    def __getattr__(name: str) -> Any:
+        if name != "EventLoopPolicy":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+        class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+            """For code that sets a policy instead of passing a loop factory
+            (deprecated with asyncio's policies: use ``aiozcrx.run`` or
+            ``loop_factory=aiozcrx.new_event_loop``)."""
+
+            def new_event_loop(self) -> asyncio.AbstractEventLoop:  # noqa: D102
+                return new_event_loop()
+
+        EventLoopPolicy.__module__ = __name__
+        globals()["EventLoopPolicy"] = EventLoopPolicy
+        return EventLoopPolicy

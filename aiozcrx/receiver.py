@@ -273,7 +273,10 @@ class Receiver:
             loop.call_exception_handler({
                 "message": f"Exception in callback {type(protocol).__name__}.connection_made({transport!r})",
                 "exception": exc})
-        transport._start()
+        # reading begins after what connection_made scheduled, as asyncio's
+        # transports add their reader with call_soon after it (on uvloop the
+        # waiting bytes would otherwise come before those callbacks)
+        loop.call_soon(transport._start)
         return transport, protocol
 
     def _warn_over_share(self, protocol_name: str, held: int, limit: int) -> None:

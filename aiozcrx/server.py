@@ -313,6 +313,14 @@ class ZcrxServer(asyncio.AbstractServer):
         await self.wait_closed()
 
 
+def _bind_error(err: OSError, address: Any) -> OSError:
+    """asyncio's error for a bind() that failed: the errno, and its message (worded
+    from ``str(err)`` since 3.13, from ``err.strerror`` before)."""
+    detail = str(err) if sys.version_info >= (3, 13) else (err.strerror or "")
+    return OSError(err.errno, f"error while attempting to bind on address {address!r}: "
+                              f"{detail.lower()}")
+
+
 def _bind_sockets(infos: Iterable[Any], backlog: int, reuse_address: Optional[bool],
                   reuse_port: Optional[bool]) -> list[socket.socket]:
     sockets: list[socket.socket] = []
@@ -337,8 +345,7 @@ def _bind_sockets(infos: Iterable[Any], backlog: int, reuse_address: Optional[bo
             try:
                 sock.bind(sa)
             except OSError as err:
-                raise OSError(err.errno, f"error while attempting to bind on address {sa!r}: "
-                                         f"{(err.strerror or '').lower()}") from None
+                raise _bind_error(err, sa) from None
         if not sockets:
             raise OSError("no address to bind to")
         for sock in sockets:
@@ -573,9 +580,7 @@ async def _connect_one(loop: asyncio.AbstractEventLoop, info: Any,
                     sock.bind(laddr)
                     break
                 except OSError as exc:
-                    bind_errors.append(OSError(exc.errno, f"error while attempting to bind on "
-                                                          f"address {laddr!r}: "
-                                                          f"{(exc.strerror or '').lower()}"))
+                    bind_errors.append(_bind_error(exc, laddr))
             else:
                 if bind_errors:
                     raise bind_errors[-1]

@@ -36,6 +36,25 @@ engines when they hold data: either way none of the step's bytes were received).
 Raising in connection_made is generated: both report it to the loop's exception
 handler and go on (compared by exception type and text).
 
+Messages up to 1 MiB: a peer send of BIG_SEND or more is made (from a thread) only
+to a clean connection, which takes all of it within the step; anything else stays
+within MAX_CONN_BYTES per connection. Writes: ``write`` is a few bytes (the kernel
+takes them at once), ``write_big`` 1 MiB, more than the small socket buffers
+(OUR_SNDBUF, PEER_RCVBUF) and any high-water mark drawn (``limits``:
+set_write_buffer_limits in connection_made) take together, so pause_writing comes
+inside that write() on both sides, and resume_writing once the peer reads (step
+``drain``: it reads until everything written has reached it, or at the end). A
+closing transport with a big write still buffered is settled (it waits for the
+peer); a peer's reset with a big write buffered is not, until connection_lost (the
+write side meets the reset: asyncio's writer callback runs whether or not reading
+is paused). What reaches the peer after a connection that had a big write buffered was
+aborted (or closed with received bytes unread: asyncio's socket then sends RST and
+the kernel drops what it had not sent) is compared as "a prefix of what was
+written". ``swap``: set_protocol() to a new protocol of the other kind (Protocol,
+BufferedProtocol); callbacks on a replaced protocol are listed as such.
+get_extra_info("socket"/"sockname"/"peername") is compared in connection_made and
+connection_lost.
+
 Races of the reference itself that are left out on purpose:
 - a peer reset discards whatever the *peer's* kernel has not yet transmitted: before
   a reset the driver waits until the peer's send queue (SIOCOUTQ) is empty, and each
@@ -62,8 +81,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -72,15 +93,47 @@ import traceback
 
 SETTLE_TIMEOUT = float(os.environ.get("AIOZCRX_CONTRACT_SETTLE_TIMEOUT", "10"))
 MAX_CONN_BYTES = 24 * 1024  # a paused receiver's socket takes all of it (see above)
+BIG_SEND = 64 * 1024        # a send this large goes only to a clean connection (see above)
+# write flow control: our send buffer and the peer's receive buffer are fixed and
+# small, so the kernel takes at most about SOCKET_BYTES of what we write until the
+# peer reads; a big write (WRITE_BIG) is over any high-water mark drawn plus that,
+# and is the only write that can pause the protocol's writing
+OUR_SNDBUF = PEER_RCVBUF = 32 * 1024
+WRITE_BIG = 1 << 20
 RESET_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
+
+
+_PERIOD = 1 << 16  # the pattern repeats every 64 KiB
+_periods: dict[int, bytes] = {}
 
 
 def pattern(conn: int, start: int, n: int) -> bytes:
     """Connection ``conn``'s bytes [start, start+n): distinct per connection and per
-    position, so cross-connection delivery, loss, duplication and reordering all
-    change what a connection receives."""
-    mul = 2 * conn + 3
-    return bytes(((k * mul + (k >> 8) * 7 + conn * 101) & 0xFF) for k in range(start, start + n))
+    position (within 64 KiB), so cross-connection delivery, loss, duplication and
+    reordering all change what a connection receives."""
+    base = _periods.get(conn)
+    if base is None:
+        mul = 2 * conn + 3
+        base = _periods[conn] = bytes(((k * mul + (k >> 8) * 7 + conn * 101) & 0xFF)
+                                      for k in range(_PERIOD))
+    at = start % _PERIOD
+    return (base * ((at + n) // _PERIOD + 1))[at:at + n]
+
+
+def summary(data: bytes) -> str:
+    """Bytes as the trace shows them: in full when short, else length and digest."""
+    if len(data) <= 4096:
+        return data.decode("latin-1")
+    return (f"<{len(data)} bytes sha256:{hashlib.sha256(data).hexdigest()[:16]} "
+            f"{data[:48].decode('latin-1')!r}...{data[-48:].decode('latin-1')!r}>")
+
+
+def queued(sock, request: int) -> int:
+    """Bytes in a socket's send queue (``termios.TIOCOUTQ``) or receive queue
+    (``termios.FIONREAD``)."""
+    buf = bytearray(4)
+    fcntl.ioctl(sock.fileno(), request, buf)
+    return int(struct.unpack("i", buf)[0])
 
 
 class ScriptError(Exception):
@@ -122,11 +175,19 @@ class Conn:
         self.wrote_eof = False
         self.types: set[str] = set()
         self.progress: list[str] = []
+        self.buffered = bool(spec.get("buffered"))  # the current protocol's kind
+        self.gen = 0                # the current protocol (set_protocol makes a new one)
+        self.extra: list[dict] = []
+        self.written = bytearray()  # what write() took, in order
+        self.big_written = False    # a write_big was made
+        self.big_pending = False    # ... and the peer has not read it all yet
+        self.unread_at_lost = False
+        self.our_name = self.peer_name = None
         # peer-side state
         self.sent = 0
         self.fin_sent = False
         self.rst_sent = False
-        self.peer_got = b""
+        self.peer_got = bytearray()
         # reactions armed by the driver for the send in progress
         self.arm_data = None        # (threshold, actions, tag)
         self.arm_getbuf = None      # ("raise" | "empty", tag)
@@ -146,8 +207,11 @@ class Conn:
     def settled(self) -> bool:
         if not self.attached or self.lost_called:
             return True
+        if self.rst_sent and self.big_pending:
+            return False  # the reset meets our buffered write: connection_lost is due
         if self.transport.is_closing():
-            return False  # connection_lost is due
+            # connection_lost is due, unless a big write waits for the peer to read
+            return self.big_pending and self.transport.get_write_buffer_size() > 0
         if self.paused:
             return True
         if len(self.received) < self.sent:
@@ -163,7 +227,18 @@ class Conn:
     def on_made(self, transport) -> None:
         self.transport = transport
         self.note("made")
+        self.extra.append(self.extra_info())
+        if self.spec.get("limits"):
+            transport.set_write_buffer_limits(*self.spec["limits"])
         self.run.act_all(self, self.spec.get("made", []), f"c{self.i}.made")
+
+    def extra_info(self) -> dict:
+        """get_extra_info's socket keys, in terms both runs share."""
+        t = self.transport
+        sock = t.get_extra_info("socket")
+        return {"socket": None if sock is None else [int(sock.family), int(sock.type)],
+                "sockname": t.get_extra_info("sockname") == self.our_name,
+                "peername": t.get_extra_info("peername") == self.peer_name}
 
     def on_data(self, data: bytes, kind: str) -> None:
         self.types.add(kind)
@@ -192,6 +267,8 @@ class Conn:
 
     def on_lost(self, exc) -> None:
         self.note("lost")
+        self.unread_at_lost = len(self.received) < self.sent
+        self.extra.append(self.extra_info())
         if self.lost_called:
             self.lost = self.lost + "+" + norm_exc(exc)  # twice: a bug, keep both
         else:
@@ -201,58 +278,69 @@ class Conn:
         self.run.act_all(self, self.spec.get("lost", []), f"c{self.i}.lost")
 
 
-class ScriptProtocol(asyncio.Protocol):
+class _Callbacks:
+    """What both protocol kinds share: each is one generation of its connection's
+    protocol (set_protocol makes the next); a callback on a replaced one is noted."""
+
     def __init__(self, conn: Conn):
         self.c = conn
+        self.gen = conn.gen
+
+    def replaced(self, name: str) -> bool:
+        if self.gen != self.c.gen:
+            self.c.note(f"{name}-on-replaced-protocol")
+            return True
+        return False
 
     def connection_made(self, transport):
         self.c.on_made(transport)
 
+    def eof_received(self):
+        if self.replaced("eof"):
+            return None
+        return self.c.on_eof()
+
+    def connection_lost(self, exc):
+        if not self.replaced("lost"):
+            self.c.on_lost(exc)
+
+    def pause_writing(self):
+        if not self.replaced("pause_writing"):
+            self.c.note("pause_writing")
+
+    def resume_writing(self):
+        if not self.replaced("resume_writing"):
+            self.c.note("resume_writing")
+
+
+class ScriptProtocol(_Callbacks, asyncio.Protocol):
     def data_received(self, data):
+        if self.replaced("data"):
+            return
         if type(data) is memoryview:
             kind = "memoryview" if data.readonly else "memoryview-rw"
         else:
             kind = type(data).__name__
         self.c.on_data(bytes(data), kind)  # a copy: no view is kept
 
-    def eof_received(self):
-        return self.c.on_eof()
 
-    def connection_lost(self, exc):
-        self.c.on_lost(exc)
-
-    def pause_writing(self):
-        self.c.note("pause_writing")
-
-    def resume_writing(self):
-        self.c.note("resume_writing")
-
-
-class ScriptBufferedProtocol(asyncio.BufferedProtocol):
+class ScriptBufferedProtocol(_Callbacks, asyncio.BufferedProtocol):
     def __init__(self, conn: Conn):
-        self.c = conn
+        super().__init__(conn)
         self.buf = bytearray(conn.spec.get("bufsize", 4096))
 
-    def connection_made(self, transport):
-        self.c.on_made(transport)
-
     def get_buffer(self, sizehint):
+        if self.gen != self.c.gen:
+            return self.buf
         return self.c.on_get_buffer(self.buf)
 
     def buffer_updated(self, nbytes):
-        self.c.on_data(bytes(self.buf[:nbytes]), "buffered")
+        if not self.replaced("data"):
+            self.c.on_data(bytes(self.buf[:nbytes]), "buffered")
 
-    def eof_received(self):
-        return self.c.on_eof()
 
-    def connection_lost(self, exc):
-        self.c.on_lost(exc)
-
-    def pause_writing(self):
-        self.c.note("pause_writing")
-
-    def resume_writing(self):
-        self.c.note("resume_writing")
+def new_protocol(c: Conn) -> asyncio.BaseProtocol:
+    return ScriptBufferedProtocol(c) if c.buffered else ScriptProtocol(c)
 
 
 class Run:
@@ -335,9 +423,20 @@ class Run:
             t.close()
         elif name == "abort":
             t.abort()
-        elif name == "write":
+        elif name in ("write", "write_big"):
             if not c.wrote_eof:
-                t.write(f"[{tag}]".encode())
+                data = f"[{tag}]".encode()
+                if name == "write_big":
+                    data = data.ljust(WRITE_BIG, b".")
+                t.write(data)
+                c.written += data
+                if name == "write_big":
+                    c.big_written = c.big_pending = True
+        elif name == "swap":
+            c.gen += 1
+            c.buffered = not c.buffered
+            t.set_protocol(new_protocol(c))
+            c.note("swapped")
         elif name == "write_eof":
             t.write_eof()
             c.wrote_eof = True
@@ -378,16 +477,42 @@ class Run:
                 raise Hang(f"not settled {SETTLE_TIMEOUT}s after {what}: {'; '.join(stuck)}"
                            f"{'; pending call_soon' if self.pending else ''}") from None
 
-    async def wait_peer_flushed(self, c: Conn) -> None:
+    async def poll(self, done, what: str) -> None:
+        """Waits until ``done()`` (a condition outside the loop: a socket's queues)."""
         deadline = self.loop.time() + SETTLE_TIMEOUT
-        buf = bytearray(4)
-        while True:
-            fcntl.ioctl(c.peer.fileno(), termios.TIOCOUTQ, buf)
-            if struct.unpack("i", buf)[0] == 0:
-                return
+        while not done():
             if self.loop.time() > deadline:
-                raise Hang(f"c{c.i}: the peer's send queue never emptied")
+                raise Hang(what)
             await asyncio.sleep(0.001)
+
+    async def peer_read(self, c: Conn) -> None:
+        """The peer reads until everything our side wrote has reached it: the
+        transport's buffer and our socket's send queue are empty, and nothing is
+        left in the peer's receive queue (or the peer saw our end)."""
+        ours = c.transport.get_extra_info("socket")
+
+        def read_all_there_is() -> bool:
+            try:
+                # (select: a socket with a timeout waits in recv even with MSG_DONTWAIT)
+                while select.select([c.peer], [], [], 0)[0]:
+                    chunk = c.peer.recv(1 << 20)
+                    if not chunk:
+                        return True  # our end
+                    c.peer_got += chunk
+            except OSError as e:
+                if e.errno not in RESET_ERRNOS:
+                    raise
+                return True  # our side reset it: what reached the peer is compared at the end
+            return c.lost_called or (c.transport.get_write_buffer_size() == 0
+                                     and queued(ours, termios.TIOCOUTQ) == 0
+                                     and queued(c.peer, termios.FIONREAD) == 0)
+
+        await self.poll(read_all_there_is, f"c{c.i}: what we wrote never reached the peer")
+        c.big_pending = False
+
+    async def wait_peer_flushed(self, c: Conn) -> None:
+        await self.poll(lambda: queued(c.peer, termios.TIOCOUTQ) == 0,
+                        f"c{c.i}: the peer's send queue never emptied")
 
     # -- steps --
     async def attach(self, c: Conn) -> None:
@@ -396,13 +521,12 @@ class Run:
             c.sock = None
             c.dead = True
             return
-        proto_cls = ScriptBufferedProtocol if c.spec.get("buffered") else ScriptProtocol
         c.attached = True  # before connection_made: its reactions may address it
         sock, c.sock = c.sock, None
         if self.engine is None:
-            await self.loop.connect_accepted_socket(lambda: proto_cls(c), sock)
+            await self.loop.connect_accepted_socket(lambda: new_protocol(c), sock)
         else:
-            await self.rx.wrap(sock, lambda: proto_cls(c))
+            await self.rx.wrap(sock, lambda: new_protocol(c))
 
     async def step(self, k: int, st: dict) -> None:
         op = st["op"]
@@ -429,13 +553,26 @@ class Run:
             n = st["n"]
             clean = (c.attached and not c.paused and not c.transport.is_closing()
                      and len(c.received) == c.sent and not c.eof_seen)
+            if n >= BIG_SEND and not clean:
+                return  # it would stay in the socket buffers (see the module docstring)
             if clean:
                 if st.get("on_data"):
                     c.arm_data = (c.sent + n, st["on_data"], f"c{c.i}.data{k}")
-                if st.get("on_getbuf") and c.spec.get("buffered"):
+                if st.get("on_getbuf") and c.buffered:
                     c.arm_getbuf = (st["on_getbuf"], f"c{c.i}.getbuf{k}")
-            c.peer.sendall(pattern(c.i, c.sent, n))
+            data = pattern(c.i, c.sent, n)
             c.sent += n
+            if n < BIG_SEND:
+                c.peer.sendall(data)
+            else:  # from a thread: the loop receives meanwhile
+                try:
+                    await asyncio.to_thread(c.peer.sendall, data)
+                except OSError:
+                    if not c.lost_called:  # our side closed it (a raising callback)
+                        raise
+        elif op == "drain":
+            if c.attached:
+                await self.peer_read(c)
         elif op == "fin":
             if c.fin_sent:
                 return
@@ -452,39 +589,52 @@ class Run:
     async def play(self) -> None:
         with socket.create_server(("127.0.0.1", 0)) as lst:
             for c in self.conns:
-                c.peer = socket.create_connection(lst.getsockname())
+                c.peer = socket.socket()
+                c.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PEER_RCVBUF)
+                c.peer.connect(lst.getsockname())
                 c.peer.settimeout(SETTLE_TIMEOUT)
                 c.sock, _ = lst.accept()
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, OUR_SNDBUF)
+                c.our_name, c.peer_name = c.sock.getsockname(), c.peer.getsockname()
         for k, st in enumerate(self.script["steps"]):
             await self.step(k, st)
             await self.settle(f"step {k} {st}")
             for c in self.conns:
                 c.arm_data = c.arm_getbuf = None
                 c.progress.append(c.state())
-        # the end: the application closes what is still open
-        for c in self.conns:
-            if c.attached and not c.lost_called:
-                c.transport.close()
-            elif c.sock is not None:
-                c.sock.close()
-                c.sock = None
-        await self.settle("the final close()")
-        # what our writes delivered to each peer (how the peer saw the end, FIN or
-        # RST, is not compared: see the module docstring)
-        for c in self.conns:
-            if c.rst_sent:
-                continue
-            got = bytearray()
-            try:
-                while chunk := c.peer.recv(65536):
-                    got += chunk
-            except socket.timeout:
-                got += b"<peer: no EOF: our socket was never closed>"
-            except OSError as e:
-                if e.errno not in RESET_ERRNOS:
-                    got += f"<peer: {e!r}>".encode()
-            c.peer_got = bytes(got)
-            c.peer.close()
+        # the end: the application closes what is still open, while each peer reads
+        # what our writes delivered (how the peer saw the end, FIN or RST, is not
+        # compared: see the module docstring)
+        readers = [asyncio.ensure_future(asyncio.to_thread(self.peer_read_to_end, c))
+                   for c in self.conns if not c.rst_sent]
+        try:
+            for c in self.conns:
+                if c.attached and not c.lost_called:
+                    c.transport.close()
+                elif c.sock is not None:
+                    c.sock.close()
+                    c.sock = None
+            await self.settle("the final close()")
+        finally:
+            await asyncio.gather(*readers)
+
+    @staticmethod
+    def peer_read_to_end(c: Conn) -> None:
+        try:
+            while chunk := c.peer.recv(1 << 20):
+                c.peer_got += chunk
+        except socket.timeout:
+            c.peer_got += b"<peer: no EOF: our socket was never closed>"
+        except OSError as e:
+            if e.errno not in RESET_ERRNOS:
+                c.peer_got += f"<peer: {e!r}>".encode()
+        c.peer.close()
+
+    def peer_view(self, c: Conn) -> str:
+        got = bytes(c.peer_got)
+        if c.big_written and (c.big_pending or c.unread_at_lost) and c.written.startswith(got):
+            return "<a prefix of what was written>"
+        return summary(got)
 
     def trace(self, error: str | None) -> dict:
         conns = []
@@ -498,7 +648,8 @@ class Run:
                 "lost": c.lost,
                 "handler": c.handler,
                 "progress": c.progress,
-                "peer_got": c.peer_got.decode("latin-1"),
+                "peer_got": self.peer_view(c),
+                "extra": c.extra,
                 "types": sorted(c.types),
             })
         return {"conns": conns, "global_handler": self.global_handler,

@@ -89,22 +89,6 @@ def listening_socket() -> socket.socket:
     return socket.socket(fileno=FD)
 
 
-def run(coro) -> None:
-    """asyncio.run(coro, loop_factory=aiozcrx.new_event_loop), on every Python."""
-    if sys.version_info >= (3, 12):
-        asyncio.run(coro, loop_factory=aiozcrx.new_event_loop)
-    elif sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=aiozcrx.new_event_loop) as runner:
-            runner.run(coro)
-    else:
-        loop = aiozcrx.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(coro)
-        finally:
-            loop.close()
-
-
 def aiohttp_app():
     """The aiohttp application (also benchmarks/httpservers.py's)."""
     from aiohttp import web
@@ -150,7 +134,7 @@ def run_hypercorn() -> None:
     config.bind = [f"fd://{FD}"]
     config.accesslog = None
     # the line docs/dropin.md gives for hypercorn:
-    run(serve(asgi_app, config))
+    aiozcrx.run(serve(asgi_app, config))
 
 
 def run_websockets() -> None:
@@ -165,7 +149,7 @@ def run_websockets() -> None:
             await server.serve_forever()
 
     # the line docs/dropin.md gives for websockets:
-    run(main())
+    aiozcrx.run(main())
 
 
 def run_uvicorn(http: str) -> None:

@@ -54,7 +54,7 @@ def _snippets() -> list[tuple[str, str, str | None]]:
 
 def test_the_quickstart_snippets_are_found():
     where = [w.split(":")[0] for w, _, _ in _snippets()]
-    assert where.count("README.md") == 2 and where.count("docs/quickstart.md") == 2, where
+    assert where.count("README.md") == 3 and where.count("docs/quickstart.md") == 2, where
 
 
 @pytest.mark.parametrize("where, code, why", _snippets(), ids=[w for w, _, _ in _snippets()])

@@ -161,3 +161,110 @@ with asyncio.Runner(loop_factory=aiozcrx.new_event_loop) as runner:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[:2] == ["b'ping'", "ZcrxTransport"], r.stdout
+
+
+# ------------------------------------------------- aiozcrx.run: no policies
+RUN_MAIN = """
+import asyncio, sys, aiozcrx
+class Echo(asyncio.Protocol):
+    def connection_made(self, t): self.t = t
+    def data_received(self, d): self.t.write(d)
+KEEP = []
+async def agen():
+    try:
+        yield 1
+    finally:
+        print("async generator closed")
+async def main():
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(Echo, "127.0.0.1", 0)
+    r, w = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2])
+    w.write(b"ping"); await w.drain()
+    got = await r.readexactly(4)
+    w.close(); await w.wait_closed(); srv.close(); await srv.wait_closed()
+    left = asyncio.ensure_future(asyncio.sleep(3600))   # cancelled by run() at the end
+    g = agen(); await g.__anext__()                     # closed by run() at the end
+    KEEP.append(g)  # (not by its finalizer: uvloop 0.23 in debug mode on CPython 3.12/3.13 crashes there)
+    return [got.decode(), type(w.transport).__name__, type(loop).__name__.startswith("Zcrx")]
+async def fails():
+    raise KeyError("from main")
+if sys.argv[1] == "main":
+    print(aiozcrx.run(main()))
+elif sys.argv[1] == "fails":
+    try:
+        aiozcrx.run(fails())
+    except KeyError as e:
+        print("raised", e)
+else:
+    print(aiozcrx.run(asyncio.sleep(0, result="debug"), debug=True))
+"""
+
+# asyncio's event loop policies as Python 3.16 will have them: gone (3.14 warns on
+# their use). Nothing aiozcrx.run does may need them.
+POLICIES_GONE = """
+import asyncio, asyncio.events, asyncio.unix_events
+def gone(name):
+    def call(*args, **kwargs):
+        raise AssertionError(f"asyncio.{name}() called: event loop policies are deprecated in 3.14, gone in 3.16")
+    return call
+for name in ("get_event_loop_policy", "set_event_loop_policy", "set_event_loop"):
+    setattr(asyncio, name, gone(name))
+    setattr(asyncio.events, name, gone(name))
+for name in ("AbstractEventLoopPolicy", "BaseDefaultEventLoopPolicy", "DefaultEventLoopPolicy"):
+    for module in (asyncio, asyncio.events, asyncio.unix_events):
+        if hasattr(module, name):
+            delattr(module, name)
+"""
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("policies", ["here", "gone"])
+@pytest.mark.parametrize("run, says", [
+    ("main", ["async generator closed", "['ping', 'ZcrxTransport', True]"]),
+    ("fails", ["raised 'from main'"]),
+    ("debug", ["debug"])])
+def test_run_needs_no_event_loop_policy(loop, policies, run, says):
+    """``aiozcrx.run(main())``: the drop-in loop without asyncio's policies
+    (deprecated in 3.14, removed in 3.16), under -W error::DeprecationWarning and
+    -X dev: main's result or exception, pending tasks cancelled and async
+    generators closed at the end, nothing left behind on stderr."""
+    code = (POLICIES_GONE if policies == "gone" else "") + RUN_MAIN
+    r = subprocess.run([sys.executable, "-X", "dev", "-W", "error::DeprecationWarning", "-c", code, run],
+                       capture_output=True, text=True, timeout=120, cwd=HERE,
+                       env=dict(os.environ, AIOZCRX_LOOP=loop))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == says, r.stdout
+    for bad in ("Warning", "never retrieved", "destroyed but it is pending", "Traceback"):
+        assert bad not in r.stderr, r.stderr
+
+
+def test_importing_aiozcrx_touches_no_policy():
+    """The policy class (aiozcrx.loop.EventLoopPolicy) is made only when asked
+    for: importing aiozcrx and making loops works with asyncio's policies gone."""
+    code = POLICIES_GONE + """
+import aiozcrx, aiozcrx.loop
+loop = aiozcrx.new_event_loop(); loop.close()
+try:
+    aiozcrx.loop.EventLoopPolicy
+except AttributeError as e:
+    print("no policy:", e)
+"""
+    r = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+                       capture_output=True, text=True, timeout=60, cwd=HERE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("no policy:"), r.stdout
+
+
+def test_event_loop_policy_still_works():
+    """For code that still sets a policy (deprecated with asyncio's in 3.14)."""
+    code = """
+import asyncio, warnings, aiozcrx.loop
+warnings.simplefilter("ignore", DeprecationWarning)
+asyncio.set_event_loop_policy(aiozcrx.loop.EventLoopPolicy())
+loop = asyncio.new_event_loop()
+print(type(loop).__name__)
+loop.close()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Zcrx"), r.stdout
