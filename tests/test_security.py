@@ -104,9 +104,9 @@ async def test_share_with_source_closed_first_never_writes_its_old_eventfd(need_
     total, held = 4 * MiB, 256 * KiB
     lst = Listener()
     proc = start_sender(lst.port, 61, total)
-    rx1 = aiozcrx.Receiver(engine="zcrx-copy", area_size=2 * MiB, max_held=held)
+    rx1 = aiozcrx.Receiver(engine="zcrx-copy", area_size=2 * MiB, max_held=held, over_share="pause")
     rx1.open()
-    rx2 = aiozcrx.Receiver(engine="zcrx-copy", share_with=rx1, max_held=held)
+    rx2 = aiozcrx.Receiver(engine="zcrx-copy", share_with=rx1, max_held=held, over_share="pause")
     rx2.open()
     try:
         _, keeper = await rx2.wrap(await lst.accept(), lambda: Sink(keep=True))
@@ -140,8 +140,8 @@ async def test_share_with_source_closed_first_never_writes_its_old_eventfd(need_
 async def test_share_with_two_engines_first_connections_are_throttled_and_resumed_apart(need_zcrx_copy):
     total, held = 4 * MiB, 256 * KiB
     lst = Listener()
-    async with aiozcrx.Receiver(engine="zcrx-copy", area_size=2 * MiB, max_held=held) as rx1:
-        async with aiozcrx.Receiver(engine="zcrx-copy", share_with=rx1, max_held=held) as rx2:
+    async with aiozcrx.Receiver(engine="zcrx-copy", area_size=2 * MiB, max_held=held, over_share="pause") as rx1:
+        async with aiozcrx.Receiver(engine="zcrx-copy", share_with=rx1, max_held=held, over_share="pause") as rx2:
             p1 = start_sender(lst.port, 71, total)
             _, k1 = await rx1.wrap(await lst.accept(), lambda: Sink(keep=True))
             p2 = start_sender(lst.port, 73, total)

@@ -131,8 +131,10 @@ async def test_held_views_cap_at_area_then_delivery_resumes(engine):
     total = 8 * MiB
     lst = Listener()
     proc = start_sender(lst.port, 11, total)
-    # max_held=area: one connection may hold all of it (the default is a quarter)
-    async with aiozcrx.Receiver(engine=engine, area_size=area, buf_size=buf, max_held=area) as rx:
+    # max_held=area: one connection may hold all of it (the default is a quarter);
+    # over_share="pause": reception stops there (the default goes on with copies)
+    async with aiozcrx.Receiver(engine=engine, area_size=area, buf_size=buf, max_held=area,
+                                over_share="pause") as rx:
         transport, proto = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
         # reception stops once every buffer is held, or once the views reach the
         # share (a condition, not a pause)
