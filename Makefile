@@ -54,7 +54,7 @@ test-pythons: $(STAMP)
 # runner cannot work.
 test-guest: $(STAMP)
 	@if why=$$($(GUEST) --nic --check); then \
-		$(GUEST) --nic --timeout 2400 -- '$(PYTEST) -o faulthandler_timeout=300 -m "guest or engines or nic" && \
+		$(GUEST) --nic --timeout 3300 -- '$(PYTEST) -o faulthandler_timeout=300 -m "guest or engines or nic" && \
 			echo "== zcrx-copy tests again with AIOZCRX_WAKE=$$($(BIN)/python $(OTHER_WAKE))" && \
 			AIOZCRX_WAKE=$$($(BIN)/python $(OTHER_WAKE)) $(PYTEST) -o faulthandler_timeout=300 -m "guest and not nic"'; \
 	else \
