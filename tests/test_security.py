@@ -9,6 +9,7 @@ import asyncio
 import os
 import select
 import socket
+import sys
 
 import pytest
 
