@@ -166,8 +166,7 @@ class ZcrxServer(asyncio.AbstractServer):
                         "message": "socket.accept() failed", "exception": exc,
                         "socket": asyncio.trsock.TransportSocket(sock)})
                 return
-            _set_nodelay(conn)
-            task = self._loop.create_task(self._attach(conn))
+            task = self._loop.create_task(self._attach(conn))  # TCP_NODELAY: the transport
             self._pending.add(task)
             task.add_done_callback(self._attach_done)
 
@@ -479,7 +478,6 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
         if host is None or port is None:
             raise ValueError("host and port are needed when sock is not given")
         sock = await _connect(loop, host, port, family, proto, flags, local_addr)
-    _set_nodelay(sock)
 
     async def attach(conn: socket.socket) -> tuple[asyncio.Transport, Any]:
         if tls:  # owns conn: closes it (or its transport) on failure

@@ -36,6 +36,30 @@ Delivered = Union[memoryview, bytes]
 Sink = Callable[[Delivered], object]
 
 
+def uvloop_rules(loop: object) -> bool:
+    """Whether a transport on ``loop`` follows uvloop's rules where uvloop's
+    transports and asyncio's differ: any loop that is not asyncio's own
+    (``asyncio.BaseEventLoop``: the stock loop and the drop-in loop on it)."""
+    return not isinstance(loop, asyncio.BaseEventLoop)
+
+
+def set_nodelay(sock: socket.socket, uvloop: bool) -> None:
+    """TCP_NODELAY, as the base loop's transports set it: uvloop on every TCP
+    socket; asyncio where the socket object says ``proto == IPPROTO_TCP`` (so not on
+    a ``socket.socket()``, whose proto is 0)."""
+    try:
+        if uvloop:
+            tcp = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP
+                   and sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM)
+        else:
+            tcp = (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+                   and sock.proto == socket.IPPROTO_TCP)
+        if tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
 class _CallbackName:
     """Which protocol method a delivery exception came from (for the message
     asyncio would log: "protocol.get_buffer() call failed." and so on)."""
@@ -149,6 +173,8 @@ class ZcrxTransport(_FlowControlBase):
         self._receiver = receiver
         self._engine_name: str = engine.name
         self._loop: asyncio.AbstractEventLoop = loop
+        self._uvloop_rules = uvloop_rules(loop)
+        set_nodelay(sock, self._uvloop_rules)
         self._sock = sock
         self._fileno = sock.fileno()
         self._protocol: Any = protocol  # None once connection_lost has run (as asyncio)

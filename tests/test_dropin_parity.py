@@ -1,0 +1,77 @@
+"""The drop-in loop against its own base loop, on what uvloop's own test suite
+(`make test-peers`, tests/peer/) found different. Each scenario runs on the base
+loop (uvloop's, or the stock asyncio loop) as the reference, then on aiozcrx's
+drop-in loop over that base, and must see the same."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+import uvloop
+
+import aiozcrx
+
+BASES = ["uvloop", "asyncio"]
+
+
+def run_on(loop_kind: str, base: str, coro_fn, monkeypatch):
+    """``coro_fn()`` on a new loop: the base loop ("base") or the drop-in loop over
+    it ("dropin")."""
+    if loop_kind == "base":
+        loop = uvloop.new_event_loop() if base == "uvloop" else asyncio.new_event_loop()
+    else:
+        monkeypatch.setenv("AIOZCRX_LOOP", base)
+        loop = aiozcrx.new_event_loop()
+        assert type(loop).__name__.startswith("Zcrx")
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro_fn(), 60))
+    finally:
+        loop.close()
+
+
+def both(base: str, coro_fn, monkeypatch):
+    """(what the base loop sees, what the drop-in loop sees)."""
+    return (run_on("base", base, coro_fn, monkeypatch),
+            run_on("dropin", base, coro_fn, monkeypatch))
+
+
+def nodelay(t: asyncio.BaseTransport) -> bool:
+    return bool(t.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_tcp_nodelay_as_the_base_loop_sets_it(base, monkeypatch):
+    """uvloop sets TCP_NODELAY on every TCP transport; asyncio only where the socket
+    object says proto == IPPROTO_TCP (not on a plain ``socket.socket()``, proto 0).
+    uvloop's test_create_server_1 / test_create_connection_open_con_sock."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        seen = {}
+        accepted = loop.create_future()
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, t):
+                accepted.set_result(nodelay(t))
+
+        for name, listener in (("proto 0", socket.socket()),
+                               ("proto 6", socket.socket(socket.AF_INET, socket.SOCK_STREAM,
+                                                         socket.IPPROTO_TCP))):
+            listener.bind(("127.0.0.1", 0))
+            server = await loop.create_server(Server, sock=listener)
+            addr = server.sockets[0].getsockname()
+            client = socket.socket(listener.family, listener.type, listener.proto)
+            client.connect(addr)
+            t, _ = await loop.create_connection(asyncio.Protocol, sock=client)
+            seen[name] = (await accepted, nodelay(t))
+            accepted = loop.create_future()
+            t.close()
+            server.close()
+            await server.wait_closed()
+        return seen
+
+    ref, ours = both(base, scenario, monkeypatch)
+    assert ours == ref
+    assert ref["proto 6"] == (True, True)
