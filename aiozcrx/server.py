@@ -386,6 +386,8 @@ async def create_server(protocol_factory: ProtocolFactory, host: Union[str, Sequ
     asyncio's) before the protocol's ``connection_made``; the protocol then gets
     plaintext ``bytes`` from asyncio's SSL transport (no zero copy for TLS payload).
     """
+    if host is None and port is None and sock is None:
+        raise ValueError("Neither host/port nor sock were specified")  # as asyncio and uvloop
     ctx = _tls.server_context(ssl)
     _tls.check_timeouts(ctx is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
     loop = asyncio.get_running_loop()

@@ -75,3 +75,23 @@ def test_tcp_nodelay_as_the_base_loop_sets_it(base, monkeypatch):
     ref, ours = both(base, scenario, monkeypatch)
     assert ours == ref
     assert ref["proto 6"] == (True, True)
+
+
+def error_of(awaitable_fn):
+    async def scenario():
+        try:
+            await awaitable_fn()
+        except Exception as e:
+            return type(e), str(e)
+        return None
+    return scenario
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_create_server_without_an_address(base, monkeypatch):
+    """No host, no port, no sock: a ValueError, not a bind on every interface at a
+    port name lookup cannot resolve (uvloop's test_create_server_2)."""
+    scenario = error_of(lambda: asyncio.get_running_loop().create_server(asyncio.Protocol))
+    ref, ours = both(base, scenario, monkeypatch)
+    assert ours == ref
+    assert ref[0] is ValueError
