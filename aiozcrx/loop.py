@@ -162,7 +162,9 @@ class _ZcrxLoopMixin(_LoopBase):
         ctx = tls.server_context(ssl)
         tls.check_timeouts(ctx is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
         if ctx is None:
+            from .server import settle
             transport, protocol = await self._client_receiver().wrap(sock, protocol_factory)
+            await settle(transport)
             return transport, protocol
         return await tls.wrap(self._client_receiver(), sock, protocol_factory, ctx, server_side=True,
                               ssl_handshake_timeout=ssl_handshake_timeout,

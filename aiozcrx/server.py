@@ -64,6 +64,18 @@ def _set_nodelay(sock: socket.socket) -> None:
             pass
 
 
+async def settle(transport: asyncio.BaseTransport) -> None:
+    """The end of a connection's setup, as the loop's own ``create_connection`` and
+    ``connect_accepted_socket`` have it: they return after one more pass of the loop
+    at least, so that a ``cancel()`` right after the call still cancels them; the
+    new connection is then closed (and its socket with it)."""
+    try:
+        await asyncio.sleep(0)
+    except BaseException:
+        transport.close()
+        raise
+
+
 def _check_unsupported(ssl: object, kwargs: dict[str, Any], allowed: Iterable[str]) -> None:
     """For the layers that offer no TLS of their own (the anyio layer under trio):
     ``ssl=`` is a ValueError naming what to use instead; unknown keywords a TypeError."""
@@ -489,10 +501,11 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
                                    ssl_shutdown_timeout=ssl_shutdown_timeout)
         try:
             transport, protocol = await rx.wrap(conn, protocol_factory)
-            return transport, protocol
         except BaseException:
             conn.close()
             raise
+        await settle(transport)
+        return transport, protocol
 
     if not owned:
         return await attach(sock)

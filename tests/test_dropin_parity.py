@@ -95,3 +95,48 @@ def test_create_server_without_an_address(base, monkeypatch):
     ref, ours = both(base, scenario, monkeypatch)
     assert ours == ref
     assert ref[0] is ValueError
+
+
+@pytest.mark.parametrize("how", ["create_connection", "connect_accepted_socket"])
+@pytest.mark.parametrize("base", BASES)
+def test_connection_setup_cancelled_at_once(base, how, monkeypatch):
+    """``create_connection(sock=)`` / ``connect_accepted_socket`` cancelled right after
+    their first step: cancelled (not done), and the socket closed with the new
+    transport (uvloop's test_create_connection_sock_cancel_detaches and _fd_leak)."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        lst = socket.create_server(("127.0.0.1", 0))
+        a = socket.create_connection(lst.getsockname())
+        b, _ = lst.accept()
+        lst.close()
+        sock = a if how == "create_connection" else b
+        events = []
+
+        class P(asyncio.Protocol):
+            def connection_made(self, t):
+                events.append("made")
+
+            def connection_lost(self, exc):
+                events.append("lost")
+
+        task = asyncio.ensure_future(getattr(loop, how)(P, sock=sock))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+            outcome = "done"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        fileno = sock.fileno()
+        await asyncio.sleep(0.01)
+        (b if sock is a else a).close()
+        return outcome, fileno, events
+
+    ref, ours = both(base, scenario, monkeypatch)
+    assert ours[:2] == ref[:2] == ("cancelled", -1)
+    # the protocol hears of it as on asyncio (connection_made, then connection_lost);
+    # uvloop drops such a transport without connection_lost, aiozcrx does not
+    assert ours[2] == ["made", "lost"]
+    if base == "asyncio":
+        assert ref[2] == ours[2]
