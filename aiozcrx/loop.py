@@ -175,17 +175,21 @@ class _ZcrxLoopMixin(_LoopBase):
                         server_side: bool = False, server_hostname: Optional[str] = None,
                         ssl_handshake_timeout: Optional[float] = None,
                         ssl_shutdown_timeout: Optional[float] = None) -> asyncio.Transport:
-        """ZcrxTransports are upgraded by ``aiozcrx.start_tls`` (uvloop's own
-        refuses them); other transports by the base loop."""
-        from .transport import ZcrxTransport
-        if isinstance(transport, ZcrxTransport):
+        """ZcrxTransports are upgraded by ``aiozcrx.start_tls``, with asyncio's SSL
+        protocol; so are asyncio's own SSL transports on the uvloop base (TLS over
+        TLS: uvloop's ``start_tls`` refuses transports that are not uvloop's). Other
+        transports go to the base loop, which checks them as it does."""
+        if not isinstance(sslcontext, _ssl.SSLContext):
+            raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                            f"got {sslcontext!r}")
+        from .transport import ZcrxTransport, uvloop_rules
+        if isinstance(transport, ZcrxTransport) or (
+                uvloop_rules(self) and getattr(transport, "_start_tls_compatible", False)):
             from .tls import start_tls
             return await start_tls(transport, protocol, sslcontext, server_side=server_side,
                                    server_hostname=server_hostname,
                                    ssl_handshake_timeout=ssl_handshake_timeout,
                                    ssl_shutdown_timeout=ssl_shutdown_timeout)
-        if not isinstance(transport, asyncio.WriteTransport):
-            raise TypeError(f"start_tls() needs a stream transport, got {transport!r}")
         upgraded = await super().start_tls(
             transport, protocol, sslcontext, server_side=server_side,
             server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,

@@ -158,8 +158,9 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProt
                     ssl_shutdown_timeout: Optional[float] = None) -> asyncio.Transport:
     """Upgrades an open connection to TLS, like ``loop.start_tls``, on any loop.
 
-    ``transport`` is a ZcrxTransport (any other transport is handed to the running
-    loop's own ``start_tls``); ``protocol`` is the application's protocol, which
+    ``transport`` is a ZcrxTransport, or any transport asyncio's ``start_tls`` takes
+    (``_start_tls_compatible``: asyncio's SSL transport, for TLS over TLS); any other
+    is handed to the running loop's own ``start_tls``. ``protocol`` is the application's protocol, which
     from now on talks through the returned transport (asyncio's SSL transport over
     this one). ``server_side=True`` for the accepting end. Whatever the peer sent
     before the handshake began must have been read already (as with asyncio); on a
@@ -169,7 +170,10 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProt
     from .transport import ZcrxTransport
 
     loop = asyncio.get_running_loop()
-    if not isinstance(transport, ZcrxTransport):
+    if not isinstance(sslcontext, _ssl.SSLContext):
+        raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                        f"got {sslcontext!r}")
+    if not isinstance(transport, ZcrxTransport) and not getattr(transport, "_start_tls_compatible", False):
         if not isinstance(transport, asyncio.WriteTransport):
             raise TypeError(f"start_tls() needs a stream transport, got {transport!r}")
         upgraded = await loop.start_tls(transport, protocol, sslcontext, server_side=server_side,
@@ -179,8 +183,7 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProt
                                            if ssl_shutdown_timeout is not None else {}))
         assert upgraded is not None  # None only for a closed transport on old Pythons
         return upgraded
-    if not isinstance(sslcontext, _ssl.SSLContext):
-        raise TypeError(f"sslcontext must be an ssl.SSLContext, got {type(sslcontext).__name__}")
+    assert isinstance(transport, asyncio.Transport)
     check_timeouts(True, ssl_handshake_timeout, ssl_shutdown_timeout)
     if transport.is_closing():
         raise RuntimeError(f"cannot start TLS on a closing transport {transport!r}")

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 import pytest
 import uvloop
 
 import aiozcrx
+from test_tls import certs  # noqa: F401 - a fixture
 
 BASES = ["uvloop", "asyncio"]
 
@@ -140,3 +142,81 @@ def test_connection_setup_cancelled_at_once(base, how, monkeypatch):
     assert ours[2] == ["made", "lost"]
     if base == "asyncio":
         assert ref[2] == ours[2]
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_start_tls_argument_errors(base, monkeypatch):
+    """A wrong sslcontext is reported first, then a transport the loop cannot
+    upgrade, with the base loop's types and words (uvloop's test_start_tls_wrong_args)."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        seen = []
+        for ctx in (None, ssl.create_default_context()):
+            try:
+                await loop.start_tls(None, None, ctx)
+            except Exception as e:
+                seen.append((type(e), str(e)))
+        return seen
+
+    ref, ours = both(base, scenario, monkeypatch)
+    assert ours == ref
+    assert "SSLContext, got None" in ref[0][1] and "is not supported by start_tls()" in ref[1][1]
+
+
+class TlsInTlsServer(asyncio.Protocol):
+    """The server of TLS over TLS: its own start_tls (the second layer) on the
+    transport of the first, then an echo."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.transport = None
+        self.early = b""  # what arrives before start_tls has returned its transport
+
+    def connection_made(self, transport):
+        async def upgrade():
+            inner = await asyncio.get_running_loop().start_tls(transport, self, self.ctx,
+                                                               server_side=True)
+            self.transport = inner
+            if self.early:
+                inner.write(self.early.upper())
+        self.task = asyncio.ensure_future(upgrade())
+
+    def data_received(self, data):
+        if self.transport is None:
+            self.early += data
+        else:
+            self.transport.write(data.upper())
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_start_tls_over_tls(base, certs, monkeypatch):
+    """start_tls on a TLS transport (TLS over TLS), both ends on the loop: the
+    uvloop base's start_tls refuses asyncio's SSL transport, the drop-in loop
+    upgrades it itself (uvloop's test_create_server_ssl_over_ssl)."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: TlsInTlsServer(certs.server()), "127.0.0.1", 0,
+                                          ssl=certs.server())
+        port = server.sockets[0].getsockname()[1]
+        got = loop.create_future()
+
+        class Client(asyncio.Protocol):
+            def data_received(self, data):
+                got.set_result(data)
+
+        proto = Client()
+        outer, _ = await loop.create_connection(lambda: proto, "127.0.0.1", port,
+                                                ssl=certs.client(), server_hostname="localhost")
+        inner = await loop.start_tls(outer, proto, certs.client(), server_hostname="localhost")
+        inner.write(b"tls in tls")
+        data = await got
+        layers = type(inner.get_extra_info("ssl_object")).__name__
+        inner.close()
+        server.close()
+        await server.wait_closed()
+        return data, layers
+
+    ref, ours = both(base, scenario, monkeypatch)
+    assert ours == ref == (b"TLS IN TLS", "SSLObject")

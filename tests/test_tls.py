@@ -345,7 +345,7 @@ async def test_bad_tls_arguments_are_typed_errors(certs):
         finally:
             a.close()
             b.close()
-    with pytest.raises(TypeError, match="sslcontext must be an ssl.SSLContext"):
+    with pytest.raises(TypeError, match="sslcontext is expected to be an instance of ssl.SSLContext"):
         a, b = socket.socketpair()
         try:
             async with aiozcrx.Receiver(engine="uring") as rx:
