@@ -102,6 +102,14 @@ def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list[int]) -> Sin
     return sink
 
 
+def _buffered_by_duck(protocol: object) -> bool:
+    """uvloop's rule for a buffered protocol: any protocol with ``get_buffer`` and
+    ``buffer_updated`` that is not an ``asyncio.Protocol`` (asyncio's: an instance of
+    ``asyncio.BufferedProtocol``)."""
+    return (not isinstance(protocol, asyncio.Protocol) and hasattr(protocol, "get_buffer")
+            and hasattr(protocol, "buffer_updated"))
+
+
 def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
     """Feeds asyncio's SSL protocol: the ciphertext is copied once, from the view
     straight into the SSL object's input buffer (its ``MemoryBIO``); the view is
@@ -211,8 +219,12 @@ class ZcrxTransport(_FlowControlBase):
         p = self._protocol
         if isinstance(p, sslproto.SSLProtocol):
             return _tls_sink(p, self._receiver._copied)
-        if isinstance(p, asyncio.BufferedProtocol):
-            return _buffered_sink(p, self._receiver._copied)
+        if isinstance(p, asyncio.BufferedProtocol) or (self._uvloop_rules and _buffered_by_duck(p)):
+            return _buffered_sink(cast(asyncio.BufferedProtocol, p), self._receiver._copied)
+        if not hasattr(p, "data_received"):
+            def missing(view: Delivered) -> None:
+                p.data_received(view)  # AttributeError at the first delivery, as asyncio's
+            return missing
         if self._receiver._copies_for(p):
             # ``data_received(bytes(view))``; the C dispatcher copies straight out of
             # the buffer and makes no view at all (aiozcrx/_c/copysink.c)

@@ -220,3 +220,44 @@ def test_start_tls_over_tls(base, certs, monkeypatch):
 
     ref, ours = both(base, scenario, monkeypatch)
     assert ours == ref == (b"TLS IN TLS", "SSLObject")
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_buffered_protocol_by_duck_typing(base, monkeypatch):
+    """A protocol with get_buffer/buffer_updated that does not derive from
+    asyncio.BufferedProtocol: uvloop feeds it through them (asyncio calls its
+    data_received, which it lacks). uvloop's test_create_server_buffered_1."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.set_exception_handler(lambda loop, ctx: None)  # asyncio: the AttributeError
+
+        class Proto(asyncio.BaseProtocol):
+            got = b""
+
+            def get_buffer(self, sizehint):
+                self.buf = bytearray(50)
+                return self.buf
+
+            def buffer_updated(self, n):
+                self.got += bytes(self.buf[:n])
+
+            def eof_received(self):
+                pass
+
+            def connection_lost(self, exc):
+                done.set_result((self.got, type(exc)))
+
+        server = await loop.create_server(Proto, "127.0.0.1", 0)
+        with socket.create_connection(server.sockets[0].getsockname()) as s:
+            s.sendall(b"a" * 1000)
+            s.shutdown(socket.SHUT_WR)
+            result = await done
+        server.close()
+        await server.wait_closed()
+        return result
+
+    ref, ours = both(base, scenario, monkeypatch)
+    assert ours == ref
+    assert ref == ((b"a" * 1000, type(None)) if base == "uvloop" else (b"", AttributeError))
