@@ -39,7 +39,7 @@ import os
 import socket
 import ssl as _ssl
 import weakref
-from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Mapping, Optional, cast
 
 from .config import Config, parse_size, socket_family
 
@@ -190,8 +190,9 @@ class _ZcrxLoopMixin(_LoopBase):
                                    server_hostname=server_hostname,
                                    ssl_handshake_timeout=ssl_handshake_timeout,
                                    ssl_shutdown_timeout=ssl_shutdown_timeout)
+        # any other transport: the base loop takes it or says what is wrong with it
         upgraded = await super().start_tls(
-            transport, protocol, sslcontext, server_side=server_side,
+            cast(asyncio.WriteTransport, transport), protocol, sslcontext, server_side=server_side,
             server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
             **({"ssl_shutdown_timeout": ssl_shutdown_timeout}
                if ssl_shutdown_timeout is not None else {}))
