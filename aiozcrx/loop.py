@@ -109,6 +109,41 @@ class _ZcrxLoopMixin(_LoopBase):
     _aiozcrx_client_rx: Optional["Receiver"] = None
     _aiozcrx_servers: "weakref.WeakSet[ZcrxServer]"
 
+    _aiozcrx_fds: "weakref.WeakValueDictionary[int, Any]"  # fd -> its ZcrxTransport
+
+    # The fds of open ZcrxTransports are theirs, as asyncio's and uvloop's loops
+    # keep their transports' fds to themselves: add_reader & co. refuse them with
+    # the base loops' RuntimeError. aiozcrx's own calls go past (engines.base.own_io).
+    def _aiozcrx_own_io(self) -> asyncio.AbstractEventLoop:
+        return super()  # type: ignore[return-value]
+
+    def _aiozcrx_check_fd(self, fd: Any) -> None:
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                return  # the base loop says what is wrong with it
+        transport = self._aiozcrx_fds.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        self._aiozcrx_check_fd(fd)
+        super().add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        self._aiozcrx_check_fd(fd)
+        return super().remove_reader(fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        self._aiozcrx_check_fd(fd)
+        super().add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        self._aiozcrx_check_fd(fd)
+        return super().remove_writer(fd)
+
     def aiozcrx_receivers(self) -> list["Receiver"]:
         """The open Receivers of this loop: one per server, one for clients."""
         rxs = [srv.receiver for srv in self._aiozcrx_servers if not srv.receiver._closed]
@@ -264,6 +299,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     assert isinstance(loop, _ZcrxLoopMixin)
     loop._aiozcrx_config = cfg
     loop._aiozcrx_servers = weakref.WeakSet()
+    loop._aiozcrx_fds = weakref.WeakValueDictionary()
     return loop
 
 

@@ -25,6 +25,7 @@ from asyncio import constants, sslproto, trsock
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Optional, Union, cast
 
 from ._leases import CopySink
+from .engines.base import own_io
 
 if TYPE_CHECKING:
     from .receiver import Receiver
@@ -185,6 +186,12 @@ class ZcrxTransport(_FlowControlBase):
         set_nodelay(sock, self._uvloop_rules)
         self._sock = sock
         self._fileno = sock.fileno()
+        # the loop's readers and writers on this socket: ours alone while it is open
+        # (the drop-in loop refuses its fd to others, as the base loops do theirs)
+        self._io = own_io(loop)
+        fds = getattr(loop, "_aiozcrx_fds", None)
+        if fds is not None:
+            fds[self._fileno] = self
         self._protocol: Any = protocol  # None once connection_lost has run (as asyncio)
         # read side: the engine's record exists before connection_made runs, so
         # whatever the protocol does there (pause, close) applies to this
@@ -376,7 +383,7 @@ class ZcrxTransport(_FlowControlBase):
             data = memoryview(data).cast("B")[n:]
             if not data:
                 return
-            self._loop.add_writer(self._fileno, self._write_ready)
+            self._io.add_writer(self._fileno, self._write_ready)
         self._write_buffer.extend(data)
         self._maybe_pause_protocol()
 
@@ -394,7 +401,7 @@ class ZcrxTransport(_FlowControlBase):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.remove_writer(self._fileno)
+            self._io.remove_writer(self._fileno)
             self._write_buffer.clear()
             self._fatal_error(exc, "Fatal write error on socket transport")
             return
@@ -403,7 +410,7 @@ class ZcrxTransport(_FlowControlBase):
             self._bytes_written += n
         self._maybe_resume_protocol()
         if not self._write_buffer:
-            self._loop.remove_writer(self._fileno)
+            self._io.remove_writer(self._fileno)
             for fut in self._drain_waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -464,14 +471,14 @@ class ZcrxTransport(_FlowControlBase):
                 if not fut.done():
                     fut.set_result(None)
 
-            self._loop.add_writer(self._fileno, writable)
+            self._io.add_writer(self._fileno, writable)
         try:
             await fut
         finally:
             if fut in self._drain_waiters:
                 self._drain_waiters.remove(fut)
             if not self._write_buffer and not self._conn_lost:
-                self._loop.remove_writer(self._fileno)
+                self._io.remove_writer(self._fileno)
 
     def write_eof(self) -> None:
         if self._closing or self._eof_written:
@@ -556,7 +563,7 @@ class ZcrxTransport(_FlowControlBase):
             return
         if self._write_buffer:
             self._write_buffer.clear()
-            self._loop.remove_writer(self._fileno)
+            self._io.remove_writer(self._fileno)
         self._closing = True
         self._stop_reading()
         self._call_connection_lost_soon(exc)
@@ -583,6 +590,9 @@ class ZcrxTransport(_FlowControlBase):
         finally:
             self._conn.detach()
             self._receiver._forget(self)
+            fds = getattr(self._loop, "_aiozcrx_fds", None)
+            if fds is not None and fds.get(self._fileno) is self:
+                del fds[self._fileno]
             self._sock.close()
             self._protocol = None
 

@@ -261,3 +261,40 @@ def test_buffered_protocol_by_duck_typing(base, monkeypatch):
     ref, ours = both(base, scenario, monkeypatch)
     assert ours == ref
     assert ref == ((b"a" * 1000, type(None)) if base == "uvloop" else (b"", AttributeError))
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_a_transports_fd_is_its_own(base, monkeypatch):
+    """add_reader/add_writer/remove_reader/remove_writer on the fd of an open
+    transport raise RuntimeError, as both base loops do for theirs; the transport
+    goes on working (uvloop's test_transport_get_extra_info)."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+
+        async def echo(reader, writer):
+            writer.write(await reader.read(100))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        fd = writer.get_extra_info("socket").fileno()
+        seen = []
+        for call in (lambda: loop.add_reader(fd, print), lambda: loop.add_writer(fd, print),
+                     lambda: loop.remove_reader(fd), lambda: loop.remove_writer(fd)):
+            try:
+                call()
+                seen.append("allowed")
+            except RuntimeError as e:
+                seen.append("is used by transport" in str(e))
+        writer.write(b"still works")
+        seen.append(await reader.read(100))
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return seen
+
+    ref, ours = both(base, scenario, monkeypatch)
+    assert ours == ref == [True, True, True, True, b"still works"]
