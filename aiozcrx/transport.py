@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import functools
 import os
 import socket
 import ssl
@@ -59,6 +61,11 @@ def set_nodelay(sock: socket.socket, uvloop: bool) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass
+
+
+# Set, in each transport's context, to that transport's mark: its callbacks know
+# they run there already (a Context cannot be entered twice).
+_IN_CONTEXT: contextvars.ContextVar[object] = contextvars.ContextVar("aiozcrx_transport_context")
 
 
 class _CallbackName:
@@ -183,6 +190,13 @@ class ZcrxTransport(_FlowControlBase):
         self._engine_name: str = engine.name
         self._loop: asyncio.AbstractEventLoop = loop
         self._uvloop_rules = uvloop_rules(loop)
+        # The protocol's reading callbacks (data_received, eof_received, get_buffer/
+        # buffer_updated) run in a context of this connection's, a copy of the one it
+        # was made in, as the base loops run them (asyncio: its reader's; uvloop: the
+        # transport's); on the uvloop base all its callbacks do.
+        self._context = contextvars.copy_context()
+        self._context_mark = object()
+        self._context.run(_IN_CONTEXT.set, self._context_mark)
         set_nodelay(sock, self._uvloop_rules)
         self._sock = sock
         self._fileno = sock.fileno()
@@ -223,22 +237,53 @@ class ZcrxTransport(_FlowControlBase):
 
     # ------------------------------------------------------------ start / sink
     def _sink(self) -> Sink:
+        """What the engine calls with each delivery: the protocol's reading
+        callbacks, run in this transport's context (``_context``)."""
         p = self._protocol
+        sink: Sink
         if isinstance(p, sslproto.SSLProtocol):
-            return _tls_sink(p, self._receiver._copied)
-        if isinstance(p, asyncio.BufferedProtocol) or (self._uvloop_rules and _buffered_by_duck(p)):
-            return _buffered_sink(cast(asyncio.BufferedProtocol, p), self._receiver._copied)
-        if not hasattr(p, "data_received"):
+            sink = _tls_sink(p, self._receiver._copied)
+        elif isinstance(p, asyncio.BufferedProtocol) or (self._uvloop_rules and _buffered_by_duck(p)):
+            sink = _buffered_sink(cast(asyncio.BufferedProtocol, p), self._receiver._copied)
+        elif not hasattr(p, "data_received"):
             def missing(view: Delivered) -> None:
                 p.data_received(view)  # AttributeError at the first delivery, as asyncio's
-            return missing
-        if self._receiver._copies_for(p):
+            sink = missing
+        elif self._receiver._copies_for(p):
             # ``data_received(bytes(view))``; the C dispatcher copies straight out of
-            # the buffer and makes no view at all (aiozcrx/_c/copysink.c)
-            copier: Sink = CopySink(p.data_received, self._receiver._copied)
+            # the buffer and makes no view at all, and enters the context itself
+            # (aiozcrx/_c/copysink.c)
+            copier: Sink = CopySink(p.data_received, self._receiver._copied, self._context)
             return copier
-        sink: Sink = p.data_received
-        return sink
+        else:
+            sink = p.data_received
+        # Deliveries do not nest (the dispatcher's pump does not, a backlog drains
+        # from its own loop callback): the context is never entered already here.
+        run: Callable[..., object] = self._context.run
+        return functools.partial(run, sink)
+
+    def _in_context(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in this transport's context (entered unless already)."""
+        if _IN_CONTEXT.get(None) is self._context_mark:
+            return fn(*args)
+        return self._context.run(fn, *args)
+
+    def _connection_made(self) -> None:
+        """``protocol.connection_made(self)``: uvloop runs it in the transport's
+        context (what it sets there, data_received sees), asyncio in a copy of the
+        caller's (a call_soon: what it sets stays there)."""
+        if self._uvloop_rules:
+            self._in_context(self._protocol.connection_made, self)
+        else:
+            contextvars.copy_context().run(self._protocol.connection_made, self)
+
+    def _uv_context(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A protocol callback the base loops run in different contexts: uvloop in
+        the transport's (like its reads), asyncio in the caller's (``write()``'s for
+        ``pause_writing``, ``close()``'s for ``connection_lost``: a call_soon)."""
+        if self._uvloop_rules:
+            return self._in_context(fn, *args)
+        return fn(*args)
 
     def _start(self) -> None:
         """After connection_made: begin reading unless the protocol paused or
@@ -327,7 +372,7 @@ class ZcrxTransport(_FlowControlBase):
         if self._closing:
             return
         try:
-            keep_open = self._protocol.eof_received()
+            keep_open = self._in_context(self._protocol.eof_received)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -514,7 +559,7 @@ class ZcrxTransport(_FlowControlBase):
             return
         self._protocol_paused = True
         try:
-            self._protocol.pause_writing()
+            self._uv_context(self._protocol.pause_writing)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -526,7 +571,7 @@ class ZcrxTransport(_FlowControlBase):
         if self._protocol_paused and len(self._write_buffer) <= self._low_water:
             self._protocol_paused = False
             try:
-                self._protocol.resume_writing()
+                self._uv_context(self._protocol.resume_writing)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -586,7 +631,7 @@ class ZcrxTransport(_FlowControlBase):
                 fut.set_exception(ConnectionResetError("the connection was lost during sendfile()"))
         self._drain_waiters.clear()
         try:
-            self._protocol.connection_lost(exc)
+            self._uv_context(self._protocol.connection_lost, exc)
         finally:
             self._conn.detach()
             self._receiver._forget(self)

@@ -6,6 +6,7 @@ drop-in loop over that base, and must see the same."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import ssl
 
@@ -298,3 +299,110 @@ def test_a_transports_fd_is_its_own(base, monkeypatch):
 
     ref, ours = both(base, scenario, monkeypatch)
     assert ours == ref == [True, True, True, True, b"still works"]
+
+
+CVAR: contextvars.ContextVar[str] = contextvars.ContextVar("aiozcrx_parity", default="outer")
+
+
+class Ctx(asyncio.Protocol):
+    """Records the context variable each callback sees; sets it in some."""
+
+    def __init__(self, views=False):
+        loop = asyncio.get_running_loop()
+        self.seen: dict[str, str] = {}
+        self.first = loop.create_future()
+        self.lost = loop.create_future()
+        self.paused = loop.create_future()
+
+    def connection_made(self, t):
+        self.seen["connection_made"] = CVAR.get()
+        CVAR.set("set in connection_made")
+
+    def data_received(self, data):
+        self.seen.setdefault("data_received", CVAR.get())
+        if not self.first.done():
+            self.first.set_result(None)
+
+    def eof_received(self):
+        self.seen["eof_received"] = CVAR.get()
+        return True
+
+    def pause_writing(self):
+        self.seen["pause_writing"] = CVAR.get()
+        self.paused.set_result(None)
+
+    def resume_writing(self):
+        self.seen["resume_writing"] = CVAR.get()
+
+    def connection_lost(self, exc):
+        self.seen["connection_lost"] = CVAR.get()
+        self.lost.set_result(None)
+
+
+class CtxViews(Ctx, aiozcrx.ViewProtocol):
+    pass
+
+
+class CtxBuffered(Ctx, asyncio.BufferedProtocol):
+    def get_buffer(self, sizehint):
+        self.buf = bytearray(4096)
+        return self.buf
+
+    def buffer_updated(self, n):
+        Ctx.data_received(self, bytes(self.buf[:n]))
+
+
+@pytest.mark.parametrize("proto", [Ctx, CtxViews, CtxBuffered], ids=["bytes", "views", "buffered"])
+@pytest.mark.parametrize("base", BASES)
+def test_callback_contexts(base, proto, monkeypatch):
+    """Which context each protocol callback runs in: the reading ones in a context
+    of the connection's own, made from where it was made (two client connections
+    of one loop made in different contexts each see their own; on aiozcrx they
+    shared their Receiver's); pause_writing, resume_writing and connection_lost
+    in the caller's on asyncio and in the connection's on uvloop, which also
+    shows data_received what connection_made set (uvloop's test_context.py)."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        lst = socket.create_server(("127.0.0.1", 0))
+        results = []
+        for name in ("A", "B"):
+            async def connect():
+                CVAR.set(name)
+                return await loop.create_connection(proto, *lst.getsockname())
+            t, p = await loop.create_task(connect())
+            peer, _ = lst.accept()
+            peer.sendall(b"x")
+            await p.first
+            peer.shutdown(socket.SHUT_WR)
+            await asyncio.sleep(0.05)
+
+            def fill():
+                CVAR.set("writer")
+                t.set_write_buffer_limits(high=1024, low=0)
+                while not p.paused.done():
+                    t.write(b"q" * 65536)
+            fill()
+            peer.setblocking(False)
+            while "resume_writing" not in p.seen:
+                try:
+                    while peer.recv(1 << 20):
+                        pass
+                except BlockingIOError:
+                    pass
+                await asyncio.sleep(0.01)
+
+            def close():
+                CVAR.set("closer")
+                t.close()
+            loop.call_soon(close)
+            await p.lost
+            peer.close()
+            results.append(p.seen)
+        lst.close()
+        return results, CVAR.get()
+
+    ref, ours = both(base, scenario, monkeypatch)
+    assert ours == ref
+    assert [r["data_received"] for r in ref[0]] == (
+        ["set in connection_made"] * 2 if base == "uvloop" else ["A", "B"])

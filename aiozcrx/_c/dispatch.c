@@ -457,7 +457,7 @@ drain(Dispatcher *d, PyObject **controlp, unsigned long long *n)
                     if (!b)
                         goto out;
                     Py_INCREF(s);
-                    PyObject *r = s->data_received ? PyObject_CallOneArg(s->data_received, b) : NULL;
+                    PyObject *r = s->data_received ? copysink_deliver(s, b) : NULL;
                     if (!r && !s->data_received)
                         PyErr_SetString(PyExc_RuntimeError, "CopySink is not initialised");
                     Py_DECREF(s);
