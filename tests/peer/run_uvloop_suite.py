@@ -11,8 +11,8 @@ UVTestCase (uvloop's loop) and AIOTestCase (the stock asyncio loop). This runner
    base (AIOZCRX_LOOP=uvloop) and every AIO class on aiozcrx's loop over the stock
    base (AIOZCRX_LOOP=asyncio): ``uvloop_plugin.py`` makes the mixins' loops;
 3. runs each test that failed again on its own base loop, unmodified, and once more
-   on aiozcrx's: a test that passes on the base loop and fails on aiozcrx's is a
-   deviation. A deviation must be listed, with its reason, in
+   on aiozcrx's: a test that passes on the base loop and fails on aiozcrx's (twice)
+   is a deviation. A deviation must be listed, with its reason, in
    ``uvloop-not-applicable.txt`` (section [not applicable]: the test pokes a private
    part of the base loop or asserts its identity; [known deviations]: a behaviour
    difference, explained); an unlisted one fails the run;
@@ -53,7 +53,7 @@ INI = HERE / "uvloop-pytest.ini"
 # (test_dns, test_executors, test_signals, test_udp), and uvloop's regression and
 # deallocation tests (test_regr1, test_dealloc).
 # Left out: test_process / test_process_spawning / test_pipes (subprocess and pipe
-# transports, untouched by aiozcrx; about as long as the rest together),
+# transports, which aiozcrx does not touch),
 # test_fs_event and test_libuv_api (uvloop-only APIs), test_cython and
 # test_sourcecode (uvloop's own build and source), test_runner and test_testbase
 # (uvloop.run() and the suite's own helpers: no loop from the mixins).
