@@ -42,7 +42,7 @@ import socket
 import ssl as _ssl
 import sys
 import weakref
-from typing import IO, TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Optional, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Optional, TypeVar, cast
 
 from .config import Config, parse_size, socket_family
 
@@ -113,6 +113,41 @@ class _ZcrxLoopMixin(_LoopBase):
     _aiozcrx_client_rx: Optional["Receiver"] = None
     _aiozcrx_servers: "weakref.WeakSet[ZcrxServer]"
 
+    _aiozcrx_fds: "weakref.WeakValueDictionary[int, Any]"  # fd -> its ZcrxTransport
+
+    # The fds of open ZcrxTransports are theirs, as asyncio's and uvloop's loops
+    # keep their transports' fds to themselves: add_reader & co. refuse them with
+    # the base loops' RuntimeError. aiozcrx's own calls go past (engines.base.own_io).
+    def _aiozcrx_own_io(self) -> asyncio.AbstractEventLoop:
+        return super()  # type: ignore[return-value]
+
+    def _aiozcrx_check_fd(self, fd: Any) -> None:
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                return  # the base loop says what is wrong with it
+        transport = self._aiozcrx_fds.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        self._aiozcrx_check_fd(fd)
+        super().add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        self._aiozcrx_check_fd(fd)
+        return super().remove_reader(fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        self._aiozcrx_check_fd(fd)
+        super().add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        self._aiozcrx_check_fd(fd)
+        return super().remove_writer(fd)
+
     def aiozcrx_receivers(self) -> list["Receiver"]:
         """The open Receivers of this loop: one per server, one for clients."""
         rxs = [srv.receiver for srv in self._aiozcrx_servers if not srv.receiver._closed]
@@ -166,7 +201,9 @@ class _ZcrxLoopMixin(_LoopBase):
         ctx = tls.server_context(ssl)
         tls.check_timeouts(ctx is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
         if ctx is None:
+            from .server import settle
             transport, protocol = await self._client_receiver().wrap(sock, protocol_factory)
+            await settle(transport)
             return transport, protocol
         return await tls.wrap(self._client_receiver(), sock, protocol_factory, ctx, server_side=True,
                               ssl_handshake_timeout=ssl_handshake_timeout,
@@ -177,13 +214,17 @@ class _ZcrxLoopMixin(_LoopBase):
                         server_side: bool = False, server_hostname: Optional[str] = None,
                         ssl_handshake_timeout: Optional[float] = None,
                         ssl_shutdown_timeout: Optional[float] = None) -> asyncio.Transport:
-        """ZcrxTransports are upgraded by ``aiozcrx.start_tls`` (uvloop's own
-        refuses them); other transports by the base loop. The arguments are
-        checked in the base loop's order (the context first)."""
+        """ZcrxTransports are upgraded by ``aiozcrx.start_tls``, with asyncio's SSL
+        protocol; so are asyncio's own SSL transports on the uvloop base (TLS over
+        TLS: uvloop's ``start_tls`` refuses transports that are not uvloop's). Other
+        transports go to the base loop, which checks them as it does. The arguments
+        are checked in the base loop's order (the context first)."""
         from .tls import check_context, delegate_start_tls, start_tls
-        from .transport import ZcrxTransport
+        from .transport import ZcrxTransport, uvloop_rules
         check_context(sslcontext)
-        upgrade = start_tls if isinstance(transport, ZcrxTransport) else \
+        ours = isinstance(transport, ZcrxTransport) or (
+            uvloop_rules(self) and getattr(transport, "_start_tls_compatible", False))
+        upgrade = start_tls if ours else \
             functools.partial(delegate_start_tls, super().start_tls)
         return await upgrade(transport, protocol, sslcontext, server_side=server_side,
                              server_hostname=server_hostname,
@@ -268,6 +309,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     assert isinstance(loop, _ZcrxLoopMixin)
     loop._aiozcrx_config = cfg
     loop._aiozcrx_servers = weakref.WeakSet()
+    loop._aiozcrx_fds = weakref.WeakValueDictionary()
     return loop
 
 

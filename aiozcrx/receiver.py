@@ -261,7 +261,7 @@ class Receiver:
         transport = ZcrxTransport(self, sock, protocol)
         self._transports.add(transport)
         try:
-            protocol.connection_made(transport)
+            transport._connection_made()  # in the context the base loop would use
         except (SystemExit, KeyboardInterrupt):
             transport._conn.detach()
             self._transports.discard(transport)

@@ -66,6 +66,18 @@ def _set_nodelay(sock: socket.socket) -> None:
             pass
 
 
+async def settle(transport: asyncio.BaseTransport) -> None:
+    """The end of a connection's setup, as the loop's own ``create_connection`` and
+    ``connect_accepted_socket`` have it: they return after one more pass of the loop
+    at least, so that a ``cancel()`` right after the call still cancels them; the
+    new connection is then closed (and its socket with it)."""
+    try:
+        await asyncio.sleep(0)
+    except BaseException:
+        transport.close()
+        raise
+
+
 def _check_unsupported(ssl: object, kwargs: dict[str, Any], allowed: Iterable[str]) -> None:
     """For the layers that offer no TLS of their own (the anyio layer under trio):
     ``ssl=`` is a ValueError naming what to use instead; unknown keywords a TypeError."""
@@ -168,8 +180,7 @@ class ZcrxServer(asyncio.AbstractServer):
                         "message": "socket.accept() failed", "exception": exc,
                         "socket": asyncio.trsock.TransportSocket(sock)})
                 return
-            _set_nodelay(conn)
-            self._attach(conn)
+            self._attach(conn)  # TCP_NODELAY: the transport sets it, as the base loop would
 
     def _resume_accept(self, sock: socket.socket) -> None:
         if self._serving and self._sockets is not None and sock in self._sockets:
@@ -401,6 +412,8 @@ async def create_server(protocol_factory: ProtocolFactory, host: Union[str, Sequ
     asyncio's) before the protocol's ``connection_made``; the protocol then gets
     plaintext ``bytes`` from asyncio's SSL transport (no zero copy for TLS payload).
     """
+    if host is None and port is None and sock is None:
+        raise ValueError("Neither host/port nor sock were specified")  # as asyncio and uvloop
     ctx = _tls.server_context(ssl)
     _tls.check_timeouts(ctx is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
     loop = asyncio.get_running_loop()
@@ -495,7 +508,6 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
             raise ValueError("host and port are needed when sock is not given")
         sock = await _connect(loop, host, port, family, proto, flags, local_addr,
                               bool(kwargs.get("all_errors")))
-    _set_nodelay(sock)
 
     async def attach(conn: socket.socket) -> tuple[asyncio.Transport, Any]:
         if tls:  # owns conn: closes it (or its transport) on failure
@@ -505,10 +517,11 @@ async def create_connection(protocol_factory: ProtocolFactory, host: Optional[st
                                    ssl_shutdown_timeout=ssl_shutdown_timeout)
         try:
             transport, protocol = await rx.wrap(conn, protocol_factory)
-            return transport, protocol
         except BaseException:
             conn.close()
             raise
+        await settle(transport)
+        return transport, protocol
 
     if not owned:
         return await attach(sock)

@@ -182,8 +182,9 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProt
                     ssl_shutdown_timeout: Optional[float] = None) -> asyncio.Transport:
     """Upgrades an open connection to TLS, like ``loop.start_tls``, on any loop.
 
-    ``transport`` is a ZcrxTransport (any other transport is handed to the running
-    loop's own ``start_tls``); ``protocol`` is the application's protocol, which
+    ``transport`` is a ZcrxTransport, or any transport asyncio's ``start_tls`` takes
+    (``_start_tls_compatible``: asyncio's SSL transport, for TLS over TLS); any other
+    is handed to the running loop's own ``start_tls``. ``protocol`` is the application's protocol, which
     from now on talks through the returned transport (asyncio's SSL transport over
     this one). ``server_side=True`` for the accepting end. Whatever the peer sent
     before the handshake began must have been read already (as with asyncio); on a
@@ -194,11 +195,13 @@ async def start_tls(transport: asyncio.BaseTransport, protocol: asyncio.BaseProt
 
     loop = asyncio.get_running_loop()
     check_context(sslcontext)
-    if not isinstance(transport, ZcrxTransport):
+    if not isinstance(transport, ZcrxTransport) and not getattr(transport, "_start_tls_compatible",
+                                                                False):
         return await delegate_start_tls(loop.start_tls, transport, protocol, sslcontext,
                                         server_side=server_side, server_hostname=server_hostname,
                                         ssl_handshake_timeout=ssl_handshake_timeout,
                                         ssl_shutdown_timeout=ssl_shutdown_timeout)
+    assert isinstance(transport, asyncio.Transport)
     check_timeouts(True, ssl_handshake_timeout, ssl_shutdown_timeout)
     if transport.is_closing():
         raise RuntimeError(f"cannot start TLS on a closing transport {transport!r}")

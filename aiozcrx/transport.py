@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import functools
 import io
 import os
 import socket
@@ -27,6 +29,7 @@ from asyncio import constants, sslproto, trsock
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Optional, Union, cast
 
 from ._leases import CopySink
+from .engines.base import own_io
 from .errors import process_forked
 
 if TYPE_CHECKING:
@@ -40,6 +43,35 @@ _WRITELINES_OWN_ERRORS = sys.version_info >= (3, 12)
 Delivered = Union[memoryview, bytes]
 """What a sink is given: a view over the area (``bytes`` with ``copy=True``)."""
 Sink = Callable[[Delivered], object]
+
+
+def uvloop_rules(loop: object) -> bool:
+    """Whether a transport on ``loop`` follows uvloop's rules where uvloop's
+    transports and asyncio's differ: any loop that is not asyncio's own
+    (``asyncio.BaseEventLoop``: the stock loop and the drop-in loop on it)."""
+    return not isinstance(loop, asyncio.BaseEventLoop)
+
+
+def set_nodelay(sock: socket.socket, uvloop: bool) -> None:
+    """TCP_NODELAY, as the base loop's transports set it: uvloop on every TCP
+    socket; asyncio where the socket object says ``proto == IPPROTO_TCP`` (so not on
+    a ``socket.socket()``, whose proto is 0)."""
+    try:
+        if uvloop:
+            tcp = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP
+                   and sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM)
+        else:
+            tcp = (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+                   and sock.proto == socket.IPPROTO_TCP)
+        if tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+# Set, in each transport's context, to that transport's mark: its callbacks know
+# they run there already (a Context cannot be entered twice).
+_IN_CONTEXT: contextvars.ContextVar[object] = contextvars.ContextVar("aiozcrx_transport_context")
 
 
 class _CallbackName:
@@ -82,6 +114,14 @@ def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list[int]) -> Sin
             pos += k
 
     return sink
+
+
+def _buffered_by_duck(protocol: object) -> bool:
+    """uvloop's rule for a buffered protocol: any protocol with ``get_buffer`` and
+    ``buffer_updated`` that is not an ``asyncio.Protocol`` (asyncio's: an instance of
+    ``asyncio.BufferedProtocol``)."""
+    return (not isinstance(protocol, asyncio.Protocol) and hasattr(protocol, "get_buffer")
+            and hasattr(protocol, "buffer_updated"))
 
 
 def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
@@ -171,8 +211,23 @@ class ZcrxTransport(_FlowControlBase):
         self._pid = os.getpid()  # a forked child gets ProcessForked (see _check_process)
         self._engine_name: str = engine.name
         self._loop: asyncio.AbstractEventLoop = loop
+        self._uvloop_rules = uvloop_rules(loop)
+        # The protocol's reading callbacks (data_received, eof_received, get_buffer/
+        # buffer_updated) run in a context of this connection's, a copy of the one it
+        # was made in, as the base loops run them (asyncio: its reader's; uvloop: the
+        # transport's); on the uvloop base all its callbacks do.
+        self._context = contextvars.copy_context()
+        self._context_mark = object()
+        self._context.run(_IN_CONTEXT.set, self._context_mark)
+        set_nodelay(sock, self._uvloop_rules)
         self._sock = sock
         self._fileno = sock.fileno()
+        # the loop's readers and writers on this socket: ours alone while it is open
+        # (the drop-in loop refuses its fd to others, as the base loops do theirs)
+        self._io = own_io(loop)
+        fds = getattr(loop, "_aiozcrx_fds", None)
+        if fds is not None:
+            fds[self._fileno] = self
         self._protocol: Any = protocol  # None once connection_lost has run (as asyncio)
         # read side: the engine's record exists before connection_made runs, so
         # whatever the protocol does there (pause, close) applies to this
@@ -211,18 +266,53 @@ class ZcrxTransport(_FlowControlBase):
 
     # ------------------------------------------------------------ start / sink
     def _sink(self) -> Sink:
+        """What the engine calls with each delivery: the protocol's reading
+        callbacks, run in this transport's context (``_context``)."""
         p = self._protocol
+        sink: Sink
         if isinstance(p, sslproto.SSLProtocol):
-            return _tls_sink(p, self._receiver._copied)
-        if isinstance(p, asyncio.BufferedProtocol):
-            return _buffered_sink(p, self._receiver._copied)
-        if self._receiver._copies_for(p):
+            sink = _tls_sink(p, self._receiver._copied)
+        elif isinstance(p, asyncio.BufferedProtocol) or (self._uvloop_rules and _buffered_by_duck(p)):
+            sink = _buffered_sink(cast(asyncio.BufferedProtocol, p), self._receiver._copied)
+        elif not hasattr(p, "data_received"):
+            def missing(view: Delivered) -> None:
+                p.data_received(view)  # AttributeError at the first delivery, as asyncio's
+            sink = missing
+        elif self._receiver._copies_for(p):
             # ``data_received(bytes(view))``; the C dispatcher copies straight out of
-            # the buffer and makes no view at all (aiozcrx/_c/copysink.c)
-            copier: Sink = CopySink(p.data_received, self._receiver._copied)
+            # the buffer and makes no view at all, and enters the context itself
+            # (aiozcrx/_c/copysink.c)
+            copier: Sink = CopySink(p.data_received, self._receiver._copied, self._context)
             return copier
-        sink: Sink = p.data_received
-        return sink
+        else:
+            sink = p.data_received
+        # Deliveries do not nest (the dispatcher's pump does not, a backlog drains
+        # from its own loop callback): the context is never entered already here.
+        run: Callable[..., object] = self._context.run
+        return functools.partial(run, sink)
+
+    def _in_context(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in this transport's context (entered unless already)."""
+        if _IN_CONTEXT.get(None) is self._context_mark:
+            return fn(*args)
+        return self._context.run(fn, *args)
+
+    def _connection_made(self) -> None:
+        """``protocol.connection_made(self)``: uvloop runs it in the transport's
+        context (what it sets there, data_received sees), asyncio in a copy of the
+        caller's (a call_soon: what it sets stays there)."""
+        if self._uvloop_rules:
+            self._in_context(self._protocol.connection_made, self)
+        else:
+            contextvars.copy_context().run(self._protocol.connection_made, self)
+
+    def _uv_context(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A protocol callback the base loops run in different contexts: uvloop in
+        the transport's (like its reads), asyncio in the caller's (``write()``'s for
+        ``pause_writing``, ``close()``'s for ``connection_lost``: a call_soon)."""
+        if self._uvloop_rules:
+            return self._in_context(fn, *args)
+        return fn(*args)
 
     def _start(self) -> None:
         """After connection_made: begin reading unless the protocol paused or
@@ -313,7 +403,7 @@ class ZcrxTransport(_FlowControlBase):
         if self._closing:
             return
         try:
-            keep_open = self._protocol.eof_received()
+            keep_open = self._in_context(self._protocol.eof_received)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -372,7 +462,7 @@ class ZcrxTransport(_FlowControlBase):
             data = memoryview(data).cast("B")[n:]
             if not data:
                 return
-            self._loop.add_writer(self._fileno, self._write_ready)
+            self._io.add_writer(self._fileno, self._write_ready)
         self._write_buffer.extend(data)
         self._maybe_pause_protocol()
 
@@ -395,7 +485,7 @@ class ZcrxTransport(_FlowControlBase):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.remove_writer(self._fileno)
+            self._io.remove_writer(self._fileno)
             self._write_buffer.clear()
             self._fatal_error(exc, "Fatal write error on socket transport")
             return
@@ -404,7 +494,7 @@ class ZcrxTransport(_FlowControlBase):
             self._bytes_written += n
         self._maybe_resume_protocol()
         if not self._write_buffer:
-            self._loop.remove_writer(self._fileno)
+            self._io.remove_writer(self._fileno)
             for fut in self._drain_waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -494,14 +584,14 @@ class ZcrxTransport(_FlowControlBase):
                 if not fut.done():
                     fut.set_result(None)
 
-            self._loop.add_writer(self._fileno, writable)
+            self._io.add_writer(self._fileno, writable)
         try:
             await fut
         finally:
             if fut in self._drain_waiters:
                 self._drain_waiters.remove(fut)
             if not self._write_buffer and not self._conn_lost:
-                self._loop.remove_writer(self._fileno)
+                self._io.remove_writer(self._fileno)
 
     def write_eof(self) -> None:
         self._check_process()
@@ -539,7 +629,7 @@ class ZcrxTransport(_FlowControlBase):
             return
         self._protocol_paused = True
         try:
-            self._protocol.pause_writing()
+            self._uv_context(self._protocol.pause_writing)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -551,7 +641,7 @@ class ZcrxTransport(_FlowControlBase):
         if self._protocol_paused and len(self._write_buffer) <= self._low_water:
             self._protocol_paused = False
             try:
-                self._protocol.resume_writing()
+                self._uv_context(self._protocol.resume_writing)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -590,7 +680,7 @@ class ZcrxTransport(_FlowControlBase):
             return
         if self._write_buffer:
             self._write_buffer.clear()
-            self._loop.remove_writer(self._fileno)
+            self._io.remove_writer(self._fileno)
         self._closing = True
         self._stop_reading()
         self._call_connection_lost_soon(exc)
@@ -613,10 +703,13 @@ class ZcrxTransport(_FlowControlBase):
                 fut.set_exception(ConnectionResetError("the connection was lost during sendfile()"))
         self._drain_waiters.clear()
         try:
-            self._protocol.connection_lost(exc)
+            self._uv_context(self._protocol.connection_lost, exc)
         finally:
             self._conn.detach()
             self._receiver._forget(self)
+            fds = getattr(self._loop, "_aiozcrx_fds", None)
+            if fds is not None and fds.get(self._fileno) is self:
+                del fds[self._fileno]
             self._sock.close()
             self._protocol = None
 

@@ -10,6 +10,10 @@
  * memoryview and a Python frame, which matters where deliveries are small
  * (small HTTP requests).
  *
+ * With a context (contextvars.Context; the transport's: where its connection was
+ * made) data_received runs in it, as the base loops run a transport's reads in a
+ * context of its own; without (None), in the caller's.
+ *
  * Not compiled on its own: leases.c #includes it, so everything stays static in
  * one translation unit.
  */
@@ -18,6 +22,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *data_received;    /* the protocol's bound method */
     PyObject *copied;           /* the Receiver's one-item list: bytes copied so far */
+    PyObject *context;          /* contextvars.Context data_received runs in, or NULL */
 } CopySink;
 
 static PyTypeObject CopySinkType;
@@ -25,10 +30,15 @@ static PyTypeObject CopySinkType;
 static int
 CopySink_init(CopySink *s, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"data_received", "copied", NULL};
-    PyObject *fn, *copied;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!", kwlist, &fn, &PyList_Type, &copied))
+    static char *kwlist[] = {"data_received", "copied", "context", NULL};
+    PyObject *fn, *copied, *context = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|O", kwlist, &fn, &PyList_Type, &copied,
+                                     &context))
         return -1;
+    if (context != Py_None && !PyContext_CheckExact(context)) {
+        PyErr_SetString(PyExc_TypeError, "CopySink: context must be a contextvars.Context or None");
+        return -1;
+    }
     if (!PyCallable_Check(fn)) {
         PyErr_SetString(PyExc_TypeError, "CopySink: data_received must be callable");
         return -1;
@@ -41,7 +51,27 @@ CopySink_init(CopySink *s, PyObject *args, PyObject *kw)
     Py_XSETREF(s->data_received, fn);
     Py_INCREF(copied);
     Py_XSETREF(s->copied, copied);
+    Py_XSETREF(s->context, context == Py_None ? NULL : Py_NewRef(context));
     return 0;
+}
+
+/* data_received(b) in the sink's context. A context already entered (a delivery
+ * from inside a callback that runs in it: none does today) is not entered again:
+ * the call then runs where it is, which is that context already. */
+static PyObject *
+copysink_deliver(CopySink *s, PyObject *b)
+{
+    PyObject *ctx = s->context;
+    if (ctx && PyContext_Enter(ctx) < 0) {
+        PyErr_Clear();
+        ctx = NULL;
+    }
+    PyObject *r = PyObject_CallOneArg(s->data_received, b);
+    if (ctx && PyContext_Exit(ctx) < 0) {
+        Py_XDECREF(r);
+        return NULL;
+    }
+    return r;
 }
 
 /* copied[0] += n; never fails the delivery (a counter that cannot be updated is
@@ -89,7 +119,7 @@ CopySink_call(CopySink *s, PyObject *args, PyObject *kw)
     PyBuffer_Release(&pb);
     if (!b)
         return NULL;
-    PyObject *r = PyObject_CallOneArg(s->data_received, b);
+    PyObject *r = copysink_deliver(s, b);
     Py_DECREF(b);
     return r;
 }
@@ -99,6 +129,7 @@ CopySink_traverse(CopySink *s, visitproc visit, void *arg)
 {
     Py_VISIT(s->data_received);
     Py_VISIT(s->copied);
+    Py_VISIT(s->context);
     return 0;
 }
 
@@ -107,6 +138,7 @@ CopySink_clear(CopySink *s)
 {
     Py_CLEAR(s->data_received);
     Py_CLEAR(s->copied);
+    Py_CLEAR(s->context);
     return 0;
 }
 
@@ -143,5 +175,6 @@ static PyTypeObject CopySinkType = {
     .tp_clear = (inquiry)CopySink_clear,
     .tp_dealloc = (destructor)CopySink_dealloc,
     .tp_getset = CopySink_getset,
-    .tp_doc = "CopySink(data_received, copied): data_received(bytes(view)), counting copied[0].",
+    .tp_doc = "CopySink(data_received, copied, context=None): data_received(bytes(view)) "
+              "(in context, a contextvars.Context, when given), counting copied[0].",
 };

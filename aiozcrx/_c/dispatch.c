@@ -732,7 +732,7 @@ drain(Dispatcher *d, unsigned long long *n)
                         goto request_end;
                     }
                     Py_INCREF(s);
-                    PyObject *r = s->data_received ? PyObject_CallOneArg(s->data_received, b) : NULL;
+                    PyObject *r = s->data_received ? copysink_deliver(s, b) : NULL;
                     if (!r && !s->data_received)
                         PyErr_SetString(PyExc_RuntimeError, "CopySink is not initialised");
                     Py_DECREF(s);

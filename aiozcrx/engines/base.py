@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import errno
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict, cast
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -58,6 +58,15 @@ class EngineLoop(Protocol):
 
     # asyncio's context dict (typeshed: dict[str, Any]): "message", "exception", ...
     def call_exception_handler(self, context: dict[str, Any]) -> None: ...
+
+
+def own_io(loop: EngineLoop) -> EngineLoop:
+    """``loop``'s add_reader/remove_reader/add_writer/remove_writer for aiozcrx's own
+    use on the sockets of its transports. The drop-in loop refuses those fds to
+    everyone else, as asyncio's loops and uvloop refuse their transports' fds: this
+    goes past its check (the base loop's methods); any other loop is itself."""
+    own = getattr(loop, "_aiozcrx_own_io", None)
+    return cast(EngineLoop, own()) if own is not None else loop
 
 
 class _Counters(TypedDict):

@@ -31,7 +31,8 @@ from .. import _ring
 from .._ring import (UD_CANCEL, UD_NOMEM, UD_NOTIF, UD_OVER_SHARE, UD_RECV, UD_SOCK_IDLE, ud_gen,
                      ud_kind, ud_slot, user_data)
 from .advice import out_of_memory_error, uring_error
-from .base import Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide
+from .base import (Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide,
+                   own_io)
 from .wake import WAKE_ENV, choose_wake, kernel_wake
 
 if TYPE_CHECKING:
@@ -370,7 +371,7 @@ class RingEngine(Engine):
     def _watch_socket(self, conn: Conn) -> None:
         if self._sock_wake is not None and not conn.sock_watched and not conn.sock_parked \
                 and not conn.detached and self.loop is not None:
-            self.loop.add_reader(conn.fd, self._sock_wake, conn.slot)
+            own_io(self.loop).add_reader(conn.fd, self._sock_wake, conn.slot)
             conn.sock_watched = True
 
     def wake_fds(self) -> list[int]:
@@ -383,7 +384,7 @@ class RingEngine(Engine):
         if conn.sock_watched:
             conn.sock_watched = False
             if self.loop is not None:
-                self.loop.remove_reader(conn.fd)
+                own_io(self.loop).remove_reader(conn.fd)
 
     def _socket_idle(self, conn: Conn) -> None:
         if not conn.sock_watched:
