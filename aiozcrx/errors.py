@@ -97,3 +97,36 @@ class UringUnavailable(EngineUnavailable):
 def os_error(err: int, what: str) -> OSError:
     """An OSError for a negative errno returned by the ABI layer."""
     return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+class MemlockTooSmall(ZcrxUnavailable):
+    """The workers' zcrx areas would not fit under RLIMIT_MEMLOCK.
+
+    io_uring pins each area and charges it to the user that created the ring,
+    against that user's RLIMIT_MEMLOCK, unless the process has CAP_IPC_LOCK
+    (root has). Raised by ``aiozcrx.workers.Launcher`` before any worker starts;
+    ``limit`` and ``needed`` are bytes, ``workers`` how many areas.
+    """
+
+    def __init__(self, engine: str, *, limit: int, needed: int, workers: int, per_worker: int) -> None:
+        self.limit = limit
+        self.needed = needed
+        self.workers = workers
+        self.per_worker = per_worker
+        super().__init__(
+            engine, _errno.ENOMEM,
+            f"{workers} workers pin {needed} bytes ({per_worker} each: area, refill ring, ring) but "
+            f"RLIMIT_MEMLOCK is {limit} bytes and this process lacks CAP_IPC_LOCK",
+            f"raise the limit to at least {needed} bytes (`ulimit -l {(needed + 1023) // 1024}`, "
+            f"LimitMEMLOCK={needed} in systemd), grant CAP_IPC_LOCK, or pass a smaller --area-size")
+
+
+class WorkerFailed(AiozcrxError, RuntimeError):
+    """A worker could not start (its queue could not be prepared, its privileges
+    not dropped, its application not imported): the message is the worker's own
+    error. ``error`` is the typed exception where it was one (e.g. a
+    ``ZcrxUnavailable`` rebuilt from the worker's report), else None."""
+
+    def __init__(self, message: str, error: BaseException | None = None) -> None:
+        self.error = error
+        super().__init__(message)

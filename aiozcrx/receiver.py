@@ -15,7 +15,7 @@ from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  #
                      DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES, Config,
                      socket_family)
 from .engines.base import EngineLoop as _EngineLoop
-from .errors import process_forked
+from .errors import EngineUnavailable, process_forked
 from .transport import ZcrxTransport
 
 logger = logging.getLogger("aiozcrx")
@@ -158,6 +158,24 @@ class Receiver:
         self._closed = False
         self._copied = [0]  # bytes copied in user space for protocols (bytes, BufferedProtocol)
         self._share_warned: set[str] = set()
+        # a zcrx engine prepared before the loop ran (aiozcrx.workers: registered while
+        # the process still held CAP_NET_ADMIN), started by open() instead of a new one
+        self._prepared: tuple[_engines.ZcrxEngine, list[tuple[str, bool, str]]] | None = None
+        # engine="auto": engines already tried elsewhere, with their outcome (a worker
+        # tried the zcrx engines while it was privileged): not tried again
+        self._skip_engines: tuple[tuple[str, bool, str], ...] = ()
+
+    @classmethod
+    def _adopting(cls, engine: "_engines.ZcrxEngine", tried: list[tuple[str, bool, str]],
+                  **options: Any) -> "Receiver":
+        """A Receiver whose ``open()`` starts ``engine``, a ZcrxEngine already
+        prepared (``ZcrxEngine.prepare()``: ring, area, registration) in this process
+        and thread. ``tried`` becomes ``engines_tried``. (aiozcrx.workers.PreparedQueue)"""
+        cfg = engine.config
+        rx = cls(engine=engine.name, interface=cfg.interface, queue=cfg.queue,
+                 area_size=cfg.area_size, rq_entries=cfg.rq_entries, **options)
+        rx._prepared = (engine, tried)
+        return rx
 
     # ------------------------------------------------------------ lifecycle
     def open(self) -> "Receiver":
@@ -173,6 +191,16 @@ class Receiver:
             raise RuntimeError("Receiver is already open")
         if self._closed:
             raise RuntimeError("Receiver is closed; make a new one")
+        if self._prepared is not None:
+            engine, tried = self._prepared
+            self._prepared = None
+            engine.start(loop)
+            self._engine, self.engines_tried = engine, tried
+            self._config = engine.config
+            self._loop = cast(asyncio.AbstractEventLoop, loop)
+            self._thread_id = threading.get_ident()
+            self._pid = os.getpid()
+            return self
         source = None
         config = self._config
         if self._share_with is not None:
@@ -181,7 +209,10 @@ class Receiver:
                 raise ValueError("share_with= must be an open zcrx Receiver on this event loop")
             source = src._engine
             config = _shared_config(config, source)
-        self._engine, self.engines_tried = open_engine(config, loop, share_with=source)
+        if self._skip_engines and config.engine == "auto" and source is None:
+            self._engine, self.engines_tried = self._open_rest(config, loop)
+        else:
+            self._engine, self.engines_tried = open_engine(config, loop, share_with=source)
         # the settings as the engine runs them: area_size and rq_entries not given
         # took its defaults (Config.for_engine); the fair share is a quarter of that area
         self._config = self._engine.config
@@ -192,6 +223,25 @@ class Receiver:
         self._thread_id = threading.get_ident()
         self._pid = os.getpid()
         return self
+
+    def _open_rest(self, config: Config, loop: _EngineLoop
+                   ) -> tuple["_engines.Engine", list[tuple[str, bool, str]]]:
+        """engine="auto" past the engines in ``_skip_engines``: the first of the
+        others that opens, each asked for by name."""
+        tried = list(self._skip_engines)
+        skipped = {name for name, _ok, _why in tried}
+        rest = [name for name in _engines.ENGINES if name not in skipped]
+        for name in rest:
+            try:
+                engine, _ = _engines.open_engine(config.replace(engine=name), loop)
+            except EngineUnavailable as e:
+                tried.append((name, False, e.reason))
+                if name == rest[-1]:
+                    raise
+                continue
+            tried.append((name, True, "works here"))
+            return engine, tried
+        raise RuntimeError("no engine left to try")
 
     async def __aenter__(self) -> "Receiver":
         return self.open()

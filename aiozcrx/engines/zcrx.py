@@ -88,6 +88,21 @@ class ZcrxEngine(RingEngine):
     def open(self, loop: EngineLoop) -> None:
         if self.share_with is not None:
             return self._open_imported(loop, self.share_with)
+        self.prepare()
+        self.start(loop)
+
+    # open() in two steps, for aiozcrx.workers: prepare() is the part that needs
+    # CAP_NET_ADMIN and no event loop (ring, area, registration); a worker process
+    # runs it before it drops its privileges, and start() once its loop runs.
+    # Both steps run in the same process and thread: the ring (SINGLE_ISSUER) is
+    # that thread's, the area that process's memory.
+    _prepared: tuple[int, str, int] | None = None  # (ifindex, interface, queue) once prepared on a NIC queue
+
+    def prepare(self) -> None:
+        """Ring, area and registration (NIC queue or NODEV), with no loop: raises the
+        typed error, and leaves nothing behind, when the kernel refuses."""
+        if self.ring is not None:
+            raise RuntimeError("this zcrx engine is already prepared")
         cfg = self.config
         nic: tuple[str, int] | None = None  # (interface, queue); None: NODEV
         if not self.nodev:
@@ -101,10 +116,31 @@ class ZcrxEngine(RingEngine):
         except BaseException:
             self._abandon_open()  # whatever it was: nothing of this engine stays
             raise
-        self._start_loop(loop)
         if nic is not None:
             _our_queues[(if_idx, rxq)] = _HELD
-            self._watch_link(loop, (if_idx, nic[0], nic[1]))
+            self._prepared = (if_idx, nic[0], nic[1])
+
+    def start(self, loop: EngineLoop) -> None:
+        """The loop's part of open(), after prepare()."""
+        if self.ring is None or self.loop is not None:
+            raise RuntimeError("start() needs a prepared engine that was not started yet")
+        self._start_loop(loop)
+        if self._prepared is not None:
+            self._watch_link(loop, self._prepared)
+
+    def release_prepared(self) -> None:
+        """A prepared engine that will never start: its ring and area go now (the
+        kernel unbinds the queue in the ring's exit work)."""
+        if self.loop is not None:
+            raise RuntimeError("release_prepared() is for an engine that was not started; use close()")
+        if self.ring is None:
+            return
+        self.closed = True
+        if self._kstats is not None:
+            self._kstats.close()
+        self._abandon_open()
+        if self._prepared is not None:
+            _our_queues[(self._prepared[0], self._prepared[2])] = time.monotonic()
 
     def _register_area(self, nic: tuple[str, int] | None) -> tuple[int, int]:
         """Maps the area and registers the instance (NIC queue ``nic``, or NODEV);

@@ -1,4 +1,4 @@
-"""`aiozcrx` / `python -m aiozcrx`: demo, recv, send, doctor, nic.
+"""`aiozcrx` / `python -m aiozcrx`: demo, recv, send, doctor, nic, serve (aiozcrx/workers/cli.py).
 
 ``doctor``, ``nic`` and ``send`` need only the standard library; ``demo`` and
 ``recv`` need the compiled core and import it inside the command, saying so (exit
@@ -306,6 +306,7 @@ def _parser() -> _Parser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="check what zero copy needs here (see `aiozcrx doctor -h`)")
     sub.add_parser("nic", help="set up / tear down a NIC queue for zcrx (see `aiozcrx nic -h`)")
+    sub.add_parser("serve", help="N unprivileged workers on N NIC queues (see `aiozcrx serve -h`)")
     engines = ("auto", *ENGINES)
     d = sub.add_parser("demo", help="loopback demo: `aiozcrx send` in a process, a verified receive here")
     d.add_argument("--mib", type=_mib, default=1024, help="MiB to send (default 1024)")
@@ -353,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "nic":
         from . import nic
         return nic.main(argv[1:])
+    if argv and argv[0] == "serve":
+        from ..workers import cli as serve_cli
+        return serve_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return _run(args)
