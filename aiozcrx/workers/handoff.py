@@ -126,7 +126,7 @@ def receive_connection(inbox: socket.socket, *, uid: int, launcher_pid: int) -> 
         problem = "no credentials (SO_PASSCRED off?)"
     elif cred[1] != uid:
         problem = f"sender uid {cred[1]} is not the workers' uid {uid}"
-    elif cred[0] != os.getpid() and parent_of(cred[0]) != launcher_pid:
+    elif parent_of(cred[0]) != launcher_pid:
         problem = f"sender pid {cred[0]} is not a worker of launcher {launcher_pid}"
     elif msg != _MSG or len(fds) != 1:
         problem = f"not one connection ({len(fds)} fds, {msg[:16]!r})"

@@ -153,6 +153,9 @@ class Launcher:
     # -- before any worker -------------------------------------------------
     def preflight(self) -> None:
         """The errors every worker would meet, raised once, before any starts."""
+        for queue in self.queues:  # bad settings (a queue the NIC does not have): ValueError
+            Config(engine=self.engine, interface=self.interface, queue=queue, area_size=self.area_size,
+                   rq_entries=self.rq_entries).validate()
         zcrx_engines = self.engine in ("zcrx", "zcrx-copy")
         if self.engine == "zcrx" and (self.interface is None or self.queues[0] is None):
             raise ZcrxUnavailable("zcrx", errno.EINVAL, "engine zcrx needs NIC queues: no --queues given",

@@ -144,21 +144,45 @@ def _run(spec: WorkerSpec, index: int, listener: socket.socket, ctrl: socket.soc
                              rq_entries=spec.rq_entries)
     qmap = handoff.QueueMap(spec.interface)
     qmap.read()  # while privileged: the netdev family answers everyone, but be sure
+    # The serving machinery (not the application) is loaded before the drop: the
+    # interpreter's own modules need not be readable by the workers' user.
+    preload(spec)
+    loop = new_loop(spec.loop)
     privileged = os.geteuid() == 0 or capabilities().get("CapEff", 0) != 0
     if privileged:
         drop_privileges(spec.identity, parent_pid=spec.launcher_pid, death_signal=spec.death_signal)
     _QMAP = qmap
     _CURRENT = WorkerContext(index=index, queue=queue, interface=spec.interface, pid=os.getpid(),
                              prepared=prepared)
-    app = load_app(spec.app)  # the application's code runs from here on, unprivileged
-    loop = new_loop(spec.loop)
     try:
+        app = load_app(spec.app)  # the application's code runs from here on, unprivileged
         asyncio.set_event_loop(loop)
         server = WorkerServer(spec, index, listener, ctrl, inboxes[index], outboxes, prepared, qmap,
                               _CURRENT, app)
         return loop.run_until_complete(server.serve())
     finally:
         loop.close()
+
+
+# what a worker loads before it drops its privileges: the loops' lazily imported
+# parts and uvicorn's protocol (for ASGI apps), where installed; never the app
+PRELOAD = ("concurrent.futures.thread", "asyncio.unix_events", "asyncio.sslproto", "ssl", "hashlib",
+           "json", "struct", "http", "email.utils", "urllib.parse", "logging.handlers")
+PRELOAD_ASGI = ("uvicorn", "uvicorn.config", "uvicorn.server", "uvicorn.lifespan.on",
+                "uvicorn.lifespan.off", "uvicorn.protocols.http.h11_impl",
+                "uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.auto",
+                "uvicorn.protocols.websockets.auto", "uvicorn.middleware.proxy_headers",
+                "uvicorn.middleware.message_logger", "uvicorn.middleware.asgi2")
+
+
+def preload(spec: WorkerSpec) -> None:
+    names = PRELOAD + (("uvloop",) if spec.loop == "uvloop" else ()) + \
+        (PRELOAD_ASGI if spec.app_kind in ("auto", "asgi") else ())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # not installed: not used
 
 
 def load_app(ref: str) -> Any:
@@ -316,10 +340,7 @@ class WorkerServer:
                       file=sys.stderr)
                 continue
             self.counters["handed_in"] += 1
-            if self.stopping:
-                sock.close()
-                continue
-            self._serve(sock)
+            self._serve(sock)  # while stopping too: its queue is still ours until we exit
 
     def _serve(self, sock: socket.socket) -> None:
         assert self.factory is not None
@@ -373,6 +394,9 @@ class WorkerServer:
             await asyncio.sleep(0.05)  # polling an end condition, bounded by the deadline
         if self.uvicorn is not None:
             await self.uvicorn.lifespan.shutdown()
+        # connections handed over from now on wait in the inbox for this queue's next worker
+        assert self.loop is not None
+        self.loop.remove_reader(self.inbox.fileno())
         final = self.stats()
         if self.rx is not None:
             await self.rx.aclose()
