@@ -55,9 +55,10 @@ test-pythons: $(STAMP)
 # runner cannot work.
 test-guest: $(STAMP)
 	@if why=$$($(GUEST) --nic --check); then \
-		$(GUEST) --nic --timeout 3300 -- '$(PYTEST) -o faulthandler_timeout=300 -m "guest or engines or nic" && \
+		$(GUEST) --nic --timeout 3300 -- '$(PYTEST) -o faulthandler_timeout=300 -m "(guest or engines or nic) and not workers" && \
 			echo "== zcrx-copy tests again with AIOZCRX_WAKE=$$($(BIN)/python $(OTHER_WAKE))" && \
-			AIOZCRX_WAKE=$$($(BIN)/python $(OTHER_WAKE)) $(PYTEST) -o faulthandler_timeout=300 -m "guest and not nic"'; \
+			AIOZCRX_WAKE=$$($(BIN)/python $(OTHER_WAKE)) $(PYTEST) -o faulthandler_timeout=300 -m "guest and not nic"' && \
+		$(GUEST) --nic --nic-queues 5 --timeout 1800 -- '$(PYTEST) -o faulthandler_timeout=300 -m workers'; \
 	else \
 		echo "guest suite SKIPPED: $$why"; \
 	fi

@@ -436,6 +436,10 @@ def steered(sim_nic):
     ntuple_before = "rx-ntuple-filter" in et.get_features(name)["active"]
     undo = []
     try:
+        if (ch.get(f"{kind}_max") or 0) < OTHER_QUEUE + 1:
+            pytest.fail(f"{name} has {ch.get(f'{kind}_max')} queues at most; these tests need "
+                        f"{OTHER_QUEUE + 1} (4 for the workers, 1 for the rest): run-in-guest.sh "
+                        f"--nic --nic-queues {OTHER_QUEUE + 1} (as `make test-guest` does)")
         if (channels_before or 0) < OTHER_QUEUE + 1:
             et.set_channels(name, **{f"{kind}_count": OTHER_QUEUE + 1})
             undo.append(lambda: et.set_channels(name, **{f"{kind}_count": channels_before}))

@@ -420,8 +420,9 @@ class WorkerServer:
         if server.lifespan.should_exit:
             raise RuntimeError(f"{self.spec.app}: the ASGI lifespan startup failed")
         self.uvicorn = server
+        protocol_class: Any = config.http_protocol_class  # H11Protocol or HttpToolsProtocol
         factory: Callable[[], asyncio.BaseProtocol] = functools.partial(
-            config.http_protocol_class, config=config, server_state=server.server_state,
+            protocol_class, config=config, server_state=server.server_state,
             app_state=server.lifespan.state)
         return factory
 
