@@ -71,6 +71,7 @@ class Served:
         self.stats_path = str(tmp_path / f"stats-{time.monotonic_ns()}.json")
         self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")
+        self.terminated = False
         self.proc = subprocess.Popen([sys.executable, "-m", "aiozcrx", "serve", *args,
                                       "--stats-json", self.stats_path], env=env(),
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -96,9 +97,14 @@ class Served:
     def pids(self) -> list[int]:
         return [w["pid"] for w in self.stats()["workers"]]
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM, once: a graceful stop (a second one after it is over would kill)."""
+        if not self.terminated and self.proc.poll() is None:
+            self.terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        self.terminate()
         rc = self.proc.wait(CEILING)
         self.log.close()
         return rc
@@ -481,7 +487,7 @@ def serve_on_nic(tmp_path, sim_nic, port: int, loop: str) -> Served:
 
 def check_zero_copy(stats: dict) -> None:
     for w in stats["workers"]:
-        assert w["engine"] == "zcrx" and w["fallback_reason"] == "", w
+        assert w["engine"] == "zcrx" and "zcrx:" not in w["fallback_reason"], w  # (a wake-up note may be there)
         assert w["kernel_copy_bytes"] == 0 and w["bytes_copied"] == 0, w
         assert w["bytes_zero_copy"] == w["bytes"], w
         assert w["pinned_bytes"] == 16 << 20 and w["uid"] == NOBODY and w["cap_eff"] == 0, w
@@ -530,11 +536,26 @@ def test_four_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered, loop):
                                              src_base=22000)), 256 << 10)
         assert all(a["conn_queue"] == a["queue"] for a in answers)
         check_zero_copy(srv.fresh_stats())
+        # SIGHUP: a rolling restart, uploads going on throughout; none refused, each on
+        # its queue's worker (what arrives on a queue while it is re-registered is
+        # received by copy: zero copy is not asserted here)
+        before = srv.pids()
+        srv.proc.send_signal(signal.SIGHUP)
+        rounds = 0
+        while not all(w["state"] == "ready" and w["pid"] not in before for w in srv.fresh_stats()["workers"]):
+            rounds += 1
+            answers = check_answers(results(send(sim_nic.addr, steered, 8, 128 << 10, netns=sim_nic.peer_ns,
+                                                 src_base=24000 + 8 * (rounds % 100))), 128 << 10)
+            assert all(a["conn_queue"] == a["queue"] for a in answers)
+        assert sorted(bound_queues(sim_nic.name)) == ZC_QUEUES
+        answers = check_answers(results(send(sim_nic.addr, steered, 32, 256 << 10, netns=sim_nic.peer_ns,
+                                             src_base=25000)), 256 << 10)
+        assert all(a["conn_queue"] == a["queue"] for a in answers)
         # SIGTERM mid-stream: what is in flight finishes, then every queue is released
         upl = send(sim_nic.addr, steered, 16, size, netns=sim_nic.peer_ns, src_base=23000, pause=True)
         assert upl.stdout.readline().strip() == "half"
         wait_until(lambda: srv.fresh_stats()["total"]["connections"] == 16, "16 connections in the workers")
-        srv.proc.send_signal(signal.SIGTERM)
+        srv.terminate()
         upl.stdin.write("go\n")
         upl.stdin.flush()
         check_answers(results(upl), size)
@@ -542,10 +563,7 @@ def test_four_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered, loop):
         rc = srv.stop()
     assert rc == 0, srv.output()
     assert bound_queues(sim_nic.name) == []
-    final = srv.stats()
-    assert final["stopped"]
-    for w in final["workers"]:
-        assert w["kernel_copy_bytes"] == 0 and w["bytes_copied"] == 0, w
+    assert srv.stats()["stopped"]
 
 
 @pytest.mark.nic

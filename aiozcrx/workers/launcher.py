@@ -39,6 +39,7 @@ from .privileges import CAP_IPC_LOCK, CAP_NET_ADMIN, Identity, has_capability
 from .worker import WorkerSpec, run_worker
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 def parse_queues(text: str) -> list[int]:
@@ -148,6 +149,7 @@ class Launcher:
         self._rolling: list[int] = []
         self._deferred: list[int] = []  # signals that wait for the main loop
         self._stop_deadline = 0.0
+        self._old_handlers: dict[int, Any] = {}
         self.final_stats: dict[str, Any] = {}
 
     # -- before any worker -------------------------------------------------
@@ -197,8 +199,7 @@ class Launcher:
             self.inbox.append((inbox, outbox))
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
+        self._old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
         for w in self.workers:
             self._spawn(w)
         self._wait_ready([w.index for w in self.workers])
@@ -491,8 +492,9 @@ class Launcher:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, signal.SIG_DFL)
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._old_handlers = {}
 
     def _wait_queue_released(self, queue: int | None) -> None:
         if self.interface is None or queue is None:
