@@ -212,6 +212,15 @@ class Launcher:
 
     def _spawn(self, w: _Worker) -> None:
         assert self.listener is not None
+        # what the launcher told the worker before (a "stop" it never read) is not
+        # for its replacement
+        theirs = self.ctrl[w.index][1]
+        while True:
+            try:
+                if not theirs.recv(1 << 20, socket.MSG_DONTWAIT):
+                    break
+            except (BlockingIOError, InterruptedError):
+                break
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -226,6 +235,10 @@ class Launcher:
             run_worker(self.spec, w.index, self.listener, self.ctrl[w.index][1],
                        [inbox for inbox, _ in self.inbox], [outbox for _, outbox in self.inbox])
         w.pid = pid
+        self.spec.worker_pids.add(pid)
+        for other in self.workers:  # the new sibling, for the handover's credential check
+            if other is not w and other.state != "exited":
+                self._tell(other, {"type": "pids", "pids": [pid]})
         w.state = "starting"
         w.error = None
         w.stats = {}
