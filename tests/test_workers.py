@@ -388,6 +388,33 @@ def test_engine_zcrx_without_cap_net_admin_is_a_typed_error_naming_the_fix():
 
 
 @needs_root
+def test_without_cap_net_admin_auto_serves_on_the_best_engine_and_says_why():
+    r = in_child("""
+        import json, socket, struct, hashlib, os
+        from aiozcrx.workers.privileges import CAP_NET_ADMIN, drop_capability
+        drop_capability(CAP_NET_ADMIN)
+        from aiozcrx.workers import Launcher
+        launcher = Launcher("workers_app:factory", workers=2, host="127.0.0.1", port=0, user="nobody",
+                            area_size=4 << 20)
+        launcher.start()
+        data = os.urandom(50000)
+        with socket.create_connection(("127.0.0.1", launcher.port)) as c:
+            c.sendall(struct.pack("!Q", len(data)) + data)
+            answer = json.loads(c.makefile().readline())
+        workers = launcher.collect_stats()["workers"]
+        launcher.shutdown()
+        print(json.dumps({"workers": workers, "ok": answer["sha256"] == hashlib.sha256(data).hexdigest()}))
+    """)
+    assert r.returncode == 0 and r.stdout, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["ok"]
+    for w in out["workers"]:
+        assert w["engine"] in ("uring", "socket"), w
+        # zcrx and zcrx-copy were passed over, and the reason says why
+        assert "zcrx-copy: EPERM" in w["fallback_reason"] and "CAP_NET_ADMIN" in w["fallback_reason"], w
+
+
+@needs_root
 def test_a_worker_that_cannot_register_its_queue_fails_the_start_typed(tmp_path):
     """engine zcrx on queues that cannot take it (loopback has no queue API, or this
     kernel has no zcrx): every worker stops, the launcher raises the worker's

@@ -283,13 +283,22 @@ class Launcher:
     def run(self) -> int:
         """start(), then serve until SIGTERM/SIGINT; returns the exit status."""
         self.start()
+        self._serve_until_stopped()
+        return 0
+
+    def shutdown(self) -> None:
+        """For a launcher driven from Python after ``start()``: what SIGTERM does
+        (graceful stop, every queue released), returning once it is done."""
+        self.stop()
+        self._serve_until_stopped()
+
+    def _serve_until_stopped(self) -> None:
         while not (self._stopping and all(w.state == "exited" for w in self.workers)):
             self._poll(1.0)
             if self._stopping and time.monotonic() > self._stop_deadline:
                 self.say("aiozcrx serve: workers still running after the graceful timeout: killing them")
                 self._kill_all()
         self._finish()
-        return 0
 
     def _poll(self, timeout: float, *, defer: bool = False) -> None:
         """One wait for a signal or a worker's message. ``defer``: signals other
