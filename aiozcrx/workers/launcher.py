@@ -61,11 +61,11 @@ def parse_queues(text: str) -> list[int]:
 
 
 def pinned_per_worker(engine: str, area_size: int | None, rq_entries: int | None,
-                      cq_entries: int = DEFAULT_CQ_ENTRIES) -> int:
+                      cq_entries: int = DEFAULT_CQ_ENTRIES, *, nic: bool = True) -> int:
     """What one worker's zcrx instance charges to RLIMIT_MEMLOCK, at least: the
     area, the refill ring (16-byte entries after a header) and the ring's queues
-    (32-byte CQEs, 64-byte SQEs)."""
-    nic = engine in ("auto", "zcrx")
+    (32-byte CQEs, 64-byte SQEs). ``nic``: on a NIC queue (its larger defaults)."""
+    nic = nic and engine in ("auto", "zcrx")
     area = area_size if area_size is not None else (NIC_AREA_SIZE if nic else Config().area_size or 0)
     rq = rq_entries if rq_entries is not None else (NIC_RQ_ENTRIES if nic else DEFAULT_RQ_ENTRIES)
 
@@ -174,7 +174,8 @@ class Launcher:
                 "to serve on the best engine that needs no privilege")
         if net_admin and self.engine in ("auto", "zcrx", "zcrx-copy") and not has_capability(CAP_IPC_LOCK):
             soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-            per = pinned_per_worker(self.engine, self.area_size, self.rq_entries)
+            per = pinned_per_worker(self.engine, self.area_size, self.rq_entries,
+                                    nic=self.queues[0] is not None)
             need = per * self.n
             if soft != resource.RLIM_INFINITY and need > soft:
                 raise MemlockTooSmall(self.engine if self.engine != "auto" else "zcrx", limit=soft,
@@ -360,6 +361,8 @@ class Launcher:
             w.stats_seq += 1
         if kind == "ready":
             w.state = "ready" if w.state == "starting" else w.state
+            if w.restarts:
+                self._announce_owner(w, w.index)
             if self._rolling and self._rolling[0] == w.index:
                 self._rolling.pop(0)
                 self._next_rolling()
@@ -382,8 +385,13 @@ class Launcher:
                 continue
             self._read_ctrl(w.index)  # what it said before it went
             w.state = "exited"
-            if self._stopping or w.error is not None:
-                continue  # stopped, or it said why it failed (it would fail again)
+            if self._stopping:
+                continue
+            if w.error is not None:
+                # it said why it failed (it would fail again): its queue has no worker;
+                # the others serve its connections where they accept them
+                self._announce_owner(w, None)
+                continue
             if not w.replace:
                 how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                        else f"status {os.WEXITSTATUS(status)}")
@@ -426,6 +434,13 @@ class Launcher:
         w.replace = True
         w.state = "stopping"
         self._tell(w, {"type": "stop"})
+
+    def _announce_owner(self, w: _Worker, owner: int | None) -> None:
+        if w.queue is None:
+            return
+        for other in self.workers:
+            if other is not w and other.state != "exited":
+                self._tell(other, {"type": "owner", "queue": w.queue, "worker": owner})
 
     def _tell(self, w: _Worker, message: dict[str, Any]) -> None:
         try:

@@ -379,6 +379,12 @@ class WorkerServer:
             _send(self.ctrl, {"type": "stats", "stats": self.stats()})
         elif kind == "stop":
             self.stop()
+        elif kind == "owner":  # a queue whose worker could not be replaced, or is back
+            queue, worker = message.get("queue"), message.get("worker")
+            if worker is None:
+                self.owner.pop(queue, None)  # served where accepted (by copy) from now on
+            else:
+                self.owner[queue] = int(worker)
         elif kind == "pids":
             self.spec.worker_pids.update(int(p) for p in message.get("pids", ()))
 
