@@ -5,7 +5,7 @@ The C lives in ``aiozcrx/_c/`` as real C files (``setup.c``, ``queue.c``,
 module's sources. Each type and function they share with Python is declared once,
 in ``aiozcrx/_c/abi.h``; the cdef (what Python sees) is made here from that
 header's text between its two "cdef" marker lines, plus every integer ``#define
-AZX_...`` of the headers in ``EXPORTED_HEADERS`` (values left to the compiler:
+NAME`` of the headers in ``EXPORTED_HEADERS`` (values left to the compiler:
 ``#define NAME ...``), so no declaration or constant is written twice. Only
 ``aiozcrx/_ring.py`` imports the result; everything above it works with Python
 objects, never with pointers.
@@ -23,16 +23,18 @@ C_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_c")
 
 #: the module's own declarations (the marked part becomes the cdef)
 ABI_HEADER = os.path.join(C_DIR, "abi.h")
-#: headers whose integer constants Python reads as lib.AZX_...
-EXPORTED_HEADERS = [os.path.join(C_DIR, "uapi.h")]
+#: headers whose integer constants Python reads as lib.NAME: the kernel's, and the
+#: protocol between the C dispatcher and the engines
+EXPORTED_HEADERS = [os.path.join(C_DIR, "uapi.h"), os.path.join(C_DIR, "protocol.h")]
 C_SOURCES = [os.path.join(C_DIR, name)
              for name in ("setup.c", "queue.c", "register.c", "memory.c", "timer.c", "wakeprobe.c")]
 
 CDEF_BEGIN = "/* ==== cdef begin ==== */"
 CDEF_END = "/* ==== cdef end ==== */"
 CDEF_PRIVATE = "/* cdef: the rest is private */"
-# an object-like macro: `#define AZX_NAME value` (not `#define AZX_NAME(x) ...`)
-_DEFINE = re.compile(r"^#define\s+(AZX_[A-Z0-9_]+)\s+\S")
+# an object-like macro with a value: `#define NAME value` (not `#define NAME(x) ...`,
+# not an include guard's bare `#define NAME`, not the libc's `__NR_...`)
+_DEFINE = re.compile(r"^#define\s+([A-Z][A-Z0-9_]*)\s+\S")
 
 
 def _read(path: str) -> str:
@@ -65,7 +67,7 @@ def cdef_declarations(header_text: str) -> str:
 
 
 def cdef_constants(header_text: str) -> str:
-    """``#define NAME ...`` for every integer constant ``AZX_...`` of a header."""
+    """``#define NAME ...`` for every object-like macro of a header that has a value."""
     names = [m.group(1) for m in map(_DEFINE.match, header_text.splitlines()) if m]
     return "".join(f"#define {name} ...\n" for name in names)
 

@@ -113,33 +113,43 @@ PAGE_SIZE = mmap.PAGESIZE
 # turn (dispatch.c); the engine's slow path counts its rounds against it too.
 PUMP_BUDGET: int = _PUMP_BUDGET
 
-# user_data layout, shared with the C dispatcher (aiozcrx/_c/common.h):
-# bits 0..31 a slot, 32..39 the kind, 40..63 the generation of the connection
-# using the slot when the request was issued (see engines/base.py).
-UD_RECV = 1
-UD_CANCEL = 2
-UD_NOTIF = 3
-UD_NOP = 4
-UD_OVER_SHARE = 5  # made by the C dispatcher: a connection's views hold its share
-UD_EVFD = 6  # the C dispatcher's read of the ring's eventfd (never leaves the dispatcher)
-UD_SOCK_IDLE = 7  # made by the C dispatcher: a connection's socket keeps waking us for nothing
-UD_NOMEM = 8  # made by the C dispatcher: a delivery to the connection failed for want of memory
+# The protocol with the C dispatcher, defined once in aiozcrx/_c/protocol.h and
+# read here from the compiled module. user_data: bits 0..31 a slot, 32..39 the
+# kind, 40..63 the generation of the connection using the slot when the request
+# was issued (see engines/base.py).
+UD_KIND_SHIFT: int = lib.UD_KIND_SHIFT
+UD_KIND_MASK: int = lib.UD_KIND_MASK
+UD_GEN_SHIFT: int = lib.UD_GEN_SHIFT
+UD_GEN_MASK: int = lib.UD_GEN_MASK
+UD_SLOT_MASK: int = lib.UD_SLOT_MASK
+UD_RECV: int = lib.UD_KIND_RECV
+UD_CANCEL: int = lib.UD_KIND_CANCEL
+UD_NOTIF: int = lib.UD_KIND_NOTIF
+UD_NOP: int = lib.UD_KIND_NOP
+UD_OVER_SHARE: int = lib.UD_KIND_OVER_SHARE  # made by the C dispatcher: a connection's views hold its share
+UD_EVFD: int = lib.UD_KIND_EVFD  # the C dispatcher's read of the ring's eventfd (never leaves the dispatcher)
+UD_SOCK_IDLE: int = lib.UD_KIND_SOCK_IDLE  # made by the C dispatcher: a socket keeps waking us for nothing
+UD_NOMEM: int = lib.UD_KIND_NOMEM  # made by the C dispatcher: a delivery failed for want of memory
+# Dispatcher.pump()'s state, as the slow path is told it
+PUMP_IDLE: int = lib.PUMP_IDLE  # the eventfd will tell of new work
+PUMP_PENDING: int = lib.PUMP_PENDING  # work is queued that an enter did not find: look again later
+PUMP_BUSY: int = lib.PUMP_BUSY  # the round limit was reached: continue after the loop's other callbacks
 
 
 def user_data(kind: int, slot: int, gen: int) -> int:
-    return ((gen & 0xFFFFFF) << 40) | (kind << 32) | slot
+    return ((gen & UD_GEN_MASK) << UD_GEN_SHIFT) | (kind << UD_KIND_SHIFT) | slot
 
 
 def ud_kind(ud: int) -> int:
-    return (ud >> 32) & 0xFF
+    return (ud >> UD_KIND_SHIFT) & UD_KIND_MASK
 
 
 def ud_slot(ud: int) -> int:
-    return ud & 0xFFFFFFFF
+    return ud & UD_SLOT_MASK
 
 
 def ud_gen(ud: int) -> int:
-    return (ud >> 40) & 0xFFFFFF
+    return (ud >> UD_GEN_SHIFT) & UD_GEN_MASK
 
 
 CQE_F_MORE = lib.AZX_CQE_F_MORE
@@ -148,6 +158,9 @@ ZCRX_CTRL_FLUSH_RQ = lib.AZX_ZCRX_CTRL_FLUSH_RQ
 ZCRX_CTRL_ARM_NOTIFICATION = lib.AZX_ZCRX_CTRL_ARM_NOTIFICATION
 ZCRX_NOTIF_NO_BUFFERS = lib.AZX_ZCRX_NOTIF_NO_BUFFERS
 ZCRX_NOTIF_COPY = lib.AZX_ZCRX_NOTIF_COPY
+# a notification CQE's res (7.2): which event, a type, not a mask
+ZCRX_EVENT_ALLOC_FAIL = lib.AZX_ZCRX_EVENT_ALLOC_FAIL
+ZCRX_EVENT_COPY = lib.AZX_ZCRX_EVENT_COPY
 OP_RECV_ZC = lib.AZX_OP_RECV_ZC
 OP_RECV = lib.AZX_OP_RECV
 OP_READ = lib.AZX_OP_READ

@@ -19,8 +19,8 @@ from aiozcrx import _ring
 from aiozcrx._leases import Area, Dispatcher
 
 PAGE = 4096
-UD_RECV = 1
-F_MORE = 1 << 1
+UD_RECV = _ring.UD_RECV
+F_MORE = _ring.CQE_F_MORE
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -29,7 +29,8 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 
 
 def user_data(slot: int, gen: int, kind: int = UD_RECV) -> int:
-    return (gen << 40) | (kind << 32) | slot
+    """The user_data of a request (the layout is aiozcrx/_c/protocol.h's)."""
+    return _ring.user_data(kind, slot, gen)
 
 
 def _map(length: int, *, shared: bool = False, dontfork: bool = False) -> int:

@@ -30,7 +30,7 @@ from aiozcrx import _ring
 
 NPAGES = 16
 SLOTS = 4
-UD_RECV, UD_CANCEL, UD_NOP = 1, 2, 4
+UD_RECV, UD_CANCEL, UD_NOP = _ring.UD_RECV, _ring.UD_CANCEL, _ring.UD_NOP
 
 
 class DispatchMachine(RuleBasedStateMachine):
@@ -67,7 +67,7 @@ class DispatchMachine(RuleBasedStateMachine):
         self.z.post(user_data(slot, gen, kind), length, F_MORE if more else 0, page * PAGE)
         if kind == UD_RECV and not more:
             self.ends_posted += 1
-        if kind not in (UD_RECV, UD_CANCEL, 3, UD_NOP):
+        if kind not in (UD_RECV, UD_CANCEL, _ring.UD_NOTIF, UD_NOP):
             self.unknown_posted += 1
 
     @precondition(lambda self: self.z.queued_cqes() < 60)

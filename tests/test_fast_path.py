@@ -13,7 +13,7 @@ import socket
 import pytest
 
 import aiozcrx
-from aiozcrx.engines.ring import PUMP_BUSY, PUMP_PENDING
+from aiozcrx._ring import PUMP_BUSY, PUMP_PENDING
 from peers import Listener, join, queued, start_sender, stream_sha256, wait_until
 from test_transport import MiB, Sink
 

@@ -410,8 +410,7 @@ NOMEM = r'''
 import gc, sys
 import _testcapi
 from fakering import F_MORE, PAGE, FakeZcrx, user_data
-
-UD_NOMEM = 8
+from aiozcrx._ring import UD_NOMEM, ud_kind
 PAGES = 6
 bad = []
 
@@ -440,7 +439,7 @@ def case(start, stop):
     got = [bytes(v) for v in kept]
     want = [bytes([p + 1]) * 100 for p in range(PAGES)]
     failed = [r for r in records if r[0] & 0xFFFFFFFF == 0 and
-              (r[3] is not None or (r[0] >> 32) & 0xFF == UD_NOMEM)]
+              (r[3] is not None or ud_kind(r[0]) == UD_NOMEM)]
     if got != want[:len(got)] or (len(got) < PAGES and not failed):
         bad.append(f"{where}: delivered {len(got)} of {PAGES} pages with no failure reported: {records}")
     ends = [r for r in records if r[0] == user_data(0, 1) and r[1] == 0 and not r[2] & F_MORE]

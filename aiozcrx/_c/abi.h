@@ -9,8 +9,9 @@
  * "cdef: the rest is private" to the struct's closing "};" reaches the cdef as
  * "...;": Python sees only the fields above that line.
  *
- * The kernel's own structs and constants are in uapi.h; _abi_build.py exports
- * its integer #defines to Python as well (lib.AZX_...).
+ * The kernel's own structs and constants are in uapi.h, the protocol between the
+ * C dispatcher and Python (user_data layout, pump states) in protocol.h;
+ * _abi_build.py exports the integer #defines of both to Python (lib.NAME).
  *
  * Module layout (liburing's split by concern):
  *   setup.c     - io_uring_setup, mapping the rings, closing them
@@ -27,6 +28,7 @@
 #include <stdint.h>
 
 #include "uapi.h"
+#include "protocol.h"
 
 /* ==== cdef begin ==== */
 

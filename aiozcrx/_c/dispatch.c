@@ -583,7 +583,7 @@ delivery_failed(Dispatcher *d, uint32_t slot, uint64_t ud)
     d->nomem_failures++;
     drop_sink(d, slot);
     if (!d->halted)
-        push_control(d, (ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_NOMEM << 32), -ENOMEM,
+        push_control(d, UD_WITH_KIND(ud, UD_KIND_NOMEM), -ENOMEM,
                      AZX_CQE_F_MORE, NULL);
 }
 
@@ -914,7 +914,7 @@ Dispatcher_bind_ring(Dispatcher *d, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
-enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
+/* PUMP_IDLE, PUMP_PENDING, PUMP_BUSY: protocol.h */
 #define PUMP_ROUNDS 64
 /* Completions one pump may deliver before it lets the loop's other callbacks run
  * (PUMP_BUSY: the engine continues with a call_soon). Without it a sender that
@@ -1308,8 +1308,7 @@ Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
             if (++d->slot_idle[slot] >= SOCKET_IDLE_LIMIT && !d->busy && !d->in_slow) {
                 d->slot_idle[slot] = 0;
                 d->socket_idle_reports++;
-                uint64_t ud = ((uint64_t)d->slot_gen[slot] << 40) |
-                              ((uint64_t)UD_KIND_SOCK_IDLE << 32) | (uint32_t)slot;
+                uint64_t ud = UD_MAKE(UD_KIND_SOCK_IDLE, slot, d->slot_gen[slot]);
                 if (make_room(d, 1)) {  /* no room: only a hint lost, the next idle wake-up says it */
                     push_control(d, ud, 0, 0, NULL);
                     Py_DECREF(r);

@@ -98,6 +98,9 @@
 #define AZX_ZCRX_NOTIF_COPY       (1U << 1)  /* (7.2) */
 #define AZX_ZCRX_FEATURE_NOTIFICATION (1U << 1)  /* io_uring_query_zcrx.features (7.2) */
 #define AZX_ZCRX_NOTIF_DESC_FLAG_STATS (1U << 0)  /* zcrx_event_desc.flags: stats_offset is valid (7.2) */
+/* what a notification CQE's res says: an event *type*, not a mask (7.2) */
+#define AZX_ZCRX_EVENT_ALLOC_FAIL 0          /* the area ran dry */
+#define AZX_ZCRX_EVENT_COPY       1          /* the kernel copied instead of placing data in the area */
 
 /* ---- memory regions: IORING_MEM_REGION_TYPE_* ---- */
 #define AZX_MEM_REGION_TYPE_USER  1          /* (6.13) */

@@ -168,9 +168,10 @@ class Slots:
     connection detaches; the next user gets the next generation (never 0, which
     means "no connection" to the C side)."""
 
-    GEN_MASK = 0xFFFFFF  # 24 bits of user_data (see _ring.user_data)
-
-    def __init__(self) -> None:
+    def __init__(self, gen_mask: int) -> None:
+        # the largest generation: user_data carries gen_mask's bits of it
+        # (_ring.UD_GEN_MASK, aiozcrx/_c/protocol.h)
+        self.gen_mask = gen_mask
         self._gens: list[int] = []
         self._free: list[int] = []
 
@@ -180,7 +181,7 @@ class Slots:
         else:
             slot = len(self._gens)
             self._gens.append(0)
-        gen = self._gens[slot] = self._gens[slot] % self.GEN_MASK + 1
+        gen = self._gens[slot] = self._gens[slot] % self.gen_mask + 1
         return slot, gen
 
     def free(self, slot: int) -> None:

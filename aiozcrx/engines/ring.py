@@ -28,8 +28,8 @@ import select
 from typing import TYPE_CHECKING, Callable
 
 from .. import _ring
-from .._ring import (UD_CANCEL, UD_NOMEM, UD_NOTIF, UD_OVER_SHARE, UD_RECV, UD_SOCK_IDLE, ud_gen,
-                     ud_kind, ud_slot, user_data)
+from .._ring import (PUMP_BUSY, PUMP_PENDING, UD_CANCEL, UD_NOMEM, UD_NOTIF, UD_OVER_SHARE, UD_RECV,
+                     UD_SOCK_IDLE, ud_gen, ud_kind, ud_slot, user_data)
 from .advice import out_of_memory_error, uring_error
 from .base import (Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide,
                    own_io)
@@ -37,9 +37,6 @@ from .wake import WAKE_ENV, choose_wake, kernel_wake
 
 if TYPE_CHECKING:
     from ..config import Config
-
-# Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
-PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
 
 
 def _poll_now(fd: int) -> int:
@@ -101,7 +98,7 @@ class RingEngine(Engine):
         self.area_user = 0
         self.dispatcher: _ring.DispatcherLike | None = None
         self.slots: list[_ring.SlotSink] = []  # slot -> sink, read by the C dispatcher
-        self.slot_table = Slots()
+        self.slot_table = Slots(_ring.UD_GEN_MASK)
         self._closed_conns: dict[int, Conn] = {}  # forgotten by close() inside a pump round
         self._scheduled = False
         self._reader_added = False

@@ -37,7 +37,7 @@ class SocketEngine(Engine):
         self.sinks: dict[int, Sink | None] = {}
         self.counts: dict[int, list[int]] = {}
         self.armed_fds: dict[int, Conn] = {}
-        self.slot_table = Slots()
+        self.slot_table = Slots(_ring.UD_GEN_MASK)
         self.completions = 0
         self.bytes = 0
         self.dropped = 0

@@ -378,11 +378,11 @@ class ZcrxEngine(RingEngine):
         super()._starve(conn, at_enter=at_enter)
         self._exhaustion_seen()  # on a NIC queue: the tick above (elsewhere it runs anyway)
 
-    # 7.2 posts a notification's event *type* in its CQE's res (ZCRX_EVENT_*),
-    # not a mask: ALLOC_FAIL = 0 (the area ran dry), COPY = 1 (the kernel copied
-    # instead of placing data in the area: on a NIC queue, a flow that is not
-    # steered to it, or header split off).
-    EVENT_ALLOC_FAIL, EVENT_COPY = 0, 1
+    # 7.2 posts a notification's event *type* in its CQE's res (ZCRX_EVENT_*,
+    # aiozcrx/_c/uapi.h), not a mask: ALLOC_FAIL (the area ran dry), COPY (the
+    # kernel copied instead of placing data in the area: on a NIC queue, a flow
+    # that is not steered to it, or header split off).
+    EVENT_ALLOC_FAIL, EVENT_COPY = _ring.ZCRX_EVENT_ALLOC_FAIL, _ring.ZCRX_EVENT_COPY
 
     def _notification(self, res: int) -> None:
         """A zcrx notification CQE (7.2)."""
