@@ -42,7 +42,7 @@ class Cancellable(Protocol):
 class EngineLoop(Protocol):
     """The loop calls engines, a Receiver and its ZcrxTransports make while
     connections run: every asyncio loop has them, and so has
-    ``aiozcrx._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
+    ``aiozcrx.anyio._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
 
     def call_soon(self, callback: Callable[..., object], *args: object) -> Cancellable: ...
 

@@ -36,11 +36,10 @@ _our_queues: dict[tuple[int, int], float | None] = {}
 def _queue_bound(ifname: str, queue: int) -> bool | None:
     """Whether RX ``queue`` of ``ifname`` has an io_uring memory provider (the
     netdev family's QUEUE_GET ``io-uring`` attribute, 6.15+); None if the kernel
-    cannot tell. (The netlink code lives with the tools, which need no compiled
-    core; imported here only on this error path.)"""
-    from ..tools import ethtool  # noqa: PLC0415
+    cannot tell. (Imported here only on this error path.)"""
+    from .. import _netlink  # noqa: PLC0415
     try:
-        queues = ethtool.netdev_queues(ifname)
+        queues = _netlink.netdev_queues(ifname)
     except OSError:
         return None
     return any(q["type"] == "rx" and q["id"] == queue and q["io_uring"] for q in queues)

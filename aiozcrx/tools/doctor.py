@@ -26,11 +26,9 @@ usable io_uring).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
-import re
 import resource
 import sys
 from dataclasses import asdict, dataclass
@@ -39,6 +37,7 @@ from typing import Any
 from ..config import NIC_AREA_SIZE
 from . import ethtool as et
 from . import nic as _nic
+from .sysinfo import kernel_config_option, parse_release, read_int, read_proc_status
 
 PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
 
@@ -68,57 +67,8 @@ class Check:
 
 
 # --------------------------------------------------------------------------
-# facts
+# facts (the readers of /proc, /sys and /boot are in sysinfo.py)
 # --------------------------------------------------------------------------
-def parse_release(release: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-def read_proc_status(path: str = "/proc/self/status") -> dict[str, str]:
-    out = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                out[key.strip()] = val.strip()
-    except OSError:
-        pass
-    return out
-
-
-def read_int(path: str) -> int | None:
-    """An integer file such as a sysctl; None if unreadable."""
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def kernel_config_option(option: str, release: str) -> str | None:
-    """``"y"``, ``"m"``, ``"n"`` (``# ... is not set``) or None when no config
-    is readable (/proc/config.gz, /boot/config-RELEASE)."""
-    texts = []
-    try:
-        with gzip.open("/proc/config.gz", "rt") as f:
-            texts.append(f.read())
-    except OSError:
-        pass
-    try:
-        with open(f"/boot/config-{release}") as f:
-            texts.append(f.read())
-    except OSError:
-        pass
-    for text in texts:
-        m = re.search(rf"^{option}=(\w+)$", text, re.M)
-        if m:
-            return m.group(1)
-        if re.search(rf"^# {option} is not set$", text, re.M):
-            return "n"
-    return None
-
-
 def core_not_loaded(exc: BaseException) -> str:
     """The line for the probes doctor cannot run without the compiled core."""
     reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ImportError) else str(exc)

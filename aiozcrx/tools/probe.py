@@ -11,7 +11,7 @@ import asyncio
 import platform
 from typing import Any
 
-from .doctor import read_int  # doctor stays importable without the compiled core
+from .sysinfo import read_int
 
 
 def load_core() -> None:

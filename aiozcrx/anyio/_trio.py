@@ -30,7 +30,9 @@ buffer), waiting with ``trio.lowlevel.wait_writable``. Before the transport
 closes a socket, its protocol calls ``trio.lowlevel.notify_closing`` on it, so
 a ``send()`` waiting there wakes up instead of waiting on a closed fd.
 
-This module imports trio; ``aiozcrx.anyio`` imports it only under trio.
+This module imports trio; ``aiozcrx.anyio`` imports it only under trio. It is
+one side of the seam ``aiozcrx/anyio/__init__.py`` describes (``_asyncio.py`` is
+the other).
 """
 
 from __future__ import annotations
@@ -51,14 +53,12 @@ import anyio
 import anyio.abc
 import trio
 
-from .anyio import ZcrxStream, _StreamProtocolBase
-from .server import (_ACCEPT_RETRY_DELAY, _RESOURCE_ERRNOS, _bind_sockets, _check_unsupported,
-                     _OwnedReceiver, _set_nodelay)
+from ..server import (_ACCEPT_RETRY_DELAY, _RESOURCE_ERRNOS, _bind_sockets, _check_unsupported,
+                      _OwnedReceiver, _set_nodelay)
+from ._streams import StreamProtocolBase, ZcrxListener, ZcrxStream
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
-
-    from .anyio import ZcrxListener
 
 logger = logging.getLogger("aiozcrx")
 
@@ -272,7 +272,7 @@ def in_trio() -> bool:
 
 
 # ----------------------------------------------------------------- streams
-class TrioStreamProtocol(_StreamProtocolBase):
+class TrioStreamProtocol(StreamProtocolBase):
     """The anyio layer's protocol with trio's waits (events, not futures)."""
 
     def __init__(self, read_high: int):
@@ -424,12 +424,11 @@ async def connect_tcp(host: anyio.abc.IPAddressType, port: int,
 async def create_tcp_listener(host: anyio.abc.IPAddressType | None, port: int, backlog: int,
                               reuse_port: bool, read_high: int, kw: dict[str, Any]) -> ZcrxListener:
     """``aiozcrx.anyio.create_tcp_listener`` under trio."""
-    from .anyio import ZcrxListener
     rx = owned_receiver(kw, "create_tcp_listener")
     server = await create_server(lambda: TrioStreamProtocol(read_high),
                                  None if host is None else str(host), port, backlog=backlog,
                                  reuse_port=reuse_port, receiver=rx)
-    return ZcrxListener(server, None)
+    return ZcrxListener(server, server.accept)  # the TrioServer accepts when asked
 
 
 # -------------------------------------------------------------- connecting
