@@ -7,7 +7,7 @@ in ``aiozcrx/_c/abi.h``; the cdef (what Python sees) is made here from that
 header's text between its two "cdef" marker lines, plus every integer ``#define
 NAME`` of the headers in ``EXPORTED_HEADERS`` (values left to the compiler:
 ``#define NAME ...``), so no declaration or constant is written twice. Only
-``aiozcrx/_ring.py`` imports the result; everything above it works with Python
+``aiozcrx/_kernel.py`` imports the result; everything above it works with Python
 objects, never with pointers.
 
 Values follow the 7.2 UAPI (include/uapi/linux/io_uring.h and io_uring/zcrx.h); see uapi.h.

@@ -29,11 +29,12 @@ import traceback
 from asyncio import constants, sslproto, trsock
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Optional, Union, cast
 
-from ._leases import CopySink
+from ._fastpath import CopySink
 from .engines.base import own_io
 from .errors import process_forked
 
 if TYPE_CHECKING:
+    from ._kernel import Delivery, Sink
     from .engines.base import Engine
 
 _DEFAULT_HIGH = 64 * 1024
@@ -41,9 +42,6 @@ _DEFAULT_HIGH = 64 * 1024
 # own messages; before, writelines() is write() and says so
 _WRITELINES_OWN_ERRORS = sys.version_info >= (3, 12)
 
-Delivered = Union[memoryview, bytes]
-"""What a sink is given: a view over the area (``bytes`` with ``copy=True``)."""
-Sink = Callable[[Delivered], object]
 
 
 def uvloop_rules(loop: object) -> bool:
@@ -93,7 +91,7 @@ def _tag(exc: BaseException, callback: str) -> None:
 def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list[int]) -> Sink:
     """Feeds a BufferedProtocol: copies each view into the protocol's own buffer."""
 
-    def sink(view: Delivered) -> None:
+    def sink(view: Delivery) -> None:
         pos = 0
         n = len(view)
         copied[0] += n
@@ -135,9 +133,9 @@ def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
     incoming = getattr(protocol, "_incoming", None)
     if not isinstance(incoming, ssl.MemoryBIO) or not isinstance(protocol, asyncio.BufferedProtocol):
         # 3.10: a plain Protocol whose data_received writes the BIO (any buffer)
-        data_received: Callable[[Delivered], object] = getattr(protocol, "data_received")
+        data_received: Callable[[Delivery], object] = getattr(protocol, "data_received")
 
-        def sink_310(view: Delivered) -> None:
+        def sink_310(view: Delivery) -> None:
             copied[0] += len(view)
             data_received(view)
 
@@ -145,7 +143,7 @@ def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
     write = incoming.write
     updated = protocol.buffer_updated
 
-    def sink(view: Delivered) -> None:
+    def sink(view: Delivery) -> None:
         copied[0] += len(view)
         write(view)
         try:
@@ -253,7 +251,7 @@ class ZcrxTransport(_FlowControlBase):
         self._conn = engine.attach(self._fileno, self)
         self._started = False        # connection_made has returned and reading began
         self._paused = False
-        self._backlog: collections.deque[Delivered] = collections.deque()
+        self._backlog: collections.deque[Delivery] = collections.deque()
         self._draining = False
         # ("eof",) or ("error", exc) held behind the backlog
         self._pending_end: Optional[tuple[Any, ...]] = None
@@ -293,7 +291,7 @@ class ZcrxTransport(_FlowControlBase):
         elif isinstance(p, asyncio.BufferedProtocol) or (self._uvloop_rules and _buffered_by_duck(p)):
             sink = _buffered_sink(cast(asyncio.BufferedProtocol, p), self._link.copied)
         elif not hasattr(p, "data_received"):
-            def missing(view: Delivered) -> None:
+            def missing(view: Delivery) -> None:
                 p.data_received(view)  # AttributeError at the first delivery, as asyncio's
             sink = missing
         elif self._link.copies_for(p):

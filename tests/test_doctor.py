@@ -99,14 +99,14 @@ def test_core_not_loadable_is_not_checked_and_never_ok(monkeypatch):
     from aiozcrx.tools import probe
 
     def no_core():
-        raise ImportError("No module named 'aiozcrx._leases'", name="aiozcrx._leases")
+        raise ImportError("No module named 'aiozcrx._fastpath'", name="aiozcrx._fastpath")
 
     monkeypatch.setattr(probe, "load_core", no_core)
     monkeypatch.setattr(probe, "kernel_report", lambda: pytest.fail("probed without the core"))
     core = doctor.probe_core("eth1", 7)
     assert not core["available"]
     assert core["error"] == ("not checked: the compiled core could not be loaded "
-                             "(No module named 'aiozcrx._leases')")
+                             "(No module named 'aiozcrx._fastpath')")
     lines, ok = doctor.engine_section(core, "eth1", 7)
     assert not ok and "not checked: the compiled core could not be loaded" in lines[0]
     kernel = by_name(doctor.system_checks(sysfacts(), core))["kernel"]

@@ -5,7 +5,7 @@ round a longer circle.
 The graph counts every import statement, wherever it stands: at the top, inside
 a function (a lazy import is still a dependency), and under ``if TYPE_CHECKING:``
 (a type is one too). An import of a name from a package (``from .. import
-_ring``) is an edge to the submodule where one of that name exists, else to the
+_kernel``) is an edge to the submodule where one of that name exists, else to the
 package. A circle is a strongly connected component of more than one module.
 """
 

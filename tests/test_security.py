@@ -22,9 +22,9 @@ KiB = 1 << 10
 
 def _pool_area(nbufs: int = 16, buf_size: int = 4096):
     """A free-list Area (the socket engine's kind) over memory of its own."""
-    from aiozcrx import _ring
+    from aiozcrx import _kernel
 
-    area = _ring.new_area(_ring.map_area(nbufs * buf_size), buf_size)
+    area = _kernel.new_area(_kernel.map_area(nbufs * buf_size), buf_size)
     area.setup_pool()
     return area
 
@@ -410,7 +410,7 @@ NOMEM = r'''
 import gc, sys
 import _testcapi
 from fakering import F_MORE, PAGE, FakeZcrx, user_data
-from aiozcrx._ring import UD_NOMEM, ud_kind
+from aiozcrx._kernel import UD_NOMEM, ud_kind
 PAGES = 6
 bad = []
 
@@ -514,7 +514,7 @@ class _RecvRunsOutOfMemory:
 async def test_a_delivery_out_of_memory_ends_its_connection_with_enomem(engine):
     import errno
 
-    from aiozcrx._ring import CQE_F_MORE, UD_NOMEM, user_data
+    from aiozcrx._kernel import CQE_F_MORE, UD_NOMEM, user_data
 
     a, b = tcp_pair()
     c, d = tcp_pair()
@@ -542,7 +542,7 @@ async def test_a_delivery_out_of_memory_ends_its_connection_with_enomem(engine):
 
 UNINIT = r'''
 import sys
-from aiozcrx._leases import Area, CopySink, Dispatcher, Lease
+from aiozcrx._fastpath import Area, CopySink, Dispatcher, Lease
 from fakering import FakeZcrx
 
 # raw-address entry points (own_mapping, setup_*, bind_ring, bind_eventfd) are
@@ -606,7 +606,7 @@ def test_c_types_made_without_their_constructor_raise_instead_of_crashing():
 
 CLEARED = r'''
 import ctypes, gc, sys
-from aiozcrx._leases import Dispatcher
+from aiozcrx._fastpath import Dispatcher
 from fakering import FakeZcrx
 
 # tp_clear is what the garbage collector calls on an object of a reference cycle;
@@ -692,11 +692,11 @@ async def test_a_registration_failing_with_any_exception_releases_ring_and_area(
     """The step of open() that registers with the kernel raising anything, not only
     an OSError (the ring fd leaked then, and the area stayed mapped): the error
     goes up as it was, and every fd and mapping open() made is gone."""
-    from aiozcrx import _ring
+    from aiozcrx import _kernel
     from peers import is_mapped, open_fds
 
     made = []
-    real_map = _ring.map_area
+    real_map = _kernel.map_area
 
     def map_area(length, **kw):
         m = real_map(length, **kw)
@@ -706,8 +706,8 @@ async def test_a_registration_failing_with_any_exception_releases_ring_and_area(
     def fail(*args, **kw):
         raise exc
 
-    monkeypatch.setattr(_ring, "map_area", map_area)
-    monkeypatch.setattr(_ring, step, fail)
+    monkeypatch.setattr(_kernel, "map_area", map_area)
+    monkeypatch.setattr(_kernel, step, fail)
     fds = open_fds()
     with pytest.raises(type(exc)):
         aiozcrx.Receiver(engine=engine).open()
@@ -772,7 +772,7 @@ def test_madvise_dontfork_failing_fails_the_registration(call, what, need_zcrx_c
 
 
 def test_fuzz_the_c_types():
-    """tests/fuzz_leases.py: hypothesis drives the Dispatcher and Area through a
+    """tests/fuzz_fastpath.py: hypothesis drives the Dispatcher and Area through a
     fake kernel (completions of every sort, connections coming and going, views
     released in any order) and Area's calls with any numbers; a few seconds, in a
     subprocess (a crash fails the test, not the run)."""
@@ -782,6 +782,6 @@ def test_fuzz_the_c_types():
     pytest.importorskip("hypothesis")
     here = os.path.dirname(__file__)
     env = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, os.path.join(here, "fuzz_leases.py"), "60"],
+    r = subprocess.run([sys.executable, os.path.join(here, "fuzz_fastpath.py"), "60"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, (r.returncode, r.stdout[-3000:], r.stderr[-3000:])

@@ -33,7 +33,7 @@
 /* ==== cdef begin ==== */
 
 /* One ring as the module and Python see it: addresses as integers, for the C
- * fast path in aiozcrx._leases, and sizes for the record. */
+ * fast path in aiozcrx._fastpath, and sizes for the record. */
 struct azx_ring {
     int fd;
     unsigned sq_entries, cq_entries, features, flags, cqe_size;

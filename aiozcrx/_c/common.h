@@ -1,5 +1,5 @@
 /*
- * Shared by the parts of aiozcrx._leases (see leases.c): the kernel UAPI, the
+ * Shared by the parts of aiozcrx._fastpath (see fastpath.c): the kernel UAPI, the
  * protocol with Python (protocol.h), a few macros, the Area and Lease structs, and forward declarations across files.
  * Include it after <Python.h>.
  */
@@ -54,7 +54,7 @@ typedef struct {
 
 typedef struct Area {
     PyObject_HEAD
-    /* fork (see leases.c, "fork"): the process generation it was made in, and
+    /* fork (see fastpath.c, "fork"): the process generation it was made in, and
      * its place in the list of every Area, which a forked child makes inert */
     unsigned long fork_gen;
     struct Area *next_area, **prev_area;
@@ -129,7 +129,7 @@ typedef struct {
 static PyTypeObject AreaType;
 static PyTypeObject LeaseType;
 
-/* fork (leases.c): bumped in every forked child, before any Python runs there.
+/* fork (fastpath.c): bumped in every forked child, before any Python runs there.
  * An Area or Dispatcher made in an older generation is the parent's: the child
  * never touches its ring (calls raise ProcessForked; a lease's release does
  * nothing). */

@@ -1,9 +1,9 @@
 /*
- * aiozcrx._leases, Dispatcher: drains the completion queue (drain),
+ * aiozcrx._fastpath, Dispatcher: drains the completion queue (drain),
  * one wake-up's enter/drain/publish rounds (pump_core), the loop's reader that
  * runs them and calls the engine's Python only for decisions (on_wake), per-slot stats.
  *
- * Not compiled on its own: leases.c #includes it, so everything stays static in
+ * Not compiled on its own: fastpath.c #includes it, so everything stays static in
  * one translation unit.
  */
 
@@ -11,7 +11,7 @@
 
 typedef struct {
     PyObject_HEAD
-    unsigned long fork_gen;     /* made in this process generation (see leases.c, "fork") */
+    unsigned long fork_gen;     /* made in this process generation (see fastpath.c, "fork") */
     Area *area;
     uint32_t user;              /* the area user (engine) this dispatcher delivers for */
     PyObject *slots;            /* list: slot -> callable(view) or None */
@@ -1603,7 +1603,7 @@ static PyGetSetDef Dispatcher_getset[] = {
 
 static PyTypeObject DispatcherType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiozcrx._leases.Dispatcher",
+    .tp_name = "aiozcrx._fastpath.Dispatcher",
     .tp_basicsize = sizeof(Dispatcher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

@@ -1,9 +1,9 @@
 /*
- * The protocol between the C dispatcher (aiozcrx._leases, dispatch.c) and the
+ * The protocol between the C dispatcher (aiozcrx._fastpath, dispatch.c) and the
  * Python engines (aiozcrx/engines/ring.py): the ONE definition of each value
  * both sides use. Python does not restate them: aiozcrx/_abi_build.py exports
  * every integer #define of this header through the cffi module (lib.NAME), and
- * aiozcrx/_ring.py takes them from there. So the text here stays within what
+ * aiozcrx/_kernel.py takes them from there. So the text here stays within what
  * that export reads: object-like macros with an integer value, one per line;
  * macros with arguments are C only.
  */

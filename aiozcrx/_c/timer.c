@@ -1,5 +1,5 @@
 /*
- * aiozcrx._abi: the periodic timerfd the engines watch (see _ring.PeriodicTimer).
+ * aiozcrx._abi: the periodic timerfd the engines watch (see _kernel.PeriodicTimer).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -9,7 +9,7 @@
 
 #include "abi.h"
 
-/* A periodic timer the event loop watches as a reader (see _ring.PeriodicTimer:
+/* A periodic timer the event loop watches as a reader (see _kernel.PeriodicTimer:
  * os.timerfd_* is Python 3.13+ only). */
 int azx_timerfd_create(void)
 {

@@ -2,7 +2,7 @@
  * The io_uring kernel UAPI, our own copy: the ONLY place in aiozcrx that defines
  * these structs and constants. Used by the cffi layer (aiozcrx/_c/abi.h,
  * module aiozcrx._abi, which exports its integer #defines to Python too) and by
- * the C extension (aiozcrx/_c/leases.c, module aiozcrx._leases).
+ * the C extension (aiozcrx/_c/fastpath.c, module aiozcrx._fastpath).
  *
  * Why our own: the machines we build on ship 6.1 kernel headers, which predate
  * zcrx. Names are the kernel's with an azx_/AZX_ prefix (IORING_ and IO_ dropped);

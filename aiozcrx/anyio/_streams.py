@@ -206,15 +206,25 @@ class ZcrxStream(anyio.abc.SocketStream):
         return self._take(max_bytes)
 
     # ------------------------------------------------------------------- send
-    async def send(self, item: bytes) -> None:
+    def _start_send(self) -> None:
+        """What every backend's ``send()`` checks before it writes (closed, busy,
+        after ``send_eof``, broken); then it is sending."""
         if self._closed:
             raise anyio.ClosedResourceError
         if self._sending:
             raise anyio.BusyResourceError("sending to")
+        self._check_not_after_eof()
         p = self._protocol
         if p.is_lost() or self._transport.is_closing():
             raise anyio.BrokenResourceError from p.exc
         self._sending = True
+
+    def _check_not_after_eof(self) -> None:
+        """Here the transport's ``write()`` refuses after ``write_eof()`` (send() says so)."""
+
+    async def send(self, item: bytes) -> None:
+        self._start_send()
+        p = self._protocol
         try:
             try:
                 self._transport.write(item)

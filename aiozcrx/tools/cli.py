@@ -207,8 +207,7 @@ async def _recv(args: argparse.Namespace, cfg: Config) -> int:
     family, addr = _listen_address(args.host, args.port)
     loop = asyncio.get_running_loop()
     try:
-        rx = Receiver(engine=cfg.engine, interface=cfg.interface, queue=cfg.queue,
-                      area_size=cfg.area_size, buf_size=cfg.buf_size)
+        rx = Receiver(**cfg.receiver_options())
         rx.open()
     except EngineUnavailable as exc:
         raise Failure(str(exc), EXIT_USAGE) from None

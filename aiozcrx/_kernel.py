@@ -1,10 +1,13 @@
 """The kernel ABI layer: io_uring rings, zcrx registration, provided buffer rings.
 
 This module and the two compiled modules under it (``_abi``: cffi, syscalls and
-structs; ``_leases``: the buffer exporter and the C completion dispatcher) are the
+structs; ``_fastpath``: the buffer exporter and the C completion dispatcher) are the
 only code that sees addresses. Everything above works with the objects defined
 here. Functions return Python values or raise ``OSError`` with the kernel's errno;
 turning an errno into advice is the engines' job (they know the context).
+
+(It was ``_ring.py``, a name that read as a sibling of ``engines/ring.py``, the
+engines' ring mechanics; this is the kernel interface below them.)
 """
 
 from __future__ import annotations
@@ -16,19 +19,20 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Union
 
 from ._abi import ffi, lib
-from ._leases import PUMP_BUDGET as _PUMP_BUDGET
-from ._leases import Area, Dispatcher
+from ._fastpath import PUMP_BUDGET as _PUMP_BUDGET
+from ._fastpath import Area, Dispatcher
 from .errors import process_forked
 
 # -- the compiled objects' types --
-# aiozcrx._leases has no stubs (mypy sees Area and Dispatcher as Any): these
+# aiozcrx._fastpath has no stubs (mypy sees Area and Dispatcher as Any): these
 # Protocols say what the engines call on them (aiozcrx/_c/area.c, dispatch.c), and
 # the functions below that make them return them as these types.
 
-#: what a slot's sink is given: a view over the area, bytes with copy=True
+#: what a sink is given: a view over the area, bytes with copy=True
 Delivery = Union[memoryview, bytes]
-#: a slot's sink (read by the C dispatcher from the slots list), None: dropped
-SlotSink = Union[Callable[[Delivery], object], None]
+#: a connection's sink: called with each delivery (by the C dispatcher, from the
+#: slots list where None means dropped; by the socket engine); the one name for it
+Sink = Callable[[Delivery], object]
 #: one record of the control list: (user_data, res, cqe flags, a sink's exception)
 Control = tuple[int, int, int, Union[BaseException, None]]
 #: the dispatcher's slow path: (completions, control list or None, pump state)
@@ -36,7 +40,7 @@ SlowPath = Callable[[int, Union[list[Control], None], int], object]
 
 
 class AreaLike(Protocol):
-    """aiozcrx._leases.Area: the receive area, its buffers' leases and refills."""
+    """aiozcrx._fastpath.Area: the receive area, its buffers' leases and refills."""
 
     @property
     def outstanding(self) -> int: ...  # buffers held by user space
@@ -71,7 +75,7 @@ class AreaLike(Protocol):
 
 
 class DispatcherLike(Protocol):
-    """aiozcrx._leases.Dispatcher: the C completion dispatcher of one ring."""
+    """aiozcrx._fastpath.Dispatcher: the C completion dispatcher of one ring."""
 
     @property
     def pumping(self) -> bool: ...
@@ -280,7 +284,7 @@ class Ring:
     def supports_op(self, op: int) -> bool:
         return bool(lib.azx_probe_op(self._r, op) == 1)
 
-    def dispatcher(self, area: AreaLike, slots: list[SlotSink], *, copy: bool,
+    def dispatcher(self, area: AreaLike, slots: list[Sink | None], *, copy: bool,
                    user: int = 0) -> DispatcherLike:
         """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``),
         delivering for area user ``user`` (see ``AreaLike``)."""
