@@ -1,0 +1,193 @@
+"""One port spread over several zcrx queues (`aiozcrx nic setup --queues FIRST-LAST`),
+on the simulated NIC of the guest tier (`tests/uml/run-in-guest.sh --nic
+[--nic-queues N]`: netdevsim with the project's extension). Connections come from the
+peer's network namespace, so every packet crosses the NIC's steering: where a
+connection landed is read back from the kernel itself, as SO_INCOMING_NAPI_ID on the
+accepted socket, matched against each queue's NAPI id (netdev QUEUE_GET).
+
+The range is queues 0..N-2 of the NIC's N (any N >= 3; `make test` may run it with
+the runner's default of 4), queue N-1 stays for everything else. Each test leaves the
+NIC as it found it. Skipped without the simulated NIC; where it is present, a skip is
+a failure (conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from aiozcrx.tools import ethtool as et
+from aiozcrx.tools import nic
+from peers import payload, start_many
+
+pytestmark = pytest.mark.nic
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+PKG_PARENT = os.path.dirname(TESTS)
+SO_INCOMING_NAPI_ID = getattr(socket, "SO_INCOMING_NAPI_ID", 56)  # asm-generic/socket.h
+
+
+def cli(*args: str, state_dir: str) -> subprocess.CompletedProcess:
+    """`aiozcrx ARGS` as a user runs it (python -m aiozcrx)."""
+    env = dict(os.environ, AIOZCRX_STATE_DIR=state_dir,
+               PYTHONPATH=os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "aiozcrx", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def nic_settings(ifname: str) -> dict:
+    """Everything `aiozcrx nic setup` may change, for before/after comparisons."""
+    rings = et.get_rings(ifname)
+    rules, _size, _special = et.get_ntuple_rules(ifname)
+    return {
+        "channels": et.get_channels(ifname),
+        "tcp_data_split": rings.get("tcp_data_split"),
+        "hds_thresh": rings.get("hds_thresh"),
+        "ntuple": "rx-ntuple-filter" in et.get_features(ifname)["active"],
+        "rss": {ctx: entry.get("indir") for ctx, entry in et.dump_rss(ifname).items()},
+        "rules": [(r.location, r.flow_type, r.dst_port, r.queue, r.rss_context) for r in rules],
+    }
+
+
+def rx_queue_count(ifname: str) -> int:
+    return len([q for q in et.netdev_queues(ifname) if q["type"] == "rx"])
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    return str(tmp_path)
+
+
+@pytest.fixture
+def spread(sim_nic):
+    """(first, last, rest): the zcrx range 0..N-2 and the queue left for the rest."""
+    n = rx_queue_count(sim_nic.name)
+    if n < 3:
+        pytest.skip(f"{sim_nic.name} has {n} RX queues; a range of two and one more for the "
+                    f"rest needs 3 (run-in-guest.sh --nic --nic-queues 5)")
+    return 0, n - 2, n - 1
+
+
+def land(sim_nic, host: str, port: int, n: int, seed0: int, size: int = 4096) -> list[int]:
+    """``n`` connections from the peer namespace to ``host``:``port`` (each from its
+    own ephemeral source port), every byte checked; returns, per connection, the NAPI
+    id the kernel recorded for its packets (SO_INCOMING_NAPI_ID)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.create_server((host, port), family=family, backlog=n + 8) as lst:
+        lst.settimeout(120)
+        seeds = [seed0 + i for i in range(n)]
+        proc = start_many(port, [size] * n, seeds, host=host, netns=sim_nic.peer_ns)
+        napis = []
+        try:
+            for _ in range(n):
+                conn, _addr = lst.accept()
+                with conn:
+                    conn.settimeout(120)
+                    data = bytearray()
+                    while chunk := conn.recv(65536):
+                        data += chunk
+                    (index,) = struct.unpack_from("<I", data)
+                    assert bytes(data[4:]) == payload(seeds[index], size)
+                    napis.append(conn.getsockopt(socket.SOL_SOCKET, SO_INCOMING_NAPI_ID))
+        finally:
+            proc.join(120)
+            if proc.exitcode is None:
+                proc.kill()
+        assert proc.exitcode == 0
+    return napis
+
+
+def test_every_rx_queue_has_its_own_napi_id(sim_nic):
+    """What a worker matches SO_INCOMING_NAPI_ID against: one NAPI instance per RX
+    queue, each id distinct and non-zero; a queue the NIC lacks is a typed error."""
+    n = rx_queue_count(sim_nic.name)
+    ids = et.queue_napi_ids(sim_nic.name, range(n))
+    assert sorted(ids) == list(range(n))
+    assert all(v > 0 for v in ids.values()) and len(set(ids.values())) == n, ids
+    with pytest.raises(et.EthtoolError, match=f"no RX queue {n}") as e:
+        et.queue_napi_ids(sim_nic.name, [n])
+    assert e.value.errno == 2  # ENOENT
+
+
+def test_port_spread_over_queues_lands_only_there_and_teardown_restores(sim_nic, state_dir,
+                                                                        spread):
+    """doctor says no; `nic setup --queues` configures; doctor says yes, with each
+    queue's NAPI id; 64 IPv4 and 16 IPv6 connections to the port land only on the
+    range, on more than one queue of it; a connection to another port lands on the
+    queue left for the rest; `nic teardown` restores every setting; doctor says no."""
+    ifn = sim_nic.name
+    first, last, rest = spread
+    port, other_port = 9301, 9302
+    rng = f"{first}-{last}"
+    doctor = ("doctor", "-i", ifn, "--queues", rng, "-p", str(port))
+    before = nic_settings(ifn)
+
+    r = cli(*doctor, state_dir=state_dir)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL  steering tcp4" in r.stdout and "FAIL  steering tcp6" in r.stdout
+    assert "FAIL  RSS context" in r.stdout and "FAIL  tcp-data-split" in r.stdout
+
+    r = cli("nic", "setup", "-i", ifn, "--queues", rng, "-p", str(port), state_dir=state_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        napi = et.queue_napi_ids(ifn, range(rest + 1))
+        queue_of = {v: q for q, v in napi.items()}
+        r = cli(*doctor, state_dir=state_dir)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f'result: engine="zcrx" can work on {ifn} queues {rng}' in r.stdout
+        for name in ("tcp-data-split", "RSS", "RSS context", "steering tcp4", "steering tcp6"):
+            assert f"PASS  {name} " in r.stdout, r.stdout
+        for q in range(first, last + 1):
+            assert f"PASS  queue {q} " in r.stdout and f"napi id {napi[q]}; free" in r.stdout
+
+        landed4 = [queue_of[v] for v in land(sim_nic, sim_nic.addr, port, 64, 1000)]
+        landed6 = [queue_of[v] for v in land(sim_nic, sim_nic.addr6, port, 16, 2000)]
+        elsewhere = [queue_of[v] for v in land(sim_nic, sim_nic.addr, other_port, 4, 3000)]
+    finally:
+        r = cli("nic", "teardown", "-i", ifn, state_dir=state_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert nic_settings(ifn) == before
+
+    print(f"tcp4 queues {sorted(landed4)}\ntcp6 queues {sorted(landed6)}\n"
+          f"other port {elsewhere}")
+    assert set(landed4) <= set(range(first, last + 1)) and len(set(landed4)) > 1, landed4
+    assert set(landed6) <= set(range(first, last + 1)), landed6
+    assert elsewhere == [rest] * 4
+
+    r = cli(*doctor, state_dir=state_dir)
+    assert r.returncode == 1, r.stdout
+
+
+def test_python_api_refuses_typed_and_tears_down(sim_nic, state_dir, spread):
+    """The Python API: a range that leaves no queue for the rest is a typed refusal
+    naming the fix and changes nothing; setup_queues / teardown_interface restore the
+    exact prior state; Q-Q is one queue through a context of its own."""
+    ifn = sim_nic.name
+    first, last, rest = spread
+    before = nic_settings(ifn)
+    path = os.path.join(state_dir, f"nic-{ifn}.json")
+    ch = et.get_channels(ifn)
+    most = ch.get("combined_max", 0) + ch.get("rx_max", 0)
+    with pytest.raises(nic.NoQueueLeftError, match=r"--queues 0-"):
+        nic.setup_queues(ifn, 0, most - 1, 9303, record_path=path)
+    with pytest.raises(nic.QueueRangeError, match="out of range"):
+        nic.setup_queues(ifn, 1, most, 9303, record_path=path)
+    assert nic_settings(ifn) == before and not os.path.exists(path)
+
+    out = nic.setup_queues(ifn, last, last, 9303, record_path=path)
+    try:
+        assert out.ok and "rss-context" in out.done
+        st = nic.read_state(ifn)
+        for ft in ("tcp4", "tcp6"):
+            assert nic.port_steering(st, 9303, ft)["queues"] == [last]
+        assert last not in set(st.main_indir)
+        # already configured: nothing to do, nothing recorded over the record
+        assert nic.setup_queues(ifn, last, last, 9303, record_path=path).done == []
+    finally:
+        assert nic.teardown_interface(ifn, record_path=path).ok
+    assert nic_settings(ifn) == before and not os.path.exists(path)
