@@ -16,42 +16,17 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import subprocess
-import sys
 
 import pytest
 
 from aiozcrx.tools import ethtool as et
 from aiozcrx.tools import nic
 from peers import payload, start_many
+from test_guest_nic import cli, nic_settings
 
 pytestmark = pytest.mark.nic
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-PKG_PARENT = os.path.dirname(TESTS)
 SO_INCOMING_NAPI_ID = getattr(socket, "SO_INCOMING_NAPI_ID", 56)  # asm-generic/socket.h
-
-
-def cli(*args: str, state_dir: str) -> subprocess.CompletedProcess:
-    """`aiozcrx ARGS` as a user runs it (python -m aiozcrx)."""
-    env = dict(os.environ, AIOZCRX_STATE_DIR=state_dir,
-               PYTHONPATH=os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "aiozcrx", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
-
-
-def nic_settings(ifname: str) -> dict:
-    """Everything `aiozcrx nic setup` may change, for before/after comparisons."""
-    rings = et.get_rings(ifname)
-    rules, _size, _special = et.get_ntuple_rules(ifname)
-    return {
-        "channels": et.get_channels(ifname),
-        "tcp_data_split": rings.get("tcp_data_split"),
-        "hds_thresh": rings.get("hds_thresh"),
-        "ntuple": "rx-ntuple-filter" in et.get_features(ifname)["active"],
-        "rss": {ctx: entry.get("indir") for ctx, entry in et.dump_rss(ifname).items()},
-        "rules": [(r.location, r.flow_type, r.dst_port, r.queue, r.rss_context) for r in rules],
-    }
 
 
 def rx_queue_count(ifname: str) -> int:

@@ -888,13 +888,26 @@ def test_python_api_driver_without_rss_contexts_fails_typed_and_rolls_back(state
             return super().run(op)
 
     fake = NoContexts()
-    with pytest.raises(nic.NicSetupFailed) as e:
+    # the snapshot cannot show it: the step finds out, and it is the same refusal
+    with pytest.raises(nic.SteeringUnsupportedError) as e:
         nic.setup_queues("eth1", 0, 3, 9999, executor=fake)
-    assert e.value.errno == errno.EOPNOTSUPP
+    assert e.value.outcome.errno == errno.EOPNOTSUPP
     assert "no additional RSS contexts" in str(e.value) and "--queue Q --port 9999" in str(e.value)
     assert "rolled back" in str(e.value)
     assert [k for k, _ in fake.log][-3:] == ["rss_indir", "features", "rings"]
     assert list(state_dir.iterdir()) == []
+
+    class Stuck(NoContexts):            # and its rollback fails: not a clean refusal
+        def run(self, op):
+            if op.kind == "rings" and op.args["tcp_data_split"] != ENABLED:
+                raise et.EthtoolError(errno.EBUSY, "", "RINGS_SET")
+            return super().run(op)
+
+    with pytest.raises(nic.NicSetupFailed) as e:
+        nic.setup_queues("eth1", 0, 3, 9999, executor=Stuck())
+    assert e.value.errno == errno.EOPNOTSUPP and "NOT rolled back" in str(e.value)
+    assert "aiozcrx nic teardown --interface eth1" in str(e.value)
+    assert (state_dir / "nic-eth1.json").exists()
 
 
 def test_cli_queues_dry_run_refusal_and_failure(state_dir, monkeypatch, capsys):

@@ -7,6 +7,9 @@ One screen of checks, each PASS / WARN / FAIL with the command that fixes it:
 * interface (``--interface``): driver and queue API, channels, header/data
   split and hds-thresh, RSS table and contexts, ntuple rules and where
   ``--port`` lands, whether ``--queue`` is already bound to a memory provider;
+  with ``--queues A-B`` instead: the port's RSS context holds exactly A..B, the
+  main table none of them, a rule per flow type, and each queue's NAPI id and
+  binding (``queues_checks``);
 * the engine ``auto`` picks here and why (from :mod:`aiozcrx.tools.probe`).
 
 Exit status 0 only when ``engine="zcrx"`` can work on (interface, queue):

@@ -13,6 +13,12 @@ Zero copy needs the NIC set up out of band (Documentation/networking/iou-zcrx.rs
 6. a flow-steering rule for the wanted flow
    (``ethtool -N IF flow-type tcp6 dst-port P action Q`` or ``... context C``).
 
+One port spread over several queues (``--queues FIRST-LAST``, :func:`plan_queues`,
+one worker per queue) takes the same steps with a range: the main table is kept
+off every queue of it, the RSS context spreads evenly over exactly those queues
+(``context new start FIRST equal COUNT``), and there is one rule per flow type
+(tcp6 and tcp4) sending the port to that context.
+
 The module is split the sans-IO way:
 
 * :class:`NicState` is a snapshot of what the kernel reports (``read_state``
@@ -24,7 +30,11 @@ The module is split the sans-IO way:
   talks to the kernel; tests pass a fake), records each step in a state file
   as soon as it is done, and on the first failure rolls back what it did, in
   reverse, naming the step and the driver's answer;
-* :func:`teardown` replays the recorded inverses, newest first.
+* :func:`teardown` replays the recorded inverses, newest first;
+* :func:`setup_queues` / :func:`setup_queue` / :func:`teardown_interface` are
+  the same for Python callers (a launcher of workers), with typed errors:
+  :class:`NicRefused` subclasses (nothing changed, the message names the fix)
+  and :class:`NicSetupFailed`.
 
 State files live in ``$AIOZCRX_STATE_DIR`` (default ``/run/aiozcrx``), one per
 interface: ``nic-IF.json``. They are written atomically (a new temporary file,
@@ -271,9 +281,10 @@ class NicRefused(ValueError):
 
     kind = REFUSED_REQUEST
 
-    def __init__(self, ifname: str, problems: list[str]):
+    def __init__(self, ifname: str, problems: list[str], outcome: Outcome | None = None):
         self.ifname = ifname
         self.problems = list(problems)
+        self.outcome = outcome  # where a step found it out (then rolled back): its outcome
         super().__init__(f"{ifname}: " + "; ".join(self.problems) + " (nothing was changed)")
 
 
@@ -288,7 +299,9 @@ class NoQueueLeftError(NicRefused):
 
 
 class SteeringUnsupportedError(NicRefused):
-    """The device has no RSS contexts or no ntuple flow steering."""
+    """The device has no RSS contexts or no ntuple flow steering. Where the snapshot
+    cannot tell (the kernel reports no count of RSS contexts), the step that needs
+    them finds out (EOPNOTSUPP); what the setup did before it is rolled back."""
     kind = REFUSED_STEERING
 
 
@@ -1053,6 +1066,11 @@ def _apply_or_raise(plan: Plan, executor: Executor, path: str) -> Outcome:
             f"{path} records an earlier setup of {plan.ifname}; run `aiozcrx nic teardown "
             f"--interface {plan.ifname}` (or teardown_interface({plan.ifname!r})) first"])
     out = apply_plan(plan, executor, path)
+    if not out.ok and out.fix and not out.rollback_errors:
+        # the driver cannot do it at all: the same refusal as one the snapshot shows
+        raise SteeringUnsupportedError(plan.ifname, [
+            f"step '{out.failed_step}' ({out.failed_command}) failed: {out.error}; {out.fix} "
+            f"(what was done is rolled back)"], out)
     if not out.ok:
         raise NicSetupFailed(plan, out)
     return out
