@@ -138,21 +138,44 @@ def test_port_spread_over_queues_lands_only_there_and_teardown_restores(sim_nic,
     assert r.returncode == 1, r.stdout
 
 
-def test_python_api_refuses_typed_and_tears_down(sim_nic, state_dir, spread):
-    """The Python API: a range that leaves no queue for the rest is a typed refusal
-    naming the fix and changes nothing; setup_queues / teardown_interface restore the
-    exact prior state; Q-Q is one queue through a context of its own."""
+def test_python_api_refuses_typed_raises_channels_and_restores_exactly(sim_nic, state_dir,
+                                                                         spread):
+    """The Python API: a range that leaves no queue for the rest, or lies beyond the
+    NIC, is a typed refusal naming the fix and changes nothing. From fewer channels,
+    setup_queues raises them; teardown_interface restores the exact prior state
+    (rules, then the context, the main table, ntuple, split, and the channel count
+    last: the kernel refuses fewer channels while a context points past them).
+    Q-Q is one queue through a context of its own."""
     ifn = sim_nic.name
     first, last, rest = spread
-    before = nic_settings(ifn)
+    original = nic_settings(ifn)
     path = os.path.join(state_dir, f"nic-{ifn}.json")
-    ch = et.get_channels(ifn)
-    most = ch.get("combined_max", 0) + ch.get("rx_max", 0)
-    with pytest.raises(nic.NoQueueLeftError, match=r"--queues 0-"):
-        nic.setup_queues(ifn, 0, most - 1, 9303, record_path=path)
-    with pytest.raises(nic.QueueRangeError, match="out of range"):
-        nic.setup_queues(ifn, 1, most, 9303, record_path=path)
-    assert nic_settings(ifn) == before and not os.path.exists(path)
+    most = rest + 1                                   # netdevsim: max = its queue count
+    et.set_channels(ifn, combined_count=most - 2)
+    try:
+        before = nic_settings(ifn)
+        with pytest.raises(nic.NoQueueLeftError, match=rf"--queues 0-{most - 2}"):
+            nic.setup_queues(ifn, 0, most - 1, 9303, record_path=path)
+        with pytest.raises(nic.QueueRangeError, match="out of range"):
+            nic.setup_queues(ifn, 1, most, 9303, record_path=path)
+        assert nic_settings(ifn) == before and not os.path.exists(path)
+
+        out = nic.setup_queues(ifn, first, last, 9303, record_path=path)
+        try:
+            assert out.ok and out.done[0] == "channels"
+            st = nic.read_state(ifn)
+            assert st.rx_queues == most
+            for ft in ("tcp4", "tcp6"):
+                assert nic.port_steering(st, 9303, ft)["queues"] == list(range(first, last + 1))
+            assert set(st.main_indir) == {rest}
+            # already configured: nothing to do, the record stays as it is
+            assert nic.setup_queues(ifn, first, last, 9303, record_path=path).done == []
+        finally:
+            assert nic.teardown_interface(ifn, record_path=path).ok
+        assert nic_settings(ifn) == before and not os.path.exists(path)
+    finally:
+        et.set_channels(ifn, combined_count=most)
+    assert nic_settings(ifn) == original
 
     out = nic.setup_queues(ifn, last, last, 9303, record_path=path)
     try:
@@ -161,8 +184,35 @@ def test_python_api_refuses_typed_and_tears_down(sim_nic, state_dir, spread):
         for ft in ("tcp4", "tcp6"):
             assert nic.port_steering(st, 9303, ft)["queues"] == [last]
         assert last not in set(st.main_indir)
-        # already configured: nothing to do, nothing recorded over the record
-        assert nic.setup_queues(ifn, last, last, 9303, record_path=path).done == []
     finally:
         assert nic.teardown_interface(ifn, record_path=path).ok
+    assert nic_settings(ifn) == original
+
+
+def test_ctrl_c_during_a_queues_setup_rolls_the_nic_back(sim_nic, state_dir, spread):
+    """SIGINT arrives while the RSS context is being created (the step completes,
+    the signal is held): everything done so far is undone on the real NIC, newest
+    first, nothing stays recorded, and then the interruption goes on."""
+    import signal
+
+    ifn = sim_nic.name
+    first, last, _rest = spread
+    before = nic_settings(ifn)
+    path = os.path.join(state_dir, f"nic-{ifn}.json")
+
+    class CtrlCWhileCreatingTheContext(nic.KernelExecutor):
+        def run(self, op):
+            result = super().run(op)
+            if op.kind == "rss_create":
+                os.kill(os.getpid(), signal.SIGINT)
+            return result
+
+    plan = nic.plan_queues(nic.read_state(ifn), first, last, 9304)
+    assert "rss-context" in [s.id for s in plan.steps]
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nic.apply_plan(plan, CtrlCWhileCreatingTheContext(ifn), path)
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert nic_settings(ifn) == before and not os.path.exists(path)
