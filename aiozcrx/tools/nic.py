@@ -517,7 +517,7 @@ def _plan_channels(state: NicState, plan: Plan) -> int | None:
                         f"{what} leave no RX queue for the main RSS table (other traffic): "
                         f"{ifn} supports at most {n_max} RX queue(s) (0..{n_max - 1}); "
                         + (f"end the range at {n_max - 2} (--queues {first}-{n_max - 2})"
-                           if first <= n_max - 2 else "start the range at 1 or more"))
+                           if n_max >= 2 else "it needs a NIC with more than one"))
         else:
             plan.refuse(REFUSED_RANGE,
                         f"{what} out of range: {ifn} supports at most {n_max} RX queue(s) "
