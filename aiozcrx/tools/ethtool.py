@@ -42,7 +42,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence, TypeAlias, TypedDict
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeAlias, TypedDict
 
 __all__ = [
     "EthtoolError", "NtupleRule", "ifindex", "driver_name", "sysfs_rx_queues",
@@ -598,6 +598,27 @@ def netdev_queues(ifname: str) -> list[NetdevQueue]:
             "napi_id": q.get("napi_id"), "io_uring": "io_uring" in q,
             "dmabuf": q.get("dmabuf"), "xsk": "xsk" in q,
         })
+    return out
+
+
+def queue_napi_ids(ifname: str, queues: Iterable[int]) -> dict[int, int]:
+    """The NAPI id of each of these RX queues of ``ifname`` (netdev QUEUE_GET):
+    what ``SO_INCOMING_NAPI_ID`` reads on an accepted socket whose packets arrive on
+    that queue. EthtoolError (ENOENT, naming the queue and the fix) where a queue
+    does not exist or has no NAPI instance (the interface is down)."""
+    have = {q["id"]: q.get("napi_id") for q in netdev_queues(ifname) if q["type"] == "rx"}
+    out: dict[int, int] = {}
+    for queue in queues:
+        if queue not in have:
+            raise EthtoolError(_errno.ENOENT, f"{ifname} has no RX queue {queue} (it has "
+                               f"{len(have)}: `ethtool -L {ifname} combined N` adds more)",
+                               "netdev QUEUE_GET")
+        napi = have[queue]
+        if not napi:
+            raise EthtoolError(_errno.ENOENT, f"RX queue {queue} of {ifname} has no NAPI "
+                               f"instance (is it up? `ip link set {ifname} up`)",
+                               "netdev QUEUE_GET")
+        out[queue] = napi
     return out
 
 
