@@ -337,7 +337,7 @@ DONTFORK = "madvise(MADV_DONTFORK)"
 
 
 def dontfork(m: AreaMapping) -> None:
-    """Keeps memory the kernel pins out of fork()ed children (see _abi_build.py)."""
+    """Keeps memory the kernel pins out of fork()ed children (see aiozcrx/_c/memory.c)."""
     _check(lib.azx_dontfork(m.addr, m.length), DONTFORK)
 
 

@@ -36,7 +36,7 @@ typedef struct {
     uint32_t *active, nactive;          /* bit 0 */
     uint32_t *was_active, nwas_active;  /* bit 1 */
     /* the ring, for pump(): its struct and two functions from the cffi layer
-     * (aiozcrx/_abi_build.py), kept alive by ring_owner */
+     * (aiozcrx/_c/queue.c), kept alive by ring_owner */
     PyObject *ring_owner;
     void *ring;
     int (*enter)(void *ring, unsigned min_complete, unsigned flags);
@@ -927,7 +927,7 @@ enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
 static uint64_t evfd_sink;
 
 /* bind_eventfd(fd, prep_read, withdraw, user_data): the ring's eventfd, and the
- * two cffi functions (aiozcrx/_abi_build.py) that queue a never-waiting read of
+ * two cffi functions (aiozcrx/_c/queue.c) that queue a never-waiting read of
  * it and take that read back if no io_uring_enter consumed it. prep_read 0: the
  * kernel has no IORING_OP_READ, read(2) it is. */
 static PyObject *

@@ -27,7 +27,7 @@
  *
  * Source layout (one extension, one translation unit: the files below are
  * #included, not compiled separately, so `static` stays static):
- *   uapi.h     - the io_uring kernel UAPI (shared with the cffi layer, _abi_build.py)
+ *   uapi.h     - the io_uring kernel UAPI (shared with the cffi layer, abi.h)
  *   common.h   - macros, the Area and Lease structs, forward declarations
  *   area.c     - Area
  *   lease.c    - Lease, the lease cache, view reuse
