@@ -304,7 +304,7 @@ def _parser() -> _Parser:
                         "(bad option, engine unavailable, port in use), 130 interrupted")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="check what zero copy needs here (see `aiozcrx doctor -h`)")
-    sub.add_parser("nic", help="set up / tear down a NIC queue for zcrx (see `aiozcrx nic -h`)")
+    sub.add_parser("nic", help="set up / tear down NIC queues for zcrx (see `aiozcrx nic -h`)")
     engines = ("auto", *ENGINES)
     d = sub.add_parser("demo", help="loopback demo: `aiozcrx send` in a process, a verified receive here")
     d.add_argument("--mib", type=_mib, default=1024, help="MiB to send (default 1024)")

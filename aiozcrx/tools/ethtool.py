@@ -44,7 +44,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 # the generic netlink client and the netdev family live below the engines
 # (aiozcrx/_netlink.py); re-exported here under the names the tools have always used
@@ -272,6 +272,30 @@ def delete_rss_context(ifname: str, context: int) -> None:
         _genl("ethtool", MSG_RSS_DELETE_ACT, _RSS, attrs, op="RSS_DELETE_ACT")
     else:
         _ioctl_srssh(ifname, context, [])  # indir_size 0 on a context deletes it
+
+
+# --------------------------------------------------------------------------
+# netdev netlink family: the client and the dumps are in aiozcrx/_netlink.py
+# --------------------------------------------------------------------------
+def queue_napi_ids(ifname: str, queues: Iterable[int]) -> dict[int, int]:
+    """The NAPI id of each of these RX queues of ``ifname`` (netdev QUEUE_GET):
+    what ``SO_INCOMING_NAPI_ID`` reads on an accepted socket whose packets arrive on
+    that queue. EthtoolError (ENOENT, naming the queue and the fix) where a queue
+    does not exist or has no NAPI instance (the interface is down)."""
+    have = {q["id"]: q.get("napi_id") for q in netdev_queues(ifname) if q["type"] == "rx"}
+    out: dict[int, int] = {}
+    for queue in queues:
+        if queue not in have:
+            raise EthtoolError(_errno.ENOENT, f"{ifname} has no RX queue {queue} (it has "
+                               f"{len(have)}: `ethtool -L {ifname} combined N` adds more)",
+                               "netdev QUEUE_GET")
+        napi = have[queue]
+        if not napi:
+            raise EthtoolError(_errno.ENOENT, f"RX queue {queue} of {ifname} has no NAPI "
+                               f"instance (is it up? `ip link set {ifname} up`)",
+                               "netdev QUEUE_GET")
+        out[queue] = napi
+    return out
 
 
 # --------------------------------------------------------------------------
