@@ -476,50 +476,30 @@ OTHER_QUEUE = 4
 
 @pytest.fixture
 def steered(sim_nic):
-    """The NIC set up for 4 workers: 5 channels, header split on, an RSS context over
-    queues 0-3, an ntuple rule sending tcp4 to the port into it, the main RSS
-    table on queue 4 only. Restored afterwards.
-    (With `aiozcrx nic setup --queues 0-3 --port P` this becomes one command.)"""
+    """The NIC set up for 4 workers by the public command, as docs/workers.md says:
+    `aiozcrx nic setup --queues 0-3 --port P` (header split on, an RSS context over
+    queues 0-3, tcp4 and tcp6 rules sending the port into it, the main RSS table on
+    queue 4 only); `aiozcrx nic teardown` afterwards restores what was there."""
     from aiozcrx.tools import ethtool as et
-    from aiozcrx.tools.nic import wait_queue_released
     name, port = sim_nic.name, 9300
-    ch = et.get_channels(name)
-    kind = "combined" if "combined_count" in ch and ch.get("combined_count") else "rx"
-    channels_before = ch.get(f"{kind}_count")
-    rings = et.get_rings(name)
-    ntuple_before = "rx-ntuple-filter" in et.get_features(name)["active"]
-    undo = []
+    most = et.get_channels(name)
+    most = most.get("combined_max") or most.get("rx_max") or 0
+    if most < OTHER_QUEUE + 1:
+        pytest.fail(f"{name} has {most} queues at most; these tests need "
+                    f"{OTHER_QUEUE + 1} (4 for the workers, 1 for the rest): run-in-guest.sh "
+                    f"--nic --nic-queues {OTHER_QUEUE + 1} (as `make test-guest` does)")
+    nic = [sys.executable, "-m", "aiozcrx", "nic"]
+    setup = subprocess.run([*nic, "setup", "--interface", name,
+                            "--queues", f"{ZC_QUEUES[0]}-{ZC_QUEUES[-1]}", "--port", str(port)],
+                           capture_output=True, text=True, timeout=300)
+    assert setup.returncode == 0, (setup.stdout, setup.stderr)
     try:
-        if (ch.get(f"{kind}_max") or 0) < OTHER_QUEUE + 1:
-            pytest.fail(f"{name} has {ch.get(f'{kind}_max')} queues at most; these tests need "
-                        f"{OTHER_QUEUE + 1} (4 for the workers, 1 for the rest): run-in-guest.sh "
-                        f"--nic --nic-queues {OTHER_QUEUE + 1} (as `make test-guest` does)")
-        if (channels_before or 0) < OTHER_QUEUE + 1:
-            et.set_channels(name, **{f"{kind}_count": OTHER_QUEUE + 1})
-            undo.append(lambda: et.set_channels(name, **{f"{kind}_count": channels_before}))
-        split = {"tcp_data_split": et.TCP_DATA_SPLIT_ENABLED}
-        if "hds_thresh" in rings or "hds_thresh_max" in rings:
-            split["hds_thresh"] = 0
-        et.set_rings(name, **split)
-        undo.append(lambda: et.set_rings(name, tcp_data_split=rings.get("tcp_data_split") or
-                                         et.TCP_DATA_SPLIT_UNKNOWN,
-                                         **({"hds_thresh": rings["hds_thresh"]} if "hds_thresh" in rings else {})))
-        if not ntuple_before:
-            et.set_features(name, {"rx-ntuple-filter": True})
-            undo.append(lambda: et.set_features(name, {"rx-ntuple-filter": False}))
-        size = len(et.get_rss(name).get("indir") or []) or 128
-        ctx = et.create_rss_context(name, [ZC_QUEUES[i % len(ZC_QUEUES)] for i in range(size)])
-        undo.append(lambda: et.delete_rss_context(name, ctx))
-        et.set_rss_indir(name, [OTHER_QUEUE] * size)
-        undo.append(lambda: et.set_rss_indir(name, None))
-        loc = et.insert_ntuple_rule(name, "tcp4", port, 0, rss_context=ctx)
-        undo.append(lambda: et.delete_ntuple_rule(name, loc))
         yield port
     finally:
-        for q in ZC_QUEUES:
-            wait_queue_released(name, q, timeout=60)
-        for step in reversed(undo):
-            step()
+        # teardown waits for the kernel to release the recorded queues first
+        down = subprocess.run([*nic, "teardown", "--interface", name],
+                              capture_output=True, text=True, timeout=300)
+        assert down.returncode == 0, (down.stdout, down.stderr)
 
 
 def bound_queues(ifname: str) -> list[int]:
