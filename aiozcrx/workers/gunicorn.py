@@ -235,7 +235,13 @@ class ZcrxWorker(ASGIWorker):  # type: ignore[misc]  # gunicorn ships no annotat
         if self.queue is not None:
             self._wait_for_queue()
         s = self.settings
-        self.prepared = prepare_queue(s.interface, self.queue, engine=s.engine, area_size=s.area_size,
+        engine = s.engine
+        if s.queues and self.queue is None:
+            # more workers than queues (gunicorn's TTIN): this one serves without a queue
+            self.log.warning("aiozcrx: more workers than AIOZCRX_QUEUES: worker %s serves without a "
+                             "queue (engine auto, its connections copied)", os.getpid())
+            engine = "auto"
+        self.prepared = prepare_queue(s.interface, self.queue, engine=engine, area_size=s.area_size,
                                       rq_entries=s.rq_entries)
         self.qmap.read()
         for name in PRELOAD + (("uvloop",) if self.cfg.asgi_loop in ("auto", "uvloop") else ()):
