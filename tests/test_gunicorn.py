@@ -115,19 +115,24 @@ class Gunicorn:
              "--asgi-loop", "asyncio", "--no-control-socket", *extra, "workers_app:app"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=TESTS)
         self.n = workers
-        wait_until(lambda: len(self.ready()) == workers or self.proc.poll() is not None, "the workers")
-        assert self.proc.poll() is None, self.output()
+        try:
+            wait_until(lambda: len(self.ready()) == workers or self.proc.poll() is not None, "the workers", timeout=240)
+            assert self.proc.poll() is None, self.output()
+        except BaseException:
+            self.stop(timeout=60)
+            raise AssertionError(f"gunicorn did not start its workers:\n{self.output()[-6000:]}") from None
 
     def output(self) -> str:
         with open(self.log_path) as f:
             return f.read()
 
     def children(self) -> list[int]:
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                return [int(p) for p in f.read().split()]
-        except OSError:
-            return []
+        """The arbiter's living workers that have written their stats (ready once);
+        by their parent, not /proc/PID/task/*/children (not in every kernel build)."""
+        from aiozcrx.workers.handoff import parent_of
+        pids = [int(os.path.basename(p)[len("worker-"):-len(".json")])
+                for p in glob.glob(os.path.join(self.stats_dir, "worker-*.json"))]
+        return [p for p in pids if alive(p) and parent_of(p) == self.proc.pid]
 
     def worker_stats(self, pid: int) -> dict | None:
         try:
@@ -152,10 +157,14 @@ class Gunicorn:
         return wait_until(lambda: (now := self.ready()).keys() == before.keys()
                           and all(now[p]["time"] != before[p] for p in now) and now, "fresh stats")
 
-    def stop(self) -> int:
+    def stop(self, timeout: float = CEILING) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(CEILING)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # its workers follow (parent-death signal)
+            rc = self.proc.wait(CEILING)
         self.log.close()
         return rc
 
