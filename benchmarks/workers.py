@@ -157,8 +157,9 @@ class AiozcrxServe:
                "--loop", "uvloop", "--host", host, "--port", str(port), "--stats-json", self.stats_path,
                "--app-kind", "protocol"]
         if args.nic:
-            cmd += ["--engine", "zcrx", "--interface", args.ifname, "--queues", f"0-{n - 1}",
-                    "--area-size", "16M", "--rq-entries", "4096"]
+            # engine zcrx's own defaults on a NIC queue (64 MiB area, 16384 refill
+            # entries: smaller ones ran the simulated NIC out of buffers, docs/benchmarks.md)
+            cmd += ["--engine", "zcrx", "--interface", args.ifname, "--queues", f"0-{n - 1}"]
         else:
             cmd += ["--workers", str(n), "--engine", "uring"]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]))
