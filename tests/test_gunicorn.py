@@ -287,7 +287,8 @@ def test_gunicorn_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered):  # no
         check(json.loads(out.stdout.splitlines()[-1]), size)
         stats = g.fresh_stats()
         for s in stats.values():
-            assert s["engine"] == "zcrx" and s["fallback_reason"] == "", s
+            # (the reason may note the wake-up path; no engine was passed over)
+            assert s["engine"] == "zcrx" and "zcrx:" not in s["fallback_reason"], s
             assert s["queue"] == ZC_QUEUES[s["worker"]] and s["pinned_bytes"] == 16 << 20, s
             # the kernel copied nothing (every byte was placed in the area by the
             # NIC); gunicorn's protocol takes bytes: one copy in user space, counted
