@@ -297,6 +297,22 @@ def test_gunicorn_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered):  # no
         assert sum(s["served"] for s in stats.values()) == count
         assert sum(s["handed_over"] for s in stats.values()) == sum(s["handed_in"] for s in stats.values())
         assert sum(s["bytes"] for s in stats.values()) >= count * size
+
+        # HUP: each new worker waits for the old one on its queue to exit, then
+        # registers the queue again; every queue ends up bound to a new worker
+        old = set(stats)
+        g.proc.send_signal(signal.SIGHUP)
+        new = wait_until(lambda: len(r := g.ready()) == 4 and not set(r) & old and r, "4 new workers")
+        assert sorted(s["queue"] for s in new.values()) == ZC_QUEUES
+        assert sorted(bound_queues(sim_nic.name)) == ZC_QUEUES
+        small = json.dumps({"host": sim_nic.addr, "port": steered, "count": 16, "size": 256 << 10})
+        out = subprocess.run(["ip", "netns", "exec", sim_nic.peer_ns, sys.executable, __file__, small],
+                             capture_output=True, text=True, timeout=CEILING)
+        assert out.returncode == 0, out.stderr
+        answers = check(json.loads(out.stdout.splitlines()[-1]), 256 << 10)
+        assert {a["pid"] for a in answers} <= set(new)
+        for s in g.fresh_stats().values():
+            assert s["engine"] == "zcrx" and s["kernel_copy_bytes"] == 0, s
     finally:
         rc = g.stop()
     assert rc == 0, g.output()
