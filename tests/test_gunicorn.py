@@ -313,6 +313,21 @@ def test_gunicorn_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered):  # no
         assert {a["pid"] for a in answers} <= set(new)
         for s in g.fresh_stats().values():
             assert s["engine"] == "zcrx" and s["kernel_copy_bytes"] == 0, s
+
+        # a worker killed: gunicorn's replacement takes the queue it freed (once the
+        # kernel has unbound it) and serves it zero copy; the others are untouched
+        victim = next(pid for pid, s in new.items() if s["queue"] == 2)
+        os.kill(victim, signal.SIGKILL)
+        after = wait_until(lambda: len(r := g.ready()) == 4 and victim not in r and r, "the replacement")
+        assert set(after) - {victim} >= set(new) - {victim}
+        assert {s["queue"] for pid, s in after.items() if pid not in new} == {2}
+        assert sorted(bound_queues(sim_nic.name)) == ZC_QUEUES
+        out = subprocess.run(["ip", "netns", "exec", sim_nic.peer_ns, sys.executable, __file__, small],
+                             capture_output=True, text=True, timeout=CEILING)
+        assert out.returncode == 0, out.stderr
+        check(json.loads(out.stdout.splitlines()[-1]), 256 << 10)
+        for s in g.fresh_stats().values():
+            assert s["engine"] == "zcrx" and s["kernel_copy_bytes"] == 0, s
     finally:
         rc = g.stop()
     assert rc == 0, g.output()
