@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 from typing import Any
 
 import aiozcrx
@@ -79,6 +80,14 @@ class Upload(asyncio.Protocol):
             self.info.update(n=self.got, sha256=self.sha.hexdigest())
             self.transport.write(json.dumps(self.info).encode() + b"\n")
             self.transport.close()
+
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None or self.got < self.want or self.want < 0:
+            # in the launcher's output, for the test that fails on it
+            print(f"workers_app: worker {self.info['worker']} (queue {self.info['queue']}, connection's "
+                  f"queue {self.info['conn_queue']}): connection lost after {self.got} of {self.want} "
+                  f"bytes: {exc!r}", file=sys.stderr, flush=True)
 
 
 def factory() -> type[Upload]:

@@ -228,6 +228,7 @@ class ZcrxWorker(ASGIWorker):  # type: ignore[misc]  # gunicorn ships no annotat
         self.outboxes: dict[int, socket.socket] = {}
         self.stats_fd = -1
         self.waited = 0.0
+        self.siblings: frozenset[int] = frozenset()
 
     # -- in the child, still privileged ------------------------------------------
     def init_process(self) -> None:
@@ -282,6 +283,11 @@ class ZcrxWorker(ASGIWorker):  # type: ignore[misc]  # gunicorn ships no annotat
     def _take_channels(self) -> None:
         slots = type(self)._slots
         assert slots is not None
+        # the workers on the queues when this one was forked (a HUP's old ones too): a
+        # connection one of them handed over just before it exited has a sender whose
+        # parent is gone by the time it is read, and is still a sibling's
+        self.siblings = frozenset(w.pid for holders in slots.holders for w in holders
+                                  if isinstance(w.pid, int) and w is not self)
         for i, (inbox, outbox) in enumerate(slots.channels):
             if i == self.slot:
                 self.inbox = inbox
@@ -397,7 +403,8 @@ class ZcrxWorker(ASGIWorker):  # type: ignore[misc]  # gunicorn ships no annotat
         assert self.inbox is not None
         for _ in range(64):
             try:
-                sock = handoff.receive_connection(self.inbox, uid=os.getuid(), launcher_pid=self.ppid)
+                sock = handoff.receive_connection(self.inbox, uid=os.getuid(), launcher_pid=self.ppid,
+                                                  siblings=self.siblings)
             except (BlockingIOError, InterruptedError):
                 return
             except handoff.Rejected as e:
@@ -427,7 +434,7 @@ class ZcrxWorker(ASGIWorker):  # type: ignore[misc]  # gunicorn ships no annotat
                              "cap_eff": capabilities().get("CapEff", 0), "waited_for_queue": self.waited,
                              "napi_id": self.qmap.napi_of(self.queue) if self.queue is not None else 0,
                              "pinned_bytes": self.prepared.pinned_bytes if self.prepared else 0,
-                             "time": time.time(), **self.counters}
+                             "unknown_napi": self.qmap.unknown, "time": time.time(), **self.counters}
         if self.rx is None:
             return s
         r = self.rx.stats()

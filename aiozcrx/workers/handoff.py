@@ -40,7 +40,8 @@ def incoming_napi_id(sock: socket.socket) -> int:
 class QueueMap:
     """NAPI id -> RX queue of ``interface``, read from the netdev family; read
     again (at most every ``refresh`` seconds) when an id is not known: restarting
-    a queue (binding a memory provider to it) can give it a new NAPI instance."""
+    a queue (binding a memory provider to it) can give it a new NAPI instance.
+    ``unknown``: lookups of a non-zero id that no read explained."""
 
     def __init__(self, interface: str | None, refresh: float = 0.5,
                  reader: Callable[[str], list[tuple[int, int]]] | None = None) -> None:
@@ -50,6 +51,7 @@ class QueueMap:
         self._map: dict[int, int] = {}
         self._read_at = -1e9
         self.reads = 0
+        self.unknown = 0
         self.error = ""
 
     def read(self) -> None:
@@ -58,7 +60,10 @@ class QueueMap:
         self._read_at = time.monotonic()
         self.reads += 1
         try:
-            self._map = {napi: queue for queue, napi in self._reader(self.interface) if napi}
+            # merged, not replaced: a queue restarted (bound to a memory provider) can
+            # get a new NAPI instance, and a connection accepted meanwhile still
+            # carries the old id; ids are not reused while the old ones matter
+            self._map.update({napi: queue for queue, napi in self._reader(self.interface) if napi})
             self.error = ""
         except OSError as e:
             self.error = f"netdev QUEUE_GET on {self.interface}: {e}"
@@ -70,10 +75,13 @@ class QueueMap:
         if queue is None and time.monotonic() - self._read_at >= self._refresh:
             self.read()
             queue = self._map.get(napi_id)
+        if queue is None:
+            self.unknown += 1
         return queue
 
     def napi_of(self, queue: int) -> int:
-        return next((n for n, q in self._map.items() if q == queue), 0)
+        """The queue's newest NAPI id (0: unknown)."""
+        return max((n for n, q in self._map.items() if q == queue), default=0)
 
 
 def _rx_napi_ids(interface: str) -> list[tuple[int, int]]:
@@ -104,10 +112,14 @@ def parent_of(pid: int) -> int:
     return int(stat[stat.rindex(b")") + 2:].split()[1])
 
 
-def receive_connection(inbox: socket.socket, *, uid: int, launcher_pid: int) -> socket.socket:
+def receive_connection(inbox: socket.socket, *, uid: int, launcher_pid: int,
+                       siblings: set[int] | frozenset[int] = frozenset()) -> socket.socket:
     """Takes one connection from ``inbox`` (SO_PASSCRED set on it). Raises
     BlockingIOError when there is none, Rejected (every fd received closed) when
-    the sender is not a sibling worker of the same uid."""
+    the sender is not a sibling worker of the same uid: a process whose parent is
+    ``launcher_pid``, or one of ``siblings`` (every worker the launcher started: a
+    worker that handed a connection over and then exited, in a rolling restart,
+    has no parent any more when the message is read)."""
     fds_size = socket.CMSG_SPACE(4 * 4)
     cred_size = socket.CMSG_SPACE(_UCRED.size)
     msg, ancdata, _flags, _addr = inbox.recvmsg(64, fds_size + cred_size, socket.MSG_DONTWAIT)
@@ -126,7 +138,7 @@ def receive_connection(inbox: socket.socket, *, uid: int, launcher_pid: int) -> 
         problem = "no credentials (SO_PASSCRED off?)"
     elif cred[1] != uid:
         problem = f"sender uid {cred[1]} is not the workers' uid {uid}"
-    elif parent_of(cred[0]) != launcher_pid:
+    elif cred[0] not in siblings and parent_of(cred[0]) != launcher_pid:
         problem = f"sender pid {cred[0]} is not a worker of launcher {launcher_pid}"
     elif msg != _MSG or len(fds) != 1:
         problem = f"not one connection ({len(fds)} fds, {msg[:16]!r})"

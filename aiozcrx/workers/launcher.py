@@ -39,6 +39,7 @@ from .privileges import CAP_IPC_LOCK, CAP_NET_ADMIN, Identity, has_capability
 from .worker import WorkerSpec, run_worker
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 def parse_queues(text: str) -> list[int]:
@@ -60,11 +61,11 @@ def parse_queues(text: str) -> list[int]:
 
 
 def pinned_per_worker(engine: str, area_size: int | None, rq_entries: int | None,
-                      cq_entries: int = DEFAULT_CQ_ENTRIES) -> int:
+                      cq_entries: int = DEFAULT_CQ_ENTRIES, *, nic: bool = True) -> int:
     """What one worker's zcrx instance charges to RLIMIT_MEMLOCK, at least: the
     area, the refill ring (16-byte entries after a header) and the ring's queues
-    (32-byte CQEs, 64-byte SQEs)."""
-    nic = engine in ("auto", "zcrx")
+    (32-byte CQEs, 64-byte SQEs). ``nic``: on a NIC queue (its larger defaults)."""
+    nic = nic and engine in ("auto", "zcrx")
     area = area_size if area_size is not None else (NIC_AREA_SIZE if nic else Config().area_size or 0)
     rq = rq_entries if rq_entries is not None else (NIC_RQ_ENTRIES if nic else DEFAULT_RQ_ENTRIES)
 
@@ -148,6 +149,7 @@ class Launcher:
         self._rolling: list[int] = []
         self._deferred: list[int] = []  # signals that wait for the main loop
         self._stop_deadline = 0.0
+        self._old_handlers: dict[int, Any] = {}
         self.final_stats: dict[str, Any] = {}
 
     # -- before any worker -------------------------------------------------
@@ -172,7 +174,8 @@ class Launcher:
                 "to serve on the best engine that needs no privilege")
         if net_admin and self.engine in ("auto", "zcrx", "zcrx-copy") and not has_capability(CAP_IPC_LOCK):
             soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-            per = pinned_per_worker(self.engine, self.area_size, self.rq_entries)
+            per = pinned_per_worker(self.engine, self.area_size, self.rq_entries,
+                                    nic=self.queues[0] is not None)
             need = per * self.n
             if soft != resource.RLIM_INFINITY and need > soft:
                 raise MemlockTooSmall(self.engine if self.engine != "auto" else "zcrx", limit=soft,
@@ -197,8 +200,7 @@ class Launcher:
             self.inbox.append((inbox, outbox))
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
+        self._old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
         for w in self.workers:
             self._spawn(w)
         self._wait_ready([w.index for w in self.workers])
@@ -211,6 +213,15 @@ class Launcher:
 
     def _spawn(self, w: _Worker) -> None:
         assert self.listener is not None
+        # what the launcher told the worker before (a "stop" it never read) is not
+        # for its replacement
+        theirs = self.ctrl[w.index][1]
+        while True:
+            try:
+                if not theirs.recv(1 << 20, socket.MSG_DONTWAIT):
+                    break
+            except (BlockingIOError, InterruptedError):
+                break
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -225,6 +236,10 @@ class Launcher:
             run_worker(self.spec, w.index, self.listener, self.ctrl[w.index][1],
                        [inbox for inbox, _ in self.inbox], [outbox for _, outbox in self.inbox])
         w.pid = pid
+        self.spec.worker_pids.add(pid)
+        for other in self.workers:  # the new sibling, for the handover's credential check
+            if other is not w and other.state != "exited":
+                self._tell(other, {"type": "pids", "pids": [pid]})
         w.state = "starting"
         w.error = None
         w.stats = {}
@@ -269,13 +284,22 @@ class Launcher:
     def run(self) -> int:
         """start(), then serve until SIGTERM/SIGINT; returns the exit status."""
         self.start()
+        self._serve_until_stopped()
+        return 0
+
+    def shutdown(self) -> None:
+        """For a launcher driven from Python after ``start()``: what SIGTERM does
+        (graceful stop, every queue released), returning once it is done."""
+        self.stop()
+        self._serve_until_stopped()
+
+    def _serve_until_stopped(self) -> None:
         while not (self._stopping and all(w.state == "exited" for w in self.workers)):
             self._poll(1.0)
             if self._stopping and time.monotonic() > self._stop_deadline:
                 self.say("aiozcrx serve: workers still running after the graceful timeout: killing them")
                 self._kill_all()
         self._finish()
-        return 0
 
     def _poll(self, timeout: float, *, defer: bool = False) -> None:
         """One wait for a signal or a worker's message. ``defer``: signals other
@@ -337,6 +361,8 @@ class Launcher:
             w.stats_seq += 1
         if kind == "ready":
             w.state = "ready" if w.state == "starting" else w.state
+            if w.restarts:
+                self._announce_owner(w, w.index)
             if self._rolling and self._rolling[0] == w.index:
                 self._rolling.pop(0)
                 self._next_rolling()
@@ -359,8 +385,13 @@ class Launcher:
                 continue
             self._read_ctrl(w.index)  # what it said before it went
             w.state = "exited"
-            if self._stopping or w.error is not None:
-                continue  # stopped, or it said why it failed (it would fail again)
+            if self._stopping:
+                continue
+            if w.error is not None:
+                # it said why it failed (it would fail again): its queue has no worker;
+                # the others serve its connections where they accept them
+                self._announce_owner(w, None)
+                continue
             if not w.replace:
                 how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                        else f"status {os.WEXITSTATUS(status)}")
@@ -403,6 +434,13 @@ class Launcher:
         w.replace = True
         w.state = "stopping"
         self._tell(w, {"type": "stop"})
+
+    def _announce_owner(self, w: _Worker, owner: int | None) -> None:
+        if w.queue is None:
+            return
+        for other in self.workers:
+            if other is not w and other.state != "exited":
+                self._tell(other, {"type": "owner", "queue": w.queue, "worker": owner})
 
     def _tell(self, w: _Worker, message: dict[str, Any]) -> None:
         try:
@@ -491,8 +529,9 @@ class Launcher:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, signal.SIG_DFL)
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._old_handlers = {}
 
     def _wait_queue_released(self, queue: int | None) -> None:
         if self.interface is None or queue is None:

@@ -58,6 +58,9 @@ class WorkerSpec:
     launcher_pid: int = 0
     receiver_options: dict[str, Any] = field(default_factory=dict)
     death_signal: int = int(signal.SIGKILL)
+    # every worker pid the launcher started so far (a child inherits the set as it
+    # was at its fork; later ones come in "pids" messages)
+    worker_pids: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -331,7 +334,8 @@ class WorkerServer:
         for _ in range(64):
             try:
                 sock = handoff.receive_connection(self.inbox, uid=os.getuid(),
-                                                  launcher_pid=self.spec.launcher_pid)
+                                                  launcher_pid=self.spec.launcher_pid,
+                                                  siblings=self.spec.worker_pids)
             except (BlockingIOError, InterruptedError):
                 return
             except handoff.Rejected as e:
@@ -375,6 +379,14 @@ class WorkerServer:
             _send(self.ctrl, {"type": "stats", "stats": self.stats()})
         elif kind == "stop":
             self.stop()
+        elif kind == "owner":  # a queue whose worker could not be replaced, or is back
+            queue, worker = message.get("queue"), message.get("worker")
+            if worker is None:
+                self.owner.pop(queue, None)  # served where accepted (by copy) from now on
+            else:
+                self.owner[queue] = int(worker)
+        elif kind == "pids":
+            self.spec.worker_pids.update(int(p) for p in message.get("pids", ()))
 
     def stop(self) -> None:
         if self.stopping:
@@ -433,6 +445,7 @@ class WorkerServer:
                              "cap_eff": capabilities().get("CapEff", 0)}
         s.update(self.counters)
         s["napi_id"] = self.qmap.napi_of(self.queue) if self.queue is not None else 0
+        s["unknown_napi"] = self.qmap.unknown
         s["pinned_bytes"] = self.prepared.pinned_bytes
         rx = self.rx
         if rx is None:
