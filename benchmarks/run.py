@@ -16,7 +16,10 @@ Cases (``--cases``, default all):
   wake-up path, engine socket): median, p90, p99 and round trips/s;
 - ``starve`` (``benchmarks/starve.py``): 256 connections on an area of 64
   buffers, consumers that keep their views a while: CPU per GB and GB/s against
-  uvloop BufferedProtocol, starved episodes and re-arms per GB.
+  uvloop BufferedProtocol, starved episodes and re-arms per GB;
+- ``workers`` (``benchmarks/workers.py``): 1, 2 and 4 workers of ``aiozcrx serve``
+  (engine uring, loopback; as root: the workers drop to nobody) beside as many
+  plain uvloop workers on one listener: CPU s/GB of all workers and GB/s.
 
 Bulk: one TCP connection over 127.0.0.1; the sender is its own process (``sendall`` of
 1 MiB blocks for ``--seconds``, or a fixed byte count with ``--quick``). Every
@@ -75,6 +78,7 @@ CASES = {
     "floor": ("wakefloor.py", "the kernel's floor under the paced case: C receivers beside ours"),
     "latency": ("latency.py", "request/response round trips: 64 B echo"),
     "starve": ("starve.py", "256 connections on 64 buffers, slow consumers: the starved buffer ring"),
+    "workers": ("workers.py", "1, 2 and 4 workers: aiozcrx serve beside as many uvloop workers"),
 }
 
 
