@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar, cast
 
 from . import engines as _engines
 from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
-                     DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES, Config,
+                     DEFAULT_MAX_VIEW, DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES, Config,
                      socket_family)
 from .engines.base import EngineLoop as _EngineLoop
 from .errors import process_forked
@@ -107,6 +107,10 @@ class Receiver:
     its share (``stats()["share_copies"]``); ``"pause"`` stops receiving until
     it releases views (its bytes wait in its socket). Logged once per protocol
     class.
+    ``max_view``: the most bytes one ``data_received`` view gathers from
+    completions of one connection that arrived together and lie back to back in
+    the area (merged views; default 256 KiB; ``0`` or ``4096``: one view per
+    completion). A single completion is delivered whole whatever its size.
     ``wake``: how the ring engines learn of new completions: ``"auto"`` (the
     default: asks the kernel once), ``"eventfd"`` (the ring's eventfd) or
     ``"socket"`` (each armed connection's socket). ``stats()["wake"]`` and
@@ -129,7 +133,7 @@ class Receiver:
                  kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
                  notifications: bool = True, views: str = "always", max_held: int | None = None,
                  share_with: "Receiver | None" = None, wake: str = "auto",
-                 over_share: str = "copy"):
+                 over_share: str = "copy", max_view: int = DEFAULT_MAX_VIEW):
         # every argument is checked here, before any kernel object exists
         if share_with is not None:
             if not isinstance(share_with, Receiver):
@@ -147,6 +151,7 @@ class Receiver:
             rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
             views=views, max_held=max_held, wake=wake, over_share=over_share,
+            max_view=max_view,
         ).validate(shared=share_with is not None)
         self._share_with = share_with
         self._engine: _engines.Engine | None = None
