@@ -363,7 +363,8 @@ class Receiver:
         buffers handed to the kernel: put in its buffer ring, or taken back from
         the refill ring), ``views_outstanding`` (views not
         yet released: the same as ``buffers_outstanding`` except with incremental
-        buffers, where a buffer can hold several), ``buffer_size``, ``area_size``,
+        buffers, where a buffer can hold several, and merged zcrx views, where a
+        view holds several buffers: ``max_view``), ``buffer_size``, ``area_size``,
         ``refill_publishes`` / ``refill_flushes`` / ``refill_queued`` /
         ``refill_errors``, ``rearms`` (receive requests armed again: after a
         cancel, the end of a multishot request, a stop over the fair share, or
@@ -399,7 +400,7 @@ class Receiver:
         the first pump of each kind of wake-up delivered) and, once it
         happened, ``reset_kicks`` (requests re-armed to read a reset's error),
         ``merged_completions`` (completions delivered in the same view as the one
-        before), ``share_copies`` / ``share_copied_bytes`` (deliveries made as
+        before: merged views), ``max_view``, ``share_copies`` / ``share_copied_bytes`` (deliveries made as
         ``bytes`` copies to connections over their share, ``over_share="copy"``;
         all engines) and ``share_reached`` (times a connection's views reached
         its share with ``over_share="copy"``), ``nomem_failures`` (deliveries that could not be made for want of
