@@ -83,7 +83,22 @@ VARIANTS = [
     ("aiozcrx-zcrx-uvloop", "aiozcrx zcrx (NIC queue), uvloop", "uvloop", "aiozcrx", "zcrx"),
     ("aiozcrx-zcrx-asyncio", "aiozcrx zcrx (NIC queue), asyncio", "asyncio", "aiozcrx", "zcrx"),
 ]
-BY_NAME = {v[0]: v for v in VARIANTS}
+# Measurements of one option, not in the default set (`--only` names them; guest.py --merged):
+# merged views off (max_view=4096: one view per completion) and the refill ring
+# published in release order instead of descending (docs/concepts.md, "Merged views")
+EXTRA_VARIANTS = [
+    ("aiozcrx-zcrx-unmerged-uvloop", "aiozcrx zcrx (NIC queue), max_view=4096, uvloop", "uvloop", "aiozcrx", "zcrx"),
+    ("aiozcrx-zcrx-unordered-uvloop", "aiozcrx zcrx (NIC queue), refills unordered, uvloop", "uvloop", "aiozcrx",
+     "zcrx"),
+    ("aiozcrx-zcrx-copy-unmerged-uvloop", "aiozcrx zcrx-copy, max_view=4096, uvloop", "uvloop", "aiozcrx",
+     "zcrx-copy"),
+    ("aiozcrx-zcrx-copy-unordered-uvloop", "aiozcrx zcrx-copy, refills unordered, uvloop", "uvloop", "aiozcrx",
+     "zcrx-copy"),
+]
+RECEIVER_OPTIONS = {"aiozcrx-zcrx-unmerged-uvloop": {"max_view": 4096},
+                    "aiozcrx-zcrx-copy-unmerged-uvloop": {"max_view": 4096}}
+UNORDERED_REFILLS = {"aiozcrx-zcrx-unordered-uvloop", "aiozcrx-zcrx-copy-unordered-uvloop"}
+BY_NAME = {v[0]: v for v in VARIANTS + EXTRA_VARIANTS}
 # make bench's cases: bulk is this file; the others are scripts of their own, run in turn
 CASES = {
     "bulk": (None, "bulk loopback receive, 1 MiB sends, one connection"),
@@ -225,10 +240,12 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
             where = {"interface": nic["ifname"], "queue": nic["queue"],
                      "rq_entries": min(32768, 1 << (nbufs - 1).bit_length())}
         async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size,
-                                    **where) as rx:
+                                    **where, **RECEIVER_OPTIONS.get(name, {})) as rx:
             if conn is None:
                 conn = await connect()
             dispatcher = ring_dispatcher(rx)
+            if name in UNORDERED_REFILLS:
+                rx._engine.area.set_refill_order(False)  # a measurement switch, as set_timing
             if kernel_split and dispatcher is not None:
                 dispatcher.set_timing(True)  # thread CPU inside our io_uring syscalls
             t0 = time.perf_counter()
@@ -240,6 +257,7 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
             st = rx.stats()
             # wake-ups of either path (eventfd, or the sockets': concepts, "Wake-ups")
             stats = {"completions": st.get("completions"),
+                     "merged_completions": st.get("merged_completions", 0),
                      "wakeups": st.get("wakeups", 0) + st.get("socket_wakeups", 0),
                      "engine": rx.engine, "wake": st.get("wake")}
             if engine == "zcrx":
@@ -350,6 +368,9 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
                          "errors": len(runs) - len(good)}
         if outside and len(outside) == len(good):
             summary[name]["outside_syscalls"] = outside
+        summary[name]["bytes_per_call_runs"] = per_call
+        if all(r.get("completions") for r in good):
+            summary[name]["completions_per_gb"] = [r["completions"] / (r["bytes"] / 1e9) for r in good]
     return summary
 
 
@@ -638,9 +659,12 @@ def bulk(args, order: list[str], what: str):
         for n in split:
             print(f"- {BY_NAME[n][1]}: {fmt_range(summary[n]['outside_syscalls'])}")
     if args.summary_json:
+        keys = ("gbps", "user", "sys", "total", "outside_syscalls", "bytes_per_call_runs",
+                "completions_per_gb")
         print("SUMMARY-JSON " + json.dumps({
             n: ({"skipped": s["skipped"]} if "skipped" in s else
-                {k: med(s[k]) for k in ("gbps", "user", "sys", "total", "outside_syscalls") if k in s})
+                {**{k: med(s[k]) for k in keys if k in s},
+                 "ranges": {k: [min(s[k]), max(s[k])] for k in keys if k in s}})
             for n, s in summary.items()}))
     return results, summary, tab, header
 

@@ -244,7 +244,7 @@ async def test_merged_views_over_the_share(over_share):
             assert rx.stats()["share_copies"] > 0
             proto.release_kept()
         else:
-            await wait_until(lambda: rx.stats()["share_stops"] >= 1, "the share stops it", timeout=120)
+            await wait_until(lambda: rx.stats().get("share_stops", 0) >= 1, "the share stops it", timeout=120)
             held = rx.stats()["buffers_outstanding"]
             assert held == niovs(proto.kept) >= share // PAGE
             while not proto.lost.done():
