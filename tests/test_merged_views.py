@@ -24,6 +24,7 @@ import pytest
 
 import aiozcrx
 from peers import Listener, join, start_many, start_sender, stream_sha256, wait_until, payload
+from test_guest_nic import kernel_log, listen, state_dir, zc  # noqa: F401 - the NIC fixtures
 from test_transport import MiB, Sink
 
 PAGE = 4096
