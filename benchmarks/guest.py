@@ -160,6 +160,14 @@ def merged_targets(summary: dict, merged: str, unmerged: str) -> list[str]:
     ratio = m["total"] / u["total"]
     out.append(f"- merged total <= 0.93x unmerged (max_view=4096, the build before): {ratio:.2f}x: "
                f"{'MET' if ratio <= 0.93 else 'NOT MET'}")
+    # per round (the rounds interleave the variants: a busy host slows a round's
+    # variants alike), merged / unmerged
+    for key in ("total", "outside_syscalls"):
+        a, b = m.get("rounds", {}).get(key, []), u.get("rounds", {}).get(key, [])
+        if a and len(a) == len(b):
+            r = sorted(x / y for x, y in zip(a, b))
+            out.append(f"- paired per round, merged / unmerged CPU {key}: median {r[len(r) // 2]:.2f}x "
+                       f"({r[0]:.2f}-{r[-1]:.2f})")
     ref = summary.get("uvloop-buffered", {}).get("total")
     if ref:
         r = m["total"] / ref

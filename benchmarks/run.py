@@ -664,7 +664,8 @@ def bulk(args, order: list[str], what: str):
         print("SUMMARY-JSON " + json.dumps({
             n: ({"skipped": s["skipped"]} if "skipped" in s else
                 {**{k: med(s[k]) for k in keys if k in s},
-                 "ranges": {k: [min(s[k]), max(s[k])] for k in keys if k in s}})
+                 "ranges": {k: [min(s[k]), max(s[k])] for k in keys if k in s},
+                 "rounds": {k: s[k] for k in keys if k in s}})
             for n, s in summary.items()}))
     return results, summary, tab, header
 
