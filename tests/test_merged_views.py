@@ -74,6 +74,171 @@ def assert_all_back(stats: dict) -> None:
 
 
 # --------------------------------------------------------------------------
+# host: the C dispatcher on a fake zcrx ring (tests/fakering.py): which
+# completions merge, what a merged view holds and gives back
+# --------------------------------------------------------------------------
+def fake(max_view: int | None = None, nbufs: int = 16):
+    from fakering import FakeZcrx
+    z = FakeZcrx(nbufs=nbufs)
+    if max_view is not None:
+        z.d.set_max_view(max_view)
+    views: list = []
+    z.connect(views.append, slot=0, gen=1)
+    return z, views
+
+
+def fill(z, pages, *, slot=0, gen=1, length=PAGE, last_more=True):
+    """Posts full pages (each its own completion, as the kernel does) with a
+    recognisable payload; the stream's bytes."""
+    from fakering import F_MORE
+    out = b""
+    for i, page in enumerate(pages):
+        body = bytes([(page * 7 + j) & 0xFF for j in range(length)])
+        more = F_MORE if (last_more or i < len(pages) - 1) else 0
+        z.data(page, body, slot=slot, gen=gen, flags=more)
+        out += body
+    return out
+
+
+def test_fake_contiguous_pages_become_one_view_and_go_back_once_each():
+    z, views = fake()
+    want = fill(z, [2, 3, 4, 5])
+    z.run()
+    assert [len(v) for v in views] == [4 * PAGE]
+    assert bytes(views[0]) == want
+    st = z.area.stats()
+    assert (st["buffers_outstanding"], st["views_outstanding"]) == (4, 1)
+    assert z.area.held(0, 1) == 4
+    assert z.d.stats()["merged_completions"] == 3
+    views.clear()
+    z.area.publish(True)
+    back = z.consume_refills()
+    assert sorted(off for off, _ in back) == [2 * PAGE, 3 * PAGE, 4 * PAGE, 5 * PAGE]
+    assert all(length == PAGE for _, length in back)
+    st = z.area.stats()
+    assert st["buffers_outstanding"] == 0 and st["buffers_returned"] == 4
+    assert z.area.held(0, 1) == 0
+
+
+def test_fake_what_does_not_merge():
+    from fakering import F_MORE, user_data
+    z, views = fake()
+    fill(z, [5, 3])                                   # not ascending: two views
+    fill(z, [8], length=100)                          # ends mid-page ...
+    fill(z, [9])                                      # ... so the next does not join it
+    z.data(10, b"x" * PAGE, slot=1, gen=1)            # another connection between
+    fill(z, [11])
+    z.post(user_data(0, 2), PAGE, F_MORE, 12 * PAGE)  # another generation of the slot
+    z.connect(views.append, slot=1, gen=1)
+    z.run()
+    assert [len(v) for v in views] == [PAGE, PAGE, 100, PAGE, PAGE, PAGE]
+    assert z.d.stats()["merged_completions"] == 0
+    assert z.d.stats()["dropped_completions"] == 1   # the other generation's
+
+
+def test_fake_a_run_without_f_more_at_its_end_is_merged_and_reported_once():
+    from fakering import F_MORE, user_data
+    z, views = fake()
+    want = fill(z, [0, 1, 2], last_more=False)
+    fill(z, [3])                                      # a new request's first page: not joined
+    _n, control = z.run()
+    assert [len(v) for v in views] == [3 * PAGE, PAGE]
+    assert bytes(views[0]) == want
+    ends = [r for r in control or [] if r[0] == user_data(0, 1) and not r[2] & F_MORE]
+    assert len(ends) == 1 and ends[0][1] == 3 * PAGE
+
+
+@pytest.mark.parametrize("max_view, sizes", [(0, [PAGE] * 5), (PAGE, [PAGE] * 5),
+                                             (2 * PAGE, [2 * PAGE, 2 * PAGE, PAGE]),
+                                             (3 * PAGE - 1, [2 * PAGE, 2 * PAGE, PAGE]),
+                                             (1 << 20, [5 * PAGE])])
+def test_fake_max_view_caps_a_merged_view(max_view, sizes):
+    z, views = fake(max_view)
+    want = fill(z, range(5))
+    z.run()
+    assert [len(v) for v in views] == sizes
+    assert b"".join(bytes(v) for v in views) == want
+    assert z.area.stats()["buffers_outstanding"] == 5
+    views.clear()
+    z.area.publish(True)
+    assert len(z.consume_refills()) == 5
+
+
+def test_fake_kept_views_are_never_aliased_and_reused_views_give_back_all_pages():
+    """A view nobody keeps is reused for the next delivery (view reuse): its pages
+    go back then, every one; a kept view keeps its bytes."""
+    z, views = fake()
+    kept = []
+    z.slots[0] = lambda v: (kept.append(v) if len(kept) < 1 else None)
+    first = fill(z, [0, 1])
+    fill(z, [4, 5, 6])
+    z.run()
+    assert bytes(kept[0]) == first
+    z.area.publish(True)
+    # the second delivery's view was parked, its three pages back; the kept view's two held
+    assert sorted(off // PAGE for off, _ in z.consume_refills()) == [4, 5, 6]
+    assert z.area.stats()["buffers_outstanding"] == 2
+    kept.clear()
+    z.area.publish(True)
+    assert sorted(off // PAGE for off, _ in z.consume_refills()) == [0, 1]
+
+
+def test_fake_over_the_share_counts_buffers_not_views():
+    from fakering import user_data
+    UD_OVER_SHARE = 5
+    z, views = fake()
+    z.area.set_share(4, -1)
+    fill(z, range(6))
+    _n, control = z.run()
+    assert [len(v) for v in views] == [6 * PAGE]
+    over = [r for r in control or [] if r[0] == (user_data(0, 1) & ~(0xFF << 32)) | (UD_OVER_SHARE << 32)]
+    assert len(over) == 1 and over[0][1] == 6, control
+    assert z.area.over_share(0, 1)
+    views.clear()                               # all six back: under half the share again
+    assert z.area.take_back() == [0]
+
+
+def test_fake_copy_sink_gets_one_bytes_per_merged_run():
+    from aiozcrx._leases import CopySink
+    z, _views = fake()
+    got = []
+    copied = [0]
+    z.slots[0] = CopySink(got.append, copied)
+    want = fill(z, [7, 8, 9])
+    z.run()
+    assert got == [want] and copied[0] == len(want)
+    z.area.publish(True)
+    assert len(z.consume_refills()) == 3
+    assert z.area.stats()["buffers_outstanding"] == 0
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_fake_refills_published_in_descending_order(descending):
+    """So that the kernel, which hands niovs out last in first out, hands them out
+    ascending (docs/concepts.md, "Merged views")."""
+    z, views = fake(max_view=0)
+    assert z.area.set_refill_order(descending) is descending
+    fill(z, range(8))
+    z.run()
+    for v in views:                             # released in delivery order
+        v.release()
+    views.clear()
+    z.area.publish(True)
+    offs = [off // PAGE for off, _ in z.consume_refills()]
+    assert offs == (list(range(7, -1, -1)) if descending else list(range(8)))
+    # mixed order: sorted
+    fill(z, [3, 0, 6, 1])
+    z.run()
+    for i in (0, 2, 1, 3):                      # pages 3, 6, 0, 1
+        views[i].release()
+    views.clear()
+    z.area.publish(True)
+    offs = [off // PAGE for off, _ in z.consume_refills()]
+    assert offs == ([6, 3, 1, 0] if descending else [3, 6, 0, 1])
+    assert z.area.stats()["refill_sorted"] == (1 if descending else 0)
+
+
+# --------------------------------------------------------------------------
 # host: the option
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1 << 31, ValueError),
