@@ -216,7 +216,7 @@ class Config:
 
         max_view = _int("max_view", self.max_view)
         if not 0 <= max_view <= MAX_VIEW_LIMIT:
-            raise ValueError(f"max_view must be between 0 (every completion its own view) and "
+            raise ValueError(f"max_view must be between 0 (up to the page size: every completion its own view) and "
                              f"{MAX_VIEW_LIMIT} bytes, got {max_view!r}")
 
         if self.max_held is not None:

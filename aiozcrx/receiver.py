@@ -109,8 +109,9 @@ class Receiver:
     class.
     ``max_view``: the most bytes one ``data_received`` view gathers from
     completions of one connection that arrived together and lie back to back in
-    the area (merged views; default 256 KiB; ``0`` or ``4096``: one view per
-    completion). A single completion is delivered whole whatever its size.
+    the area (merged views; default 256 KiB; ``0`` or up to the page size,
+    4096: one view per completion, as before merged views). A single completion
+    is delivered whole whatever its size.
     ``wake``: how the ring engines learn of new completions: ``"auto"`` (the
     default: asks the kernel once), ``"eventfd"`` (the ring's eventfd) or
     ``"socket"`` (each armed connection's socket). ``stats()["wake"]`` and

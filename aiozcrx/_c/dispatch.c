@@ -87,7 +87,8 @@ typedef struct {
     unsigned long long reused_views;
     unsigned long long merged;  /* completions delivered in the same view as the one before */
     /* bytes one view may gather from several completions (merged views: see
-     * gather_run); 0: none merged. A single completion is delivered whole. */
+     * gather_run); 0 or up to a page: none merged. A single completion is
+     * delivered whole. */
     uint32_t max_view;
     /* over_share="copy": a connection whose views hold its share gets copies (bytes,
      * its buffer back at once) until it is back under (area_unhold), instead of
@@ -131,6 +132,7 @@ struct ctl_rec {
 #define BATCH 256
 /* Dispatcher.set_max_view's default (Receiver(max_view=...); see docs/benchmarks.md) */
 #define DEFAULT_MAX_VIEW (256 * 1024)
+static uint32_t page_bytes = 4096;      /* the page size (set at import: leases.c) */
 
 /* A re-armed connection takes what its socket holds, often more than one buffer
  * (a multishot request goes on while there are data and buffers): each re-arm is
@@ -731,6 +733,14 @@ merge_zcrx_run(Dispatcher *d, const cqe_rec *batch, uint32_t cnt, uint32_t *i, d
     }
 }
 
+/* Whether views gather several completions: max_view above a page (0, or up to a
+ * page: one view per completion). */
+static inline int
+merging(Dispatcher *d)
+{
+    return d->max_view > page_bytes;
+}
+
 /* The data completion batch[*i] and those that continue it, as one delivery;
  * *i ends at its last piece. */
 static inline void
@@ -750,9 +760,11 @@ gather_run(Dispatcher *d, const cqe_rec *batch, uint32_t cnt, uint32_t *i, int u
     d->bytes += (unsigned long long)c->res;
     if (unknown)
         return;
+    if (!merging(d))
+        return;
     if (d->area->inc)
         merge_pbuf_run(d, batch, cnt, i, dl);
-    else if (d->area->kind == KIND_ZCRX && d->max_view)
+    else if (d->area->kind == KIND_ZCRX)
         merge_zcrx_run(d, batch, cnt, i, dl);
 }
 
@@ -1632,7 +1644,8 @@ Dispatcher_set_share_copy(Dispatcher *d, PyObject *arg)
 }
 
 /* set_max_view(bytes): the most bytes one view may gather from several
- * completions (Receiver(max_view=...)); 0: every completion its own view. */
+ * completions (Receiver(max_view=...)); 0 or up to a page: every completion its
+ * own view. */
 static PyObject *
 Dispatcher_set_max_view(Dispatcher *d, PyObject *arg)
 {
@@ -1644,6 +1657,10 @@ Dispatcher_set_max_view(Dispatcher *d, PyObject *arg)
         return NULL;
     }
     d->max_view = (uint32_t)n;
+    /* up to a page: no merging, and so no reason to order the refills for it
+     * (a zcrx area's niovs are pages; set_refill_order can still override) */
+    if (d->area && d->area->kind == KIND_ZCRX)
+        d->area->refill_descending = merging(d);
     Py_RETURN_NONE;
 }
 
