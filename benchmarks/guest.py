@@ -131,13 +131,14 @@ def _cell(s: dict, key: str, fmt: str) -> str:
 
 
 def merged_table(summary: dict, order: str, ref: str = "uvloop-buffered") -> str:
-    import run  # noqa: E402 - benchmarks/run.py, beside this file: the labels
+    from common import EXTRA_VARIANTS, VARIANTS  # benchmarks/ is sys.path[0]: the labels
+    labels = {v[0]: v[1] for v in VARIANTS + EXTRA_VARIANTS}
     lines = ["| receiver | bytes per data_received | completions per GB | CPU s/GB outside io_uring "
              "syscalls | CPU s/GB total | total vs uvloop Buffered |", "|---|---|---|---|---|---|"]
     ref_total = summary.get(ref, {}).get("total")
     for name in order.split(","):
         s = summary.get(name, {})
-        label = run.BY_NAME[name][1]
+        label = labels[name]
         if "total" not in s:
             lines.append(f"| {label} | not run: {s.get('skipped', 'missing')} | | | | |")
             continue

@@ -56,48 +56,17 @@ import os
 import platform
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from common import (EXTRA_VARIANTS, RECEIVER_OPTIONS, UNORDERED_REFILLS, VARIANTS,  # benchmarks/ is sys.path[0]
+                    BufferedSink, ProtoSink, fmt_range, med, ring_dispatcher)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BLOCK = 1 << 20
-BUFFERED_SIZE = 256 * 1024
-
-VARIANTS = [
-    # name, label, loop, kind, engine
-    ("asyncio-protocol", "asyncio Protocol", "asyncio", "protocol", None),
-    ("asyncio-buffered", "asyncio BufferedProtocol 256 KiB", "asyncio", "buffered", None),
-    ("uvloop-protocol", "uvloop Protocol", "uvloop", "protocol", None),
-    ("uvloop-buffered", "uvloop BufferedProtocol 256 KiB", "uvloop", "buffered", None),
-    ("aiozcrx-uring-uvloop", "aiozcrx uring, uvloop", "uvloop", "aiozcrx", "uring"),
-    ("aiozcrx-uring-asyncio", "aiozcrx uring, asyncio", "asyncio", "aiozcrx", "uring"),
-    ("aiozcrx-socket-uvloop", "aiozcrx socket, uvloop", "uvloop", "aiozcrx", "socket"),
-    ("aiozcrx-socket-asyncio", "aiozcrx socket, asyncio", "asyncio", "aiozcrx", "socket"),
-    ("aiozcrx-zcrx-copy-uvloop", "aiozcrx zcrx-copy, uvloop", "uvloop", "aiozcrx", "zcrx-copy"),
-    ("aiozcrx-zcrx-copy-asyncio", "aiozcrx zcrx-copy, asyncio", "asyncio", "aiozcrx", "zcrx-copy"),
-    # a NIC queue (--nic: the simulated NIC of the guest tier)
-    ("aiozcrx-zcrx-uvloop", "aiozcrx zcrx (NIC queue), uvloop", "uvloop", "aiozcrx", "zcrx"),
-    ("aiozcrx-zcrx-asyncio", "aiozcrx zcrx (NIC queue), asyncio", "asyncio", "aiozcrx", "zcrx"),
-]
-# Measurements of one option, not in the default set (`--only` names them; guest.py --merged):
-# merged views off (max_view=4096: one view per completion) and the refill ring
-# published in release order instead of descending (docs/concepts.md, "Merged views")
-EXTRA_VARIANTS = [
-    ("aiozcrx-zcrx-unmerged-uvloop", "aiozcrx zcrx (NIC queue), max_view=4096, uvloop", "uvloop", "aiozcrx", "zcrx"),
-    ("aiozcrx-zcrx-unordered-uvloop", "aiozcrx zcrx (NIC queue), refills unordered, uvloop", "uvloop", "aiozcrx",
-     "zcrx"),
-    ("aiozcrx-zcrx-copy-unmerged-uvloop", "aiozcrx zcrx-copy, max_view=4096, uvloop", "uvloop", "aiozcrx",
-     "zcrx-copy"),
-    ("aiozcrx-zcrx-copy-unordered-uvloop", "aiozcrx zcrx-copy, refills unordered, uvloop", "uvloop", "aiozcrx",
-     "zcrx-copy"),
-]
-RECEIVER_OPTIONS = {"aiozcrx-zcrx-unmerged-uvloop": {"max_view": 4096},
-                    "aiozcrx-zcrx-copy-unmerged-uvloop": {"max_view": 4096}}
-UNORDERED_REFILLS = {"aiozcrx-zcrx-unordered-uvloop", "aiozcrx-zcrx-copy-unordered-uvloop"}
 BY_NAME = {v[0]: v for v in VARIANTS + EXTRA_VARIANTS}
 # make bench's cases: bulk is this file; the others are scripts of their own, run in turn
 CASES = {
@@ -136,61 +105,7 @@ def sender_main(port: int, seconds: float, total: int, host: str = "127.0.0.1") 
         s.shutdown(socket.SHUT_WR)
 
 
-# ---------------------------------------------------------------- receivers
-class Sink:
-    """Counts bytes; keeps nothing (views are released as soon as the call returns)."""
-
-    def __init__(self, done=None):
-        self.done = done
-        self.bytes = 0
-        self.calls = 0
-        self.buf = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.bytes += len(data)
-        self.calls += 1
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc):
-        if self.done is not None and not self.done.done():
-            self.done.set_result(exc)
-
-    def pause_writing(self):
-        pass
-
-    def resume_writing(self):
-        pass
-
-
-class ProtoSink(Sink, asyncio.Protocol):
-    pass
-
-
-class BufferedSink(Sink, asyncio.BufferedProtocol):
-    def __init__(self, done=None, size: int = BUFFERED_SIZE):
-        super().__init__(done)
-        self.buf = bytearray(size)
-
-    def get_buffer(self, sizehint):
-        return self.buf
-
-    def buffer_updated(self, nbytes):
-        self.bytes += nbytes
-        self.calls += 1
-
-
-def ring_dispatcher(rx):
-    """The C dispatcher of a Receiver on a ring engine, None on engine socket. Its
-    set_timing / set_view_reuse switches are for measurements, so they are reached
-    through the private engine here, in one place."""
-    return getattr(rx._engine, "dispatcher", None)
-
-
+# ---------------------------------------------------------------- receivers (the protocols: common.py)
 def probe_engine(engine: str, **kw) -> tuple[bool, str]:
     """Tries ``Receiver(engine=...)`` in this process; (works, why not)."""
     import aiozcrx
@@ -339,10 +254,6 @@ def run_child(name: str, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def med(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for name, runs in results.items():
@@ -372,20 +283,6 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
         if all(r.get("completions") for r in good):
             summary[name]["completions_per_gb"] = [r["completions"] / (r["bytes"] / 1e9) for r in good]
     return summary
-
-
-def emit(res: dict, text: str, json_path: str | None) -> int:
-    """How a case script ends (records.py, httpbench.py, latency.py): its report on
-    stdout (run.py's section text), its raw runs in ``--json``'s file; exit status 0."""
-    print(text)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(res, f)
-    return 0
-
-
-def fmt_range(xs, nd=3):
-    return f"{med(xs):.{nd}f} ({min(xs):.{nd}f}-{max(xs):.{nd}f})"
 
 
 def table(summary: dict, order: list[str]) -> str:

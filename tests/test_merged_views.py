@@ -199,7 +199,7 @@ def test_fake_over_the_share_counts_buffers_not_views():
 
 
 def test_fake_copy_sink_gets_one_bytes_per_merged_run():
-    from aiozcrx._leases import CopySink
+    from aiozcrx._fastpath import CopySink
     z, _views = fake()
     got = []
     copied = [0]
