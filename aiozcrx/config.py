@@ -57,6 +57,10 @@ NIC_RQ_ENTRIES = 16384
 #: the settings whose default depends on the engine (``Config.for_engine``)
 SIZED_BY_ENGINE = ("area_size", "rq_entries")
 DEFAULT_BUF_SIZE = 64 * 1024
+#: the most bytes one view gathers from completions that are contiguous in the
+#: area (merged views, ``max_view``); measured in docs/benchmarks.md
+DEFAULT_MAX_VIEW = 256 * 1024
+MAX_VIEW_LIMIT = (1 << 31) - 1   # a byte count the kernel and the C layer carry as an int
 DEFAULT_CQ_ENTRIES = 8192
 MAX_RQ_ENTRIES = 32768          # the kernel rejects more (without IORING_SETUP_CLAMP)
 MAX_BUFFERS = 32768             # a provided buffer ring holds at most 2**15 buffers
@@ -118,6 +122,7 @@ class Config:
     max_held: int | None = None
     wake: str = "auto"
     over_share: str = "copy"
+    max_view: int = DEFAULT_MAX_VIEW
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -214,6 +219,11 @@ class Config:
         if not is_pow2(cq_entries) or not MIN_CQ_ENTRIES <= cq_entries <= MAX_CQ_ENTRIES:
             raise ValueError(f"cq_entries must be a power of two between {MIN_CQ_ENTRIES} and "
                              f"{MAX_CQ_ENTRIES}, got {cq_entries!r}")
+
+        max_view = _int("max_view", self.max_view)
+        if not 0 <= max_view <= MAX_VIEW_LIMIT:
+            raise ValueError(f"max_view must be between 0 (up to the page size: every completion its own view) and "
+                             f"{MAX_VIEW_LIMIT} bytes, got {max_view!r}")
 
         if self.max_held is not None:
             max_held = _int("max_held", self.max_held)

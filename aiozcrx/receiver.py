@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar, cast
 
 from . import engines as _engines
 from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  # noqa: F401 - re-exported
-                     DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES, Config,
+                     DEFAULT_MAX_VIEW, DEFAULT_RQ_ENTRIES, MAX_RQ_ENTRIES, NIC_AREA_SIZE, NIC_RQ_ENTRIES, Config,
                      socket_family)
 from .engines.base import EngineLoop as _EngineLoop
 from .errors import EngineUnavailable, process_forked
@@ -107,6 +107,11 @@ class Receiver:
     its share (``stats()["share_copies"]``); ``"pause"`` stops receiving until
     it releases views (its bytes wait in its socket). Logged once per protocol
     class.
+    ``max_view``: the most bytes one ``data_received`` view gathers from
+    completions of one connection that arrived together and lie back to back in
+    the area (merged views; default 256 KiB; ``0`` or up to the page size,
+    4096: one view per completion, as before merged views). A single completion
+    is delivered whole whatever its size.
     ``wake``: how the ring engines learn of new completions: ``"auto"`` (the
     default: asks the kernel once), ``"eventfd"`` (the ring's eventfd) or
     ``"socket"`` (each armed connection's socket). ``stats()["wake"]`` and
@@ -129,7 +134,7 @@ class Receiver:
                  kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
                  notifications: bool = True, views: str = "always", max_held: int | None = None,
                  share_with: "Receiver | None" = None, wake: str = "auto",
-                 over_share: str = "copy"):
+                 over_share: str = "copy", max_view: int = DEFAULT_MAX_VIEW):
         # every argument is checked here, before any kernel object exists
         if share_with is not None:
             if not isinstance(share_with, Receiver):
@@ -147,6 +152,7 @@ class Receiver:
             rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
             views=views, max_held=max_held, wake=wake, over_share=over_share,
+            max_view=max_view,
         ).validate(shared=share_with is not None)
         self._share_with = share_with
         self._engine: _engines.Engine | None = None
@@ -410,7 +416,8 @@ class Receiver:
         buffers handed to the kernel: put in its buffer ring, or taken back from
         the refill ring), ``views_outstanding`` (views not
         yet released: the same as ``buffers_outstanding`` except with incremental
-        buffers, where a buffer can hold several), ``buffer_size``, ``area_size``,
+        buffers, where a buffer can hold several, and merged zcrx views, where a
+        view holds several buffers: ``max_view``), ``buffer_size``, ``area_size``,
         ``refill_publishes`` / ``refill_flushes`` / ``refill_queued`` /
         ``refill_errors``, ``rearms`` (receive requests armed again: after a
         cancel, the end of a multishot request, a stop over the fair share, or
@@ -446,7 +453,7 @@ class Receiver:
         the first pump of each kind of wake-up delivered) and, once it
         happened, ``reset_kicks`` (requests re-armed to read a reset's error),
         ``merged_completions`` (completions delivered in the same view as the one
-        before), ``share_copies`` / ``share_copied_bytes`` (deliveries made as
+        before: merged views), ``max_view``, ``share_copies`` / ``share_copied_bytes`` (deliveries made as
         ``bytes`` copies to connections over their share, ``over_share="copy"``;
         all engines) and ``share_reached`` (times a connection's views reached
         its share with ``over_share="copy"``), ``nomem_failures`` (deliveries that could not be made for want of

@@ -30,6 +30,21 @@ VARIANTS = [
     ("aiozcrx-zcrx-uvloop", "aiozcrx zcrx (NIC queue), uvloop", "uvloop", "aiozcrx", "zcrx"),
     ("aiozcrx-zcrx-asyncio", "aiozcrx zcrx (NIC queue), asyncio", "asyncio", "aiozcrx", "zcrx"),
 ]
+# Measurements of one option, not in the default set (`--only` names them; guest.py --merged):
+# merged views off (max_view=4096: one view per completion) and the refill ring
+# published in release order instead of descending (docs/concepts.md, "Merged views")
+EXTRA_VARIANTS = [
+    ("aiozcrx-zcrx-unmerged-uvloop", "aiozcrx zcrx (NIC queue), max_view=4096, uvloop", "uvloop", "aiozcrx", "zcrx"),
+    ("aiozcrx-zcrx-unordered-uvloop", "aiozcrx zcrx (NIC queue), refills unordered, uvloop", "uvloop", "aiozcrx",
+     "zcrx"),
+    ("aiozcrx-zcrx-copy-unmerged-uvloop", "aiozcrx zcrx-copy, max_view=4096, uvloop", "uvloop", "aiozcrx",
+     "zcrx-copy"),
+    ("aiozcrx-zcrx-copy-unordered-uvloop", "aiozcrx zcrx-copy, refills unordered, uvloop", "uvloop", "aiozcrx",
+     "zcrx-copy"),
+]
+RECEIVER_OPTIONS = {"aiozcrx-zcrx-unmerged-uvloop": {"max_view": 4096},
+                    "aiozcrx-zcrx-copy-unmerged-uvloop": {"max_view": 4096}}
+UNORDERED_REFILLS = {"aiozcrx-zcrx-unordered-uvloop", "aiozcrx-zcrx-copy-unordered-uvloop"}
 
 
 # ---------------------------------------------------------------- receivers

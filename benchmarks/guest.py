@@ -24,6 +24,17 @@ Then, with ``tests/uml/run-in-guest.sh --nic``, the same variants plus engine
 over the simulated NIC from a sender in the peer's network namespace: zcrx-copy
 and zcrx side by side on the same path (``--no-nic`` skips this table).
 Exit status: 0 target met, 1 not met, 77 guest unavailable (reason printed).
+
+``--merged`` measures merged views instead (issue 22, docs/benchmarks.md "Merged
+views"): over the simulated NIC, uvloop BufferedProtocol, engine zcrx with its
+defaults (merged views, refills published in descending order), with
+``max_view=4096`` (one view per completion: the build before merged views) and
+with refills left in release order, interleaved per round; then the same for
+zcrx-copy in the guest without the NIC. Reports bytes per ``data_received``,
+completions per GB, CPU s/GB outside the io_uring syscalls and total, medians
+(min-max), and the issue's targets for merged views:
+
+    .venv/bin/python benchmarks/guest.py --merged --rounds 7 --seconds 2
 """
 
 from __future__ import annotations
@@ -100,6 +111,105 @@ def run_guest_nic(rounds: int, seconds: float, only: str = NIC_VARIANTS) -> tupl
     return 0, "\n".join(lines)
 
 
+MERGED_NIC = "uvloop-buffered,aiozcrx-zcrx-uvloop,aiozcrx-zcrx-unmerged-uvloop,aiozcrx-zcrx-unordered-uvloop"
+MERGED_COPY = ("uvloop-buffered,aiozcrx-zcrx-copy-uvloop,aiozcrx-zcrx-copy-unmerged-uvloop,"
+               "aiozcrx-zcrx-copy-unordered-uvloop")
+
+
+def _summary(stdout: str) -> dict | None:
+    for line in stdout.splitlines():
+        if line.startswith("SUMMARY-JSON "):
+            return json.loads(line[len("SUMMARY-JSON "):])
+    return None
+
+
+def _cell(s: dict, key: str, fmt: str) -> str:
+    if key not in s:
+        return "n/a"
+    lo, hi = s["ranges"][key]
+    return f"{format(s[key], fmt)} ({format(lo, fmt)}-{format(hi, fmt)})"
+
+
+def merged_table(summary: dict, order: str, ref: str = "uvloop-buffered") -> str:
+    from common import EXTRA_VARIANTS, VARIANTS  # benchmarks/ is sys.path[0]: the labels
+    labels = {v[0]: v[1] for v in VARIANTS + EXTRA_VARIANTS}
+    lines = ["| receiver | bytes per data_received | completions per GB | CPU s/GB outside io_uring "
+             "syscalls | CPU s/GB total | total vs uvloop Buffered |", "|---|---|---|---|---|---|"]
+    ref_total = summary.get(ref, {}).get("total")
+    for name in order.split(","):
+        s = summary.get(name, {})
+        label = labels[name]
+        if "total" not in s:
+            lines.append(f"| {label} | not run: {s.get('skipped', 'missing')} | | | | |")
+            continue
+        ratio = f"{s['total'] / ref_total:.2f}" if ref_total else "n/a"
+        lines.append(f"| {label} | {_cell(s, 'bytes_per_call_runs', '.0f')} | "
+                     f"{_cell(s, 'completions_per_gb', '.0f')} | {_cell(s, 'outside_syscalls', '.3f')} | "
+                     f"{_cell(s, 'total', '.3f')} | {ratio} |")
+    return "\n".join(lines)
+
+
+def merged_targets(summary: dict, merged: str, unmerged: str) -> list[str]:
+    m, u = summary.get(merged, {}), summary.get(unmerged, {})
+    if "total" not in m or "total" not in u:
+        return ["targets not evaluated: a variant did not run"]
+    out = [f"- merged >= 32 KiB per data_received: {m['bytes_per_call_runs']:.0f} B: "
+           f"{'MET' if m['bytes_per_call_runs'] >= 32768 else 'NOT MET'}"]
+    if "outside_syscalls" in m:
+        out.append(f"- merged CPU outside io_uring syscalls <= 0.035 s/GB: {m['outside_syscalls']:.3f}: "
+                   f"{'MET' if m['outside_syscalls'] <= 0.035 else 'NOT MET'}")
+    ratio = m["total"] / u["total"]
+    out.append(f"- merged total <= 0.93x unmerged (max_view=4096, the build before): {ratio:.2f}x: "
+               f"{'MET' if ratio <= 0.93 else 'NOT MET'}")
+    # per round (the rounds interleave the variants: a busy host slows a round's
+    # variants alike), merged / unmerged
+    for key in ("total", "outside_syscalls"):
+        a, b = m.get("rounds", {}).get(key, []), u.get("rounds", {}).get(key, [])
+        if a and len(a) == len(b):
+            r = sorted(x / y for x, y in zip(a, b))
+            out.append(f"- paired per round, merged / unmerged CPU {key}: median {r[len(r) // 2]:.2f}x "
+                       f"({r[0]:.2f}-{r[-1]:.2f})")
+    ref = summary.get("uvloop-buffered", {}).get("total")
+    if ref:
+        r = m["total"] / ref
+        out.append(f"- merged total <= 0.33x uvloop BufferedProtocol: {r:.2f}x: {'MET' if r <= 0.33 else 'NOT MET'}")
+    return out
+
+
+def run_merged(rounds: int, seconds: float) -> int:
+    """guest.py --merged: the NIC table, then the zcrx-copy one; status 0 ran, 2 failed, 77 no guest."""
+    chk = subprocess.run([RUNNER, "--nic", "--check"], capture_output=True, text=True, cwd=ROOT)
+    if chk.returncode != 0:
+        print(f"merged-views benchmark not run: {(chk.stdout + chk.stderr).strip()}")
+        return 77
+    py = shlex.quote(sys.executable)
+    status = 0
+    for title, only, nic in (("Over the simulated NIC (engine zcrx on queue 1)", MERGED_NIC, True),
+                             ("In the guest over loopback (engine zcrx-copy)", MERGED_COPY, False)):
+        bench = (f"{py} benchmarks/run.py --no-write --summary-json --kernel-split "
+                 f"--rounds {rounds} --seconds {seconds} --only {only}")
+        if nic:
+            inner = (f"{py} -m aiozcrx nic setup -i $AIOZCRX_NIC -q {NIC_QUEUE} -p {NIC_PORT} "
+                     f"--flow-type tcp4 >/dev/null && AIOZCRX_BENCH_PORT={NIC_PORT} "
+                     f"AIOZCRX_BENCH_QUEUE={NIC_QUEUE} {bench} --nic")
+        else:
+            inner = bench
+        timeout = int(rounds * len(only.split(",")) * (seconds + 20) + 180)
+        cmd = [RUNNER] + (["--nic"] if nic else []) + ["--timeout", str(timeout), "--", inner]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        summary = _summary(out.stdout)
+        print(f"\n{title}: {rounds} rounds x {seconds:g} s, interleaved; medians (min-max)\n")
+        if out.returncode != 0 or summary is None:
+            print(f"run failed (status {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
+            status = 2
+            continue
+        print(merged_table(summary, only))
+        names = only.split(",")
+        print()
+        print("\n".join(merged_targets(summary, names[1], names[2])))
+    return status
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -107,9 +217,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=VARIANTS)
     ap.add_argument("--no-nic", action="store_true", help="skip the table over the simulated NIC")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round x 0.5 s (the guest boots twice)")
+    ap.add_argument("--merged", action="store_true",
+                    help="merged views: zcrx with and without them, refill order, beside uvloop BufferedProtocol")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 0.5
+    if args.merged:
+        return run_merged(args.rounds, args.seconds)
     status, text = run_guest(args.rounds, args.seconds, args.only)
     print(text)
     if not args.no_nic:

@@ -64,12 +64,13 @@ import sys
 import tempfile
 import time
 
-from common import VARIANTS, BufferedSink, ProtoSink, fmt_range, med, ring_dispatcher  # benchmarks/ is sys.path[0]
+from common import (EXTRA_VARIANTS, RECEIVER_OPTIONS, UNORDERED_REFILLS, VARIANTS,  # benchmarks/ is sys.path[0]
+                    BufferedSink, ProtoSink, fmt_range, med, ring_dispatcher)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BLOCK = 1 << 20
-BY_NAME = {v[0]: v for v in VARIANTS}
+BY_NAME = {v[0]: v for v in VARIANTS + EXTRA_VARIANTS}
 # make bench's cases: bulk is this file; the others are scripts of their own, run in turn
 CASES = {
     "bulk": (None, "bulk loopback receive, 1 MiB sends, one connection"),
@@ -158,10 +159,12 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
             where = {"interface": nic["ifname"], "queue": nic["queue"],
                      "rq_entries": min(32768, 1 << (nbufs - 1).bit_length())}
         async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size,
-                                    **where) as rx:
+                                    **where, **RECEIVER_OPTIONS.get(name, {})) as rx:
             if conn is None:
                 conn = await connect()
             dispatcher = ring_dispatcher(rx)
+            if name in UNORDERED_REFILLS:
+                rx._engine.area.set_refill_order(False)  # a measurement switch, as set_timing
             if kernel_split and dispatcher is not None:
                 dispatcher.set_timing(True)  # thread CPU inside our io_uring syscalls
             t0 = time.perf_counter()
@@ -173,6 +176,7 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
             st = rx.stats()
             # wake-ups of either path (eventfd, or the sockets': concepts, "Wake-ups")
             stats = {"completions": st.get("completions"),
+                     "merged_completions": st.get("merged_completions", 0),
                      "wakeups": st.get("wakeups", 0) + st.get("socket_wakeups", 0),
                      "engine": rx.engine, "wake": st.get("wake")}
             if engine == "zcrx":
@@ -279,6 +283,9 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
                          "errors": len(runs) - len(good)}
         if outside and len(outside) == len(good):
             summary[name]["outside_syscalls"] = outside
+        summary[name]["bytes_per_call_runs"] = per_call
+        if all(r.get("completions") for r in good):
+            summary[name]["completions_per_gb"] = [r["completions"] / (r["bytes"] / 1e9) for r in good]
     return summary
 
 
@@ -553,9 +560,13 @@ def bulk(args, order: list[str], what: str):
         for n in split:
             print(f"- {BY_NAME[n][1]}: {fmt_range(summary[n]['outside_syscalls'])}")
     if args.summary_json:
+        keys = ("gbps", "user", "sys", "total", "outside_syscalls", "bytes_per_call_runs",
+                "completions_per_gb")
         print("SUMMARY-JSON " + json.dumps({
             n: ({"skipped": s["skipped"]} if "skipped" in s else
-                {k: med(s[k]) for k in ("gbps", "user", "sys", "total", "outside_syscalls") if k in s})
+                {**{k: med(s[k]) for k in keys if k in s},
+                 "ranges": {k: [min(s[k]), max(s[k])] for k in keys if k in s},
+                 "rounds": {k: s[k] for k in keys if k in s}})
             for n, s in summary.items()}))
     return results, summary, tab, header
 

@@ -59,6 +59,18 @@ area_take(Area *a, uint64_t ident)
         a->bufs_held++;
 }
 
+/* zcrx: a view over `pieces` completions merged into one span (dispatch.c,
+ * merge_zcrx_run) holds one niov per completion: counted as that many buffers
+ * (pieces is 1 for every other view). */
+static inline void
+area_take_n(Area *a, uint64_t ident, uint32_t pieces)
+{
+    if (pieces == 1)
+        area_take(a, ident);
+    else
+        a->outstanding += pieces;
+}
+
 /* A buffer comes back from user space. Never fails: a zcrx return that cannot be
  * queued (out of memory for the pending list) is dropped and counted, which costs
  * the area one buffer, never correctness. */
@@ -209,25 +221,26 @@ conn_of(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
     return u && gen && slot < u->held_cap && u->held_gen[slot] == gen ? u : NULL;
 }
 
+/* A view of (user, slot, gen) holds `n` buffers (niovs: a merged zcrx view
+ * counts each it covers). */
 static inline void
-area_hold(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
+area_hold(Area *a, uint32_t user, uint32_t slot, uint32_t gen, uint32_t n)
 {
     AreaUser *u = conn_of(a, user, slot, gen);
     if (u)
-        u->held[slot]++;
+        u->held[slot] += n;
 }
 
-/* A view of (user, slot, gen) was released: one buffer fewer held by that
- * connection. A connection over its share is let go again at half of it
- * (hysteresis, so it does not flap at the limit): listed for take_back() and its
- * own engine's loop woken. */
+/* A view of (user, slot, gen) holding `n` buffers was released. A connection
+ * over its share is let go again at half of it (hysteresis, so it does not flap
+ * at the limit): listed for take_back() and its own engine's loop woken. */
 static inline void
-area_unhold(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
+area_unhold(Area *a, uint32_t user, uint32_t slot, uint32_t gen, uint32_t n)
 {
     AreaUser *u = conn_of(a, user, slot, gen);
     if (!u || !u->held[slot])
         return;
-    u->held[slot]--;
+    u->held[slot] -= n < u->held[slot] ? n : u->held[slot];
     if ((u->over[slot] & OVER_SHARE) && u->held[slot] <= u->share / 2) {
         u->over[slot] &= ~OVER_SHARE;
         if (!(u->over[slot] & OVER_LISTED)) {
@@ -391,6 +404,28 @@ area_return(Area *a, uint64_t ident, uint32_t len)
     }
 }
 
+/* zcrx: the refill entries of a view over `pieces` merged completions, one per
+ * niov it covers. Merging (dispatch.c, merge_zcrx_run) guarantees that every
+ * completion but the last ended on a niov boundary and that each lies in one
+ * niov: the first piece runs from `ident` to the next boundary, the middle ones
+ * are whole niovs, the last has what is left. The kernel takes one user
+ * reference per entry, so each niov goes back exactly once. */
+static void
+area_return_span(Area *a, uint64_t ident, uint32_t len, uint32_t pieces)
+{
+    if (pieces == 1) {
+        area_return(a, ident, len);
+        return;
+    }
+    uint64_t niov = a->buf_size;    /* zcrx: the niov size (a power of two) */
+    while (pieces--) {
+        uint32_t n = pieces ? (uint32_t)(((ident | (niov - 1)) + 1) - ident) : len;
+        area_return(a, ident, n);
+        ident += n;
+        len -= n;
+    }
+}
+
 /* Incremental pbuf: the kernel finished buffer `bid` (a completion without
  * IORING_CQE_F_BUF_MORE); it is free once no view is left over it. */
 static inline void
@@ -437,6 +472,60 @@ zcrx_flush(Area *a)
     return 0;
 }
 
+/* Refill order (zcrx). The kernel hands niovs out last in, first out: a NIC
+ * queue's page pool fills its cache from the refill ring in ring order and
+ * allocates from the top of it; a NODEV flush pushes them on the area's free
+ * list, which the copy path pops. Entries published in descending offset order
+ * so come back ascending: a connection's next completions land in adjacent
+ * niovs and merge into one view (dispatch.c, merge_zcrx_run). Released in
+ * delivery order, the entries are mostly ascending already: reversed in place
+ * then, sorted only when mixed. Only entries not yet published are ours to
+ * reorder: [published tail, local tail). */
+static int
+rqe_off_descending(const void *x, const void *y)
+{
+    uint64_t a = ((const struct azx_zcrx_rqe *)x)->off, b = ((const struct azx_zcrx_rqe *)y)->off;
+    return a < b ? 1 : a > b ? -1 : 0;
+}
+
+static void
+rq_order_descending(Area *a)
+{
+    uint32_t from = *a->rq_ktail, to = a->rq_local_tail, n = to - from, m = a->rq_mask;
+    struct azx_zcrx_rqe *e = a->rqes;
+    if (n < 2 || !a->refill_descending)
+        return;
+    int up = 1, down = 1;
+    for (uint32_t i = from; i + 1 != to && (up || down); i++) {
+        uint64_t x = e[i & m].off, y = e[(i + 1) & m].off;
+        if (x < y)
+            down = 0;
+        else if (x > y)
+            up = 0;
+    }
+    if (down)
+        return;
+    if (up) {
+        for (uint32_t i = from, j = to - 1; i - from < n / 2; i++, j--) {
+            struct azx_zcrx_rqe t = e[i & m];
+            e[i & m] = e[j & m];
+            e[j & m] = t;
+        }
+        a->refill_reversed++;
+        return;
+    }
+    struct azx_zcrx_rqe *tmp = PyMem_Malloc((size_t)n * sizeof(*tmp));
+    if (!tmp)
+        return;     /* out of memory: published as they are (order is only an optimisation) */
+    for (uint32_t i = 0; i < n; i++)
+        tmp[i] = e[(from + i) & m];
+    qsort(tmp, n, sizeof(*tmp), rqe_off_descending);
+    for (uint32_t i = 0; i < n; i++)
+        e[(from + i) & m] = tmp[i];
+    PyMem_Free(tmp);
+    a->refill_sorted++;
+}
+
 #define PBUF_EPOCH 256
 
 /* Makes queued returns visible to the kernel: one tail store per call. */
@@ -461,6 +550,7 @@ area_publish(Area *a, int force)
             }
             uint32_t queued = a->rq_local_tail - LOAD_ACQ32(a->rq_khead);
             if (queued && *a->rq_ktail != a->rq_local_tail) {
+                rq_order_descending(a);
                 if (!a->nodev)  /* a NIC queue's page pool takes them from here */
                     a->given += a->rq_local_tail - *a->rq_ktail;
                 STORE_REL32(a->rq_ktail, a->rq_local_tail);
@@ -546,6 +636,21 @@ area_free_in_kernel(Area *a)
         return a->nfree;
     }
     return 0;
+}
+
+/* set_refill_order(descending) -> bool: zcrx, publish refills in descending
+ * offset order (the default; see rq_order_descending); False: as released
+ * (benchmarks compare the two). Returns the setting in effect. */
+static PyObject *
+Area_set_refill_order(Area *a, PyObject *arg)
+{
+    if (!area_ready(a))
+        return NULL;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    a->refill_descending = a->kind == KIND_ZCRX && on;
+    return PyBool_FromLong(a->refill_descending);
 }
 
 static PyObject *
@@ -644,6 +749,7 @@ Area_setup_zcrx(Area *a, PyObject *args)
     a->users[0]->zcrx_id = zcrx_id;   /* the ring that registered it is user 0's */
     a->users[0]->ring_fd = ring_fd;
     a->nodev = nodev;
+    a->refill_descending = 1;
     Py_RETURN_NONE;
 }
 
@@ -798,7 +904,7 @@ Area_recv(Area *a, PyObject *args)
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
         a->nfree--;
-        return make_view(a, ptr, n, bid, 0, slot, gen);
+        return make_view(a, ptr, n, bid, 1, 0, slot, gen);
     }
     if (n == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
@@ -860,7 +966,9 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
             Py_CLEAR(s);
         Py_XDECREF(p);
     } else if (s) {
-        PyObject *p = Py_BuildValue("{s:K}", "views_outstanding", a->outstanding);
+        /* zcrx: a merged view holds several buffers (niovs) */
+        PyObject *p = Py_BuildValue("{s:K}", "views_outstanding",
+                                    a->kind == KIND_ZCRX ? a->views : a->outstanding);
         if (!p || PyDict_Update(s, p) < 0)
             Py_CLEAR(s);
         Py_XDECREF(p);
@@ -868,6 +976,15 @@ Area_stats(Area *a, PyObject *Py_UNUSED(ignored))
     if (s && a->kind != KIND_POOL) {
         /* handed to the kernel (see revive_budget in dispatch.c) */
         PyObject *p = Py_BuildValue("{s:K}", "buffers_given", a->given);
+        if (!p || PyDict_Update(s, p) < 0)
+            Py_CLEAR(s);
+        Py_XDECREF(p);
+    }
+    if (s && a->kind == KIND_ZCRX) {
+        PyObject *p = Py_BuildValue("{s:O,s:K,s:K}", "refill_descending",
+                                    a->refill_descending ? Py_True : Py_False,
+                                    "refill_reversed", a->refill_reversed,
+                                    "refill_sorted", a->refill_sorted);
         if (!p || PyDict_Update(s, p) < 0)
             Py_CLEAR(s);
         Py_XDECREF(p);
@@ -948,6 +1065,7 @@ static PyMethodDef Area_methods[] = {
     {"setup_pool", (PyCFunction)Area_setup_pool, METH_NOARGS, "use a user-space free list"},
     {"publish", (PyCFunction)Area_publish, METH_VARARGS, "publish queued returns (one tail store)"},
     {"recv", (PyCFunction)Area_recv, METH_VARARGS, "recv(fd, slot, gen) into a pool buffer, for that connection"},
+    {"set_refill_order", (PyCFunction)Area_set_refill_order, METH_O, "set_refill_order(descending) -> bool: zcrx refills published in descending offset order (default on)"},
     {"set_share", (PyCFunction)Area_set_share, METH_VARARGS, "set_share(buffers, wake_fd[, user]): one connection's limit, that user's wake-up"},
     {"bind_slot", (PyCFunction)Area_bind_slot, METH_VARARGS, "bind_slot(slot, gen[, user]): a new connection holds nothing"},
     {"over_share", (PyCFunction)Area_over_share, METH_VARARGS, "over_share(slot, gen[, user]): holds its share now?"},

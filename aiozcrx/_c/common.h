@@ -100,6 +100,9 @@ typedef struct Area {
      * connections wait for (see revive_budget in dispatch.c) */
     unsigned long long given;
     uint32_t rq_seen_head;      /* zcrx NODEV: the refill ring's head at the last look */
+    /* zcrx: publish refills in descending offset order (see rq_order_descending) */
+    int refill_descending;
+    unsigned long long refill_reversed, refill_sorted;
     int closed;
     /* the engines receiving into it (see AreaUser): user 0 is the one that made
      * it; the last user's close() closes the area */
@@ -108,6 +111,7 @@ typedef struct Area {
     uint32_t live_users;
     int unmapped;               /* closed and no lease left: the memory is gone */
     /* stats */
+    unsigned long long views;   /* leases alive (a merged zcrx view holds several buffers) */
     unsigned long long outstanding, returned, publishes, flushes, flush_errors;
     /* benchmarks (Dispatcher.set_timing): thread CPU spent inside the io_uring
      * syscalls we make, i.e. kernel work done on our behalf (see thread_cpu_ns) */
@@ -123,6 +127,7 @@ typedef struct {
     uint64_t ident;             /* zcrx: offset in the area; pbuf/pool: buffer id */
     uint32_t user;              /* the area user (engine) it was delivered through */
     uint32_t slot, gen;         /* that engine's connection it went to (gen 0: none) */
+    uint32_t pieces;            /* zcrx: niovs (completions) merged into it; else 1 */
     int empty;                  /* its buffer went back already: a parked view (dispatch.c) */
 } Lease;
 
@@ -143,9 +148,9 @@ static PyObject *raise_forked(void);
 
 /* lease.c: a new memoryview over a new lease (used by Area.recv in area.c) */
 static inline PyObject *make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident,
-                                  uint32_t user, uint32_t slot, uint32_t gen);
-static inline void area_hold(Area *a, uint32_t user, uint32_t slot, uint32_t gen);
-static inline void area_unhold(Area *a, uint32_t user, uint32_t slot, uint32_t gen);
+                                  uint32_t pieces, uint32_t user, uint32_t slot, uint32_t gen);
+static inline void area_hold(Area *a, uint32_t user, uint32_t slot, uint32_t gen, uint32_t n);
+static inline void area_unhold(Area *a, uint32_t user, uint32_t slot, uint32_t gen, uint32_t n);
 static int area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen);
 
 /* The live user `user` of `a`, or NULL (never added, or closed). */

@@ -86,6 +86,10 @@ typedef struct {
     int reuse_views;            /* see reusable_lease() */
     unsigned long long reused_views;
     unsigned long long merged;  /* completions delivered in the same view as the one before */
+    /* bytes one view may gather from several completions (merged views: see
+     * gather_run); 0 or up to a page: none merged. A single completion is
+     * delivered whole. */
+    uint32_t max_view;
     /* over_share="copy": a connection whose views hold its share gets copies (bytes,
      * its buffer back at once) until it is back under (area_unhold), instead of
      * being stopped: asyncio never stops a protocol that did not ask for it */
@@ -126,6 +130,9 @@ struct ctl_rec {
 };
 
 #define BATCH 256
+/* Dispatcher.set_max_view's default (Receiver(max_view=...); see docs/benchmarks.md) */
+#define DEFAULT_MAX_VIEW (256 * 1024)
+static uint32_t page_bytes = 4096;      /* the page size (set at import: leases.c) */
 
 /* A re-armed connection takes what its socket holds, often more than one buffer
  * (a multishot request goes on while there are data and buffers): each re-arm is
@@ -254,6 +261,7 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
     d->cqe_shift = cqe_size == 32 ? 5 : 4;
     d->copy = copy;
     d->reuse_views = VIEW_REUSE && view_layout_ok;
+    d->max_view = DEFAULT_MAX_VIEW;
     d->evfd = -1;
     d->revive_after = ~0ULL;    /* nobody starved */
     return 0;
@@ -603,6 +611,352 @@ park_view(Dispatcher *d, PyObject *spare)
     Py_XDECREF(spare);
 }
 
+/* ------------------------------------------------------------- drain
+ *
+ * drain() takes completions from the CQ a batch at a time (take_batch) and deals
+ * with each: a data completion (data_completion) is gathered with the ones that
+ * continue it into one delivery (gather_run), counted for its slot
+ * (account_slot) and delivered (deliver: straight back, bytes, or a view);
+ * anything else becomes a control record (other_completion). */
+
+/* One delivery: a run of data completions of one request, delivered as one. */
+typedef struct {
+    uint64_t ud;
+    uint32_t slot;
+    char *ptr;
+    uint64_t ident;
+    int32_t res;        /* bytes, all pieces */
+    uint32_t flags;     /* the last piece's: the delivery's */
+    uint32_t pieces;    /* completions in it */
+    uint32_t niovs;     /* buffers its view holds: zcrx, one per piece; else 1 */
+    int unknown;        /* a kind we never issue */
+} delivery;
+
+/* Takes up to BATCH completions from the CQ into `batch` and frees their CQ slots
+ * for the kernel before any Python code runs. Returns how many (0: the CQ is
+ * empty, or there is no memory to record what they say: d->stalled). */
+static inline uint32_t
+take_batch(Dispatcher *d, cqe_rec *batch, unsigned long long *n)
+{
+    uint32_t head = *d->khead;
+    uint32_t tail = LOAD_ACQ32(d->ktail);
+    uint32_t cnt = tail - head;
+    if (!cnt)
+        return 0;
+    if (cnt > BATCH)
+        cnt = BATCH;
+    /* a CQE makes two records at most: room for them before it leaves the CQ */
+    uint32_t room = make_room(d, 2 * cnt) / 2;
+    if (room < cnt)
+        cnt = room;
+    if (!cnt) {
+        d->stalled = 1;     /* no memory for more records: the rest waits in the CQ */
+        d->nomem_stalls++;
+        return 0;
+    }
+    for (uint32_t i = 0; i < cnt; i++) {
+        const struct azx_cqe *c = (const struct azx_cqe *)
+            (d->cqes + ((size_t)((head + i) & d->mask) << d->cqe_shift));
+        batch[i].ud = c->user_data;
+        batch[i].res = c->res;
+        batch[i].flags = c->flags;
+        batch[i].zc_off = d->cqe_shift == 5 ? ((const struct azx_zcrx_cqe *)c->big_cqe)->off : 0;
+    }
+    STORE_REL32(d->khead, head + cnt);
+    *n += cnt;
+    return cnt;
+}
+
+/* The piece `nx` joins delivery `dl` (its buffer accounting done by the caller). */
+static inline void
+join_piece(Dispatcher *d, delivery *dl, const cqe_rec *nx)
+{
+    dl->res += nx->res;
+    dl->flags = nx->flags;
+    dl->pieces++;
+    d->completions++;
+    d->bytes += (unsigned long long)nx->res;
+    d->merged++;
+}
+
+/* Incremental pbuf: pieces that follow on in the same buffer for the same
+ * request are one delivery, one view over all of them. A piece that ends the
+ * request (no F_MORE) or the buffer (no BUF_MORE) closes the run; its flags are
+ * the delivery's. */
+static inline void
+merge_pbuf_run(Dispatcher *d, const cqe_rec *batch, uint32_t cnt, uint32_t *i, delivery *dl)
+{
+    Area *a = d->area;
+    while (*i + 1 < cnt) {
+        const cqe_rec *nx = &batch[*i + 1];
+        uint32_t end = a->buf_used[dl->ident];
+        if (nx->ud != dl->ud || nx->res <= 0 || !(dl->flags & AZX_CQE_F_MORE) ||
+            !(dl->flags & AZX_CQE_F_BUF_MORE) || !(nx->flags & AZX_CQE_F_BUFFER) ||
+            (nx->flags >> AZX_CQE_BUFFER_SHIFT) != dl->ident ||
+            (uint64_t)end + (uint32_t)nx->res > a->buf_size ||
+            (uint64_t)dl->res + (uint32_t)nx->res > d->max_view ||
+            dl->ptr + dl->res != a->base + (size_t)dl->ident * a->buf_size + end)
+            break;
+        a->buf_used[dl->ident] = end + (uint32_t)nx->res;
+        join_piece(d, dl, nx);
+        (*i)++;
+    }
+}
+
+/* zcrx: the completions right after this one that continue it in the area are
+ * one delivery, one view (a merged view): same request (user_data), the earlier
+ * says more follows (F_MORE), the next starts where it ended, the earlier ends
+ * on a niov boundary, each lies within one niov, and the whole stays within
+ * max_view. The kernel posts one completion per niov at most and never two of
+ * one request across a niov without ending the first at its end, so a merged
+ * view covers one niov per completion, and its release gives each back once
+ * (area_return_span). The refill order (area.c, rq_order_descending) makes such
+ * runs likely. */
+static inline void
+merge_zcrx_run(Dispatcher *d, const cqe_rec *batch, uint32_t cnt, uint32_t *i, delivery *dl)
+{
+    Area *a = d->area;
+    uint64_t niov_mask = (uint64_t)a->buf_size - 1;
+    if ((dl->ident & niov_mask) + (uint32_t)dl->res > a->buf_size)
+        return;             /* a completion over a niov boundary: never merged */
+    while (*i + 1 < cnt) {
+        const cqe_rec *nx = &batch[*i + 1];
+        uint64_t end = dl->ident + (uint32_t)dl->res;
+        if (nx->ud != dl->ud || nx->res <= 0 || !(dl->flags & AZX_CQE_F_MORE) ||
+            (end & niov_mask) || (nx->zc_off & ZCRX_OFF_MASK) != end ||
+            (uint32_t)nx->res > a->buf_size || end + (uint32_t)nx->res > a->len ||
+            (uint64_t)dl->res + (uint32_t)nx->res > d->max_view)
+            break;
+        join_piece(d, dl, nx);
+        dl->niovs++;
+        (*i)++;
+    }
+}
+
+/* Whether views gather several completions: max_view above a page (0, or up to a
+ * page: one view per completion). */
+static inline int
+merging(Dispatcher *d)
+{
+    return d->max_view > page_bytes;
+}
+
+/* The data completion batch[*i] and those that continue it, as one delivery;
+ * *i ends at its last piece. */
+static inline void
+gather_run(Dispatcher *d, const cqe_rec *batch, uint32_t cnt, uint32_t *i, int unknown,
+           char *ptr, uint64_t ident, delivery *dl)
+{
+    const cqe_rec *c = &batch[*i];
+    dl->ud = c->ud;
+    dl->slot = UD_SLOT(c->ud);
+    dl->ptr = ptr;
+    dl->ident = ident;
+    dl->res = c->res;
+    dl->flags = c->flags;
+    dl->pieces = dl->niovs = 1;
+    dl->unknown = unknown;
+    d->completions++;
+    d->bytes += (unsigned long long)c->res;
+    if (unknown)
+        return;
+    if (!merging(d))
+        return;
+    if (d->area->inc)
+        merge_pbuf_run(d, batch, cnt, i, dl);
+    else if (d->area->kind == KIND_ZCRX)
+        merge_zcrx_run(d, batch, cnt, i, dl);
+}
+
+/* The delivery's sink, counting it for its slot: only the connection the request
+ * was issued for, and only while it takes data. NULL or None: a slot reused by
+ * another connection, a sink dropped by close()/abort()/an exception, or a halt
+ * (the buffers go straight back). Borrowed. */
+static inline PyObject *
+account_slot(Dispatcher *d, const delivery *dl)
+{
+    uint32_t slot = dl->slot;
+    if (dl->unknown || d->halted || slot >= d->slot_cap || d->slot_gen[slot] != UD_GEN(dl->ud))
+        return NULL;
+    d->slot_counts[2 * slot] += dl->pieces;
+    d->slot_counts[2 * slot + 1] += (unsigned long long)dl->res;
+    if (!(d->slot_active[slot] & 1)) {
+        d->slot_active[slot] |= 1;
+        d->active[d->nactive++] = slot;
+    }
+    if (d->slots && slot < (uint32_t)PyList_GET_SIZE(d->slots))
+        return PyList_GET_ITEM(d->slots, slot);
+    return NULL;
+}
+
+/* The delivery's buffers go straight back to the kernel (no view over them). */
+static inline void
+give_back_now(Area *a, const delivery *dl)
+{
+    area_take_n(a, dl->ident, dl->niovs);
+    area_return_span(a, dl->ident, (uint32_t)dl->res, dl->niovs);
+}
+
+/* A protocol that takes bytes: copy, give the buffers back, call. */
+static inline void
+deliver_to_copy_sink(Dispatcher *d, CopySink *s, const delivery *dl, PyObject **spare)
+{
+    PyObject *b = copysink_copy(s, dl->ptr, dl->res);
+    give_back_now(d->area, dl);
+    if (!b) {
+        delivery_failed(d, dl->slot, dl->ud);
+        return;
+    }
+    Py_INCREF(s);
+    PyObject *r = s->data_received ? copysink_deliver(s, b) : NULL;
+    if (!r && !s->data_received)
+        PyErr_SetString(PyExc_RuntimeError, "CopySink is not initialised");
+    Py_DECREF(s);
+    Py_DECREF(b);
+    if (r) {
+        Py_DECREF(r);
+    } else {
+        Py_CLEAR(*spare);
+        sink_failed(d, dl->slot, dl->ud, dl->res, dl->flags);
+    }
+}
+
+/* The view (or bytes) a view sink gets for the delivery, the round's spare view
+ * reused where nobody else can see it; NULL: no memory (the buffers are back).
+ * *copied: bytes were made (Receiver(copy=True), or over its share with
+ * over_share="copy"). */
+static inline PyObject *
+make_delivery_view(Dispatcher *d, const delivery *dl, PyObject **spare, int *copied)
+{
+    Area *a = d->area;
+    uint32_t gen = UD_GEN(dl->ud);
+    AreaUser *cu = d->share_copy ? conn_of(a, d->user, dl->slot, gen) : NULL;
+    int over = cu && cu->share && (cu->over[dl->slot] & OVER_SHARE);
+    *copied = d->copy || over;
+    if (*copied) {
+        PyObject *b = PyBytes_FromStringAndSize(dl->ptr, dl->res);
+        give_back_now(a, dl);
+        if (over) {
+            d->share_copies++;
+            d->share_copied_bytes += (unsigned long long)dl->res;
+        }
+        return b;
+    }
+#if VIEW_REUSE
+    Lease *l;
+    if (*spare && d->reuse_views && (l = reusable_lease(*spare))) {
+        retarget_view(*spare, l, dl->ptr, dl->res, dl->ident, dl->niovs, d->user, dl->slot, gen);
+        PyObject *v = *spare;
+        *spare = NULL;
+        d->reused_views++;
+        return v;
+    }
+#endif
+    Py_CLEAR(*spare);
+    return make_view(a, dl->ptr, dl->res, dl->ident, dl->niovs, d->user, dl->slot, gen);
+}
+
+/* Fair share: the views this connection still holds after its callback returned
+ * (in buffers: a merged view counts each niov) reached its share. Said once (the
+ * engine stops its request, or copies); said again only after it came back under
+ * (area_unhold). */
+static inline void
+check_share(Dispatcher *d, const delivery *dl)
+{
+    AreaUser *u = conn_of(d->area, d->user, dl->slot, UD_GEN(dl->ud));
+    if (u && u->share && u->held[dl->slot] >= u->share &&
+        !(u->over[dl->slot] & OVER_SHARE) && !d->halted) {
+        u->over[dl->slot] |= OVER_SHARE;
+        uint64_t ud = (dl->ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_OVER_SHARE << 32);
+        push_control(d, ud, (int32_t)u->held[dl->slot], AZX_CQE_F_MORE, NULL);
+    }
+}
+
+/* A sink that takes views: one data_received(view) call. */
+static inline void
+deliver_view(Dispatcher *d, PyObject *cb, const delivery *dl, PyObject **spare)
+{
+    int copied;
+    PyObject *view = make_delivery_view(d, dl, spare, &copied);
+    if (!view) {
+        /* make_view gave the buffers back (its lease's dealloc) */
+        delivery_failed(d, dl->slot, dl->ud);
+        return;
+    }
+    Py_INCREF(cb);
+    PyObject *r = PyObject_CallOneArg(cb, view);
+    Py_DECREF(cb);
+    if (VIEW_REUSE && d->reuse_views && !copied)
+        *spare = view;      /* released at the next delivery or by park_view */
+    else
+        Py_DECREF(view);
+    if (r) {
+        Py_DECREF(r);
+        check_share(d, dl);
+    } else {
+        /* As asyncio: after a protocol callback raised, nothing more is delivered
+         * to it. The rest of this round's completions for the slot find no sink;
+         * the transport closes (Python, from the control record, which carries
+         * F_MORE so that it only reports the exception). */
+        Py_CLEAR(*spare);   /* the view may be in the traceback */
+        sink_failed(d, dl->slot, dl->ud, dl->res, dl->flags);
+    }
+}
+
+/* A data completion (and those gathered with it): delivered, or its buffers
+ * back; the end of its request (no F_MORE) is a control record. */
+static inline void
+data_completion(Dispatcher *d, const cqe_rec *batch, uint32_t cnt, uint32_t *i, int unknown,
+                char *ptr, uint64_t ident, PyObject **spare)
+{
+    Area *a = d->area;
+    delivery dl;
+    gather_run(d, batch, cnt, i, unknown, ptr, ident, &dl);
+    PyObject *cb = account_slot(d, &dl);
+    if (cb == NULL || cb == Py_None) {
+        /* connection gone, stopped, or another's: straight back to the kernel */
+        give_back_now(a, &dl);
+        d->dropped++;
+        d->dropped_bytes += (unsigned long long)dl.res;
+    } else if (Py_IS_TYPE(cb, &CopySinkType)) {
+        deliver_to_copy_sink(d, (CopySink *)cb, &dl, spare);
+    } else {
+        deliver_view(d, cb, &dl, spare);
+    }
+    if (a->inc && !(dl.flags & AZX_CQE_F_BUF_MORE))
+        pbuf_kernel_done(a, (uint32_t)dl.ident);  /* after the view took its piece */
+    if (!(dl.flags & AZX_CQE_F_MORE) && !d->halted && !unknown)
+        push_control(d, dl.ud, dl.res, dl.flags, NULL);
+}
+
+/* A completion that delivers no data: buffer bookkeeping, then a control record. */
+static inline void
+other_completion(Dispatcher *d, const cqe_rec *c, int is_recv, int unknown)
+{
+    Area *a = d->area;
+    char *ptr;
+    uint64_t ident;
+    if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) && a->inc) {
+        /* a completion with no data in an incremental buffer: done with it
+         * unless the kernel says it goes on */
+        uint32_t bid = c->flags >> AZX_CQE_BUFFER_SHIFT;
+        if (bid < a->nbufs && !(c->flags & AZX_CQE_F_BUF_MORE))
+            pbuf_kernel_done(a, bid);
+    } else if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) &&
+               cqe_buffer(a, c, &ptr, &ident)) {
+        /* a buffer picked for a completion that carries no data */
+        area_take(a, ident);
+        area_return(a, ident, 0);
+    }
+    if (is_recv && a->kind == KIND_PBUF && c->res == -ENOBUFS && a->window < a->nbufs) {
+        /* the kernel ran through the posted window within one round: widen it */
+        a->window = a->window * 2 > a->nbufs ? a->nbufs : a->window * 2;
+        a->window_grows++;
+    }
+    if (!d->halted && !unknown)
+        push_control(d, c->ud, c->res, c->flags, NULL);
+}
+
 /* Drains the CQ: data completions for a live slot become slot_callback(view);
  * everything else (errors, EOF, ends of multishot requests, other ops, callback
  * exceptions) becomes a control record (push_control), in completion order. Adds
@@ -612,46 +966,17 @@ park_view(Dispatcher *d, PyObject *spare)
 static void
 drain(Dispatcher *d, unsigned long long *n)
 {
-    Area *a = d->area;
     cqe_rec batch[BATCH];
     PyObject *spare = d->parked;  /* the last view handed out, if we hold its only reference */
+    uint32_t cnt;
 
     d->parked = NULL;
     d->stalled = 0;
-
-    for (;;) {
-        uint32_t head = *d->khead;
-        uint32_t tail = LOAD_ACQ32(d->ktail);
-        uint32_t cnt = tail - head;
-        if (!cnt)
-            break;
-        if (cnt > BATCH)
-            cnt = BATCH;
-        /* a CQE makes two records at most: room for them before it leaves the CQ */
-        uint32_t room = make_room(d, 2 * cnt) / 2;
-        if (room < cnt)
-            cnt = room;
-        if (!cnt) {
-            d->stalled = 1;     /* no memory for more records: the rest waits in the CQ */
-            d->nomem_stalls++;
-            break;
-        }
-        for (uint32_t i = 0; i < cnt; i++) {
-            const struct azx_cqe *c = (const struct azx_cqe *)
-                (d->cqes + ((size_t)((head + i) & d->mask) << d->cqe_shift));
-            batch[i].ud = c->user_data;
-            batch[i].res = c->res;
-            batch[i].flags = c->flags;
-            batch[i].zc_off =
-                d->cqe_shift == 5 ? ((const struct azx_zcrx_cqe *)c->big_cqe)->off : 0;
-        }
-        /* the CQ slots are free for the kernel before any Python code runs */
-        STORE_REL32(d->khead, head + cnt);
-        *n += cnt;
-
+    while ((cnt = take_batch(d, batch, n))) {
         for (uint32_t i = 0; i < cnt; i++) {
             const cqe_rec *c = &batch[i];
-            if (UD_KIND(c->ud) == UD_KIND_EVFD) {
+            uint32_t kind = UD_KIND(c->ud);
+            if (kind == UD_KIND_EVFD) {
                 evfd_read_done(d, c->res);
                 (*n)--;         /* ours: not a completion anybody waits for */
                 continue;
@@ -661,7 +986,6 @@ drain(Dispatcher *d, unsigned long long *n)
              * the engine; a buffer it carries goes back to the kernel, as a
              * receive's for a connection that is gone (the area's buffers are
              * handed out only by our receives). */
-            uint32_t kind = UD_KIND(c->ud);
             int unknown = kind != UD_KIND_RECV && kind != UD_KIND_CANCEL &&
                           kind != UD_KIND_NOTIF && kind != UD_KIND_NOP;
             if (unknown)
@@ -669,169 +993,10 @@ drain(Dispatcher *d, unsigned long long *n)
             int is_recv = kind == UD_KIND_RECV || unknown;
             char *ptr;
             uint64_t ident;
-            if (is_recv && c->res > 0 && cqe_buffer(a, c, &ptr, &ident)) {
-                uint32_t slot = UD_SLOT(c->ud);
-                PyObject *cb = NULL;
-                int32_t res = c->res;
-                uint32_t flags = c->flags;
-                uint32_t pieces = 1;
-                d->completions++;
-                d->bytes += (unsigned long long)res;
-                if (a->inc) {
-                    /* Pieces that follow on in the same buffer for the same request
-                     * are one delivery: one view over all of them. A piece that
-                     * ends the request (no F_MORE) or the buffer (no BUF_MORE)
-                     * closes the run; its flags are the delivery's. */
-                    while (i + 1 < cnt) {
-                        const cqe_rec *nx = &batch[i + 1];
-                        uint32_t end = a->buf_used[ident];
-                        if (nx->ud != c->ud || nx->res <= 0 || !(flags & AZX_CQE_F_MORE) ||
-                            !(flags & AZX_CQE_F_BUF_MORE) || !(nx->flags & AZX_CQE_F_BUFFER) ||
-                            (nx->flags >> AZX_CQE_BUFFER_SHIFT) != ident ||
-                            (uint64_t)end + (uint32_t)nx->res > a->buf_size ||
-                            ptr + res != a->base + (size_t)ident * a->buf_size + end)
-                            break;
-                        a->buf_used[ident] = end + (uint32_t)nx->res;
-                        res += nx->res;
-                        flags = nx->flags;
-                        d->completions++;
-                        d->bytes += (unsigned long long)nx->res;
-                        d->merged++;
-                        pieces++;
-                        i++;
-                    }
-                }
-                /* only the connection the request was issued for, and only while
-                 * it takes data: a slot reused by another connection, a sink
-                 * dropped by close()/abort()/an exception, or a halt all send the
-                 * buffer straight back */
-                if (!unknown && !d->halted && slot < d->slot_cap && d->slot_gen[slot] == UD_GEN(c->ud)) {
-                    if (d->slots && slot < (uint32_t)PyList_GET_SIZE(d->slots))
-                        cb = PyList_GET_ITEM(d->slots, slot);
-                    d->slot_counts[2 * slot] += pieces;
-                    d->slot_counts[2 * slot + 1] += (unsigned long long)res;
-                    if (!(d->slot_active[slot] & 1)) {
-                        d->slot_active[slot] |= 1;
-                        d->active[d->nactive++] = slot;
-                    }
-                }
-                if (cb == NULL || cb == Py_None) {
-                    /* connection gone, stopped, or another's: straight back to the kernel */
-                    area_take(a, ident);
-                    area_return(a, ident, (uint32_t)res);
-                    d->dropped++;
-                    d->dropped_bytes += (unsigned long long)res;
-                } else if (Py_IS_TYPE(cb, &CopySinkType)) {
-                    /* a protocol that takes bytes: copy, give the buffer back, call */
-                    CopySink *s = (CopySink *)cb;
-                    PyObject *b = copysink_copy(s, ptr, res);
-                    area_take(a, ident);
-                    area_return(a, ident, (uint32_t)res);
-                    if (!b) {
-                        delivery_failed(d, slot, c->ud);
-                        goto request_end;
-                    }
-                    Py_INCREF(s);
-                    PyObject *r = s->data_received ? copysink_deliver(s, b) : NULL;
-                    if (!r && !s->data_received)
-                        PyErr_SetString(PyExc_RuntimeError, "CopySink is not initialised");
-                    Py_DECREF(s);
-                    Py_DECREF(b);
-                    if (r) {
-                        Py_DECREF(r);
-                    } else {
-                        Py_CLEAR(spare);
-                        sink_failed(d, slot, c->ud, res, flags);
-                    }
-                } else {
-                    PyObject *view;
-                    AreaUser *cu = d->share_copy ? conn_of(a, d->user, slot, UD_GEN(c->ud)) : NULL;
-                    int over = cu && cu->share && (cu->over[slot] & OVER_SHARE);
-                    if (d->copy || over) {
-                        view = PyBytes_FromStringAndSize(ptr, res);
-                        area_take(a, ident);
-                        area_return(a, ident, (uint32_t)res);
-                        if (over) {
-                            d->share_copies++;
-                            d->share_copied_bytes += (unsigned long long)res;
-                        }
-                    } else {
-                        view = NULL;
-#if VIEW_REUSE
-                        Lease *l;
-                        if (spare && d->reuse_views && (l = reusable_lease(spare))) {
-                            retarget_view(spare, l, ptr, res, ident, d->user, slot, UD_GEN(c->ud));
-                            view = spare;
-                            spare = NULL;
-                            d->reused_views++;
-                        }
-#endif
-                        if (!view) {
-                            Py_CLEAR(spare);
-                            view = make_view(a, ptr, res, ident, d->user, slot, UD_GEN(c->ud));
-                        }
-                    }
-                    if (!view) {
-                        /* make_view gave the buffer back (its lease's dealloc) */
-                        delivery_failed(d, slot, c->ud);
-                        goto request_end;
-                    }
-                    Py_INCREF(cb);
-                    PyObject *r = PyObject_CallOneArg(cb, view);
-                    Py_DECREF(cb);
-                    if (VIEW_REUSE && d->reuse_views && !d->copy && !over)
-                        spare = view;   /* released at the next completion or below */
-                    else
-                        Py_DECREF(view);
-                    if (r) {
-                        Py_DECREF(r);
-                        /* Fair share: the views this connection still holds after
-                         * its callback returned reached its share. Said once (the
-                         * engine stops its request); said again only after it came
-                         * back under (area_unhold). */
-                        AreaUser *u = conn_of(a, d->user, slot, UD_GEN(c->ud));
-                        if (u && u->share && u->held[slot] >= u->share &&
-                            !(u->over[slot] & OVER_SHARE) && !d->halted) {
-                            u->over[slot] |= OVER_SHARE;
-                            uint64_t ud = (c->ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_OVER_SHARE << 32);
-                            push_control(d, ud, (int32_t)u->held[slot], AZX_CQE_F_MORE, NULL);
-                        }
-                    } else {
-                        /* As asyncio: after a protocol callback raised, nothing more
-                         * is delivered to it. The rest of this round's completions
-                         * for the slot find no sink; the transport closes (Python,
-                         * from the control record, which carries F_MORE so that it
-                         * only reports the exception). */
-                        Py_CLEAR(spare);  /* the view may be in the traceback */
-                        sink_failed(d, slot, c->ud, res, flags);
-                    }
-                }
-            request_end:
-                if (a->inc && !(flags & AZX_CQE_F_BUF_MORE))
-                    pbuf_kernel_done(a, (uint32_t)ident);  /* after the view took its piece */
-                if (!(flags & AZX_CQE_F_MORE) && !d->halted && !unknown)
-                    push_control(d, c->ud, res, flags, NULL);
-                continue;
-            }
-            if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) && a->inc) {
-                /* a completion with no data in an incremental buffer: done with it
-                 * unless the kernel says it goes on */
-                uint32_t bid = c->flags >> AZX_CQE_BUFFER_SHIFT;
-                if (bid < a->nbufs && !(c->flags & AZX_CQE_F_BUF_MORE))
-                    pbuf_kernel_done(a, bid);
-            } else if (is_recv && a->kind == KIND_PBUF && (c->flags & AZX_CQE_F_BUFFER) &&
-                cqe_buffer(a, c, &ptr, &ident)) {
-                /* a buffer picked for a completion that carries no data */
-                area_take(a, ident);
-                area_return(a, ident, 0);
-            }
-            if (is_recv && a->kind == KIND_PBUF && c->res == -ENOBUFS && a->window < a->nbufs) {
-                /* the kernel ran through the posted window within one round: widen it */
-                a->window = a->window * 2 > a->nbufs ? a->nbufs : a->window * 2;
-                a->window_grows++;
-            }
-            if (!d->halted && !unknown)
-                push_control(d, c->ud, c->res, c->flags, NULL);
+            if (is_recv && c->res > 0 && cqe_buffer(d->area, c, &ptr, &ident))
+                data_completion(d, batch, cnt, &i, unknown, ptr, ident, &spare);
+            else
+                other_completion(d, c, is_recv, unknown);
         }
     }
     park_view(d, spare);  /* its buffer goes back before the round's refill publish */
@@ -959,6 +1124,102 @@ evfd_read_now(Dispatcher *d, int fd)
         d->area->syscall_cpu_ns += thread_cpu_ns() - c0;
 }
 
+/* The wake-up's eventfd reset (see pump_core): queued as a read SQE that rides
+ * in the first enter (1, its SQ position in *pos), or done now with read(2) (0:
+ * the SQ is full, the kernel has no IORING_OP_READ, or no eventfd is bound). */
+static inline int
+reset_eventfd_begin(Dispatcher *d, int fd, uint32_t *pos)
+{
+    d->wakeups++;
+    if (fd < 0)
+        return 0;           /* no eventfd bound: nothing to reset */
+    if (d->evfd_sqe && fd == d->evfd &&
+        d->prep_read(d->ring, fd, (uintptr_t)&evfd_sink, sizeof evfd_sink, d->evfd_ud, pos) == 0)
+        return 1;
+    evfd_read_now(d, fd);
+    return 0;
+}
+
+/* One io_uring_enter (submit + run deferred task work) with the eventfd
+ * switched off; a queued eventfd read the enter did not take is withdrawn and
+ * done with read(2). Returns the enter's result. */
+static inline int
+enter_round(Dispatcher *d, int fd, int *read_queued, uint32_t read_pos)
+{
+    Area *a = d->area;
+    if (d->evfd_disabled_bit)
+        __atomic_fetch_or(d->cq_flags, d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+    int ret;
+    unsigned long long c0 = d->timing ? thread_cpu_ns() : 0;
+    do {
+        ret = d->enter(d->ring, 0, d->getevents);
+    } while (ret == -EINTR);
+    if (d->timing)
+        a->syscall_cpu_ns += thread_cpu_ns() - c0;
+    d->enters++;
+    /* what was queued is submitted: re-arms from here on see the kernel as it is */
+    d->given_at_enter = a->given;
+    d->reserved = 0;
+    if (*read_queued) {
+        *read_queued = 0;
+        if (d->withdraw(d->ring, read_pos)) {
+            /* the enter took no SQE: read(2) now, before the next enter */
+            d->evfd_withdrawn++;
+            evfd_read_now(d, fd);
+        }
+    }
+    return ret;
+}
+
+static inline void
+eventfd_back_on(Dispatcher *d)
+{
+    if (d->evfd_disabled_bit)
+        __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+}
+
+/* drain + the round's refill publish (timed for the benchmarks); the CQEs seen. */
+static inline unsigned long long
+drain_and_publish(Dispatcher *d)
+{
+    unsigned long long n = 0;
+    struct timespec t0, t1;
+    if (d->timing)
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+    drain(d, &n);
+    area_publish(d->area, 0);
+    if (d->timing) {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        d->dispatch_ns += (unsigned long long)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                               (t1.tv_nsec - t0.tv_nsec));
+    }
+    return n;
+}
+
+/* After a round that saw n CQEs (total so far): ROUND_AGAIN, or the state the
+ * pump ends in. */
+enum { ROUND_AGAIN = -1 };
+static inline int
+round_verdict(Dispatcher *d, unsigned long long n, unsigned long long total)
+{
+    int sq_pending = d->sq_space(d->ring) < d->sq_entries;
+    if (d->stalled)
+        return PUMP_BUSY;       /* the engine comes back for the rest */
+    if (d->nctl)
+        return PUMP_IDLE;       /* the caller comes back */
+    if (total >= PUMP_BUDGET)
+        return PUMP_BUSY;       /* the rest after the loop's other callbacks */
+    if (sq_pending)
+        return ROUND_AGAIN;
+    if (!d->pending_mask)
+        /* cannot tell whether work is left (no TASKRUN_FLAG): go on while there is progress */
+        return n ? ROUND_AGAIN : PUMP_IDLE;
+    if (!(__atomic_load_n(d->sq_flags, __ATOMIC_SEQ_CST) & d->pending_mask))
+        return PUMP_IDLE;
+    /* flagged, but an enter found nothing: the flag can lag; a timer looks again */
+    return n ? ROUND_AGAIN : PUMP_PENDING;
+}
+
 /* One wake-up's work (wake: called because the eventfd was readable), or another
  * round after Python handled a control list (wake 0): rounds of io_uring_enter
  * (submit + run deferred task work) -> drain -> publish refills, until the kernel
@@ -991,9 +1252,8 @@ evfd_read_now(Dispatcher *d, int fd)
 static int
 pump_core(Dispatcher *d, int wake, int fd, unsigned long long *totalp, int *statep)
 {
-    Area *a = d->area;
     unsigned long long total = 0;
-    int state = PUMP_BUSY;
+    int state = PUMP_BUSY;      /* the round limit reached: continue after other callbacks */
     int read_queued = 0;
     uint32_t read_pos = 0;
 
@@ -1001,97 +1261,32 @@ pump_core(Dispatcher *d, int wake, int fd, unsigned long long *totalp, int *stat
     *statep = PUMP_IDLE;
     if (d->halted)
         return 0;
-    if (wake) {
-        d->wakeups++;
-        if (fd < 0)
-            ;                   /* no eventfd bound: nothing to reset */
-        else if (d->evfd_sqe && fd == d->evfd &&
-            d->prep_read(d->ring, fd, (uintptr_t)&evfd_sink, sizeof evfd_sink, d->evfd_ud,
-                         &read_pos) == 0)
-            read_queued = 1;
-        else
-            evfd_read_now(d, fd);  /* SQ full, or no IORING_OP_READ */
-    }
+    if (wake)
+        read_queued = reset_eventfd_begin(d, fd, &read_pos);
     for (int round = 0; round < PUMP_ROUNDS; round++) {
-        if (d->evfd_disabled_bit)
-            __atomic_fetch_or(d->cq_flags, d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
-        int ret;
-        unsigned long long c0 = d->timing ? thread_cpu_ns() : 0;
-        do {
-            ret = d->enter(d->ring, 0, d->getevents);
-        } while (ret == -EINTR);
-        if (d->timing)
-            a->syscall_cpu_ns += thread_cpu_ns() - c0;
-        d->enters++;
-        /* what was queued is submitted: re-arms from here on see the kernel as it is */
-        d->given_at_enter = a->given;
-        d->reserved = 0;
-        if (read_queued) {
-            read_queued = 0;
-            if (d->withdraw(d->ring, read_pos)) {
-                /* the enter took no SQE: read(2) now, before the next enter */
-                d->evfd_withdrawn++;
-                evfd_read_now(d, fd);
-            }
-        }
+        int ret = enter_round(d, fd, &read_queued, read_pos);
         if (ret < 0 && ret != -EAGAIN && ret != -EBUSY) {
             /* EAGAIN/EBUSY: CQ overflow backlog, retried next round */
-            if (d->evfd_disabled_bit)
-                __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+            eventfd_back_on(d);
             errno = -ret;
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
         }
-        unsigned long long n = 0;
-        struct timespec t0, t1;
-        if (d->timing)
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-        drain(d, &n);
-        area_publish(a, 0);
-        if (d->timing) {
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            d->dispatch_ns += (unsigned long long)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
-                                                   (t1.tv_nsec - t0.tv_nsec));
-        }
-        if (d->evfd_disabled_bit)
-            __atomic_fetch_and(d->cq_flags, ~d->evfd_disabled_bit, __ATOMIC_SEQ_CST);
+        unsigned long long n = drain_and_publish(d);
+        eventfd_back_on(d);
+        total += n;
         if (d->halted) {
             /* a callback closed the engine: return to it at once (with a
              * callback's exception, if any, in control); the ring stays mapped
              * until the engine tears it down after we return */
-            total += n;
             state = PUMP_IDLE;
             break;
         }
         if (wake && round == 0 && n == 0)
             d->idle_wakeups++;
-        total += n;
-        int sq_pending = d->sq_space(d->ring) < d->sq_entries;
-        if (d->stalled)
-            break;              /* PUMP_BUSY: the engine comes back for the rest */
-        if (d->nctl) {
-            state = PUMP_IDLE;  /* the caller comes back */
-            break;
-        }
-        if (total >= PUMP_BUDGET)
-            break;              /* PUMP_BUSY: the rest after the loop's other callbacks */
-        if (sq_pending)
-            continue;
-        if (!d->pending_mask) {
-            /* cannot tell whether work is left (no TASKRUN_FLAG): go on while there is progress */
-            if (!n) {
-                state = PUMP_IDLE;
-                break;
-            }
-            continue;
-        }
-        if (!(__atomic_load_n(d->sq_flags, __ATOMIC_SEQ_CST) & d->pending_mask)) {
-            state = PUMP_IDLE;
-            break;
-        }
-        if (!n) {
-            /* flagged, but an enter found nothing: the flag can lag; a timer looks again */
-            state = PUMP_PENDING;
+        int verdict = round_verdict(d, n, total);
+        if (verdict != ROUND_AGAIN) {
+            state = verdict;
             break;
         }
     }
@@ -1447,6 +1642,27 @@ Dispatcher_set_share_copy(Dispatcher *d, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* set_max_view(bytes): the most bytes one view may gather from several
+ * completions (Receiver(max_view=...)); 0 or up to a page: every completion its
+ * own view. */
+static PyObject *
+Dispatcher_set_max_view(Dispatcher *d, PyObject *arg)
+{
+    unsigned long n = PyLong_AsUnsignedLong(arg);
+    if (n == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    if (n > 0x7fffffffUL) {
+        PyErr_SetString(PyExc_ValueError, "max_view must be below 2 GiB (a completion's byte count is an int)");
+        return NULL;
+    }
+    d->max_view = (uint32_t)n;
+    /* up to a page: no merging, and so no reason to order the refills for it
+     * (a zcrx area's niovs are pages; set_refill_order can still override) */
+    if (d->area && d->area->kind == KIND_ZCRX)
+        d->area->refill_descending = merging(d);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Dispatcher_set_timing(Dispatcher *d, PyObject *arg)
 {
@@ -1469,7 +1685,8 @@ Dispatcher_stats(Dispatcher *d, PyObject *Py_UNUSED(ignored))
                                 "enters", d->enters, "reused_views", d->reused_views,
                                 "eventfd_paused", d->evfd_disabled_bit ? Py_True : Py_False);
     if (s) {
-        PyObject *v = Py_BuildValue("{s:K,s:s,s:K,s:K,s:K,s:K,s:K,s:K}",
+        PyObject *v = Py_BuildValue("{s:I,s:K,s:s,s:K,s:K,s:K,s:K,s:K,s:K}",
+                                    "max_view", d->max_view,
                                     "merged_completions", d->merged,
                                     "eventfd_read", d->evfd_sqe ? "sqe" : "read(2)",
                                     "eventfd_reads", d->evfd_syscalls,
@@ -1571,6 +1788,7 @@ static PyMethodDef Dispatcher_methods[] = {
     {"set_eventfd_sqe", (PyCFunction)Dispatcher_set_eventfd_sqe, METH_O, "benchmarks/tests: read the eventfd in the enter (default where the kernel can) or with read(2); returns whether the SQE read is in effect"},
     {"bind_ring", (PyCFunction)(void (*)(void))Dispatcher_bind_ring, METH_VARARGS | METH_KEYWORDS, "give pump() the ring"},
     {"set_view_reuse", (PyCFunction)Dispatcher_set_view_reuse, METH_O, "benchmarks/tests: reuse unobservable views (default on); returns whether it is in effect"},
+    {"set_max_view", (PyCFunction)Dispatcher_set_max_view, METH_O, "set_max_view(bytes): the most one view gathers from several completions (0: none merged)"},
     {"set_share_copy", (PyCFunction)Dispatcher_set_share_copy, METH_O, "over_share='copy': a connection over its share gets bytes (its buffer back at once) instead of being stopped"},
     {"set_timing", (PyCFunction)Dispatcher_set_timing, METH_O, "benchmarks: time dispatching (stats()['dispatch_ns'])"},
     {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},

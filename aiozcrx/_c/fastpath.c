@@ -141,6 +141,9 @@ PyInit__fastpath(void)
 #if VIEW_REUSE
     check_view_layout();
 #endif
+    long page = sysconf(_SC_PAGESIZE);
+    if (page > 0)
+        page_bytes = (uint32_t)page;
     /* whether views can be reused here at all (Dispatcher.set_view_reuse toggles it) */
     PyModule_AddIntConstant(m, "VIEW_REUSE", VIEW_REUSE && view_layout_ok);
     /* completions one pump delivers before the loop's other callbacks get a turn */

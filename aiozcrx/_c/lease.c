@@ -14,20 +14,23 @@ static Lease *lease_cache[LEASE_CACHE];
 static int lease_cached;
 
 /* Points a lease at a buffer delivered through area user `user` to its
- * connection (slot, gen), which now holds it. */
+ * connection (slot, gen), which now holds it: `pieces` niovs for a merged zcrx
+ * view (dispatch.c, merge_zcrx_run), else 1. */
 static inline void
-lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t user,
-           uint32_t slot, uint32_t gen)
+lease_take(Lease *l, Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t pieces,
+           uint32_t user, uint32_t slot, uint32_t gen)
 {
     l->ptr = ptr;
     l->len = len;
     l->ident = ident;
+    l->pieces = pieces;
     l->user = user;
     l->slot = slot;
     l->gen = gen;
     l->empty = 0;
-    area_take(a, ident);
-    area_hold(a, user, slot, gen);
+    a->views++;
+    area_take_n(a, ident, pieces);
+    area_hold(a, user, slot, gen, pieces);
 }
 
 /* The buffer goes back to the kernel (once): the view over it is gone, or about
@@ -40,13 +43,14 @@ lease_give_back(Lease *l)
     l->empty = 1;
     if (forked(l->area->fork_gen))
         return;     /* inherited across fork: the buffer is the parent's to return */
-    area_unhold(l->area, l->user, l->slot, l->gen);
-    area_return(l->area, l->ident, (uint32_t)l->len);
+    l->area->views--;
+    area_unhold(l->area, l->user, l->slot, l->gen, l->pieces);
+    area_return_span(l->area, l->ident, (uint32_t)l->len, l->pieces);
 }
 
 static inline PyObject *
-make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t user, uint32_t slot,
-          uint32_t gen)
+make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t pieces, uint32_t user,
+          uint32_t slot, uint32_t gen)
 {
     Lease *l;
     if (lease_cached)
@@ -55,13 +59,13 @@ make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t ident, uint32_t user, uin
         l = PyObject_New(Lease, &LeaseType);
     if (!l) {
         /* out of memory: the buffer goes straight back, as when the view fails */
-        area_take(a, ident);
-        area_return(a, ident, (uint32_t)len);
+        area_take_n(a, ident, pieces);
+        area_return_span(a, ident, (uint32_t)len, pieces);
         return NULL;
     }
     Py_INCREF(a);
     l->area = a;
-    lease_take(l, a, ptr, len, ident, user, slot, gen);
+    lease_take(l, a, ptr, len, ident, pieces, user, slot, gen);
     PyObject *v = PyMemoryView_FromObject((PyObject *)l);
     Py_DECREF(l);   /* the view holds the lease now; on failure this returns the buffer */
     return v;       /* NULL: the buffer is back, MemoryError set */
@@ -149,11 +153,11 @@ check_view_layout(void)
 /* Points an unobservable view (see reusable_lease) at a new buffer of the same area. */
 static inline void
 retarget_view(PyObject *v, Lease *l, char *ptr, Py_ssize_t len, uint64_t ident,
-              uint32_t user, uint32_t slot, uint32_t gen)
+              uint32_t pieces, uint32_t user, uint32_t slot, uint32_t gen)
 {
     PyMemoryViewObject *mv = (PyMemoryViewObject *)v;
     lease_give_back(l);
-    lease_take(l, l->area, ptr, len, ident, user, slot, gen);
+    lease_take(l, l->area, ptr, len, ident, pieces, user, slot, gen);
     MBUF(mv)->master.buf = ptr;
     MBUF(mv)->master.len = len;
     mv->view.buf = ptr;

@@ -136,6 +136,7 @@ class RingEngine(Engine):
                                                user=self.area_user)
         self.dispatcher.set_slow_path(self._after_pump)
         self.dispatcher.set_share_copy(self.config.over_share == "copy")
+        self.dispatcher.set_max_view(self.config.max_view)
         if not self.config.copy:
             # this engine's connections' limit, and its own wake-up (its eventfd
             # leaves the area with its close: Area.close(user))
