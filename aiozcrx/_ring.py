@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import struct
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Union
 
@@ -49,7 +50,8 @@ class AreaLike(Protocol):
 
     def own_mapping(self, addr: int, length: int, /) -> None: ...
     def setup_zcrx(self, rq_head: int, rq_tail: int, rq_rqes: int, rq_entries: int,
-                   rq_area_token: int, zcrx_id: int, ring_fd: int, nodev: bool, /) -> None: ...
+                   rq_area_token: int, zcrx_id: int, ring_fd: int, nodev: bool,
+                   buf_size: int = ..., /) -> None: ...
     def setup_pbuf(self, addr: int, entries: int, window: int, incremental: bool = ..., /) -> None: ...
     def setup_pool(self) -> None: ...
     def publish(self, force: bool = ..., /) -> None: ...
@@ -144,6 +146,8 @@ def ud_gen(ud: int) -> int:
 
 CQE_F_MORE = lib.AZX_CQE_F_MORE
 ZCRX_REG_NODEV = lib.AZX_ZCRX_REG_NODEV
+#: io_uring_query_zcrx.features: the kernel takes rx_buf_len (7.0+)
+ZCRX_FEATURE_RX_PAGE_SIZE = 1 << 0
 ZCRX_CTRL_FLUSH_RQ = lib.AZX_ZCRX_CTRL_FLUSH_RQ
 ZCRX_CTRL_ARM_NOTIFICATION = lib.AZX_ZCRX_CTRL_ARM_NOTIFICATION
 ZCRX_NOTIF_NO_BUFFERS = lib.AZX_ZCRX_NOTIF_NO_BUFFERS
@@ -454,9 +458,12 @@ def register_zcrx(ring: Ring, area: AreaLike, mapping: AreaMapping, *, if_idx: i
                                 notif_ud, notif_mask, 1 if stats else 0, out)
     _check(ret, DONTFORK + " of the refill region" if out.dontfork_failed else "IORING_REGISTER_ZCRX_IFQ")
     area.own_mapping(int(out.region_addr), int(out.region_len))
+    # the kernel writes back the buffer size it used (7.0+; 0 before: the page
+    # size): one buffer per completion, what the area counts and returns
+    granted = int(out.rx_buf_len) or PAGE_SIZE
     area.setup_zcrx(int(out.rq_head), int(out.rq_tail), int(out.rq_rqes), int(out.rq_entries),
-                    int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev)
-    return ZcrxInfo(int(out.zcrx_id), int(out.rq_entries), int(out.rx_buf_len),
+                    int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev, granted)
+    return ZcrxInfo(int(out.zcrx_id), int(out.rq_entries), granted,
                     int(out.rq_area_token), nodev,
                     ZcrxStats(area, int(out.stats)) if out.stats else None)
 
@@ -491,7 +498,41 @@ def query_zcrx() -> dict[str, int] | None:
         "rq_hdr_alignment": int(out.rq_hdr_alignment),
         "nodev": bool(out.register_flags & ZCRX_REG_NODEV),
         "notifications": bool(out.features & lib.AZX_ZCRX_FEATURE_NOTIFICATION),
+        "rx_buf_len": bool(out.features & ZCRX_FEATURE_RX_PAGE_SIZE),
     }
+
+
+def area_contiguity(m: AreaMapping) -> int | None:
+    """The largest buffer size (a power of two, bytes) that every physically
+    contiguous run of the mapping's pages is a multiple of: what the kernel asks
+    of a zcrx area's DMA segments for ``rx_buf_len`` (io_area_max_shift, 7.0+;
+    an IOMMU can merge runs into longer segments, never split them). Read from
+    /proc/self/pagemap; None where it shows no page frame numbers (they need
+    CAP_SYS_ADMIN) or a page is not present."""
+    first, count = m.addr // PAGE_SIZE, m.length // PAGE_SIZE
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(first * 8)
+            raw = f.read(count * 8)
+    except OSError:
+        return None
+    if len(raw) != count * 8:
+        return None
+    pfn_mask, present = (1 << 55) - 1, 1 << 63
+    largest = 1 << 62
+    run, prev = 0, -2
+    for (entry,) in struct.iter_unpack("<Q", raw):
+        pfn = entry & pfn_mask
+        if not entry & present or not pfn:
+            return None
+        if pfn != prev + 1 and run:
+            largest = min(largest, (run & -run) * PAGE_SIZE)
+            run = 0
+        run += 1
+        prev = pfn
+    if run:
+        largest = min(largest, (run & -run) * PAGE_SIZE)
+    return largest
 
 
 def register_pbuf_ring(ring: Ring, area: AreaLike, *, bgid: int, window: int, incremental: bool = True) -> bool:

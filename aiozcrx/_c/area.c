@@ -615,13 +615,19 @@ Area_setup_zcrx(Area *a, PyObject *args)
     if (!area_ready(a))
         return NULL;
     unsigned long long head, tail, rqes, token;
-    unsigned int entries, zcrx_id;
+    unsigned int entries, zcrx_id, buf_size = 0;
     int ring_fd, nodev;
-    if (!PyArg_ParseTuple(args, "KKKIKIip", &head, &tail, &rqes, &entries, &token,
-                          &zcrx_id, &ring_fd, &nodev))
+    if (!PyArg_ParseTuple(args, "KKKIKIip|I", &head, &tail, &rqes, &entries, &token,
+                          &zcrx_id, &ring_fd, &nodev, &buf_size))
         return NULL;
     if (!entries || (entries & (entries - 1))) {
         PyErr_SetString(PyExc_ValueError, "rq_entries must be a power of two");
+        return NULL;
+    }
+    /* the buffer size the kernel granted (rx_buf_len): one buffer (net_iov) per
+     * completion, the unit the area counts; the page size unless given */
+    if (buf_size && (buf_size & (buf_size - 1) || a->len % buf_size)) {
+        PyErr_SetString(PyExc_ValueError, "setup_zcrx: buf_size must be a power of two dividing the area");
         return NULL;
     }
     if (!head || !tail || !rqes) {
@@ -633,6 +639,10 @@ Area_setup_zcrx(Area *a, PyObject *args)
         return NULL;
     }
     a->kind = KIND_ZCRX;
+    if (buf_size) {
+        a->buf_size = buf_size;
+        a->nbufs = (uint32_t)(a->len / buf_size);
+    }
     a->rq_khead = (uint32_t *)(uintptr_t)head;
     a->rq_ktail = (uint32_t *)(uintptr_t)tail;
     a->rqes = (struct azx_zcrx_rqe *)(uintptr_t)rqes;

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from .. import _ring
 from .._ring import UD_NOTIF, user_data
+from ..config import AUTO_RX_BUF_LEN
 from ..errors import ZcrxUnavailable
-from .advice import area_error, device_removed, zcrx_error
+from .advice import area_error, device_removed, rx_buf_len_error, zcrx_error
 from .linkwatch import LinkWatch, interface_exists
 from .base import Conn, EngineLoop, ReadEvents
 from .ring import RingEngine, Ticker
@@ -84,6 +85,7 @@ class ZcrxEngine(RingEngine):
         self._link: LinkWatch | None = None
         self._link_target: tuple[int, str, int] | None = None  # (ifindex, name, queue)
         self.device_gone = False  # the device was removed (see _device_removed)
+        self._rx_buf_len = 0  # what the registration asks for (0: the page size)
 
     def open(self, loop: EngineLoop) -> None:
         if self.share_with is not None:
@@ -117,6 +119,8 @@ class ZcrxEngine(RingEngine):
         except OSError as e:
             raise area_error(self.name, cfg, e, ZcrxUnavailable) from None
         try:
+            # buffers of the page size until the kernel says what it granted
+            # (rx_buf_len: register_zcrx sets the area's buffer size)
             self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
         except BaseException:
             _ring.unmap(mapping)  # not the Area's yet
@@ -124,11 +128,14 @@ class ZcrxEngine(RingEngine):
         if_idx = 0 if nic is None else socket.if_nametoindex(nic[0])
         rxq = 0 if nic is None else nic[1]
         notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
-        err = self._register(mapping, if_idx, rxq, notif_mask)
+        err = self._register_sized(mapping, if_idx, rxq, notif_mask)
         if err is not None and err.errno == errno.EEXIST and nic is not None \
                 and self._wait_released(nic[0], if_idx, rxq):
-            err = self._register(mapping, if_idx, rxq, notif_mask)
+            err = self._register_sized(mapping, if_idx, rxq, notif_mask)
         if err is not None:
+            if self._rx_buf_len:
+                raise rx_buf_len_error(self.name, cfg, err, self._rx_buf_len, nodev=self.nodev,
+                                       contiguous=_ring.area_contiguity(mapping))
             raise zcrx_error(self.name, cfg, err, nodev=self.nodev)
         assert self.info is not None  # set by a registration that succeeded
         self.zcrx_id = self.info.zcrx_id
@@ -173,6 +180,49 @@ class ZcrxEngine(RingEngine):
         self._start_loop(loop)
         if source._link_target is not None:
             self._watch_link(loop, source._link_target)  # the same queue: the same device
+
+    # -- the receive buffer size (rx_buf_len, 7.0+) --
+    # Not given: 0, the page size, which every kernel and driver takes (asking for
+    # the page size by number would make a driver without the queue config refuse
+    # it). A number: that, refused with ZcrxBufferSizeRefused. "auto": the
+    # largest of AUTO_RX_BUF_LEN .. 2 pages that the area divides and the queue
+    # takes, else the page size, the refusals recorded (rx_buf_len_fallback).
+    # Each refused try leaves nothing behind (the kernel undoes it).
+    def _register_sized(self, mapping: _ring.AreaMapping, if_idx: int, rxq: int,
+                        notif_mask: int) -> OSError | None:
+        want = self.config.rx_buf_len
+        self.stats["rx_buf_len_requested"] = _ring.PAGE_SIZE if want is None else want
+        if want != "auto":
+            self._rx_buf_len = 0 if want is None or want == _ring.PAGE_SIZE else int(want)
+            return self._register(mapping, if_idx, rxq, notif_mask)
+        refusals: list[str] = []
+        if self.nodev:
+            refusals.append("zcrx-copy (ZCRX_REG_NODEV) takes only the page size")
+        else:
+            size = AUTO_RX_BUF_LEN
+            while size > _ring.PAGE_SIZE:
+                if mapping.length % size == 0:
+                    self._rx_buf_len = size
+                    err = self._register(mapping, if_idx, rxq, notif_mask)
+                    if err is None:
+                        return None
+                    if err.errno == errno.EEXIST:
+                        return err  # the queue is busy, whatever the size: the caller may wait
+                    refused = rx_buf_len_error(self.name, self.config, err, size, nodev=False,
+                                               contiguous=_ring.area_contiguity(mapping))
+                    refusals.append(f"{size >> 10} KiB: {refused.reason}")
+                    # too large for the area or the driver's range: a smaller one may do;
+                    # anything else (no queue config, a kernel before 7.0): the page size says
+                    if err.errno not in (errno.ERANGE, errno.EINVAL) or \
+                            getattr(refused, "refused_by", "") == "kernel":
+                        break
+                size //= 2
+        self._rx_buf_len = 0
+        err = self._register(mapping, if_idx, rxq, notif_mask)
+        if err is None and refusals:
+            self.stats["rx_buf_len_fallback"] = f"auto took the page size ({_ring.PAGE_SIZE}): " + \
+                "; ".join(refusals)
+        return err
 
     def _register(self, mapping: _ring.AreaMapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
         # the notification descriptor also asks for the kernel's statistics (7.2)
@@ -240,7 +290,7 @@ class ZcrxEngine(RingEngine):
         try:
             self.info = _ring.register_zcrx(
                 self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.refill_entries,
-                nodev=self.nodev, kernel_region=cfg.kernel_region,
+                nodev=self.nodev, kernel_region=cfg.kernel_region, rx_buf_len=self._rx_buf_len,
                 notif_ud=user_data(UD_NOTIF, 0, 0), notif_mask=notif_mask, stats=stats)
         except OSError as e:
             e.__traceback__ = None
