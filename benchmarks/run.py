@@ -82,8 +82,15 @@ VARIANTS = [
     # a NIC queue (--nic: the simulated NIC of the guest tier)
     ("aiozcrx-zcrx-uvloop", "aiozcrx zcrx (NIC queue), uvloop", "uvloop", "aiozcrx", "zcrx"),
     ("aiozcrx-zcrx-asyncio", "aiozcrx zcrx (NIC queue), asyncio", "asyncio", "aiozcrx", "zcrx"),
+    # large receive buffers on the NIC queue (Receiver(rx_buf_len=...), 7.0+)
+    ("aiozcrx-zcrx-16k-uvloop", "aiozcrx zcrx rx_buf_len 16 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
+    ("aiozcrx-zcrx-32k-uvloop", "aiozcrx zcrx rx_buf_len 32 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
+    ("aiozcrx-zcrx-64k-uvloop", "aiozcrx zcrx rx_buf_len 64 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
 ]
 BY_NAME = {v[0]: v for v in VARIANTS}
+#: the variants that ask for a receive buffer size (the others: the page size)
+RX_BUF_LEN = {"aiozcrx-zcrx-16k-uvloop": 16 << 10, "aiozcrx-zcrx-32k-uvloop": 32 << 10,
+              "aiozcrx-zcrx-64k-uvloop": 64 << 10}
 # make bench's cases: bulk is this file; the others are scripts of their own, run in turn
 CASES = {
     "bulk": (None, "bulk loopback receive, 1 MiB sends, one connection"),
@@ -224,6 +231,8 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
             nbufs = area_size // 4096
             where = {"interface": nic["ifname"], "queue": nic["queue"],
                      "rq_entries": min(32768, 1 << (nbufs - 1).bit_length())}
+            if name in RX_BUF_LEN:
+                where["rx_buf_len"] = RX_BUF_LEN[name]
         async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size,
                                     **where) as rx:
             if conn is None:
@@ -244,6 +253,7 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
                      "engine": rx.engine, "wake": st.get("wake")}
             if engine == "zcrx":
                 stats["refill_flushes"] = st.get("refill_flushes")
+                stats["rx_buf_len"] = st.get("rx_buf_len")
             if "syscall_cpu_ns" in st:
                 stats["syscall_cpu"] = st["syscall_cpu_ns"] / 1e9
     else:
@@ -347,6 +357,9 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
                          "bytes_per_call": med(per_call),
                          "completions": med([r["completions"] for r in good if r.get("completions")])
                          if any(r.get("completions") for r in good) else None,
+                         "completions_per_gb": [r["completions"] / (r["bytes"] / 1e9) for r in good
+                                                if r.get("completions")],
+                         "rx_buf_len": good[0].get("rx_buf_len"),
                          "errors": len(runs) - len(good)}
         if outside and len(outside) == len(good):
             summary[name]["outside_syscalls"] = outside
