@@ -657,6 +657,23 @@ Area_setup_zcrx(Area *a, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* advise_hugepages() -> int: asks for transparent huge pages over the area
+ * (MADV_HUGEPAGE), before the kernel pins it: large zcrx buffers (rx_buf_len)
+ * need the area physically contiguous in runs of their size, which 2 MiB pages
+ * give. 0, or the errno (EINVAL: no THP, e.g. User-Mode Linux); never raises. */
+static PyObject *
+Area_advise_hugepages(Area *a, PyObject *unused)
+{
+    if (!area_ready(a))
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    int err = madvise(a->base, a->len, MADV_HUGEPAGE) < 0 ? errno : 0;
+#else
+    int err = EINVAL;
+#endif
+    return PyLong_FromLong(err);
+}
+
 /* The provided buffer ring: `entries` slots of struct azx_buf; the kernel reads the
  * tail from the reserved u16 of slot 0. `window` buffers go in now, the rest wait on
  * the free stack (see area_publish). */
@@ -954,6 +971,8 @@ Area_dealloc(Area *a)
 static PyMethodDef Area_methods[] = {
     {"own_mapping", (PyCFunction)Area_own_mapping, METH_VARARGS, "own_mapping(addr, len): munmap at dealloc"},
     {"setup_zcrx", (PyCFunction)Area_setup_zcrx, METH_VARARGS, "attach a zcrx refill ring"},
+    {"advise_hugepages", (PyCFunction)Area_advise_hugepages, METH_NOARGS,
+     "advise_hugepages() -> errno: MADV_HUGEPAGE over the area (0: done)"},
     {"setup_pbuf", (PyCFunction)Area_setup_pbuf, METH_VARARGS, "attach a provided buffer ring"},
     {"setup_pool", (PyCFunction)Area_setup_pool, METH_NOARGS, "use a user-space free list"},
     {"publish", (PyCFunction)Area_publish, METH_VARARGS, "publish queued returns (one tail store)"},

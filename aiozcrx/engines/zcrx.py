@@ -125,6 +125,11 @@ class ZcrxEngine(RingEngine):
         except BaseException:
             _ring.unmap(mapping)  # not the Area's yet
             raise
+        if cfg.rx_buf_len not in (None, _ring.PAGE_SIZE) and not cfg.hugepages and not self.nodev:
+            # large buffers need the area contiguous in runs of their size:
+            # transparent huge pages where the kernel has them (not in UML)
+            err_thp = self.area.advise_hugepages()
+            self.stats["area_thp"] = "MADV_HUGEPAGE" if not err_thp else errno.errorcode.get(err_thp, str(err_thp))
         if_idx = 0 if nic is None else socket.if_nametoindex(nic[0])
         rxq = 0 if nic is None else nic[1]
         notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
