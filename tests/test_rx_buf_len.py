@@ -119,6 +119,23 @@ async def test_zcrx_copy_auto_takes_the_page_size_and_says_why():
         assert "rx_buf_len: auto took the page size" in rx.fallback_reason
 
 
+def test_refusal_words_for_a_driver_without_the_queue_config(monkeypatch):
+    """No driver in reach lacks QCFG_RX_PAGE_SIZE but has the queue API (the guest's
+    netdevsim has both), so the kernel's EOPNOTSUPP for it is fed to the advice here:
+    it names the driver's missing queue config and the way out."""
+    from aiozcrx.config import Config
+    from aiozcrx.engines import advice
+    monkeypatch.setattr(advice, "_kernel_version", lambda: (7, 2))
+    cfg = Config(engine="zcrx", interface="lo", queue=0, rx_buf_len=32768)
+    e = advice.rx_buf_len_error("zcrx", cfg, OSError(errno.EOPNOTSUPP, "x"), 32768, nodev=False,
+                                contiguous=1 << 21)
+    assert isinstance(e, ZcrxBufferSizeRefused) and e.refused_by == "driver"
+    assert "QCFG_RX_PAGE_SIZE" in str(e) and "rx_buf_len='auto'" in str(e)
+    # a refusal that is not about the size keeps the ordinary words
+    e = advice.rx_buf_len_error("zcrx", cfg, OSError(errno.EPERM, "x"), 32768, nodev=False, contiguous=None)
+    assert not isinstance(e, ZcrxBufferSizeRefused) and "CAP_NET_ADMIN" in str(e)
+
+
 def test_area_contiguity_reads_the_physical_layout():
     """The diagnosis of an ERANGE: a mapping whose pages are reversed in physical
     order allows one page; None where pagemap shows no frame numbers."""
