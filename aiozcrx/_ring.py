@@ -9,6 +9,7 @@ turning an errno into advice is the engines' job (they know the context).
 
 from __future__ import annotations
 
+import bisect
 import errno
 import mmap
 import os
@@ -503,14 +504,11 @@ def query_zcrx() -> dict[str, int] | None:
     }
 
 
-def area_contiguity(m: AreaMapping) -> int | None:
-    """The largest buffer size (a power of two, bytes) that every physically
-    contiguous run of the mapping's pages is a multiple of: what the kernel asks
-    of a zcrx area's DMA segments for ``rx_buf_len`` (io_area_max_shift, 7.0+;
-    an IOMMU can merge runs into longer segments, never split them). Read from
-    /proc/self/pagemap; None where it shows no page frame numbers (they need
-    CAP_SYS_ADMIN) or a page is not present."""
-    first, count = m.addr // PAGE_SIZE, m.length // PAGE_SIZE
+def _pfns(addr: int, length: int) -> list[int] | None:
+    """The page frame number of each page of [addr, addr+length) from
+    /proc/self/pagemap; None where it shows none (no CAP_SYS_ADMIN) or a page is
+    not present."""
+    first, count = addr // PAGE_SIZE, length // PAGE_SIZE
     try:
         with open("/proc/self/pagemap", "rb") as f:
             f.seek(first * 8)
@@ -520,20 +518,68 @@ def area_contiguity(m: AreaMapping) -> int | None:
     if len(raw) != count * 8:
         return None
     pfn_mask, present = (1 << 55) - 1, 1 << 63
-    largest = 1 << 62
-    run, prev = 0, -2
+    out = []
     for (entry,) in struct.iter_unpack("<Q", raw):
-        pfn = entry & pfn_mask
-        if not entry & present or not pfn:
+        if not entry & present or not entry & pfn_mask:
             return None
-        if pfn != prev + 1 and run:
+        out.append(entry & pfn_mask)
+    return out
+
+
+def map_area_contiguous(length: int, unit: int) -> tuple[AreaMapping, str]:
+    """Anonymous memory for a zcrx area whose buffers of ``unit`` bytes each lie
+    in one physically contiguous run (what rx_buf_len needs), where the kernel has
+    no huge pages (User-Mode Linux): maps twice ``length``, faults it in in order
+    (the page allocator then hands out runs, after whatever scattered pages its
+    per-CPU lists held), reads the frames from /proc/self/pagemap and keeps the
+    first ``length`` bytes in which every break between runs falls on a ``unit``
+    boundary; the rest is unmapped. Returns the mapping and how it was found
+    ("window at +N", or why the plain first ``length`` bytes were kept)."""
+    m = map_area(2 * length)
+    view = ffi.buffer(ffi.cast("char *", m.addr), m.length)
+    for off in range(0, m.length, PAGE_SIZE):
+        view[off:off + 1] = b"\0"  # one write per page, in order
+    pfns = _pfns(m.addr, m.length)
+    start, how = 0, "no page frame numbers (needs CAP_SYS_ADMIN): the first bytes kept"
+    if pfns is not None:
+        n, per = length // PAGE_SIZE, unit // PAGE_SIZE
+        breaks = [i for i in range(1, len(pfns)) if pfns[i] != pfns[i - 1] + 1]
+        how = "no window with every break on a buffer boundary: the first bytes kept"
+        for cand in [0, *breaks]:
+            if cand + n > len(pfns):
+                break
+            lo = bisect.bisect_right(breaks, cand)
+            hi = bisect.bisect_left(breaks, cand + n)
+            if all((b - cand) % per == 0 for b in breaks[lo:hi]):
+                start, how = cand, f"window at +{cand * PAGE_SIZE}"
+                break
+    keep = AreaMapping(m.addr + start * PAGE_SIZE, length)
+    if start:
+        unmap(AreaMapping(m.addr, start * PAGE_SIZE))
+    tail = m.addr + m.length - (keep.addr + length)
+    if tail:
+        unmap(AreaMapping(keep.addr + length, tail))
+    return keep, how
+
+
+def area_contiguity(m: AreaMapping) -> int | None:
+    """The largest buffer size (a power of two, bytes) that every physically
+    contiguous run of the mapping's pages is a multiple of: what the kernel asks
+    of a zcrx area's DMA segments for ``rx_buf_len`` (io_area_max_shift, 7.0+;
+    an IOMMU can merge runs into longer segments, never split them). None where
+    /proc/self/pagemap shows no page frame numbers (they need CAP_SYS_ADMIN) or a
+    page is not present."""
+    pfns = _pfns(m.addr, m.length)
+    if not pfns:
+        return None
+    largest, run = 1 << 62, 1
+    for prev, pfn in zip(pfns, pfns[1:]):
+        if pfn == prev + 1:
+            run += 1
+        else:
             largest = min(largest, (run & -run) * PAGE_SIZE)
-            run = 0
-        run += 1
-        prev = pfn
-    if run:
-        largest = min(largest, (run & -run) * PAGE_SIZE)
-    return largest
+            run = 1
+    return min(largest, (run & -run) * PAGE_SIZE)
 
 
 def register_pbuf_ring(ring: Ring, area: AreaLike, *, bgid: int, window: int, incremental: bool = True) -> bool:

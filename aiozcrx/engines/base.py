@@ -107,6 +107,7 @@ class EngineStats(_Counters, total=False):
     rx_buf_len_requested: int | str  # zcrx: the buffer size asked for ("auto", or bytes)
     rx_buf_len_fallback: str  # zcrx, rx_buf_len="auto": why it took the page size
     area_thp: str  # zcrx with large buffers: MADV_HUGEPAGE over the area, or its errno
+    area_layout: str  # zcrx with large buffers, no THP: how the contiguous window was found
 
 
 class ReadEvents(Protocol):

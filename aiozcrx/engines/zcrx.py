@@ -114,8 +114,18 @@ class ZcrxEngine(RingEngine):
         what was made on any exception (``_abandon_open``)."""
         cfg = self.config
         assert self.ring is not None
+        # large buffers (rx_buf_len) need the area physically contiguous in runs of
+        # their size: transparent huge pages where the kernel has them (advised
+        # below, before the pages are faulted in), else (User-Mode Linux) a window
+        # of memory the page allocator handed out in such runs
+        unit = 0 if cfg.rx_buf_len in (None, _ring.PAGE_SIZE) or cfg.hugepages or self.nodev else \
+            AUTO_RX_BUF_LEN if cfg.rx_buf_len == "auto" else int(cfg.rx_buf_len)
+        thp = os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
         try:
-            mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
+            if unit and not thp:
+                mapping, self.stats["area_layout"] = _ring.map_area_contiguous(cfg.area_bytes, unit)
+            else:
+                mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
         except OSError as e:
             raise area_error(self.name, cfg, e, ZcrxUnavailable) from None
         try:
@@ -125,9 +135,7 @@ class ZcrxEngine(RingEngine):
         except BaseException:
             _ring.unmap(mapping)  # not the Area's yet
             raise
-        if cfg.rx_buf_len not in (None, _ring.PAGE_SIZE) and not cfg.hugepages and not self.nodev:
-            # large buffers need the area contiguous in runs of their size:
-            # transparent huge pages where the kernel has them (not in UML)
+        if unit and thp:
             err_thp = self.area.advise_hugepages()
             self.stats["area_thp"] = "MADV_HUGEPAGE" if not err_thp else errno.errorcode.get(err_thp, str(err_thp))
         if_idx = 0 if nic is None else socket.if_nametoindex(nic[0])
