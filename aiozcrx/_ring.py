@@ -529,13 +529,14 @@ def _pfns(addr: int, length: int) -> list[int] | None:
 def map_area_contiguous(length: int, unit: int) -> tuple[AreaMapping, str]:
     """Anonymous memory for a zcrx area whose buffers of ``unit`` bytes each lie
     in one physically contiguous run (what rx_buf_len needs), where the kernel has
-    no huge pages (User-Mode Linux): maps twice ``length``, faults it in in order
+    no huge pages (User-Mode Linux): maps twice ``length`` and 16 MiB more (what the
+    per-CPU lists may hold scattered comes first), faults it in in order
     (the page allocator then hands out runs, after whatever scattered pages its
     per-CPU lists held), reads the frames from /proc/self/pagemap and keeps the
     first ``length`` bytes in which every break between runs falls on a ``unit``
     boundary; the rest is unmapped. Returns the mapping and how it was found
     ("window at +N", or why the plain first ``length`` bytes were kept)."""
-    m = map_area(2 * length)
+    m = map_area(2 * length + (16 << 20))
     view = ffi.buffer(ffi.cast("char *", m.addr), m.length)
     for off in range(0, m.length, PAGE_SIZE):
         view[off:off + 1] = b"\0"  # one write per page, in order

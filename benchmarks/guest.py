@@ -146,25 +146,25 @@ def rx_buf_len_table(summary: dict) -> tuple[str, list[str]]:
         if "skipped" in s:
             rows.append(f"| {labels[name]} | not run: {s['skipped']} | | | | | | |")
             continue
-        vs_base = _paired(s["total"], base.get("total", [])) if name.startswith("aiozcrx") else []
-        vs_ref = _paired(s["total"], ref.get("total", [])) if name != "uvloop-buffered" else []
+        vs_base = _paired(s["total_runs"], base.get("total_runs", [])) if name.startswith("aiozcrx") else []
+        vs_ref = _paired(s["total_runs"], ref.get("total_runs", [])) if name != "uvloop-buffered" else []
         rows.append(f"| {labels[name]} | {s.get('rx_buf_len') or '-'} | "
-                    f"{_rng(s.get('completions_per_gb', []), ',.0f')} | {s['bytes_per_call']:,.0f} | "
-                    f"{_rng(s.get('outside_syscalls', []), '.3f')} | {_rng(s['total'], '.3f')} | "
+                    f"{_rng(s.get('completions_per_gb_runs', []), ',.0f')} | {s.get('bytes_per_call', 0):,.0f} | "
+                    f"{_rng(s.get('outside_syscalls_runs', []), '.3f')} | {_rng(s['total_runs'], '.3f')} | "
                     f"{_rng(vs_base, '.2f') if name != 'aiozcrx-zcrx-uvloop' and vs_base else '-'} | "
                     f"{_rng(vs_ref, '.2f') if vs_ref else '-'} |")
     verdicts = []
     k32 = summary.get("aiozcrx-zcrx-32k-uvloop", {})
-    if k32.get("completions_per_gb"):
-        c = _med(k32["completions_per_gb"])
+    if k32.get("completions_per_gb_runs"):
+        c = _med(k32["completions_per_gb_runs"])
         verdicts.append(f"32 KiB completions per GB: median {c:,.0f} (target <= 35,000): "
                         f"{'MET' if c <= 35000 else 'NOT MET'}")
-        r = _paired(k32["total"], base.get("total", []))
+        r = _paired(k32["total_runs"], base.get("total_runs", []))
         if r:
             m = _med(r)
             verdicts.append(f"32 KiB total CPU vs 4 KiB, paired per round: median {m:.2f}x (target <= 0.80x): "
                             f"{'MET' if m <= 0.8 else 'NOT MET'}")
-        r = _paired(k32["total"], ref.get("total", []))
+        r = _paired(k32["total_runs"], ref.get("total_runs", []))
         if r:
             m = _med(r)
             verdicts.append(f"32 KiB total CPU vs uvloop BufferedProtocol, paired per round: median {m:.2f}x "
@@ -191,6 +191,7 @@ def run_guest_rx_buf_len(rounds: int, seconds: float) -> tuple[int, str]:
     for line in out.stdout.splitlines():
         if line.startswith("SUMMARY-JSON "):
             summary = json.loads(line[len("SUMMARY-JSON "):])
+            print(line, file=sys.stderr)  # the raw numbers, for the record
     if out.returncode != 0 or summary is None:
         return 2, f"rx_buf_len run failed (status {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
     text, verdicts = rx_buf_len_table(summary)

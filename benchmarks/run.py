@@ -653,7 +653,10 @@ def bulk(args, order: list[str], what: str):
     if args.summary_json:
         print("SUMMARY-JSON " + json.dumps({
             n: ({"skipped": s["skipped"]} if "skipped" in s else
-                {k: med(s[k]) for k in ("gbps", "user", "sys", "total", "outside_syscalls") if k in s})
+                {**{k: med(s[k]) for k in ("gbps", "user", "sys", "total", "outside_syscalls") if k in s},
+                 # per round, in round order (guest.py pairs them): the large-buffer table
+                 **{f"{k}_runs": s[k] for k in ("total", "outside_syscalls", "completions_per_gb") if k in s},
+                 "bytes_per_call": s["bytes_per_call"], "rx_buf_len": s.get("rx_buf_len")})
             for n, s in summary.items()}))
     return results, summary, tab, header
 

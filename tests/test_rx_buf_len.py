@@ -261,11 +261,11 @@ async def test_size_outside_the_drivers_range_is_refused_naming_the_driver(sim_n
     q = 1
     zc(q, 9311, "tcp4")
     with pytest.raises(ZcrxBufferSizeRefused) as info:
-        async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, area_size=4 * MiB,
-                                    rq_entries=1024, rx_buf_len=128 * 1024):
+        async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, area_size=16 * MiB,
+                                    rq_entries=4096, rx_buf_len=128 * 1024):
             pass
     e = info.value
-    assert (e.errno, e.refused_by, e.rx_buf_len) == (errno.ERANGE, "driver", 128 * 1024)
+    assert (e.errno, e.refused_by, e.rx_buf_len) == (errno.ERANGE, "driver", 128 * 1024), str(e)
     assert e.contiguous is not None and e.contiguous >= 128 * 1024
     assert "out of its driver's range" in str(e) and "fix:" in str(e)
     # and the queue is free again: the page size registers at once
