@@ -8,7 +8,7 @@ the buffer goes back to the kernel when the view is released.
 
 The names below are loaded on first use (PEP 562), so that ``import aiozcrx.tools``
 (``aiozcrx doctor``, ``aiozcrx nic``) does not load the compiled core
-(``aiozcrx._abi``, ``aiozcrx._leases``) and works where it cannot be built or loaded.
+(``aiozcrx._abi``, ``aiozcrx._fastpath``) and works where it cannot be built or loaded.
 A name whose module cannot be imported raises ImportError saying why.
 """
 

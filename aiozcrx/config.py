@@ -132,6 +132,12 @@ class Config:
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
+    def receiver_options(self) -> dict[str, Any]:
+        """These settings as ``Receiver`` keyword arguments: Config's fields are
+        the Receiver's options, declared here once (tests/test_config.py holds the
+        Receiver's and the servers' signatures to them)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def for_engine(self, engine: str) -> "Config":
         """These settings as ``engine`` runs them: ``area_size`` and ``rq_entries``
         not given take their defaults, on a NIC queue (engine "zcrx") the larger

@@ -95,9 +95,11 @@ def config_from_env(environ: Mapping[str, str] = os.environ) -> tuple[Config, st
 
 
 def _receiver_kwargs(cfg: Config) -> dict[str, Any]:
-    return {"engine": cfg.engine, "interface": cfg.interface, "queue": cfg.queue,
-            "area_size": cfg.area_size, "buf_size": cfg.buf_size,
-            "receiver_options": {"views": cfg.views, "max_held": cfg.max_held}}
+    """``cfg`` as create_server's keywords: those it names, the rest in receiver_options."""
+    from .server import RECEIVER_KEYWORDS
+    options = cfg.receiver_options()
+    named = {k: options.pop(k) for k in RECEIVER_KEYWORDS}
+    return {**named, "receiver_options": options}
 
 
 if TYPE_CHECKING:
@@ -259,9 +261,7 @@ class _ZcrxLoopMixin(_LoopBase):
         if rx is None or rx._closed:
             from .receiver import Receiver
             cfg = self._aiozcrx_config
-            rx = Receiver(engine=cfg.engine, interface=cfg.interface, queue=cfg.queue,
-                          area_size=cfg.area_size, buf_size=cfg.buf_size, views=cfg.views,
-                          max_held=cfg.max_held)
+            rx = Receiver(**cfg.receiver_options())
             rx.open()
             self._aiozcrx_client_rx = rx
         return rx

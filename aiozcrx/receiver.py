@@ -16,7 +16,7 @@ from .config import (DEFAULT_AREA_SIZE, DEFAULT_BUF_SIZE, DEFAULT_CQ_ENTRIES,  #
                      socket_family)
 from .engines.base import EngineLoop as _EngineLoop
 from .errors import process_forked
-from .transport import ZcrxTransport
+from .transport import TransportLink, ZcrxTransport
 
 logger = logging.getLogger("aiozcrx")
 
@@ -176,7 +176,7 @@ class Receiver:
     def _open_on(self, loop: _EngineLoop) -> "Receiver":
         """``open()`` on ``loop``: the running asyncio loop, or an object offering
         the few loop calls engines and transports make (``_EngineLoop``:
-        ``aiozcrx._trio.TrioLoop`` under trio, for ``aiozcrx.anyio``)."""
+        ``aiozcrx.anyio._trio.TrioLoop`` under trio, for ``aiozcrx.anyio``)."""
         if self._engine is not None:
             self._check_process()
             raise RuntimeError("Receiver is already open")
@@ -267,7 +267,9 @@ class Receiver:
         assert loop is not None  # open, so bound to its loop
         sock.setblocking(False)
         protocol = protocol_factory()
-        transport = ZcrxTransport(self, sock, protocol)
+        link = TransportLink(self._engine, loop, self._copied, self._copies_for, self._warn_over_share,
+                             self._forget, lambda: self.fallback_reason, self.stats, self)
+        transport = ZcrxTransport(link, sock, protocol)
         self._transports.add(transport)
         try:
             transport._connection_made()  # in the context the base loop would use

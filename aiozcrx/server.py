@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from . import tls as _tls
 from .config import DEFAULT_BUF_SIZE, socket_family
+from .engines.base import EngineLoop
 from .receiver import Receiver
 from .transport import ZcrxTransport
 
@@ -55,6 +56,48 @@ class _OwnedReceiver(Receiver):
         super()._forget(transport)
         if self._on_forget is not None:
             self._on_forget()
+
+
+#: the Receiver options create_server and create_connection take by name (with
+#: Config's defaults); any other goes in their receiver_options= dict
+RECEIVER_KEYWORDS = ("engine", "interface", "queue", "area_size", "rq_entries", "copy", "buf_size")
+
+
+class _ClosesReceiverWhenIdle:
+    """A server whose connections share one Receiver (ZcrxServer, and TrioServer
+    under trio) closes it once the server is closed *and* its last connection is
+    gone: ``close()`` and each connection's end (the Receiver's ``_on_forget``)
+    call ``_maybe_finish``. The server brings its loop, its Receiver, whether it
+    is closed, and how "done" is kept and waited for (``_done_yet``, ``_set_done``:
+    an asyncio future, a trio event)."""
+
+    _loop: EngineLoop
+    _receiver: _OwnedReceiver
+    _closed: bool
+
+    def _busy(self) -> bool:
+        """Connections (or connections being made) still use the Receiver."""
+        return bool(self._receiver._transports)
+
+    def _done_yet(self) -> bool:
+        raise NotImplementedError
+
+    def _set_done(self) -> None:
+        raise NotImplementedError
+
+    def _maybe_finish(self) -> None:
+        if self._closed and not self._busy() and not self._done_yet():
+            # the transport calling us is still finishing its connection_lost: close
+            # the Receiver on the next loop iteration
+            self._loop.call_soon(self._finish)
+
+    def _finish(self) -> None:
+        if self._done_yet() or self._busy():
+            return  # done already, or a connection arrived meanwhile: it will call us again
+        try:
+            self._receiver.close()
+        finally:
+            self._set_done()
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -94,7 +137,7 @@ def _check_unknown(kwargs: dict[str, Any], allowed: Iterable[str]) -> None:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
 
 
-class ZcrxServer(asyncio.AbstractServer):
+class ZcrxServer(_ClosesReceiverWhenIdle, asyncio.AbstractServer):
     """What ``create_server`` returns; behaves like ``asyncio.Server``.
 
     ``close()`` stops listening (connections stay open, as with asyncio);
@@ -102,6 +145,8 @@ class ZcrxServer(asyncio.AbstractServer):
     until the server is closed and every connection is gone, then the shared
     Receiver is closed.
     """
+
+    _loop: asyncio.AbstractEventLoop
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  protocol_factory: ProtocolFactory, receiver: _OwnedReceiver, backlog: int,
@@ -294,22 +339,16 @@ class ZcrxServer(asyncio.AbstractServer):
         for t in list(self._receiver._transports):
             t.abort()
 
-    def _maybe_finish(self) -> None:
-        if self._closed and not self._pending and not self._receiver._transports \
-                and not self._done.done():
-            # the transport calling us is still finishing its connection_lost: close
-            # the Receiver on the next loop iteration
-            self._loop.call_soon(self._finish)
+    # closing the Receiver when idle (_ClosesReceiverWhenIdle): TLS handshakes
+    # under way count as connections
+    def _busy(self) -> bool:
+        return bool(self._pending) or super()._busy()
 
-    def _finish(self) -> None:
-        if self._done.done():
-            return
-        if self._pending or self._receiver._transports:
-            return  # a connection arrived meanwhile; it will call us again
-        try:
-            self._receiver.close()
-        finally:
-            self._done.set_result(None)
+    def _done_yet(self) -> bool:
+        return self._done.done()
+
+    def _set_done(self) -> None:
+        self._done.set_result(None)
 
     async def wait_closed(self) -> None:
         """Waits until the server is closed and all its connections are gone (the

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import dataclasses
 import functools
 import io
 import os
@@ -28,21 +29,19 @@ import traceback
 from asyncio import constants, sslproto, trsock
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Optional, Union, cast
 
-from ._leases import CopySink
+from ._fastpath import CopySink
 from .engines.base import own_io
 from .errors import process_forked
 
 if TYPE_CHECKING:
-    from .receiver import Receiver
+    from ._kernel import Delivery, Sink
+    from .engines.base import Engine
 
 _DEFAULT_HIGH = 64 * 1024
 # asyncio's socket transport has a writelines() of its own from 3.12 on, with its
 # own messages; before, writelines() is write() and says so
 _WRITELINES_OWN_ERRORS = sys.version_info >= (3, 12)
 
-Delivered = Union[memoryview, bytes]
-"""What a sink is given: a view over the area (``bytes`` with ``copy=True``)."""
-Sink = Callable[[Delivered], object]
 
 
 def uvloop_rules(loop: object) -> bool:
@@ -92,7 +91,7 @@ def _tag(exc: BaseException, callback: str) -> None:
 def _buffered_sink(protocol: asyncio.BufferedProtocol, copied: list[int]) -> Sink:
     """Feeds a BufferedProtocol: copies each view into the protocol's own buffer."""
 
-    def sink(view: Delivered) -> None:
+    def sink(view: Delivery) -> None:
         pos = 0
         n = len(view)
         copied[0] += n
@@ -134,9 +133,9 @@ def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
     incoming = getattr(protocol, "_incoming", None)
     if not isinstance(incoming, ssl.MemoryBIO) or not isinstance(protocol, asyncio.BufferedProtocol):
         # 3.10: a plain Protocol whose data_received writes the BIO (any buffer)
-        data_received: Callable[[Delivered], object] = getattr(protocol, "data_received")
+        data_received: Callable[[Delivery], object] = getattr(protocol, "data_received")
 
-        def sink_310(view: Delivered) -> None:
+        def sink_310(view: Delivery) -> None:
             copied[0] += len(view)
             data_received(view)
 
@@ -144,7 +143,7 @@ def _tls_sink(protocol: sslproto.SSLProtocol, copied: list[int]) -> Sink:
     write = incoming.write
     updated = protocol.buffer_updated
 
-    def sink(view: Delivered) -> None:
+    def sink(view: Delivery) -> None:
         copied[0] += len(view)
         write(view)
         try:
@@ -190,6 +189,25 @@ else:
     _FlowControlBase = getattr(asyncio.transports, "_FlowControlMixin", asyncio.Transport)
 
 
+@dataclasses.dataclass(frozen=True)
+class TransportLink:
+    """What a ``ZcrxTransport`` uses of the ``Receiver`` that made it, and all of
+    it: the Receiver hands each new transport one (``Receiver._wrap_now``), so
+    the transport never reaches into the Receiver's own state, and this module
+    needs nothing from aiozcrx.receiver."""
+
+    engine: Engine                     # the connection's read side is this engine's
+    loop: asyncio.AbstractEventLoop    # (under trio, aiozcrx.anyio's TrioLoop)
+    copied: list[int]                  # one cell: bytes copied in user space for protocols
+    copies_for: Callable[[object], bool]  # whether a protocol gets bytes rather than views
+    # a connection's views hold its share: (protocol class name, held, limit bytes)
+    warn_over_share: Callable[[str, int, int], None]
+    forget: Callable[[ZcrxTransport], None]  # the transport is gone (connection_lost ran)
+    fallback_reason: Callable[[], str]  # get_extra_info("aiozcrx_fallback_reason")
+    stats: Callable[[], dict[str, Any]]  # get_extra_info("aiozcrx_receiver_stats")
+    owner: object                      # the Receiver itself: never used here (debuggers, tests)
+
+
 class ZcrxTransport(_FlowControlBase):
     """The transport aiozcrx gives a protocol. Made by ``Receiver.wrap``.
 
@@ -202,12 +220,10 @@ class ZcrxTransport(_FlowControlBase):
     end of stream held behind that backlog.
     """
 
-    def __init__(self, receiver: "Receiver", sock: socket.socket, protocol: asyncio.BaseProtocol):
+    def __init__(self, link: TransportLink, sock: socket.socket, protocol: asyncio.BaseProtocol):
         asyncio.Transport.__init__(self)  # the mixin's __init__ would reset our write limits
-        engine, loop = receiver._engine, receiver._loop
-        if engine is None or loop is None:
-            raise RuntimeError("Receiver is not open (use `async with Receiver(...)`)")
-        self._receiver = receiver
+        engine, loop = link.engine, link.loop
+        self._link = link
         self._pid = os.getpid()  # a forked child gets ProcessForked (see _check_process)
         self._engine_name: str = engine.name
         self._loop: asyncio.AbstractEventLoop = loop
@@ -235,7 +251,7 @@ class ZcrxTransport(_FlowControlBase):
         self._conn = engine.attach(self._fileno, self)
         self._started = False        # connection_made has returned and reading began
         self._paused = False
-        self._backlog: collections.deque[Delivered] = collections.deque()
+        self._backlog: collections.deque[Delivery] = collections.deque()
         self._draining = False
         # ("eof",) or ("error", exc) held behind the backlog
         self._pending_end: Optional[tuple[Any, ...]] = None
@@ -271,18 +287,18 @@ class ZcrxTransport(_FlowControlBase):
         p = self._protocol
         sink: Sink
         if isinstance(p, sslproto.SSLProtocol):
-            sink = _tls_sink(p, self._receiver._copied)
+            sink = _tls_sink(p, self._link.copied)
         elif isinstance(p, asyncio.BufferedProtocol) or (self._uvloop_rules and _buffered_by_duck(p)):
-            sink = _buffered_sink(cast(asyncio.BufferedProtocol, p), self._receiver._copied)
+            sink = _buffered_sink(cast(asyncio.BufferedProtocol, p), self._link.copied)
         elif not hasattr(p, "data_received"):
-            def missing(view: Delivered) -> None:
+            def missing(view: Delivery) -> None:
                 p.data_received(view)  # AttributeError at the first delivery, as asyncio's
             sink = missing
-        elif self._receiver._copies_for(p):
+        elif self._link.copies_for(p):
             # ``data_received(bytes(view))``; the C dispatcher copies straight out of
             # the buffer and makes no view at all, and enters the context itself
             # (aiozcrx/_c/copysink.c)
-            copier: Sink = CopySink(p.data_received, self._receiver._copied, self._context)
+            copier: Sink = CopySink(p.data_received, self._link.copied, self._context)
             return copier
         else:
             sink = p.data_received
@@ -422,7 +438,7 @@ class ZcrxTransport(_FlowControlBase):
         self._force_close(exc)
 
     def _over_share(self, held_bytes: int, limit_bytes: int) -> None:
-        self._receiver._warn_over_share(type(self._protocol).__name__, held_bytes, limit_bytes)
+        self._link.warn_over_share(type(self._protocol).__name__, held_bytes, limit_bytes)
 
     def _callback_failed(self, exc: BaseException) -> None:
         # The traceback's frames hold the view data_received was called with (and
@@ -706,7 +722,7 @@ class ZcrxTransport(_FlowControlBase):
             self._uv_context(self._protocol.connection_lost, exc)
         finally:
             self._conn.detach()
-            self._receiver._forget(self)
+            self._link.forget(self)
             fds = getattr(self._loop, "_aiozcrx_fds", None)
             if fds is not None and fds.get(self._fileno) is self:
                 del fds[self._fileno]
@@ -738,11 +754,11 @@ class ZcrxTransport(_FlowControlBase):
         if name == "aiozcrx_engine":
             return self._engine_name
         if name == "aiozcrx_fallback_reason":
-            return self._receiver.fallback_reason
+            return self._link.fallback_reason()
         if name == "aiozcrx_stats":
             return self.stats()
         if name == "aiozcrx_receiver_stats":
-            return self._receiver.stats()
+            return self._link.stats()
         return self._extra.get(name, default)
 
     def __repr__(self) -> str:

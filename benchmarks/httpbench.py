@@ -47,8 +47,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from records import cpu_of, pin  # noqa: E402
-from run import emit, fmt_range, med  # noqa: E402
+from common import cpu_of, emit, fmt_range, med, pin  # noqa: E402
 
 BLOCK = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -6,7 +6,7 @@
 (``AIOZCRX_LOOP=asyncio`` in the environment makes its base the stock loop);
 ``uvloop`` and ``asyncio`` are the plain loops, started the way their users do.
 The listening socket is inherited (fd N). The process pins itself to the
-receiver's CPU (CPU 0 with 2+ CPUs; records.pin).
+receiver's CPU (CPU 0 with 2+ CPUs; common.pin).
 
 Routes, the same on both servers:
   GET  /        -> ``Hello, world!`` (the small-request case)
@@ -57,7 +57,7 @@ def run_aiohttp(loop: str, fd: int) -> None:
 
 def main() -> None:
     sys.path.insert(0, HERE)
-    from records import pin
+    from common import pin
     kind, loop = sys.argv[1], sys.argv[2]
     fd = int(sys.argv[sys.argv.index("--fd") + 1])
     pin("receiver")

@@ -51,8 +51,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from records import cpu_of, pin  # noqa: E402
-from run import emit, fmt_range, med  # noqa: E402
+from common import cpu_of, emit, fmt_range, med, pin  # noqa: E402
 
 WAKE_ENV = "AIOZCRX_WAKE"  # aiozcrx.engines.wake.WAKE_ENV: not imported, to keep aiozcrx out of this process
 

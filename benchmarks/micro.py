@@ -51,7 +51,7 @@ CHUNK = 4096
 
 
 # the same counting protocols as the bulk benchmark (run.py), reading 4 KiB here
-from run import BufferedSink, ProtoSink as Sink, ring_dispatcher  # noqa: E402  (benchmarks/ is sys.path[0])
+from common import BufferedSink, ProtoSink as Sink, ring_dispatcher  # noqa: E402  (benchmarks/ is sys.path[0])
 
 
 def BufSink(done):  # noqa: N802 - a protocol factory named like the class it makes

@@ -59,8 +59,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from run import VARIANTS as RUN_VARIANTS  # noqa: E402
-from run import BufferedSink, ProtoSink, emit, fmt_range, med  # noqa: E402
+from common import VARIANTS as RUN_VARIANTS  # noqa: E402
+from common import BufferedSink, ProtoSink, _cpus, cpu_of, emit, fmt_range, med, pin  # noqa: E402
 
 RECORD = 4096
 PERIOD_NS = 10_000
@@ -108,32 +108,6 @@ SYSCALLS = ("epoll_wait", "epoll_pwait", "read", "readv", "recvfrom", "recvmsg",
 
 
 # ------------------------------------------------------------------ pinning
-def _cpus() -> list[int]:
-    """The CPUs this benchmark may use: those of the first process that asked
-    (kept in BENCH_CPUS for its children, which may have been pinned already)."""
-    if "BENCH_CPUS" not in os.environ:
-        os.environ["BENCH_CPUS"] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    return [int(c) for c in os.environ["BENCH_CPUS"].split(",")]
-
-
-def cpu_of(role: str) -> str | None:
-    """Receivers and servers on the first CPU, senders and load generators on the
-    second; None on a 1-CPU machine."""
-    cpus = _cpus()
-    if len(cpus) < 2:
-        return None
-    return str(cpus[0] if role == "receiver" else cpus[1])
-
-
-def pin(role: str) -> str:
-    """Pins this process to its role's CPU (cpu_of). Returns what it did."""
-    cpu = cpu_of(role)
-    if cpu is None:
-        return "not pinned (1 CPU)"
-    os.sched_setaffinity(0, {int(cpu)})
-    return f"CPU {cpu}"
-
-
 # ------------------------------------------------------------------- sender
 def sender_main(port: int, case: str, seconds: float, total: int) -> None:
     pin("sender")

@@ -56,37 +56,16 @@ import os
 import platform
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from common import VARIANTS, BufferedSink, ProtoSink, fmt_range, med, ring_dispatcher  # benchmarks/ is sys.path[0]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BLOCK = 1 << 20
-BUFFERED_SIZE = 256 * 1024
-
-VARIANTS = [
-    # name, label, loop, kind, engine
-    ("asyncio-protocol", "asyncio Protocol", "asyncio", "protocol", None),
-    ("asyncio-buffered", "asyncio BufferedProtocol 256 KiB", "asyncio", "buffered", None),
-    ("uvloop-protocol", "uvloop Protocol", "uvloop", "protocol", None),
-    ("uvloop-buffered", "uvloop BufferedProtocol 256 KiB", "uvloop", "buffered", None),
-    ("aiozcrx-uring-uvloop", "aiozcrx uring, uvloop", "uvloop", "aiozcrx", "uring"),
-    ("aiozcrx-uring-asyncio", "aiozcrx uring, asyncio", "asyncio", "aiozcrx", "uring"),
-    ("aiozcrx-socket-uvloop", "aiozcrx socket, uvloop", "uvloop", "aiozcrx", "socket"),
-    ("aiozcrx-socket-asyncio", "aiozcrx socket, asyncio", "asyncio", "aiozcrx", "socket"),
-    ("aiozcrx-zcrx-copy-uvloop", "aiozcrx zcrx-copy, uvloop", "uvloop", "aiozcrx", "zcrx-copy"),
-    ("aiozcrx-zcrx-copy-asyncio", "aiozcrx zcrx-copy, asyncio", "asyncio", "aiozcrx", "zcrx-copy"),
-    # a NIC queue (--nic: the simulated NIC of the guest tier)
-    ("aiozcrx-zcrx-uvloop", "aiozcrx zcrx (NIC queue), uvloop", "uvloop", "aiozcrx", "zcrx"),
-    ("aiozcrx-zcrx-asyncio", "aiozcrx zcrx (NIC queue), asyncio", "asyncio", "aiozcrx", "zcrx"),
-    # large receive buffers on the NIC queue (Receiver(rx_buf_len=...), 7.0+)
-    ("aiozcrx-zcrx-16k-uvloop", "aiozcrx zcrx rx_buf_len 16 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
-    ("aiozcrx-zcrx-32k-uvloop", "aiozcrx zcrx rx_buf_len 32 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
-    ("aiozcrx-zcrx-64k-uvloop", "aiozcrx zcrx rx_buf_len 64 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
-]
 BY_NAME = {v[0]: v for v in VARIANTS}
 #: the variants that ask for a receive buffer size (the others: the page size)
 RX_BUF_LEN = {"aiozcrx-zcrx-16k-uvloop": 16 << 10, "aiozcrx-zcrx-32k-uvloop": 32 << 10,
@@ -128,61 +107,7 @@ def sender_main(port: int, seconds: float, total: int, host: str = "127.0.0.1") 
         s.shutdown(socket.SHUT_WR)
 
 
-# ---------------------------------------------------------------- receivers
-class Sink:
-    """Counts bytes; keeps nothing (views are released as soon as the call returns)."""
-
-    def __init__(self, done=None):
-        self.done = done
-        self.bytes = 0
-        self.calls = 0
-        self.buf = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.bytes += len(data)
-        self.calls += 1
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc):
-        if self.done is not None and not self.done.done():
-            self.done.set_result(exc)
-
-    def pause_writing(self):
-        pass
-
-    def resume_writing(self):
-        pass
-
-
-class ProtoSink(Sink, asyncio.Protocol):
-    pass
-
-
-class BufferedSink(Sink, asyncio.BufferedProtocol):
-    def __init__(self, done=None, size: int = BUFFERED_SIZE):
-        super().__init__(done)
-        self.buf = bytearray(size)
-
-    def get_buffer(self, sizehint):
-        return self.buf
-
-    def buffer_updated(self, nbytes):
-        self.bytes += nbytes
-        self.calls += 1
-
-
-def ring_dispatcher(rx):
-    """The C dispatcher of a Receiver on a ring engine, None on engine socket. Its
-    set_timing / set_view_reuse switches are for measurements, so they are reached
-    through the private engine here, in one place."""
-    return getattr(rx._engine, "dispatcher", None)
-
-
+# ---------------------------------------------------------------- receivers (the protocols: common.py)
 def probe_engine(engine: str, **kw) -> tuple[bool, str]:
     """Tries ``Receiver(engine=...)`` in this process; (works, why not)."""
     import aiozcrx
@@ -331,10 +256,6 @@ def run_child(name: str, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def med(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for name, runs in results.items():
@@ -364,20 +285,6 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
         if outside and len(outside) == len(good):
             summary[name]["outside_syscalls"] = outside
     return summary
-
-
-def emit(res: dict, text: str, json_path: str | None) -> int:
-    """How a case script ends (records.py, httpbench.py, latency.py): its report on
-    stdout (run.py's section text), its raw runs in ``--json``'s file; exit status 0."""
-    print(text)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(res, f)
-    return 0
-
-
-def fmt_range(xs, nd=3):
-    return f"{med(xs):.{nd}f} ({min(xs):.{nd}f}-{max(xs):.{nd}f})"
 
 
 def table(summary: dict, order: list[str]) -> str:

@@ -117,7 +117,7 @@ async def receive(n: int, kib: int, engine: str, buf_size: int, heap: bool = Fal
         await asyncio.sleep(0.2)  # let every receive request be submitted
         heap1 = tracemalloc.get_traced_memory()[0]
         rss1 = _rss_kib()
-        from run import ring_dispatcher  # benchmarks/ is sys.path[0]
+        from common import ring_dispatcher  # benchmarks/ is sys.path[0]
 
         dispatcher = ring_dispatcher(rx)
         if split and dispatcher is not None:

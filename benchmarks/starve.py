@@ -34,8 +34,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import common  # noqa: E402
 import records  # noqa: E402
-from run import BufferedSink, ProtoSink, fmt_range, med  # noqa: E402
+from common import BufferedSink, ProtoSink, fmt_range, med  # noqa: E402
 
 CASE = "starve"
 AREA_SIZE = 1 << 20
@@ -105,7 +106,7 @@ async def receive(name: str, socks: list[socket.socket]) -> dict:
 
 
 def child_main(name: str, fd: int, conns: int) -> None:
-    records.pin("receiver")
+    common.pin("receiver")
     listener = socket.socket(fileno=fd)
     socks = []
     for _ in range(conns):
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown variant(s) {bad}")
     records.set_conns(CASE, args.conns)  # the sender (another process) gets it through the environment
-    records._cpus()  # before any child: the CPUs to pin to
+    common._cpus()  # before any child: the CPUs to pin to
     what = f"{args.bytes} bytes" if args.bytes else f"{args.seconds:g} s"
 
     def command(name: str) -> list[str]:
@@ -175,8 +176,8 @@ def main(argv=None) -> int:
     runs = records.run_rounds(CASE, order, args, command)
     print(f"{platform.uname().release}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"{args.conns} connections, 64 KiB sends round robin; {args.rounds} rounds x {what} per receiver, "
-          f"interleaved; receiver pinned to CPU {records.cpu_of('receiver')}, sender to CPU "
-          f"{records.cpu_of('sender')}; aiozcrx area {AREA_SIZE >> 10} KiB of {BUF_SIZE >> 10} KiB buffers "
+          f"interleaved; receiver pinned to CPU {common.cpu_of('receiver')}, sender to CPU "
+          f"{common.cpu_of('sender')}; aiozcrx area {AREA_SIZE >> 10} KiB of {BUF_SIZE >> 10} KiB buffers "
           f"({AREA_SIZE // BUF_SIZE}); every consumer keeps what it got for two turns of the loop. "
           "Medians (min-max).\n")
     print(table(runs, order))

@@ -45,8 +45,9 @@ import sys
 import tempfile
 import time
 
+from common import BufferedSink, ProtoSink  # benchmarks/ is sys.path[0]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-BUFFERED_SIZE = 256 * 1024
 
 VARIANTS = {
     # name: (loop, kind, engine)
@@ -80,41 +81,7 @@ def sender_main(port: int, record: int, gap_us: float, seconds: float) -> None:
         s.shutdown(socket.SHUT_WR)
 
 
-# --------------------------------------------------------------- receivers
-class Sink:
-    def __init__(self, done):
-        self.done = done
-        self.bytes = 0
-        self.calls = 0
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc):
-        if not self.done.done():
-            self.done.set_result(exc)
-
-
-class ProtoSink(Sink, asyncio.Protocol):
-    def data_received(self, data):
-        self.bytes += len(data)
-        self.calls += 1
-
-
-class BufferedSink(Sink, asyncio.BufferedProtocol):
-    def __init__(self, done):
-        super().__init__(done)
-        self.buf = bytearray(BUFFERED_SIZE)
-
-    def get_buffer(self, sizehint):
-        return self.buf
-
-    def buffer_updated(self, nbytes):
-        self.bytes += nbytes
-        self.calls += 1
+# --------------------------------------------------------------- receivers: common.py
 
 
 class FrameCounter:

@@ -46,8 +46,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import common  # noqa: E402
 import records  # noqa: E402
-from run import fmt_range, med  # noqa: E402
+from common import fmt_range, med  # noqa: E402
 
 C_MODES = ("read", "uring-evfd", "uring-evfd-read2", "uring-ringfd")
 # The buffers as aiozcrx uses them: incremental (6.12+), a few posted at a time
@@ -81,7 +82,7 @@ def split_mode(mode: str) -> tuple[str, dict[str, str]]:
 
 
 def command(exe: str, mode: str) -> list[str]:
-    cpu = records.cpu_of("receiver")
+    cpu = common.cpu_of("receiver")
     pin = ["taskset", "-c", cpu] if cpu is not None and shutil.which("taskset") else []
     base, env = split_mode(mode)
     setenv = ["env"] + [f"{k}={v}" for k, v in env.items()] if env else []
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
            + [c for c in cases if c not in records.CASES])
     if bad:
         ap.error(f"unknown mode(s), receiver(s) or case(s): {bad}")
-    records._cpus()  # before any child: the CPUs to pin to
+    common._cpus()  # before any child: the CPUs to pin to
     tmp = tempfile.mkdtemp(prefix="aiozcrx-wakefloor.")
     try:
         exe = build(tmp)
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         all_runs: dict[str, dict[str, list[dict]]] = {}
         out = [f"{platform.uname().release}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
                f"{args.rounds} rounds x {args.seconds:g} s per receiver and case, interleaved; "
-               f"receiver pinned to CPU {records.cpu_of('receiver')}, sender to CPU {records.cpu_of('sender')}. "
+               f"receiver pinned to CPU {common.cpu_of('receiver')}, sender to CPU {common.cpu_of('sender')}. "
                "Medians (min-max)."]
         for case in cases:
             runs = records.run_rounds(case, order, args,

@@ -64,7 +64,7 @@ html_title = f"aiozcrx {release}"
 
 
 # Docstring fixes applied at build time until the source is fixed (each a no-op once
-# it is). aiozcrx/anyio.py ZcrxListener: ``ZcrxStream``s is not valid reST (an inline
+# it is). aiozcrx/anyio/_streams.py ZcrxListener: ``ZcrxStream``s is not valid reST (an inline
 # literal must not be followed by a letter); the source fix is ``ZcrxStream`` objects.
 _DOCSTRING_FIXES = {
     "aiozcrx.anyio.ZcrxListener": [("``ZcrxStream``s", "``ZcrxStream`` objects")],

@@ -1,6 +1,6 @@
 """A zcrx completion queue and refill ring in plain memory, driven by hand.
 
-The C dispatcher (``aiozcrx._leases.Dispatcher``) and ``Area`` run exactly as a
+The C dispatcher (``aiozcrx._fastpath.Dispatcher``) and ``Area`` run exactly as a
 zcrx engine runs them, but the completions are written here and drained with
 ``Dispatcher.run()`` (no syscall): tests of what the C code does with the
 completions it is given, on any kernel. The memory is laid out as the kernel
@@ -15,12 +15,12 @@ import ctypes
 import mmap
 import struct
 
-from aiozcrx import _ring
-from aiozcrx._leases import Area, Dispatcher
+from aiozcrx import _kernel
+from aiozcrx._fastpath import Area, Dispatcher
 
 PAGE = 4096
-UD_RECV = 1
-F_MORE = 1 << 1
+UD_RECV = _kernel.UD_RECV
+F_MORE = _kernel.CQE_F_MORE
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -29,7 +29,8 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 
 
 def user_data(slot: int, gen: int, kind: int = UD_RECV) -> int:
-    return (gen << 40) | (kind << 32) | slot
+    """The user_data of a request (the layout is aiozcrx/_c/protocol.h's)."""
+    return _kernel.user_data(kind, slot, gen)
 
 
 def _map(length: int, *, shared: bool = False, dontfork: bool = False) -> int:
@@ -38,7 +39,7 @@ def _map(length: int, *, shared: bool = False, dontfork: bool = False) -> int:
     if addr in (None, ctypes.c_void_p(-1).value):
         raise OSError(ctypes.get_errno(), "mmap")
     if dontfork:
-        _ring.dontfork(_ring.AreaMapping(addr, length))
+        _kernel.dontfork(_kernel.AreaMapping(addr, length))
     return int(addr)
 
 

@@ -154,7 +154,7 @@ def test_listener_connect_round_trip(how, engine):
             assert n == len(data) and digest == hashlib.sha256(data).hexdigest()
             stats = stream.transport.stats()
             assert stats["bytes_received"] == len(data) and stats["bytes_written"] == len(data)
-            rx = stream.transport._receiver
+            rx = stream.transport._link.owner
             await stream.aclose()
             with pytest.raises(anyio.ClosedResourceError):
                 await stream.receive()
@@ -285,7 +285,7 @@ def test_connect_tcp_plain_peer_eof_and_views(how, engine):
                 if len(views) > 8:
                     views.pop(0).release()
             assert h.digest() == hashlib.sha256(data).digest()
-            rx = s.transport._receiver
+            rx = s.transport._link.owner
             assert rx.stats()["buffers_outstanding"] > 0  # the views still held
             for v in views:
                 v.release()
@@ -339,7 +339,7 @@ def test_peer_reset_breaks_receive_and_a_waiting_send(how, engine):
         with pytest.raises(anyio.BrokenResourceError) as info:
             await s.receive()
         assert isinstance(info.value.__cause__, ConnectionResetError)
-        rx = s.transport._receiver
+        rx = s.transport._link.owner
         await s.aclose()
         await until(lambda: rx._closed, "the connection's Receiver is closed")
         assert rx.stats()["buffers_outstanding"] == 0
@@ -365,7 +365,7 @@ def test_receive_cancelled_then_usable(how):
         conn.close()
         with pytest.raises(anyio.EndOfStream):
             await s.receive()
-        rx = s.transport._receiver
+        rx = s.transport._link.owner
         await s.aclose()
         await until(lambda: rx._closed, "the connection's Receiver is closed")
         lst.close()
@@ -483,7 +483,7 @@ def test_trio_pending_accept_ends_when_the_listener_closes(host):
 def test_trio_loop_adapter(caplog):
     """TrioLoop, what engines and transports see of trio: callbacks in order,
     timers, a reader on an eventfd, and a callback's exception logged."""
-    from aiozcrx import _trio
+    from aiozcrx.anyio import _trio
 
     async def main():
         loop = _trio.current_loop()

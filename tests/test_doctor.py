@@ -99,14 +99,14 @@ def test_core_not_loadable_is_not_checked_and_never_ok(monkeypatch):
     from aiozcrx.tools import probe
 
     def no_core():
-        raise ImportError("No module named 'aiozcrx._leases'", name="aiozcrx._leases")
+        raise ImportError("No module named 'aiozcrx._fastpath'", name="aiozcrx._fastpath")
 
     monkeypatch.setattr(probe, "load_core", no_core)
     monkeypatch.setattr(probe, "kernel_report", lambda: pytest.fail("probed without the core"))
     core = doctor.probe_core("eth1", 7)
     assert not core["available"]
     assert core["error"] == ("not checked: the compiled core could not be loaded "
-                             "(No module named 'aiozcrx._leases')")
+                             "(No module named 'aiozcrx._fastpath')")
     lines, ok = doctor.engine_section(core, "eth1", 7)
     assert not ok and "not checked: the compiled core could not be loaded" in lines[0]
     kernel = by_name(doctor.system_checks(sysfacts(), core))["kernel"]
@@ -425,3 +425,89 @@ def test_guest_doctor_reports_nodev_zcrx(capsys):
     rep = json.loads(capsys.readouterr().out)
     driver = {c["name"]: c for c in rep["checks"]}["driver"]
     assert driver["status"] == FAIL and "'zcrx-copy'" in driver["fix"]
+
+
+# --------------------------------------------------------------------------
+# several queues for one port: `doctor --queues A-B --port P` (issue 19)
+# --------------------------------------------------------------------------
+def with_napi(st, bound=()):
+    for q in st.queues:
+        q["napi_id"] = 8193 + q["id"]
+        q["io_uring"] = q["id"] in bound
+    return st
+
+
+def test_queues_configured_pass_with_each_queues_napi_id():
+    from test_nic import spread_over
+
+    checks = doctor.queues_checks(with_napi(spread_over()), 0, 3, 9999, release="7.2.13",
+                                  trial=(True, "works here"))
+    c = by_name(checks)
+    assert {x.status for x in checks} == {PASS}, [(x.name, x.status, x.detail) for x in checks]
+    assert "context 5 spreads over [0, 1, 2, 3]" in c["RSS context"].detail
+    assert "tcp4 dst-port 9999 lands on queue(s) [0, 1, 2, 3] by rule 1023 (context 5)" in \
+        c["steering tcp4"].detail
+    assert c["steering tcp6"].status == PASS
+    assert c["queue 2"].detail == "napi id 8195; free"
+    assert "queue 4" not in c
+
+
+def test_queues_on_a_fresh_nic_fail_naming_nic_setup_queues():
+    c = by_name(doctor.queues_checks(with_napi(fresh()), 0, 3, 9999, release="7.2.13"))
+    setup = "aiozcrx nic setup --interface eth1 --queues 0-3 --port 9999"
+    for name in ("tcp-data-split", "RSS", "RSS context", "steering tcp4", "steering tcp6"):
+        assert c[name].status == FAIL, name
+    assert setup in c["tcp-data-split"].fix
+    assert c["RSS context"].fix == c["steering tcp4"].fix == setup
+    assert c["RSS"].fix == "ethtool -X eth1 weight 0 0 0 0 1 1 1 1"
+    assert "queue(s) [0, 1, 2, 3]" in c["RSS"].detail
+
+
+def test_queues_bound_missing_napi_and_shared_napi():
+    from test_nic import spread_over
+
+    st = with_napi(spread_over(), bound={1})
+    st.queues[2]["napi_id"] = None
+    st.queues[3]["napi_id"] = st.queues[0]["napi_id"]
+    c = by_name(doctor.queues_checks(st, 0, 3, 9999, release="7.2.13"))
+    assert c["queue 1"].status == FAIL and "bound to an io_uring zcrx" in c["queue 1"].detail
+    assert "EEXIST" in c["queue 1"].detail
+    assert c["queue 2"].status == WARN and "no NAPI id" in c["queue 2"].detail
+    assert c["queue 3"].status == WARN and "the same as queue 0" in c["queue 3"].detail
+
+
+def test_queues_range_leaving_nothing_for_the_main_table():
+    c = by_name(doctor.queues_checks(with_napi(fresh()), 0, 7, 9999))
+    assert c["queues"].status == FAIL and "leaves no RX queue" in c["queues"].detail
+    assert "--queues 0-7" in c["queues"].fix and "raises the channels to 9" in c["queues"].fix
+    st = fresh(channels={"combined_count": 8, "combined_max": 8})
+    c = by_name(doctor.queues_checks(with_napi(st), 0, 7, 9999))
+    assert c["queues"].fix.startswith("pick queues within 0-6")
+
+
+def test_run_and_render_with_queues(monkeypatch):
+    from test_nic import spread_over
+
+    monkeypatch.setattr(doctor, "gather_system", lambda: sysfacts())
+    probed = []
+    monkeypatch.setattr(doctor, "probe_core", lambda i, q: probed.append(q) or CORE_OK)
+    monkeypatch.setattr(nic, "read_state", lambda ifn: with_napi(spread_over()))
+    monkeypatch.setattr(nic, "wait_queue_released", lambda i, q: None)
+    rep = doctor.run("eth1", None, 9999, queues=(0, 3))
+    assert rep["ok"] and probed == [0]                 # the trial is on the first queue
+    assert rep["napi_ids"] == {"0": 8193, "1": 8194, "2": 8195, "3": 8196}
+    text = doctor.render(rep)
+    assert text.splitlines()[0].endswith("interface eth1 queues 0-3 port 9999")
+    assert 'result: engine="zcrx" can work on eth1 queues 0-3' in text
+    monkeypatch.setattr(nic, "read_state", lambda ifn: with_napi(fresh()))
+    rep = doctor.run("eth1", None, 9999, queues=(0, 3))
+    assert not rep["ok"]
+    assert 'cannot work on eth1 queues 0-3' in doctor.render(rep)
+
+
+def test_cli_queues_needs_an_interface_and_a_range(capsys):
+    for argv in (["--queues", "0-3"], ["-i", "eth1", "--queues", "3-0"],
+                 ["-i", "eth1", "--queues", "0-3", "--queue", "1"]):
+        with pytest.raises(SystemExit) as e:
+            doctor.main(argv)
+        assert e.value.code == 2

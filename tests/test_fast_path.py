@@ -13,7 +13,7 @@ import socket
 import pytest
 
 import aiozcrx
-from aiozcrx.engines.ring import PUMP_BUSY, PUMP_PENDING
+from aiozcrx._kernel import PUMP_BUSY, PUMP_PENDING
 from peers import Listener, join, queued, start_sender, stream_sha256, wait_until
 from test_transport import MiB, Sink
 
@@ -392,7 +392,7 @@ async def test_eventfd_read_falls_back_to_read2_when_the_sq_is_full():
     """No room in the SQ for the eventfd's read: that wake-up reads it with read(2),
     before its enter, and the next ones ride in the enter again. Nothing is lost
     and the eventfd is not left readable."""
-    from aiozcrx._ring import UD_NOP, user_data
+    from aiozcrx._kernel import UD_NOP, user_data
 
     size = 4096
     server_sock, client = connected_pair()
@@ -459,8 +459,8 @@ async def test_one_completion_per_wake_up_reuses_the_last_view():
     protocol dropped it, is parked with its buffer already given back, and the next
     wake-up's completion reuses it: one view object made for hundreds of
     deliveries, and no buffer held between wake-ups."""
-    from aiozcrx import _leases
-    if not _leases.VIEW_REUSE:
+    from aiozcrx import _fastpath
+    if not _fastpath.VIEW_REUSE:
         pytest.skip("view reuse is compiled out for this interpreter (see lease.c)")
     pings, size = 300, 100
     server_sock, client = connected_pair()

@@ -688,3 +688,266 @@ def test_real_missing_interface_is_refused(netns, tmp_path):
     assert run.returncode == nic.EXIT_REFUSED
     assert "no interface nosuch0" in run.stdout
 
+
+
+# --------------------------------------------------------------------------
+# several queues for one port: `nic setup --queues FIRST-LAST` (issue 19)
+# --------------------------------------------------------------------------
+def spread_over(first=0, last=3, port=9999, n=8, ctx=5) -> NicState:
+    """``fresh()`` as `nic setup --queues FIRST-LAST` leaves it."""
+    return fresh(rings={"tcp_data_split": ENABLED, "hds_thresh": 0, "hds_thresh_max": 1024},
+                 ntuple_active=True,
+                 rss={0: exclude_table(128, n, first, last - first + 1),
+                      ctx: nic.spread_table(128, first, last - first + 1)},
+                 rules=[rule(1022, port, 0, ft="tcp6", ctx=ctx), rule(1023, port, 0, ft="tcp4", ctx=ctx)])
+
+
+def test_spread_and_exclude_tables_for_a_range():
+    assert nic.spread_table(8, 2, 3) == [2, 3, 4, 2, 3, 4, 2, 3]
+    t = exclude_table(128, 8, 0, 4)
+    assert set(t) == {4, 5, 6, 7}
+    assert exclude_table(8, 8, 4, 4) == nic.default_indir(8, 4)   # `ethtool -X IF equal 4`
+    with pytest.raises(ValueError):
+        exclude_table(8, 4, 0, 4)
+
+
+def test_queue_range_parsing():
+    assert nic.queue_range("0-3") == (0, 3)
+    assert nic.queue_range("5") == (5, 5)
+    for bad in ("3-1", "a-b", "-1", "1-", ""):
+        with pytest.raises(ValueError, match="FIRST-LAST"):
+            nic.queue_range(bad)
+
+
+def test_queues_plan_on_a_fresh_nic():
+    """Header split, ntuple, the main table off 0-3, a context over 0-3, one rule per
+    flow type to that context."""
+    plan = nic.plan_queues(fresh(), 0, 3, 9999)
+    assert plan.ok and plan.mode == "queues" and plan.queues == [0, 1, 2, 3]
+    assert ids(plan) == ["rings", "ntuple", "rss", "rss-context", "rule-tcp6", "rule-tcp4"]
+    rss, ctx, r6, r4 = plan.steps[2:]
+    assert rss.title == "keep RSS off queues 0-3"
+    assert rss.command == "ethtool -X eth1 weight 0 0 0 0 1 1 1 1"
+    assert rss.apply == Op("rss_exclude", {"queue": 0, "queues": 8, "count": 4, "size": 128})
+    assert rss.inverse == Op("rss_indir", {"context": 0, "indir": None})
+    assert ctx.command == "ethtool -X eth1 context new start 0 equal 4"
+    assert ctx.apply == Op("rss_create", {"queue": 0, "count": 4, "size": 128})
+    assert ctx.inverse == Op("rss_delete", {"context": "@"})
+    for step, ft in ((r6, "tcp6"), (r4, "tcp4")):
+        assert step.apply == Op("ntuple_insert", {"flow_type": ft, "dst_port": 9999, "queue": 0,
+                                                  "rss_context": "@rss-context"})
+        assert step.command == f"ethtool -N eth1 flow-type {ft} dst-port 9999 context {{@rss-context}}"
+        assert step.inverse_command == f"ethtool -N eth1 delete {{@rule-{ft}}}"
+
+
+def test_queues_at_the_top_use_equal_and_a_range_beyond_the_channels_raises_them():
+    plan = nic.plan_queues(fresh(), 4, 7, 443)
+    assert next(s for s in plan.steps if s.id == "rss").command == "ethtool -X eth1 equal 4"
+    plan = nic.plan_queues(fresh(), 0, 7, 443)       # 8 queues: one more for the rest
+    ch = plan.steps[0]
+    assert ch.id == "channels" and ch.apply == Op("channels", {"kind": "combined", "count": 9})
+    assert next(s for s in plan.steps if s.id == "rss").apply.args["queues"] == 9
+    plan = nic.plan_queues(fresh(), 6, 9, 443)       # queues below the range stay for the rest
+    assert plan.steps[0].apply == Op("channels", {"kind": "combined", "count": 10})
+
+
+def test_queues_one_flow_type_and_one_queue():
+    plan = nic.plan_queues(fresh(), 2, 5, 80, flow_types=("tcp4",))
+    assert ids(plan)[-1] == "rule-tcp4" and "rule-tcp6" not in ids(plan)
+    plan = nic.plan_queues(fresh(), 7, 7, 80)        # Q-Q: one queue, through a context
+    ctx = next(s for s in plan.steps if s.id == "rss-context")
+    assert ctx.command == "ethtool -X eth1 context new start 7 equal 1"
+    assert next(s for s in plan.steps if s.id == "rss").command == "ethtool -X eth1 equal 7"
+
+
+@pytest.mark.parametrize("first,last,error,text", [
+    (0, 15, nic.NoQueueLeftError, "leave no RX queue for the main RSS table"),
+    (4, 16, nic.QueueRangeError, "queues 4-16 out of range"),
+    (3, 1, nic.NicRefused, "queue range 3-1 is empty"),
+])
+def test_queues_refused_with_a_typed_error_naming_the_fix(first, last, error, text):
+    plan = nic.plan_queues(fresh(), first, last, 9999)
+    assert not plan.ok and text in plan.problems[0]
+    exc = nic.refusal(plan)
+    assert type(exc) is error and isinstance(exc, ValueError) and text in str(exc)
+    if error is nic.NoQueueLeftError:
+        assert "--queues 0-14" in str(exc)                          # the fix
+    if error is nic.QueueRangeError:
+        assert "pick queues within 0-15" in str(exc)
+
+
+def test_queues_refused_on_a_device_without_rss_or_ntuple():
+    st = fresh(rss=None, errors={"rss": "RSS_GET: EOPNOTSUPP"})
+    exc = nic.refusal(nic.plan_queues(st, 0, 3, 9999))
+    assert isinstance(exc, nic.SteeringUnsupportedError)
+    assert "no RSS indirection table" in str(exc) and "--queue Q --port 9999" in str(exc)
+    st = fresh(ntuple_active=False, ntuple_changeable=False)
+    exc = nic.refusal(nic.plan_queues(st, 0, 3, 9999))
+    assert isinstance(exc, nic.SteeringUnsupportedError) and "no ntuple flow steering" in str(exc)
+    # the one-queue form keeps trying and lets the driver answer (as before)
+    assert plan_setup(st, 3, 9999).ok
+
+
+def test_queues_already_configured_gives_an_empty_plan_and_reuses_a_context():
+    assert nic.plan_queues(spread_over(), 0, 3, 9999).steps == []
+    st = spread_over()
+    st.rules = st.rules[:1]                          # only tcp6 steered, through context 5
+    plan = nic.plan_queues(st, 0, 3, 9999)
+    assert ids(plan) == ["rule-tcp4"]
+    assert plan.steps[0].apply.args["rss_context"] == 5
+    assert plan.steps[0].command.endswith("context 5")
+
+
+def test_queues_conflicting_rule_is_refused():
+    st = spread_over()
+    st.rss[5] = nic.spread_table(128, 0, 2)         # the port's context covers 0-1 only
+    exc = nic.refusal(nic.plan_queues(st, 0, 3, 9999))
+    assert isinstance(exc, nic.RuleConflictError)
+    assert "ethtool -N eth1 delete 1022" in str(exc) and "ethtool -N eth1 delete 1023" in str(exc)
+
+
+def test_queues_already_bound_are_noted():
+    st = fresh()
+    st.queues[1]["io_uring"] = True
+    st.queues[2]["io_uring"] = True
+    notes = [n for n in nic.plan_queues(st, 0, 3, 9999).notes if "EEXIST" in n]
+    assert len(notes) == 2 and notes[0].startswith("queue 1 ")
+
+
+def test_queues_apply_records_and_teardown_restores_everything(tmp_path):
+    plan = nic.plan_queues(fresh(), 0, 7, 9999)
+    path = str(tmp_path / "nic-eth1.json")
+    fake = FakeNic()
+    out = nic.apply_plan(plan, fake, path)
+    assert out.ok
+    assert [k for k, _ in fake.log] == ["channels", "rings", "features", "rss_exclude",
+                                        "rss_create", "ntuple_insert", "ntuple_insert"]
+    assert fake.log[-1][1]["rss_context"] == fake.log[-2][1]["rss_context"] == 2
+    rec = json.load(open(path))
+    assert (rec["queue"], rec["last"], rec["flow_types"], rec["mode"]) == (0, 7, ["tcp6", "tcp4"], "queues")
+    assert nic.recorded_queues(rec) == list(range(8))
+    fake2 = FakeNic()
+    assert nic.teardown(path, fake2).ok and not os.path.exists(path)
+    assert [k for k, _ in fake2.log] == ["ntuple_delete", "ntuple_delete", "rss_delete",
+                                         "rss_indir", "features", "rings", "channels"]
+    assert [a for k, a in fake2.log if k == "ntuple_delete"] == [{"location": 1002},
+                                                                  {"location": 1001}]
+
+
+def test_ctrl_c_during_a_queues_setup_rolls_back(tmp_path):
+    import signal
+
+    plan = nic.plan_queues(fresh(), 0, 3, 9999)
+    path = tmp_path / "nic-eth1.json"
+
+    class Interrupted(FakeNic):
+        def run(self, op):
+            r = super().run(op)
+            if op.kind == "rss_create":
+                os.kill(os.getpid(), signal.SIGINT)
+            return r
+
+    fake = Interrupted()
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nic.apply_plan(plan, fake, str(path))
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert [k for k, _ in fake.log] == ["rings", "features", "rss_exclude", "rss_create",
+                                        "rss_delete", "rss_indir", "features", "rings"]
+    assert not path.exists()
+
+
+def test_python_api_setup_queues_and_teardown_interface(state_dir, monkeypatch):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    out = nic.setup_queues("eth1", 0, 3, 9999, executor=FakeNic())
+    assert out.ok and out.done[-2:] == ["rule-tcp6", "rule-tcp4"]
+    assert (state_dir / "nic-eth1.json").exists()
+    with pytest.raises(nic.EarlierSetupError, match="aiozcrx nic teardown --interface eth1"):
+        nic.setup_queues("eth1", 0, 3, 9999, executor=FakeNic())
+    fake = FakeNic()
+    assert nic.teardown_interface("eth1", executor=fake).ok
+    assert not (state_dir / "nic-eth1.json").exists() and len(fake.log) == 6
+    assert nic.teardown_interface("eth1", executor=FakeNic()).ok      # nothing recorded
+    with pytest.raises(nic.NoQueueLeftError):
+        nic.setup_queues("eth1", 0, 15, 9999, executor=pytest.fail)
+    monkeypatch.setattr(nic, "read_state", lambda ifn: spread_over())
+    assert nic.setup_queues("eth1", 0, 3, 9999, executor=pytest.fail).done == []
+    assert list(state_dir.iterdir()) == []
+
+
+def test_python_api_driver_without_rss_contexts_fails_typed_and_rolls_back(state_dir, monkeypatch):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+
+    class NoContexts(FakeNic):
+        def run(self, op):
+            if op.kind == "rss_create":
+                self.log.append((op.kind, dict(op.args)))
+                raise et.EthtoolError(errno.EOPNOTSUPP, "", "RSS_CREATE_ACT")
+            return super().run(op)
+
+    fake = NoContexts()
+    # the snapshot cannot show it: the step finds out, and it is the same refusal
+    with pytest.raises(nic.SteeringUnsupportedError) as e:
+        nic.setup_queues("eth1", 0, 3, 9999, executor=fake)
+    assert e.value.outcome.errno == errno.EOPNOTSUPP
+    assert "no additional RSS contexts" in str(e.value) and "--queue Q --port 9999" in str(e.value)
+    assert "rolled back" in str(e.value)
+    assert [k for k, _ in fake.log][-3:] == ["rss_indir", "features", "rings"]
+    assert list(state_dir.iterdir()) == []
+
+    class Stuck(NoContexts):            # and its rollback fails: not a clean refusal
+        def run(self, op):
+            if op.kind == "rings" and op.args["tcp_data_split"] != ENABLED:
+                raise et.EthtoolError(errno.EBUSY, "", "RINGS_SET")
+            return super().run(op)
+
+    with pytest.raises(nic.NicSetupFailed) as e:
+        nic.setup_queues("eth1", 0, 3, 9999, executor=Stuck())
+    assert e.value.errno == errno.EOPNOTSUPP and "NOT rolled back" in str(e.value)
+    assert "aiozcrx nic teardown --interface eth1" in str(e.value)
+    assert (state_dir / "nic-eth1.json").exists()
+
+
+def test_cli_queues_dry_run_refusal_and_failure(state_dir, monkeypatch, capsys):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    monkeypatch.setattr(nic, "KernelExecutor", lambda ifn: pytest.fail("must not execute"))
+    assert nic.main(["setup", "-i", "eth1", "--queues", "0-3", "-p", "9999", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "tcp6 and tcp4 dst-port 9999 -> queues 0-3" in out
+    assert "ethtool -X eth1 context new start 0 equal 4" in out
+    assert "undo: ethtool -N eth1 delete <rule-tcp4>" in out
+    assert nic.main(["setup", "-i", "eth1", "--queues", "0-15", "-p", "9999"]) == nic.EXIT_REFUSED
+    assert "--queues 0-14" in capsys.readouterr().out
+    for bad in (["--queues", "3-1"], ["--queues", "0-3", "--queue", "1"]):
+        with pytest.raises(SystemExit) as e:
+            nic.main(["setup", "-i", "eth1", *bad, "-p", "9999"])
+        assert e.value.code == 2
+    assert "FIRST-LAST" in capsys.readouterr().err
+
+    class NoContexts(FakeNic):
+        def run(self, op):
+            if op.kind == "rss_create":
+                raise et.EthtoolError(errno.EOPNOTSUPP, "", "RSS_CREATE_ACT")
+            return super().run(op)
+
+    monkeypatch.setattr(nic, "KernelExecutor", lambda ifn: NoContexts())
+    assert nic.main(["setup", "-i", "eth1", "--queues", "0-3", "-p", "9999"]) == nic.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "FAILED at step 'create an RSS context spreading over queues 0-3'" in err
+    assert "fix: eth1's driver has no additional RSS contexts" in err
+
+
+def test_cli_queues_json_setup_and_teardown(state_dir, monkeypatch, capsys):
+    monkeypatch.setattr(nic, "read_state", lambda ifn: fresh())
+    monkeypatch.setattr(nic, "KernelExecutor", lambda ifn: FakeNic())
+    monkeypatch.setattr(nic, "wait_queues_released", lambda i, q: None)
+    assert nic.main(["setup", "-i", "eth1", "--queues", "0-3", "-p", "9999",
+                     "--flow-type", "tcp4", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["applied"] and res["plan"]["flow_types"] == ["tcp4"]
+    assert [s["id"] for s in res["plan"]["steps"]][-1] == "rule-tcp4"
+    assert nic.main(["teardown", "-i", "eth1", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep[0]["ok"] and rep[0]["rolled_back"][0] == "ethtool -N eth1 delete 1001"

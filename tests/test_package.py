@@ -56,10 +56,12 @@ def test_sdist_installs_in_a_fresh_venv_and_runs(tmp_path):
         tar.extractall(tmp_path / "src", filter="data") if sys.version_info >= (3, 12) \
             else tar.extractall(tmp_path / "src")
     for needed in ("LICENSE", "README.md", "setup.py", "pyproject.toml", "aiozcrx/py.typed",
-                   "aiozcrx/_abi_build.py", "aiozcrx/_c/uapi.h", "aiozcrx/_c/leases.c",
+                   "aiozcrx/_abi_build.py", "aiozcrx/_c/uapi.h", "aiozcrx/_c/fastpath.c",
                    "aiozcrx/_c/area.c", "aiozcrx/_c/lease.c", "aiozcrx/_c/dispatch.c",
                    "tests/conftest.py", "tests/peers.py", "tests/test_cli.py", "tests/uml/run-in-guest.sh",
-                   "examples/loopback_demo.py", "docs/index.md", "docs/conf.py", "Makefile"):
+                   "examples/loopback_demo.py", "docs/index.md", "docs/conf.py", "Makefile",
+                   # every C file and header both compiled modules are built from
+                   *(f"aiozcrx/_c/{p.name}" for p in (ROOT / "aiozcrx" / "_c").glob("*.[ch]"))):
         assert needed in names, f"{needed} missing from the sdist"
     assert not any(n.endswith((".so", ".pyc")) for n in names), sorted(names)
     assert "License-Expression: MIT" in meta and "License-File: LICENSE" in meta, meta

@@ -26,7 +26,7 @@ import os
 import pytest
 
 import aiozcrx
-from aiozcrx import _ring
+from aiozcrx import _kernel
 from aiozcrx.config import PAGE_SIZE
 from aiozcrx.errors import ZcrxBufferSizeRefused, ZcrxUnavailable
 from peers import join, start_sender, stream_sha256
@@ -141,13 +141,13 @@ def test_area_contiguity_reads_the_physical_layout():
     order allows one page; None where pagemap shows no frame numbers."""
     m = fragmented_mapping(16)
     try:
-        got = _ring.area_contiguity(m)
+        got = _kernel.area_contiguity(m)
         if got is None:
             assert os.geteuid() != 0 or not _pfns_visible(), "pagemap shows frames to root"
         else:
             assert got == PAGE_SIZE
     finally:
-        _ring.unmap(m)
+        _kernel.unmap(m)
 
 
 # --------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def _pfns_visible() -> bool:
         _libc.munmap(m, PAGE_SIZE)
 
 
-def fragmented_mapping(pages: int) -> _ring.AreaMapping:
+def fragmented_mapping(pages: int) -> _kernel.AreaMapping:
     """``pages`` anonymous pages, each written, placed in reverse order of where
     they were faulted in: page i of the result is page pages-1-i of the source. So
     neighbours here are never neighbours in physical memory ascending."""
@@ -190,7 +190,7 @@ def fragmented_mapping(pages: int) -> _ring.AreaMapping:
         got = _libc.mremap(src + (pages - 1 - i) * PAGE_SIZE, PAGE_SIZE, PAGE_SIZE,
                            MREMAP_MAYMOVE | MREMAP_FIXED, dst + i * PAGE_SIZE)
         assert got == dst + i * PAGE_SIZE, os.strerror(ctypes.get_errno())
-    return _ring.AreaMapping(dst, size)
+    return _kernel.AreaMapping(dst, size)
 
 
 @pytest.fixture
@@ -199,13 +199,13 @@ def fragmented_area(monkeypatch):
     checked to allow only a page per buffer."""
     made = []
 
-    def map_area(length: int, *, hugepages: bool = False) -> _ring.AreaMapping:
+    def map_area(length: int, *, hugepages: bool = False) -> _kernel.AreaMapping:
         m = fragmented_mapping(length // PAGE_SIZE)
-        assert _ring.area_contiguity(m) == PAGE_SIZE, "the fragmented area came out contiguous"
+        assert _kernel.area_contiguity(m) == PAGE_SIZE, "the fragmented area came out contiguous"
         made.append(m)
         return m
 
-    monkeypatch.setattr(_ring, "map_area", map_area)
+    monkeypatch.setattr(_kernel, "map_area", map_area)
     return made
 
 

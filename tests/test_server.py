@@ -220,7 +220,7 @@ async def test_create_connection_owns_receiver(engine):
     plain = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = plain.sockets[0].getsockname()[1]
     transport, proto = await create_connection(Sink, "127.0.0.1", port, engine=engine)
-    rx = transport._receiver
+    rx = transport._link.owner
     assert rx.engine == engine
     assert transport.get_extra_info("peername")[1] == port
     assert await asyncio.wait_for(proto.lost, 30) is None

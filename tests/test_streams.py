@@ -105,7 +105,7 @@ async def test_open_connection_against_plain_server(engine):
     writer.close()
     await writer.wait_closed()
     await asyncio.sleep(0)
-    rx = transport._receiver
+    rx = transport._link.owner
     assert rx._closed and rx.stats()["buffers_outstanding"] == 0
     plain.close()
     await plain.wait_closed()

@@ -1,7 +1,7 @@
 """`aiozcrx doctor` and `aiozcrx nic` work where the compiled core cannot be loaded.
 
 Each check runs in a fresh interpreter whose import system refuses the two compiled
-modules (``aiozcrx._abi``, cffi, and ``aiozcrx._leases``, the C extension) the way a
+modules (``aiozcrx._abi``, cffi, and ``aiozcrx._fastpath``, the C extension) the way a
 machine without a build would: ImportError on import.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ("aiozcrx._abi", "aiozcrx._leases")
+CORE = ("aiozcrx._abi", "aiozcrx._fastpath")
 
 # Prepended to every child: a meta-path finder that blocks the compiled core, and a
 # helper listing which compiled modules got loaded anyway.
@@ -47,7 +47,7 @@ def run_py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedPr
 def test_the_blocker_really_blocks_the_core():
     r = run_py("""
         try:
-            import aiozcrx._ring
+            import aiozcrx._kernel
         except ImportError as exc:
             print("blocked:", exc)
         print("loaded:", loaded_core())
@@ -160,11 +160,11 @@ def test_package_is_lazy_and_names_fail_with_importerror():
 
 
 def test_package_names_load_with_the_core():
-    code = ("import sys, aiozcrx; assert 'aiozcrx._leases' not in sys.modules; "
+    code = ("import sys, aiozcrx; assert 'aiozcrx._fastpath' not in sys.modules; "
             "from aiozcrx import Receiver; assert aiozcrx.Receiver is Receiver; "
             "assert Receiver.__module__ == 'aiozcrx.receiver'; "
             "assert all(getattr(aiozcrx, n) is not None for n in aiozcrx.__all__); "
-            "assert 'aiozcrx._leases' in sys.modules")
+            "assert 'aiozcrx._fastpath' in sys.modules")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=60)

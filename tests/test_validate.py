@@ -91,7 +91,7 @@ def test_auto_takes_an_interface_this_machine_lacks_and_names_it():
 def test_receiver_rejects_before_touching_the_kernel(monkeypatch):
     # If validation let any of these through, opening would need the ring layer:
     # make that fail loudly, then check each argument is refused first.
-    import aiozcrx._ring as ring
+    import aiozcrx._kernel as ring
     monkeypatch.setattr(ring, "Ring", lambda *a, **k: pytest.fail("a ring was made"))
     monkeypatch.setattr(ring, "map_area", lambda *a, **k: pytest.fail("an area was mapped"))
     for kw in ({"area_size": 3 * 65536 + 4096}, {"buf_size": 1 << 32, "area_size": 1 << 32},
@@ -144,7 +144,7 @@ def test_max_held_is_checked_against_the_area_the_engine_gets():
 def test_share_with_takes_the_queue_of_the_receiver_it_shares(monkeypatch):
     # engine "zcrx" with share_with= needs no interface=/queue= (they are the other
     # Receiver's); different ones are refused naming both; nothing touches the kernel
-    import aiozcrx._ring as ring
+    import aiozcrx._kernel as ring
     monkeypatch.setattr(ring, "Ring", lambda *a, **k: pytest.fail("a ring was made"))
     monkeypatch.setattr(ring, "map_area", lambda *a, **k: pytest.fail("an area was mapped"))
     src = aiozcrx.Receiver(engine="zcrx", interface=QIF, queue=0)

@@ -17,7 +17,7 @@ import struct
 import pytest
 
 import aiozcrx
-from aiozcrx import _ring
+from aiozcrx import _kernel
 from aiozcrx.engines.wake import WAKE_ENV, choose_wake, kernel_wake
 from peers import Listener, accept_sinks, join, queued, start_sender, stream_sha256, tcp_pair, wait_until
 from test_fast_path import connected_pair
@@ -56,7 +56,7 @@ class Echo(asyncio.Protocol):
 def test_probe_answers_the_same_every_time():
     """The start-up probe decides on the kernel's state right after write()
     returns, not on a time: asked again and again, it says the same."""
-    answers = {_ring.probe_eventfd_inline() for _ in range(20)}
+    answers = {_kernel.probe_eventfd_inline() for _ in range(20)}
     assert len(answers) == 1, answers
     k = kernel_wake()
     assert k.inline is answers.pop()

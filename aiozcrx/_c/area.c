@@ -1,9 +1,9 @@
 /*
- * aiozcrx._leases, Area: the receive buffer area and the ring that takes
+ * aiozcrx._fastpath, Area: the receive buffer area and the ring that takes
  * released buffers back (zcrx refill ring, provided-buffer ring, or a plain free
  * list), refill publishing.
  *
- * Not compiled on its own: leases.c #includes it, so everything stays static in
+ * Not compiled on its own: fastpath.c #includes it, so everything stays static in
  * one translation unit.
  */
 
@@ -73,7 +73,7 @@ area_ready(Area *a)
     if (a->users)
         return 1;
     PyErr_SetString(PyExc_RuntimeError,
-                    "aiozcrx._leases.Area is not initialised: make it with Area(base, length, buf_size)");
+                    "aiozcrx._fastpath.Area is not initialised: make it with Area(base, length, buf_size)");
     return 0;
 }
 
@@ -999,7 +999,7 @@ static PyGetSetDef Area_getset[] = {
 
 static PyTypeObject AreaType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiozcrx._leases.Area",
+    .tp_name = "aiozcrx._fastpath.Area",
     .tp_basicsize = sizeof(Area),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = Area_new,

@@ -1,31 +1,18 @@
 /*
- * Shared by the parts of aiozcrx._leases (see leases.c): the kernel UAPI, a few
- * macros, the Area and Lease structs, and forward declarations across files.
+ * Shared by the parts of aiozcrx._fastpath (see fastpath.c): the kernel UAPI, the
+ * protocol with Python (protocol.h), a few macros, the Area and Lease structs, and forward declarations across files.
  * Include it after <Python.h>.
  */
 #ifndef AIOZCRX_COMMON_H
 #define AIOZCRX_COMMON_H
 
 #include "uapi.h"
+#include "protocol.h"   /* user_data layout, pump states: shared with Python */
 
 #define LOAD_ACQ32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define STORE_REL32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 #define ZCRX_OFF_MASK   ((1ULL << AZX_ZCRX_AREA_SHIFT) - 1)
-
-/* user_data layout shared with aiozcrx/_ring.py: bits 0..31 slot, 32..39 kind,
- * 40..63 the generation of the connection the request was issued for */
-#define UD_KIND(ud)  (((ud) >> 32) & 0xff)
-#define UD_SLOT(ud)  ((uint32_t)(ud))
-#define UD_GEN(ud)   ((uint32_t)((ud) >> 40))
-#define UD_KIND_RECV 1
-#define UD_KIND_CANCEL 2
-#define UD_KIND_NOTIF 3           /* zcrx notifications */
-#define UD_KIND_NOP 4
-#define UD_KIND_OVER_SHARE 5   /* made by the dispatcher: a connection reached its share */
-#define UD_KIND_EVFD 6         /* the dispatcher's own read of the ring's eventfd */
-#define UD_KIND_SOCK_IDLE 7    /* made by the dispatcher: a connection's socket wakes us for nothing */
-#define UD_KIND_NOMEM 8        /* made by the dispatcher: a delivery failed for want of memory */
 
 enum { KIND_ZCRX = 0, KIND_PBUF = 1, KIND_POOL = 2 };
 
@@ -67,7 +54,7 @@ typedef struct {
 
 typedef struct Area {
     PyObject_HEAD
-    /* fork (see leases.c, "fork"): the process generation it was made in, and
+    /* fork (see fastpath.c, "fork"): the process generation it was made in, and
      * its place in the list of every Area, which a forked child makes inert */
     unsigned long fork_gen;
     struct Area *next_area, **prev_area;
@@ -142,7 +129,7 @@ typedef struct {
 static PyTypeObject AreaType;
 static PyTypeObject LeaseType;
 
-/* fork (leases.c): bumped in every forked child, before any Python runs there.
+/* fork (fastpath.c): bumped in every forked child, before any Python runs there.
  * An Area or Dispatcher made in an older generation is the parent's: the child
  * never touches its ring (calls raise ProcessForked; a lease's release does
  * nothing). */

@@ -1,5 +1,5 @@
 /*
- * aiozcrx._leases, CopySink: feeds a protocol that takes bytes, not views (the
+ * aiozcrx._fastpath, CopySink: feeds a protocol that takes bytes, not views (the
  * drop-in loop's default: aiohttp, uvicorn and every other stock protocol).
  *
  * As a sink called from Python (a backlog drained after a pause, the socket
@@ -14,7 +14,7 @@
  * made) data_received runs in it, as the base loops run a transport's reads in a
  * context of its own; without (None), in the caller's.
  *
- * Not compiled on its own: leases.c #includes it, so everything stays static in
+ * Not compiled on its own: fastpath.c #includes it, so everything stays static in
  * one translation unit.
  */
 
@@ -165,7 +165,7 @@ static PyGetSetDef CopySink_getset[] = {
 
 static PyTypeObject CopySinkType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiozcrx._leases.CopySink",
+    .tp_name = "aiozcrx._fastpath.CopySink",
     .tp_basicsize = sizeof(CopySink),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

@@ -1,9 +1,9 @@
 /*
- * aiozcrx._leases, Dispatcher: drains the completion queue (drain),
+ * aiozcrx._fastpath, Dispatcher: drains the completion queue (drain),
  * one wake-up's enter/drain/publish rounds (pump_core), the loop's reader that
  * runs them and calls the engine's Python only for decisions (on_wake), per-slot stats.
  *
- * Not compiled on its own: leases.c #includes it, so everything stays static in
+ * Not compiled on its own: fastpath.c #includes it, so everything stays static in
  * one translation unit.
  */
 
@@ -11,7 +11,7 @@
 
 typedef struct {
     PyObject_HEAD
-    unsigned long fork_gen;     /* made in this process generation (see leases.c, "fork") */
+    unsigned long fork_gen;     /* made in this process generation (see fastpath.c, "fork") */
     Area *area;
     uint32_t user;              /* the area user (engine) this dispatcher delivers for */
     PyObject *slots;            /* list: slot -> callable(view) or None */
@@ -36,7 +36,7 @@ typedef struct {
     uint32_t *active, nactive;          /* bit 0 */
     uint32_t *was_active, nwas_active;  /* bit 1 */
     /* the ring, for pump(): its struct and two functions from the cffi layer
-     * (aiozcrx/_abi_build.py), kept alive by ring_owner */
+     * (aiozcrx/_c/queue.c), kept alive by ring_owner */
     PyObject *ring_owner;
     void *ring;
     int (*enter)(void *ring, unsigned min_complete, unsigned flags);
@@ -583,7 +583,7 @@ delivery_failed(Dispatcher *d, uint32_t slot, uint64_t ud)
     d->nomem_failures++;
     drop_sink(d, slot);
     if (!d->halted)
-        push_control(d, (ud & ~(0xffULL << 32)) | ((uint64_t)UD_KIND_NOMEM << 32), -ENOMEM,
+        push_control(d, UD_WITH_KIND(ud, UD_KIND_NOMEM), -ENOMEM,
                      AZX_CQE_F_MORE, NULL);
 }
 
@@ -914,7 +914,7 @@ Dispatcher_bind_ring(Dispatcher *d, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
-enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
+/* PUMP_IDLE, PUMP_PENDING, PUMP_BUSY: protocol.h */
 #define PUMP_ROUNDS 64
 /* Completions one pump may deliver before it lets the loop's other callbacks run
  * (PUMP_BUSY: the engine continues with a call_soon). Without it a sender that
@@ -927,7 +927,7 @@ enum { PUMP_IDLE = 0, PUMP_PENDING = 1, PUMP_BUSY = 2 };
 static uint64_t evfd_sink;
 
 /* bind_eventfd(fd, prep_read, withdraw, user_data): the ring's eventfd, and the
- * two cffi functions (aiozcrx/_abi_build.py) that queue a never-waiting read of
+ * two cffi functions (aiozcrx/_c/queue.c) that queue a never-waiting read of
  * it and take that read back if no io_uring_enter consumed it. prep_read 0: the
  * kernel has no IORING_OP_READ, read(2) it is. */
 static PyObject *
@@ -1308,8 +1308,7 @@ Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
             if (++d->slot_idle[slot] >= SOCKET_IDLE_LIMIT && !d->busy && !d->in_slow) {
                 d->slot_idle[slot] = 0;
                 d->socket_idle_reports++;
-                uint64_t ud = ((uint64_t)d->slot_gen[slot] << 40) |
-                              ((uint64_t)UD_KIND_SOCK_IDLE << 32) | (uint32_t)slot;
+                uint64_t ud = UD_MAKE(UD_KIND_SOCK_IDLE, slot, d->slot_gen[slot]);
                 if (make_room(d, 1)) {  /* no room: only a hint lost, the next idle wake-up says it */
                     push_control(d, ud, 0, 0, NULL);
                     Py_DECREF(r);
@@ -1604,7 +1603,7 @@ static PyGetSetDef Dispatcher_getset[] = {
 
 static PyTypeObject DispatcherType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiozcrx._leases.Dispatcher",
+    .tp_name = "aiozcrx._fastpath.Dispatcher",
     .tp_basicsize = sizeof(Dispatcher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

@@ -1,9 +1,9 @@
 /*
- * aiozcrx._leases, Lease: one received buffer exported as a read-only
+ * aiozcrx._fastpath, Lease: one received buffer exported as a read-only
  * memoryview; its dealloc returns the buffer. The lease cache and view reuse
  * (with the check of CPython's memoryview layout).
  *
- * Not compiled on its own: leases.c #includes it, so everything stays static in
+ * Not compiled on its own: fastpath.c #includes it, so everything stays static in
  * one translation unit.
  */
 
@@ -215,7 +215,7 @@ static PyBufferProcs Lease_as_buffer = {
 
 static PyTypeObject LeaseType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiozcrx._leases.Lease",
+    .tp_name = "aiozcrx._fastpath.Lease",
     .tp_basicsize = sizeof(Lease),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_dealloc = (destructor)Lease_dealloc,

@@ -1,8 +1,8 @@
 /*
  * The io_uring kernel UAPI, our own copy: the ONLY place in aiozcrx that defines
- * these structs and constants. Used by the cffi layer (aiozcrx/_abi_build.py,
- * module aiozcrx._abi) and by the C extension (aiozcrx/_c/leases.c, module
- * aiozcrx._leases).
+ * these structs and constants. Used by the cffi layer (aiozcrx/_c/abi.h,
+ * module aiozcrx._abi, which exports its integer #defines to Python too) and by
+ * the C extension (aiozcrx/_c/fastpath.c, module aiozcrx._fastpath).
  *
  * Why our own: the machines we build on ship 6.1 kernel headers, which predate
  * zcrx. Names are the kernel's with an azx_/AZX_ prefix (IORING_ and IO_ dropped);
@@ -55,6 +55,7 @@
 
 /* ---- opcodes: enum io_uring_op, IORING_OP_* ---- */
 #define AZX_OP_NOP               0           /* (5.1) */
+#define AZX_OP_POLL_ADD          6           /* (5.1) */
 #define AZX_OP_ASYNC_CANCEL      14          /* (5.5) */
 #define AZX_OP_READ              22          /* (5.6) */
 #define AZX_OP_RECV              27          /* (5.6) */
@@ -98,6 +99,9 @@
 #define AZX_ZCRX_FEATURE_RX_PAGE_SIZE (1U << 0)  /* io_uring_query_zcrx.features: rx_buf_len (7.0) */
 #define AZX_ZCRX_FEATURE_NOTIFICATION (1U << 1)  /* io_uring_query_zcrx.features (7.2) */
 #define AZX_ZCRX_NOTIF_DESC_FLAG_STATS (1U << 0)  /* zcrx_event_desc.flags: stats_offset is valid (7.2) */
+/* what a notification CQE's res says: an event *type*, not a mask (7.2) */
+#define AZX_ZCRX_EVENT_ALLOC_FAIL 0          /* the area ran dry */
+#define AZX_ZCRX_EVENT_COPY       1          /* the kernel copied instead of placing data in the area */
 
 /* ---- memory regions: IORING_MEM_REGION_TYPE_* ---- */
 #define AZX_MEM_REGION_TYPE_USER  1          /* (6.13) */

@@ -34,9 +34,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
-#include "uapi.h"
+#include "abi.h"
 
-#define PROBE_OP_POLL_ADD 6          /* IORING_OP_POLL_ADD (5.1) */
 #define PROBE_TRIALS 3
 #define PROBE_MAX_GAP_NS 1000000LL   /* write() -> check further apart than this: retry */
 
@@ -74,7 +73,7 @@ static int probe_once(void)
     /* one POLL_ADD (POLLIN) on sv[0], in SQ slot 0 */
     struct azx_sqe *s = sqes;
     memset(s, 0, sizeof *s);
-    s->opcode = PROBE_OP_POLL_ADD;
+    s->opcode = AZX_OP_POLL_ADD;
     s->fd = sv[0];
     s->op_flags = POLLIN;            /* poll32_events shares the word with rw_flags */
     s->user_data = 1;

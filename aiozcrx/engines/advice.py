@@ -76,7 +76,7 @@ def _memlock() -> str:
 
 def zcrx_error(engine: str, config: Config, e: OSError, *, nodev: bool) -> ZcrxUnavailable:
     """Why registering a zcrx instance failed, for ``config``'s interface/queue."""
-    # the kernel's refusals carry an errno (aiozcrx._ring raises OSError(errno, ...))
+    # the kernel's refusals carry an errno (aiozcrx._kernel raises OSError(errno, ...))
     err = e.errno if e.errno is not None else errno.EIO
     causes: dict[int, tuple[str, str]]
     if nodev:
@@ -110,7 +110,7 @@ def zcrx_error(engine: str, config: Config, e: OSError, *, nodev: bool) -> ZcrxU
         f"pass a smaller area_size= (on a NIC queue the default is {NIC_AREA_SIZE >> 20} MiB)"
     causes[errno.ENOMEM] = (f"cannot pin a {config.area_size}-byte area: RLIMIT_MEMLOCK is {_memlock()}",
                             f"raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd) or {smaller}")
-    if (e.strerror or "").startswith("madvise(MADV_DONTFORK)"):  # aiozcrx._ring.DONTFORK
+    if (e.strerror or "").startswith("madvise(MADV_DONTFORK)"):  # aiozcrx._kernel.DONTFORK
         # not the kernel's refusal: the memory it would pin could not be kept out
         # of forked children, and it is not registered without that
         causes[err] = (e.strerror or "madvise(MADV_DONTFORK) failed", "")
@@ -135,7 +135,7 @@ def rx_buf_len_error(engine: str, config: Config, e: OSError, size: int, *, node
     """Registering with ``rx_buf_len=size`` (larger than a page) failed: the typed
     error naming what refused it (the kernel, NODEV, the area, the driver), or,
     for a refusal that is not about the size, ``zcrx_error``'s.
-    ``contiguous``: what the area's physical runs allow (_ring.area_contiguity)."""
+    ``contiguous``: what the area's physical runs allow (_kernel.area_contiguity)."""
     err = e.errno if e.errno is not None else errno.EIO
     want = f"rx_buf_len={size} ({_kib(size)})"
     smaller = "leave rx_buf_len at its default (the page size) or pass rx_buf_len='auto'"
@@ -191,7 +191,7 @@ def rx_buf_len_error(engine: str, config: Config, e: OSError, size: int, *, node
 def area_error(engine: str, config: Config, e: OSError,
                cls: type[EngineUnavailable] = EngineUnavailable) -> EngineUnavailable:
     """The receive area could not be mapped (mmap), for any engine."""
-    err = e.errno if e.errno is not None else errno.ENOMEM  # aiozcrx._ring.map_area sets it
+    err = e.errno if e.errno is not None else errno.ENOMEM  # aiozcrx._kernel.map_area sets it
     if config.hugepages:
         cause = f"cannot map a {config.area_size}-byte area with huge pages: {os.strerror(err)}"
         fix = "reserve huge pages (sysctl vm.nr_hugepages) or pass hugepages=False"

@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import enum
 import errno
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Protocol, TypedDict, cast
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
-    from .._ring import Delivery
+    from .._kernel import Sink
     from ..config import Config
-
-#: a sink takes one delivery (a memoryview, or bytes with copy=True)
-Sink = Callable[["Delivery"], object]
 
 
 class Cancellable(Protocol):
@@ -42,7 +39,7 @@ class Cancellable(Protocol):
 class EngineLoop(Protocol):
     """The loop calls engines, a Receiver and its ZcrxTransports make while
     connections run: every asyncio loop has them, and so has
-    ``aiozcrx._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
+    ``aiozcrx.anyio._trio.TrioLoop`` (what they run on under trio, for ``aiozcrx.anyio``)."""
 
     def call_soon(self, callback: Callable[..., object], *args: object) -> Cancellable: ...
 
@@ -172,9 +169,10 @@ class Slots:
     connection detaches; the next user gets the next generation (never 0, which
     means "no connection" to the C side)."""
 
-    GEN_MASK = 0xFFFFFF  # 24 bits of user_data (see _ring.user_data)
-
-    def __init__(self) -> None:
+    def __init__(self, gen_mask: int) -> None:
+        # the largest generation: user_data carries gen_mask's bits of it
+        # (_kernel.UD_GEN_MASK, aiozcrx/_c/protocol.h)
+        self.gen_mask = gen_mask
         self._gens: list[int] = []
         self._free: list[int] = []
 
@@ -184,7 +182,7 @@ class Slots:
         else:
             slot = len(self._gens)
             self._gens.append(0)
-        gen = self._gens[slot] = self._gens[slot] % self.GEN_MASK + 1
+        gen = self._gens[slot] = self._gens[slot] % self.gen_mask + 1
         return slot, gen
 
     def free(self, slot: int) -> None:
@@ -300,6 +298,10 @@ class Engine:
     def _detach(self, conn: Conn) -> None:
         raise NotImplementedError
 
+    def _arm(self, conn: Conn) -> None:
+        """Starts receiving for the connection (it wants data and is not armed)."""
+        raise NotImplementedError
+
     def _conn_stats(self, conn: Conn) -> tuple[int, int]:
         raise NotImplementedError
 
@@ -334,6 +336,39 @@ class Engine:
         conn.starved_at = done
         self.stats["starved"] += 1
         return True
+
+    # -- fair share: a connection whose views hold its share of the area must
+    # not take the rest from the others (Config.over_share, held_limit) --
+    def _share_reached(self, conn: Conn, held: int, unit: int) -> bool:
+        """The connection's views hold ``held`` buffers of ``unit`` bytes, its
+        share: counted and said to its transport. over_share="copy": it goes on
+        receiving, as copies (False). "pause": it is stopped (``throttled``) until
+        released views bring it back under (``_back_under_share``); True, and the
+        caller stops its receiving."""
+        limit = self.share_buffers(unit) * unit
+        if self.config.over_share == "copy":
+            self.stats["share_reached"] = self.stats.get("share_reached", 0) + 1
+            conn.events._over_share(held * unit, limit)
+            return False
+        conn.throttled = True
+        self.throttled.add(conn)
+        self.stats["share_stops"] = self.stats.get("share_stops", 0) + 1
+        conn.events._over_share(held * unit, limit)
+        return True
+
+    def _back_under_share(self, slots: Iterable[int], waiting: Container[Conn] = ()) -> None:
+        """The connections of ``slots`` released views and are back under their
+        share (the area's take_back()): those stopped are re-armed if they want
+        data, except those in ``waiting`` (starved: the caller re-arms them)."""
+        for slot in slots:
+            conn = self.conns.get(slot)
+            if conn is None or not conn.throttled:
+                continue
+            conn.throttled = False
+            self.throttled.discard(conn)
+            if conn.wanted and not conn.armed and conn not in waiting:
+                self.stats["rearms"] += 1
+                self._arm(conn)
 
     # -- info --
     def area_stats(self) -> dict[str, object]:

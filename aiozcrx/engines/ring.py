@@ -27,19 +27,15 @@ import os
 import select
 from typing import TYPE_CHECKING, Callable
 
-from .. import _ring
-from .._ring import (UD_CANCEL, UD_NOMEM, UD_NOTIF, UD_OVER_SHARE, UD_RECV, UD_SOCK_IDLE, ud_gen,
-                     ud_kind, ud_slot, user_data)
+from .. import _kernel
+from .._kernel import (PUMP_BUSY, PUMP_PENDING, UD_CANCEL, UD_NOMEM, UD_NOTIF, UD_OVER_SHARE, UD_RECV,
+                     UD_SOCK_IDLE, Sink, ud_gen, ud_kind, ud_slot, user_data)
 from .advice import out_of_memory_error, uring_error
-from .base import (Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Sink, Slots, decide,
-                   own_io)
+from .base import Action, Cancellable, Conn, Engine, EngineLoop, ReadEvents, Slots, decide, own_io
 from .wake import WAKE_ENV, choose_wake, kernel_wake
 
 if TYPE_CHECKING:
     from ..config import Config
-
-# Dispatcher.pump() states (aiozcrx/_c/dispatch.c)
-PUMP_IDLE, PUMP_PENDING, PUMP_BUSY = 0, 1, 2
 
 
 def _poll_now(fd: int) -> int:
@@ -53,10 +49,10 @@ def _poll_now(fd: int) -> int:
 class Ticker:
     """Calls ``callback()`` every ``period`` seconds while started, from the loop's
     reader on a periodic timerfd, never from a loop timer: a pending loop timer
-    costs every wake-up of the loop (see ``_ring.PeriodicTimer``), and the watches
+    costs every wake-up of the loop (see ``_kernel.PeriodicTimer``), and the watches
     below tick for as long as connections exist."""
 
-    def __init__(self, loop: EngineLoop, timer: _ring.PeriodicTimer, period: float,
+    def __init__(self, loop: EngineLoop, timer: _kernel.PeriodicTimer, period: float,
                  callback: Callable[[], object]) -> None:
         self._timer = timer  # the ring's: it closes the fd
         self._loop = loop
@@ -94,14 +90,14 @@ class RingEngine(Engine):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.ring: _ring.Ring | None = None
-        self.area: _ring.AreaLike | None = None
+        self.ring: _kernel.Ring | None = None
+        self.area: _kernel.AreaLike | None = None
         # which user of the area this engine is: 0 made it; an engine importing
         # another's zcrx instance is a user of its own (Area.add_user)
         self.area_user = 0
-        self.dispatcher: _ring.DispatcherLike | None = None
-        self.slots: list[_ring.SlotSink] = []  # slot -> sink, read by the C dispatcher
-        self.slot_table = Slots()
+        self.dispatcher: _kernel.DispatcherLike | None = None
+        self.slots: list[Sink | None] = []  # slot -> sink, read by the C dispatcher
+        self.slot_table = Slots(_kernel.UD_GEN_MASK)
         self._closed_conns: dict[int, Conn] = {}  # forgotten by close() inside a pump round
         self._scheduled = False
         self._reader_added = False
@@ -117,7 +113,7 @@ class RingEngine(Engine):
 
     def _open_ring(self) -> None:
         try:
-            self.ring = _ring.Ring(cq_entries=self.config.cq_entries, cqe32=self.cqe32,
+            self.ring = _kernel.Ring(cq_entries=self.config.cq_entries, cqe32=self.cqe32,
                                    timers=self.TIMERS)
         except OSError as e:
             raise uring_error(self.name, e) from None
@@ -477,7 +473,7 @@ class RingEngine(Engine):
         assert self.dispatcher is not None
         self.dispatcher.kick()  # does nothing inside a round: the outer one goes on
 
-    def _after_pump(self, _n: int, control: list[_ring.Control] | None, state: int) -> None:
+    def _after_pump(self, _n: int, control: list[_kernel.Control] | None, state: int) -> None:
         """The slow path: the C dispatcher (on_wake, kick) calls it, after its
         pump has returned, when that pump left something to decide (see
         wake_impl in aiozcrx/_c/dispatch.c)."""
@@ -487,7 +483,7 @@ class RingEngine(Engine):
             if self._close_pending:
                 self._teardown()
 
-    def _pump_rounds(self, delivered: int, control: list[_ring.Control] | None, state: int) -> None:
+    def _pump_rounds(self, delivered: int, control: list[_kernel.Control] | None, state: int) -> None:
         assert self.loop is not None and self.dispatcher is not None
         pump = self.dispatcher.pump
         rounds = 0
@@ -500,7 +496,7 @@ class RingEngine(Engine):
             rounds += 1
             # the pump's budget holds across these rounds too: each pump() call
             # that returns a control list would otherwise start a fresh one
-            if rounds == self.CONTROL_ROUNDS or delivered >= _ring.PUMP_BUDGET:
+            if rounds == self.CONTROL_ROUNDS or delivered >= _kernel.PUMP_BUDGET:
                 state = PUMP_BUSY
                 break
             n, control, state = pump(-1)
@@ -535,32 +531,16 @@ class RingEngine(Engine):
         if conn.throttled or conn.detached:
             return
         assert self.area is not None and self.dispatcher is not None
-        if self.config.over_share == "copy":
-            # the dispatcher now hands it copies until it is back under (C): said once
-            self.stats["share_reached"] = self.stats.get("share_reached", 0) + 1
-            unit = self.area.stats()["buffer_size"]
-            conn.events._over_share(held * unit, self.share_buffers(unit) * unit)
-            return
-        conn.throttled = True
-        self.throttled.add(conn)
-        self.dispatcher.unthrottle_wanted = True  # on_wake comes to _after_pump when it is back under
-        self.stats["share_stops"] = self.stats.get("share_stops", 0) + 1
-        unit = self.area.stats()["buffer_size"]
-        conn.events._over_share(held * unit, self.share_buffers(unit) * unit)
-        if conn.armed and not conn.cancelling:
-            self._cancel(conn)
+        # over_share="copy": the dispatcher now hands it copies until it is back
+        # under (C), and says it once
+        if self._share_reached(conn, held, self.area.stats()["buffer_size"]):
+            self.dispatcher.unthrottle_wanted = True  # on_wake comes to _after_pump when it is back under
+            if conn.armed and not conn.cancelling:
+                self._cancel(conn)
 
     def _unthrottle(self) -> None:
         assert self.area is not None
-        for slot in self.area.take_back(self.area_user):
-            conn = self.conns.get(slot)
-            if conn is None or not conn.throttled:
-                continue
-            conn.throttled = False
-            self.throttled.discard(conn)
-            if conn.wanted and not conn.armed:
-                self.stats["rearms"] += 1
-                self._arm(conn)
+        self._back_under_share(self.area.take_back(self.area_user))
 
     def _tw_recheck(self) -> None:
         self._tw_timer = None
@@ -608,7 +588,7 @@ class RingEngine(Engine):
                 self._arm(conn)
         return n
 
-    def _handle(self, control: list[_ring.Control]) -> None:
+    def _handle(self, control: list[_kernel.Control]) -> None:
         interrupt: BaseException | None = None
         for ud, res, flags, exc in control:
             if self.closed:
@@ -638,7 +618,7 @@ class RingEngine(Engine):
                     # in its own record)
                     conn.events._callback_failed(exc)
                     continue
-                more = bool(flags & _ring.CQE_F_MORE)
+                more = bool(flags & _kernel.CQE_F_MORE)
                 if not more:
                     conn.armed = False
                     conn.cancelling = False

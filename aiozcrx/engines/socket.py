@@ -15,9 +15,10 @@ import os
 import select
 from typing import TYPE_CHECKING
 
-from .. import _ring
+from .. import _kernel
 from .advice import area_error, fd_error, out_of_memory_error
-from .base import Conn, Engine, EngineLoop, ReadEvents, Sink, Slots
+from .._kernel import Sink
+from .base import Conn, Engine, EngineLoop, ReadEvents, Slots
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -31,13 +32,13 @@ class SocketEngine(Engine):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.area: _ring.AreaLike | None = None
+        self.area: _kernel.AreaLike | None = None
         self.eventfd = -1
         self.epoll: select.epoll | None = None
         self.sinks: dict[int, Sink | None] = {}
         self.counts: dict[int, list[int]] = {}
         self.armed_fds: dict[int, Conn] = {}
-        self.slot_table = Slots()
+        self.slot_table = Slots(_kernel.UD_GEN_MASK)
         self.completions = 0
         self.bytes = 0
         self.dropped = 0
@@ -46,10 +47,10 @@ class SocketEngine(Engine):
     def open(self, loop: EngineLoop) -> None:
         self.loop = loop
         try:
-            mapping = _ring.map_area(self.config.area_bytes, hugepages=self.config.hugepages)
+            mapping = _kernel.map_area(self.config.area_bytes, hugepages=self.config.hugepages)
         except OSError as e:
             raise area_error(self.name, self.config, e) from None
-        self.area = _ring.new_area(mapping, self.config.buf_size)
+        self.area = _kernel.new_area(mapping, self.config.buf_size)
         self.area.setup_pool()
         try:
             self.eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -162,7 +163,7 @@ class SocketEngine(Engine):
         fd = conn.fd
         counts = self.counts[conn.slot]
         for _ in range(self.READS_PER_WAKEUP):
-            view: _ring.Delivery | bool | None
+            view: _kernel.Delivery | bool | None
             try:
                 view = area.recv(fd, conn.slot, conn.gen)
             except OSError as e:
@@ -227,25 +228,16 @@ class SocketEngine(Engine):
                 if conn.throttled:
                     return
 
-    # -- fair share (see RingEngine._throttle) --
+    # -- fair share (Engine._share_reached) --
     def _throttle(self, conn: Conn) -> None:
         assert self.area is not None
         if self.config.over_share == "copy":
             # it goes on, with copies (_read_ready) until it is back under: said once
-            if not conn.share_said:
-                conn.share_said = True
-                self.stats["share_reached"] = self.stats.get("share_reached", 0) + 1
-                unit = self.config.buf_size
-                conn.events._over_share(self.area.held(conn.slot, conn.gen) * unit,
-                                        self.share_buffers(unit) * unit)
-            return
-        conn.throttled = True
-        self.throttled.add(conn)
-        self._disarm(conn)
-        self.stats["share_stops"] = self.stats.get("share_stops", 0) + 1
-        unit = self.config.buf_size
-        conn.events._over_share(self.area.held(conn.slot, conn.gen) * unit,
-                                self.share_buffers(unit) * unit)
+            if conn.share_said:
+                return
+            conn.share_said = True
+        if self._share_reached(conn, self.area.held(conn.slot, conn.gen), self.config.buf_size):
+            self._disarm(conn)
 
     def _on_buffers_back(self) -> None:
         try:
@@ -255,14 +247,7 @@ class SocketEngine(Engine):
         if self.closed:
             return
         assert self.area is not None
-        for slot in self.area.take_back():
-            conn = self.conns.get(slot)
-            if conn is not None and conn.throttled:
-                conn.throttled = False
-                self.throttled.discard(conn)
-                if conn.wanted and not conn.armed and conn not in self.starved:
-                    self.stats["rearms"] += 1
-                    self._arm(conn)
+        self._back_under_share(self.area.take_back(), waiting=self.starved)
         starved, self.starved = self.starved, {}
         for conn in starved:
             if conn.wanted and not conn.armed and not conn.detached:

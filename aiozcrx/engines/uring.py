@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 
-from .. import _ring
+from .. import _kernel
 from ..errors import UringUnavailable
 from .advice import area_error, uring_error
 from .base import EngineLoop
@@ -30,18 +30,18 @@ class UringEngine(RingEngine):
         self._open_ring()
         assert self.ring is not None
         try:
-            if not self.ring.supports_op(_ring.OP_RECV):
+            if not self.ring.supports_op(_kernel.OP_RECV):
                 raise OSError(errno.EOPNOTSUPP, "IORING_OP_RECV not supported")
             try:
-                mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
+                mapping = _kernel.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
             except OSError as e:
                 raise area_error(self.name, cfg, e, UringUnavailable) from None
             try:
-                self.area = _ring.new_area(mapping, cfg.buf_size)
+                self.area = _kernel.new_area(mapping, cfg.buf_size)
             except BaseException:
-                _ring.unmap(mapping)  # not the Area's yet
+                _kernel.unmap(mapping)  # not the Area's yet
                 raise
-            _ring.register_pbuf_ring(self.ring, self.area, bgid=self.BGID,
+            _kernel.register_pbuf_ring(self.ring, self.area, bgid=self.BGID,
                                      window=self.post_window(cfg.buf_size, self.area.nbufs))
         except UringUnavailable:
             self._abandon_open()

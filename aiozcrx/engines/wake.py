@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .. import _ring
+from .. import _kernel
 
 from ..config import WAKE_CHOICES, WAKE_PATHS, check_wake  # noqa: F401 - re-exported
 
@@ -60,7 +60,7 @@ def kernel_wake() -> KernelWake:
     global _kernel_wake
     if _kernel_wake is None:
         try:
-            inline = _ring.probe_eventfd_inline()
+            inline = _kernel.probe_eventfd_inline()
         except OSError as e:
             _kernel_wake = KernelWake(None, f"not known: the probe could not run ({e.strerror or e})")
         else:

@@ -14,8 +14,8 @@ import time
 import warnings
 from typing import TYPE_CHECKING
 
-from .. import _ring
-from .._ring import UD_NOTIF, user_data
+from .. import _kernel
+from .._kernel import UD_NOTIF, user_data
 from ..config import AUTO_RX_BUF_LEN
 from ..errors import ZcrxUnavailable
 from .advice import area_error, device_removed, rx_buf_len_error, zcrx_error
@@ -37,11 +37,10 @@ _our_queues: dict[tuple[int, int], float | None] = {}
 def _queue_bound(ifname: str, queue: int) -> bool | None:
     """Whether RX ``queue`` of ``ifname`` has an io_uring memory provider (the
     netdev family's QUEUE_GET ``io-uring`` attribute, 6.15+); None if the kernel
-    cannot tell. (The netlink code lives with the tools, which need no compiled
-    core; imported here only on this error path.)"""
-    from ..tools import ethtool  # noqa: PLC0415
+    cannot tell. (Imported here only on this error path.)"""
+    from .. import _netlink  # noqa: PLC0415
     try:
-        queues = ethtool.netdev_queues(ifname)
+        queues = _netlink.netdev_queues(ifname)
     except OSError:
         return None
     return any(q["type"] == "rx" and q["id"] == queue and q["io_uring"] for q in queues)
@@ -72,7 +71,7 @@ class ZcrxEngine(RingEngine):
                                           else config.defaulted())
         self.share_with = share_with
         self.shared_from: ZcrxEngine | None = None
-        self.info: _ring.ZcrxInfo | None = None
+        self.info: _kernel.ZcrxInfo | None = None
         self.zcrx_id = 0
         self._watchdog: Ticker | None = None  # made on first use (see _exhaustion_seen)
         self._watch_marks: dict[int, int] = {}
@@ -80,7 +79,7 @@ class ZcrxEngine(RingEngine):
         self._waiting_head: tuple[Conn, int] | None = None  # the starved queue's head at the last tick
         self._kick_pending = False
         self._copy_warned = False
-        self._kstats: _ring.ZcrxStats | None = None  # the kernel's copy counters (7.2)
+        self._kstats: _kernel.ZcrxStats | None = None  # the kernel's copy counters (7.2)
         # the NIC queue's device: watched for removal (see _watch_link)
         self._link: LinkWatch | None = None
         self._link_target: tuple[int, str, int] | None = None  # (ifindex, name, queue)
@@ -118,29 +117,29 @@ class ZcrxEngine(RingEngine):
         # their size: transparent huge pages where the kernel has them (advised
         # below, before the pages are faulted in), else (User-Mode Linux) a window
         # of memory the page allocator handed out in such runs
-        unit = 0 if cfg.rx_buf_len in (None, _ring.PAGE_SIZE) or cfg.hugepages or self.nodev else \
+        unit = 0 if cfg.rx_buf_len in (None, _kernel.PAGE_SIZE) or cfg.hugepages or self.nodev else \
             AUTO_RX_BUF_LEN if cfg.rx_buf_len == "auto" else int(cfg.rx_buf_len)
         thp = os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
         try:
             if unit and not thp:
-                mapping, self.stats["area_layout"] = _ring.map_area_contiguous(cfg.area_bytes, unit)
+                mapping, self.stats["area_layout"] = _kernel.map_area_contiguous(cfg.area_bytes, unit)
             else:
-                mapping = _ring.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
+                mapping = _kernel.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
         except OSError as e:
             raise area_error(self.name, cfg, e, ZcrxUnavailable) from None
         try:
             # buffers of the page size until the kernel says what it granted
             # (rx_buf_len: register_zcrx sets the area's buffer size)
-            self.area = _ring.new_area(mapping, _ring.PAGE_SIZE)
+            self.area = _kernel.new_area(mapping, _kernel.PAGE_SIZE)
         except BaseException:
-            _ring.unmap(mapping)  # not the Area's yet
+            _kernel.unmap(mapping)  # not the Area's yet
             raise
         if unit and thp:
             err_thp = self.area.advise_hugepages()
             self.stats["area_thp"] = "MADV_HUGEPAGE" if not err_thp else errno.errorcode.get(err_thp, str(err_thp))
         if_idx = 0 if nic is None else socket.if_nametoindex(nic[0])
         rxq = 0 if nic is None else nic[1]
-        notif_mask = (_ring.ZCRX_NOTIF_NO_BUFFERS | _ring.ZCRX_NOTIF_COPY) if cfg.notifications else 0
+        notif_mask = (_kernel.ZCRX_NOTIF_NO_BUFFERS | _kernel.ZCRX_NOTIF_COPY) if cfg.notifications else 0
         err = self._register_sized(mapping, if_idx, rxq, notif_mask)
         if err is not None and err.errno == errno.EEXIST and nic is not None \
                 and self._wait_released(nic[0], if_idx, rxq):
@@ -148,7 +147,7 @@ class ZcrxEngine(RingEngine):
         if err is not None:
             if self._rx_buf_len:
                 raise rx_buf_len_error(self.name, cfg, err, self._rx_buf_len, nodev=self.nodev,
-                                       contiguous=_ring.area_contiguity(mapping))
+                                       contiguous=_kernel.area_contiguity(mapping))
             raise zcrx_error(self.name, cfg, err, nodev=self.nodev)
         assert self.info is not None  # set by a registration that succeeded
         self.zcrx_id = self.info.zcrx_id
@@ -168,7 +167,7 @@ class ZcrxEngine(RingEngine):
             step = "export the instance to share (ZCRX_CTRL_EXPORT)"
             fd = source.export()
             step = "import the shared instance (ZCRX_REG_IMPORT)"
-            self.zcrx_id = _ring.zcrx_import(self.ring, fd)
+            self.zcrx_id = _kernel.zcrx_import(self.ring, fd)
         except OSError as e:
             self._abandon_open()
             fix = ("run as root or grant CAP_NET_ADMIN (importing needs it as registering does)"
@@ -201,19 +200,19 @@ class ZcrxEngine(RingEngine):
     # largest of AUTO_RX_BUF_LEN .. 2 pages that the area divides and the queue
     # takes, else the page size, the refusals recorded (rx_buf_len_fallback).
     # Each refused try leaves nothing behind (the kernel undoes it).
-    def _register_sized(self, mapping: _ring.AreaMapping, if_idx: int, rxq: int,
+    def _register_sized(self, mapping: _kernel.AreaMapping, if_idx: int, rxq: int,
                         notif_mask: int) -> OSError | None:
         want = self.config.rx_buf_len
-        self.stats["rx_buf_len_requested"] = _ring.PAGE_SIZE if want is None else want
+        self.stats["rx_buf_len_requested"] = _kernel.PAGE_SIZE if want is None else want
         if want != "auto":
-            self._rx_buf_len = 0 if want is None or want == _ring.PAGE_SIZE else int(want)
+            self._rx_buf_len = 0 if want is None or want == _kernel.PAGE_SIZE else int(want)
             return self._register(mapping, if_idx, rxq, notif_mask)
         refusals: list[str] = []
         if self.nodev:
             refusals.append("zcrx-copy (ZCRX_REG_NODEV) takes only the page size")
         else:
             size = AUTO_RX_BUF_LEN
-            while size > _ring.PAGE_SIZE:
+            while size > _kernel.PAGE_SIZE:
                 if mapping.length % size == 0:
                     self._rx_buf_len = size
                     err = self._register(mapping, if_idx, rxq, notif_mask)
@@ -222,7 +221,7 @@ class ZcrxEngine(RingEngine):
                     if err.errno == errno.EEXIST:
                         return err  # the queue is busy, whatever the size: the caller may wait
                     refused = rx_buf_len_error(self.name, self.config, err, size, nodev=False,
-                                               contiguous=_ring.area_contiguity(mapping))
+                                               contiguous=_kernel.area_contiguity(mapping))
                     refusals.append(f"{size >> 10} KiB: {refused.reason}")
                     # too large for the area or the driver's range: a smaller one may do;
                     # anything else (no queue config, a kernel before 7.0): the page size says
@@ -233,11 +232,11 @@ class ZcrxEngine(RingEngine):
         self._rx_buf_len = 0
         err = self._register(mapping, if_idx, rxq, notif_mask)
         if err is None and refusals:
-            self.stats["rx_buf_len_fallback"] = f"auto took the page size ({_ring.PAGE_SIZE}): " + \
+            self.stats["rx_buf_len_fallback"] = f"auto took the page size ({_kernel.PAGE_SIZE}): " + \
                 "; ".join(refusals)
         return err
 
-    def _register(self, mapping: _ring.AreaMapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
+    def _register(self, mapping: _kernel.AreaMapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
         # the notification descriptor also asks for the kernel's statistics (7.2)
         err = self._try_register(mapping, if_idx, rxq, notif_mask, stats=True)
         if err is not None and err.errno == errno.EINVAL:
@@ -293,7 +292,7 @@ class ZcrxEngine(RingEngine):
     def _release_pause(seconds: float) -> None:
         time.sleep(seconds)  # between two looks at the queue (a seam for the tests)
 
-    def _try_register(self, mapping: _ring.AreaMapping, if_idx: int, rxq: int, notif_mask: int, *,
+    def _try_register(self, mapping: _kernel.AreaMapping, if_idx: int, rxq: int, notif_mask: int, *,
                       stats: bool) -> OSError | None:
         """Registers; returns the kernel's refusal instead of raising it, with its
         traceback dropped: those frames hold the Area, and a caller keeping the
@@ -301,7 +300,7 @@ class ZcrxEngine(RingEngine):
         cfg = self.config
         assert self.ring is not None and self.area is not None
         try:
-            self.info = _ring.register_zcrx(
+            self.info = _kernel.register_zcrx(
                 self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.refill_entries,
                 nodev=self.nodev, kernel_region=cfg.kernel_region, rx_buf_len=self._rx_buf_len,
                 notif_ud=user_data(UD_NOTIF, 0, 0), notif_mask=notif_mask, stats=stats)
@@ -441,17 +440,17 @@ class ZcrxEngine(RingEngine):
         super()._starve(conn, at_enter=at_enter)
         self._exhaustion_seen()  # on a NIC queue: the tick above (elsewhere it runs anyway)
 
-    # 7.2 posts a notification's event *type* in its CQE's res (ZCRX_EVENT_*),
-    # not a mask: ALLOC_FAIL = 0 (the area ran dry), COPY = 1 (the kernel copied
-    # instead of placing data in the area: on a NIC queue, a flow that is not
-    # steered to it, or header split off).
-    EVENT_ALLOC_FAIL, EVENT_COPY = 0, 1
+    # 7.2 posts a notification's event *type* in its CQE's res (ZCRX_EVENT_*,
+    # aiozcrx/_c/uapi.h), not a mask: ALLOC_FAIL (the area ran dry), COPY (the
+    # kernel copied instead of placing data in the area: on a NIC queue, a flow
+    # that is not steered to it, or header split off).
+    EVENT_ALLOC_FAIL, EVENT_COPY = _kernel.ZCRX_EVENT_ALLOC_FAIL, _kernel.ZCRX_EVENT_COPY
 
     def _notification(self, res: int) -> None:
         """A zcrx notification CQE (7.2)."""
         assert self.ring is not None and self.area is not None  # a pump round is running
         if res == self.EVENT_ALLOC_FAIL:
-            bit = _ring.ZCRX_NOTIF_NO_BUFFERS
+            bit = _kernel.ZCRX_NOTIF_NO_BUFFERS
             self.stats["notifications_no_buffers"] += 1
             self._kick_pending = True
             self._exhaustion_seen()
@@ -464,7 +463,7 @@ class ZcrxEngine(RingEngine):
                 self.area.set_wake(self.ring.eventfd, True, self.area_user)
                 self.area.publish(True)
         elif res == self.EVENT_COPY:
-            bit = _ring.ZCRX_NOTIF_COPY
+            bit = _kernel.ZCRX_NOTIF_COPY
             self.stats["notifications_copy"] += 1
             if self.nodev:
                 return  # all of NODEV is copies: said once, not re-armed (a syscall each)
@@ -484,7 +483,7 @@ class ZcrxEngine(RingEngine):
         # type as an index or as a bit while the ABI settled: the index, then the bit.
         for arg in (res, bit):
             try:
-                _ring.zcrx_ctrl(self.ring, self.zcrx_id, _ring.ZCRX_CTRL_ARM_NOTIFICATION, arg)
+                _kernel.zcrx_ctrl(self.ring, self.zcrx_id, _kernel.ZCRX_CTRL_ARM_NOTIFICATION, arg)
             except OSError:
                 continue
             self.stats["notification_rearms"] = self.stats.get("notification_rearms", 0) + 1
@@ -566,7 +565,7 @@ class ZcrxEngine(RingEngine):
 
     def export(self) -> int:
         assert self.ring is not None
-        return _ring.zcrx_export(self.ring, self.zcrx_id)
+        return _kernel.zcrx_export(self.ring, self.zcrx_id)
 
     def describe(self) -> dict[str, object]:
         i = self.info

@@ -2,10 +2,10 @@
 ethtool netlink client, the core probe and the command line itself.
 
 This subpackage must stay importable without the compiled core (the cffi module
-``aiozcrx._abi`` and the C extension ``aiozcrx._leases``): ``aiozcrx doctor`` and
+``aiozcrx._abi`` and the C extension ``aiozcrx._fastpath``): ``aiozcrx doctor`` and
 ``aiozcrx nic`` have to work on a machine where the core cannot be built or loaded,
 which is where they are needed most. So no module here imports the core, or anything
-that imports it (``aiozcrx._ring``, ``engines``, ``receiver``, ``transport``,
+that imports it (``aiozcrx._kernel``, ``engines``, ``receiver``, ``transport``,
 ``server``, ...), at module level: :mod:`aiozcrx.tools.probe` and the ``demo``/``recv``
 commands of :mod:`aiozcrx.tools.cli` import it inside the functions that use it.
 ``tests/test_tools_without_core.py`` checks this with the core blocked.

@@ -207,8 +207,7 @@ async def _recv(args: argparse.Namespace, cfg: Config) -> int:
     family, addr = _listen_address(args.host, args.port)
     loop = asyncio.get_running_loop()
     try:
-        rx = Receiver(engine=cfg.engine, interface=cfg.interface, queue=cfg.queue,
-                      area_size=cfg.area_size, buf_size=cfg.buf_size)
+        rx = Receiver(**cfg.receiver_options())
         rx.open()
     except EngineUnavailable as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
@@ -305,7 +304,7 @@ def _parser() -> _Parser:
                         "(bad option, engine unavailable, port in use), 130 interrupted")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="check what zero copy needs here (see `aiozcrx doctor -h`)")
-    sub.add_parser("nic", help="set up / tear down a NIC queue for zcrx (see `aiozcrx nic -h`)")
+    sub.add_parser("nic", help="set up / tear down NIC queues for zcrx (see `aiozcrx nic -h`)")
     engines = ("auto", *ENGINES)
     d = sub.add_parser("demo", help="loopback demo: `aiozcrx send` in a process, a verified receive here")
     d.add_argument("--mib", type=_mib, default=1024, help="MiB to send (default 1024)")

@@ -7,6 +7,9 @@ One screen of checks, each PASS / WARN / FAIL with the command that fixes it:
 * interface (``--interface``): driver and queue API, channels, header/data
   split and hds-thresh, RSS table and contexts, ntuple rules and where
   ``--port`` lands, whether ``--queue`` is already bound to a memory provider;
+  with ``--queues A-B`` instead: the port's RSS context holds exactly A..B, the
+  main table none of them, a rule per flow type, and each queue's NAPI id and
+  binding (``queues_checks``);
 * the engine ``auto`` picks here and why (from :mod:`aiozcrx.tools.probe`).
 
 Exit status 0 only when ``engine="zcrx"`` can work on (interface, queue):
@@ -26,11 +29,9 @@ usable io_uring).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
-import re
 import resource
 import sys
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from typing import Any
 from ..config import NIC_AREA_SIZE
 from . import ethtool as et
 from . import nic as _nic
+from .sysinfo import kernel_config_option, parse_release, read_int, read_proc_status
 
 PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
 
@@ -68,57 +70,8 @@ class Check:
 
 
 # --------------------------------------------------------------------------
-# facts
+# facts (the readers of /proc, /sys and /boot are in sysinfo.py)
 # --------------------------------------------------------------------------
-def parse_release(release: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-def read_proc_status(path: str = "/proc/self/status") -> dict[str, str]:
-    out = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                out[key.strip()] = val.strip()
-    except OSError:
-        pass
-    return out
-
-
-def read_int(path: str) -> int | None:
-    """An integer file such as a sysctl; None if unreadable."""
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def kernel_config_option(option: str, release: str) -> str | None:
-    """``"y"``, ``"m"``, ``"n"`` (``# ... is not set``) or None when no config
-    is readable (/proc/config.gz, /boot/config-RELEASE)."""
-    texts = []
-    try:
-        with gzip.open("/proc/config.gz", "rt") as f:
-            texts.append(f.read())
-    except OSError:
-        pass
-    try:
-        with open(f"/boot/config-{release}") as f:
-            texts.append(f.read())
-    except OSError:
-        pass
-    for text in texts:
-        m = re.search(rf"^{option}=(\w+)$", text, re.M)
-        if m:
-            return m.group(1)
-        if re.search(rf"^# {option} is not set$", text, re.M):
-            return "n"
-    return None
-
-
 def core_not_loaded(exc: BaseException) -> str:
     """The line for the probes doctor cannot run without the compiled core."""
     reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ImportError) else str(exc)
@@ -371,138 +324,304 @@ def interface_checks(st: _nic.NicState, queue: int | None, port: int | None,
     driver's name and its reported settings suggest. ``nodev`` / ``io_uring``:
     whether the core probe found ZCRX_REG_NODEV / a usable io_uring (None: not
     probed); only engines found working are suggested instead of the NIC."""
-    I = "interface"
-    ifn = st.ifname
-    out: list[Check] = []
     if not st.exists:
-        out.append(Check(I, "interface", FAIL, st.errors.get("interface", f"no {ifn}"),
-                         "ip -br link  # pick an existing interface"))
-        return out
-
+        return [_no_interface_check(st)]
     alternatives = other_engines(nodev, io_uring)
-    out.append(_driver_check(st, queue, trial, alternatives))
+    out = [_driver_check(st, queue, trial, alternatives),
+           _queue_count_check(st, queue, alternatives)]
+    setup = (f"aiozcrx nic setup --interface {st.ifname} "
+             f"--queue {queue if queue is not None else 'Q'} --port {port if port else 'P'}")
+    out += _split_checks(st, trial, setup)
+    out.append(_main_table_check(st, [queue] if queue is not None else None))
+    out += _ntuple_checks(st)
+    out.append(_steering_check(st, queue, port, flow_type))
+    out.append(_binding_check(st, queue, release))
+    return _without_moot_fixes(out, st.ifname, _blockers(st, out, trial))
 
-    n = st.rx_queues
-    ch = st.channels
-    kind = st.channel_kind or "combined"
-    ch_text = ("channels: " + ", ".join(f"{k}={v}" for k, v in sorted(ch.items()))
-               if ch else f"channels not reported ({st.errors.get('channels', '')}); "
-               f"sysfs rx queues: {st.sysfs_rx_queues}")
-    q_label = "queue" if queue is not None else "queues"
-    if queue is None:
-        out.append(Check(I, "queues", INFO, f"{n} RX queue(s); {ch_text}",
-                         "pass --queue N to check a queue"))
-    elif n is not None and queue < n and n >= 2:
-        out.append(Check(I, q_label, PASS, f"queue {queue} of {n} RX queues; {ch_text}"))
+
+def queues_checks(st: _nic.NicState, first: int, last: int, port: int | None,
+                  release: str = "", trial: tuple[bool, str] | None = None, *,
+                  flow_types: tuple[str, ...] | list[str] = _nic.FLOW_TYPES,
+                  nodev: bool | None = None, io_uring: bool | None = None) -> list[Check]:
+    """Judge a NIC snapshot for a port spread over zcrx queues ``first..last``
+    (``aiozcrx nic setup --queues``): header split on; each queue in the port's
+    RSS context and none in the main table; a rule per flow type; and for each
+    queue its NAPI id (what SO_INCOMING_NAPI_ID reads on a connection arriving
+    there) and whether it is bound to io_uring already. ``trial`` is a trial
+    registration on ``first``."""
+    if not st.exists:
+        return [_no_interface_check(st)]
+    queues = list(range(first, last + 1))
+    alternatives = other_engines(nodev, io_uring)
+    setup = (f"aiozcrx nic setup --interface {st.ifname} --queues {first}-{last} "
+             f"--port {port if port else 'P'}")
+    out = [_driver_check(st, first, trial, alternatives),
+           _range_count_check(st, first, last, setup)]
+    out += _split_checks(st, trial, setup)
+    out.append(_main_table_check(st, queues))
+    out += _ntuple_checks(st)
+    if port is None:
+        out.append(Check("interface", "RSS context", INFO, _rules_text(st),
+                         "pass --port P to check the port's steering"))
     else:
-        need = max(queue + 1, 2)
-        mx = st.rx_queues_max
-        if not ch:
-            # the driver reports no channels: ethtool -L cannot change them either
-            fix = (f"pick a queue of at most {n - 1} (the driver cannot change its "
-                   f"channel count)" if n and n >= 2 else
-                   f"this NIC has one RX queue: use another NIC, or {alternatives}")
-        elif mx is None or need <= mx:
-            fix = f"ethtool -L {ifn} {kind} {need}"
-        else:
-            fix = (f"pick a queue of at most {mx - 1}" if mx and mx >= 2 else
-                   f"this NIC has one RX queue: use another NIC, or {alternatives}")
-        out.append(Check(I, q_label, FAIL,
-                         f"queue {queue} needs {need} RX queues, {ifn} has {n}; {ch_text}", fix))
+        out.append(_context_check(st, queues, port, flow_types, setup))
+        out += [_range_steering_check(st, queues, port, ft, setup) for ft in flow_types]
+    out += _queue_lines(st, queues, release)
+    return _without_moot_fixes(out, st.ifname, _blockers(st, out, trial))
 
+
+def _no_interface_check(st: _nic.NicState) -> Check:
+    return Check("interface", "interface", FAIL, st.errors.get("interface", f"no {st.ifname}"),
+                 "ip -br link  # pick an existing interface")
+
+
+def _channels_text(st: _nic.NicState) -> str:
+    ch = st.channels
+    return ("channels: " + ", ".join(f"{k}={v}" for k, v in sorted(ch.items()))
+            if ch else f"channels not reported ({st.errors.get('channels', '')}); "
+            f"sysfs rx queues: {st.sysfs_rx_queues}")
+
+
+def _queue_count_check(st: _nic.NicState, queue: int | None, alternatives: str) -> Check:
+    """The queue exists, with at least one more for the other traffic."""
+    I, ifn = "interface", st.ifname
+    n, ch, kind = st.rx_queues, st.channels, st.channel_kind or "combined"
+    ch_text = _channels_text(st)
+    if queue is None:
+        return Check(I, "queues", INFO, f"{n} RX queue(s); {ch_text}",
+                     "pass --queue N to check a queue")
+    if n is not None and queue < n and n >= 2:
+        return Check(I, "queue", PASS, f"queue {queue} of {n} RX queues; {ch_text}")
+    need = max(queue + 1, 2)
+    mx = st.rx_queues_max
+    if not ch:
+        # the driver reports no channels: ethtool -L cannot change them either
+        fix = (f"pick a queue of at most {n - 1} (the driver cannot change its "
+               f"channel count)" if n and n >= 2 else
+               f"this NIC has one RX queue: use another NIC, or {alternatives}")
+    elif mx is None or need <= mx:
+        fix = f"ethtool -L {ifn} {kind} {need}"
+    else:
+        fix = (f"pick a queue of at most {mx - 1}" if mx and mx >= 2 else
+               f"this NIC has one RX queue: use another NIC, or {alternatives}")
+    return Check(I, "queue", FAIL, f"queue {queue} needs {need} RX queues, {ifn} has {n}; "
+                                   f"{ch_text}", fix)
+
+
+def _range_count_check(st: _nic.NicState, first: int, last: int, setup: str) -> Check:
+    """Every queue of the range exists, and one at least is left for the main table."""
+    n, count = st.rx_queues, last - first + 1
+    detail = f"queues {first}-{last} of {n} RX queues; {_channels_text(st)}"
+    if n is not None and last < n and n > count:
+        return Check("interface", "queues", PASS, detail)
+    need = last + 1 if first > 0 else last + 2
+    mx = st.rx_queues_max
+    if st.channels and (mx is None or need <= mx):
+        fix = setup + f"  (raises the channels to {need})"
+    elif mx and mx >= 2:
+        fix = (f"pick queues within 0-{mx - 2}: one RX queue must stay for the main RSS "
+               f"table (the other traffic)")
+    else:
+        fix = "this NIC has one RX queue: use another NIC"
+    why = ("leaves no RX queue for the main RSS table (the other traffic)" if n is not None
+           and last < n else f"needs {need} RX queues")
+    return Check("interface", "queues", FAIL, f"{detail}: the range {why}", fix)
+
+
+def _split_checks(st: _nic.NicState, trial: tuple[bool, str] | None, setup: str) -> list[Check]:
+    """tcp-data-split on and hds-thresh 0, as the kernel will check them."""
+    I, ifn = "interface", st.ifname
     rings = st.rings
-    split_fix = f"ethtool -G {ifn} tcp-data-split on hds-thresh 0  (ethtool >= 6.14; or: " \
-                f"aiozcrx nic setup --interface {ifn} --queue {queue if queue is not None else 'Q'} " \
-                f"--port {port if port else 'P'})"
+    split_fix = f"ethtool -G {ifn} tcp-data-split on hds-thresh 0  (ethtool >= 6.14; or: {setup})"
     if rings is None:
+        return [Check(I, "tcp-data-split", FAIL,
+                      f"ring parameters not reported ({st.errors.get('rings', '')})",
+                      "needs a driver with header/data split (bnxt, mlx5, gve, fbnic)")]
+    out: list[Check] = []
+    split = rings.get("tcp_data_split")
+    if split == 2 and trial_errno(trial) == "EINVAL" and not rings.get("hds_thresh"):
+        # A driver may report its "auto" as on, while the kernel checks its own
+        # configuration, which is still unset: only setting it explicitly helps
+        # (setting "on" over a reported "on" changes nothing).
         out.append(Check(I, "tcp-data-split", FAIL,
-                         f"ring parameters not reported ({st.errors.get('rings', '')})",
+                         "reported on, but the kernel refuses the queue (a trial "
+                         "registration gave EINVAL): the configured value is not 'on' "
+                         "(the driver reports its default as on)",
+                         f"ethtool -G {ifn} tcp-data-split off; ethtool -G {ifn} "
+                         f"tcp-data-split on"))
+    elif split == 2:
+        out.append(Check(I, "tcp-data-split", PASS, "on"))
+    elif split is None:
+        out.append(Check(I, "tcp-data-split", FAIL,
+                         "not reported by the driver: it cannot split headers from payload",
                          "needs a driver with header/data split (bnxt, mlx5, gve, fbnic)"))
     else:
-        split = rings.get("tcp_data_split")
-        if split == 2 and trial_errno(trial) == "EINVAL" and not rings.get("hds_thresh"):
-            # A driver may report its "auto" as on, while the kernel checks its own
-            # configuration, which is still unset: only setting it explicitly helps
-            # (setting "on" over a reported "on" changes nothing).
-            out.append(Check(I, "tcp-data-split", FAIL,
-                             "reported on, but the kernel refuses the queue (a trial "
-                             "registration gave EINVAL): the configured value is not 'on' "
-                             "(the driver reports its default as on)",
-                             f"ethtool -G {ifn} tcp-data-split off; ethtool -G {ifn} "
-                             f"tcp-data-split on"))
-        elif split == 2:
-            out.append(Check(I, "tcp-data-split", PASS, "on"))
-        elif split is None:
-            out.append(Check(I, "tcp-data-split", FAIL,
-                             "not reported by the driver: it cannot split headers from payload",
-                             "needs a driver with header/data split (bnxt, mlx5, gve, fbnic)"))
-        else:
-            out.append(Check(I, "tcp-data-split", FAIL,
-                             f"{'off' if split == 1 else 'unknown/auto'}: registering gives EINVAL",
-                             split_fix))
-        hds = rings.get("hds_thresh")
-        if hds is None:
-            out.append(Check(I, "hds-thresh", PASS if split == 2 else INFO,
-                             "not reported (kernel < 6.13 or no threshold in the driver): "
-                             "treated as 0"))
-        elif hds == 0:
-            out.append(Check(I, "hds-thresh", PASS, f"0 (max {rings.get('hds_thresh_max')})"))
-        else:
-            out.append(Check(I, "hds-thresh", FAIL, f"{hds}: must be 0, else EINVAL",
-                             f"ethtool -G {ifn} hds-thresh 0"))
-
-    main = st.main_indir
-    ctxs = {c: t for c, t in (st.rss or {}).items() if c}
-    ctx_text = ("; contexts: " + ", ".join(f"{c}->{sorted(set(t))}" for c, t in sorted(ctxs.items()))
-                if ctxs else "; no extra RSS contexts")
-    if main is None:
-        out.append(Check(I, "RSS", WARN if (n or 0) < 2 else FAIL,
-                         f"no RSS indirection table ({st.errors.get('rss', '')})",
-                         "needs a multi-queue NIC with RSS"))
-    elif queue is None:
-        out.append(Check(I, "RSS", INFO, f"table of {len(main)} spreads over queues "
-                                         f"{sorted(set(main))}{ctx_text}"))
-    elif queue in main:
-        out.append(Check(I, "RSS", FAIL,
-                         f"the main table ({len(main)} entries) sends other flows to queue "
-                         f"{queue} too: they would be copied, or break zero copy{ctx_text}",
-                         _nic._rss_command(ifn, n or queue + 1, queue)))
+        out.append(Check(I, "tcp-data-split", FAIL,
+                         f"{'off' if split == 1 else 'unknown/auto'}: registering gives EINVAL",
+                         split_fix))
+    hds = rings.get("hds_thresh")
+    if hds is None:
+        out.append(Check(I, "hds-thresh", PASS if split == 2 else INFO,
+                         "not reported (kernel < 6.13 or no threshold in the driver): "
+                         "treated as 0"))
+    elif hds == 0:
+        out.append(Check(I, "hds-thresh", PASS, f"0 (max {rings.get('hds_thresh_max')})"))
     else:
-        out.append(Check(I, "RSS", PASS, f"main table spreads over {sorted(set(main))}, "
-                                         f"not queue {queue}{ctx_text}"))
+        out.append(Check(I, "hds-thresh", FAIL, f"{hds}: must be 0, else EINVAL",
+                         f"ethtool -G {ifn} hds-thresh 0"))
+    return out
 
-    if st.ntuple_active is False:
-        out.append(Check(I, "ntuple", FAIL,
-                         "ntuple filters are off" + (" and fixed (driver has no flow steering)"
-                                                     if st.ntuple_changeable is False else ""),
-                         f"ethtool -K {ifn} ntuple on" if st.ntuple_changeable else
-                         "needs a NIC with flow steering"))
+
+def _contexts_text(st: _nic.NicState) -> str:
+    ctxs = {c: t for c, t in (st.rss or {}).items() if c}
+    return ("; contexts: " + ", ".join(f"{c}->{sorted(set(t))}" for c, t in sorted(ctxs.items()))
+            if ctxs else "; no extra RSS contexts")
+
+
+def _main_table_check(st: _nic.NicState, queues: list[int] | None) -> Check:
+    """The main RSS table (context 0) sends no other flow to the zcrx queues."""
+    I, ifn, n = "interface", st.ifname, st.rx_queues
+    main = st.main_indir
+    ctx_text = _contexts_text(st)
+    if main is None:
+        return Check(I, "RSS", WARN if (n or 0) < 2 else FAIL,
+                     f"no RSS indirection table ({st.errors.get('rss', '')})",
+                     "needs a multi-queue NIC with RSS")
+    if queues is None:
+        return Check(I, "RSS", INFO, f"table of {len(main)} spreads over queues "
+                                     f"{sorted(set(main))}{ctx_text}")
+    what = f"queue {queues[0]}" if len(queues) == 1 else f"queues {queues[0]}-{queues[-1]}"
+    inside = sorted(set(queues) & set(main))
+    if inside:
+        return Check(I, "RSS", FAIL,
+                     f"the main table ({len(main)} entries) sends other flows to "
+                     + (f"queue {queues[0]}" if len(queues) == 1 else f"queue(s) {inside}")
+                     + f" too: they would be copied, or break zero copy{ctx_text}",
+                     _nic._rss_command(ifn, max(n or 0, queues[-1] + 1), queues[0], len(queues)))
+    return Check(I, "RSS", PASS, f"main table spreads over {sorted(set(main))}, "
+                                 f"not {what}{ctx_text}")
+
+
+def _ntuple_checks(st: _nic.NicState) -> list[Check]:
+    if st.ntuple_active is not False:
+        return []
+    ifn = st.ifname
+    return [Check("interface", "ntuple", FAIL,
+                  "ntuple filters are off" + (" and fixed (driver has no flow steering)"
+                                              if st.ntuple_changeable is False else ""),
+                  f"ethtool -K {ifn} ntuple on" if st.ntuple_changeable else
+                  "needs a NIC with flow steering")]
+
+
+def _rules_text(st: _nic.NicState) -> str:
     rules = st.rules
     if rules is None:
-        rule_text = f"rules not readable ({st.errors.get('ntuple', '')})"
-    else:
-        rule_text = f"{len(rules)} rule(s)" + (
-            ": " + "; ".join(_rule_text(r) for r in rules[:6]) if rules else "")
-    if port is None:
-        out.append(Check(I, "steering", INFO, rule_text, "pass --port P to check a flow"))
-    else:
-        where = _nic.port_steering(st, port, flow_type)
-        lands = where["queues"]
-        how = (f"rule {where['location']}" if where["by"] == "rule" else
-               "RSS (no rule)" if where["by"] == "rss" else where["by"])
-        detail = f"{flow_type} dst-port {port} lands on queue(s) {lands} by {how}; {rule_text}"
-        if queue is not None and lands == [queue]:
-            out.append(Check(I, "steering", PASS, detail))
-        elif queue is None:
-            out.append(Check(I, "steering", INFO, detail))
-        else:
-            out.append(Check(I, "steering", FAIL, detail + f": not (only) queue {queue}, "
-                             f"so the data is copied or never reaches the zcrx queue",
-                             f"ethtool -N {ifn} flow-type {flow_type} dst-port {port} "
-                             f"action {queue}"))
+        return f"rules not readable ({st.errors.get('ntuple', '')})"
+    return f"{len(rules)} rule(s)" + (
+        ": " + "; ".join(_rule_text(r) for r in rules[:6]) if rules else "")
 
-    out.append(_binding_check(st, queue, release))
-    return _without_moot_fixes(out, ifn, _blockers(st, out, trial))
+
+def _steering_check(st: _nic.NicState, queue: int | None, port: int | None,
+                    flow_type: str) -> Check:
+    """Where the port lands (one queue)."""
+    I, ifn = "interface", st.ifname
+    rule_text = _rules_text(st)
+    if port is None:
+        return Check(I, "steering", INFO, rule_text, "pass --port P to check a flow")
+    where = _nic.port_steering(st, port, flow_type)
+    lands = where["queues"]
+    how = (f"rule {where['location']}" if where["by"] == "rule" else
+           "RSS (no rule)" if where["by"] == "rss" else where["by"])
+    detail = f"{flow_type} dst-port {port} lands on queue(s) {lands} by {how}; {rule_text}"
+    if queue is not None and lands == [queue]:
+        return Check(I, "steering", PASS, detail)
+    if queue is None:
+        return Check(I, "steering", INFO, detail)
+    return Check(I, "steering", FAIL, detail + f": not (only) queue {queue}, "
+                 f"so the data is copied or never reaches the zcrx queue",
+                 f"ethtool -N {ifn} flow-type {flow_type} dst-port {port} action {queue}")
+
+
+def _context_check(st: _nic.NicState, queues: list[int], port: int,
+                   flow_types: tuple[str, ...] | list[str], setup: str) -> Check:
+    """The port's rules point at one RSS context whose table holds exactly the queues."""
+    I = "interface"
+    ctxs = sorted({r.rss_context for ft in flow_types for r in _nic.matching_rules(st, port, ft)
+                   if r.rss_context is not None})
+    want = f"queues {queues[0]}-{queues[-1]}"
+    if not ctxs:
+        return Check(I, "RSS context", FAIL, f"no rule sends dst-port {port} to an RSS context"
+                                             f"{_contexts_text(st)}", setup)
+    details, good = [], True
+    for ctx in ctxs:
+        table = (st.rss or {}).get(ctx)
+        spread = sorted(set(table)) if table else None
+        details.append(f"context {ctx} spreads over {spread if spread is not None else '?'}")
+        good = good and spread == queues
+    detail = f"dst-port {port}: " + "; ".join(details)
+    if good:
+        return Check(I, "RSS context", PASS, f"{detail}: each of {want}, nothing else")
+    return Check(I, "RSS context", FAIL, f"{detail}: not exactly {want}", setup)
+
+
+def _range_steering_check(st: _nic.NicState, queues: list[int], port: int, flow_type: str,
+                          setup: str) -> Check:
+    """A rule sends ``flow_type dst-port port`` to exactly the queues."""
+    where = _nic.port_steering(st, port, flow_type)
+    lands = where["queues"]
+    how = (f"rule {where['location']}" + (f" (context {where['rss_context']})"
+                                          if where.get("rss_context") is not None else "")
+           if where["by"] == "rule" else "RSS (no rule)" if where["by"] == "rss" else where["by"])
+    detail = f"{flow_type} dst-port {port} lands on queue(s) {lands} by {how}"
+    if where["by"] == "rule" and lands == queues:
+        return Check("interface", f"steering {flow_type}", PASS, detail)
+    return Check("interface", f"steering {flow_type}", FAIL,
+                 detail + f": not queues {queues[0]}-{queues[-1]}, so these connections are "
+                 f"copied or never reach the zcrx queues", setup)
+
+
+def _queue_lines(st: _nic.NicState, queues: list[int], release: str) -> list[Check]:
+    """Per queue: its NAPI id (a worker matches SO_INCOMING_NAPI_ID against it) and
+    whether an io_uring zcrx instance (or another memory provider) holds it."""
+    I, ifn = "interface", st.ifname
+    if st.queues is None:
+        return [Check(I, "queue", WARN, f"netdev netlink queue info unavailable "
+                                        f"({st.errors.get('queues', '')}): no NAPI ids, cannot "
+                                        f"tell whether the queues are bound")]
+    rx = {q["id"]: q for q in st.queues if q["type"] == "rx"}
+    napi_seen: dict[int, int] = {}
+    out: list[Check] = []
+    reliable = parse_release(release) >= (6, 15) if release else True
+    for queue in queues:
+        q = rx.get(queue)
+        name = f"queue {queue}"
+        if q is None:
+            out.append(Check(I, name, FAIL, f"not listed by the netdev family (interface down, "
+                                            f"or no such queue)", f"ip link set {ifn} up"))
+            continue
+        napi = q.get("napi_id")
+        napi_text = f"napi id {napi}" if napi else "no NAPI id"
+        if q.get("io_uring") or q.get("dmabuf") is not None or q.get("xsk"):
+            what = ("io_uring zcrx" if q.get("io_uring") else "devmem dmabuf"
+                    if q.get("dmabuf") is not None else "AF_XDP socket")
+            out.append(Check(I, name, FAIL, f"{napi_text}; bound to an {what}: registering it "
+                                            f"again gives EEXIST until its holder closes it",
+                             "stop the process (or worker) that holds it"))
+        elif not napi:
+            out.append(Check(I, name, WARN, f"{napi_text}: SO_INCOMING_NAPI_ID cannot tell "
+                                            f"which connections arrive here; free",
+                             f"ip link set {ifn} up"))
+        elif napi in napi_seen:
+            out.append(Check(I, name, WARN, f"{napi_text}, the same as queue {napi_seen[napi]}: "
+                                            f"their connections cannot be told apart; free"))
+        else:
+            out.append(Check(I, name, PASS if reliable else WARN,
+                             f"{napi_text}; free" if reliable else
+                             f"{napi_text}; kernel {release} predates the queue's io-uring "
+                             f"attribute (6.15): binding unknown"))
+        if napi:
+            napi_seen.setdefault(napi, queue)
+    return out
 
 
 def _blockers(st: _nic.NicState, checks: list[Check],
@@ -611,9 +730,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiozcrx doctor",
                                 description="Check whether io_uring zero-copy receive can work.")
     p.add_argument("--interface", "-i", help="the NIC to check")
-    p.add_argument("--queue", "-q", type=int, help="the RX queue zcrx would use")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--queue", "-q", type=int, help="the RX queue zcrx would use")
+    which.add_argument("--queues", type=_nic._queue_range_arg, metavar="FIRST-LAST",
+                       help="a port spread over these RX queues (aiozcrx nic setup --queues)")
     p.add_argument("--port", "-p", type=int, help="destination port of the flow to receive")
-    p.add_argument("--flow-type", default="tcp6", choices=_nic.FLOW_TYPES)
+    p.add_argument("--flow-type", choices=_nic.FLOW_TYPES,
+                   help="the flow type to check (--queue: default tcp6; --queues: default both)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -633,7 +756,12 @@ def found_engines(core: dict[str, Any]) -> tuple[bool | None, bool | None]:
 
 
 def run(interface: str | None, queue: int | None, port: int | None,
-        flow_type: str = "tcp6") -> dict[str, Any]:
+        flow_type: str = "tcp6", *, queues: tuple[int, int] | None = None,
+        flow_types: tuple[str, ...] | list[str] = _nic.FLOW_TYPES) -> dict[str, Any]:
+    """Gather, judge, report. ``queues=(first, last)``: a port spread over those
+    queues (``queue`` is then ignored; the trial registration is on ``first``)."""
+    if queues is not None:
+        queue = queues[0]
     sysf = gather_system()
     core = probe_core(interface, queue)
     if interface and queue is not None and any(t and t[0] == "zcrx" and t[1]
@@ -648,8 +776,12 @@ def run(interface: str | None, queue: int | None, port: int | None,
             if queue is not None and entry and entry[0] == "zcrx":
                 trial = (bool(entry[1]), str(entry[2]))
         nodev, io_uring = found_engines(core)
-        checks += interface_checks(state, queue, port, flow_type, sysf["release"], trial,
-                                   nodev=nodev, io_uring=io_uring)
+        if queues is not None:
+            checks += queues_checks(state, queues[0], queues[1], port, sysf["release"], trial,
+                                    flow_types=flow_types, nodev=nodev, io_uring=io_uring)
+        else:
+            checks += interface_checks(state, queue, port, flow_type, sysf["release"], trial,
+                                       nodev=nodev, io_uring=io_uring)
     eng_lines, zcrx_ok = engine_section(core, interface, queue)
     fails = [c for c in checks if c.status == FAIL]
     ok = zcrx_ok and not fails and interface is not None and queue is not None
@@ -657,7 +789,15 @@ def run(interface: str | None, queue: int | None, port: int | None,
         ok = True  # e.g. NODEV zcrx: no NIC involved
     return {"ok": ok, "system": sysf, "core": core, "checks": [asdict(c) for c in checks],
             "interface": state.to_dict() if state else None, "engine_lines": eng_lines,
-            "zcrx_ok": zcrx_ok, "queue": queue, "port": port}
+            "zcrx_ok": zcrx_ok, "queue": queue, "port": port,
+            "queues": list(queues) if queues is not None else None,
+            "napi_ids": _napi_ids(state, queues) if state is not None and queues else None}
+
+
+def _napi_ids(state: _nic.NicState, queues: tuple[int, int]) -> dict[str, int | None]:
+    """Queue -> NAPI id as the snapshot has them (JSON keys are strings)."""
+    rx = {q["id"]: q.get("napi_id") for q in state.queues or [] if q["type"] == "rx"}
+    return {str(q): rx.get(q) for q in range(queues[0], queues[1] + 1)}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -665,7 +805,9 @@ def render(report: dict[str, Any]) -> str:
     head = f"aiozcrx doctor: kernel {report['system']['release']}"
     if report["interface"]:
         head += f", interface {report['interface']['ifname']}"
-        if report["queue"] is not None:
+        if report.get("queues"):
+            head += f" queues {report['queues'][0]}-{report['queues'][1]}"
+        elif report["queue"] is not None:
             head += f" queue {report['queue']}"
         if report["port"] is not None:
             head += f" port {report['port']}"
@@ -676,7 +818,9 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"{'':24}fix: {c['fix']}")
     lines.extend(report["engine_lines"])
     nfail = sum(1 for c in report["checks"] if c["status"] == FAIL)
-    target = (f"{report['interface']['ifname']} queue {report['queue']}"
+    target = (f"{report['interface']['ifname']} queues {report['queues'][0]}-"
+              f"{report['queues'][1]}" if report["interface"] and report.get("queues") else
+              f"{report['interface']['ifname']} queue {report['queue']}"
               if report["interface"] and report["queue"] is not None else
               report["interface"]["ifname"] if report["interface"] else "this host")
     if report["ok"]:
@@ -695,8 +839,13 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    report = run(args.interface, args.queue, args.port, args.flow_type)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.queues is not None and not args.interface:
+        parser.error("--queues needs --interface IF")
+    report = run(args.interface, args.queue, args.port, args.flow_type or "tcp6",
+                 queues=args.queues,
+                 flow_types=(args.flow_type,) if args.flow_type else _nic.FLOW_TYPES)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

@@ -13,6 +13,12 @@ Zero copy needs the NIC set up out of band (Documentation/networking/iou-zcrx.rs
 6. a flow-steering rule for the wanted flow
    (``ethtool -N IF flow-type tcp6 dst-port P action Q`` or ``... context C``).
 
+One port spread over several queues (``--queues FIRST-LAST``, :func:`plan_queues`,
+one worker per queue) takes the same steps with a range: the main table is kept
+off every queue of it, the RSS context spreads evenly over exactly those queues
+(``context new start FIRST equal COUNT``), and there is one rule per flow type
+(tcp6 and tcp4) sending the port to that context.
+
 The module is split the sans-IO way:
 
 * :class:`NicState` is a snapshot of what the kernel reports (``read_state``
@@ -24,7 +30,11 @@ The module is split the sans-IO way:
   talks to the kernel; tests pass a fake), records each step in a state file
   as soon as it is done, and on the first failure rolls back what it did, in
   reverse, naming the step and the driver's answer;
-* :func:`teardown` replays the recorded inverses, newest first.
+* :func:`teardown` replays the recorded inverses, newest first;
+* :func:`setup_queues` / :func:`setup_queue` / :func:`teardown_interface` are
+  the same for Python callers (a launcher of workers), with typed errors:
+  :class:`NicRefused` subclasses (nothing changed, the message names the fix)
+  and :class:`NicSetupFailed`.
 
 State files live in ``$AIOZCRX_STATE_DIR`` (default ``/run/aiozcrx``), one per
 interface: ``nic-IF.json``. They are written atomically (a new temporary file,
@@ -215,25 +225,105 @@ class Step:
     apply: Op
     inverse: Op | None
     inverse_command: str = ""
+    unsupported_fix: str = ""  # what to do instead when the driver answers EOPNOTSUPP
+
+
+# What kind of refusal a problem is (Plan.problem_kinds); NicRefused picks its
+# subclass from the first one.
+REFUSED_INTERFACE = "interface"      # no such interface
+REFUSED_REQUEST = "request"          # a bad port, flow type, queue number or range
+REFUSED_RANGE = "range"              # a queue beyond what the NIC has or can have
+REFUSED_NO_MAIN_QUEUE = "no-main-queue"  # nothing left for the main RSS table
+REFUSED_STEERING = "steering"        # the device cannot steer the way the plan needs
+REFUSED_CONFLICT = "conflict"        # a rule for the port that sends it elsewhere
+REFUSED_UNKNOWN = "unknown"          # a fact the plan needs could not be read
 
 
 @dataclass
 class Plan:
     ifname: str
-    queue: int
+    queue: int                      # the zcrx queue; in mode "queues" the first of the range
     port: int
-    mode: str                       # "equal" or "rss-context"
-    flow_type: str = "tcp6"
+    mode: str                       # "equal", "rss-context" or "queues" (several, see plan_queues)
+    flow_type: str = "tcp6"         # the flow type steered (mode "queues": the first of flow_types)
     steps: list[Step] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # any: nothing may run
     notes: list[str] = field(default_factory=list)
+    last: int | None = None         # mode "queues": the last queue of the range
+    flow_types: list[str] = field(default_factory=list)  # mode "queues": every flow type steered
+    problem_kinds: list[str] = field(default_factory=list)  # one REFUSED_* per problem
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def queues(self) -> list[int]:
+        """The zcrx queues this plan steers the port to."""
+        return list(range(self.queue, (self.queue if self.last is None else self.last) + 1))
+
+    @property
+    def label(self) -> str:
+        """"queue 7", or "queues 0-3" for a range."""
+        return f"queue {self.queue}" if self.last is None else f"queues {self.queue}-{self.last}"
+
+    def refuse(self, kind: str, text: str) -> None:
+        self.problems.append(text)
+        self.problem_kinds.append(kind)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class NicRefused(ValueError):
+    """``aiozcrx nic setup`` refused: nothing was changed. ``problems`` says why,
+    each with what fixes it; the subclass names the first kind of problem."""
+
+    kind = REFUSED_REQUEST
+
+    def __init__(self, ifname: str, problems: list[str], outcome: Outcome | None = None):
+        self.ifname = ifname
+        self.problems = list(problems)
+        self.outcome = outcome  # where a step found it out (then rolled back): its outcome
+        super().__init__(f"{ifname}: " + "; ".join(self.problems) + " (nothing was changed)")
+
+
+class QueueRangeError(NicRefused):
+    """A queue (or range) beyond what the NIC has or can be given."""
+    kind = REFUSED_RANGE
+
+
+class NoQueueLeftError(NicRefused):
+    """The queues asked for would leave the main RSS table no queue for other traffic."""
+    kind = REFUSED_NO_MAIN_QUEUE
+
+
+class SteeringUnsupportedError(NicRefused):
+    """The device has no RSS contexts or no ntuple flow steering. Where the snapshot
+    cannot tell (the kernel reports no count of RSS contexts), the step that needs
+    them finds out (EOPNOTSUPP); what the setup did before it is rolled back."""
+    kind = REFUSED_STEERING
+
+
+class RuleConflictError(NicRefused):
+    """An ntuple rule already sends the port somewhere else."""
+    kind = REFUSED_CONFLICT
+
+
+class EarlierSetupError(NicRefused):
+    """A state file records an earlier setup of the interface: tear it down first."""
+    kind = "recorded"
+
+
+_REFUSALS: dict[str, type[NicRefused]] = {
+    c.kind: c for c in (QueueRangeError, NoQueueLeftError, SteeringUnsupportedError,
+                        RuleConflictError, EarlierSetupError)}
+
+
+def refusal(plan: Plan) -> NicRefused:
+    """The typed error for a plan with problems."""
+    kind = plan.problem_kinds[0] if plan.problem_kinds else REFUSED_REQUEST
+    return _REFUSALS.get(kind, NicRefused)(plan.ifname, plan.problems)
 
 
 def default_indir(size: int, nqueues: int) -> list[int]:
@@ -241,20 +331,26 @@ def default_indir(size: int, nqueues: int) -> list[int]:
     return [i % nqueues for i in range(size)] if nqueues > 0 else []
 
 
-def exclude_table(size: int, nqueues: int, queue: int) -> list[int]:
+def spread_table(size: int, first: int, count: int) -> list[int]:
+    """A table of ``size`` entries spreading evenly over queues first..first+count-1
+    (``ethtool -X IF context new start FIRST equal COUNT``)."""
+    return [first + i % count for i in range(size)]
+
+
+def exclude_table(size: int, nqueues: int, queue: int, count: int = 1) -> list[int]:
     """An indirection table of ``size`` entries spreading over every queue in
-    ``0..nqueues-1`` except ``queue``. With ``queue == nqueues-1`` this is
-    exactly ``ethtool -X IF equal nqueues-1``."""
-    others = [q for q in range(nqueues) if q != queue]
+    ``0..nqueues-1`` except ``queue..queue+count-1``. With the excluded queues at
+    the top this is exactly ``ethtool -X IF equal QUEUE``."""
+    others = [q for q in range(nqueues) if not queue <= q < queue + count]
     if not others:
         raise ValueError("no queue left for the other flows")
     return [others[i % len(others)] for i in range(size)]
 
 
-def _rss_command(ifname: str, nqueues: int, queue: int) -> str:
-    if queue == nqueues - 1:
-        return f"ethtool -X {ifname} equal {nqueues - 1}"
-    weights = " ".join("0" if q == queue else "1" for q in range(nqueues))
+def _rss_command(ifname: str, nqueues: int, queue: int, count: int = 1) -> str:
+    if queue + count == nqueues:
+        return f"ethtool -X {ifname} equal {queue}"
+    weights = " ".join("0" if queue <= q < queue + count else "1" for q in range(nqueues))
     return f"ethtool -X {ifname} weight {weights}"
 
 
@@ -301,62 +397,151 @@ def plan_setup(state: NicState, queue: int, port: int, *, rss_context: bool = Fa
     """Pure: the steps that make ``flow_type dst-port port`` land on RX queue
     ``queue`` of ``state.ifname`` and nothing else land there. An already
     configured NIC gives an empty plan."""
-    ifn = state.ifname
-    plan = Plan(ifname=ifn, queue=queue, port=port,
+    plan = Plan(ifname=state.ifname, queue=queue, port=port,
                 mode="rss-context" if rss_context else "equal", flow_type=flow_type)
-    P, N = plan.problems, plan.notes
+    return _plan(state, plan, (flow_type,), through_context=rss_context)
 
-    if not state.exists:
-        P.append(f"no interface {ifn}: {state.errors.get('interface', '')}".rstrip(": "))
+
+def plan_queues(state: NicState, first: int, last: int, port: int, *,
+                flow_types: tuple[str, ...] | list[str] = FLOW_TYPES) -> Plan:
+    """Pure: the steps that spread ``dst-port port`` (each of ``flow_types``, tcp4
+    and tcp6 by default) over RX queues ``first..last`` through an RSS context of
+    its own, with the main RSS table kept off those queues. ``first == last`` is
+    one queue (through a context, unlike :func:`plan_setup`). An already
+    configured NIC gives an empty plan."""
+    fts = list(dict.fromkeys(flow_types))
+    plan = Plan(ifname=state.ifname, queue=first, port=port, mode="queues",
+                flow_type=fts[0] if fts else "", last=last, flow_types=fts)
+    return _plan(state, plan, tuple(fts), through_context=True)
+
+
+def _plan(state: NicState, plan: Plan, flow_types: tuple[str, ...], *,
+          through_context: bool) -> Plan:
+    """The steps in the order they run; a step's own function decides whether it
+    is needed. The rules are looked at before the tables: a rule that already
+    steers the port decides whether a context is needed at all."""
+    if not _check_request(state, plan, flow_types):
         return plan
-    if flow_type not in FLOW_TYPES:
-        P.append(f"flow type {flow_type!r} not supported (use one of {', '.join(FLOW_TYPES)})")
-    if not 0 < port < 65536:
-        P.append(f"port {port} out of range 1..65535")
-    if queue < 0:
-        P.append(f"queue {queue} is negative")
+    n_after = _plan_channels(state, plan)
+    _plan_header_split(state, plan)
+    _plan_ntuple_feature(state, plan)
+    steered, ctx_existing = _existing_steering(state, plan, flow_types, through_context)
+    _plan_main_table(state, plan, n_after)
+    to_steer = [ft for ft in flow_types if ft not in steered]
+    ctx_ref: Any = None
+    if through_context and to_steer:
+        ctx_ref = _plan_context(state, plan, ctx_existing)
+    for ft in to_steer:
+        _plan_rule(plan, ft, ctx_ref if through_context else None, through_context)
+    _note_bound_queues(state, plan)
+    return plan
+
+
+def _check_request(state: NicState, plan: Plan, flow_types: tuple[str, ...]) -> bool:
+    """The request itself, and (several queues) whether the device can steer that
+    way at all. False: nothing more to plan (no interface)."""
+    ifn = state.ifname
+    if not state.exists:
+        plan.refuse(REFUSED_INTERFACE,
+                    f"no interface {ifn}: {state.errors.get('interface', '')}".rstrip(": "))
+        return False
+    for ft in flow_types:
+        if ft not in FLOW_TYPES:
+            plan.refuse(REFUSED_REQUEST, f"flow type {ft!r} not supported "
+                                         f"(use one of {', '.join(FLOW_TYPES)})")
+    if not flow_types:
+        plan.refuse(REFUSED_REQUEST, f"no flow type given (use {' and/or '.join(FLOW_TYPES)})")
+    if not 0 < plan.port < 65536:
+        plan.refuse(REFUSED_REQUEST, f"port {plan.port} out of range 1..65535")
+    if plan.queue < 0:
+        plan.refuse(REFUSED_REQUEST, f"queue {plan.queue} is negative")
+    if plan.last is not None and plan.last < plan.queue:
+        plan.refuse(REFUSED_REQUEST, f"queue range {plan.queue}-{plan.last} is empty: "
+                                     f"write it FIRST-LAST with FIRST <= LAST")
     if state.driver and not state.known_zcrx_driver:
-        N.append(f"driver {state.driver} is not a known zcrx driver "
-                 f"({', '.join(sorted(KNOWN_ZCRX_DRIVERS))}): without the queue API the "
-                 f"kernel answers EOPNOTSUPP when io_uring registers the queue "
-                 f"(`aiozcrx doctor --interface {state.ifname} --queue {queue}` asks it)")
+        plan.notes.append(
+            f"driver {state.driver} is not a known zcrx driver "
+            f"({', '.join(sorted(KNOWN_ZCRX_DRIVERS))}): without the queue API the "
+            f"kernel answers EOPNOTSUPP when io_uring registers the queue "
+            f"(`aiozcrx doctor --interface {ifn} --queue {plan.queue}` asks it)")
+    if plan.mode == "queues":
+        one = f"aiozcrx nic setup --interface {ifn} --queue Q --port {plan.port}"
+        if state.main_indir is None:
+            plan.refuse(REFUSED_STEERING,
+                        f"{ifn} has no RSS indirection table "
+                        f"({state.errors.get('rss', 'none reported')}): spreading a port over "
+                        f"several queues needs RSS contexts; use a NIC with RSS contexts "
+                        f"(bnxt, mlx5, gve, fbnic), or one queue for the port: {one}")
+        if state.ntuple_active is not True and state.ntuple_changeable is False:
+            plan.refuse(REFUSED_STEERING,
+                        f"{ifn} has no ntuple flow steering (rx-ntuple-filter is fixed off): "
+                        f"nothing can send the port to an RSS context; use a NIC with flow "
+                        f"steering (bnxt, mlx5, gve, fbnic)")
+    return True
 
-    # -- 1. channels ------------------------------------------------------
-    n_now = state.rx_queues
-    n_max = state.rx_queues_max
-    n_after = n_now
-    need = max(queue + 1, 2)
-    kind = state.channel_kind
+
+def _plan_channels(state: NicState, plan: Plan) -> int | None:
+    """Enough RX queues for the zcrx queues and at least one more for the rest:
+    raised where the driver allows it. Returns the count once the plan ran."""
+    ifn, first, last = state.ifname, plan.queue, plan.queues[-1] if plan.queues else plan.queue
+    n_now, n_max, kind = state.rx_queues, state.rx_queues_max, state.channel_kind
+    # queues below the first are left for the main table; with none, one above the last
+    need = last + 1 if first > 0 else last + 2
+    if plan.last is None:
+        need = max(first + 1, 2)  # the one-queue form of the same rule
     if n_now is None:
-        P.append(f"cannot tell how many RX queues {ifn} has "
-                 f"({state.errors.get('channels', 'no channel information')})")
-    elif n_now < need:
-        if state.channels is None or kind is None:
-            P.append(f"queue {queue} out of range: {ifn} has {n_now} RX queue(s) and its "
-                     f"driver cannot change that ({state.errors.get('channels', 'no channels')})")
-        elif n_max is not None and need > n_max:
-            P.append(f"queue {queue} out of range: {ifn} supports at most {n_max} RX "
-                     f"queue(s) (0..{n_max - 1}), and zcrx needs one more for other traffic"
-                     if queue < n_max else
-                     f"queue {queue} out of range: {ifn} supports at most {n_max} RX "
-                     f"queue(s) (0..{n_max - 1})")
+        plan.refuse(REFUSED_UNKNOWN, f"cannot tell how many RX queues {ifn} has "
+                                     f"({state.errors.get('channels', 'no channel information')})")
+        return None
+    if n_now >= need:
+        return n_now
+    what = plan.label
+    if state.channels is None or kind is None:
+        fix = (f"; pick queues within 0-{n_now - 1} leaving one for other traffic"
+               if plan.last is not None and n_now >= 2 else "")
+        plan.refuse(REFUSED_RANGE,
+                    f"{what} out of range: {ifn} has {n_now} RX queue(s) and its "
+                    f"driver cannot change that ({state.errors.get('channels', 'no channels')}){fix}")
+        return n_now
+    if n_max is not None and need > n_max:
+        if plan.last is None:
+            if first < n_max:
+                plan.refuse(REFUSED_NO_MAIN_QUEUE,
+                            f"queue {first} out of range: {ifn} supports at most {n_max} RX "
+                            f"queue(s) (0..{n_max - 1}), and zcrx needs one more for other traffic")
+            else:
+                plan.refuse(REFUSED_RANGE, f"queue {first} out of range: {ifn} supports at most "
+                                           f"{n_max} RX queue(s) (0..{n_max - 1})")
+        elif last < n_max:
+            plan.refuse(REFUSED_NO_MAIN_QUEUE,
+                        f"{what} leave no RX queue for the main RSS table (other traffic): "
+                        f"{ifn} supports at most {n_max} RX queue(s) (0..{n_max - 1}); "
+                        + (f"end the range at {n_max - 2} (--queues {first}-{n_max - 2})"
+                           if n_max >= 2 else "it needs a NIC with more than one"))
         else:
-            n_after = need
-            plan.steps.append(Step(
-                id="channels", title=f"raise {kind} channels {n_now} -> {need}",
-                command=f"ethtool -L {ifn} {kind} {need}",
-                apply=Op("channels", {"kind": kind, "count": need}),
-                inverse=Op("channels", {"kind": kind, "count": n_now}),
-                inverse_command=f"ethtool -L {ifn} {kind} {n_now}"))
+            plan.refuse(REFUSED_RANGE,
+                        f"{what} out of range: {ifn} supports at most {n_max} RX queue(s) "
+                        f"(0..{n_max - 1}); pick queues within 0-{n_max - 1}, leaving at "
+                        f"least one of those for other traffic")
+        return n_now
+    plan.steps.append(Step(
+        id="channels", title=f"raise {kind} channels {n_now} -> {need}",
+        command=f"ethtool -L {ifn} {kind} {need}",
+        apply=Op("channels", {"kind": kind, "count": need}),
+        inverse=Op("channels", {"kind": kind, "count": n_now}),
+        inverse_command=f"ethtool -L {ifn} {kind} {n_now}"))
+    return need
 
-    # -- 2. header/data split --------------------------------------------
+
+def _plan_header_split(state: NicState, plan: Plan) -> None:
+    """tcp-data-split on, hds-thresh 0 (where the kernel has a threshold)."""
+    ifn, N = state.ifname, plan.notes
     rings = state.rings
     if rings is None:
         N.append(f"{ifn} does not report ring parameters "
                  f"({state.errors.get('rings', 'unknown')}): header/data split "
                  f"is probably unsupported")
         prev_split, prev_hds, has_hds = None, None, True
-        need_rings = True
     else:
         prev_split = rings.get("tcp_data_split")
         prev_hds = rings.get("hds_thresh")
@@ -367,125 +552,166 @@ def plan_setup(state: NicState, queue: int, port: int, *, rss_context: bool = Fa
         if not has_hds:
             N.append(f"{ifn} reports no hds-thresh (kernel < 6.13 or driver without "
                      f"a threshold): zcrx needs it to be 0, the default when unsupported")
-        need_rings = prev_split != et.TCP_DATA_SPLIT_ENABLED or bool(prev_hds)
-    if need_rings:
-        args: dict[str, Any] = {"tcp_data_split": et.TCP_DATA_SPLIT_ENABLED}
-        inv: dict[str, Any] = {"tcp_data_split": prev_split or et.TCP_DATA_SPLIT_UNKNOWN}
-        cmd = f"ethtool -G {ifn} tcp-data-split on"
-        inv_cmd = f"ethtool -G {ifn} tcp-data-split {_split_word(prev_split)}"
-        if has_hds:
-            args["hds_thresh"] = 0
-            cmd += " hds-thresh 0"
-            if prev_hds is not None:
-                inv["hds_thresh"] = prev_hds
-                inv_cmd += f" hds-thresh {prev_hds}"
-        plan.steps.append(Step(
-            id="rings", title="turn on header/data split with threshold 0",
-            command=cmd, apply=Op("rings", args), inverse=Op("rings", inv),
-            inverse_command=inv_cmd))
+        if prev_split == et.TCP_DATA_SPLIT_ENABLED and not prev_hds:
+            return
+    args: dict[str, Any] = {"tcp_data_split": et.TCP_DATA_SPLIT_ENABLED}
+    inv: dict[str, Any] = {"tcp_data_split": prev_split or et.TCP_DATA_SPLIT_UNKNOWN}
+    cmd = f"ethtool -G {ifn} tcp-data-split on"
+    inv_cmd = f"ethtool -G {ifn} tcp-data-split {_split_word(prev_split)}"
+    if has_hds:
+        args["hds_thresh"] = 0
+        cmd += " hds-thresh 0"
+        if prev_hds is not None:
+            inv["hds_thresh"] = prev_hds
+            inv_cmd += f" hds-thresh {prev_hds}"
+    plan.steps.append(Step(
+        id="rings", title="turn on header/data split with threshold 0",
+        command=cmd, apply=Op("rings", args), inverse=Op("rings", inv),
+        inverse_command=inv_cmd))
 
-    # -- 3. ntuple feature -------------------------------------------------
-    if state.ntuple_active is not True:
-        if state.ntuple_active is None:
-            N.append(f"could not read {ifn}'s features ({state.errors.get('features', '')})")
-        elif state.ntuple_changeable is False:
-            N.append(f"ntuple filters are fixed off on {ifn}: its driver has no flow steering")
-        plan.steps.append(Step(
-            id="ntuple", title="turn on ntuple flow steering",
-            command=f"ethtool -K {ifn} ntuple on",
-            apply=Op("features", {et.NTUPLE_FEATURE: True}),
-            inverse=Op("features", {et.NTUPLE_FEATURE: False}),
-            inverse_command=f"ethtool -K {ifn} ntuple off"))
 
-    # -- 6 (decided first). the rule, and whether a context is needed ------
+def _plan_ntuple_feature(state: NicState, plan: Plan) -> None:
+    """ntuple filters on."""
+    ifn = state.ifname
+    if state.ntuple_active is True:
+        return
+    if state.ntuple_active is None:
+        plan.notes.append(f"could not read {ifn}'s features ({state.errors.get('features', '')})")
+    elif state.ntuple_changeable is False:
+        plan.notes.append(f"ntuple filters are fixed off on {ifn}: its driver has no flow steering")
+    plan.steps.append(Step(
+        id="ntuple", title="turn on ntuple flow steering",
+        command=f"ethtool -K {ifn} ntuple on",
+        apply=Op("features", {et.NTUPLE_FEATURE: True}),
+        inverse=Op("features", {et.NTUPLE_FEATURE: False}),
+        inverse_command=f"ethtool -K {ifn} ntuple off"))
+
+
+def _existing_steering(state: NicState, plan: Plan, flow_types: tuple[str, ...],
+                       through_context: bool) -> tuple[set[str], int | None]:
+    """What is already there: the flow types whose rule already sends the port to
+    exactly the plan's queues, and an existing context over exactly those queues
+    (a rule's own context first) to reuse. A rule sending the port elsewhere is a
+    problem: it is the user's, so it is never replaced."""
+    ifn, port, want = state.ifname, plan.port, plan.queues
     ctx_existing = None
-    if rss_context and state.rss:
+    if through_context and state.rss:
         for ctx, table in sorted(state.rss.items()):
-            if ctx and table and set(table) == {queue}:
+            if ctx and table and set(table) == set(want):
                 ctx_existing = ctx
                 break
-    rule_ok = False
     if state.rules is None:
-        N.append(f"could not read {ifn}'s ntuple rules ({state.errors.get('ntuple', '')})")
-    for rule in matching_rules(state, port, flow_type):
-        targets = rule_target_queues(state, rule)
-        if targets == [queue]:
-            rule_ok = True
-            if rule.rss_context is not None:
-                ctx_existing = rule.rss_context
-        else:
-            where = ("drops it" if rule.action != "queue" else
-                     f"sends it to queue(s) {targets}" if targets else
-                     f"sends it to RSS context {rule.rss_context}")
-            P.append(f"ntuple rule {rule.location} already matches {flow_type} dst-port "
-                     f"{port} and {where}; remove it first: "
-                     f"ethtool -N {ifn} delete {rule.location}")
+        plan.notes.append(f"could not read {ifn}'s ntuple rules ({state.errors.get('ntuple', '')})")
+    steered: set[str] = set()
+    for ft in flow_types:
+        for rule in matching_rules(state, port, ft):
+            targets = rule_target_queues(state, rule)
+            if targets == want:
+                steered.add(ft)
+                if rule.rss_context is not None:
+                    ctx_existing = rule.rss_context
+            else:
+                where = ("drops it" if rule.action != "queue" else
+                         f"sends it to queue(s) {targets}" if targets else
+                         f"sends it to RSS context {rule.rss_context}")
+                plan.refuse(REFUSED_CONFLICT,
+                            f"ntuple rule {rule.location} already matches {ft} dst-port "
+                            f"{port} and {where}; remove it first: "
+                            f"ethtool -N {ifn} delete {rule.location}")
+    return steered, ctx_existing
 
-    # -- 4. main RSS table -------------------------------------------------
+
+def _plan_main_table(state: NicState, plan: Plan, n_after: int | None) -> None:
+    """The main RSS table (context 0) kept off the zcrx queues. A table that was
+    the driver's default is restored as the default (it follows the channel
+    count); one the user set is restored verbatim."""
+    ifn, first = state.ifname, plan.queue
+    count = len(plan.queues)
+    if n_after is None or n_after <= count or first < 0 or first + count > n_after:
+        return
+    title = f"keep RSS off {plan.label}"
+    command = _rss_command(ifn, n_after, first, count)
+    args: dict[str, Any] = {"queue": first, "queues": n_after}
+    if plan.last is not None:
+        args["count"] = count
     main = state.main_indir
-    if n_after is not None and n_after >= 2 and 0 <= queue < n_after:
-        if main is None:
-            N.append(f"{ifn} exposes no RSS indirection table "
-                     f"({state.errors.get('rss', 'unknown')}): other flows may land on "
-                     f"queue {queue}")
-            plan.steps.append(Step(
-                id="rss", title=f"keep RSS off queue {queue}",
-                command=_rss_command(ifn, n_after, queue),
-                apply=Op("rss_exclude", {"queue": queue, "queues": n_after, "size": None}),
-                inverse=Op("rss_indir", {"context": 0, "indir": None}),
-                inverse_command=f"ethtool -X {ifn} default"))
-        else:
-            was_default = n_now is not None and main == default_indir(len(main), n_now)
-            effective = default_indir(len(main), n_after) if (was_default and n_after != n_now) \
-                else main
-            if queue in effective:
-                plan.steps.append(Step(
-                    id="rss", title=f"keep RSS off queue {queue}",
-                    command=_rss_command(ifn, n_after, queue),
-                    apply=Op("rss_exclude", {"queue": queue, "queues": n_after,
-                                             "size": len(main)}),
-                    inverse=Op("rss_indir", {"context": 0,
-                                             "indir": None if was_default else list(main)}),
-                    inverse_command=(f"ethtool -X {ifn} default" if was_default else
-                                     f"ethtool -X {ifn} weight ... (restore the recorded table)")))
-
-    # -- 5. RSS context ----------------------------------------------------
-    ctx_ref: Any = None
-    if rss_context and not rule_ok:
-        if ctx_existing is not None:
-            ctx_ref = ctx_existing
-        else:
-            size = len(main) if main else None
-            plan.steps.append(Step(
-                id="rss-context", title=f"create an RSS context holding only queue {queue}",
-                command=f"ethtool -X {ifn} context new start {queue} equal 1",
-                apply=Op("rss_create", {"queue": queue, "size": size}),
-                inverse=Op("rss_delete", {"context": "@"}),
-                inverse_command=f"ethtool -X {ifn} context {{@rss-context}} delete"))
-            ctx_ref = "@rss-context"
-
-    # -- 6. the rule -------------------------------------------------------
-    if not rule_ok:
-        if rss_context:
-            shown = ctx_ref if isinstance(ctx_ref, int) else "{@rss-context}"
-            cmd = f"ethtool -N {ifn} flow-type {flow_type} dst-port {port} context {shown}"
-            args = {"flow_type": flow_type, "dst_port": port, "queue": 0,
-                    "rss_context": ctx_ref}
-        else:
-            cmd = f"ethtool -N {ifn} flow-type {flow_type} dst-port {port} action {queue}"
-            args = {"flow_type": flow_type, "dst_port": port, "queue": queue,
-                    "rss_context": None}
+    if main is None:
+        plan.notes.append(f"{ifn} exposes no RSS indirection table "
+                          f"({state.errors.get('rss', 'unknown')}): other flows may land on "
+                          f"{plan.label}")
         plan.steps.append(Step(
-            id="rule", title=f"steer {flow_type} dst-port {port} to queue {queue}",
-            command=cmd, apply=Op("ntuple_insert", args),
-            inverse=Op("ntuple_delete", {"location": "@"}),
-            inverse_command=f"ethtool -N {ifn} delete {{@rule}}"))
+            id="rss", title=title, command=command,
+            apply=Op("rss_exclude", {**args, "size": None}),
+            inverse=Op("rss_indir", {"context": 0, "indir": None}),
+            inverse_command=f"ethtool -X {ifn} default"))
+        return
+    n_now = state.rx_queues
+    was_default = n_now is not None and main == default_indir(len(main), n_now)
+    effective = default_indir(len(main), n_after) if (was_default and n_after != n_now) else main
+    if not set(plan.queues) & set(effective):
+        return
+    plan.steps.append(Step(
+        id="rss", title=title, command=command,
+        apply=Op("rss_exclude", {**args, "size": len(main)}),
+        inverse=Op("rss_indir", {"context": 0, "indir": None if was_default else list(main)}),
+        inverse_command=(f"ethtool -X {ifn} default" if was_default else
+                         f"ethtool -X {ifn} weight ... (restore the recorded table)")))
 
+
+def _plan_context(state: NicState, plan: Plan, ctx_existing: int | None) -> Any:
+    """An RSS context over exactly the plan's queues: an existing one, or a new
+    one (then ``"@rss-context"``, the id the kernel gives it when the step runs)."""
+    if ctx_existing is not None:
+        return ctx_existing
+    ifn, first, count = state.ifname, plan.queue, len(plan.queues)
+    main = state.main_indir
+    args: dict[str, Any] = {"queue": first, "size": len(main) if main else None}
+    if plan.last is None:
+        title = f"create an RSS context holding only queue {first}"
+    else:
+        args["count"] = count
+        title = f"create an RSS context spreading over {plan.label}"
+    plan.steps.append(Step(
+        id="rss-context", title=title,
+        command=f"ethtool -X {ifn} context new start {first} equal {count}",
+        apply=Op("rss_create", args),
+        inverse=Op("rss_delete", {"context": "@"}),
+        inverse_command=f"ethtool -X {ifn} context {{@rss-context}} delete",
+        unsupported_fix=(f"{ifn}'s driver has no additional RSS contexts: use a NIC that has "
+                         f"them (bnxt, mlx5, gve, fbnic), or one queue for the port: aiozcrx "
+                         f"nic setup --interface {ifn} --queue Q --port {plan.port}")))
+    return "@rss-context"
+
+
+def _plan_rule(plan: Plan, flow_type: str, ctx_ref: Any, through_context: bool) -> None:
+    """The ntuple rule for one flow type: to the context (queue offset 0) or
+    straight to the queue."""
+    ifn, port, queue = plan.ifname, plan.port, plan.queue
+    if through_context:
+        shown = ctx_ref if isinstance(ctx_ref, int) else "{@rss-context}"
+        cmd = f"ethtool -N {ifn} flow-type {flow_type} dst-port {port} context {shown}"
+        args = {"flow_type": flow_type, "dst_port": port, "queue": 0, "rss_context": ctx_ref}
+    else:
+        cmd = f"ethtool -N {ifn} flow-type {flow_type} dst-port {port} action {queue}"
+        args = {"flow_type": flow_type, "dst_port": port, "queue": queue, "rss_context": None}
+    step_id = "rule" if plan.last is None else f"rule-{flow_type}"
+    plan.steps.append(Step(
+        id=step_id, title=f"steer {flow_type} dst-port {port} to {plan.label}",
+        command=cmd, apply=Op("ntuple_insert", args),
+        inverse=Op("ntuple_delete", {"location": "@"}),
+        inverse_command=f"ethtool -N {ifn} delete {{@{step_id}}}",
+        unsupported_fix=(f"{ifn}'s driver cannot steer a {flow_type} port"
+                         + (" to an RSS context" if through_context else "")
+                         + ": use a NIC with ntuple flow steering (bnxt, mlx5, gve, fbnic)")))
+
+
+def _note_bound_queues(state: NicState, plan: Plan) -> None:
+    want = set(plan.queues)
     for q in state.queues or []:
-        if q.get("type") == "rx" and q.get("id") == queue and q.get("io_uring"):
-            N.append(f"queue {queue} of {ifn} is already bound to an io_uring zcrx "
-                     f"instance: registering another gives EEXIST until it is closed")
-    return plan
+        if q.get("type") == "rx" and q.get("id") in want and q.get("io_uring"):
+            plan.notes.append(f"queue {q.get('id')} of {state.ifname} is already bound to an "
+                              f"io_uring zcrx instance: registering another gives EEXIST until "
+                              f"it is closed")
 
 
 # --------------------------------------------------------------------------
@@ -540,14 +766,15 @@ class KernelExecutor:
             raise et.EthtoolError(_errno.EOPNOTSUPP, "the driver reports no RSS table", "RSS_GET")
         return size
 
-    def _op_rss_exclude(self, queue: int, queues: int, size: int | None) -> None:
-        et.set_rss_indir(self.ifname, exclude_table(self._table_size(size), queues, queue))
+    def _op_rss_exclude(self, queue: int, queues: int, size: int | None, count: int = 1) -> None:
+        et.set_rss_indir(self.ifname, exclude_table(self._table_size(size), queues, queue, count))
 
     def _op_rss_indir(self, indir: list[int] | None, context: int = 0) -> None:
         et.set_rss_indir(self.ifname, indir, context)
 
-    def _op_rss_create(self, queue: int, size: int | None) -> int:
-        return et.create_rss_context(self.ifname, [queue] * self._table_size(size))
+    def _op_rss_create(self, queue: int, size: int | None, count: int = 1) -> int:
+        return et.create_rss_context(self.ifname,
+                                     spread_table(self._table_size(size), queue, count))
 
     def _op_rss_delete(self, context: int) -> None:
         et.delete_rss_context(self.ifname, context)
@@ -676,6 +903,7 @@ class Outcome:
     rolled_back: list[str] = field(default_factory=list)    # inverse commands run
     rollback_errors: list[str] = field(default_factory=list)
     record_path: str | None = None
+    fix: str | None = None  # what to do instead, where the driver cannot do a step at all
 
 
 def _describe(exc: BaseException) -> tuple[str, int | None]:
@@ -706,6 +934,9 @@ def _apply_steps(plan: Plan, executor: Executor, record_path: str | None,
     record: dict[str, Any] = {
         "version": 1, "interface": plan.ifname, "queue": plan.queue, "port": plan.port,
         "mode": plan.mode, "flow_type": plan.flow_type, "created": time.time(), "steps": []}
+    if plan.last is not None:
+        record["last"] = plan.last
+        record["flow_types"] = list(plan.flow_types)
     for step in plan.steps:
         if held.caught is not None:
             out.ok = False
@@ -719,6 +950,8 @@ def _apply_steps(plan: Plan, executor: Executor, record_path: str | None,
             out.failed_step = step.title
             out.failed_command = _resolve_text(step.command, results)
             out.error, out.errno = _describe(exc)
+            if out.errno == _errno.EOPNOTSUPP and step.unsupported_fix:
+                out.fix = step.unsupported_fix
             if not isinstance(exc, Exception):
                 interrupt = exc
             break
@@ -786,19 +1019,147 @@ def teardown(record_path: str, executor: Executor) -> Outcome:
 
 
 # --------------------------------------------------------------------------
+# Python API: set up, and tear down, as the CLI does
+# --------------------------------------------------------------------------
+class NicSetupFailed(OSError):
+    """A step of a setup failed; what the setup did is rolled back. ``outcome``
+    has the step, the driver's answer, and what could not be rolled back (left in
+    the state file for ``aiozcrx nic teardown``)."""
+
+    def __init__(self, plan: Plan, outcome: Outcome):
+        self.plan = plan
+        self.outcome = outcome
+        msg = (f"{plan.ifname}: step '{outcome.failed_step}' ({outcome.failed_command}) "
+               f"failed: {outcome.error}")
+        if outcome.fix:
+            msg += f"; {outcome.fix}"
+        if outcome.rollback_errors:
+            msg += (f"; NOT rolled back: {'; '.join(outcome.rollback_errors)} (recorded in "
+                    f"{outcome.record_path}: aiozcrx nic teardown --interface {plan.ifname})")
+        else:
+            msg += "; what was done is rolled back"
+        super().__init__(outcome.errno or _errno.EIO, msg)
+
+
+def queue_range(text: str) -> tuple[int, int]:
+    """``"FIRST-LAST"`` (or one queue, ``"Q"``) as ``(first, last)``; ValueError
+    naming the form otherwise."""
+    first, sep, last = text.strip().partition("-")
+    try:
+        a = int(first)
+        b = int(last) if sep else a
+    except ValueError:
+        raise ValueError(f"queues must be FIRST-LAST, like 0-3 (or one queue, like 5), "
+                         f"got {text!r}") from None
+    if a < 0 or b < a:
+        raise ValueError(f"queues {text!r}: want FIRST-LAST with 0 <= FIRST <= LAST, like 0-3")
+    return a, b
+
+
+def _apply_or_raise(plan: Plan, executor: Executor, path: str) -> Outcome:
+    if not plan.ok:
+        raise refusal(plan)
+    if not plan.steps:
+        return Outcome(ok=True)  # already configured: nothing done, nothing recorded
+    if load_record(path) is not None:
+        raise EarlierSetupError(plan.ifname, [
+            f"{path} records an earlier setup of {plan.ifname}; run `aiozcrx nic teardown "
+            f"--interface {plan.ifname}` (or teardown_interface({plan.ifname!r})) first"])
+    out = apply_plan(plan, executor, path)
+    if not out.ok and out.fix and not out.rollback_errors:
+        # the driver cannot do it at all: the same refusal as one the snapshot shows
+        raise SteeringUnsupportedError(plan.ifname, [
+            f"step '{out.failed_step}' ({out.failed_command}) failed: {out.error}; {out.fix} "
+            f"(what was done is rolled back)"], out)
+    if not out.ok:
+        raise NicSetupFailed(plan, out)
+    return out
+
+
+def setup_queues(ifname: str, first: int, last: int, port: int, *,
+                 flow_types: tuple[str, ...] | list[str] = FLOW_TYPES,
+                 executor: Executor | None = None, record_path: str | None = None) -> Outcome:
+    """What ``aiozcrx nic setup --interface IF --queues FIRST-LAST --port P`` does:
+    header split on, an RSS context over exactly queues first..last, a rule per
+    flow type (tcp4 and tcp6) sending ``port`` to it, the main RSS table kept off
+    those queues; recorded in the state file for :func:`teardown_interface`.
+    Needs CAP_NET_ADMIN; SIGINT/SIGTERM during it roll it back.
+
+    Raises a :class:`NicRefused` subclass when nothing may be done (the message
+    names the fix): :class:`QueueRangeError`, :class:`NoQueueLeftError`,
+    :class:`SteeringUnsupportedError`, :class:`RuleConflictError`,
+    :class:`EarlierSetupError`; :class:`NicSetupFailed` when a step failed (what
+    was done is rolled back). Returns the outcome: ``done`` is empty where the NIC
+    was already configured (nothing is recorded then)."""
+    plan = plan_queues(read_state(ifname), first, last, port, flow_types=flow_types)
+    return _apply_or_raise(plan, executor or KernelExecutor(ifname),
+                           record_path or state_path(ifname))
+
+
+def setup_queue(ifname: str, queue: int, port: int, *, rss_context: bool = False,
+                flow_type: str = "tcp6", executor: Executor | None = None,
+                record_path: str | None = None) -> Outcome:
+    """What ``aiozcrx nic setup --interface IF --queue Q --port P`` does (one flow
+    type to one queue); raises as :func:`setup_queues`."""
+    plan = plan_setup(read_state(ifname), queue, port, rss_context=rss_context,
+                      flow_type=flow_type)
+    return _apply_or_raise(plan, executor or KernelExecutor(ifname),
+                           record_path or state_path(ifname))
+
+
+def recorded_queues(record: dict[str, Any]) -> list[int]:
+    """The zcrx queues a state record's setup steered to."""
+    first = record.get("queue")
+    if not isinstance(first, int):
+        return []
+    last = record.get("last")
+    return list(range(first, (last if isinstance(last, int) else first) + 1))
+
+
+def teardown_interface(ifname: str, *, executor: Executor | None = None,
+                       record_path: str | None = None) -> Outcome:
+    """What ``aiozcrx nic teardown --interface IF`` does: undo the recorded setup
+    (rules, contexts, main table, ntuple, header split, channels: newest first),
+    once the kernel has released the recorded queues. ``ok`` False: what could not
+    be undone stays recorded (``rollback_errors`` says why)."""
+    path = record_path or state_path(ifname)
+    record = load_record(path)
+    if record is None:
+        return Outcome(ok=True, record_path=path)
+    if executor is None:
+        wait_queues_released(ifname, recorded_queues(record))
+        executor = KernelExecutor(ifname)
+    return teardown(path, executor)
+
+
+# --------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------
+def _queue_range_arg(text: str) -> tuple[int, int]:
+    try:
+        return queue_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiozcrx nic",
                                 description="Configure a NIC for io_uring zero-copy receive.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("setup", help="configure IF so that one flow lands on one queue")
+    s = sub.add_parser("setup", help="configure IF so that a port lands on one queue, "
+                                     "or is spread over several")
     s.add_argument("--interface", "-i", required=True)
-    s.add_argument("--queue", "-q", type=int, required=True, help="the zcrx RX queue")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--queue", "-q", type=int, help="the zcrx RX queue (one flow type)")
+    which.add_argument("--queues", type=_queue_range_arg, metavar="FIRST-LAST",
+                       help="spread the port over these zcrx RX queues through an RSS "
+                            "context of their own, tcp4 and tcp6 (e.g. 0-3)")
     s.add_argument("--port", "-p", type=int, required=True, help="destination port of the flow")
     s.add_argument("--rss-context", action="store_true",
-                   help="steer the flow through a dedicated RSS context instead of a queue")
-    s.add_argument("--flow-type", default="tcp6", choices=FLOW_TYPES)
+                   help="steer the flow through a dedicated RSS context instead of a queue "
+                        "(--queues always does)")
+    s.add_argument("--flow-type", choices=FLOW_TYPES,
+                   help="the flow type steered (--queue: default tcp6; --queues: default both)")
     s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     t = sub.add_parser("teardown", help="undo what `nic setup` recorded")
@@ -809,8 +1170,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _print_plan(plan: Plan, file: IO[str] | None = None) -> None:
     file = file or sys.stdout
-    print(f"plan for {plan.ifname}: {plan.flow_type} dst-port {plan.port} -> queue "
-          f"{plan.queue} ({plan.mode})", file=file)
+    if plan.last is None:
+        print(f"plan for {plan.ifname}: {plan.flow_type} dst-port {plan.port} -> queue "
+              f"{plan.queue} ({plan.mode})", file=file)
+    else:
+        print(f"plan for {plan.ifname}: {' and '.join(plan.flow_types)} dst-port {plan.port} "
+              f"-> {plan.label} (an RSS context of their own)", file=file)
     for note in plan.notes:
         print(f"  note: {note}", file=file)
     for prob in plan.problems:
@@ -826,8 +1191,13 @@ def _print_plan(plan: Plan, file: IO[str] | None = None) -> None:
 
 def _setup(args: argparse.Namespace) -> int:
     state = read_state(args.interface)
-    plan = plan_setup(state, args.queue, args.port, rss_context=args.rss_context,
-                      flow_type=args.flow_type)
+    if args.queues is not None:
+        first, last = args.queues
+        plan = plan_queues(state, first, last, args.port,
+                           flow_types=(args.flow_type,) if args.flow_type else FLOW_TYPES)
+    else:
+        plan = plan_setup(state, args.queue, args.port, rss_context=args.rss_context,
+                          flow_type=args.flow_type or "tcp6")
     path = state_path(args.interface)
     result: dict[str, Any] = {"plan": plan.to_dict(), "state_file": path}
     if args.json and (args.dry_run or not plan.ok or not plan.steps):
@@ -867,6 +1237,8 @@ def _setup(args: argparse.Namespace) -> int:
     else:
         print(f"FAILED at step '{out.failed_step}' ({out.failed_command}): {out.error}",
               file=sys.stderr)
+        if out.fix:
+            print(f"  fix: {out.fix}", file=sys.stderr)
         for cmd in out.rolled_back:
             print(f"  rolled back: {cmd}", file=sys.stderr)
         for err in out.rollback_errors:
@@ -882,10 +1254,16 @@ def wait_queue_released(interface: str, queue: int, timeout: float = 5.0) -> Non
     the ring is closed (io_ring_exit_work): wait for a binding that is about to go
     (doctor's own trial, an application that just exited), so that the next step
     does not meet it (EEXIST, or EINVAL turning header split off)."""
+    wait_queues_released(interface, [queue], timeout)
+
+
+def wait_queues_released(interface: str, queues: list[int], timeout: float = 5.0) -> None:
+    """:func:`wait_queue_released` for several queues, one deadline for all."""
+    wanted = set(queues)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while wanted and time.monotonic() < deadline:
         try:
-            if not any(q["type"] == "rx" and q["id"] == queue and q["io_uring"]
+            if not any(q["type"] == "rx" and q["id"] in wanted and q["io_uring"]
                        for q in et.netdev_queues(interface)):
                 return
         except (et.EthtoolError, OSError):
@@ -915,8 +1293,7 @@ def _teardown(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"nothing recorded in {path}")
             continue
-        if isinstance(record.get("queue"), int):
-            wait_queue_released(record["interface"], record["queue"])
+        wait_queues_released(record["interface"], recorded_queues(record))
         out = teardown(path, KernelExecutor(record["interface"]))
         report.append({"interface": record["interface"], **asdict(out)})
         if not args.json:

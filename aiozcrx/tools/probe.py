@@ -1,7 +1,7 @@
 """What this machine's kernel can do, found by asking it (used by `aiozcrx doctor`).
 
-Importing this module loads no compiled code: the core (``aiozcrx._ring`` over
-``aiozcrx._abi`` and ``aiozcrx._leases``) and the engines over it are imported inside
+Importing this module loads no compiled code: the core (``aiozcrx._kernel`` over
+``aiozcrx._abi`` and ``aiozcrx._fastpath``) and the engines over it are imported inside
 the functions that use them. :func:`load_core` says up front whether they load.
 """
 
@@ -11,7 +11,7 @@ import asyncio
 import platform
 from typing import Any
 
-from .doctor import read_int  # doctor stays importable without the compiled core
+from .sysinfo import read_int
 
 
 def load_core() -> None:
@@ -20,29 +20,29 @@ def load_core() -> None:
     Raises ImportError (with the reason) where it cannot be loaded: not built, built
     for another Python, or a shared object that does not link.
     """
-    from .. import _ring, config, engines, receiver  # noqa: F401, PLC0415 - the compiled core
+    from .. import _kernel, config, engines, receiver  # noqa: F401, PLC0415 - the compiled core
 
 
 def kernel_report() -> dict[str, Any]:
     """Kernel release and io_uring/zcrx capabilities, each probed for real."""
-    from .. import _ring  # noqa: PLC0415 - the compiled core, lazily
+    from .. import _kernel  # noqa: PLC0415 - the compiled core, lazily
     from ..errors import errno_name  # noqa: PLC0415
 
     rep: dict[str, Any] = {
         "release": platform.release(),
         "io_uring_disabled": read_int("/proc/sys/kernel/io_uring_disabled"),
         "io_uring": False,
-        "zcrx_query": _ring.query_zcrx(),
+        "zcrx_query": _kernel.query_zcrx(),
         "zcrx_nodev": False,
         "reason": "",
     }
     try:
-        ring = _ring.Ring(cq_entries=64, cqe32=True)
+        ring = _kernel.Ring(cq_entries=64, cqe32=True)
     except OSError as e:
         rep["reason"] = f"io_uring_setup: {errno_name(e.errno or 0)}: {e.strerror}"
         return rep
     rep["io_uring"] = True
-    rep["recv_zc_opcode"] = ring.supports_op(_ring.OP_RECV_ZC)
+    rep["recv_zc_opcode"] = ring.supports_op(_kernel.OP_RECV_ZC)
     ring.close()
     from ..engines.wake import choose_wake, kernel_wake  # noqa: PLC0415
     k = kernel_wake()

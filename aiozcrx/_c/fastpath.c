@@ -1,6 +1,8 @@
 /*
- * aiozcrx._leases: buffers handed to Python as read-only memoryviews, and given
- * back to the kernel when the last view over them is released.
+ * aiozcrx._fastpath: buffers handed to Python as read-only memoryviews, and given
+ * back to the kernel when the last view over them is released; the completion
+ * dispatcher that makes them. Everything done once per completion or per read is
+ * here (the name says so: it was "_leases", which hid the Dispatcher).
  *
  * Four types:
  *   Area       - a memory area receive buffers live in, plus the ring that takes
@@ -27,13 +29,13 @@
  *
  * Source layout (one extension, one translation unit: the files below are
  * #included, not compiled separately, so `static` stays static):
- *   uapi.h     - the io_uring kernel UAPI (shared with the cffi layer, _abi_build.py)
+ *   uapi.h     - the io_uring kernel UAPI (shared with the cffi layer, abi.h)
  *   common.h   - macros, the Area and Lease structs, forward declarations
  *   area.c     - Area
  *   lease.c    - Lease, the lease cache, view reuse
  *   copysink.c - CopySink: bytes for protocols that take no views
  *   dispatch.c - Dispatcher
- *   leases.c   - this file: the module
+ *   fastpath.c - this file: the module
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -63,7 +65,7 @@
  * check the generation where they would touch a ring (Area.publish/recv,
  * Dispatcher.run/pump/on_wake/kick/socket_wake: ProcessForked) or the area (a
  * lease's release: nothing happens). The Python layers check too (Receiver,
- * ZcrxTransport, _ring.Ring), with the same error. docs/security.md says what a
+ * ZcrxTransport, _kernel.Ring), with the same error. docs/security.md says what a
  * child may do. */
 
 static Area *all_areas;         /* every Area alive in this process (see Area_new) */
@@ -103,12 +105,12 @@ at_fork_child(void)
 /* ---------------------------------------------------------------- module */
 
 static struct PyModuleDef leases_module = {
-    PyModuleDef_HEAD_INIT, "aiozcrx._leases",
-    "Buffer exporter, area and completion dispatcher (see aiozcrx/_c/leases.c).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "aiozcrx._fastpath",
+    "Buffer exporter, area and completion dispatcher (see aiozcrx/_c/fastpath.c).", -1, NULL,
 };
 
 PyMODINIT_FUNC
-PyInit__leases(void)
+PyInit__fastpath(void)
 {
     if (PyType_Ready(&AreaType) < 0 || PyType_Ready(&LeaseType) < 0 ||
         PyType_Ready(&DispatcherType) < 0 || PyType_Ready(&CopySinkType) < 0)

@@ -30,7 +30,9 @@ buffer), waiting with ``trio.lowlevel.wait_writable``. Before the transport
 closes a socket, its protocol calls ``trio.lowlevel.notify_closing`` on it, so
 a ``send()`` waiting there wakes up instead of waiting on a closed fd.
 
-This module imports trio; ``aiozcrx.anyio`` imports it only under trio.
+This module imports trio; ``aiozcrx.anyio`` imports it only under trio. It is
+one side of the seam ``aiozcrx/anyio/__init__.py`` describes (``_asyncio.py`` is
+the other).
 """
 
 from __future__ import annotations
@@ -51,14 +53,12 @@ import anyio
 import anyio.abc
 import trio
 
-from .anyio import ZcrxStream, _StreamProtocolBase
-from .server import (_ACCEPT_RETRY_DELAY, _RESOURCE_ERRNOS, _bind_sockets, _check_unsupported,
-                     _OwnedReceiver, _set_nodelay)
+from ..server import (_ACCEPT_RETRY_DELAY, _RESOURCE_ERRNOS, _bind_sockets, _check_unsupported,
+                      RECEIVER_KEYWORDS, _ClosesReceiverWhenIdle, _OwnedReceiver, _set_nodelay)
+from ._streams import StreamProtocolBase, ZcrxListener, ZcrxStream
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
-
-    from .anyio import ZcrxListener
 
 logger = logging.getLogger("aiozcrx")
 
@@ -272,7 +272,7 @@ def in_trio() -> bool:
 
 
 # ----------------------------------------------------------------- streams
-class TrioStreamProtocol(_StreamProtocolBase):
+class TrioStreamProtocol(StreamProtocolBase):
     """The anyio layer's protocol with trio's waits (events, not futures)."""
 
     def __init__(self, read_high: int):
@@ -322,17 +322,13 @@ class TrioZcrxStream(ZcrxStream):
 
     _eof_sent = False
 
-    async def send(self, item: bytes) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if self._sending:
-            raise anyio.BusyResourceError("sending to")
+    def _check_not_after_eof(self) -> None:
         if self._eof_sent:
             raise anyio.ClosedResourceError("send_eof() was called: this side is closed for sending")
+
+    async def send(self, item: bytes) -> None:
+        self._start_send()
         p = self._protocol
-        if p.is_lost() or self._transport.is_closing():
-            raise anyio.BrokenResourceError from p.exc
-        self._sending = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             with memoryview(item) as whole, whole.cast("B") as data:
@@ -374,8 +370,7 @@ class TrioZcrxStream(ZcrxStream):
 
 # Keywords that configure the Receiver of a connection or listener under trio
 # (the other keywords of create_connection/create_server are asyncio's).
-RECEIVER_KW = frozenset({"engine", "interface", "queue", "area_size", "rq_entries", "copy",
-                         "buf_size", "receiver_options"})
+RECEIVER_KW = frozenset({*RECEIVER_KEYWORDS, "receiver_options"})
 
 
 def owned_receiver(kw: dict[str, Any], what: str) -> _OwnedReceiver:
@@ -424,12 +419,11 @@ async def connect_tcp(host: anyio.abc.IPAddressType, port: int,
 async def create_tcp_listener(host: anyio.abc.IPAddressType | None, port: int, backlog: int,
                               reuse_port: bool, read_high: int, kw: dict[str, Any]) -> ZcrxListener:
     """``aiozcrx.anyio.create_tcp_listener`` under trio."""
-    from .anyio import ZcrxListener
     rx = owned_receiver(kw, "create_tcp_listener")
     server = await create_server(lambda: TrioStreamProtocol(read_high),
                                  None if host is None else str(host), port, backlog=backlog,
                                  reuse_port=reuse_port, receiver=rx)
-    return ZcrxListener(server, None)
+    return ZcrxListener(server, server.accept)  # the TrioServer accepts when asked
 
 
 # -------------------------------------------------------------- connecting
@@ -473,7 +467,7 @@ async def connect(host: str, port: int, local_host: str | None = None) -> socket
 
 
 # --------------------------------------------------------------- listening
-class TrioServer:
+class TrioServer(_ClosesReceiverWhenIdle):
     """Listening sockets and the Receiver their connections share, under trio:
     what ``ZcrxServer`` is on asyncio, with ``accept()`` instead of callbacks.
 
@@ -566,18 +560,12 @@ class TrioServer:
             sock.close()
         self._maybe_finish()
 
-    def _maybe_finish(self) -> None:
-        if self._closed and not self._receiver._transports and not self._done.is_set():
-            # a transport calling us is still inside its connection_lost
-            self._loop.call_soon(self._finish)
+    # closing the Receiver when idle: _ClosesReceiverWhenIdle (aiozcrx/server.py)
+    def _done_yet(self) -> bool:
+        return self._done.is_set()
 
-    def _finish(self) -> None:
-        if self._done.is_set() or self._receiver._transports:
-            return
-        try:
-            self._receiver.close()
-        finally:
-            self._done.set()
+    def _set_done(self) -> None:
+        self._done.set()
 
     async def wait_closed(self) -> None:
         await self._done.wait()

@@ -1,10 +1,13 @@
 """The kernel ABI layer: io_uring rings, zcrx registration, provided buffer rings.
 
 This module and the two compiled modules under it (``_abi``: cffi, syscalls and
-structs; ``_leases``: the buffer exporter and the C completion dispatcher) are the
+structs; ``_fastpath``: the buffer exporter and the C completion dispatcher) are the
 only code that sees addresses. Everything above works with the objects defined
 here. Functions return Python values or raise ``OSError`` with the kernel's errno;
 turning an errno into advice is the engines' job (they know the context).
+
+(It was ``_ring.py``, a name that read as a sibling of ``engines/ring.py``, the
+engines' ring mechanics; this is the kernel interface below them.)
 """
 
 from __future__ import annotations
@@ -18,19 +21,20 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Union
 
 from ._abi import ffi, lib
-from ._leases import PUMP_BUDGET as _PUMP_BUDGET
-from ._leases import Area, Dispatcher
+from ._fastpath import PUMP_BUDGET as _PUMP_BUDGET
+from ._fastpath import Area, Dispatcher
 from .errors import process_forked
 
 # -- the compiled objects' types --
-# aiozcrx._leases has no stubs (mypy sees Area and Dispatcher as Any): these
+# aiozcrx._fastpath has no stubs (mypy sees Area and Dispatcher as Any): these
 # Protocols say what the engines call on them (aiozcrx/_c/area.c, dispatch.c), and
 # the functions below that make them return them as these types.
 
-#: what a slot's sink is given: a view over the area, bytes with copy=True
+#: what a sink is given: a view over the area, bytes with copy=True
 Delivery = Union[memoryview, bytes]
-#: a slot's sink (read by the C dispatcher from the slots list), None: dropped
-SlotSink = Union[Callable[[Delivery], object], None]
+#: a connection's sink: called with each delivery (by the C dispatcher, from the
+#: slots list where None means dropped; by the socket engine); the one name for it
+Sink = Callable[[Delivery], object]
 #: one record of the control list: (user_data, res, cqe flags, a sink's exception)
 Control = tuple[int, int, int, Union[BaseException, None]]
 #: the dispatcher's slow path: (completions, control list or None, pump state)
@@ -38,7 +42,7 @@ SlowPath = Callable[[int, Union[list[Control], None], int], object]
 
 
 class AreaLike(Protocol):
-    """aiozcrx._leases.Area: the receive area, its buffers' leases and refills."""
+    """aiozcrx._fastpath.Area: the receive area, its buffers' leases and refills."""
 
     @property
     def outstanding(self) -> int: ...  # buffers held by user space
@@ -75,7 +79,7 @@ class AreaLike(Protocol):
 
 
 class DispatcherLike(Protocol):
-    """aiozcrx._leases.Dispatcher: the C completion dispatcher of one ring."""
+    """aiozcrx._fastpath.Dispatcher: the C completion dispatcher of one ring."""
 
     @property
     def pumping(self) -> bool: ...
@@ -117,33 +121,43 @@ PAGE_SIZE = mmap.PAGESIZE
 # turn (dispatch.c); the engine's slow path counts its rounds against it too.
 PUMP_BUDGET: int = _PUMP_BUDGET
 
-# user_data layout, shared with the C dispatcher (aiozcrx/_c/common.h):
-# bits 0..31 a slot, 32..39 the kind, 40..63 the generation of the connection
-# using the slot when the request was issued (see engines/base.py).
-UD_RECV = 1
-UD_CANCEL = 2
-UD_NOTIF = 3
-UD_NOP = 4
-UD_OVER_SHARE = 5  # made by the C dispatcher: a connection's views hold its share
-UD_EVFD = 6  # the C dispatcher's read of the ring's eventfd (never leaves the dispatcher)
-UD_SOCK_IDLE = 7  # made by the C dispatcher: a connection's socket keeps waking us for nothing
-UD_NOMEM = 8  # made by the C dispatcher: a delivery to the connection failed for want of memory
+# The protocol with the C dispatcher, defined once in aiozcrx/_c/protocol.h and
+# read here from the compiled module. user_data: bits 0..31 a slot, 32..39 the
+# kind, 40..63 the generation of the connection using the slot when the request
+# was issued (see engines/base.py).
+UD_KIND_SHIFT: int = lib.UD_KIND_SHIFT
+UD_KIND_MASK: int = lib.UD_KIND_MASK
+UD_GEN_SHIFT: int = lib.UD_GEN_SHIFT
+UD_GEN_MASK: int = lib.UD_GEN_MASK
+UD_SLOT_MASK: int = lib.UD_SLOT_MASK
+UD_RECV: int = lib.UD_KIND_RECV
+UD_CANCEL: int = lib.UD_KIND_CANCEL
+UD_NOTIF: int = lib.UD_KIND_NOTIF
+UD_NOP: int = lib.UD_KIND_NOP
+UD_OVER_SHARE: int = lib.UD_KIND_OVER_SHARE  # made by the C dispatcher: a connection's views hold its share
+UD_EVFD: int = lib.UD_KIND_EVFD  # the C dispatcher's read of the ring's eventfd (never leaves the dispatcher)
+UD_SOCK_IDLE: int = lib.UD_KIND_SOCK_IDLE  # made by the C dispatcher: a socket keeps waking us for nothing
+UD_NOMEM: int = lib.UD_KIND_NOMEM  # made by the C dispatcher: a delivery failed for want of memory
+# Dispatcher.pump()'s state, as the slow path is told it
+PUMP_IDLE: int = lib.PUMP_IDLE  # the eventfd will tell of new work
+PUMP_PENDING: int = lib.PUMP_PENDING  # work is queued that an enter did not find: look again later
+PUMP_BUSY: int = lib.PUMP_BUSY  # the round limit was reached: continue after the loop's other callbacks
 
 
 def user_data(kind: int, slot: int, gen: int) -> int:
-    return ((gen & 0xFFFFFF) << 40) | (kind << 32) | slot
+    return ((gen & UD_GEN_MASK) << UD_GEN_SHIFT) | (kind << UD_KIND_SHIFT) | slot
 
 
 def ud_kind(ud: int) -> int:
-    return (ud >> 32) & 0xFF
+    return (ud >> UD_KIND_SHIFT) & UD_KIND_MASK
 
 
 def ud_slot(ud: int) -> int:
-    return ud & 0xFFFFFFFF
+    return ud & UD_SLOT_MASK
 
 
 def ud_gen(ud: int) -> int:
-    return (ud >> 40) & 0xFFFFFF
+    return (ud >> UD_GEN_SHIFT) & UD_GEN_MASK
 
 
 CQE_F_MORE = lib.AZX_CQE_F_MORE
@@ -154,6 +168,9 @@ ZCRX_CTRL_FLUSH_RQ = lib.AZX_ZCRX_CTRL_FLUSH_RQ
 ZCRX_CTRL_ARM_NOTIFICATION = lib.AZX_ZCRX_CTRL_ARM_NOTIFICATION
 ZCRX_NOTIF_NO_BUFFERS = lib.AZX_ZCRX_NOTIF_NO_BUFFERS
 ZCRX_NOTIF_COPY = lib.AZX_ZCRX_NOTIF_COPY
+# a notification CQE's res (7.2): which event, a type, not a mask
+ZCRX_EVENT_ALLOC_FAIL = lib.AZX_ZCRX_EVENT_ALLOC_FAIL
+ZCRX_EVENT_COPY = lib.AZX_ZCRX_EVENT_COPY
 OP_RECV_ZC = lib.AZX_OP_RECV_ZC
 OP_RECV = lib.AZX_OP_RECV
 OP_READ = lib.AZX_OP_READ
@@ -273,7 +290,7 @@ class Ring:
     def supports_op(self, op: int) -> bool:
         return bool(lib.azx_probe_op(self._r, op) == 1)
 
-    def dispatcher(self, area: AreaLike, slots: list[SlotSink], *, copy: bool,
+    def dispatcher(self, area: AreaLike, slots: list[Sink | None], *, copy: bool,
                    user: int = 0) -> DispatcherLike:
         """The C completion dispatcher for this ring (see ``Dispatcher.on_wake``),
         delivering for area user ``user`` (see ``AreaLike``)."""
@@ -343,7 +360,7 @@ DONTFORK = "madvise(MADV_DONTFORK)"
 
 
 def dontfork(m: AreaMapping) -> None:
-    """Keeps memory the kernel pins out of fork()ed children (see _abi_build.py)."""
+    """Keeps memory the kernel pins out of fork()ed children (see aiozcrx/_c/memory.c)."""
     _check(lib.azx_dontfork(m.addr, m.length), DONTFORK)
 
 

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of aiozcrx._leases' entry points (run by
+"""Hypothesis fuzzing of aiozcrx._fastpath' entry points (run by
 tests/test_security.py::test_fuzz_the_c_types, in a subprocess: a crash is a
 failure, not the end of the test run).
 
@@ -12,7 +12,7 @@ failure, not the end of the test run).
 - ``test_area_calls``: Area's per-user, per-slot calls with any numbers, users
   added and closed in any order: only Python exceptions, never a crash.
 
-``python tests/fuzz_leases.py [examples]``; exit status 0 when all held.
+``python tests/fuzz_fastpath.py [examples]``; exit status 0 when all held.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from fakering import F_MORE, PAGE, FakeZcrx, user_data
 
-from aiozcrx import _ring
+from aiozcrx import _kernel
 
 NPAGES = 16
 SLOTS = 4
-UD_RECV, UD_CANCEL, UD_NOP = 1, 2, 4
+UD_RECV, UD_CANCEL, UD_NOP = _kernel.UD_RECV, _kernel.UD_CANCEL, _kernel.UD_NOP
 
 
 class DispatchMachine(RuleBasedStateMachine):
@@ -67,7 +67,7 @@ class DispatchMachine(RuleBasedStateMachine):
         self.z.post(user_data(slot, gen, kind), length, F_MORE if more else 0, page * PAGE)
         if kind == UD_RECV and not more:
             self.ends_posted += 1
-        if kind not in (UD_RECV, UD_CANCEL, 3, UD_NOP):
+        if kind not in (UD_RECV, UD_CANCEL, _kernel.UD_NOTIF, UD_NOP):
             self.unknown_posted += 1
 
     @precondition(lambda self: self.z.queued_cqes() < 60)
@@ -139,7 +139,7 @@ AREA_CALLS = st.lists(st.tuples(
 
 @given(AREA_CALLS)
 def test_area_calls(calls):
-    area = _ring.new_area(_ring.map_area(4 * PAGE), PAGE)
+    area = _kernel.new_area(_kernel.map_area(4 * PAGE), PAGE)
     area.setup_pool()
     for name, args in calls:
         # no real fd: a wake-up would write it

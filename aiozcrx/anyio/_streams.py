@@ -1,76 +1,35 @@
-"""anyio byte streams over aiozcrx, on anyio's asyncio backend (stock loop or
-uvloop) and on its trio backend.
-
-    stream = await aiozcrx.anyio.connect_tcp("127.0.0.1", 8000)
-    data = await stream.receive()            # bytes, like any anyio ByteStream
-
-    listener = await aiozcrx.anyio.create_tcp_listener(local_port=8000)
-    await listener.serve(handler)            # handler(stream)
-
-``ZcrxStream`` is an ``anyio.abc.SocketStream`` (so ``SocketAttribute`` extras
-work). Zero copy: ``await stream.receive_view(max_bytes)`` returns a read-only
-memoryview straight over the receive area; the buffer behind it goes back to the
-kernel only when the view is released (``view.release()`` or ``with view:``), so
-release views promptly: views held unreleased stop receiving once the Receiver's
-area is used up. ``receive()`` copies and releases for you.
-
-Under trio the same engines, Receiver and transports run over a small adapter
-(``aiozcrx._trio.TrioLoop``): the engine's wake-up fd (the ring's eventfd, or
-the socket engine's epoll fd) is waited on with ``trio.lowlevel.wait_readable``
-in a system task, and loop callbacks run in another. ``send()`` writes straight
-to the socket, waiting with ``trio.lowlevel.wait_writable`` when it is full.
-What differs from asyncio: ``receiver=`` (a Receiver of yours shared by
-connections) is asyncio only, and ``ZcrxListener.accept()`` raises
-``anyio.ClosedResourceError`` once the listener is closed. Exceptions from
-callbacks are logged (logger ``aiozcrx``), as asyncio's default handler does.
+"""What both backends of aiozcrx.anyio share: the stream protocol's queue and
+flow control (its waits are the backends'), ``ZcrxStream`` and ``ZcrxListener``.
+Below both backends (``_asyncio.py``, ``_trio.py``); imports neither.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import socket
-import sys
 from asyncio import trsock
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, cast
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .server import _check_unsupported, ZcrxServer, create_connection, create_server
-from .transport import ZcrxTransport
+from ..server import _check_unsupported
+from ..transport import ZcrxTransport
 
 if TYPE_CHECKING:
-    from ._trio import TrioServer
+    from ..receiver import Receiver
 
-__all__ = ["ZcrxListener", "ZcrxStream", "connect_tcp", "create_tcp_listener"]
-
-_DEFAULT_READ_HIGH = 256 * 1024     # bytes held before reading is paused
+DEFAULT_READ_HIGH = 256 * 1024     # bytes held before reading is paused
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, or None under trio."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        from . import _trio
-        if _trio.in_trio():
-            return None
-    raise RuntimeError("aiozcrx.anyio needs a running event loop: call it from "
-                       "anyio.run(..., backend='asyncio') or backend='trio'")
-
-
-class _StreamProtocolBase(asyncio.Protocol):
+class StreamProtocolBase(asyncio.Protocol):
     """Queues the views it is given (no copy) with read flow control; tracks write
     flow control and the connection's end. The waits are the subclasses':
-    asyncio's futures (``_StreamProtocol``) or trio's events
-    (``aiozcrx._trio.TrioStreamProtocol``)."""
+    asyncio's futures (``_asyncio.StreamProtocol``) or trio's events
+    (``_trio.TrioStreamProtocol``)."""
 
-    def __init__(self, read_high: int = _DEFAULT_READ_HIGH):
+    def __init__(self, read_high: int = DEFAULT_READ_HIGH):
         self.transport: ZcrxTransport | None = None
         self.chunks: collections.deque[memoryview] = collections.deque()
         self.buffered = 0
@@ -133,7 +92,7 @@ class _StreamProtocolBase(asyncio.Protocol):
             self.chunks.popleft().release()
         self.buffered = 0
 
-    # the waits: asyncio's in _StreamProtocol, trio's in aiozcrx._trio.TrioStreamProtocol
+    # the waits: asyncio's in _asyncio.StreamProtocol, trio's in _trio.TrioStreamProtocol
     def is_lost(self) -> bool:
         """Whether connection_lost has run."""
         raise NotImplementedError
@@ -163,55 +122,10 @@ class _StreamProtocolBase(asyncio.Protocol):
         raise NotImplementedError
 
 
-class _StreamProtocol(_StreamProtocolBase):
-    """``_StreamProtocolBase`` with asyncio's waits (futures)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_high: int = _DEFAULT_READ_HIGH):
-        super().__init__(read_high)
-        self._loop = loop
-        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain_waiters: list[asyncio.Future[None]] = []
-
-    def is_lost(self) -> bool:
-        return self.lost.done()
-
-    async def wait_lost(self) -> None:
-        await asyncio.shield(self.lost)
-
-    def _set_lost(self, exc: BaseException | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-    def _wake(self) -> None:
-        w, self._waiter = self._waiter, None
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def wait_data(self) -> None:
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    async def drain(self) -> None:
-        while self._write_paused and not self.is_lost():
-            w: asyncio.Future[None] = self._loop.create_future()
-            self._drain_waiters.append(w)
-            await w
-
-    def _release_drains(self) -> None:
-        for w in self._drain_waiters:
-            if not w.done():
-                w.set_result(None)
-        self._drain_waiters.clear()
-
-
 class ZcrxStream(anyio.abc.SocketStream):
     """An anyio ``SocketStream`` whose receive side is a ZcrxTransport."""
 
-    def __init__(self, transport: ZcrxTransport, protocol: _StreamProtocolBase):
+    def __init__(self, transport: ZcrxTransport, protocol: StreamProtocolBase):
         self._transport = transport
         self._protocol = protocol
         self._closed = False
@@ -292,15 +206,25 @@ class ZcrxStream(anyio.abc.SocketStream):
         return self._take(max_bytes)
 
     # ------------------------------------------------------------------- send
-    async def send(self, item: bytes) -> None:
+    def _start_send(self) -> None:
+        """What every backend's ``send()`` checks before it writes (closed, busy,
+        after ``send_eof``, broken); then it is sending."""
         if self._closed:
             raise anyio.ClosedResourceError
         if self._sending:
             raise anyio.BusyResourceError("sending to")
+        self._check_not_after_eof()
         p = self._protocol
         if p.is_lost() or self._transport.is_closing():
             raise anyio.BrokenResourceError from p.exc
         self._sending = True
+
+    def _check_not_after_eof(self) -> None:
+        """Here the transport's ``write()`` refuses after ``write_eof()`` (send() says so)."""
+
+    async def send(self, item: bytes) -> None:
+        self._start_send()
+        p = self._protocol
         try:
             try:
                 self._transport.write(item)
@@ -344,33 +268,16 @@ class ZcrxStream(anyio.abc.SocketStream):
                 pass
 
 
-def _refuse_ssl(kw: dict[str, Any]) -> None:
-    # anyio layers TLS over any byte stream (anyio.streams.tls.TLSStream/TLSListener),
-    # so this layer offers none of its own, on every backend: an ssl= passed on to
-    # aiozcrx.create_server would give a TLS transport under a protocol written for
-    # plain bytes (its eof_received return value, its views) on asyncio only
-    if "ssl" in kw:
-        _check_unsupported(kw.pop("ssl") or True, {}, ())
+class ListenerServer(Protocol):
+    """What a ``ZcrxListener`` needs of its backend's server: ``aiozcrx.ZcrxServer``
+    on asyncio, ``_trio.TrioServer`` under trio."""
 
-
-async def connect_tcp(remote_host: anyio.abc.IPAddressType, remote_port: int, *,
-                      local_host: anyio.abc.IPAddressType | None = None,
-                      read_high: int = _DEFAULT_READ_HIGH, **kw: Any) -> ZcrxStream:
-    """Like ``anyio.connect_tcp`` (no TLS). Keywords go to
-    ``aiozcrx.server.create_connection`` (``engine=``, ``receiver=``...; under
-    trio the Receiver's options only: ``engine=``, ``area_size=``,
-    ``receiver_options=``...); ``read_high``: bytes buffered before reading pauses."""
-    _refuse_ssl(kw)
-    loop = _running_loop()
-    if loop is None:
-        from . import _trio
-        return await _trio.connect_tcp(remote_host, remote_port, local_host, read_high, kw)
-    if local_host is not None:
-        kw["local_addr"] = (local_host, 0)
-    proto = _StreamProtocol(loop, read_high)
-    transport, _ = await create_connection(lambda: proto, str(remote_host), remote_port, **kw)
-    # no ssl= here: create_connection returns the ZcrxTransport itself
-    return ZcrxStream(cast(ZcrxTransport, transport), proto)
+    @property
+    def receiver(self) -> Receiver: ...
+    @property
+    def sockets(self) -> tuple[trsock.TransportSocket, ...]: ...
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
 
 
 class ZcrxListener(anyio.abc.SocketListener):
@@ -378,16 +285,18 @@ class ZcrxListener(anyio.abc.SocketListener):
     ``serve(handler)`` give ``ZcrxStream`` objects. With several listening sockets
     (host None: IPv4 and IPv6), socket extras describe the first."""
 
-    def __init__(self, server: ZcrxServer | TrioServer, queue: asyncio.Queue[ZcrxStream] | None):
-        # under trio: server is an aiozcrx._trio.TrioServer, queue None (it accepts
-        # when asked)
+    def __init__(self, server: ListenerServer, next_stream: Callable[[], Awaitable[ZcrxStream]],
+                 queue: asyncio.Queue[ZcrxStream] | None = None):
+        # next_stream: the next accepted stream (asyncio: from queue, where the
+        # server's accepts put them; trio: the TrioServer accepts when asked)
         self._server = server
+        self._next_stream = next_stream
         self._queue = queue
         self._sock: trsock.TransportSocket = server.sockets[0]
         self._closed = False
 
     @property
-    def server(self) -> ZcrxServer | TrioServer:
+    def server(self) -> ListenerServer:
         """The ``ZcrxServer`` (under trio, an object with the same ``receiver``,
         ``sockets``, ``close()`` and ``wait_closed()``)."""
         return self._server
@@ -400,11 +309,7 @@ class ZcrxListener(anyio.abc.SocketListener):
     async def accept(self) -> ZcrxStream:
         if self._closed:
             raise anyio.ClosedResourceError
-        if self._queue is None:
-            server = self._server
-            assert not isinstance(server, ZcrxServer)  # no queue: the TrioServer accepts when asked
-            return await server.accept()
-        return await self._queue.get()
+        return await self._next_stream()
 
     async def aclose(self) -> None:
         """Stops listening; aborts connections accepted but not handed out.
@@ -426,27 +331,10 @@ class ZcrxListener(anyio.abc.SocketListener):
         await self._server.wait_closed()
 
 
-async def create_tcp_listener(local_host: anyio.abc.IPAddressType | None = None,
-                              local_port: int = 0, *, backlog: int = 65536,
-                              reuse_port: bool = False, read_high: int = _DEFAULT_READ_HIGH,
-                              **kw: Any) -> ZcrxListener:
-    """Like ``anyio.create_tcp_listener``. Keywords go to
-    ``aiozcrx.server.create_server`` (``engine=``, ``copy=``...; under trio the
-    Receiver's options only)."""
-    _refuse_ssl(kw)
-    loop = _running_loop()
-    if loop is None:
-        from . import _trio
-        return await _trio.create_tcp_listener(local_host, local_port, min(backlog, 65536),
-                                               reuse_port, read_high, kw)
-    queue: asyncio.Queue[ZcrxStream] = asyncio.Queue()
-
-    def factory() -> _StreamProtocol:
-        p = _StreamProtocol(loop, read_high)
-        p.on_made = lambda transport: queue.put_nowait(ZcrxStream(transport, p))
-        return p
-
-    server = await create_server(factory, None if local_host is None else str(local_host),
-                                 local_port, backlog=min(backlog, 65536), reuse_port=reuse_port,
-                                 **kw)
-    return ZcrxListener(server, queue)
+def refuse_ssl(kw: dict[str, Any]) -> None:
+    # anyio layers TLS over any byte stream (anyio.streams.tls.TLSStream/TLSListener),
+    # so this layer offers none of its own, on every backend: an ssl= passed on to
+    # aiozcrx.create_server would give a TLS transport under a protocol written for
+    # plain bytes (its eof_received return value, its views) on asyncio only
+    if "ssl" in kw:
+        _check_unsupported(kw.pop("ssl") or True, {}, ())
