@@ -29,6 +29,7 @@ __all__ = [
     "ViewProtocol",
     "ZcrxTransport",
     "ZcrxServer",
+    "ZcrxBufferSizeRefused",
     "ZcrxDeviceRemoved",
     "ZcrxUnavailable",
     "create_connection",
@@ -49,6 +50,7 @@ _LAZY = {
     "UringUnavailable": "errors",
     "ZcrxUnavailable": "errors",
     "ZcrxDeviceRemoved": "errors",
+    "ZcrxBufferSizeRefused": "errors",
     "Receiver": "receiver",
     "ZcrxServer": "server",
     "create_connection": "server",
@@ -65,7 +67,7 @@ _LAZY = {
 if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
     from .config import ENGINES
     from .errors import (AiozcrxError, EngineUnavailable, ProcessForked, UringUnavailable,
-                         ZcrxDeviceRemoved, ZcrxUnavailable)
+                         ZcrxBufferSizeRefused, ZcrxDeviceRemoved, ZcrxUnavailable)
     from .receiver import Receiver
     from .server import ZcrxServer, create_connection, create_server
     from .streams import open_connection, start_server

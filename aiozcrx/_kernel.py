@@ -12,9 +12,11 @@ engines' ring mechanics; this is the kernel interface below them.)
 
 from __future__ import annotations
 
+import bisect
 import errno
 import mmap
 import os
+import struct
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Union
 
@@ -53,8 +55,10 @@ class AreaLike(Protocol):
 
     def own_mapping(self, addr: int, length: int, /) -> None: ...
     def setup_zcrx(self, rq_head: int, rq_tail: int, rq_rqes: int, rq_entries: int,
-                   rq_area_token: int, zcrx_id: int, ring_fd: int, nodev: bool, /) -> None: ...
+                   rq_area_token: int, zcrx_id: int, ring_fd: int, nodev: bool,
+                   buf_size: int = ..., /) -> None: ...
     def setup_pbuf(self, addr: int, entries: int, window: int, incremental: bool = ..., /) -> None: ...
+    def advise_hugepages(self) -> int: ...
     def setup_pool(self) -> None: ...
     def publish(self, force: bool = ..., /) -> None: ...
     # a view (for user 0's connection); b"" at EOF; False: every pooled buffer is
@@ -160,6 +164,8 @@ def ud_gen(ud: int) -> int:
 
 CQE_F_MORE = lib.AZX_CQE_F_MORE
 ZCRX_REG_NODEV = lib.AZX_ZCRX_REG_NODEV
+#: io_uring_query_zcrx.features: the kernel takes rx_buf_len (7.0+)
+ZCRX_FEATURE_RX_PAGE_SIZE = 1 << 0
 ZCRX_CTRL_FLUSH_RQ = lib.AZX_ZCRX_CTRL_FLUSH_RQ
 ZCRX_CTRL_ARM_NOTIFICATION = lib.AZX_ZCRX_CTRL_ARM_NOTIFICATION
 ZCRX_NOTIF_NO_BUFFERS = lib.AZX_ZCRX_NOTIF_NO_BUFFERS
@@ -473,9 +479,12 @@ def register_zcrx(ring: Ring, area: AreaLike, mapping: AreaMapping, *, if_idx: i
                                 notif_ud, notif_mask, 1 if stats else 0, out)
     _check(ret, DONTFORK + " of the refill region" if out.dontfork_failed else "IORING_REGISTER_ZCRX_IFQ")
     area.own_mapping(int(out.region_addr), int(out.region_len))
+    # the kernel writes back the buffer size it used (7.0+; 0 before: the page
+    # size): one buffer per completion, what the area counts and returns
+    granted = int(out.rx_buf_len) or PAGE_SIZE
     area.setup_zcrx(int(out.rq_head), int(out.rq_tail), int(out.rq_rqes), int(out.rq_entries),
-                    int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev)
-    return ZcrxInfo(int(out.zcrx_id), int(out.rq_entries), int(out.rx_buf_len),
+                    int(out.rq_area_token), int(out.zcrx_id), ring.fd, nodev, granted)
+    return ZcrxInfo(int(out.zcrx_id), int(out.rq_entries), granted,
                     int(out.rq_area_token), nodev,
                     ZcrxStats(area, int(out.stats)) if out.stats else None)
 
@@ -510,7 +519,87 @@ def query_zcrx() -> dict[str, int] | None:
         "rq_hdr_alignment": int(out.rq_hdr_alignment),
         "nodev": bool(out.register_flags & ZCRX_REG_NODEV),
         "notifications": bool(out.features & lib.AZX_ZCRX_FEATURE_NOTIFICATION),
+        "rx_buf_len": bool(out.features & ZCRX_FEATURE_RX_PAGE_SIZE),
     }
+
+
+def _pfns(addr: int, length: int) -> list[int] | None:
+    """The page frame number of each page of [addr, addr+length) from
+    /proc/self/pagemap; None where it shows none (no CAP_SYS_ADMIN) or a page is
+    not present."""
+    first, count = addr // PAGE_SIZE, length // PAGE_SIZE
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(first * 8)
+            raw = f.read(count * 8)
+    except OSError:
+        return None
+    if len(raw) != count * 8:
+        return None
+    pfn_mask, present = (1 << 55) - 1, 1 << 63
+    out = []
+    for (entry,) in struct.iter_unpack("<Q", raw):
+        if not entry & present or not entry & pfn_mask:
+            return None
+        out.append(entry & pfn_mask)
+    return out
+
+
+def map_area_contiguous(length: int, unit: int) -> tuple[AreaMapping, str]:
+    """Anonymous memory for a zcrx area whose buffers of ``unit`` bytes each lie
+    in one physically contiguous run (what rx_buf_len needs), where the kernel has
+    no huge pages (User-Mode Linux): maps twice ``length`` and 16 MiB more (what the
+    per-CPU lists may hold scattered comes first), faults it in in order
+    (the page allocator then hands out runs, after whatever scattered pages its
+    per-CPU lists held), reads the frames from /proc/self/pagemap and keeps the
+    first ``length`` bytes in which every break between runs falls on a ``unit``
+    boundary; the rest is unmapped. Returns the mapping and how it was found
+    ("window at +N", or why the plain first ``length`` bytes were kept)."""
+    m = map_area(2 * length + (16 << 20))
+    view = ffi.buffer(ffi.cast("char *", m.addr), m.length)
+    for off in range(0, m.length, PAGE_SIZE):
+        view[off:off + 1] = b"\0"  # one write per page, in order
+    pfns = _pfns(m.addr, m.length)
+    start, how = 0, "no page frame numbers (needs CAP_SYS_ADMIN): the first bytes kept"
+    if pfns is not None:
+        n, per = length // PAGE_SIZE, unit // PAGE_SIZE
+        breaks = [i for i in range(1, len(pfns)) if pfns[i] != pfns[i - 1] + 1]
+        how = "no window with every break on a buffer boundary: the first bytes kept"
+        for cand in [0, *breaks]:
+            if cand + n > len(pfns):
+                break
+            lo = bisect.bisect_right(breaks, cand)
+            hi = bisect.bisect_left(breaks, cand + n)
+            if all((b - cand) % per == 0 for b in breaks[lo:hi]):
+                start, how = cand, f"window at +{cand * PAGE_SIZE}"
+                break
+    keep = AreaMapping(m.addr + start * PAGE_SIZE, length)
+    if start:
+        unmap(AreaMapping(m.addr, start * PAGE_SIZE))
+    tail = m.addr + m.length - (keep.addr + length)
+    if tail:
+        unmap(AreaMapping(keep.addr + length, tail))
+    return keep, how
+
+
+def area_contiguity(m: AreaMapping) -> int | None:
+    """The largest buffer size (a power of two, bytes) that every physically
+    contiguous run of the mapping's pages is a multiple of: what the kernel asks
+    of a zcrx area's DMA segments for ``rx_buf_len`` (io_area_max_shift, 7.0+;
+    an IOMMU can merge runs into longer segments, never split them). None where
+    /proc/self/pagemap shows no page frame numbers (they need CAP_SYS_ADMIN) or a
+    page is not present."""
+    pfns = _pfns(m.addr, m.length)
+    if not pfns:
+        return None
+    largest, run = 1 << 62, 1
+    for prev, pfn in zip(pfns, pfns[1:]):
+        if pfn == prev + 1:
+            run += 1
+        else:
+            largest = min(largest, (run & -run) * PAGE_SIZE)
+            run = 1
+    return min(largest, (run & -run) * PAGE_SIZE)
 
 
 def register_pbuf_ring(ring: Ring, area: AreaLike, *, bgid: int, window: int, incremental: bool = True) -> bool:

@@ -67,6 +67,13 @@ MAX_BUFFERS = 32768             # a provided buffer ring holds at most 2**15 buf
 MAX_BUF_SIZE = 1 << 30          # a completion's byte count is a signed 32-bit int
 MIN_CQ_ENTRIES = 8
 MAX_CQ_ENTRIES = 65536
+#: the largest zcrx receive buffer asked for (``rx_buf_len``): the refill path
+#: keeps a returned length in 20 bits; drivers take far less (bnxt 32 KiB)
+MAX_RX_BUF_LEN = 512 * 1024
+#: where ``rx_buf_len="auto"`` starts: one TSO/GRO packet is at most 64 KiB and
+#: each packet starts a buffer of its own, so larger buffers would not mean
+#: fewer completions
+AUTO_RX_BUF_LEN = 64 * 1024
 
 
 def is_pow2(n: int) -> bool:
@@ -123,6 +130,9 @@ class Config:
     wake: str = "auto"
     over_share: str = "copy"
     max_view: int = DEFAULT_MAX_VIEW
+    # zcrx receive buffer size: None (the page size, what every kernel and
+    # driver takes), a power of two in bytes, or "auto"
+    rx_buf_len: int | str | None = None
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -225,6 +235,8 @@ class Config:
             raise ValueError(f"max_view must be between 0 (up to the page size: every completion its own view) and "
                              f"{MAX_VIEW_LIMIT} bytes, got {max_view!r}")
 
+        self._check_rx_buf_len(area_size)
+
         if self.max_held is not None:
             max_held = _int("max_held", self.max_held)
             if self.area_size is None and self.engine == "zcrx":
@@ -258,6 +270,23 @@ class Config:
         if self.engine == "zcrx" and not shared and (interface is None or self.queue is None):
             raise ValueError("engine='zcrx' needs interface= and queue= (the NIC queue flows are steered to)")
         return self
+
+    def _check_rx_buf_len(self, area_size: int) -> None:
+        value = self.rx_buf_len
+        if value is None or value == "auto":
+            pass
+        elif isinstance(value, str):
+            raise ValueError(f"rx_buf_len must be 'auto' or a size in bytes, got {value!r}")
+        else:
+            n = _int("rx_buf_len", value)
+            if not is_pow2(n) or not PAGE_SIZE <= n <= MAX_RX_BUF_LEN:
+                raise ValueError(f"rx_buf_len must be a power of two between the page size ({PAGE_SIZE}) "
+                                 f"and {MAX_RX_BUF_LEN} bytes, or 'auto'; got {n!r}")
+            if area_size % n:
+                raise ValueError(f"area_size ({area_size}) must be a multiple of rx_buf_len ({n})")
+        if value is not None and self.engine in ("uring", "socket"):
+            raise ValueError(f"rx_buf_len is the zcrx engines' buffer size; engine {self.engine!r} "
+                             "takes buf_size= instead")
 
     def nic_problem(self) -> str | None:
         """Why ``interface``/``queue`` name no NIC queue on this machine (an unknown

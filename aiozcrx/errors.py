@@ -47,6 +47,34 @@ class ZcrxUnavailable(EngineUnavailable):
     """The zcrx engines ("zcrx", "zcrx-copy") cannot register here."""
 
 
+class ZcrxBufferSizeRefused(ZcrxUnavailable):
+    """The zcrx receive buffer size asked for (``Receiver(rx_buf_len=...)``) was
+    refused. ``rx_buf_len`` is the size asked for; ``refused_by`` says by what:
+
+    - ``"kernel"``: the kernel has no ``rx_buf_len`` (needs Linux 7.0+);
+    - ``"nodev"``: engine "zcrx-copy" (ZCRX_REG_NODEV) takes only the page size
+      (EOPNOTSUPP);
+    - ``"area"``: the area's memory is not physically contiguous in runs of that
+      size (ERANGE); ``contiguous`` is the largest size its runs allow, as read
+      from /proc/self/pagemap (None where that cannot be read). Back the area
+      with huge pages (``hugepages=True``), ask for at most ``contiguous``, or
+      use ``rx_buf_len="auto"``;
+    - ``"driver"``: the NIC's driver does not take it: no queue config for the
+      buffer size (EOPNOTSUPP), or a size outside its range (ERANGE/EINVAL);
+    - ``"unknown"``: ERANGE where the area's layout could not be read (no
+      CAP_SYS_ADMIN for /proc/self/pagemap): the area or the driver's range.
+
+    ``errno`` is the kernel's.
+    """
+
+    def __init__(self, engine: str, err: int, cause: str, fix: str = "", *,
+                 rx_buf_len: int, refused_by: str, contiguous: int | None = None) -> None:
+        self.rx_buf_len = rx_buf_len
+        self.refused_by = refused_by
+        self.contiguous = contiguous
+        super().__init__(engine, err, cause, fix)
+
+
 class ZcrxDeviceRemoved(ZcrxUnavailable, ConnectionAbortedError):
     """The network interface of a zcrx Receiver's queue went away while the queue
     was bound (device unplugged or deleted, driver unbound, moved to another

@@ -61,7 +61,7 @@ def _shared_config(config: Config, source: "_engines.ZcrxEngine") -> Config:
     if source.name == "zcrx":
         config = config.replace(interface=_same("interface", config.interface, theirs.interface, theirs),
                                 queue=_same("queue", config.queue, theirs.queue, theirs))
-    for name in ("area_size", "rq_entries"):
+    for name in ("area_size", "rq_entries", "rx_buf_len"):
         mine, other = getattr(config, name), getattr(theirs, name)
         if mine is not None and mine != other:
             raise ValueError(
@@ -69,7 +69,7 @@ def _shared_config(config: Config, source: "_engines.ZcrxEngine") -> Config:
                 f"given here: area and refill ring are the other Receiver's; leave out {name}=")
     area = theirs.area_size
     assert area is not None  # an engine's settings have every size given (Config.for_engine)
-    config = config.replace(area_size=area, rq_entries=theirs.rq_entries)
+    config = config.replace(area_size=area, rq_entries=theirs.rq_entries, rx_buf_len=theirs.rx_buf_len)
     if config.max_held is not None and config.max_held > area:
         raise ValueError(f"max_held must be between 1 and area_size ({area}) bytes (the area "
                          f"of the Receiver shared), got {config.max_held!r}")
@@ -118,6 +118,15 @@ class Receiver:
     ``stats()["wake_reason"]`` say which one runs and why; ``AIOZCRX_WAKE`` in
     the environment forces one where this is ``"auto"`` (docs/concepts.md,
     "Wake-ups").
+    ``rx_buf_len``: the size of each zcrx receive buffer (one completion, one
+    view at most), Linux 7.0+: a power of two in bytes, or ``"auto"`` (the
+    largest the NIC queue and the area take, from 64 KiB down, else the page
+    size, with the reason in ``fallback_reason`` and ``stats()``). Default: the
+    page size, which every kernel and driver takes. Larger buffers need a driver
+    that takes them (bnxt; the guest's simulated NIC) and an area whose memory is
+    physically contiguous in runs of that size (``hugepages=True`` on a real
+    host); refusals raise ``ZcrxBufferSizeRefused`` naming which. ``stats()``
+    has ``rx_buf_len`` (granted) and ``rx_buf_len_requested``.
     ``share_with``: another open zcrx Receiver whose instance this one imports into
     a ring of its own (export/import, 6.19+); the area stays the other's. Its
     engine must be the other's; with engine "zcrx" the interface and queue are the
@@ -134,7 +143,8 @@ class Receiver:
                  kernel_region: bool = False, cq_entries: int = DEFAULT_CQ_ENTRIES,
                  notifications: bool = True, views: str = "always", max_held: int | None = None,
                  share_with: "Receiver | None" = None, wake: str = "auto",
-                 over_share: str = "copy", max_view: int = DEFAULT_MAX_VIEW):
+                 over_share: str = "copy", max_view: int = DEFAULT_MAX_VIEW,
+                 rx_buf_len: int | str | None = None):
         # every argument is checked here, before any kernel object exists
         if share_with is not None:
             if not isinstance(share_with, Receiver):
@@ -152,7 +162,7 @@ class Receiver:
             rq_entries=rq_entries, copy=copy, buf_size=buf_size, hugepages=hugepages,
             kernel_region=kernel_region, cq_entries=cq_entries, notifications=notifications,
             views=views, max_held=max_held, wake=wake, over_share=over_share,
-            max_view=max_view,
+            max_view=max_view, rx_buf_len=rx_buf_len,
         ).validate(shared=share_with is not None)
         self._share_with = share_with
         self._engine: _engines.Engine | None = None
@@ -383,6 +393,9 @@ class Receiver:
         the engine wakes on its sockets instead, that is said too ("wake: socket:
         this kernel signals the ring's eventfd late ..."; see ``wake``)."""
         parts = [f"{name}: {why}" for name, ok, why in self.engines_tried if not ok]
+        rx_buf = getattr(self._engine, "stats", {}).get("rx_buf_len_fallback")
+        if rx_buf:
+            parts.append(f"rx_buf_len: {rx_buf}")
         wake = getattr(self._engine, "wake", None)
         if wake == "socket" and getattr(self._engine, "wake_forced_by_kernel", False):
             parts.append(f"wake: socket: {getattr(self._engine, 'wake_reason', '')}")

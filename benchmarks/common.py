@@ -29,6 +29,10 @@ VARIANTS = [
     # a NIC queue (--nic: the simulated NIC of the guest tier)
     ("aiozcrx-zcrx-uvloop", "aiozcrx zcrx (NIC queue), uvloop", "uvloop", "aiozcrx", "zcrx"),
     ("aiozcrx-zcrx-asyncio", "aiozcrx zcrx (NIC queue), asyncio", "asyncio", "aiozcrx", "zcrx"),
+    # large receive buffers on the NIC queue (Receiver(rx_buf_len=...), 7.0+; run.py RX_BUF_LEN)
+    ("aiozcrx-zcrx-16k-uvloop", "aiozcrx zcrx rx_buf_len 16 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
+    ("aiozcrx-zcrx-32k-uvloop", "aiozcrx zcrx rx_buf_len 32 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
+    ("aiozcrx-zcrx-64k-uvloop", "aiozcrx zcrx rx_buf_len 64 KiB, uvloop", "uvloop", "aiozcrx", "zcrx"),
 ]
 # Measurements of one option, not in the default set (`--only` names them; guest.py --merged):
 # merged views off (max_view=4096: one view per completion) and the refill ring

@@ -23,6 +23,11 @@ Then, with ``tests/uml/run-in-guest.sh --nic``, the same variants plus engine
 **zcrx on a NIC queue** (the simulated NIC, `aiozcrx nic setup` first) all receive
 over the simulated NIC from a sender in the peer's network namespace: zcrx-copy
 and zcrx side by side on the same path (``--no-nic`` skips this table).
+``--rx-buf-len`` runs only the large receive buffer table: engine zcrx on the
+simulated NIC with 4 KiB buffers and ``rx_buf_len`` 16/32/64 KiB, uvloop
+BufferedProtocol beside them (completions per GB, CPU outside the io_uring
+syscalls and total, each paired per round), e.g.
+``benchmarks/guest.py --rx-buf-len --rounds 7 --seconds 3``.
 Exit status: 0 target met, 1 not met, 77 guest unavailable (reason printed).
 
 ``--merged`` measures merged views instead (issue 22, docs/benchmarks.md "Merged
@@ -210,6 +215,99 @@ def run_merged(rounds: int, seconds: float) -> int:
     return status
 
 
+# ----------------------------------------------------------- large receive buffers
+RX_BUF_VARIANTS = ("uvloop-buffered,aiozcrx-zcrx-uvloop,aiozcrx-zcrx-16k-uvloop,"
+                   "aiozcrx-zcrx-32k-uvloop,aiozcrx-zcrx-64k-uvloop")
+
+
+def _paired(a: list[float], b: list[float]) -> list[float]:
+    """Per-round ratios a[i] / b[i] (rounds interleave the variants: round i of
+    each ran back to back); empty when a round failed on either side."""
+    return [x / y for x, y in zip(a, b) if y > 0] if len(a) == len(b) else []
+
+
+def _med(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
+def _rng(xs: list[float], fmt: str) -> str:
+    if not xs:
+        return "n/a"
+    return f"{_med(xs):{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}})"
+
+
+def rx_buf_len_table(summary: dict) -> tuple[str, list[str]]:
+    """The large-buffer table from run.py's summary, and the targets' verdicts."""
+    ref = summary.get("uvloop-buffered", {})
+    base = summary.get("aiozcrx-zcrx-uvloop", {})
+    rows = ["| receiver | rx_buf_len granted | completions per GB | bytes per call | CPU s/GB outside "
+            "io_uring syscalls | CPU s/GB total | total vs 4 KiB (paired) | total vs uvloop Buffered (paired) |",
+            "|---|---|---|---|---|---|---|---|"]
+    names = ["uvloop-buffered", "aiozcrx-zcrx-uvloop", "aiozcrx-zcrx-16k-uvloop",
+             "aiozcrx-zcrx-32k-uvloop", "aiozcrx-zcrx-64k-uvloop"]
+    labels = {"uvloop-buffered": "uvloop BufferedProtocol 256 KiB", "aiozcrx-zcrx-uvloop": "aiozcrx zcrx, 4 KiB",
+              "aiozcrx-zcrx-16k-uvloop": "aiozcrx zcrx, 16 KiB", "aiozcrx-zcrx-32k-uvloop": "aiozcrx zcrx, 32 KiB",
+              "aiozcrx-zcrx-64k-uvloop": "aiozcrx zcrx, 64 KiB"}
+    for name in names:
+        s = summary.get(name)
+        if s is None:
+            continue
+        if "skipped" in s:
+            rows.append(f"| {labels[name]} | not run: {s['skipped']} | | | | | | |")
+            continue
+        vs_base = _paired(s["total_runs"], base.get("total_runs", [])) if name.startswith("aiozcrx") else []
+        vs_ref = _paired(s["total_runs"], ref.get("total_runs", [])) if name != "uvloop-buffered" else []
+        rows.append(f"| {labels[name]} | {s.get('rx_buf_len') or '-'} | "
+                    f"{_rng(s.get('completions_per_gb_runs', []), ',.0f')} | {s.get('bytes_per_call', 0):,.0f} | "
+                    f"{_rng(s.get('outside_syscalls_runs', []), '.3f')} | {_rng(s['total_runs'], '.3f')} | "
+                    f"{_rng(vs_base, '.2f') if name != 'aiozcrx-zcrx-uvloop' and vs_base else '-'} | "
+                    f"{_rng(vs_ref, '.2f') if vs_ref else '-'} |")
+    verdicts = []
+    k32 = summary.get("aiozcrx-zcrx-32k-uvloop", {})
+    if k32.get("completions_per_gb_runs"):
+        c = _med(k32["completions_per_gb_runs"])
+        verdicts.append(f"32 KiB completions per GB: median {c:,.0f} (target <= 35,000): "
+                        f"{'MET' if c <= 35000 else 'NOT MET'}")
+        r = _paired(k32["total_runs"], base.get("total_runs", []))
+        if r:
+            m = _med(r)
+            verdicts.append(f"32 KiB total CPU vs 4 KiB, paired per round: median {m:.2f}x (target <= 0.80x): "
+                            f"{'MET' if m <= 0.8 else 'NOT MET'}")
+        r = _paired(k32["total_runs"], ref.get("total_runs", []))
+        if r:
+            m = _med(r)
+            verdicts.append(f"32 KiB total CPU vs uvloop BufferedProtocol, paired per round: median {m:.2f}x "
+                            f"(target <= 0.33x): {'MET' if m <= 0.33 else 'NOT MET'}")
+    return "\n".join(rows), verdicts
+
+
+def run_guest_rx_buf_len(rounds: int, seconds: float) -> tuple[int, str]:
+    """Engine zcrx on the simulated NIC with 4 KiB buffers and rx_buf_len 16/32/64
+    KiB, uvloop BufferedProtocol beside them, rounds interleaved; (status, text).
+    Status: 0 ran, 2 the run failed, 77 no simulated NIC here."""
+    chk = subprocess.run([RUNNER, "--nic", "--check"], capture_output=True, text=True, cwd=ROOT)
+    if chk.returncode != 0:
+        return 77, f"rx_buf_len benchmark not run: {(chk.stdout + chk.stderr).strip()}"
+    py = shlex.quote(sys.executable)
+    inner = (f"{py} -m aiozcrx nic setup -i $AIOZCRX_NIC -q {NIC_QUEUE} -p {NIC_PORT} --flow-type tcp4 "
+             f">/dev/null && AIOZCRX_BENCH_PORT={NIC_PORT} AIOZCRX_BENCH_QUEUE={NIC_QUEUE} "
+             f"{py} benchmarks/run.py --nic --no-write --summary-json --kernel-split "
+             f"--rounds {rounds} --seconds {seconds} --only {RX_BUF_VARIANTS}")
+    timeout = int(rounds * len(RX_BUF_VARIANTS.split(",")) * (seconds + 20) + 180)
+    out = subprocess.run([RUNNER, "--nic", "--timeout", str(timeout), "--", inner], cwd=ROOT,
+                         capture_output=True, text=True)
+    summary = None
+    for line in out.stdout.splitlines():
+        if line.startswith("SUMMARY-JSON "):
+            summary = json.loads(line[len("SUMMARY-JSON "):])
+            print(line, file=sys.stderr)  # the raw numbers, for the record
+    if out.returncode != 0 or summary is None:
+        return 2, f"rx_buf_len run failed (status {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
+    text, verdicts = rx_buf_len_table(summary)
+    return 0, text + "\n\n" + "\n".join(verdicts)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -219,11 +317,18 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round x 0.5 s (the guest boots twice)")
     ap.add_argument("--merged", action="store_true",
                     help="merged views: zcrx with and without them, refill order, beside uvloop BufferedProtocol")
+    ap.add_argument("--rx-buf-len", action="store_true",
+                    help="only the large receive buffer table (simulated NIC: 4 KiB vs rx_buf_len "
+                         "16/32/64 KiB, uvloop BufferedProtocol beside)")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 0.5
     if args.merged:
         return run_merged(args.rounds, args.seconds)
+    if args.rx_buf_len:
+        status, text = run_guest_rx_buf_len(args.rounds, args.seconds)
+        print(text)
+        return status
     status, text = run_guest(args.rounds, args.seconds, args.only)
     print(text)
     if not args.no_nic:

@@ -71,6 +71,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BLOCK = 1 << 20
 BY_NAME = {v[0]: v for v in VARIANTS + EXTRA_VARIANTS}
+#: the variants that ask for a receive buffer size (the others: the page size)
+RX_BUF_LEN = {"aiozcrx-zcrx-16k-uvloop": 16 << 10, "aiozcrx-zcrx-32k-uvloop": 32 << 10,
+              "aiozcrx-zcrx-64k-uvloop": 64 << 10}
 # make bench's cases: bulk is this file; the others are scripts of their own, run in turn
 CASES = {
     "bulk": (None, "bulk loopback receive, 1 MiB sends, one connection"),
@@ -158,6 +161,8 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
             nbufs = area_size // 4096
             where = {"interface": nic["ifname"], "queue": nic["queue"],
                      "rq_entries": min(32768, 1 << (nbufs - 1).bit_length())}
+            if name in RX_BUF_LEN:
+                where["rx_buf_len"] = RX_BUF_LEN[name]
         async with aiozcrx.Receiver(engine=engine, area_size=area_size, buf_size=buf_size,
                                     **where, **RECEIVER_OPTIONS.get(name, {})) as rx:
             if conn is None:
@@ -181,6 +186,7 @@ async def receive(variant, port_cb, listener, buf_size, area_size, kernel_split=
                      "engine": rx.engine, "wake": st.get("wake")}
             if engine == "zcrx":
                 stats["refill_flushes"] = st.get("refill_flushes")
+                stats["rx_buf_len"] = st.get("rx_buf_len")
             if "syscall_cpu_ns" in st:
                 stats["syscall_cpu"] = st["syscall_cpu_ns"] / 1e9
     else:
@@ -280,6 +286,9 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
                          "bytes_per_call": med(per_call),
                          "completions": med([r["completions"] for r in good if r.get("completions")])
                          if any(r.get("completions") for r in good) else None,
+                         "completions_per_gb": [r["completions"] / (r["bytes"] / 1e9) for r in good
+                                                if r.get("completions")],
+                         "rx_buf_len": good[0].get("rx_buf_len"),
                          "errors": len(runs) - len(good)}
         if outside and len(outside) == len(good):
             summary[name]["outside_syscalls"] = outside
@@ -566,7 +575,10 @@ def bulk(args, order: list[str], what: str):
             n: ({"skipped": s["skipped"]} if "skipped" in s else
                 {**{k: med(s[k]) for k in keys if k in s},
                  "ranges": {k: [min(s[k]), max(s[k])] for k in keys if k in s},
-                 "rounds": {k: s[k] for k in keys if k in s}})
+                 "rounds": {k: s[k] for k in keys if k in s},
+                 # per round, in round order (guest.py pairs them): the large-buffer table
+                 **{f"{k}_runs": s[k] for k in ("total", "outside_syscalls", "completions_per_gb") if k in s},
+                 "bytes_per_call": s["bytes_per_call"], "rx_buf_len": s.get("rx_buf_len")})
             for n, s in summary.items()}))
     return results, summary, tab, header
 

@@ -720,13 +720,19 @@ Area_setup_zcrx(Area *a, PyObject *args)
     if (!area_ready(a))
         return NULL;
     unsigned long long head, tail, rqes, token;
-    unsigned int entries, zcrx_id;
+    unsigned int entries, zcrx_id, buf_size = 0;
     int ring_fd, nodev;
-    if (!PyArg_ParseTuple(args, "KKKIKIip", &head, &tail, &rqes, &entries, &token,
-                          &zcrx_id, &ring_fd, &nodev))
+    if (!PyArg_ParseTuple(args, "KKKIKIip|I", &head, &tail, &rqes, &entries, &token,
+                          &zcrx_id, &ring_fd, &nodev, &buf_size))
         return NULL;
     if (!entries || (entries & (entries - 1))) {
         PyErr_SetString(PyExc_ValueError, "rq_entries must be a power of two");
+        return NULL;
+    }
+    /* the buffer size the kernel granted (rx_buf_len): one buffer (net_iov) per
+     * completion, the unit the area counts; the page size unless given */
+    if (buf_size && (buf_size & (buf_size - 1) || a->len % buf_size)) {
+        PyErr_SetString(PyExc_ValueError, "setup_zcrx: buf_size must be a power of two dividing the area");
         return NULL;
     }
     if (!head || !tail || !rqes) {
@@ -738,6 +744,10 @@ Area_setup_zcrx(Area *a, PyObject *args)
         return NULL;
     }
     a->kind = KIND_ZCRX;
+    if (buf_size) {
+        a->buf_size = buf_size;
+        a->nbufs = (uint32_t)(a->len / buf_size);
+    }
     a->rq_khead = (uint32_t *)(uintptr_t)head;
     a->rq_ktail = (uint32_t *)(uintptr_t)tail;
     a->rqes = (struct azx_zcrx_rqe *)(uintptr_t)rqes;
@@ -751,6 +761,23 @@ Area_setup_zcrx(Area *a, PyObject *args)
     a->nodev = nodev;
     a->refill_descending = 1;
     Py_RETURN_NONE;
+}
+
+/* advise_hugepages() -> int: asks for transparent huge pages over the area
+ * (MADV_HUGEPAGE), before the kernel pins it: large zcrx buffers (rx_buf_len)
+ * need the area physically contiguous in runs of their size, which 2 MiB pages
+ * give. 0, or the errno (EINVAL: no THP, e.g. User-Mode Linux); never raises. */
+static PyObject *
+Area_advise_hugepages(Area *a, PyObject *unused)
+{
+    if (!area_ready(a))
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    int err = madvise(a->base, a->len, MADV_HUGEPAGE) < 0 ? errno : 0;
+#else
+    int err = EINVAL;
+#endif
+    return PyLong_FromLong(err);
 }
 
 /* The provided buffer ring: `entries` slots of struct azx_buf; the kernel reads the
@@ -1061,6 +1088,8 @@ Area_dealloc(Area *a)
 static PyMethodDef Area_methods[] = {
     {"own_mapping", (PyCFunction)Area_own_mapping, METH_VARARGS, "own_mapping(addr, len): munmap at dealloc"},
     {"setup_zcrx", (PyCFunction)Area_setup_zcrx, METH_VARARGS, "attach a zcrx refill ring"},
+    {"advise_hugepages", (PyCFunction)Area_advise_hugepages, METH_NOARGS,
+     "advise_hugepages() -> errno: MADV_HUGEPAGE over the area (0: done)"},
     {"setup_pbuf", (PyCFunction)Area_setup_pbuf, METH_VARARGS, "attach a provided buffer ring"},
     {"setup_pool", (PyCFunction)Area_setup_pool, METH_NOARGS, "use a user-space free list"},
     {"publish", (PyCFunction)Area_publish, METH_VARARGS, "publish queued returns (one tail store)"},

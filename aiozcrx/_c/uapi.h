@@ -96,6 +96,7 @@
 #define AZX_ZCRX_CTRL_ARM_NOTIFICATION 2     /* ZCRX_CTRL_ARM_NOTIFICATION (7.2) */
 #define AZX_ZCRX_NOTIF_NO_BUFFERS (1U << 0)  /* zcrx notification types (7.2) */
 #define AZX_ZCRX_NOTIF_COPY       (1U << 1)  /* (7.2) */
+#define AZX_ZCRX_FEATURE_RX_PAGE_SIZE (1U << 0)  /* io_uring_query_zcrx.features: rx_buf_len (7.0) */
 #define AZX_ZCRX_FEATURE_NOTIFICATION (1U << 1)  /* io_uring_query_zcrx.features (7.2) */
 #define AZX_ZCRX_NOTIF_DESC_FLAG_STATS (1U << 0)  /* zcrx_event_desc.flags: stats_offset is valid (7.2) */
 /* what a notification CQE's res says: an event *type*, not a mask (7.2) */

@@ -12,7 +12,8 @@ import resource
 from typing import TYPE_CHECKING
 
 from ..config import NIC_AREA_SIZE
-from ..errors import EngineUnavailable, UringUnavailable, ZcrxDeviceRemoved, ZcrxUnavailable
+from ..errors import (EngineUnavailable, UringUnavailable, ZcrxBufferSizeRefused, ZcrxDeviceRemoved,
+                      ZcrxUnavailable)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -115,6 +116,76 @@ def zcrx_error(engine: str, config: Config, e: OSError, *, nodev: bool) -> ZcrxU
         causes[err] = (e.strerror or "madvise(MADV_DONTFORK) failed", "")
     cause, fix = causes.get(err, (f"{where}: {e.strerror}", ""))
     return ZcrxUnavailable(engine, err, cause, fix)
+
+
+def _kernel_version() -> tuple[int, int]:
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _kib(n: int) -> str:
+    return f"{n >> 10} KiB" if n >= 1024 else f"{n} bytes"
+
+
+def rx_buf_len_error(engine: str, config: Config, e: OSError, size: int, *, nodev: bool,
+                     contiguous: int | None) -> ZcrxUnavailable:
+    """Registering with ``rx_buf_len=size`` (larger than a page) failed: the typed
+    error naming what refused it (the kernel, NODEV, the area, the driver), or,
+    for a refusal that is not about the size, ``zcrx_error``'s.
+    ``contiguous``: what the area's physical runs allow (_kernel.area_contiguity)."""
+    err = e.errno if e.errno is not None else errno.EIO
+    want = f"rx_buf_len={size} ({_kib(size)})"
+    smaller = "leave rx_buf_len at its default (the page size) or pass rx_buf_len='auto'"
+    if _kernel_version() < (7, 0) and err == errno.EINVAL:
+        return ZcrxBufferSizeRefused(
+            engine, err, f"{want}: this kernel ({os.uname().release}) has no rx_buf_len (needs Linux 7.0+)",
+            smaller, rx_buf_len=size, refused_by="kernel")
+    if nodev:
+        if err == errno.EOPNOTSUPP:
+            return ZcrxBufferSizeRefused(
+                engine, err, f"{want}: a ZCRX_REG_NODEV instance (engine 'zcrx-copy') takes only the page "
+                f"size ({os.sysconf('SC_PAGE_SIZE')}): the kernel copies into the area a page at a time",
+                "leave rx_buf_len out for engine 'zcrx-copy'", rx_buf_len=size, refused_by="nodev")
+        return zcrx_error(engine, config, e, nodev=True)
+    iface, queue = config.interface, config.queue
+    assert iface is not None, "the zcrx engine opens only with interface= and queue="
+    drv = interface_driver(iface)
+    if err == errno.ERANGE and contiguous is not None and contiguous < size:
+        return ZcrxBufferSizeRefused(
+            engine, err, f"{want}: the area is not physically contiguous enough: its memory comes in "
+            f"runs that allow buffers of at most {_kib(contiguous)} (the kernel needs every DMA "
+            f"segment of the area to be a multiple of the buffer size)",
+            f"back the area with huge pages (hugepages=True, after `sysctl vm.nr_hugepages=N`; or "
+            f"transparent huge pages), ask for rx_buf_len<={contiguous}, or pass rx_buf_len='auto'",
+            rx_buf_len=size, refused_by="area", contiguous=contiguous)
+    if err == errno.EOPNOTSUPP:
+        return ZcrxBufferSizeRefused(
+            engine, err, f"{want}: {iface} ({drv}) does not take a receive buffer size: its driver has "
+            f"no queue config for it (QCFG_RX_PAGE_SIZE; bnxt has it since 7.0) or no queue API at all",
+            smaller + f"; `aiozcrx doctor --interface {iface}` tells whether zcrx works there at all",
+            rx_buf_len=size, refused_by="driver")
+    if err == errno.ERANGE:
+        if contiguous is not None:  # the area allows it: the driver's range does not
+            return ZcrxBufferSizeRefused(
+                engine, err, f"{want}: {iface} ({drv}) queue {queue} refused the size: out of its "
+                f"driver's range", "pass a smaller power of two, or rx_buf_len='auto'",
+                rx_buf_len=size, refused_by="driver", contiguous=contiguous)
+        return ZcrxBufferSizeRefused(
+            engine, err, f"{want}: refused (ERANGE): out of the range of {iface}'s driver ({drv}), or "
+            f"the area is not physically contiguous in runs of that size (/proc/self/pagemap, "
+            f"which needs CAP_SYS_ADMIN, could not tell which)",
+            "pass a smaller power of two or rx_buf_len='auto'; hugepages=True for a contiguous area",
+            rx_buf_len=size, refused_by="unknown")
+    if err == errno.EINVAL:
+        return ZcrxBufferSizeRefused(
+            engine, err, f"{want}: {iface} ({drv}) queue {queue} refused it: its driver does not take "
+            f"that size, or the queue is not set up (header/data split)",
+            f"{smaller}; `aiozcrx nic setup --interface {iface} --queue {queue}` if the page size "
+            f"fails too", rx_buf_len=size, refused_by="driver")
+    return zcrx_error(engine, config, e, nodev=False)
 
 
 def area_error(engine: str, config: Config, e: OSError,

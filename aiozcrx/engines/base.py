@@ -101,6 +101,10 @@ class EngineStats(_Counters, total=False):
     device_watch: str    # zcrx: why the NIC's device is not watched
     device_removed: str  # zcrx: the name of the interface that went away
     nic_defaults: tuple[str, ...]  # zcrx on a NIC queue: the sizes that took the NIC defaults
+    rx_buf_len_requested: int | str  # zcrx: the buffer size asked for ("auto", or bytes)
+    rx_buf_len_fallback: str  # zcrx, rx_buf_len="auto": why it took the page size
+    area_thp: str  # zcrx with large buffers: MADV_HUGEPAGE over the area, or its errno
+    area_layout: str  # zcrx with large buffers, no THP: how the contiguous window was found
 
 
 class ReadEvents(Protocol):

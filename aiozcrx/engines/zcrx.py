@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from .. import _kernel
 from .._kernel import UD_NOTIF, user_data
+from ..config import AUTO_RX_BUF_LEN
 from ..errors import ZcrxUnavailable
-from .advice import area_error, device_removed, zcrx_error
+from .advice import area_error, device_removed, rx_buf_len_error, zcrx_error
 from .linkwatch import LinkWatch, interface_exists
 from .base import Conn, EngineLoop, ReadEvents
 from .ring import RingEngine, Ticker
@@ -83,6 +84,7 @@ class ZcrxEngine(RingEngine):
         self._link: LinkWatch | None = None
         self._link_target: tuple[int, str, int] | None = None  # (ifindex, name, queue)
         self.device_gone = False  # the device was removed (see _device_removed)
+        self._rx_buf_len = 0  # what the registration asks for (0: the page size)
 
     def open(self, loop: EngineLoop) -> None:
         if self.share_with is not None:
@@ -147,23 +149,41 @@ class ZcrxEngine(RingEngine):
         what was made on any exception (``_abandon_open``)."""
         cfg = self.config
         assert self.ring is not None
+        # large buffers (rx_buf_len) need the area physically contiguous in runs of
+        # their size: transparent huge pages where the kernel has them (advised
+        # below, before the pages are faulted in), else (User-Mode Linux) a window
+        # of memory the page allocator handed out in such runs
+        unit = 0 if cfg.rx_buf_len in (None, _kernel.PAGE_SIZE) or cfg.hugepages or self.nodev else \
+            AUTO_RX_BUF_LEN if cfg.rx_buf_len == "auto" else int(cfg.rx_buf_len)
+        thp = os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
         try:
-            mapping = _kernel.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
+            if unit and not thp:
+                mapping, self.stats["area_layout"] = _kernel.map_area_contiguous(cfg.area_bytes, unit)
+            else:
+                mapping = _kernel.map_area(cfg.area_bytes, hugepages=cfg.hugepages)
         except OSError as e:
             raise area_error(self.name, cfg, e, ZcrxUnavailable) from None
         try:
+            # buffers of the page size until the kernel says what it granted
+            # (rx_buf_len: register_zcrx sets the area's buffer size)
             self.area = _kernel.new_area(mapping, _kernel.PAGE_SIZE)
         except BaseException:
             _kernel.unmap(mapping)  # not the Area's yet
             raise
+        if unit and thp:
+            err_thp = self.area.advise_hugepages()
+            self.stats["area_thp"] = "MADV_HUGEPAGE" if not err_thp else errno.errorcode.get(err_thp, str(err_thp))
         if_idx = 0 if nic is None else socket.if_nametoindex(nic[0])
         rxq = 0 if nic is None else nic[1]
         notif_mask = (_kernel.ZCRX_NOTIF_NO_BUFFERS | _kernel.ZCRX_NOTIF_COPY) if cfg.notifications else 0
-        err = self._register(mapping, if_idx, rxq, notif_mask)
+        err = self._register_sized(mapping, if_idx, rxq, notif_mask)
         if err is not None and err.errno == errno.EEXIST and nic is not None \
                 and self._wait_released(nic[0], if_idx, rxq):
-            err = self._register(mapping, if_idx, rxq, notif_mask)
+            err = self._register_sized(mapping, if_idx, rxq, notif_mask)
         if err is not None:
+            if self._rx_buf_len:
+                raise rx_buf_len_error(self.name, cfg, err, self._rx_buf_len, nodev=self.nodev,
+                                       contiguous=_kernel.area_contiguity(mapping))
             raise zcrx_error(self.name, cfg, err, nodev=self.nodev)
         assert self.info is not None  # set by a registration that succeeded
         self.zcrx_id = self.info.zcrx_id
@@ -208,6 +228,49 @@ class ZcrxEngine(RingEngine):
         self._start_loop(loop)
         if source._link_target is not None:
             self._watch_link(loop, source._link_target)  # the same queue: the same device
+
+    # -- the receive buffer size (rx_buf_len, 7.0+) --
+    # Not given: 0, the page size, which every kernel and driver takes (asking for
+    # the page size by number would make a driver without the queue config refuse
+    # it). A number: that, refused with ZcrxBufferSizeRefused. "auto": the
+    # largest of AUTO_RX_BUF_LEN .. 2 pages that the area divides and the queue
+    # takes, else the page size, the refusals recorded (rx_buf_len_fallback).
+    # Each refused try leaves nothing behind (the kernel undoes it).
+    def _register_sized(self, mapping: _kernel.AreaMapping, if_idx: int, rxq: int,
+                        notif_mask: int) -> OSError | None:
+        want = self.config.rx_buf_len
+        self.stats["rx_buf_len_requested"] = _kernel.PAGE_SIZE if want is None else want
+        if want != "auto":
+            self._rx_buf_len = 0 if want is None or want == _kernel.PAGE_SIZE else int(want)
+            return self._register(mapping, if_idx, rxq, notif_mask)
+        refusals: list[str] = []
+        if self.nodev:
+            refusals.append("zcrx-copy (ZCRX_REG_NODEV) takes only the page size")
+        else:
+            size = AUTO_RX_BUF_LEN
+            while size > _kernel.PAGE_SIZE:
+                if mapping.length % size == 0:
+                    self._rx_buf_len = size
+                    err = self._register(mapping, if_idx, rxq, notif_mask)
+                    if err is None:
+                        return None
+                    if err.errno == errno.EEXIST:
+                        return err  # the queue is busy, whatever the size: the caller may wait
+                    refused = rx_buf_len_error(self.name, self.config, err, size, nodev=False,
+                                               contiguous=_kernel.area_contiguity(mapping))
+                    refusals.append(f"{size >> 10} KiB: {refused.reason}")
+                    # too large for the area or the driver's range: a smaller one may do;
+                    # anything else (no queue config, a kernel before 7.0): the page size says
+                    if err.errno not in (errno.ERANGE, errno.EINVAL) or \
+                            getattr(refused, "refused_by", "") == "kernel":
+                        break
+                size //= 2
+        self._rx_buf_len = 0
+        err = self._register(mapping, if_idx, rxq, notif_mask)
+        if err is None and refusals:
+            self.stats["rx_buf_len_fallback"] = f"auto took the page size ({_kernel.PAGE_SIZE}): " + \
+                "; ".join(refusals)
+        return err
 
     def _register(self, mapping: _kernel.AreaMapping, if_idx: int, rxq: int, notif_mask: int) -> OSError | None:
         # the notification descriptor also asks for the kernel's statistics (7.2)
@@ -275,7 +338,7 @@ class ZcrxEngine(RingEngine):
         try:
             self.info = _kernel.register_zcrx(
                 self.ring, self.area, mapping, if_idx=if_idx, rxq=rxq, rq_entries=cfg.refill_entries,
-                nodev=self.nodev, kernel_region=cfg.kernel_region,
+                nodev=self.nodev, kernel_region=cfg.kernel_region, rx_buf_len=self._rx_buf_len,
                 notif_ud=user_data(UD_NOTIF, 0, 0), notif_mask=notif_mask, stats=stats)
         except OSError as e:
             e.__traceback__ = None
