@@ -552,7 +552,9 @@ async def test_close_with_views_outstanding_then_register_the_queue_again(sim_ni
         await asyncio.wait_for(proto.lost, 120)
     await join(proc)
     kept = proto.kept
-    assert rx.stats()["buffers_outstanding"] == len(kept) > 0
+    # one view per kept delivery (merged views: a view may hold several buffers)
+    st = rx.stats()
+    assert st["views_outstanding"] == len(kept) > 0 and st["buffers_outstanding"] >= len(kept)
     # the queue is free again (once the ring's exit work ran) although our views
     # still hold the area's buffers
     assert await asyncio.to_thread(wait_released, sim_nic.name) == []

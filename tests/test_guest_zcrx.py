@@ -132,7 +132,9 @@ async def test_close_with_views_outstanding_then_register_again():
         await asyncio.wait_for(proto.lost, 60)
     await join(proc)
     kept = proto.kept
-    assert rx.stats()["buffers_outstanding"] == len(kept) > 0
+    # one view per kept delivery (merged views: a view may hold several buffers)
+    st = rx.stats()
+    assert st["views_outstanding"] == len(kept) > 0 and st["buffers_outstanding"] >= len(kept)
     # the ring and registration are gone; the views still read right
     import hashlib
     h = hashlib.sha256()

@@ -236,7 +236,9 @@ async def test_large_buffers_granted_and_every_byte_arrives(sim_nic, zc, listen,
     zc(q, port, "tcp4")
     lst = listen(sim_nic.addr, port)
     async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, area_size=16 * MiB,
-                                rq_entries=4096, rx_buf_len=size) as rx:
+                                rq_entries=4096, rx_buf_len=size, max_view=0) as rx:
+        # max_view=0: one view per completion (no merged views), so that each
+        # data_received shows what one completion carried
         st = rx.stats()
         assert st["rx_buf_len"] == st["rx_buf_len_requested"] == size
         # the area counts buffers of the granted size (one per completion)
@@ -288,6 +290,26 @@ async def test_area_not_contiguous_is_refused_naming_huge_pages(sim_nic, zc, fra
     assert "not physically contiguous" in str(e) and "hugepages=True" in str(e)
     assert len(fragmented_area) == 1
 
+
+
+@nic
+@pytest.mark.asyncio
+async def test_merged_views_over_large_buffers_return_every_buffer_once(sim_nic, zc, listen):
+    """Merged views (the default max_view) over 32 KiB buffers: a view may cover
+    several buffers; the stream arrives intact and every buffer goes back."""
+    q, port, total, size = 1, 9399, 24 * MiB + 99, 32 * 1024
+    zc(q, port, "tcp4")
+    lst = listen(sim_nic.addr, port)
+    async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, area_size=16 * MiB,
+                                rq_entries=4096, rx_buf_len=size) as rx:
+        assert rx.stats()["rx_buf_len"] == size
+        proto = await _stream(rx, lst, 399, total, sim_nic)
+        stats = rx.stats()
+    assert proto.bytes == total and proto.sha.hexdigest() == stream_sha256(399, total)
+    assert proto.largest <= 256 * 1024  # the default max_view
+    assert stats["kernel_copy_bytes"] == 0 and stats["buffers_outstanding"] == 0
+    # one buffer per completion, each back once, merged into a view or not
+    assert stats["buffers_returned"] == stats["completions"]
 
 @nic
 @pytest.mark.asyncio
