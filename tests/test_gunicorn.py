@@ -28,7 +28,7 @@ import time
 import pytest
 
 # the NIC set-up for 4 workers (5 queues, an RSS context over 0-3), shared
-from test_workers import ZC_QUEUES, bound_queues, steered  # noqa: F401
+from test_workers import ZC_QUEUES, alive, bound_queues, steered, wait_until  # noqa: F401
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -77,24 +77,6 @@ def check(res: list[dict], size: int) -> list[dict]:
 # --------------------------------------------------------------------------
 # gunicorn in a child process
 # --------------------------------------------------------------------------
-def wait_until(cond, what: str, timeout: float = CEILING, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
 class Gunicorn:
     def __init__(self, tmp_path, workers: int, bind: str, environ: dict[str, str], *extra: str) -> None:
         self.stats_dir = str(tmp_path / f"stats-{time.monotonic_ns()}")

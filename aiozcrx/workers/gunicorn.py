@@ -157,17 +157,7 @@ class _Acceptor:
         self.closed = False
 
     def _accept(self) -> None:
-        for _ in range(64):
-            try:
-                conn, _addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    return  # again at the next wake-up
-                raise
+        for conn in handoff.accept_ready(self.sock):
             self.counters["accepted"] += 1
             self.on_socket(conn)
 

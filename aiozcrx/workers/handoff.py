@@ -14,11 +14,12 @@ and a process whose parent is the launcher) before it takes the socket.
 from __future__ import annotations
 
 import array
+import errno
 import os
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 SO_INCOMING_NAPI_ID = getattr(socket, "SO_INCOMING_NAPI_ID", 56)
 SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
@@ -147,3 +148,22 @@ def receive_connection(inbox: socket.socket, *, uid: int, launcher_pid: int,
             os.close(fd)
         raise Rejected(problem)
     return socket.socket(fileno=fds[0])
+
+
+def accept_ready(listener: socket.socket, limit: int = 64) -> Iterator[socket.socket]:
+    """The connections waiting on a non-blocking listener, up to ``limit`` a
+    wake-up (the loop's other work goes on between batches). A connection that
+    ended before it was taken (ECONNABORTED, EPROTO) is passed over; out of fds or
+    memory, it stops and the next wake-up tries again; any other error raises."""
+    for _ in range(limit):
+        try:
+            conn, _addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                continue
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                return
+            raise
+        yield conn

@@ -19,7 +19,6 @@ Runs in a child the launcher forked (``run_worker`` never returns). In order:
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import importlib
 import inspect
@@ -276,17 +275,7 @@ class WorkerServer:
 
     # -- connections --------------------------------------------------
     def _on_accept(self) -> None:
-        for _ in range(64):
-            try:
-                sock, _addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    return  # try again at the next wake-up
-                raise
+        for sock in handoff.accept_ready(self.listener):
             self.counters["accepted"] += 1
             self._place(sock)
 
