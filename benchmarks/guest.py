@@ -95,12 +95,9 @@ def run_guest(rounds: int, seconds: float, only: str = VARIANTS) -> tuple[int, s
     return (0 if met else 1), "\n".join(lines)
 
 
-def run_guest_nic(rounds: int, seconds: float, only: str = NIC_VARIANTS) -> tuple[int, str]:
-    """The variants over the simulated NIC, engine zcrx included; (status, text).
-    Status: 0 ran, 2 the run failed, 77 no simulated NIC here."""
-    chk = subprocess.run([RUNNER, "--nic", "--check"], capture_output=True, text=True, cwd=ROOT)
-    if chk.returncode != 0:
-        return 77, f"NIC benchmark not run: {(chk.stdout + chk.stderr).strip()}"
+def _run_on_nic(only: str, rounds: int, seconds: float) -> subprocess.CompletedProcess:
+    """benchmarks/run.py over the simulated NIC in the guest (its queue set up for
+    the port first), the variants ``only``, rounds interleaved."""
     py = shlex.quote(sys.executable)
     inner = (f"{py} -m aiozcrx nic setup -i $AIOZCRX_NIC -q {NIC_QUEUE} -p {NIC_PORT} --flow-type tcp4 "
              f">/dev/null && AIOZCRX_BENCH_PORT={NIC_PORT} AIOZCRX_BENCH_QUEUE={NIC_QUEUE} "
@@ -109,6 +106,16 @@ def run_guest_nic(rounds: int, seconds: float, only: str = NIC_VARIANTS) -> tupl
     timeout = int(rounds * len(only.split(",")) * (seconds + 20) + 180)
     out = subprocess.run([RUNNER, "--nic", "--timeout", str(timeout), "--", inner], cwd=ROOT,
                          capture_output=True, text=True)
+    return out
+
+
+def run_guest_nic(rounds: int, seconds: float, only: str = NIC_VARIANTS) -> tuple[int, str]:
+    """The variants over the simulated NIC, engine zcrx included; (status, text).
+    Status: 0 ran, 2 the run failed, 77 no simulated NIC here."""
+    chk = subprocess.run([RUNNER, "--nic", "--check"], capture_output=True, text=True, cwd=ROOT)
+    if chk.returncode != 0:
+        return 77, f"NIC benchmark not run: {(chk.stdout + chk.stderr).strip()}"
+    out = _run_on_nic(only, rounds, seconds)
     lines = [ln for ln in out.stdout.splitlines()
              if not ln.startswith(("  round ", "SUMMARY-JSON "))]
     if out.returncode != 0 or not any(ln.startswith("SUMMARY-JSON ") for ln in out.stdout.splitlines()):
@@ -289,14 +296,7 @@ def run_guest_rx_buf_len(rounds: int, seconds: float) -> tuple[int, str]:
     chk = subprocess.run([RUNNER, "--nic", "--check"], capture_output=True, text=True, cwd=ROOT)
     if chk.returncode != 0:
         return 77, f"rx_buf_len benchmark not run: {(chk.stdout + chk.stderr).strip()}"
-    py = shlex.quote(sys.executable)
-    inner = (f"{py} -m aiozcrx nic setup -i $AIOZCRX_NIC -q {NIC_QUEUE} -p {NIC_PORT} --flow-type tcp4 "
-             f">/dev/null && AIOZCRX_BENCH_PORT={NIC_PORT} AIOZCRX_BENCH_QUEUE={NIC_QUEUE} "
-             f"{py} benchmarks/run.py --nic --no-write --summary-json --kernel-split "
-             f"--rounds {rounds} --seconds {seconds} --only {RX_BUF_VARIANTS}")
-    timeout = int(rounds * len(RX_BUF_VARIANTS.split(",")) * (seconds + 20) + 180)
-    out = subprocess.run([RUNNER, "--nic", "--timeout", str(timeout), "--", inner], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = _run_on_nic(RX_BUF_VARIANTS, rounds, seconds)
     summary = None
     for line in out.stdout.splitlines():
         if line.startswith("SUMMARY-JSON "):
