@@ -573,11 +573,12 @@ def bulk(args, order: list[str], what: str):
                 "completions_per_gb")
         print("SUMMARY-JSON " + json.dumps({
             n: ({"skipped": s["skipped"]} if "skipped" in s else
-                {**{k: med(s[k]) for k in keys if k in s},
-                 "ranges": {k: [min(s[k]), max(s[k])] for k in keys if k in s},
-                 "rounds": {k: s[k] for k in keys if k in s},
+                # a key with no values (a receiver that counts no completions) is left out
+                {**{k: med(s[k]) for k in keys if s.get(k)},
+                 "ranges": {k: [min(s[k]), max(s[k])] for k in keys if s.get(k)},
+                 "rounds": {k: s[k] for k in keys if s.get(k)},
                  # per round, in round order (guest.py pairs them): the large-buffer table
-                 **{f"{k}_runs": s[k] for k in ("total", "outside_syscalls", "completions_per_gb") if k in s},
+                 **{f"{k}_runs": s[k] for k in ("total", "outside_syscalls", "completions_per_gb") if s.get(k)},
                  "bytes_per_call": s["bytes_per_call"], "rx_buf_len": s.get("rx_buf_len")})
             for n, s in summary.items()}))
     return results, summary, tab, header

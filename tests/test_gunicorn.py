@@ -28,50 +28,11 @@ import time
 import pytest
 
 # the NIC set-up for 4 workers (5 queues, an RSS context over 0-3), shared
-from test_workers import ZC_QUEUES, alive, bound_queues, steered, wait_until  # noqa: F401
+from test_workers import ZC_QUEUES, alive, bound_queues, doctor_says_free, steered, wait_until  # noqa: F401
+from http_uploads import CEILING, NOBODY, body_of, check, uploads
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-NOBODY = 65534
-CEILING = 600.0  # only turns a hang into a failure
-CHUNK = 1 << 20
-
-
-# --------------------------------------------------------------------------
-# the client (also run as a script)
-# --------------------------------------------------------------------------
-def body_of(i: int, size: int) -> bytes:
-    seed = hashlib.sha256(f"{i}".encode()).digest()
-    return (seed * (CHUNK // len(seed)))[:CHUNK] * (size // CHUNK) + os.urandom(size % CHUNK)
-
-
-def upload(host: str, port: int, i: int, size: int) -> dict:
-    """One POST on a new connection; the answer, and the sha256 of what was sent."""
-    body = body_of(i, size)
-    conn = http.client.HTTPConnection(host, port, timeout=CEILING)
-    try:
-        conn.request("POST", "/", body=body, headers={"Connection": "close"})
-        resp = conn.getresponse()
-        data = resp.read()
-        return {"i": i, "status": resp.status, "sha256": hashlib.sha256(body).hexdigest(),
-                "answer": json.loads(data) if resp.status == 200 else data.decode(errors="replace")}
-    finally:
-        conn.close()
-
-
-def uploads(host: str, port: int, count: int, size: int, parallel: int = 8) -> list[dict]:
-    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(lambda i: upload(host, port, i, size), range(count)))
-
-
-def check(res: list[dict], size: int) -> list[dict]:
-    for r in res:
-        assert r["status"] == 200, r
-        a = r["answer"]
-        assert a["n"] == size and a["sha256"] == r["sha256"], (r["i"], a)
-        assert a["uid"] == NOBODY and a["gid"] == NOBODY and a["cap_eff"] == 0, a
-        assert a["register"].startswith("ZcrxUnavailable: errno=1:") and "CAP_NET_ADMIN" in a["register"], a
-    return [r["answer"] for r in res]
 
 
 # --------------------------------------------------------------------------
@@ -314,6 +275,7 @@ def test_gunicorn_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered):  # no
         rc = g.stop()
     assert rc == 0, g.output()
     wait_until(lambda: bound_queues(sim_nic.name) == [], "every queue to be released")
+    doctor_says_free(sim_nic.name, steered)
 
 
 if __name__ == "__main__":
