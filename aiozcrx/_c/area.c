@@ -128,10 +128,10 @@ user_close(AreaUser *u)
     u->starved = 0;
     u->share = 0;
     PyMem_Free(u->held);
-    PyMem_Free(u->held_gen);
+    PyMem_Free(u->slot_gen);
     PyMem_Free(u->over);
     PyMem_Free(u->back);
-    u->held = u->held_gen = u->back = NULL;
+    u->held = u->slot_gen = u->back = NULL;
     u->over = NULL;
     u->held_cap = u->nback = 0;
 }
@@ -166,18 +166,22 @@ wake(int fd)
 
 /* -------------------------------------------------------- fair share */
 
-/* A new connection of `user` takes `slot` (generation `gen`): it holds nothing yet. */
-static int
+/* A new connection of `user` takes `slot`: it holds nothing yet. Its generation
+ * is `gen`, or with `gen` 0 the slot's next one (never 0, which means "no
+ * connection"); returns it, or 0 with an exception set. u->slot_gen is the one
+ * record of which generation owns a slot (the dispatcher reads it here; a
+ * connection carries its own generation as its identity, as user_data does). */
+static uint32_t
 area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
 {
     AreaUser *u = area_user(a, user);
     if (!u) {
         PyErr_Format(PyExc_ValueError, "area user %u is not open", user);
-        return -1;
+        return 0;
     }
     if (slot >= MAX_SLOTS) {
         PyErr_Format(PyExc_ValueError, "slot %u out of range (< %u)", slot, MAX_SLOTS);
-        return -1;
+        return 0;
     }
     if (slot >= u->held_cap) {
         uint32_t cap = u->held_cap ? u->held_cap : 64;
@@ -187,10 +191,10 @@ area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
         if (!h)
             goto nomem;
         u->held = h;
-        uint32_t *g = PyMem_Realloc(u->held_gen, (size_t)cap * sizeof(*g));
+        uint32_t *g = PyMem_Realloc(u->slot_gen, (size_t)cap * sizeof(*g));
         if (!g)
             goto nomem;
-        u->held_gen = g;
+        u->slot_gen = g;
         uint8_t *o = PyMem_Realloc(u->over, cap);
         if (!o)
             goto nomem;
@@ -200,17 +204,19 @@ area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
             goto nomem;
         u->back = b;
         memset(u->held + u->held_cap, 0, (cap - u->held_cap) * sizeof(*h));
-        memset(u->held_gen + u->held_cap, 0, (cap - u->held_cap) * sizeof(*g));
+        memset(u->slot_gen + u->held_cap, 0, (cap - u->held_cap) * sizeof(*g));
         memset(u->over + u->held_cap, 0, cap - u->held_cap);
         u->held_cap = cap;
     }
+    if (!gen)
+        gen = u->slot_gen[slot] % UD_GEN_MASK + 1;
     u->held[slot] = 0;
-    u->held_gen[slot] = gen;
+    u->slot_gen[slot] = gen & UD_GEN_MASK;
     u->over[slot] &= OVER_LISTED;  /* a stale listing stays listed: never twice in back[] */
-    return 0;
+    return u->slot_gen[slot];
 nomem:
     PyErr_NoMemory();
-    return -1;
+    return 0;
 }
 
 /* The live user's table entry for connection (slot, gen), or NULL. */
@@ -218,7 +224,7 @@ static inline AreaUser *
 conn_of(Area *a, uint32_t user, uint32_t slot, uint32_t gen)
 {
     AreaUser *u = area_user(a, user);
-    return u && gen && slot < u->held_cap && u->held_gen[slot] == gen ? u : NULL;
+    return u && gen && slot < u->held_cap && u->slot_gen[slot] == gen ? u : NULL;
 }
 
 /* A view of (user, slot, gen) holds `n` buffers (niovs: a merged zcrx view
@@ -271,18 +277,20 @@ Area_set_share(Area *a, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* bind_slot(slot, gen[, user]): for engines without a dispatcher (socket). */
+/* bind_slot(slot[, gen[, user]]) -> gen: for engines without a dispatcher
+ * (socket); gen 0 (the default) takes the slot's next generation. */
 static PyObject *
 Area_bind_slot(Area *a, PyObject *args)
 {
     if (!area_ready(a))
         return NULL;
-    unsigned int slot, gen, user = 0;
-    if (!PyArg_ParseTuple(args, "II|I", &slot, &gen, &user))
+    unsigned int slot, gen = 0, user = 0;
+    if (!PyArg_ParseTuple(args, "I|II", &slot, &gen, &user))
         return NULL;
-    if (area_bind_slot(a, user, slot, gen) < 0)
+    uint32_t bound = area_bind_slot(a, user, slot, gen);
+    if (!bound)
         return NULL;
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(bound);
 }
 
 /* over_share(slot, gen[, user]) -> bool: whether that connection holds its share
@@ -1096,7 +1104,7 @@ static PyMethodDef Area_methods[] = {
     {"recv", (PyCFunction)Area_recv, METH_VARARGS, "recv(fd, slot, gen) into a pool buffer, for that connection"},
     {"set_refill_order", (PyCFunction)Area_set_refill_order, METH_O, "set_refill_order(descending) -> bool: zcrx refills published in descending offset order (default on)"},
     {"set_share", (PyCFunction)Area_set_share, METH_VARARGS, "set_share(buffers, wake_fd[, user]): one connection's limit, that user's wake-up"},
-    {"bind_slot", (PyCFunction)Area_bind_slot, METH_VARARGS, "bind_slot(slot, gen[, user]): a new connection holds nothing"},
+    {"bind_slot", (PyCFunction)Area_bind_slot, METH_VARARGS, "bind_slot(slot[, gen[, user]]) -> gen: a new connection holds nothing; gen 0 (default): the slot's next"},
     {"over_share", (PyCFunction)Area_over_share, METH_VARARGS, "over_share(slot, gen[, user]): holds its share now?"},
     {"take_back", (PyCFunction)Area_take_back, METH_VARARGS, "take_back([user]): that user's slots back under their share since last call"},
     {"held", (PyCFunction)Area_held, METH_VARARGS, "held(slot, gen[, user]): buffers its views hold"},

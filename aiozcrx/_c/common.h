@@ -42,7 +42,7 @@ typedef struct {
      * it is listed in back[] and share_wake_fd is written (see Area.set_share). */
     int share_wake_fd;
     uint32_t share;
-    uint32_t *held, *held_gen;
+    uint32_t *held, *slot_gen;  /* slot_gen: see area_bind_slot */
     uint8_t *over;
     uint32_t held_cap;
     uint32_t *back, nback;
@@ -151,7 +151,7 @@ static inline PyObject *make_view(Area *a, char *ptr, Py_ssize_t len, uint64_t i
                                   uint32_t pieces, uint32_t user, uint32_t slot, uint32_t gen);
 static inline void area_hold(Area *a, uint32_t user, uint32_t slot, uint32_t gen, uint32_t n);
 static inline void area_unhold(Area *a, uint32_t user, uint32_t slot, uint32_t gen, uint32_t n);
-static int area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen);
+static uint32_t area_bind_slot(Area *a, uint32_t user, uint32_t slot, uint32_t gen);
 
 /* The live user `user` of `a`, or NULL (never added, or closed). */
 static inline AreaUser *

@@ -23,7 +23,6 @@ typedef struct {
     unsigned long long completions, bytes, dropped, dropped_bytes;
     unsigned long long unknown;         /* completions of a kind we never issue */
     unsigned long long *slot_counts;   /* per slot: completions, bytes */
-    uint32_t *slot_gen;                /* per slot: generation of the connection using it */
     uint32_t slot_cap;
     /* halt(): the engine is closing (perhaps from inside a callback we made):
      * no more callbacks or control records; every buffer goes straight back */
@@ -267,6 +266,15 @@ Dispatcher_init(Dispatcher *d, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* The generation of the connection on `slot` now (0: none), from the one
+ * record of it, the area user's (area_bind_slot). */
+static inline uint32_t
+slot_gen(Dispatcher *d, uint32_t slot)
+{
+    AreaUser *u = d->area ? area_user(d->area, d->user) : NULL;
+    return u && slot < u->held_cap ? u->slot_gen[slot] : 0;
+}
+
 static int
 grow_slots(Dispatcher *d, uint32_t slot)
 {
@@ -284,13 +292,6 @@ grow_slots(Dispatcher *d, uint32_t slot)
     }
     memset(p + 2 * (size_t)d->slot_cap, 0, (size_t)(cap - d->slot_cap) * 2 * sizeof(*p));
     d->slot_counts = p;
-    uint32_t *g = PyMem_Realloc(d->slot_gen, (size_t)cap * sizeof(*g));
-    if (!g) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memset(g + d->slot_cap, 0, (size_t)(cap - d->slot_cap) * sizeof(*g));
-    d->slot_gen = g;
     uint8_t *f = PyMem_Realloc(d->slot_active, cap);
     if (!f) {
         PyErr_NoMemory();
@@ -371,13 +372,14 @@ Dispatcher_slot_stats(Dispatcher *d, PyObject *arg)
     return Py_BuildValue("(KK)", d->slot_counts[2 * slot], d->slot_counts[2 * slot + 1]);
 }
 
-/* bind(slot, gen): a new connection takes the slot. Only completions carrying
- * this generation reach its sink from now on; its counters start at zero. */
+/* bind(slot[, gen]) -> gen: a new connection takes the slot, with the slot's
+ * next generation (or `gen`, which the tests forge). Only completions carrying
+ * that generation reach its sink from now on; its counters start at zero. */
 static PyObject *
 Dispatcher_bind(Dispatcher *d, PyObject *args)
 {
-    unsigned int slot, gen;
-    if (!PyArg_ParseTuple(args, "II", &slot, &gen))
+    unsigned int slot, gen = 0;
+    if (!PyArg_ParseTuple(args, "I|I", &slot, &gen))
         return NULL;
     if (!d->area) {
         PyErr_SetString(PyExc_RuntimeError, "dispatcher is closed");
@@ -385,13 +387,13 @@ Dispatcher_bind(Dispatcher *d, PyObject *args)
     }
     if (slot >= d->slot_cap && grow_slots(d, slot) < 0)
         return NULL;
-    if (area_bind_slot(d->area, d->user, slot, gen) < 0)
+    uint32_t bound = area_bind_slot(d->area, d->user, slot, gen);
+    if (!bound)
         return NULL;
-    d->slot_gen[slot] = gen;
     d->slot_counts[2 * slot] = d->slot_counts[2 * slot + 1] = 0;
     d->slot_idle[slot] = 0;
     d->slot_seen[slot] = 0;
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(bound);
 }
 
 /* Locates the buffer a data completion refers to; 0 if the completion is bogus. */
@@ -776,7 +778,7 @@ static inline PyObject *
 account_slot(Dispatcher *d, const delivery *dl)
 {
     uint32_t slot = dl->slot;
-    if (dl->unknown || d->halted || slot >= d->slot_cap || d->slot_gen[slot] != UD_GEN(dl->ud))
+    if (dl->unknown || d->halted || slot >= d->slot_cap || slot_gen(d, slot) != UD_GEN(dl->ud))
         return NULL;
     d->slot_counts[2 * slot] += dl->pieces;
     d->slot_counts[2 * slot + 1] += (unsigned long long)dl->res;
@@ -1503,7 +1505,7 @@ Dispatcher_socket_wake(Dispatcher *d, PyObject *arg)
             if (++d->slot_idle[slot] >= SOCKET_IDLE_LIMIT && !d->busy && !d->in_slow) {
                 d->slot_idle[slot] = 0;
                 d->socket_idle_reports++;
-                uint64_t ud = UD_MAKE(UD_KIND_SOCK_IDLE, slot, d->slot_gen[slot]);
+                uint64_t ud = UD_MAKE(UD_KIND_SOCK_IDLE, slot, slot_gen(d, slot));
                 if (make_room(d, 1)) {  /* no room: only a hint lost, the next idle wake-up says it */
                     push_control(d, ud, 0, 0, NULL);
                     Py_DECREF(r);
@@ -1766,7 +1768,6 @@ Dispatcher_dealloc(Dispatcher *d)
     Py_CLEAR(d->slow_path);
     Py_CLEAR(d->area);
     PyMem_Free(d->slot_counts);
-    PyMem_Free(d->slot_gen);
     PyMem_Free(d->slot_active);
     PyMem_Free(d->slot_idle);
     PyMem_Free(d->slot_seen);
@@ -1793,7 +1794,7 @@ static PyMethodDef Dispatcher_methods[] = {
     {"set_timing", (PyCFunction)Dispatcher_set_timing, METH_O, "benchmarks: time dispatching (stats()['dispatch_ns'])"},
     {"stats", (PyCFunction)Dispatcher_stats, METH_NOARGS, "counters"},
     {"slot_stats", (PyCFunction)Dispatcher_slot_stats, METH_O, "(completions, bytes) of a slot"},
-    {"bind", (PyCFunction)Dispatcher_bind, METH_VARARGS, "bind(slot, gen): a new connection takes the slot"},
+    {"bind", (PyCFunction)Dispatcher_bind, METH_VARARGS, "bind(slot[, gen]) -> gen: a new connection takes the slot (its next generation)"},
     {"halt", (PyCFunction)Dispatcher_halt, METH_NOARGS, "no more callbacks; every buffer goes straight back"},
     {"close", (PyCFunction)Dispatcher_close, METH_NOARGS, "drop slots, ring and area"},
     {"take_quiet", (PyCFunction)Dispatcher_take_quiet, METH_NOARGS, "slots with data last tick and none since; starts a new tick"},

@@ -165,31 +165,29 @@ def decide(res: int, more: bool, wanted: bool) -> Action:
 
 
 class Slots:
-    """Slot numbers with generations: a slot is free again as soon as its
-    connection detaches; the next user gets the next generation (never 0, which
-    means "no connection" to the C side)."""
+    """Slot numbers: a slot is free again as soon as its connection detaches.
 
-    def __init__(self, gen_mask: int) -> None:
-        # the largest generation: user_data carries gen_mask's bits of it
-        # (_kernel.UD_GEN_MASK, aiozcrx/_c/protocol.h)
-        self.gen_mask = gen_mask
-        self._gens: list[int] = []
+    Generations are not kept here: the C side's record of which generation owns
+    each slot (the area user's, ``aiozcrx/_c/area.c`` ``area_bind_slot``) is the
+    only one, and binding a slot there (``Dispatcher.bind`` / ``Area.bind_slot``)
+    hands out the slot's next generation. A ``Conn`` carries its own generation as
+    its identity, as the user_data of its requests does."""
+
+    def __init__(self) -> None:
+        self._count = 0
         self._free: list[int] = []
 
-    def take(self) -> tuple[int, int]:
+    def take(self) -> int:
         if self._free:
-            slot = self._free.pop()
-        else:
-            slot = len(self._gens)
-            self._gens.append(0)
-        gen = self._gens[slot] = self._gens[slot] % self.gen_mask + 1
-        return slot, gen
+            return self._free.pop()
+        self._count += 1
+        return self._count - 1
 
     def free(self, slot: int) -> None:
         self._free.append(slot)
 
     def __len__(self) -> int:
-        return len(self._gens)
+        return self._count
 
 
 class Conn:

@@ -97,7 +97,7 @@ class RingEngine(Engine):
         self.area_user = 0
         self.dispatcher: _kernel.DispatcherLike | None = None
         self.slots: list[Sink | None] = []  # slot -> sink, read by the C dispatcher
-        self.slot_table = Slots(_kernel.UD_GEN_MASK)
+        self.slot_table = Slots()
         self._closed_conns: dict[int, Conn] = {}  # forgotten by close() inside a pump round
         self._scheduled = False
         self._reader_added = False
@@ -224,13 +224,17 @@ class RingEngine(Engine):
         if self.closed:
             raise RuntimeError("engine is closed")
         assert self.dispatcher is not None, "attach() before open()"
-        slot, gen = self.slot_table.take()
+        slot = self.slot_table.take()
+        try:
+            gen = self.dispatcher.bind(slot)  # the slot's next generation
+        except BaseException:
+            self.slot_table.free(slot)
+            raise
         if slot == len(self.slots):
             self.slots.append(None)
         conn = Conn(self, slot, gen, fd, events)
         self.conns[slot] = conn
         self.slots[slot] = None
-        self.dispatcher.bind(slot, gen)
         return conn
 
     def _set_sink(self, conn: Conn, sink: Sink | None) -> None:

@@ -38,7 +38,7 @@ class SocketEngine(Engine):
         self.sinks: dict[int, Sink | None] = {}
         self.counts: dict[int, list[int]] = {}
         self.armed_fds: dict[int, Conn] = {}
-        self.slot_table = Slots(_kernel.UD_GEN_MASK)
+        self.slot_table = Slots()
         self.completions = 0
         self.bytes = 0
         self.dropped = 0
@@ -89,11 +89,15 @@ class SocketEngine(Engine):
         if self.closed:
             raise RuntimeError("engine is closed")
         assert self.area is not None, "attach() before open()"
-        slot, gen = self.slot_table.take()
+        slot = self.slot_table.take()
+        try:
+            gen = self.area.bind_slot(slot)  # the slot's next generation
+        except BaseException:
+            self.slot_table.free(slot)
+            raise
         conn = Conn(self, slot, gen, fd, events)
         self.conns[slot] = conn
         self.counts[slot] = [0, 0]
-        self.area.bind_slot(slot, gen)
         return conn
 
     def _set_sink(self, conn: Conn, sink: Sink | None) -> None:
