@@ -177,11 +177,20 @@ class Slots:
         self._count = 0
         self._free: list[int] = []
 
-    def take(self) -> int:
+    def take(self, bind: Callable[[int], int]) -> tuple[int, int]:
+        """(slot, generation): a free slot, bound by ``bind(slot)``, which returns
+        the generation the C side handed out for it; the slot stays free if
+        binding fails."""
         if self._free:
-            return self._free.pop()
-        self._count += 1
-        return self._count - 1
+            slot = self._free.pop()
+        else:
+            slot = self._count
+            self._count += 1
+        try:
+            return slot, bind(slot)
+        except BaseException:
+            self._free.append(slot)
+            raise
 
     def free(self, slot: int) -> None:
         self._free.append(slot)

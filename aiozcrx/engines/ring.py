@@ -224,12 +224,7 @@ class RingEngine(Engine):
         if self.closed:
             raise RuntimeError("engine is closed")
         assert self.dispatcher is not None, "attach() before open()"
-        slot = self.slot_table.take()
-        try:
-            gen = self.dispatcher.bind(slot)  # the slot's next generation
-        except BaseException:
-            self.slot_table.free(slot)
-            raise
+        slot, gen = self.slot_table.take(self.dispatcher.bind)  # the slot's next generation
         if slot == len(self.slots):
             self.slots.append(None)
         conn = Conn(self, slot, gen, fd, events)

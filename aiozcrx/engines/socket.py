@@ -89,12 +89,7 @@ class SocketEngine(Engine):
         if self.closed:
             raise RuntimeError("engine is closed")
         assert self.area is not None, "attach() before open()"
-        slot = self.slot_table.take()
-        try:
-            gen = self.area.bind_slot(slot)  # the slot's next generation
-        except BaseException:
-            self.slot_table.free(slot)
-            raise
+        slot, gen = self.slot_table.take(self.area.bind_slot)  # the slot's next generation
         conn = Conn(self, slot, gen, fd, events)
         self.conns[slot] = conn
         self.counts[slot] = [0, 0]
