@@ -1,7 +1,9 @@
 """HTTP uploads for the worker tests (tests/test_gunicorn.py, tests/test_workers.py):
 POSTs of a known body, each on its own connection, to the ASGI app of
 tests/workers_app.py, which answers with the length and sha256 it received and
-the worker's identity; ``check`` holds each answer against what was sent."""
+the worker's identity; ``check`` holds each answer against what was sent.
+``uploads_in`` runs the uploads from another network namespace (the simulated
+NIC's peer): this file as a script, ``python http_uploads.py SPEC``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import hashlib
 import http.client
 import json
 import os
+import subprocess
+import sys
 
 NOBODY = 65534
 CEILING = 600.0  # only turns a hang into a failure
@@ -41,6 +45,15 @@ def uploads(host: str, port: int, count: int, size: int, parallel: int = 8) -> l
         return list(pool.map(lambda i: upload(host, port, i, size), range(count)))
 
 
+def uploads_in(netns: str, host: str, port: int, count: int, size: int) -> list[dict]:
+    """``uploads`` run in network namespace ``netns`` (this file as a script there)."""
+    spec = json.dumps({"host": host, "port": port, "count": count, "size": size})
+    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, os.path.abspath(__file__), spec],
+                         capture_output=True, text=True, timeout=CEILING)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def check(res: list[dict], size: int) -> list[dict]:
     """Every upload answered 200 with its own length and sha256, by a worker that
     runs as nobody with no capability and whose own zcrx registration was refused."""
@@ -51,3 +64,8 @@ def check(res: list[dict], size: int) -> list[dict]:
         assert a["uid"] == NOBODY and a["gid"] == NOBODY and a["cap_eff"] == 0, a
         assert a["register"].startswith("ZcrxUnavailable: errno=1:") and "CAP_NET_ADMIN" in a["register"], a
     return [r["answer"] for r in res]
+
+
+if __name__ == "__main__":
+    p = json.loads(sys.argv[1])
+    print(json.dumps(uploads(p["host"], p["port"], p["count"], p["size"])), flush=True)

@@ -3,8 +3,8 @@
 The real gunicorn command line (`python -m gunicorn -k ... --workers N --user
 nobody`), the ASGI app of tests/workers_app.py (it answers each upload with its
 length, its sha256 and the worker's uid and CapEff), uploads as plain HTTP/1.1
-POSTs (this file is also the client: `python tests/test_gunicorn.py SPEC`, run in
-the peer's network namespace for the NIC test). Per-worker stats come from
+POSTs (tests/http_uploads.py, run in the peer's network namespace for the NIC
+test). Per-worker stats come from
 AIOZCRX_STATS_DIR (written at start, on SIGUSR1 and at exit).
 
 Host: engine uring (no zcrx here) on loopback, 2 workers. Guest with the
@@ -29,7 +29,7 @@ import pytest
 
 # the NIC set-up for 4 workers (5 queues, an RSS context over 0-3), shared
 from test_workers import ZC_QUEUES, alive, bound_queues, doctor_says_free, steered, wait_until  # noqa: F401
-from http_uploads import CEILING, NOBODY, body_of, check, uploads
+from http_uploads import CEILING, NOBODY, body_of, check, uploads, uploads_in
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -216,18 +216,14 @@ def test_gunicorn_workers_upload_as_nobody_hup_and_term(tmp_path):
 @pytest.mark.workers
 @pytest.mark.nic
 def test_gunicorn_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered):  # noqa: F811 - the fixture
-    # 64 uploads of 1 MiB (not 16: the one-CPU guest; the same path, less time)
-    size, count = 1 << 20, 64
+    # 64 uploads of 16 MiB, each verified by its sha256
+    size, count = 16 << 20, 64
     g = Gunicorn(tmp_path, 4, f"{sim_nic.addr}:{steered}",
                  {"AIOZCRX_INTERFACE": sim_nic.name, "AIOZCRX_QUEUES": "0-3", "AIOZCRX_ENGINE": "zcrx",
                   "AIOZCRX_AREA_SIZE": "16M", "AIOZCRX_RQ_ENTRIES": "4096"})
     try:
         assert sorted(bound_queues(sim_nic.name)) == ZC_QUEUES
-        spec = json.dumps({"host": sim_nic.addr, "port": steered, "count": count, "size": size})
-        out = subprocess.run(["ip", "netns", "exec", sim_nic.peer_ns, sys.executable, __file__, spec],
-                             capture_output=True, text=True, timeout=CEILING)
-        assert out.returncode == 0, out.stderr
-        check(json.loads(out.stdout.splitlines()[-1]), size)
+        check(uploads_in(sim_nic.peer_ns, sim_nic.addr, steered, count, size), size)
         stats = g.fresh_stats()
         for s in stats.values():
             # (the reason may note the wake-up path; no engine was passed over)
@@ -248,11 +244,7 @@ def test_gunicorn_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered):  # no
         new = wait_until(lambda: len(r := g.ready()) == 4 and not set(r) & old and r, "4 new workers")
         assert sorted(s["queue"] for s in new.values()) == ZC_QUEUES
         assert sorted(bound_queues(sim_nic.name)) == ZC_QUEUES
-        small = json.dumps({"host": sim_nic.addr, "port": steered, "count": 16, "size": 256 << 10})
-        out = subprocess.run(["ip", "netns", "exec", sim_nic.peer_ns, sys.executable, __file__, small],
-                             capture_output=True, text=True, timeout=CEILING)
-        assert out.returncode == 0, out.stderr
-        answers = check(json.loads(out.stdout.splitlines()[-1]), 256 << 10)
+        answers = check(uploads_in(sim_nic.peer_ns, sim_nic.addr, steered, 16, 256 << 10), 256 << 10)
         assert {a["pid"] for a in answers} <= set(new)
         for s in g.fresh_stats().values():
             assert s["engine"] == "zcrx" and s["kernel_copy_bytes"] == 0, s
@@ -265,10 +257,7 @@ def test_gunicorn_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered):  # no
         assert set(after) - {victim} >= set(new) - {victim}
         assert {s["queue"] for pid, s in after.items() if pid not in new} == {2}
         assert sorted(bound_queues(sim_nic.name)) == ZC_QUEUES
-        out = subprocess.run(["ip", "netns", "exec", sim_nic.peer_ns, sys.executable, __file__, small],
-                             capture_output=True, text=True, timeout=CEILING)
-        assert out.returncode == 0, out.stderr
-        check(json.loads(out.stdout.splitlines()[-1]), 256 << 10)
+        check(uploads_in(sim_nic.peer_ns, sim_nic.addr, steered, 16, 256 << 10), 256 << 10)
         for s in g.fresh_stats().values():
             assert s["engine"] == "zcrx" and s["kernel_copy_bytes"] == 0, s
     finally:
@@ -277,7 +266,3 @@ def test_gunicorn_workers_on_four_zcrx_queues(tmp_path, sim_nic, steered):  # no
     wait_until(lambda: bound_queues(sim_nic.name) == [], "every queue to be released")
     doctor_says_free(sim_nic.name, steered)
 
-
-if __name__ == "__main__":
-    p = json.loads(sys.argv[1])
-    print(json.dumps(uploads(p["host"], p["port"], p["count"], p["size"])), flush=True)
