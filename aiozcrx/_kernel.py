@@ -277,8 +277,9 @@ class Ring:
             ret = fn(self._r, *args)
         _check(ret, "io_uring SQE")
 
-    def prep_recv_zc(self, fd: int, zcrx_id: int, ud: int) -> None:
-        self._prep(lib.azx_prep_recv_zc, fd, zcrx_id, ud)
+    def prep_recv_zc(self, fd: int, zcrx_id: int, ud: int, limit: int = 0) -> None:
+        """A multishot RECV_ZC; ``limit`` > 0: it ends after that many bytes."""
+        self._prep(lib.azx_prep_recv_zc, fd, zcrx_id, limit, ud)
 
     def prep_recv_pbuf(self, fd: int, bgid: int, ud: int) -> None:
         self._prep(lib.azx_prep_recv_pbuf, fd, bgid, ud)

@@ -163,6 +163,33 @@ async def test_share_with_two_engines_first_connections_are_throttled_and_resume
 
 @pytest.mark.guest
 @pytest.mark.asyncio
+async def test_pause_at_the_share_takes_no_more_than_the_share(need_zcrx_copy):
+    """over_share="pause": once the connection is stopped and its request has ended,
+    its views hold about its share, not the area. Each request takes at most what is
+    left of the share (RECV_ZC's len): a cancel lands only after the kernel has run
+    the pending receive, which on loopback took the sender's whole send buffer (276
+    buffers for a share of 64, and with a second connection the whole area: the
+    test above then waited for ever, seen under load)."""
+    total, held = 4 * MiB, 256 * KiB
+    lst = Listener()
+    async with aiozcrx.Receiver(engine="zcrx-copy", area_size=2 * MiB, max_held=held, over_share="pause") as rx:
+        proc = start_sender(lst.port, 77, total)
+        t, keeper = await rx.wrap(await lst.accept(), lambda: Sink(keep=True))
+        conn = t._conn
+        await wait_until(lambda: rx.stats().get("share_stops", 0) >= 1 and not conn.armed,
+                         "the connection stopped at its share, its request ended")
+        share = held // rx.stats()["buffer_size"]
+        # a completion may fill less than its buffer: the limit is in bytes
+        assert rx.stats()["buffers_outstanding"] <= 2 * share, rx.stats()
+        keeper.release_kept()
+        assert await asyncio.wait_for(keeper.lost, 120) is None
+    lst.close()
+    assert await join(proc) == 0
+    assert keeper.sha.hexdigest() == stream_sha256(77, total)
+
+
+@pytest.mark.guest
+@pytest.mark.asyncio
 async def test_share_with_source_closed_mid_stream_importer_refills_through_its_own_ring(need_zcrx_copy):
     total = 8 * MiB  # four times the area: the kernel needs the refills flushed
     lst = Listener()

@@ -76,7 +76,7 @@ void azx_ring_close(struct azx_ring *ring);
 /* queue.c */
 int azx_enter(struct azx_ring *ring, unsigned min_complete, unsigned flags);
 unsigned azx_sq_space(struct azx_ring *ring);
-int azx_prep_recv_zc(struct azx_ring *ring, int fd, uint32_t zcrx_id, uint64_t user_data);
+int azx_prep_recv_zc(struct azx_ring *ring, int fd, uint32_t zcrx_id, uint32_t len, uint64_t user_data);
 int azx_prep_recv_pbuf(struct azx_ring *ring, int fd, uint16_t bgid, uint64_t user_data);
 int azx_prep_cancel(struct azx_ring *ring, uint64_t target, uint64_t user_data);
 int azx_prep_nop(struct azx_ring *ring, uint64_t user_data);

@@ -39,11 +39,13 @@ int azx_enter(struct azx_ring *r, unsigned min_complete, unsigned flags)
     return ret < 0 ? -errno : (int)ret;
 }
 
-int azx_prep_recv_zc(struct azx_ring *r, int fd, uint32_t zcrx_id, uint64_t user_data)
+/* len: the most bytes the request takes before it ends (res 0, no F_MORE, as
+ * at EOF: the engine tells them apart by what it received); 0: no limit. */
+int azx_prep_recv_zc(struct azx_ring *r, int fd, uint32_t zcrx_id, uint32_t len, uint64_t user_data)
 {
     struct azx_sqe *s = azx_next_sqe(r);
     if (!s) return -EBUSY;
-    s->opcode = AZX_OP_RECV_ZC; s->fd = fd; s->ioprio = AZX_RECV_MULTISHOT;
+    s->opcode = AZX_OP_RECV_ZC; s->fd = fd; s->ioprio = AZX_RECV_MULTISHOT; s->len = len;
     s->zcrx_ifq_idx = zcrx_id; s->user_data = user_data;
     azx_publish_sqe(r);
     return 0;

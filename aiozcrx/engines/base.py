@@ -205,7 +205,7 @@ class Conn:
 
     __slots__ = ("engine", "slot", "gen", "fd", "events", "wanted", "armed", "cancelling",
                  "throttled", "detached", "final_counts", "sock_watched", "sock_parked", "share_said",
-                 "starved_at", "__weakref__")
+                 "starved_at", "arm_limit", "arm_from", "__weakref__")
 
     def __init__(self, engine: "Engine", slot: int, gen: int, fd: int, events: ReadEvents):
         self.engine = engine
@@ -227,6 +227,10 @@ class Conn:
         # its completions when it last stopped for want of buffers (-1: never):
         # stopping again with nothing received since is the same episode
         self.starved_at = -1
+        # the armed request's byte limit (RECV_ZC's len; 0: none) and the bytes
+        # received when it was armed: a request ends at its limit as at EOF (res 0)
+        self.arm_limit = 0
+        self.arm_from = 0
 
     # -- the transport's interface --
     def set_sink(self, sink: Sink | None) -> None:

@@ -269,8 +269,12 @@ class RingEngine(Engine):
         return self.dispatcher.slot_stats(conn.slot)
 
     # -------------------------------------------------------------- requests
-    def _prep_recv(self, fd: int, ud: int) -> None:
+    def _prep_recv(self, fd: int, ud: int, limit: int) -> None:
         raise NotImplementedError
+
+    def _recv_limit(self, conn: Conn) -> int:
+        """The most bytes the next request of ``conn`` may take (0: no limit)."""
+        return 0
 
     def _arm(self, conn: Conn) -> None:
         if self.closed or conn.throttled:
@@ -281,8 +285,12 @@ class RingEngine(Engine):
             self._starve(conn, at_enter=False)
             return
         assert self.loop is not None
-        self._prep_recv(conn.fd, user_data(UD_RECV, conn.slot, conn.gen))
+        limit = self._recv_limit(conn)
+        self._prep_recv(conn.fd, user_data(UD_RECV, conn.slot, conn.gen), limit)
         conn.armed = True
+        conn.arm_limit = limit
+        if limit:
+            conn.arm_from = self._conn_stats(conn)[1]
         if self._sock_wake is not None:
             self._unpark(conn)  # a new request: a socket parked for the old one is watched again
             self._watch_socket(conn)
@@ -619,11 +627,15 @@ class RingEngine(Engine):
                     conn.events._callback_failed(exc)
                     continue
                 more = bool(flags & _kernel.CQE_F_MORE)
+                action = decide(res, more, conn.wanted)
                 if not more:
                     conn.armed = False
                     conn.cancelling = False
                     self._unwatch_socket(conn)
-                self._apply(conn, decide(res, more, conn.wanted), res)
+                    if action is Action.EOF and self._limit_reached(conn):
+                        # a request that took its limit ends as at EOF (res 0)
+                        action = Action.REARM if conn.wanted else Action.IDLE
+                self._apply(conn, action, res)
             elif kind == UD_OVER_SHARE:
                 conn = self.conns.get(ud_slot(ud))
                 if conn is not None and conn.gen == ud_gen(ud):
@@ -640,6 +652,11 @@ class RingEngine(Engine):
                     self._out_of_memory(conn)
         if interrupt is not None:
             raise interrupt
+
+    def _limit_reached(self, conn: Conn) -> bool:
+        """Whether the request that just ended had a limit and took all of it."""
+        limit, conn.arm_limit = conn.arm_limit, 0
+        return bool(limit) and self._conn_stats(conn)[1] - conn.arm_from >= limit
 
     def _apply(self, conn: Conn, action: Action, res: int) -> None:
         if action is Action.KEEP or action is Action.IDLE:

@@ -55,6 +55,6 @@ class UringEngine(RingEngine):
             raise
         self._start_loop(loop)
 
-    def _prep_recv(self, fd: int, ud: int) -> None:
+    def _prep_recv(self, fd: int, ud: int, limit: int) -> None:
         assert self.ring is not None
         self.ring.prep_recv_pbuf(fd, self.BGID, ud)
