@@ -255,6 +255,14 @@ async def test_large_buffers_granted_and_every_byte_arrives(sim_nic, zc, listen,
           f"{total / stats['completions']:.0f} bytes each on average, largest {proto.largest}")
 
 
+async def refused(sim_nic, q: int, **options) -> ZcrxBufferSizeRefused:
+    """The typed error a zcrx Receiver on ``q`` with ``options`` opens with."""
+    with pytest.raises(ZcrxBufferSizeRefused) as info:
+        async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, **options):
+            pass
+    return info.value
+
+
 @nic
 @pytest.mark.asyncio
 async def test_size_outside_the_drivers_range_is_refused_naming_the_driver(sim_nic, zc):
@@ -262,11 +270,7 @@ async def test_size_outside_the_drivers_range_is_refused_naming_the_driver(sim_n
     ERANGE beyond, as bnxt says it); the area allows more, so the driver is named."""
     q = 1
     zc(q, 9311, "tcp4")
-    with pytest.raises(ZcrxBufferSizeRefused) as info:
-        async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, area_size=16 * MiB,
-                                    rq_entries=4096, rx_buf_len=128 * 1024):
-            pass
-    e = info.value
+    e = await refused(sim_nic, q, area_size=16 * MiB, rq_entries=4096, rx_buf_len=128 * 1024)
     assert (e.errno, e.refused_by, e.rx_buf_len) == (errno.ERANGE, "driver", 128 * 1024), str(e)
     assert e.contiguous is not None and e.contiguous >= 128 * 1024
     assert "out of its driver's range" in str(e) and "fix:" in str(e)
@@ -281,15 +285,10 @@ async def test_size_outside_the_drivers_range_is_refused_naming_the_driver(sim_n
 async def test_area_not_contiguous_is_refused_naming_huge_pages(sim_nic, zc, fragmented_area):
     q = 1
     zc(q, 9312, "tcp4")
-    with pytest.raises(ZcrxBufferSizeRefused) as info:
-        async with aiozcrx.Receiver(engine="zcrx", interface=sim_nic.name, queue=q, area_size=1 * MiB,
-                                    rq_entries=256, rx_buf_len=16 * 1024):
-            pass
-    e = info.value
+    e = await refused(sim_nic, q, area_size=1 * MiB, rq_entries=256, rx_buf_len=16 * 1024)
     assert (e.errno, e.refused_by, e.contiguous) == (errno.ERANGE, "area", PAGE_SIZE)
     assert "not physically contiguous" in str(e) and "hugepages=True" in str(e)
     assert len(fragmented_area) == 1
-
 
 
 @nic
