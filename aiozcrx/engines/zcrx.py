@@ -361,7 +361,8 @@ class ZcrxEngine(RingEngine):
             return 0
         unit = self.area.stats()["buffer_size"]
         left = self.share_buffers(unit) - self.area.held(conn.slot, conn.gen, self.area_user)
-        return max(left, 1) * unit
+        # RECV_ZC's len is 32 bits: a share past 2 GiB is limited there (re-armed after)
+        return min(max(left, 1) * unit, 1 << 31)
 
     def _end_of_round(self) -> None:
         # NODEV: the kernel has no other way to get buffers back than a flush; one
