@@ -15,8 +15,14 @@
  * socketpair, a write() to the other end. A kernel that signals inline has made
  * the eventfd readable before write() returns; one that defers has not. No timing
  * threshold decides: only whether the counter is non-zero right after write().
- * A trial whose two syscalls were far apart (the thread was preempted, and a
- * deferred signal could have landed meanwhile) is repeated on a fresh ring.
+ * The two answers are not equally certain. An unreadable eventfd proves deferral:
+ * a kernel that signals inline never leaves it unreadable. A readable one does not
+ * prove the signal was inline: a grace period can end between the two syscalls
+ * (on the one-CPU 7.2 guest a timer tick is enough: 9 trials in 3000 read so).
+ * So one unreadable trial answers "deferred", and "inline" takes PROBE_INLINE_TRIALS
+ * readable trials in a row, each on a fresh ring. A readable trial whose syscalls
+ * were far apart (the thread was preempted) counts for neither; a probe that never
+ * settles answers "deferred", whose wake path (the sockets') works on either kernel.
  *
  * Returns 1 (inline), 0 (deferred), or -errno where the probe could not run
  * (no io_uring, no DEFER_TASKRUN, out of fds): the caller then has no eventfd
@@ -36,8 +42,9 @@
 
 #include "abi.h"
 
-#define PROBE_TRIALS 3
-#define PROBE_MAX_GAP_NS 1000000LL   /* write() -> check further apart than this: retry */
+#define PROBE_INLINE_TRIALS 5       /* readable right after write() this many times: inline */
+#define PROBE_MAX_ATTEMPTS 15        /* trials at most, preempted ones included */
+#define PROBE_MAX_GAP_NS 1000000LL   /* write() -> check further apart than this: counts for neither */
 
 static long long probe_now_ns(void)
 {
@@ -105,8 +112,13 @@ out:
 
 int azx_probe_eventfd_inline(void)
 {
-    int ret = 2;
-    for (int i = 0; i < PROBE_TRIALS && ret == 2; i++)
-        ret = probe_once();
-    return ret == 2 ? 1 : ret;   /* preempted every time: readable all the same */
+    int inline_trials = 0;
+    for (int i = 0; i < PROBE_MAX_ATTEMPTS && inline_trials < PROBE_INLINE_TRIALS; i++) {
+        int ret = probe_once();
+        if (ret <= 0)
+            return ret;              /* unreadable once: deferred; or -errno */
+        if (ret == 1)
+            inline_trials++;
+    }
+    return inline_trials == PROBE_INLINE_TRIALS;
 }
