@@ -60,6 +60,15 @@
 #ifndef IORING_CQE_F_BUF_MORE
 #define IORING_CQE_F_BUF_MORE (1U << 4)
 #endif
+/* struct io_uring_buf_reg (5.19), declared here: the 16-bit field after bgid is
+ * "pad" in older <linux/io_uring.h> and "flags" in 6.12+ ones, so neither name
+ * compiles everywhere. */
+struct buf_reg {
+    uint64_t ring_addr;
+    uint32_t ring_entries;
+    uint16_t bgid, flags;
+    uint64_t resv[3];
+};
 /* Buffer ring shape, from the environment (defaults: 64 buffers of 64 KiB,
  * aiozcrx's buf_size): WF_BUFS (a power of two), WF_SIZE, WF_INC=1 for
  * incremental buffers (IOU_PBUF_RING_INC, 6.12+), WF_REWIND=1 to point the
@@ -298,12 +307,12 @@ static void pbuf_setup(struct ring *r)
     }
     if (r->br == MAP_FAILED || r->bufs == MAP_FAILED)
         die("mmap buffers", errno);
-    struct io_uring_buf_reg reg;
+    struct buf_reg reg;
     memset(&reg, 0, sizeof reg);
     reg.ring_addr = (uint64_t)(uintptr_t)r->br;
     reg.ring_entries = NBUFS;
     reg.bgid = 1;
-    reg.pad = INC ? IOU_PBUF_RING_INC : 0;   /* "flags" in 6.12+ headers */
+    reg.flags = INC ? IOU_PBUF_RING_INC : 0;
     if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
         die("IORING_REGISTER_PBUF_RING", errno);
     r->br->tail = 0;
