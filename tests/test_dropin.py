@@ -201,19 +201,32 @@ else:
 
 # asyncio's event loop policies as Python 3.16 will have them: gone (3.14 warns on
 # their use). Nothing aiozcrx.run does may need them.
+# asyncio as it will be in 3.16: every policy function raises, every policy class is
+# gone. On 3.14+ the deprecated names are served (with a warning) by the modules'
+# __getattr__ and the classes live on under underscored names: both go too. Nothing
+# here may itself touch a deprecated name (the tests run under -W error).
 POLICIES_GONE = """
 import asyncio, asyncio.events, asyncio.unix_events
 def gone(name):
     def call(*args, **kwargs):
         raise AssertionError(f"asyncio.{name}() called: event loop policies are deprecated in 3.14, gone in 3.16")
     return call
-for name in ("get_event_loop_policy", "set_event_loop_policy", "set_event_loop"):
-    setattr(asyncio, name, gone(name))
-    setattr(asyncio.events, name, gone(name))
-for name in ("AbstractEventLoopPolicy", "BaseDefaultEventLoopPolicy", "DefaultEventLoopPolicy"):
-    for module in (asyncio, asyncio.events, asyncio.unix_events):
-        if hasattr(module, name):
-            delattr(module, name)
+def no_policies(module, served):
+    def __getattr__(name):
+        if "EventLoopPolicy" in name:
+            raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+        return served(name)
+    return __getattr__
+for name in ("get_event_loop_policy", "set_event_loop_policy", "set_event_loop",
+             "_get_event_loop_policy", "_set_event_loop_policy"):
+    for module in (asyncio, asyncio.events):
+        if name in vars(module) or not name.startswith("_"):
+            setattr(module, name, gone(name))
+for module in (asyncio, asyncio.events, asyncio.unix_events):
+    for name in [n for n in vars(module) if "EventLoopPolicy" in n]:
+        delattr(module, name)
+    if "__getattr__" in vars(module):
+        module.__getattr__ = no_policies(module, vars(module)["__getattr__"])
 """
 
 
