@@ -29,24 +29,29 @@ test-host: $(STAMP)
 	$(PYTEST)
 
 # The host suite again on every other CPython >= 3.10 the machine has (pyenv's, or
-# python3.X on PATH), each in its own .venv-3.X: requires-python is a promise.
-# (The differential contract test draws 40 scripts there, 150 on the default one.)
-# The last of them runs with the wake-up path that engine "auto" does not take on
+# python3.X on PATH), each in its own .venv-3.X: requires-python is a promise. Then on
+# each of SID_PYTHONS the machine lacks, Debian sid's, in a root of its own
+# (scripts/sid-python.sh; skipped with the reason where that cannot work).
+# The last local one runs with the wake-up path that engine "auto" does not take on
 # this kernel (AIOZCRX_WAKE: the eventfd where the kernel signals it late, else
 # the sockets), so that both paths are tested on every machine (docs/concepts.md,
 # "Wake-ups").
+SID_PYTHONS ?= 3.14
 OTHER_WAKE = -c "import aiozcrx.engines.wake as w; print(w.other_path())"
 test-pythons: $(STAMP)
-	@pys=$$(scripts/other-pythons.sh $(BIN)/python); \
-	if [ -z "$$pys" ]; then echo "test-pythons SKIPPED: no other CPython >= 3.10 on this machine"; exit 0; fi; \
+	@pys=$$(scripts/other-pythons.sh $(BIN)/python); have=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	if [ -z "$$pys" ]; then echo "test-pythons: no other CPython >= 3.10 on this machine"; fi; \
 	last=$$(echo $$pys | tr ' ' '\n' | tail -n 1); \
 	for py in $$pys; do \
-		v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); venv=.venv-$$v; \
-		test -x $$venv/bin/python || $$py -m venv $$venv || exit 1; \
-		$$venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,uvloop,anyio]' || exit 1; \
-		wake=auto; [ "$$py" = "$$last" ] && wake=$$($$venv/bin/python $(OTHER_WAKE)); \
-		echo "== host suite on Python $$v ($$py), wake-up path: AIOZCRX_WAKE=$$wake"; \
-		AIOZCRX_WAKE=$$wake AIOZCRX_CONTRACT_EXAMPLES=40 $$venv/bin/python -m pytest -q -p no:cacheprovider || exit 1; \
+		have="$$have $$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+		wake=auto; [ "$$py" = "$$last" ] && wake=$$($(BIN)/python $(OTHER_WAKE)); \
+		scripts/host-suite.sh $$py $$wake || exit 1; \
+	done; \
+	for v in $(SID_PYTHONS); do \
+		case " $$have " in *" $$v "*) continue ;; esac; \
+		if why=$$(scripts/sid-python.sh --check $$v); then \
+			scripts/sid-python.sh $$v -- scripts/host-suite.sh /usr/bin/python$$v auto || exit 1; \
+		else echo "host suite on Python $$v SKIPPED: $$why"; fi; \
 	done
 
 # The 7.x kernel tier (User-Mode Linux): the real zcrx path, on the project's own
