@@ -58,7 +58,7 @@ def test_the_blocker_really_blocks_the_core():
 
 @pytest.mark.parametrize("module", ["aiozcrx.tools", "aiozcrx.tools.nic", "aiozcrx.tools.ethtool",
                                     "aiozcrx.tools.doctor", "aiozcrx.tools.probe",
-                                    "aiozcrx.tools.cli"])
+                                    "aiozcrx.cli"])
 def test_tools_modules_import_without_the_core(module):
     r = run_py(f"""
         import importlib, json
@@ -71,7 +71,7 @@ def test_tools_modules_import_without_the_core(module):
 
 def test_doctor_json_without_the_core():
     r = run_py("""
-        from aiozcrx.tools.cli import main
+        from aiozcrx.cli import main
         rc = main(["doctor", "--json"])
         print("RC", rc, loaded_core())
     """)
@@ -93,7 +93,7 @@ def test_doctor_json_without_the_core():
 
 def test_doctor_text_without_the_core():
     r = run_py("""
-        from aiozcrx.tools.cli import main
+        from aiozcrx.cli import main
         sys.exit(main(["doctor"]))
     """)
     assert r.returncode == 1, r.stderr
@@ -119,7 +119,7 @@ def test_python_m_aiozcrx_doctor_without_the_core(tmp_path):
 
 def test_nic_help_without_the_core():
     r = run_py("""
-        from aiozcrx.tools.cli import main
+        from aiozcrx.cli import main
         try:
             main(["nic", "--help"])
         except SystemExit as e:
@@ -131,7 +131,7 @@ def test_nic_help_without_the_core():
 
 def test_recv_without_the_core_says_why():
     r = run_py("""
-        from aiozcrx.tools.cli import main
+        from aiozcrx.cli import main
         sys.exit(main(["recv", "--port", "0"]))
     """)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

@@ -380,7 +380,7 @@ def test_engine_zcrx_without_cap_net_admin_is_a_typed_error_naming_the_fix():
         import sys
         from aiozcrx.workers.privileges import CAP_NET_ADMIN, drop_capability
         drop_capability(CAP_NET_ADMIN)
-        from aiozcrx.tools.cli import main
+        from aiozcrx.cli import main
         sys.exit(main(["serve", "workers_app:factory", "--workers", "2", "--port", "0",
                        "--user", "nobody", "--engine", "zcrx-copy"]))
     """)

@@ -23,10 +23,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..config import ENGINES, Config, parse_size
+from .config import ENGINES, Config, parse_size
 
 if TYPE_CHECKING:
-    from ..receiver import Receiver
+    from .receiver import Receiver
 
 BLOCK = 1 << 20
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -348,13 +348,13 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "doctor":
-        from . import doctor
+        from .tools import doctor
         return doctor.main(argv[1:])
     if argv and argv[0] == "nic":
-        from . import nic
+        from .tools import nic
         return nic.main(argv[1:])
     if argv and argv[0] == "serve":
-        from ..workers import cli as serve_cli
+        from .workers import cli as serve_cli
         return serve_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
