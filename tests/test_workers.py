@@ -171,6 +171,35 @@ def test_bad_options_are_one_line_and_status_2(tmp_path):
 # --------------------------------------------------------------------------
 # handing a connection over: SCM_RIGHTS, credentials checked, nothing read
 # --------------------------------------------------------------------------
+# A sibling worker's place: a child of this process that hands ``sock`` over on
+# ``outbox``, then waits for a byte on ``hold`` (if given) before it exits. Spawned
+# (fork + exec), not os.fork()ed: this process has threads, and a forked child of a
+# threaded process may deadlock on a lock one of them held.
+SEND_FROM_CHILD = """
+import os, socket, sys
+from aiozcrx.workers import handoff
+outbox, conn, sent, hold = (int(a) for a in sys.argv[1:])
+handoff.send_connection(socket.socket(fileno=outbox), socket.socket(fileno=conn))
+os.write(sent, b"x")
+if hold >= 0:
+    os.read(hold, 1)  # alive until received: a sender that is gone is refused
+"""
+
+
+def send_from_child(outbox: socket.socket, sock: socket.socket, hold: int = -1) -> subprocess.Popen:
+    """Starts the child and returns once it has sent."""
+    sent_r, sent_w = os.pipe()
+    fds = [outbox.fileno(), sock.fileno(), sent_w] + ([hold] if hold >= 0 else [])
+    child = subprocess.Popen([sys.executable, "-c", SEND_FROM_CHILD, *map(str, fds[:3]), str(hold)],
+                             pass_fds=fds, env=env())
+    os.close(sent_w)
+    try:
+        assert os.read(sent_r, 1) == b"x", f"the child did not send (exit status {child.wait()})"
+    finally:
+        os.close(sent_r)
+    return child
+
+
 def test_handover_passes_the_socket_unread_and_checks_the_sender():
     inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     inbox.setsockopt(socket.SOL_SOCKET, handoff.SO_PASSCRED, 1)
@@ -180,23 +209,11 @@ def test_handover_passes_the_socket_unread_and_checks_the_sender():
     accepted, _ = listener.accept()
     # a child of this process (a sibling worker's place) hands it over
     hold_r, hold_w = os.pipe()
-    sent_r, sent_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(hold_w)
-            handoff.send_connection(outbox, accepted)
-            os.write(sent_w, b"x")
-            os.read(hold_r, 1)  # alive until received: a sender that is gone is refused
-        finally:
-            os._exit(0)
-    assert os.read(sent_r, 1) == b"x"
-    os.close(sent_r)
-    os.close(sent_w)
+    child = send_from_child(outbox, accepted, hold=hold_r)
     # its parent must be the launcher: here, this process
     got = handoff.receive_connection(inbox, uid=os.getuid(), launcher_pid=os.getpid())
     os.write(hold_w, b"x")
-    assert os.waitpid(pid, 0)[1] == 0
+    assert child.wait(timeout=60) == 0
     os.close(hold_r)
     os.close(hold_w)
     accepted.close()
@@ -207,13 +224,11 @@ def test_handover_passes_the_socket_unread_and_checks_the_sender():
     # a sibling that handed a connection over and exited before it was read (a
     # rolling restart): refused by its parent (it has none now), taken as a known one
     for known in (set(), None):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(handoff.send_connection(outbox, client) or 0)
-        assert os.waitpid(pid, 0)[1] == 0
+        child = send_from_child(outbox, client)
+        assert child.wait(timeout=60) == 0
         if known is None:
             passed = handoff.receive_connection(inbox, uid=os.getuid(), launcher_pid=os.getpid(),
-                                                siblings={pid})
+                                                siblings={child.pid})
             passed.close()
         else:
             with pytest.raises(handoff.Rejected, match="not a worker"):
