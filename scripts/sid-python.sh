@@ -13,8 +13,9 @@
 # so io_uring, loopback sockets and /proc are exactly what the host suite sees.
 #
 # Nothing on the host changes: the run is in a mount namespace of its own (unshare), in
-# which /proc, /sys, /dev and the checkout (at the same path) are bound into the root;
-# all of it goes when the command ends. The mirror is the host's own Debian archive
+# which /proc, /sys, /dev are bound into the root and the checkout is seen at the same
+# path through an overlay that keeps the command's writes (see below); all of it goes
+# when the command ends. The mirror is the host's own Debian archive
 # (tests/uml/sid-apt.sh), the CA bundle is the host's (for a proxy that re-signs TLS,
 # pip's downloads must trust what the host trusts). Needs root (chroot, mounts).
 set -u -o pipefail
@@ -75,15 +76,33 @@ prepare   # --check makes the root too: cheap once it exists
 # The command runs as root in the checkout, with the host's environment (PIP_* etc.),
 # less a pip find-links directory the root does not have.
 case ${PIP_FIND_LINKS:-} in /*) [ -e "$SYSROOT$PIP_FIND_LINKS" ] || unset PIP_FIND_LINKS ;; esac
-export SYSROOT ROOT_DIR
-exec unshare --mount --propagation private -- bash -c '
+# The checkout is seen through an overlay whose upper layer is this run's own and
+# removed after it: what the command writes there (.venv-3.X, the compiled modules)
+# never reaches the host's tree. That matters: the cffi module is built as one abi3
+# file for every Python, and sid's compiler and glibc must not replace the one the
+# host's Pythons (and the guest, running beside) load.
+for d in "$CACHE"/run.*; do   # of runs that died
+    [ -d "$d" ] && ! kill -0 "${d##*.}" 2>/dev/null && rm -rf --one-file-system "$d"
+done
+RUN=$CACHE/run.$$
+mkdir -p "$RUN/upper" "$RUN/work"
+export SYSROOT ROOT_DIR RUN
+unshare --mount --propagation private -- bash -c '
     set -e
     # the root a mount point of its own, as / is on any system (ip netns exec remounts it)
     mount --bind "$SYSROOT" "$SYSROOT"
     for d in proc sys dev; do mount --rbind "/$d" "$SYSROOT/$d"; done
-    mkdir -p "$SYSROOT$ROOT_DIR" && mount --bind "$ROOT_DIR" "$SYSROOT$ROOT_DIR"
+    mkdir -p "$SYSROOT$ROOT_DIR"
+    if ! mount -t overlay overlay -o "lowerdir=$ROOT_DIR,upperdir=$RUN/upper,workdir=$RUN/work" \
+            "$SYSROOT$ROOT_DIR" 2>/dev/null; then
+        echo "sid-python: no overlay mount here: the checkout is bound as it is" >&2
+        mount --bind "$ROOT_DIR" "$SYSROOT$ROOT_DIR"
+    fi
     cp /etc/ssl/certs/ca-certificates.crt "$SYSROOT/etc/ssl/certs/ca-certificates.crt" 2>/dev/null || true
     cp /etc/resolv.conf "$SYSROOT/etc/resolv.conf" 2>/dev/null || true
     cwd=$(pwd -P)
     exec chroot "$SYSROOT" /bin/bash -c "cd \"\$0\" && exec bash -c \"\$1\"" "$cwd" "$*"
 ' bash "$@"
+status=$?
+rm -rf --one-file-system "$RUN"
+exit $status
