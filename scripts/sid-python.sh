@@ -70,7 +70,17 @@ prepare() {
     echo "$PACKAGES" >"$tmp/.complete" && mv "$tmp" "$SYSROOT" || unavailable "cannot move the root into $SYSROOT"
 }
 
+# Entering the root needs a private mount namespace, bind mounts and chroot, which a
+# container may refuse even to root: tried first, so that --check says so.
+can_enter() {
+    local why
+    why=$(SYSROOT=$SYSROOT PY=$PY unshare --mount --propagation private -- sh -c \
+          'mount --bind "$SYSROOT" "$SYSROOT" && chroot "$SYSROOT" "$PY" -c pass' 2>&1) \
+        || unavailable "cannot enter the sid root (unshare --mount, mount --bind, chroot): $(echo "$why" | tail -1)"
+}
+
 prepare   # --check makes the root too: cheap once it exists
+can_enter
 [ $check = 0 ] || exit 0
 
 # The command runs as root in the checkout, with the host's environment (PIP_* etc.),
