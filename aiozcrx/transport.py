@@ -41,6 +41,10 @@ _DEFAULT_HIGH = 64 * 1024
 # asyncio's socket transport has a writelines() of its own from 3.12 on, with its
 # own messages; before, writelines() is write() and says so
 _WRITELINES_OWN_ERRORS = sys.version_info >= (3, 12)
+# asyncio's transports carry a context of the connection's own from 3.15 on, and run
+# connection_made, the reads, resume_writing and connection_lost in it (uvloop always
+# has); pause_writing stays write()'s caller's on asyncio
+_ASYNCIO_CONNECTION_CONTEXT = sys.version_info >= (3, 15)
 
 
 
@@ -228,6 +232,7 @@ class ZcrxTransport(_FlowControlBase):
         self._engine_name: str = engine.name
         self._loop: asyncio.AbstractEventLoop = loop
         self._uvloop_rules = uvloop_rules(loop)
+        self._connection_context_rules = self._uvloop_rules or _ASYNCIO_CONNECTION_CONTEXT
         # The protocol's reading callbacks (data_received, eof_received, get_buffer/
         # buffer_updated) run in a context of this connection's, a copy of the one it
         # was made in, as the base loops run them (asyncio: its reader's; uvloop: the
@@ -314,19 +319,26 @@ class ZcrxTransport(_FlowControlBase):
         return self._context.run(fn, *args)
 
     def _connection_made(self) -> None:
-        """``protocol.connection_made(self)``: uvloop runs it in the transport's
-        context (what it sets there, data_received sees), asyncio in a copy of the
-        caller's (a call_soon: what it sets stays there)."""
-        if self._uvloop_rules:
+        """``protocol.connection_made(self)``: uvloop and asyncio 3.15+ run it in the
+        transport's context (what it sets there, data_received sees), asyncio before
+        3.15 in a copy of the caller's (a call_soon: what it sets stays there)."""
+        if self._connection_context_rules:
             self._in_context(self._protocol.connection_made, self)
         else:
             contextvars.copy_context().run(self._protocol.connection_made, self)
 
     def _uv_context(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A protocol callback the base loops run in different contexts: uvloop in
-        the transport's (like its reads), asyncio in the caller's (``write()``'s for
-        ``pause_writing``, ``close()``'s for ``connection_lost``: a call_soon)."""
+        """``pause_writing``: uvloop runs it in the transport's context (like its
+        reads), asyncio in ``write()``'s caller's."""
         if self._uvloop_rules:
+            return self._in_context(fn, *args)
+        return fn(*args)
+
+    def _connection_context(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``resume_writing``, ``connection_lost``: uvloop and asyncio 3.15+ run them
+        in the transport's context, asyncio before 3.15 in the caller's (the writer
+        callback's; ``close()``'s for ``connection_lost``: a call_soon)."""
+        if self._connection_context_rules:
             return self._in_context(fn, *args)
         return fn(*args)
 
@@ -657,7 +669,7 @@ class ZcrxTransport(_FlowControlBase):
         if self._protocol_paused and len(self._write_buffer) <= self._low_water:
             self._protocol_paused = False
             try:
-                self._uv_context(self._protocol.resume_writing)
+                self._connection_context(self._protocol.resume_writing)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -719,7 +731,7 @@ class ZcrxTransport(_FlowControlBase):
                 fut.set_exception(ConnectionResetError("the connection was lost during sendfile()"))
         self._drain_waiters.clear()
         try:
-            self._uv_context(self._protocol.connection_lost, exc)
+            self._connection_context(self._protocol.connection_lost, exc)
         finally:
             self._conn.detach()
             self._link.forget(self)
